@@ -1,0 +1,10 @@
+"""Sparse Transformer Explorer: the Streamlit entry point, a thin router over app_pages/."""
+
+import streamlit as st
+
+st.set_page_config(page_title="Sparse Transformer Explorer", layout="wide")
+
+pages = [
+    st.Page("app_pages/layouts.py", title="Layouts", icon=":material/grid_on:", default=True),
+]
+st.navigation(pages).run()

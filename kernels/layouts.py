@@ -1,0 +1,546 @@
+"""Sparse Transformer attention layouts (Child et al. 2019), exact and causal.
+
+A layout says which keys j a query i may attend to. Everything is 0-based and causal (j <= i);
+the formulas are those of shared/DESIGN.md §2:
+
+    dense          j <= i
+    local(l)       0 <= i - j < l                         (a window of l keys, i included)
+    column(l)      j <= i and (i - j) mod l == 0          (the paper's "strided" step 2)
+    strided(l)     local(l) ∪ column(l)                   (merged: one softmax over the union)
+    fixed(l, c)    j <= i and (j // l == i // l  or  j mod l >= l - c)
+                   with num_verts = k > 1, head h uses v = h mod k and the summary
+                   offsets l-(v+1)c <= j mod l <= l-vc-1.
+    multihead(...) head h uses pattern h mod p (the paper's Eq. 8 arrangement).
+
+Each layout is a small frozen dataclass with the same four views of one predicate:
+
+* ``mask_mod(b, h, q_idx, kv_idx)``: FlexAttention's signature, on integer tensors, so a layout
+  plugs straight into ``create_block_mask``;
+* ``dense_mask(n, n_heads)``: the [n_heads, n, n] boolean mask (for small n);
+* ``nnz(n, n_heads)``: the exact number of allowed pairs from closed forms, no mask built;
+* ``block_layout(n, block)``: which [block x block] tiles hold any allowed pair, computed from
+  interval arithmetic on the tiles, so it costs O((n/block)^2) and not O(n^2).
+
+``parts()`` names the pieces a layout is the union of (local / column for strided, block /
+summary for fixed), which the app colours and the analysis measures coverage by.
+
+Layouts are written and read as specs, e.g. ``"strided(l=28)"`` or ``"fixed(l=28, c=4)"``;
+``parse_layout(repr(layout)) == layout`` always holds.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+# --- closed-form sums over i = 0 .. n-1 (for nnz) ---------------------------------------------
+
+
+def _sum_min(n: int, l: int) -> int:
+    """sum_i min(i + 1, l): the size of a causal window of l keys."""
+    if n <= l:
+        return n * (n + 1) // 2
+    return l * (l + 1) // 2 + (n - l) * l
+
+
+def _sum_floor(n: int, l: int) -> int:
+    """sum_i floor(i / l)."""
+    q, r = divmod(n, l)
+    return l * q * (q - 1) // 2 + r * q
+
+
+def _sum_mod(n: int, l: int) -> int:
+    """sum_i (i mod l)."""
+    q, r = divmod(n, l)
+    return q * l * (l - 1) // 2 + r * (r - 1) // 2
+
+
+# --- tiles: every (query tile, key tile) pair as inclusive index ranges -----------------------
+
+
+@dataclass(frozen=True)
+class _Tiles:
+    """Index ranges of all tiles of an n x n map, broadcast as [1, QB, 1] and [1, 1, KB].
+
+    Inside a tile, i runs over [qs, qe] and j over [ks, ke] (inclusive), so i - j takes every
+    integer value in [qs - ke, qe - ks]; the tile tests below rely on that.
+    """
+
+    qs: Tensor
+    qe: Tensor
+    ks: Tensor
+    ke: Tensor
+
+    @staticmethod
+    def make(n: int, block: int) -> _Tiles:
+        starts = torch.arange(0, n, block)
+        ends = torch.clamp(starts + block, max=n) - 1
+        return _Tiles(
+            starts[None, :, None], ends[None, :, None], starts[None, None, :], ends[None, None, :]
+        )
+
+    @property
+    def causal(self) -> Tensor:
+        return self.ks <= self.qe
+
+
+def _tile_has_multiple(lo: Tensor, hi: Tensor, l: int) -> Tensor:
+    """Whether [lo, hi] (lo >= 0) contains a multiple of l."""
+    return _ceil_div_t(lo, l) * l <= hi
+
+
+def _ceil_div_t(a: Tensor, b: int) -> Tensor:
+    return -torch.div(-a, b, rounding_mode="floor")
+
+
+def _count_mod_in(x: Tensor, l: int, lo: Tensor, hi: Tensor) -> Tensor:
+    """#{0 <= j < x : lo <= j mod l <= hi}, for x >= 0."""
+    width = hi - lo + 1
+    partial = torch.minimum(torch.clamp(x % l - lo, min=0), width)
+    return torch.div(x, l, rounding_mode="floor") * width + partial
+
+
+# --- the layouts ------------------------------------------------------------------------------
+
+
+class Layout:
+    """Base of all layouts: the shared views built from each layout's own predicate."""
+
+    #: how many heads the pattern cycles over (fixed with num_verts, multihead); 1 = same for all
+    period: int = 1
+
+    @property
+    def name(self) -> str:
+        return repr(self)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))  # type: ignore[arg-type]
+        return (
+            f"{type(self).__name__.lower()}({args})" if args else f"{type(self).__name__.lower()}()"
+        )
+
+    @property
+    def mask_mod(self) -> MaskMod:
+        """FlexAttention mask_mod ``(b, h, q_idx, kv_idx) -> bool tensor``: True where query q_idx
+        may attend to key kv_idx in head h.
+
+        A property returning a plain 4-argument function (not a bound method), because
+        FlexAttention tells mask_mods from score_mods by counting positional arguments.
+        """
+        parts = tuple(self.parts().values())
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            out = parts[0](b, h, q_idx, kv_idx)
+            for part in parts[1:]:
+                out = out | part(b, h, q_idx, kv_idx)
+            return out
+
+        mask_mod.__name__ = f"mask_mod_{type(self).__name__.lower()}"
+        return mask_mod
+
+    def parts(self) -> dict[str, MaskMod]:
+        """The named pieces whose union is this layout, each a causal mask_mod."""
+        raise NotImplementedError
+
+    def check_heads(self, n_heads: int) -> None:
+        """Raise ValueError if the layout cannot be used with n_heads heads."""
+        _check_int("n_heads", n_heads, 1)
+        if n_heads % self.period:
+            raise ValueError(
+                f"{self!r} cycles over {self.period} head patterns, so the number of heads must "
+                f"be a multiple of {self.period}; got {n_heads}"
+            )
+
+    def dense_mask(
+        self, n: int, n_heads: int = 1, device: torch.device | str | None = None
+    ) -> Tensor:
+        """The full boolean mask, shape [n_heads, n, n]; O(n^2) memory, for small n."""
+        _check_int("n", n, 1)
+        self.check_heads(n_heads)
+        h = torch.arange(n_heads, device=device)[:, None, None]
+        i = torch.arange(n, device=device)[None, :, None]
+        j = torch.arange(n, device=device)[None, None, :]
+        b = torch.zeros((), dtype=torch.long, device=device)
+        return self.mask_mod(b, h, i, j).expand(n_heads, n, n).contiguous()
+
+    def part_masks(self, n: int, n_heads: int = 1) -> dict[str, Tensor]:
+        """Each part's boolean mask, shape [n_heads, n, n] (parts may overlap)."""
+        self.check_heads(n_heads)
+        h = torch.arange(n_heads)[:, None, None]
+        i = torch.arange(n)[None, :, None]
+        j = torch.arange(n)[None, None, :]
+        b = torch.zeros((), dtype=torch.long)
+        return {k: p(b, h, i, j).expand(n_heads, n, n) for k, p in self.parts().items()}
+
+    def nnz(self, n: int, n_heads: int = 1) -> int:
+        """Exact number of allowed (head, i, j) triples, from closed forms."""
+        _check_int("n", n, 0)
+        self.check_heads(n_heads)
+        return sum(self._nnz_head(n, h) for h in range(n_heads))
+
+    def density(self, n: int) -> float:
+        """Allowed pairs as a share of the n(n+1)/2 causal pairs (averaged over head patterns)."""
+        return self.nnz(n, self.period) / (self.period * n * (n + 1) / 2)
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        raise NotImplementedError
+
+    def block_layout(self, n: int, block: int, n_heads: int | None = None) -> Tensor:
+        """Which tiles hold an allowed pair: bool [n_heads, ceil(n/block), ceil(n/block)].
+
+        ``n_heads`` defaults to the layout's period (1 for layouts that are the same in every
+        head). The last tile row/column is partial when block does not divide n.
+        """
+        _check_int("n", n, 1)
+        _check_int("block", block, 1)
+        n_heads = self.period if n_heads is None else n_heads
+        self.check_heads(n_heads)
+        t = _Tiles.make(n, block)
+        h = torch.arange(n_heads)[:, None, None]
+        nb = _ceil_div(n, block)
+        return self._tiles(t, h).expand(n_heads, nb, nb).contiguous()
+
+    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, repr=False)
+class Dense(Layout):
+    """Full causal attention: j <= i."""
+
+    def parts(self) -> dict[str, MaskMod]:
+        return {"causal": lambda b, h, q, k: q >= k}
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        return n * (n + 1) // 2
+
+    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
+        return t.causal
+
+
+@dataclass(frozen=True, repr=False)
+class Local(Layout):
+    """A causal window of l keys: 0 <= i - j < l."""
+
+    l: int
+
+    def __post_init__(self) -> None:
+        _check_int("local: l", self.l, 1)
+
+    def parts(self) -> dict[str, MaskMod]:
+        return {"local": _local_mod(self.l)}
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        return _sum_min(n, self.l)
+
+    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
+        return _local_tiles(t, self.l)
+
+
+@dataclass(frozen=True, repr=False)
+class Column(Layout):
+    """Every l-th key back from the query: j <= i and (i - j) mod l == 0."""
+
+    l: int
+
+    def __post_init__(self) -> None:
+        _check_int("column: l", self.l, 1)
+
+    def parts(self) -> dict[str, MaskMod]:
+        return {"column": _column_mod(self.l)}
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        return _sum_floor(n, self.l) + n
+
+    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
+        return _column_tiles(t, self.l)
+
+
+@dataclass(frozen=True, repr=False)
+class Strided(Layout):
+    """local(l) ∪ column(l), merged. For images l = W*C: the previous row and the column above."""
+
+    l: int
+
+    def __post_init__(self) -> None:
+        _check_int("strided: l", self.l, 1)
+
+    def parts(self) -> dict[str, MaskMod]:
+        return {"local": _local_mod(self.l), "column": _column_mod(self.l)}
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        # the column part adds floor(i / l) keys beyond the window (i itself is in both)
+        return _sum_min(n, self.l) + _sum_floor(n, self.l)
+
+    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
+        return _local_tiles(t, self.l) | _column_tiles(t, self.l)
+
+
+@dataclass(frozen=True, repr=False)
+class Fixed(Layout):
+    """Own block of l keys plus the last c "summary" keys of every earlier block.
+
+    With num_verts = k > 1, head h uses summary set v = h mod k at offsets
+    [l - (v+1)c, l - vc - 1] within each block, so k * c <= l is required.
+    """
+
+    l: int
+    c: int
+    num_verts: int = 1
+
+    def __post_init__(self) -> None:
+        _check_int("fixed: l", self.l, 1)
+        _check_int("fixed: c", self.c, 1)
+        _check_int("fixed: num_verts", self.num_verts, 1)
+        if self.c * self.num_verts > self.l:
+            raise ValueError(
+                f"fixed(l={self.l}, c={self.c}, num_verts={self.num_verts}): the summary "
+                f"offsets need c * num_verts <= l (each of the {self.num_verts} head groups "
+                f"takes c={self.c} of the l={self.l} positions of a block)"
+            )
+
+    @property
+    def period(self) -> int:  # type: ignore[override]
+        return self.num_verts
+
+    def __repr__(self) -> str:
+        nv = f", num_verts={self.num_verts}" if self.num_verts != 1 else ""
+        return f"fixed(l={self.l}, c={self.c}{nv})"
+
+    def summary_range(self, h: Tensor | int) -> tuple[Tensor | int, Tensor | int]:
+        """Inclusive [lo, hi] of the summary offsets (j mod l) used by head h."""
+        v = h % self.num_verts
+        return self.l - (v + 1) * self.c, self.l - v * self.c - 1
+
+    def parts(self) -> dict[str, MaskMod]:
+        l = self.l
+
+        def block(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            return (q >= k) & (q // l == k // l)
+
+        def summary(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            lo, hi = self.summary_range(h)
+            r = k % l
+            return (q >= k) & (r >= lo) & (r <= hi)
+
+        return {"block": block, "summary": summary}
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        # own block up to i, plus c summary keys in each of the floor(i/l) complete earlier blocks
+        return _sum_mod(n, self.l) + n + self.c * _sum_floor(n, self.l)
+
+    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
+        l = self.l
+        # block part: the tiles share a block and some j <= i inside it. Checking the largest
+        # shared block b = min(qe // l, ke // l) suffices: if b == qe // l, i can be qe and any
+        # key of the tile in b works once ks <= qe; otherwise b == ke // l < qe // l and i can be
+        # the last index of b, which is >= ke >= j.
+        shared = torch.maximum(t.qs // l, t.ks // l) <= torch.minimum(t.qe // l, t.ke // l)
+        block = shared & t.causal
+        # summary part: some j in [ks, min(ke, qe)] has j mod l in [lo, hi]
+        lo, hi = self.summary_range(h)
+        top = torch.minimum(t.ke, t.qe)
+        count = _count_mod_in(top + 1, l, lo, hi) - _count_mod_in(t.ks, l, lo, hi)
+        summary = t.causal & (count > 0)
+        return block | summary
+
+
+@dataclass(frozen=True, repr=False)
+class MultiHead(Layout):
+    """Each head its own pattern (the paper's Eq. 8): head h uses patterns[h mod p]."""
+
+    patterns: tuple[Layout, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.patterns) < 1:
+            raise ValueError("multihead(...) needs at least one pattern")
+        for p in self.patterns:
+            if not isinstance(p, Layout):
+                raise ValueError(f"multihead(...) takes layouts, got {p!r}")
+            if p.period != 1:
+                raise ValueError(f"multihead(...) patterns must be the same in every head: {p!r}")
+
+    @property
+    def period(self) -> int:  # type: ignore[override]
+        return len(self.patterns)
+
+    def __repr__(self) -> str:
+        return f"multihead({', '.join(map(repr, self.patterns))})"
+
+    def parts(self) -> dict[str, MaskMod]:
+        p = len(self.patterns)
+        names: list[str] = []
+        for pattern in self.patterns:
+            names += [k for k in pattern.parts() if k not in names]
+
+        def part_of(name: str) -> MaskMod:
+            def mod(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+                out = torch.zeros((), dtype=torch.bool, device=q.device)
+                for idx, pattern in enumerate(self.patterns):
+                    sub = pattern.parts().get(name)
+                    if sub is not None:
+                        out = out | ((h % p == idx) & sub(b, h, q, k))
+                return out
+
+            return mod
+
+        return {name: part_of(name) for name in names}
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        return self.patterns[h % len(self.patterns)]._nnz_head(n, 0)
+
+    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
+        p = len(self.patterns)
+        out = torch.zeros((), dtype=torch.bool)
+        for idx, pattern in enumerate(self.patterns):
+            out = out | ((h % p == idx) & pattern._tiles(t, h))
+        return out
+
+
+def _local_mod(l: int) -> MaskMod:
+    def local(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+        return (q >= k) & (q - k < l)
+
+    return local
+
+
+def _column_mod(l: int) -> MaskMod:
+    def column(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+        return (q >= k) & ((q - k) % l == 0)
+
+    return column
+
+
+def _local_tiles(t: _Tiles, l: int) -> Tensor:
+    lo = torch.clamp(t.qs - t.ke, min=0)
+    return t.causal & (lo <= torch.clamp(t.qe - t.ks, max=l - 1))
+
+
+def _column_tiles(t: _Tiles, l: int) -> Tensor:
+    lo = torch.clamp(t.qs - t.ke, min=0)
+    return t.causal & _tile_has_multiple(lo, t.qe - t.ks, l)
+
+
+# --- constructors (the public, attention-gym-like names) --------------------------------------
+
+
+def dense() -> Dense:
+    return Dense()
+
+
+def local(l: int) -> Local:
+    return Local(l)
+
+
+def column(l: int) -> Column:
+    return Column(l)
+
+
+def strided(l: int) -> Strided:
+    return Strided(l)
+
+
+def fixed(l: int, c: int, num_verts: int = 1) -> Fixed:
+    return Fixed(l, c, num_verts)
+
+
+def multihead(*patterns: Layout) -> MultiHead:
+    return MultiHead(tuple(patterns))
+
+
+_CONSTRUCTORS: dict[str, Callable[..., Layout]] = {
+    "dense": dense,
+    "local": local,
+    "column": column,
+    "strided": strided,
+    "fixed": fixed,
+    "multihead": multihead,
+}
+
+LAYOUT_NAMES = tuple(_CONSTRUCTORS)
+
+
+def parse_layout(spec: str | Layout) -> Layout:
+    """Turn a spec such as ``"strided(l=28)"``, ``"fixed(28, 4)"`` or ``"dense"`` into a layout.
+
+    Parsed with ``ast`` (never evaluated): only the constructor names above, integer arguments
+    and nested layouts (for ``multihead``) are accepted. Raises ValueError with what is allowed.
+    """
+    if isinstance(spec, Layout):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"a layout spec must be a non-empty string, got {spec!r}")
+    try:
+        node = ast.parse(spec.strip(), mode="eval").body
+    except SyntaxError:
+        raise ValueError(f"cannot parse layout spec {spec!r}; {_SPEC_HELP}") from None
+    return _build(node, spec)
+
+
+_SPEC_HELP = (
+    "expected one of dense(), local(l=L), column(l=L), strided(l=L), "
+    "fixed(l=L, c=C[, num_verts=K]), multihead(LAYOUT, ...)"
+)
+
+
+def _build(node: ast.expr, spec: str) -> Layout:
+    if isinstance(node, ast.Name):  # bare "dense"
+        node = ast.Call(func=node, args=[], keywords=[])
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        raise ValueError(f"cannot parse layout spec {spec!r}; {_SPEC_HELP}")
+    name = node.func.id
+    if name not in _CONSTRUCTORS:
+        raise ValueError(f"unknown layout {name!r} in {spec!r}; {_SPEC_HELP}")
+    if name == "multihead":
+        if node.keywords:
+            raise ValueError(f"multihead takes layouts as positional arguments: {spec!r}")
+        return multihead(*(_build(a, spec) for a in node.args))
+
+    def value(a: ast.expr) -> int:
+        if (
+            isinstance(a, ast.Constant)
+            and isinstance(a.value, int)
+            and not isinstance(a.value, bool)
+        ):
+            return a.value
+        if isinstance(a, ast.UnaryOp) and isinstance(a.op, ast.USub):
+            return -value(a.operand)
+        raise ValueError(f"layout arguments must be integers in {spec!r}; {_SPEC_HELP}")
+
+    args = [value(a) for a in node.args]
+    kwargs = {k.arg: value(k.value) for k in node.keywords if k.arg is not None}
+    try:
+        return _CONSTRUCTORS[name](*args, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad arguments in layout spec {spec!r} ({e}); {_SPEC_HELP}") from None
+
+
+def interleaved(patterns: Sequence[str | Layout], n_layers: int) -> tuple[Layout, ...]:
+    """Per-layer layouts where layer r uses patterns[r mod p] (the paper's Eq. 6).
+
+    OpenAI's CIFAR-10 'bT,b,b,b' is ``interleaved([strided(l), local(l), local(l), local(l)], L)``.
+    """
+    _check_int("n_layers", n_layers, 1)
+    if not patterns:
+        raise ValueError("interleaved(...) needs at least one pattern")
+    parsed = [parse_layout(p) for p in patterns]
+    return tuple(parsed[r % len(parsed)] for r in range(n_layers))

@@ -1,0 +1,269 @@
+"""The Sparse Transformer over image pixels (Child et al. 2019), in one file.
+
+An image is a sequence of 8-bit tokens in raster order with the channels interleaved per pixel
+(models/data.py). The network is a decoder-only, pre-LayerNorm transformer: the input at
+position i is the token i-1 (a learned start vector at position 0) plus factorized row + column +
+channel position embeddings, so ``logits[:, i]`` is the distribution of token i given tokens < i.
+Every layer has its own attention layout (kernels/layouts.py); all attention goes through
+``kernels.attention``, which picks the backend.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from kernels import BACKENDS, Layout, attention, parse_layout
+from models.data import Geometry, token_coords
+
+VOCAB_SIZE = 256  # 8-bit pixel values
+
+
+@dataclass
+class ModelConfig:
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    mlp_ratio: float = 4.0  # the paper's CIFAR model uses half-size feed-forward: 2.0
+    dropout: float = 0.0  # on the embeddings and each residual branch
+    bias: bool = True
+    # one layout spec for every layer, or a list with one spec per layer (interleaved)
+    layout: str | list[str] = "dense"
+    attention_backend: str = "auto"  # see kernels/attention.py
+    vocab_size: int = VOCAB_SIZE
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width", "channels", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(
+                f"ModelConfig.channels must be 1 (gray) or 3 (RGB), got {self.channels}"
+            )
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"ModelConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"ModelConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.vocab_size != VOCAB_SIZE:
+            raise ValueError(f"ModelConfig.vocab_size must be {VOCAB_SIZE} (8-bit pixels)")
+        if self.attention_backend not in BACKENDS:
+            raise ValueError(
+                f"ModelConfig.attention_backend must be one of {', '.join(BACKENDS)}, "
+                f"got {self.attention_backend!r}"
+            )
+        if isinstance(self.layout, (list, tuple)):
+            self.layout = [str(s) for s in self.layout]
+            if len(self.layout) != self.n_layer:
+                raise ValueError(
+                    f"ModelConfig.layout lists {len(self.layout)} layouts for {self.n_layer} "
+                    "layers; give one spec for all layers or exactly one per layer"
+                )
+        for layout in self.layouts:  # parses every spec, so a bad one fails here, not mid-run
+            layout.check_heads(self.n_head)
+
+    @property
+    def layouts(self) -> tuple[Layout, ...]:
+        """One parsed layout per layer."""
+        specs = self.layout if isinstance(self.layout, list) else [self.layout] * self.n_layer
+        return tuple(parse_layout(s) for s in specs)
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.height, self.width, self.channels)
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per image: the sequence length."""
+        return self.height * self.width * self.channels
+
+    @property
+    def row_stride(self) -> int:
+        """Tokens per image row, the natural l of strided / fixed layouts."""
+        return self.width * self.channels
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: object) -> ModelConfig:
+        """A named preset (see PRESETS), with any field overridden, e.g. layout="strided(l=28)"."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # for tests and smoke runs: trains a step in milliseconds
+    "fmnist-tiny": ModelConfig(n_layer=2, n_head=2, n_embd=32),
+    # 0.8M parameters: what a 2-core CPU can train in hours
+    "fmnist-small": ModelConfig(n_layer=4, n_head=4, n_embd=128),
+    # 6.3M parameters: a GPU-sized Fashion-MNIST model
+    "fmnist-base": ModelConfig(n_layer=8, n_head=8, n_embd=256),
+    # 32x32 RGB (3,072 tokens), the CIFAR-10 shape; l = 96 is one row
+    "cifar-small": ModelConfig(height=32, width=32, channels=3, n_layer=8, n_head=4, n_embd=256),
+    # the paper's CIFAR-10 network: 128 layers, 2 heads, d=256, half-size MLP, dropout 0.25
+    "cifar-paper": ModelConfig(
+        height=32,
+        width=32,
+        channels=3,
+        n_layer=128,
+        n_head=2,
+        n_embd=256,
+        mlp_ratio=2.0,
+        dropout=0.25,
+        layout="strided(l=96)",
+    ),
+}
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layout: Layout) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.layout = layout
+        self.backend = config.attention_backend
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B, N, C]
+        # split the channels into heads: [B, N, C] -> [B, H, N, C/H]
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.n_head) for t in (q, k, v))
+        y = attention(q, k, v, self.layout, backend=self.backend)  # [B, H, N, C/H]
+        y = rearrange(y, "b h n d -> b n (h d)")  # heads side by side again: [B, N, C]
+        return self.dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden = int(config.mlp_ratio * config.n_embd)
+        self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: ModelConfig, layout: Layout) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layout)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class SparseTransformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.n_embd
+        self.tok_emb = nn.Embedding(config.vocab_size, d)
+        # the input at position 0, where there is no previous token to show
+        self.start = nn.Parameter(torch.zeros(d))
+        # factorized position embeddings (paper §7.1): row + column + channel
+        self.row_emb = nn.Embedding(config.height, d)
+        self.col_emb = nn.Embedding(config.width, d)
+        self.chan_emb = nn.Embedding(config.channels, d)
+        rows, cols, chans = token_coords(torch.arange(config.block_size), config.geometry)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        self.register_buffer("chans", chans, persistent=False)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, layout) for layout in config.layouts)
+        self.ln_f = nn.LayerNorm(d, bias=config.bias)
+        self.head = nn.Linear(d, config.vocab_size, bias=False)
+
+        # GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * layers)
+        # so the residual stream's variance does not grow with depth
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        nn.init.normal_(self.start, mean=0.0, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def layouts(self) -> tuple[Layout, ...]:
+        return tuple(block.attn.layout for block in self.blocks)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Token ids [B, n] (n <= block_size) -> the transformer's input [B, n, C].
+
+        Position i holds token i-1 (the start vector at i = 0) plus the position embedding of i,
+        so that the output at i may predict token i without seeing it.
+        """
+        B, n = tokens.shape
+        if n > self.config.block_size:
+            raise ValueError(f"got {n} tokens; this model's images have {self.config.block_size}")
+        prev = self.tok_emb(tokens[:, :-1])  # [B, n-1, C]
+        start = self.start.expand(B, 1, -1)  # [B, 1, C]
+        x = torch.cat([start, prev], dim=1)  # [B, n, C]
+        pos = (
+            self.row_emb(self.rows[:n])
+            + self.col_emb(self.cols[:n])
+            + self.chan_emb(self.chans[:n])
+        )
+        return self.drop(x + pos)
+
+    def transform(self, x: Tensor) -> Tensor:
+        """The transformer stack on embedded inputs [B, n, C] -> logits [B, n, 256]."""
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Token ids [B, n] -> logits [B, n, 256]; logits[:, i] predicts token i from tokens < i."""
+        return self.transform(self.embed(tokens))
+
+    def loss(self, tokens: Tensor) -> Tensor:
+        """Mean negative log-likelihood per token in nats; divide by ln 2 for bits/dim."""
+        logits = self(tokens)  # [B, n, 256]
+        return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+
+
+def bits_per_dim(nats: float | Tensor) -> float:
+    """Convert a mean per-token NLL in nats to bits per dimension (per 8-bit sub-pixel)."""
+    return float(nats) / math.log(2)

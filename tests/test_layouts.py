@@ -1,0 +1,220 @@
+"""Layouts are exact: every view of a layout equals DESIGN.md §2's formula, pair by pair."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+import torch
+
+from kernels import layouts as L
+
+SIZES = [1, 2, 7, 28, 29, 64, 100]  # includes n < l, n = l, n not a multiple of l or block
+BLOCKS = [1, 3, 16, 32]
+
+
+def formula(layout: L.Layout, h: int, i: int, j: int) -> bool:
+    """DESIGN.md §2 written out literally, one pair at a time (no shared code with layouts.py)."""
+    if j > i:
+        return False
+    if isinstance(layout, L.Dense):
+        return True
+    if isinstance(layout, L.Local):
+        return i - j < layout.l
+    if isinstance(layout, L.Column):
+        return (i - j) % layout.l == 0
+    if isinstance(layout, L.Strided):
+        return i - j < layout.l or (i - j) % layout.l == 0
+    if isinstance(layout, L.Fixed):
+        l, c = layout.l, layout.c
+        v = h % layout.num_verts
+        return j // l == i // l or l - (v + 1) * c <= j % l <= l - v * c - 1
+    if isinstance(layout, L.MultiHead):
+        p = layout.patterns
+        return formula(p[h % len(p)], 0, i, j)
+    raise AssertionError(layout)
+
+
+def formula_mask(layout: L.Layout, n: int, n_heads: int) -> torch.Tensor:
+    m = torch.zeros(n_heads, n, n, dtype=torch.bool)
+    for h, i, j in itertools.product(range(n_heads), range(n), range(n)):
+        m[h, i, j] = formula(layout, h, i, j)
+    return m
+
+
+LAYOUTS = [
+    L.dense(),
+    L.local(1),
+    L.local(5),
+    L.column(1),
+    L.column(7),
+    L.strided(1),
+    L.strided(7),
+    L.strided(28),
+    L.fixed(7, 1),
+    L.fixed(7, 3),
+    L.fixed(7, 7),
+    L.fixed(8, 2, num_verts=4),
+    L.fixed(28, 4, num_verts=2),
+    L.multihead(L.local(4), L.column(4)),
+    L.multihead(L.strided(5), L.fixed(5, 2), L.dense()),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
+@pytest.mark.parametrize("n", [1, 7, 29, 50])
+def test_dense_mask_equals_formula(layout: L.Layout, n: int) -> None:
+    heads = layout.period * 2
+    assert torch.equal(layout.dense_mask(n, heads), formula_mask(layout, n, heads))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
+@pytest.mark.parametrize("n", SIZES + [200, 785])
+def test_nnz_equals_mask_count(layout: L.Layout, n: int) -> None:
+    heads = layout.period
+    assert layout.nnz(n, heads) == int(layout.dense_mask(n, heads).sum())
+
+
+def test_nnz_matches_design_closed_forms() -> None:
+    for n, l, c in [(784, 28, 4), (3072, 96, 12), (1000, 33, 5)]:
+        assert L.strided(l).nnz(n) == sum(min(i + 1, l) + i // l for i in range(n))
+        assert L.fixed(l, c).nnz(n) == sum(i % l + 1 + (i // l) * c for i in range(n))
+        assert L.dense().nnz(n, 3) == 3 * n * (n + 1) // 2
+
+
+def test_nnz_at_large_n_needs_no_mask() -> None:
+    n = 65536  # a dense mask would be 4 GiB; nnz must be instant and exact
+    assert L.strided(256).nnz(n, 16) == 16 * sum(min(i + 1, 256) + i // 256 for i in range(n))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("block", BLOCKS)
+def test_block_layout_agrees_with_mask(layout: L.Layout, n: int, block: int) -> None:
+    heads = layout.period
+    mask = layout.dense_mask(n, heads)
+    nb = -(-n // block)
+    padded = torch.zeros(heads, nb * block, nb * block, dtype=torch.bool)
+    padded[:, :n, :n] = mask
+    # [H, nb*block, nb*block] -> [H, nb, block, nb, block]: a tile is kept if any pair is allowed
+    expected = padded.view(heads, nb, block, nb, block).any(dim=4).any(dim=2)
+    got = layout.block_layout(n, block)
+    assert got.shape == (heads, nb, nb)
+    assert torch.equal(got, expected)
+
+
+def test_block_layout_is_cheap_at_large_n() -> None:
+    tiles = L.strided(256).block_layout(65536, 128)
+    assert tiles.shape == (1, 512, 512)
+    # DESIGN.md §4: with l = block = 128 the column part touches every causal tile, which is
+    # why a naive block mask skips nothing
+    tiles = L.strided(128).block_layout(16384, 128)
+    assert torch.equal(tiles[0], torch.ones(128, 128, dtype=torch.bool).tril())
+    assert torch.equal(L.fixed(128, 16).block_layout(16384, 128)[0], tiles[0])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
+def test_parts_union_is_the_layout(layout: L.Layout) -> None:
+    n, heads = 40, layout.period
+    parts = layout.part_masks(n, heads)
+    union = torch.zeros(heads, n, n, dtype=torch.bool)
+    for m in parts.values():
+        union |= m
+    assert torch.equal(union, layout.dense_mask(n, heads))
+
+
+def test_part_names() -> None:
+    assert list(L.strided(4).parts()) == ["local", "column"]
+    assert list(L.fixed(4, 1).parts()) == ["block", "summary"]
+    assert list(L.dense().parts()) == ["causal"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
+def test_mask_mod_through_flex_create_block_mask(layout: L.Layout) -> None:
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    n, heads, block = 77, layout.period * 2, 16
+    bm = flex.create_block_mask(
+        layout.mask_mod, B=None, H=heads, Q_LEN=n, KV_LEN=n, device="cpu", BLOCK_SIZE=block
+    )
+    # to_dense() gives the tiles flex will visit: exactly those holding any allowed pair
+    flex_tiles = bm.to_dense()[0].bool()  # [1, H, nb, nb] -> [H, nb, nb]
+    assert torch.equal(flex_tiles, layout.block_layout(n, block, heads))
+    # and the mask_mod evaluated element-wise by flex equals the dense mask
+    h, i, j = torch.meshgrid(torch.arange(heads), torch.arange(n), torch.arange(n), indexing="ij")
+    elementwise = torch.vmap(layout.mask_mod, in_dims=(None, 0, 0, 0))(torch.tensor(0), h, i, j)
+    assert torch.equal(elementwise, formula_mask(layout, n, heads))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: L.local(0), "l must be >= 1"),
+        (lambda: L.strided(-3), "l must be >= 1"),
+        (lambda: L.column(2.5), "must be an integer"),
+        (lambda: L.fixed(8, 0), "c must be >= 1"),
+        (lambda: L.fixed(8, 9), "c * num_verts <= l"),
+        (lambda: L.fixed(8, 3, num_verts=3), "c * num_verts <= l"),
+        (lambda: L.fixed(8, 2, num_verts=0), "num_verts must be >= 1"),
+        (lambda: L.multihead(), "at least one pattern"),
+        (lambda: L.multihead(L.fixed(8, 2, 2)), "same in every head"),
+    ],
+)
+def test_impossible_parameters_say_what_is_allowed(make, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_heads_must_fit_the_pattern_period() -> None:
+    with pytest.raises(ValueError, match="multiple of 4"):
+        L.fixed(8, 2, num_verts=4).dense_mask(10, n_heads=6)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        L.multihead(L.local(3), L.column(3)).nnz(10, n_heads=3)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
+def test_spec_round_trip(layout: L.Layout) -> None:
+    assert L.parse_layout(repr(layout)) == layout
+    assert layout.name == repr(layout)
+
+
+def test_spec_forms() -> None:
+    assert repr(L.strided(28)) == "strided(l=28)"
+    assert repr(L.fixed(28, 4)) == "fixed(l=28, c=4)"
+    assert L.parse_layout("dense") == L.dense()
+    assert L.parse_layout("fixed(28, 4, num_verts=2)") == L.fixed(28, 4, 2)
+    assert L.parse_layout(" strided( l = 96 ) ") == L.strided(96)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "sparse(l=3)",
+        "strided(l=3.5)",
+        "strided(l='3')",
+        "strided(3, 4)",
+        "__import__('os')",
+        "strided(l=0)",
+        "fixed(l=4)",
+        "multihead(l=3)",
+        "strided(l=3) + 1",
+    ],
+)
+def test_bad_specs_raise_value_error(spec: str) -> None:
+    with pytest.raises(ValueError):
+        L.parse_layout(spec)
+
+
+def test_interleaved_cycles_patterns_over_layers() -> None:
+    # OpenAI's CIFAR-10 'bT,b,b,b': one strided layer for every three local layers
+    got = L.interleaved(["strided(l=96)", L.local(96), "local(l=96)", "local(l=96)"], 6)
+    assert got == (L.strided(96), L.local(96), L.local(96), L.local(96), L.strided(96), L.local(96))
+
+
+def test_density_of_image_layouts() -> None:
+    n = 784  # a 28x28 image, one row = 28 tokens
+    dense_pairs = n * (n + 1) / 2
+    assert L.strided(28).density(n) == pytest.approx(L.strided(28).nnz(n) / dense_pairs)
+    assert 0.05 < L.strided(28).density(n) < 0.15  # about a tenth of dense at 784 tokens
+    assert L.dense().density(n) == 1.0
