@@ -15,6 +15,7 @@ an explicit ``backend=`` argument other than "auto" wins over both.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -82,5 +83,15 @@ def attention(
         return reference_attention(q, k, v, layout, scale=scale).out
     if isinstance(layout, Dense):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    mask = cached_mask(layout, N, H, q.device)  # [H or 1, N, N]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    bias = _additive_mask(layout, N, H, q.device, q.dtype)  # [H or 1, N, N]: 0 or -inf
+    # expanded to the full [B, H, N, N] view (no copy): torch's fused CPU kernel takes this
+    # shape and is ~3x faster than with a broadcast mask, which falls back to the math path
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(B, H, N, N), scale=scale)
+
+
+@functools.lru_cache(maxsize=32)
+def _additive_mask(
+    layout: Layout, n: int, n_heads: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    allowed = cached_mask(layout, n, n_heads, device)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, -math.inf)
