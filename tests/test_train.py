@@ -1,0 +1,160 @@
+"""Training, resuming, evaluation and DDP on tiny synthetic Fashion-MNIST-shaped data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models import ModelConfig, SparseTransformer, load_model
+from models.evaluate import evaluate_bpd, histogram_baseline_bpd
+from models.train import TrainConfig, batch_indices, layout_spec, lr_at, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_idx(folder: Path, prefix: str, images: np.ndarray) -> None:
+    n = len(images)
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 0x801, n) + (np.arange(n) % 10).astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    """Synthetic 28x28 'garments': a bright rectangle of random size on black, learnable fast."""
+    folder = tmp_path_factory.mktemp("fmnist")
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        imgs = np.zeros((n, 28, 28), dtype=np.uint8)
+        for k in range(n):
+            top, left = rng.integers(2, 8, size=2)
+            imgs[k, top : 28 - top, left : 28 - left] = rng.integers(150, 255)
+        return imgs
+
+    write_idx(folder, "train", make(64))
+    write_idx(folder, "t10k", make(12))
+    return f"fashion-mnist:{folder}"
+
+
+def cfg(data: str, **kw) -> TrainConfig:
+    base = dict(
+        preset="fmnist-tiny",
+        layout="strided",
+        data=data,
+        steps=6,
+        batch_size=4,
+        warmup=2,
+        eval_every=3,
+        eval_images=4,
+        lr=3e-3,
+        threads=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_decreases_the_loss(tiny_data, tmp_path):
+    record = train(cfg(tiny_data, steps=40, eval_every=20), tmp_path / "run")
+    curve = [h["train_bpd"] for h in record["history"]]
+    assert np.mean(curve[-5:]) < np.mean(curve[:5]) - 1.0
+    tests = [h["test_bpd"] for h in record["history"] if "test_bpd" in h]
+    assert tests[-1] < tests[0]
+    # the run directory is a loadable model with a complete record
+    model = load_model(tmp_path / "run")
+    assert repr(model.layouts[0]) == "strided(l=28)"
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert saved["steps"] == 40 and saved["final"]["test_images"] == 12
+    assert saved["data"] == {"source": tiny_data, "train_images": 64, "test_images": 12}
+    assert saved["wall_time_s"] > 0 and saved["device"].startswith("cpu")
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    whole = train(cfg(tiny_data), tmp_path / "whole")
+    train(cfg(tiny_data), tmp_path / "parts", stop_at=3)
+    assert not (tmp_path / "parts" / "run.json").read_text().count('"final"')
+    parts = train(cfg(tiny_data), tmp_path / "parts", resume=True)
+    assert [h["train_bpd"] for h in parts["history"]] == [h["train_bpd"] for h in whole["history"]]
+    a = load_file(tmp_path / "whole" / "model.safetensors")
+    b = load_file(tmp_path / "parts" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert len(parts["commands"]) == 2
+
+
+def test_schedule_and_batches():
+    c = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, c) == pytest.approx(0.1) and lr_at(9, c) == pytest.approx(1.0)
+    assert lr_at(10, c) == pytest.approx(1.0) and lr_at(100, c) == pytest.approx(0.1)
+    assert all(lr_at(s, c) >= lr_at(s + 1, c) for s in range(10, 100))
+    # consecutive batches cover each epoch exactly once, and are a function of (seed, step)
+    seen = torch.cat([batch_indices(s, 7, 21, seed=3) for s in range(3)])
+    assert sorted(seen.tolist()) == list(range(21))
+    assert torch.equal(batch_indices(5, 7, 21, 3), batch_indices(5, 7, 21, 3))
+    assert not torch.equal(batch_indices(0, 7, 21, 3), batch_indices(0, 7, 21, 4))
+
+
+def test_layout_shorthands_use_one_image_row():
+    c = ModelConfig.from_name("fmnist-small")
+    assert layout_spec("strided", c) == "strided(l=28)"
+    # c is the smallest summary width whose density reaches strided's at 784 tokens
+    assert layout_spec("fixed", c) == "fixed(l=28, c=2)"
+    assert layout_spec("fixed(l=56, c=4)", c) == "fixed(l=56, c=4)"
+
+
+def test_evaluate_bpd_matches_an_independent_computation():
+    torch.manual_seed(0)
+    model = SparseTransformer(ModelConfig.from_name("fmnist-tiny", layout="fixed(l=28, c=2)"))
+    x = torch.randint(0, 256, (5, 784), dtype=torch.uint8)
+    expected = 0.0
+    with torch.no_grad():
+        for img in x.long():  # one image at a time, log-softmax and gather by hand
+            logp = torch.log_softmax(model(img[None])[0].double(), dim=-1)  # [784, 256]
+            expected -= logp[torch.arange(784), img].sum().item()
+    expected /= 5 * 784 * math.log(2)
+    assert evaluate_bpd(model, x, batch_size=2, progress=False) == pytest.approx(expected, abs=1e-6)
+
+
+def test_histogram_baseline():
+    train_px = np.array([[0, 1], [0, 1], [0, 2]], dtype=np.uint8)
+    test_px = np.array([[0, 2]], dtype=np.uint8)
+    # position 0: value 0 seen 3 times -> (3 + 1) / (3 + 256); position 1: value 2 once -> 2 / 259
+    expected = -(math.log2(4 / 259) + math.log2(2 / 259)) / 2
+    assert histogram_baseline_bpd(train_px, test_px) == pytest.approx(expected)
+    uniform = np.zeros((0, 2), dtype=np.uint8)
+    assert histogram_baseline_bpd(uniform, test_px) == pytest.approx(8.0)
+
+
+def test_ddp_two_ranks_end_with_identical_weights(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    train_args = "--preset fmnist-tiny --layout strided --steps 4 --batch-size 4 --warmup 2"
+    train_args += " --eval-every 4 --eval-images 4 --threads 1 --lr 3e-3 --save-all-ranks"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    cmd += ["-m", "models.train", *train_args.split(), "--data", tiny_data, "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0 = load_file(out / "rank0.safetensors")
+    w1 = load_file(out / "rank1.safetensors")
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    record = json.loads((out / "run.json").read_text())
+    assert record["world_size"] == 2
+    # two ranks with half the batch each take the same steps as one process with the whole batch
+    single = train(cfg(tiny_data, steps=4, eval_every=4), tmp_path / "single")
+    s = load_file(tmp_path / "single" / "model.safetensors")
+    for k in s:
+        torch.testing.assert_close(w0[k], s[k], rtol=1e-4, atol=1e-5)
