@@ -154,7 +154,7 @@ def test_ddp_two_ranks_end_with_identical_weights(tiny_data, tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["world_size"] == 2
     # two ranks with half the batch each take the same steps as one process with the whole batch
-    single = train(cfg(tiny_data, steps=4, eval_every=4), tmp_path / "single")
+    train(cfg(tiny_data, steps=4, eval_every=4), tmp_path / "single")
     s = load_file(tmp_path / "single" / "model.safetensors")
     for k in s:
         torch.testing.assert_close(w0[k], s[k], rtol=1e-4, atol=1e-5)

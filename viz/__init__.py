@@ -1,0 +1,1 @@
+"""Figure builders: arrays in, figures out. Never imports streamlit."""
