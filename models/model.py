@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import Tensor
 
 from kernels import BACKENDS, Layout, attention, parse_layout
+from kernels.decode import decode_attention
 from models.data import Geometry, token_coords
 
 VOCAB_SIZE = 256  # 8-bit pixel values
@@ -138,6 +139,14 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+@dataclass
+class KVCache:
+    """Keys and values of every position computed so far, for one layer: [B, H, N, D] each."""
+
+    k: Tensor
+    v: Tensor
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layout: Layout) -> None:
         super().__init__()
@@ -148,12 +157,23 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B, N, C]
-        # split the channels into heads: [B, N, C] -> [B, H, N, C/H]
+    def forward(self, x: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
+        """x [B, T, C] at positions [start, start + T). With a cache, k and v are stored in it,
+        and a single position (T = 1) attends to the cached keys its layout allows."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B, T, C]
+        # split the channels into heads: [B, T, C] -> [B, H, T, C/H]
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.n_head) for t in (q, k, v))
-        y = attention(q, k, v, self.layout, backend=self.backend)  # [B, H, N, C/H]
-        y = rearrange(y, "b h n d -> b n (h d)")  # heads side by side again: [B, N, C]
+        T = x.shape[1]
+        if cache is not None:
+            cache.k[:, :, start : start + T] = k
+            cache.v[:, :, start : start + T] = v
+        if cache is not None and T == 1:
+            y, _, _ = decode_attention(q, cache.k, cache.v, self.layout, start)  # [B, H, 1, C/H]
+        elif start == 0:
+            y = attention(q, k, v, self.layout, backend=self.backend)  # [B, H, T, C/H]
+        else:
+            raise ValueError("several positions at once must start at position 0 (prefill)")
+        y = rearrange(y, "b h n d -> b n (h d)")  # heads side by side again: [B, T, C]
         return self.dropout(self.proj(y))
 
 
@@ -179,8 +199,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache, start)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -229,30 +249,39 @@ class SparseTransformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def embed(self, tokens: Tensor) -> Tensor:
-        """Token ids [B, n] (n <= block_size) -> the transformer's input [B, n, C].
+    def embed(self, tokens: Tensor, start: int = 0, end: int | None = None) -> Tensor:
+        """The transformer's input [B, end - start, C] at positions [start, end).
 
         Position i holds token i-1 (the start vector at i = 0) plus the position embedding of i,
-        so that the output at i may predict token i without seeing it.
+        so that the output at i may predict token i without seeing it. ``tokens`` [B, n] needs
+        the ids up to end - 2; ``end`` defaults to n.
         """
         B, n = tokens.shape
-        if n > self.config.block_size:
-            raise ValueError(f"got {n} tokens; this model's images have {self.config.block_size}")
-        prev = self.tok_emb(tokens[:, :-1])  # [B, n-1, C]
-        start = self.start.expand(B, 1, -1)  # [B, 1, C]
-        x = torch.cat([start, prev], dim=1)  # [B, n, C]
-        pos = (
-            self.row_emb(self.rows[:n])
-            + self.col_emb(self.cols[:n])
-            + self.chan_emb(self.chans[:n])
-        )
+        end = n if end is None else end
+        if end > self.config.block_size:
+            raise ValueError(f"got {end} tokens; this model's images have {self.config.block_size}")
+        x = self.tok_emb(tokens[:, max(start - 1, 0) : end - 1])  # [B, T or T-1, C]
+        if start == 0:
+            x = torch.cat([self.start.expand(B, 1, -1), x], dim=1)  # [B, T, C]
+        r, c, ch = self.rows[start:end], self.cols[start:end], self.chans[start:end]
+        pos = self.row_emb(r) + self.col_emb(c) + self.chan_emb(ch)  # [T, C]
         return self.drop(x + pos)
 
-    def transform(self, x: Tensor) -> Tensor:
-        """The transformer stack on embedded inputs [B, n, C] -> logits [B, n, 256]."""
-        for block in self.blocks:
-            x = block(x)
+    def transform(self, x: Tensor, caches: list[KVCache] | None = None, start: int = 0) -> Tensor:
+        """The stack on inputs [B, T, C] at positions [start, start + T) -> logits [B, T, 256].
+
+        With ``caches`` (one per layer, see new_caches) keys and values are kept for decoding.
+        """
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i], start)
         return self.head(self.ln_f(x))
+
+    def new_caches(self, batch: int) -> list[KVCache]:
+        """Empty KV caches for ``batch`` sequences, one per layer, on the model's device."""
+        c = self.config
+        shape = (batch, c.n_head, c.block_size, c.n_embd // c.n_head)  # [B, H, N, D]
+        w = self.head.weight
+        return [KVCache(w.new_zeros(shape), w.new_zeros(shape)) for _ in range(c.n_layer)]
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Token ids [B, n] -> logits [B, n, 256]; logits[:, i] predicts token i from tokens < i."""

@@ -1,7 +1,14 @@
 """Sampling images from a trained model, in small pure pieces (gpt-fast style).
 
-This is the plain path: every new token runs the model over the whole prefix, O(N) forwards of
-growing length. It is exact for every layout, because it is the model's own forward pass.
+    prefill(model, tokens, p, caches)    positions 0..p in one pass, filling the KV caches
+    decode_one_token(model, tokens, i, caches)   position i alone, against the caches
+    logits_to_probs(logits, ...)          temperature, top-k, top-p
+    sample(model, ...)                    the loop: a batch of samples, known pixels kept fixed
+
+Decoding attends only to the keys the layer's layout allows (kernels/decode.py), so a strided
+model looks at about l + i/l cached keys per token, never at the whole prefix. ``use_cache=False``
+runs the whole model over the prefix for every token instead: slow, and the reference the cached
+path is tested against token for token.
 """
 
 from __future__ import annotations
@@ -11,15 +18,20 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from models.model import SparseTransformer
+from models.model import KVCache, SparseTransformer
+
+
+class SamplingCancelled(Exception):
+    """Raised when ``cancel()`` returns True; ``tokens`` holds what was sampled so far."""
+
+    def __init__(self, tokens: Tensor, position: int) -> None:
+        super().__init__(f"sampling cancelled at token {position}")
+        self.tokens = tokens
+        self.position = position
 
 
 def logits_to_probs(
-    logits: Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
+    logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
 ) -> Tensor:
     """Next-token distribution [B, 256] from logits [B, 256]; temperature 0 means argmax."""
     if temperature < 0:
@@ -46,41 +58,82 @@ def logits_to_probs(
     return probs
 
 
+def prefill(model: SparseTransformer, tokens: Tensor, p: int, caches: list[KVCache]) -> Tensor:
+    """Run positions 0..p (their inputs are tokens < p) in one pass; logits of position p."""
+    return model.transform(model.embed(tokens, 0, p + 1), caches, 0)[:, -1]  # [B, 256]
+
+
+def decode_one_token(
+    model: SparseTransformer, tokens: Tensor, i: int, caches: list[KVCache]
+) -> Tensor:
+    """Run position i (its input is token i-1) against the caches; logits [B, 256]."""
+    return model.transform(model.embed(tokens, i, i + 1), caches, i)[:, 0]
+
+
 @torch.no_grad()
 def sample(
     model: SparseTransformer,
     *,
     n_samples: int,
     prefix: Tensor | None = None,
+    known: Tensor | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
-    on_token: Callable[[int, Tensor], None] | None = None,
+    use_cache: bool = True,
+    on_row: Callable[[int, Tensor], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> Tensor:
-    """Sample ``n_samples`` whole images as tokens [n_samples, N], continuing ``prefix``.
+    """Sample ``n_samples`` images as tokens [n_samples, N].
 
-    ``prefix`` is [P] (the same start for every sample) or [n_samples, P] (one each). The first
-    P tokens of every sample are the prefix; the rest are drawn one at a time in raster order.
-    ``seed`` makes the result reproducible. ``on_token(i, tokens)`` is called after token i.
+    ``prefix`` [P] or [n_samples, P]: the first P tokens, kept. ``known`` (bool [N]) marks
+    further tokens to keep fixed (e.g. a rectangle); their values come from ``prefix`` extended
+    to length N, which must then be given whole ([N] or [n_samples, N]). Everything else is drawn
+    in raster order. ``seed`` makes the result reproducible. ``on_row(row, tokens)`` is called
+    once per image row that had tokens drawn, as soon as the row is complete; ``cancel()`` is
+    polled before every token and stops the loop by raising SamplingCancelled.
     """
     n = model.config.block_size
+    row_len = model.config.row_stride
     device = next(model.parameters()).device
     tokens = torch.zeros(n_samples, n, dtype=torch.long, device=device)
-    start = 0
+    keep = torch.zeros(n, dtype=torch.bool)
     if prefix is not None:
-        start = prefix.shape[-1]
-        if start > n:
-            raise ValueError(f"prefix has {start} tokens; the model's images have {n}")
+        width = prefix.shape[-1]
+        if width > n:
+            raise ValueError(f"prefix has {width} tokens; the model's images have {n}")
         if prefix.ndim == 2 and len(prefix) != n_samples:
             raise ValueError(f"got {len(prefix)} prefixes for {n_samples} samples")
-        tokens[:, :start] = prefix.to(device)
+        tokens[:, :width] = prefix.to(device)
+        keep[:width] = True
+    if known is not None:
+        if known.shape != (n,) or prefix is None or prefix.shape[-1] != n:
+            raise ValueError(f"known must be bool [{n}] with a prefix of all {n} tokens")
+        keep = known.bool().cpu()
+        if not keep.all():
+            tokens[:, ~keep.to(device)] = 0  # the values there are never read: be explicit
+    start = int(keep.long().cumprod(0).sum())  # length of the leading run of kept tokens
+    if start == n:
+        return tokens
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else torch.seed())
+    generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+
+    caches = model.new_caches(n_samples) if use_cache else None
     for i in range(start, n):
-        logits = model(tokens[:, : i + 1])[:, i]  # [B, 256]: token i from tokens < i
-        probs = logits_to_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-        tokens[:, i] = torch.multinomial(probs, 1, generator=generator)[:, 0]
-        if on_token is not None:
-            on_token(i, tokens)
+        if cancel is not None and cancel():
+            raise SamplingCancelled(tokens, i)
+        if caches is None:
+            logits = model(tokens[:, : i + 1])[:, i]  # [B, 256]: the whole prefix again
+        elif i == start:
+            logits = prefill(model, tokens, i, caches)
+        else:
+            logits = decode_one_token(model, tokens, i, caches)
+        if not keep[i]:
+            probs = logits_to_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+            tokens[:, i] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        if on_row is not None and ((i + 1) % row_len == 0 or i + 1 == n):
+            row = i // row_len
+            if not keep[row * row_len : (row + 1) * row_len].all():
+                on_row(row, tokens)
     return tokens

@@ -1,26 +1,87 @@
-"""The plain sampler: prefixes are kept, seeds reproduce, temperature 0 is argmax."""
+"""Sampling: the KV cache changes nothing, kept pixels stay, seeds reproduce, rows stream."""
 
 import pytest
 import torch
 
+from kernels.decode import row_keys
+from kernels.layouts import parse_layout
 from models import ModelConfig, SparseTransformer
-from models.sampling import logits_to_probs, sample
+from models.sampling import SamplingCancelled, logits_to_probs, sample
+
+ROW = 5  # images of 4 rows x 5 columns = 20 tokens
+LAYOUTS = [
+    "dense()",
+    f"local(l={ROW})",
+    f"strided(l={ROW})",
+    f"fixed(l={ROW}, c=2)",
+    "fixed(l=4, c=1, num_verts=2)",
+    f"multihead(local(l={ROW}), column(l={ROW}))",
+    [f"strided(l={ROW})", f"local(l={ROW})"],
+]
+
+
+def make(layout, channels=1):
+    torch.manual_seed(0)
+    c = ModelConfig(
+        height=4, width=ROW, channels=channels, n_layer=2, n_head=2, n_embd=16, layout=layout
+    )
+    # float64 so that cached and uncached logits agree to ~1e-15 and draw the same tokens
+    return SparseTransformer(c).double().eval()
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    config = ModelConfig(height=4, width=5, n_layer=2, n_head=2, n_embd=16, layout="strided(l=5)")
-    return SparseTransformer(config).eval()
+    return make(f"strided(l={ROW})")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+def test_cached_sampling_equals_uncached(layout):
+    m = make(layout)
+    prefix = torch.tensor([10, 200, 30])
+    a = sample(m, n_samples=3, prefix=prefix, seed=7, use_cache=True)
+    b = sample(m, n_samples=3, prefix=prefix, seed=7, use_cache=False)
+    assert torch.equal(a, b)
+    assert torch.equal(
+        sample(m, n_samples=2, seed=1), sample(m, n_samples=2, seed=1, use_cache=False)
+    )
+
+
+def test_cached_sampling_equals_uncached_rgb():
+    m = make("strided(l=15)", channels=3)
+    assert torch.equal(
+        sample(m, n_samples=2, seed=3), sample(m, n_samples=2, seed=3, use_cache=False)
+    )
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[:-1], ids=str)
+def test_decode_touches_only_the_layout_row(layout):
+    lay = parse_layout(layout)
+    for i in [0, 3, 11, 19]:
+        idx, head_mask = row_keys(lay, i, 2)
+        mask = lay.dense_mask(20, 2)[:, i]  # [H, 20]
+        assert torch.equal(idx, mask.any(0).nonzero().flatten())  # exactly the union, no more
+        if head_mask is not None:
+            assert torch.equal(head_mask, mask[:, idx])
 
 
 def test_prefix_is_kept_and_seed_reproduces(model):
     prefix = torch.arange(7) * 30
     a = sample(model, n_samples=3, prefix=prefix, seed=1)
-    b = sample(model, n_samples=3, prefix=prefix, seed=1)
-    assert a.shape == (3, 20) and torch.equal(a, b)
+    assert a.shape == (3, 20) and torch.equal(a, sample(model, n_samples=3, prefix=prefix, seed=1))
     assert torch.equal(a[:, :7], prefix.expand(3, 7))
     assert not torch.equal(a, sample(model, n_samples=3, prefix=prefix, seed=2))
+
+
+def test_known_rectangle_is_kept(model):
+    image = torch.randint(0, 256, (20,), generator=torch.Generator().manual_seed(0))
+    known = torch.zeros(4, ROW, dtype=torch.bool)
+    known[1:3, 1:4] = True  # a 2x3 rectangle in the middle
+    known = known.flatten()
+    out = sample(model, n_samples=4, prefix=image, known=known, seed=0)
+    assert torch.equal(out[:, known], image[known].expand(4, -1))
+    assert not (out[:, ~known] == image[~known]).all()
+    ref = sample(model, n_samples=4, prefix=image, known=known, seed=0, use_cache=False)
+    assert torch.equal(out, ref)
 
 
 def test_temperature_zero_is_argmax_decoding(model):
@@ -29,6 +90,32 @@ def test_temperature_zero_is_argmax_decoding(model):
     for i in range(20):  # greedy decoding by hand
         x[0, i] = model(x[:, : i + 1])[0, i].argmax()
     assert torch.equal(got, x.expand(2, 20))
+
+
+def test_progress_once_per_row_and_rows_are_complete(model):
+    calls = []
+
+    def on_row(row, tokens):
+        calls.append((row, tokens[:, row * ROW : (row + 1) * ROW].clone()))
+
+    out = sample(model, n_samples=2, prefix=torch.arange(8), seed=0, on_row=on_row)
+    assert [r for r, _ in calls] == [1, 2, 3]  # row 0 was given whole; row 1 partly
+    for row, values in calls:
+        assert torch.equal(values, out[:, row * ROW : (row + 1) * ROW])
+
+
+def test_cancel_stops_within_one_row(model):
+    rows = []
+    with pytest.raises(SamplingCancelled) as e:
+        sample(
+            model,
+            n_samples=2,
+            seed=0,
+            on_row=lambda r, t: rows.append(r),
+            cancel=lambda: len(rows) >= 2,
+        )
+    assert rows == [0, 1]
+    assert e.value.position == 2 * ROW  # stopped right at the start of the next row
 
 
 def test_top_k_and_top_p_filter_the_distribution():
