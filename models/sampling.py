@@ -31,7 +31,11 @@ class SamplingCancelled(Exception):
 
 
 def logits_to_probs(
-    logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> Tensor:
     """Next-token distribution [B, 256] from logits [B, 256]; temperature 0 means argmax."""
     if temperature < 0:
