@@ -57,7 +57,8 @@ def decode_attention(
     idx = idx.to(q.device)
     k = k_cache.index_select(2, idx)  # [B, H, K, D]
     v = v_cache.index_select(2, idx)  # [B, H, K, D]
-    scores = torch.matmul(q, k.transpose(-2, -1)).float() * scale  # [B, H, 1, K]
+    acc = torch.promote_types(q.dtype, torch.float32)  # softmax in fp32 (fp64 stays fp64)
+    scores = torch.matmul(q, k.transpose(-2, -1)).to(acc) * scale  # [B, H, 1, K]
     if head_mask is not None:
         scores = scores.masked_fill(~head_mask.to(q.device)[None, :, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1)  # [B, H, 1, K]

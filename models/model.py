@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import Tensor
 
 from kernels import BACKENDS, Layout, attention, parse_layout
+from kernels.capture import FORMS, CaptureForm, capture, row_probs
 from kernels.decode import decode_attention
 from models.data import Geometry, token_coords
 
@@ -145,6 +146,9 @@ class KVCache:
 
     k: Tensor
     v: Tensor
+    # when not None, the attention row of every position run through this cache:
+    # position -> (probs [B, H, K], key indices [K]); O(nnz), for "where did it look"
+    rows: dict[int, tuple[Tensor, Tensor]] | None = None
 
 
 class CausalSelfAttention(nn.Module):
@@ -157,20 +161,32 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
+    def heads_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values per head: x [B, T, C] -> 3 x [B, H, T, C/H]."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B, T, C]
+        # split the channels into heads: [B, T, C] -> [B, H, T, C/H]
+        return tuple(rearrange(t, "b n (h d) -> b h n d", h=self.n_head) for t in (q, k, v))
+
     def forward(self, x: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
         """x [B, T, C] at positions [start, start + T). With a cache, k and v are stored in it,
         and a single position (T = 1) attends to the cached keys its layout allows."""
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B, T, C]
-        # split the channels into heads: [B, T, C] -> [B, H, T, C/H]
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.n_head) for t in (q, k, v))
+        q, k, v = self.heads_qkv(x)  # 3 x [B, H, T, C/H]
         T = x.shape[1]
         if cache is not None:
             cache.k[:, :, start : start + T] = k
             cache.v[:, :, start : start + T] = v
         if cache is not None and T == 1:
-            y, _, _ = decode_attention(q, cache.k, cache.v, self.layout, start)  # [B, H, 1, C/H]
+            record = cache.rows is not None
+            y, probs, idx = decode_attention(
+                q, cache.k, cache.v, self.layout, start, return_probs=record
+            )  # [B, H, 1, C/H]
+            if record:
+                cache.rows[start] = (probs, idx)
         elif start == 0:
             y = attention(q, k, v, self.layout, backend=self.backend)  # [B, H, T, C/H]
+            if cache is not None and cache.rows is not None:  # the last prefilled position
+                probs = row_probs(q, k, self.layout, torch.tensor([T - 1]))[:, :, 0]  # [B, H, T]
+                cache.rows[T - 1] = (probs, torch.arange(T, device=q.device))
         else:
             raise ValueError("several positions at once must start at position 0 (prefill)")
         y = rearrange(y, "b h n d -> b n (h d)")  # heads side by side again: [B, T, C]
@@ -276,12 +292,61 @@ class SparseTransformer(nn.Module):
             x = block(x, None if caches is None else caches[i], start)
         return self.head(self.ln_f(x))
 
-    def new_caches(self, batch: int) -> list[KVCache]:
-        """Empty KV caches for ``batch`` sequences, one per layer, on the model's device."""
+    def new_caches(self, batch: int, *, record_rows: bool = False) -> list[KVCache]:
+        """Empty KV caches for ``batch`` sequences, one per layer, on the model's device.
+
+        With ``record_rows`` each cache also keeps the attention row of every position it
+        runs (see generation_rows): where the model looked while it generated.
+        """
         c = self.config
         shape = (batch, c.n_head, c.block_size, c.n_embd // c.n_head)  # [B, H, N, D]
         w = self.head.weight
-        return [KVCache(w.new_zeros(shape), w.new_zeros(shape)) for _ in range(c.n_layer)]
+        return [
+            KVCache(w.new_zeros(shape), w.new_zeros(shape), {} if record_rows else None)
+            for _ in range(c.n_layer)
+        ]
+
+    @torch.no_grad()
+    def capture(
+        self,
+        tokens: Tensor,
+        *,
+        layers: list[int] | None = None,
+        heads: list[int] | None = None,
+        form: str = "full",
+        queries: list[int] | Tensor | None = None,
+        block: int | None = None,
+        support: Layout | str | None = None,
+    ) -> dict[int, CaptureForm]:
+        """The attention of tokens [B, n] at the chosen layers and heads, one form per layer
+        (kernels/capture.py: "full", "rows" with queries, "pooled" with block, "sparse" with an
+        optional support layout), each with tensors [B, len(heads), ...].
+
+        Asked for, not hooked: the ordinary forward pays nothing for it. The run stops after
+        the last layer asked for.
+        """
+        n_layer, n_head = self.config.n_layer, self.config.n_head
+        layers = list(range(n_layer)) if layers is None else [int(i) for i in layers]
+        heads = list(range(n_head)) if heads is None else [int(h) for h in heads]
+        if not layers or any(not 0 <= i < n_layer for i in layers):
+            raise ValueError(f"layers must be in 0..{n_layer - 1}, got {layers}")
+        if not heads or any(not 0 <= h < n_head for h in heads):
+            raise ValueError(f"heads must be in 0..{n_head - 1}, got {heads}")
+        if form not in FORMS:
+            raise ValueError(f"unknown capture form {form!r}; choose one of {', '.join(FORMS)}")
+        support = parse_layout(support) if support is not None else None
+        x = self.embed(tokens)
+        out: dict[int, CaptureForm] = {}
+        for i, block_ in enumerate(self.blocks[: max(layers) + 1]):
+            if i in layers:
+                q, k, _ = block_.attn.heads_qkv(block_.ln_1(x))  # [B, H, n, C/H] each
+                # all heads, then the chosen ones: per-head layouts index patterns by head
+                full = capture(
+                    q, k, block_.attn.layout, form, queries=queries, block=block, support=support
+                )
+                out[i] = full.select(heads)
+            x = block_(x)
+        return out
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Token ids [B, n] -> logits [B, n, 256]; logits[:, i] predicts token i from tokens < i."""

@@ -1,0 +1,232 @@
+"""Attention probabilities in the forms a person can look at, without an N x N matrix.
+
+The four forms of DESIGN.md §5, for q, k of shape [B, H, N, D] and the layout they attend with:
+
+    FullMap     probs [B, H, N, N]                      only where N <= MAX_FULL_N
+    Rows        probs [B, H, Q, N] of chosen queries    a clicked pixel
+    PooledMap   mean and max of every P x P tile        an overview at any N
+    SparseMap   the probability of every pair of a support layout, in CSR form
+
+This module is the reference path: exact, in plain PyTorch, walking over blocks of query rows so
+that memory is O(rows x N) per block and O(output) overall (the full map excepted). The Triton
+kernels compute the same forms from their forward pass's log-sum-exp.
+
+``support`` for the sparse form may differ from the attention layout: the probabilities of a
+dense model stored on the pairs of strided(l) are exactly what "how much of this head does
+strided cover" needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from kernels.layouts import Layout
+
+MAX_FULL_N = 4096  # a full float32 map is 64 MiB per head here
+ROW_BLOCK = 256  # query rows per step of the reference walk
+
+
+@dataclass
+class FullMap:
+    probs: Tensor  # [B, H, N, N]
+
+    def select(self, heads: list[int]) -> FullMap:
+        return FullMap(self.probs[:, heads])
+
+
+@dataclass
+class Rows:
+    queries: Tensor  # [Q] query positions
+    probs: Tensor  # [B, H, Q, N]
+
+    def select(self, heads: list[int]) -> Rows:
+        return Rows(self.queries, self.probs[:, heads])
+
+
+@dataclass
+class PooledMap:
+    block: int
+    n: int
+    mean: Tensor  # [B, H, nb, nb]: the mean over the tile's real (unpadded) entries
+    max: Tensor  # [B, H, nb, nb]
+
+    def select(self, heads: list[int]) -> PooledMap:
+        return PooledMap(self.block, self.n, self.mean[:, heads], self.max[:, heads])
+
+
+@dataclass
+class SparseMap:
+    """CSR over the support's pairs: row i's keys are indices[indptr[i]:indptr[i+1]] (sorted)
+    and their probabilities values[..., indptr[i]:indptr[i+1]]. For per-head supports the
+    pattern is the union over heads, with zeros where a head's support has no pair."""
+
+    n: int
+    support: str  # the support layout's spec
+    indptr: Tensor  # [N + 1]
+    indices: Tensor  # [nnz]
+    values: Tensor  # [B, H, nnz]
+
+    def select(self, heads: list[int]) -> SparseMap:
+        return SparseMap(self.n, self.support, self.indptr, self.indices, self.values[:, heads])
+
+    def to_dense(self) -> Tensor:
+        """[B, H, N, N]; for small N (tests, exports)."""
+        B, H, _ = self.values.shape
+        rows = torch.repeat_interleave(torch.arange(self.n), self.indptr.diff())  # [nnz]
+        out = self.values.new_zeros(B, H, self.n, self.n)
+        out[:, :, rows, self.indices] = self.values
+        return out
+
+
+def _dtype(q: Tensor) -> torch.dtype:
+    return torch.promote_types(q.dtype, torch.float32)
+
+
+def _heads_mask(layout: Layout, h: Tensor, i: Tensor, j: Tensor) -> Tensor:
+    return layout.mask_mod(torch.zeros((), dtype=torch.long), h, i, j)
+
+
+def row_probs(
+    q: Tensor, k: Tensor, layout: Layout, queries: Tensor, scale: float | None = None
+) -> Tensor:
+    """Exact attention probabilities of the given query rows: [B, H, Q, N], float32 (float64
+    for float64 inputs)."""
+    B, H, N, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    queries = queries.to(q.device)
+    dt = _dtype(q)
+    scores = torch.matmul(q[:, :, queries].to(dt), k.to(dt).transpose(-2, -1)) * scale
+    h = torch.arange(H, device=q.device)[:, None, None]
+    allowed = _heads_mask(layout, h, queries[None, :, None], torch.arange(N, device=q.device))
+    scores = scores.masked_fill(~allowed, float("-inf"))  # [B, H, Q, N]
+    return torch.softmax(scores, dim=-1)
+
+
+def _row_blocks(
+    q: Tensor, k: Tensor, layout: Layout, scale: float | None, rows: int
+) -> Iterator[tuple[int, Tensor]]:
+    """(first row, probs [B, H, r, N]) for consecutive blocks of r query rows."""
+    N = q.shape[2]
+    for s in range(0, N, rows):
+        yield s, row_probs(q, k, layout, torch.arange(s, min(s + rows, N)), scale)
+
+
+def capture_full(q: Tensor, k: Tensor, layout: Layout, scale: float | None = None) -> FullMap:
+    N = q.shape[2]
+    if N > MAX_FULL_N:
+        raise ValueError(
+            f"a full map at N = {N} would be {N * N * 4 / 2**20:.0f} MiB per head; full maps are "
+            f"for N <= {MAX_FULL_N}: use the rows, pooled or sparse forms"
+        )
+    return FullMap(torch.cat([p for _, p in _row_blocks(q, k, layout, scale, ROW_BLOCK)], dim=2))
+
+
+def capture_rows(q: Tensor, k: Tensor, layout: Layout, queries, scale: float | None = None) -> Rows:
+    N = q.shape[2]
+    queries = torch.as_tensor(queries, dtype=torch.long).flatten()
+    if len(queries) and (queries.min() < 0 or queries.max() >= N):
+        raise ValueError(f"query positions must be in 0..{N - 1}, got {queries.tolist()}")
+    return Rows(queries, row_probs(q, k, layout, queries, scale))
+
+
+def capture_pooled(
+    q: Tensor, k: Tensor, layout: Layout, block: int, scale: float | None = None
+) -> PooledMap:
+    if block < 1:
+        raise ValueError(f"pooling block must be >= 1, got {block}")
+    B, H, N, _ = q.shape
+    nb = -(-N // block)
+    pad = nb * block - N
+    # tile sizes, for the mean over real entries of the partial last row/column of tiles
+    sizes = torch.full((nb,), block, dtype=_dtype(q), device=q.device)
+    sizes[-1] = block - pad
+    mean = q.new_zeros(B, H, nb, nb, dtype=_dtype(q))
+    mx = q.new_zeros(B, H, nb, nb, dtype=_dtype(q))
+    rows = block * max(1, ROW_BLOCK // block)
+    for s, p in _row_blocks(q, k, layout, scale, rows):
+        r = p.shape[2]
+        p = torch.nn.functional.pad(p, (0, pad, 0, -r % block))  # [B, H, r', nb*block]
+        tiles = p.view(B, H, p.shape[2] // block, block, nb, block)
+        t0 = s // block
+        mean[:, :, t0 : t0 + tiles.shape[2]] = tiles.sum(dim=(3, 5))
+        mx[:, :, t0 : t0 + tiles.shape[2]] = tiles.amax(dim=(3, 5))
+    mean /= sizes[:, None] * sizes[None, :]
+    return PooledMap(block, N, mean, mx)
+
+
+def support_pattern(support: Layout, n: int, n_heads: int) -> tuple[Tensor, Tensor]:
+    """CSR (indptr [N+1], indices [nnz]) of the union over heads of the support's pairs."""
+    heads = n_heads if support.period > 1 else 1
+    counts, indices = [], []
+    h = torch.arange(heads)[:, None, None]
+    for s in range(0, n, ROW_BLOCK):
+        i = torch.arange(s, min(s + ROW_BLOCK, n))
+        allowed = _heads_mask(support, h, i[None, :, None], torch.arange(n)).expand(
+            heads, len(i), n
+        )
+        union = allowed.any(0)  # [r, N]
+        counts.append(union.sum(1))
+        indices.append(union.nonzero()[:, 1])
+    indptr = torch.zeros(n + 1, dtype=torch.long)
+    indptr[1:] = torch.cat(counts).cumsum(0)
+    return indptr, torch.cat(indices)
+
+
+def capture_sparse(
+    q: Tensor,
+    k: Tensor,
+    layout: Layout,
+    support: Layout | None = None,
+    scale: float | None = None,
+) -> SparseMap:
+    """Probabilities (under ``layout``) of the pairs of ``support`` (default: the layout)."""
+    B, H, N, _ = q.shape
+    support = layout if support is None else support
+    support.check_heads(H)
+    indptr, indices = support_pattern(support, N, H)
+    rows_of = torch.repeat_interleave(torch.arange(N), indptr.diff())  # [nnz]
+    values = q.new_zeros(B, H, len(indices), dtype=_dtype(q))
+    for s, p in _row_blocks(q, k, layout, scale, ROW_BLOCK):
+        a, b = indptr[s], indptr[min(s + p.shape[2], N)]
+        values[:, :, a:b] = p[:, :, rows_of[a:b] - s, indices[a:b].to(p.device)]
+    if support.period > 1:  # zero the pairs of the union that this head's support lacks
+        h = torch.arange(H)[:, None]
+        values *= _heads_mask(support, h, rows_of[None, :], indices[None, :]).to(values)
+    return SparseMap(N, repr(support), indptr, indices, values)
+
+
+CaptureForm = FullMap | Rows | PooledMap | SparseMap
+FORMS = ("full", "rows", "pooled", "sparse")
+
+
+def capture(
+    q: Tensor,
+    k: Tensor,
+    layout: Layout,
+    form: str,
+    *,
+    queries=None,
+    block: int | None = None,
+    support: Layout | None = None,
+    scale: float | None = None,
+) -> CaptureForm:
+    """One of the forms by name: "full", "rows" (needs queries), "pooled" (needs block),
+    "sparse" (optional support)."""
+    if form == "full":
+        return capture_full(q, k, layout, scale)
+    if form == "rows":
+        if queries is None:
+            raise ValueError('form="rows" needs queries=[positions]')
+        return capture_rows(q, k, layout, queries, scale)
+    if form == "pooled":
+        if block is None:
+            raise ValueError('form="pooled" needs block=P (the tile size)')
+        return capture_pooled(q, k, layout, block, scale)
+    if form == "sparse":
+        return capture_sparse(q, k, layout, support, scale)
+    raise ValueError(f"unknown capture form {form!r}; choose full, rows, pooled or sparse")

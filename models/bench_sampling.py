@@ -1,0 +1,98 @@
+"""Benchmark image completion: KV-cache decoding vs re-running the whole prefix, in one run.
+
+    python -m models.bench_sampling                 # CPU: the shipped models, 4 samples
+    python -m models.bench_sampling --device cuda   # GPU: adds a 32x32x3 model, 16 samples
+
+Each row completes the bottom half of an image (the top half kept) and reports the wall time
+of the whole completion and the time per decoding step (one new token for every sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from models.checkpoint import CheckpointError, load_model
+from models.complete import keep_mask
+from models.model import ModelConfig, SparseTransformer
+from models.sampling import sample
+
+ROOT = Path(__file__).resolve().parents[1] / "assets" / "models"
+
+
+def time_completion(model: SparseTransformer, n_samples: int, use_cache: bool) -> float:
+    geometry = model.config.geometry
+    device = next(model.parameters()).device
+    image = torch.randint(0, 256, (geometry.n_tokens,), generator=torch.Generator().manual_seed(0))
+    keep = keep_mask(geometry)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    sample(
+        model, n_samples=n_samples, prefix=image.to(device), known=keep, seed=0, use_cache=use_cache
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.bench_sampling", description=__doc__)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--samples", type=int, default=None, help="default: 4 on CPU, 16 on GPU")
+    p.add_argument("--no-uncached", action="store_true", help="skip the slow uncached baseline")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    n_samples = args.samples or (16 if device.type == "cuda" else 4)
+    models: list[tuple[str, SparseTransformer]] = []
+    try:
+        for name in ("dense", "strided", "fixed"):
+            models.append((f"assets/models/{name}", load_model(ROOT / name, device=device)))
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if device.type == "cuda":  # the same architecture at CIFAR's shape, random weights
+        base = models[1][1].config
+        for layout in ("dense()", "strided(l=96)"):
+            cfg = ModelConfig(
+                **{**base.to_dict(), "height": 32, "width": 32, "channels": 3, "layout": layout}
+            )
+            models.append((f"32x32x3 {layout}", SparseTransformer(cfg).to(device).eval()))
+
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    )
+    print(f"# completion benchmark, {date.today()}, {where}, torch {torch.__version__}")
+    print(f"# {n_samples} samples, bottom half sampled, top half kept\n")
+    print(
+        "| model | layout | tokens sampled | cached: s / completion | ms / step "
+        "| uncached: s / completion | speed-up |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, model in models:
+        steps = int((~keep_mask(model.config.geometry)).sum())
+        time_completion(model, n_samples, True)  # warm-up: mask and row-index caches
+        cached = time_completion(model, n_samples, True)
+        if args.no_uncached:
+            uncached_s, ratio = "-", "-"
+        else:
+            uncached = time_completion(model, n_samples, False)
+            uncached_s, ratio = f"{uncached:.2f}", f"{uncached / cached:.1f}x"
+        print(
+            f"| {name} | `{model.layouts[0]!r}` | {steps} | {cached:.2f} "
+            f"| {1000 * cached / steps:.2f} | {uncached_s} | {ratio} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

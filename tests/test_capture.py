@@ -1,0 +1,112 @@
+"""Capture forms agree with each other and with the attention the model actually computes."""
+
+import pytest
+import torch
+
+import kernels
+from kernels import capture as C
+from kernels import layouts as L
+from models import ModelConfig, SparseTransformer
+from models.sampling import generation_rows, sample
+
+LAYOUTS = [
+    L.dense(),
+    L.strided(7),
+    L.fixed(7, 2),
+    L.fixed(8, 2, num_verts=2),
+    L.multihead(L.local(5), L.column(5)),
+]
+
+
+def qk(N=45, H=2, B=2, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, H, N, D, generator=g), torch.randn(B, H, N, D, generator=g)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
+def test_full_map_is_the_reference_probabilities(layout):
+    q, k = qk()
+    full = C.capture_full(q, k, layout).probs
+    ref = kernels.reference_attention(q, k, k, layout, return_probs=True).probs
+    torch.testing.assert_close(full, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
+def test_forms_agree_with_the_full_map(layout, monkeypatch):
+    monkeypatch.setattr(C, "ROW_BLOCK", 16)  # several row blocks, the last one partial
+    q, k = qk()
+    full = C.capture_full(q, k, layout).probs  # [B, H, N, N]
+    queries = [0, 7, 44, 20]
+    torch.testing.assert_close(C.capture_rows(q, k, layout, queries).probs, full[:, :, queries])
+    for block in (5, 7, 16):  # 45 is not a multiple of any of them
+        pooled = C.capture_pooled(q, k, layout, block)
+        nb = -(-45 // block)
+        for a in range(nb):
+            for b in range(nb):
+                tile = full[:, :, a * block : (a + 1) * block, b * block : (b + 1) * block]
+                torch.testing.assert_close(pooled.mean[:, :, a, b], tile.mean(dim=(2, 3)))
+                torch.testing.assert_close(pooled.max[:, :, a, b], tile.amax(dim=(2, 3)))
+    sparse = C.capture_sparse(q, k, layout)
+    torch.testing.assert_close(sparse.to_dense(), full)
+    assert sparse.indptr[-1] == len(sparse.indices) == layout.dense_mask(45, 2).any(0).sum()
+
+
+def test_sparse_on_another_support_gives_its_coverage():
+    q, k = qk()
+    full = C.capture_full(q, k, L.dense()).probs
+    sparse = C.capture_sparse(q, k, L.dense(), support=L.strided(7))
+    mask = L.strided(7).dense_mask(45)
+    torch.testing.assert_close(sparse.to_dense(), full * mask)
+    assert sparse.support == "strided(l=7)"
+
+
+def test_full_map_refuses_large_n():
+    q, k = qk(N=4097, B=1, H=1, D=2)
+    with pytest.raises(ValueError, match="rows, pooled or sparse"):
+        C.capture_full(q, k, L.dense())
+
+
+def make_model(layout="strided(l=7)"):
+    torch.manual_seed(0)
+    config = ModelConfig(height=5, width=7, n_layer=3, n_head=2, n_embd=16, layout=layout)
+    return SparseTransformer(config).double().eval()
+
+
+@pytest.mark.parametrize("layout", ["dense()", "strided(l=7)", "fixed(l=7, c=1, num_verts=2)"])
+def test_model_capture_is_the_attention_it_computes(layout):
+    model = make_model(layout)
+    x = torch.randint(0, 256, (2, 35), generator=torch.Generator().manual_seed(1))
+    caps = model.capture(x, layers=[0, 2], heads=[1], form="full")
+    assert sorted(caps) == [0, 2] and caps[2].probs.shape == (2, 1, 35, 35)
+    h = model.embed(x)
+    for i, block in enumerate(model.blocks):
+        if i == 2:
+            q, k, v = block.attn.heads_qkv(block.ln_1(h))
+            out = kernels.attention(q, k, v, block.attn.layout)  # what the forward computes
+            torch.testing.assert_close(caps[2].probs[:, 0] @ v[:, 1], out[:, 1])
+        h = block(h)
+
+
+def test_model_capture_validates():
+    model = make_model()
+    x = torch.zeros(1, 35, dtype=torch.long)
+    with pytest.raises(ValueError, match="layers"):
+        model.capture(x, layers=[3])
+    with pytest.raises(ValueError, match="heads"):
+        model.capture(x, heads=[2])
+    with pytest.raises(ValueError, match="capture form"):
+        model.capture(x, form="heatmap")
+    with pytest.raises(ValueError, match="needs queries"):
+        model.capture(x, form="rows")
+
+
+def test_capture_during_generation_equals_capture_of_the_result():
+    model = make_model()
+    caches = model.new_caches(3, record_rows=True)
+    prefix = torch.arange(10)
+    tokens = sample(model, n_samples=3, prefix=prefix, seed=0, caches=caches)
+    generated = list(range(10, 35))
+    during = generation_rows(caches, generated)
+    after = model.capture(tokens, form="rows", queries=generated)
+    for layer in range(3):
+        torch.testing.assert_close(during[layer].probs, after[layer].probs, rtol=1e-9, atol=1e-12)
