@@ -1,0 +1,131 @@
+"""Analysis metrics on hand-built heads with known answers, and the analysis CLI."""
+
+import gzip
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from kernels import layouts as L
+from models import ModelConfig, SparseTransformer, save_model
+from models.data import Geometry
+from viz.analysis import aggregate, default_queries, head_metrics, head_type
+from viz.analyze import analyze_model, layout_search, main
+
+G = Geometry(8, 10, 1)  # 80 tokens, one row = 10
+N = G.n_tokens
+Q = default_queries(G)  # 10 .. 79
+
+
+def head(rule) -> torch.Tensor:
+    """A hand-built head [1, 1, Q, N]: row i spreads its mass evenly over rule(i)."""
+    p = torch.zeros(1, 1, len(Q), N, dtype=torch.float64)
+    for r, i in enumerate(Q.tolist()):
+        keys = rule(i)
+        p[0, 0, r, keys] = 1 / len(keys)
+    return p
+
+
+def metrics(p, layout=None):
+    m = head_metrics(p, Q, G, layout)
+    return {k: float(v[0, 0]) for k, v in m.items()}
+
+
+def test_pixel_above_head_is_column_shared_and_covered_by_strided():
+    m = metrics(head(lambda i: [i - 10]), L.strided(10))
+    assert m["same_col"] == pytest.approx(1) and m["same_row"] == 0
+    assert m["coverage"] == pytest.approx(1) and m["coverage_column"] == pytest.approx(1)
+    assert m["coverage_local"] == 0  # i - j = l is outside the window of l keys
+    assert m["distance"] == pytest.approx(1) and m["k90"] == 1 and m["entropy"] == 0
+    assert head_type(m) == "local"  # a single key right above: a neighbourhood, not a column
+
+
+def test_uniform_head_has_the_known_entropy_and_is_global():
+    m = metrics(head(lambda i: list(range(i + 1))), L.strided(10))
+    assert m["entropy"] == pytest.approx(np.mean([math.log2(i + 1) for i in Q.tolist()]))
+    assert m["k90"] == pytest.approx(np.mean([math.ceil(0.9 * (i + 1)) for i in Q.tolist()]))
+    density = np.mean([(min(i + 1, 10) + i // 10) / (i + 1) for i in Q.tolist()])
+    assert m["coverage"] == pytest.approx(density)  # uniform mass: coverage = density per row
+    assert head_type(m) == "global"
+
+
+def test_row_column_local_sparse_heads():
+    row = metrics(head(lambda i: list(range(i - i % 10, i + 1))))
+    assert row["same_row"] == pytest.approx(1) and head_type(row) == "row"
+    col = metrics(head(lambda i: list(range(i % 10, i + 1, 10))))
+    assert col["same_col"] == pytest.approx(1) and head_type(col) == "column"
+    local = metrics(head(lambda i: [i - 1, i - 2, i - 3] if i % 10 >= 3 else [i - 10]))
+    assert local["distance"] <= 2.5 and head_type(local) == "local"
+    sparse = metrics(head(lambda i: [0, 5]))
+    assert sparse["k90"] == 2 and head_type(sparse) == "sparse"
+
+
+def test_fixed_coverage_parts_are_exclusive():
+    # own block up to i and the last key of every earlier block: all inside fixed(10, 1)
+    p = head(lambda i: list(range(i - i % 10, i + 1)) + [b * 10 + 9 for b in range(i // 10)])
+    m = metrics(p, L.fixed(10, 1))
+    assert m["coverage"] == pytest.approx(1)
+    assert m["coverage_block"] + m["coverage_summary"] == pytest.approx(1)
+    assert m["coverage_summary"] > 0 and m["coverage_block"] > 0
+
+
+def test_aggregate_mean_and_spread():
+    per_image = {"coverage": torch.tensor([[0.2, 1.0], [0.4, 1.0]])}
+    mean, std = aggregate(per_image)["coverage"]
+    torch.testing.assert_close(mean, torch.tensor([0.3, 1.0]))
+    torch.testing.assert_close(std, torch.tensor([0.1, 0.0]))
+
+
+def tiny_model(layout):
+    torch.manual_seed(0)
+    return SparseTransformer(ModelConfig.from_name("fmnist-tiny", layout=layout)).eval()
+
+
+def test_a_sparse_model_puts_no_mass_outside_its_layout():
+    tokens = torch.randint(0, 256, (2, 784), generator=torch.Generator().manual_seed(0))
+    model = tiny_model("strided(l=28)")
+    rows = analyze_model(model, tokens, L.strided(28))
+    assert len(rows) == 4 and all(r["coverage"] == pytest.approx(1) for r in rows)
+    dense_rows = analyze_model(tiny_model("dense()"), tokens, L.strided(28))
+    assert all(r["coverage"] < 0.99 for r in dense_rows)
+    search = layout_search(model, tokens, [L.strided(28), L.strided(14), L.fixed(28, 2)])
+    by = {r["layout"]: r for r in search}
+    assert by["strided(l=28)"]["coverage"] == pytest.approx(1)
+    assert by["strided(l=14)"]["coverage"] < 1
+
+
+def test_cli_writes_json_and_csv(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, 3, 28, 28) + imgs.tobytes())
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 0x801, 3) + bytes(3))
+    save_model(tiny_model("dense()"), tmp_path / "m")
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "--model",
+            str(tmp_path / "m"),
+            "--layout",
+            "fixed",
+            "--images",
+            "2",
+            "--data",
+            f"fashion-mnist:{folder}",
+            "--out",
+            str(out),
+            "--search",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert rc == 0 and "learned attention vs fixed(l=28, c=2)" in text
+    result = json.loads((out / "m_vs_fixed.json").read_text())
+    assert len(result["heads"]) == 4 and result["images"] == 2 and result["search"]
+    assert (out / "m_vs_fixed.csv").read_text().startswith("layer,head,layout")
+    assert main(["--model", str(tmp_path / "nope")]) == 2
+    assert main(["--model", str(tmp_path / "m"), "--layout", "strided(l=0)"]) == 2
