@@ -212,11 +212,11 @@ def render_analysis(root: Path, n: int) -> list[str]:
     mean_st = sum(h["coverage"] for h in st["heads"]) / len(types)
     mean_fx = sum(h["coverage"] for h in fx["heads"]) / len(types)
     grows = [t for t in ("row", "column") if t in types]
+    dens_st, dens_fx = (parse_layout(r["layout"]).density(n) for r in (st, fx))
     lines += [
         "",
         f"Head types: {counts}. Strided keeps {mean_st:.1%} of the dense model's attention on "
-        f"average and fixed {mean_fx:.1%}, at densities of "
-        f"{parse_layout(st['layout']).density(n):.3f} and {parse_layout(fx['layout']).density(n):.3f}. "
+        f"average and fixed {mean_fx:.1%}, at densities of {dens_st:.3f} and {dens_fx:.3f}. "
         + (
             f"Like the paper's Figure 2, the dense model grows {' and '.join(grows)} heads."
             if grows
