@@ -1,35 +1,113 @@
-"""Layouts page: the prescribed sparsity patterns, their density and their exact mask."""
+"""Layouts page: the prescribed patterns, drawn as an N x N mask and over the image's pixels."""
 
 import streamlit as st
 
 from kernels import layouts as L
+from models.data import Geometry
+from viz.figures import clicked_pixel, layout_pixel_figure, mask_figure
+from viz.layout_view import mask_view, part_names, pixel_to_token, pixel_view
+
+GEOMETRIES = {
+    "28x28 gray (Fashion-MNIST)": Geometry(28, 28, 1),
+    "32x32 RGB (CIFAR-10)": Geometry(32, 32, 3),
+}
 
 st.title("Sparse attention layouts")
 st.caption(
-    "Which earlier tokens each query may attend to, for the Sparse Transformer's layouts "
-    "(Child et al. 2019). A 28x28 gray image is 784 tokens; one image row is l = 28 tokens."
+    "Which earlier tokens each query may attend to under the Sparse Transformer's prescribed "
+    "layouts (Child et al. 2019). An image is a sequence of tokens in raster order, channels "
+    "interleaved; l is usually one image row. Click a pixel to make it the query."
 )
 
-n = st.number_input("Sequence length N", min_value=1, max_value=4096, value=784, key="lay_n")
-l = st.number_input("Stride / block length l", min_value=1, max_value=4096, value=28, key="lay_l")
-c = st.number_input("Summary width c (fixed)", min_value=1, max_value=4096, value=4, key="lay_c")
 
-rows = []
-for make in (L.dense, lambda: L.local(l), lambda: L.strided(l), lambda: L.fixed(l, c)):
-    try:
-        layout = make()
-    except ValueError as e:
-        st.error(str(e))
+def _new_geometry() -> None:
+    """A new image size: l goes back to one row of it, the query back to its middle."""
+    g = GEOMETRIES[st.session_state.lay_geometry]
+    st.session_state.lay_l = g.width * g.channels
+    st.session_state.lay_row, st.session_state.lay_col = g.height // 2, g.width // 2
+    st.session_state.lay_channel = 0
+
+
+# session-state defaults, once; the widgets below take their values from here
+for key, default in {
+    "lay_l": 28,
+    "lay_c": 2,
+    "lay_verts": 1,
+    "lay_head": 0,
+    "lay_row": 14,
+    "lay_col": 14,
+    "lay_channel": 0,
+}.items():
+    st.session_state.setdefault(key, default)
+
+g_name = st.selectbox("Image", list(GEOMETRIES), key="lay_geometry", on_change=_new_geometry)
+geometry = GEOMETRIES[g_name]
+n = geometry.n_tokens
+
+# a click on a pixel view (previous run) moves the query before the inputs are drawn
+for chart_key in ("lay_pixels_strided", "lay_pixels_fixed"):
+    picked = clicked_pixel(st.session_state.get(chart_key), geometry.width)
+    if picked is not None and picked != st.session_state.get(f"{chart_key}_last"):
+        st.session_state[f"{chart_key}_last"] = picked
+        st.session_state.lay_row, st.session_state.lay_col = picked
+
+mode = st.radio("Show", ["strided", "fixed", "side by side"], horizontal=True, key="lay_mode")
+c1, c2, c3, c4 = st.columns(4)
+l_value = c1.number_input("l (stride / block length)", 1, n, key="lay_l")
+c_value = c2.number_input("c (summary width, fixed)", 1, n, key="lay_c")
+verts = c3.number_input("summary sets (fixed num_verts)", 1, 16, key="lay_verts")
+head = c4.number_input("head (fixed with several sets)", 0, 15, key="lay_head")
+q1, q2, q3 = st.columns(3)
+row = q1.number_input("query row", 0, geometry.height - 1, key="lay_row")
+col = q2.number_input("query column", 0, geometry.width - 1, key="lay_col")
+channel = q3.number_input("query channel", 0, geometry.channels - 1, key="lay_channel")
+
+chosen = []
+for kind in ("strided", "fixed"):
+    if mode not in (kind, "side by side"):
         continue
-    rows.append({"layout": repr(layout), "nnz": layout.nnz(n), "density": layout.density(n)})
-st.dataframe(rows, hide_index=True, key="lay_table")
+    try:
+        layout = L.strided(l_value) if kind == "strided" else L.fixed(l_value, c_value, verts)
+    except ValueError as e:
+        st.error(f"{kind}: {e}")
+        continue
+    chosen.append((kind, layout))
 
-choice = st.radio("Mask to show", [r["layout"] for r in rows], horizontal=True, key="lay_choice")
-if choice is not None and n <= 1024:
-    st.image(
-        (~L.parse_layout(choice).dense_mask(n)[0]).numpy().astype("uint8") * 255,
-        caption=f"{choice}: black = allowed (row = query i, column = key j)",
-        width=min(4 * n, 600),
+query = pixel_to_token(row, col, channel, geometry)
+if chosen:
+    st.dataframe(
+        [
+            {
+                "layout": repr(layout),
+                "allowed pairs (nnz)": layout.nnz(n, layout.period),
+                "keys per query (mean)": round(
+                    layout.nnz(n, layout.period) / (n * layout.period), 1
+                ),
+                "density vs dense causal": round(layout.density(n), 4),
+                f"keys of query {query}": int((pixel_view(layout, geometry, query, 0) > 0).sum()),
+            }
+            for _, layout in chosen
+        ],
+        hide_index=True,
+        key="lay_table",
     )
-elif choice is not None:
-    st.info("The full mask is drawn for N <= 1024.")
+for (kind, layout), column in zip(chosen, st.columns(len(chosen) or 1), strict=False):
+    with column:
+        h = head % layout.period
+        names = part_names(layout)
+        codes = pixel_view(layout, geometry, query, h)
+        st.plotly_chart(
+            layout_pixel_figure(
+                codes, names, (row, col), f"{layout!r}: keys of pixel ({row}, {col})"
+            ),
+            key=f"lay_pixels_{kind}",
+            on_select="rerun",
+            selection_mode="points",
+        )
+        st.caption(
+            "Colours: " + ", ".join(names) + ". Black ring: the query. A token never attends "
+            "to later tokens, so everything below and right of the query is blank."
+        )
+        mask, tile = mask_view(layout, n, h)
+        title = f"{layout!r}: N x N mask" + ("" if tile == 1 else f" (pooled {tile}x{tile})")
+        st.plotly_chart(mask_figure(mask, names, tile, title), key=f"lay_mask_{kind}")

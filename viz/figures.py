@@ -1,0 +1,225 @@
+"""Plotly figures for the app, built from arrays (never from streamlit state).
+
+Pixel grids are drawn as square scatter markers, one per pixel, not as a heatmap: Streamlit's
+``on_select`` returns clicked points for scatter traces but not for heatmaps, and a click on a
+pixel is how a person picks a query. Rows grow downwards as in the image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+# one colour per layout part, the same in every figure
+PART_COLORS = {
+    "causal": "#7f7f7f",
+    "local": "#1f77b4",
+    "column": "#ff7f0e",
+    "block": "#2ca02c",
+    "summary": "#d62728",
+}
+NOT_ALLOWED = "#f4f4f4"
+QUERY_COLOR = "#000000"
+
+
+def _part_colorscale(names: list[str]) -> list[list]:
+    """A discrete colour scale for codes 0..len(names) (0 = not allowed)."""
+    colors = [NOT_ALLOWED] + [PART_COLORS.get(n, "#9467bd") for n in names]
+    k = len(colors)
+    scale = []
+    for i, c in enumerate(colors):
+        scale += [[i / k, c], [(i + 1) / k, c]]
+    return scale
+
+
+def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> go.Figure:
+    """The N x N layout: exact part codes (tile = 1) or pooled density per tile."""
+    if tile == 1:
+        n = codes.shape[0]
+        labels = np.array(["not allowed", *names])[codes]
+        fig = go.Figure(
+            go.Heatmap(
+                z=codes,
+                zmin=-0.5,
+                zmax=len(names) + 0.5,
+                colorscale=_part_colorscale(names),
+                customdata=labels,
+                hovertemplate="query %{y}, key %{x}: %{customdata}<extra></extra>",
+                showscale=False,
+            )
+        )
+        for name in names:  # a legend for the parts
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    name=name,
+                    marker=dict(color=PART_COLORS.get(name), symbol="square"),
+                )
+            )
+    else:
+        n = codes.shape[0] * tile
+        fig = go.Figure(
+            go.Heatmap(
+                z=codes,
+                x0=tile / 2,
+                dx=tile,
+                y0=tile / 2,
+                dy=tile,
+                colorscale="Greys",
+                zmin=0,
+                zmax=1,
+                colorbar=dict(title="allowed share"),
+                hovertemplate=f"tile of {tile}x{tile}: %{{z:.3f}} allowed<extra></extra>",
+            )
+        )
+    fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x", range=[n, 0])
+    fig.update_xaxes(title="key j", range=[0, n])
+    fig.update_layout(
+        title=title,
+        height=520,
+        margin=dict(l=40, r=20, t=50, b=40),
+        plot_bgcolor="white",
+        legend=dict(orientation="h", y=-0.15),
+    )
+    return fig
+
+
+def pixel_grid_figure(
+    values: np.ndarray,
+    *,
+    title: str,
+    query: tuple[int, int] | None = None,
+    colorscale: str | list = "Viridis",
+    zmin: float | None = None,
+    zmax: float | None = None,
+    hover: np.ndarray | None = None,
+    colorbar_title: str | None = None,
+    outline: np.ndarray | None = None,
+    size_px: int = 420,
+) -> go.Figure:
+    """A clickable H x W grid of square markers coloured by ``values`` [H, W].
+
+    ``query`` (row, col) is marked with a black ring; ``outline`` [H, W] bool draws a ring
+    around those pixels (the prescribed layout over a learned map); ``hover`` [H, W] str
+    replaces the default hover text. Point i of the first trace is pixel (i // W, i % W).
+    """
+    h, w = values.shape
+    rows, cols = np.divmod(np.arange(h * w), w)
+    marker_px = max(3, int(size_px / max(h, w) * 0.92))
+    text = (
+        hover.reshape(-1)
+        if hover is not None
+        else [
+            f"row {r}, col {c}: {v:.4g}"
+            for r, c, v in zip(rows, cols, values.reshape(-1), strict=True)
+        ]
+    )
+    fig = go.Figure(
+        go.Scatter(
+            x=cols,
+            y=rows,
+            mode="markers",
+            marker=dict(
+                symbol="square",
+                size=marker_px,
+                color=values.reshape(-1),
+                colorscale=colorscale,
+                cmin=zmin,
+                cmax=zmax,
+                showscale=colorbar_title is not None,
+                colorbar=dict(title=colorbar_title) if colorbar_title else None,
+                line=dict(width=0),
+            ),
+            text=text,
+            hovertemplate="%{text}<extra></extra>",
+            name="pixels",
+            showlegend=False,
+        )
+    )
+    if outline is not None and outline.any():
+        r, c = np.nonzero(outline)
+        fig.add_trace(
+            go.Scatter(
+                x=c,
+                y=r,
+                mode="markers",
+                hoverinfo="skip",
+                name="layout",
+                marker=dict(
+                    symbol="square-open", size=marker_px, color="#ff7f0e", line=dict(width=1.5)
+                ),
+            )
+        )
+    if query is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[query[1]],
+                y=[query[0]],
+                mode="markers",
+                hoverinfo="skip",
+                name="query",
+                marker=dict(
+                    symbol="square-open", size=marker_px, color=QUERY_COLOR, line=dict(width=3)
+                ),
+            )
+        )
+    fig.update_xaxes(
+        range=[-0.5, w - 0.5], showgrid=False, zeroline=False, title="column", constrain="domain"
+    )
+    fig.update_yaxes(
+        range=[h - 0.5, -0.5], showgrid=False, zeroline=False, title="row", scaleanchor="x"
+    )
+    fig.update_layout(
+        title=title,
+        width=size_px + 120,
+        height=size_px + 80,
+        margin=dict(l=40, r=20, t=50, b=40),
+        plot_bgcolor="white",
+        clickmode="event+select",
+        dragmode=False,
+        showlegend=False,
+    )
+    return fig
+
+
+def layout_pixel_figure(
+    codes: np.ndarray, names: list[str], query: tuple[int, int], title: str
+) -> go.Figure:
+    """Which pixels a query may attend to, coloured by layout part (codes [H, W])."""
+    labels = np.array(["not allowed", *names])[codes]
+    h, w = codes.shape
+    rows, cols = np.divmod(np.arange(h * w), w)
+    hover = np.array(
+        [
+            f"row {r}, col {c}: {lab}"
+            for r, c, lab in zip(rows, cols, labels.reshape(-1), strict=True)
+        ]
+    ).reshape(h, w)
+    return pixel_grid_figure(
+        codes.astype(float),
+        title=title,
+        query=query,
+        hover=hover,
+        colorscale=_part_colorscale(names),
+        zmin=-0.5,
+        zmax=len(names) + 0.5,
+    )
+
+
+def clicked_pixel(event, width: int) -> tuple[int, int] | None:
+    """The (row, col) of the pixel clicked in a pixel_grid_figure, from st.plotly_chart's
+    selection event; None when nothing on the pixel trace was clicked."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points:
+        if p.get("curve_number", p.get("curveNumber", 0)) == 0:
+            idx = p.get("point_index", p.get("pointIndex"))
+            if idx is not None:
+                return divmod(int(idx), width)
+            if "x" in p and "y" in p:
+                return int(round(p["y"])), int(round(p["x"]))
+    return None
