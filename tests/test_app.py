@@ -58,3 +58,62 @@ def test_layouts_page_rgb_and_pooled_mask():
     assert list(at.dataframe[0].value["layout"]) == ["strided(l=96)"]
     mask = charts(at)[1]["data"][0]
     assert values(mask["z"]).shape[0] < 3072  # pooled: N = 3072 is drawn as tiles
+
+
+def tiny_models(tmp_path):
+    import torch
+
+    from models import ModelConfig, SparseTransformer, save_model
+
+    for name, layout in [("dense", "dense()"), ("strided", "strided(l=28)")]:
+        torch.manual_seed(0)
+        save_model(
+            SparseTransformer(ModelConfig.from_name("fmnist-tiny", layout=layout)), tmp_path / name
+        )
+    return tmp_path
+
+
+def attention_app(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/attention.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_attention_page_grid_head_and_pixel(tmp_path, monkeypatch):
+    at = attention_app(tmp_path, monkeypatch)
+    specs = charts(at)
+    assert len(specs) == 3  # overview grid, pixel view, N x N map
+    assert len(specs[0]["data"]) == 2 * 2  # fmnist-tiny: 2 layers x 2 heads
+    pixels = values(specs[1]["data"][0]["marker"]["color"])
+    assert pixels.shape == (784,) and pixels.sum() <= 1.0001  # one softmax row over pixels
+    assert pixels.reshape(28, 28)[15:].sum() == 0  # causal: nothing below the query row
+    at.selectbox(key="att_layer").set_value(1).run()
+    at.selectbox(key="att_head").set_value(1).run()
+    at.selectbox(key="att_outline").set_value("strided(l=28)").run()
+    assert not at.exception
+    specs = charts(at)
+    assert any(t.get("name") == "layout" for t in specs[1]["data"])  # the outline trace
+    at.number_input(key="att_row").set_value(3).run()
+    assert not at.exception
+    at.selectbox(key="att_model").set_value("strided").run()
+    assert not at.exception
+
+
+def test_attention_page_upload_good_and_bad(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    at = attention_app(tmp_path, monkeypatch)
+    at.radio(key="att_source").set_value("upload").run()
+    assert not at.exception
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="PNG")
+    at.file_uploader(key="att_upload").set_value(("shirt.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception and not at.error
+    assert len(charts(at)) == 3
+    at.file_uploader(key="att_upload").set_value(("bad.png", b"not an image", "image/png")).run()
+    assert not at.exception
+    assert "bad.png cannot be used" in at.error[0].value

@@ -223,3 +223,83 @@ def clicked_pixel(event, width: int) -> tuple[int, int] | None:
             if "x" in p and "y" in p:
                 return int(round(p["y"])), int(round(p["x"]))
     return None
+
+
+def head_grid_figure(maps: np.ndarray, title: str, selected: tuple[int, int] | None = None):
+    """An overview of every layer x head: maps [L, H, h, w] (e.g. one query's attention over
+    the image), each scaled to its own maximum so faint heads stay readable."""
+    from plotly.subplots import make_subplots
+
+    n_layer, n_head, h, w = maps.shape
+    fig = make_subplots(
+        rows=n_layer,
+        cols=n_head,
+        horizontal_spacing=0.01,
+        vertical_spacing=0.02,
+        row_titles=[f"layer {i}" for i in range(n_layer)],
+        column_titles=[f"head {j}" for j in range(n_head)],
+    )
+    for i in range(n_layer):
+        for j in range(n_head):
+            m = maps[i, j]
+            peak = float(m.max()) or 1.0
+            fig.add_trace(
+                go.Heatmap(
+                    z=m / peak,
+                    zmin=0,
+                    zmax=1,
+                    colorscale="Viridis",
+                    showscale=False,
+                    customdata=m,
+                    hovertemplate=(
+                        f"layer {i}, head {j}<br>row %{{y}}, col %{{x}}: "
+                        "%{customdata:.4f}<extra></extra>"
+                    ),
+                ),
+                row=i + 1,
+                col=j + 1,
+            )
+    fig.update_xaxes(showticklabels=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor="x")
+    if selected is not None:
+        axis = selected[0] * n_head + selected[1] + 1
+        suffix = "" if axis == 1 else str(axis)
+        fig.add_shape(
+            type="rect",
+            xref=f"x{suffix} domain",
+            yref=f"y{suffix} domain",
+            x0=0,
+            y0=0,
+            x1=1,
+            y1=1,
+            line=dict(color="#d62728", width=3),
+        )
+    fig.update_layout(
+        title=title, height=max(300, 150 * n_layer + 60), margin=dict(l=60, r=20, t=60, b=20)
+    )
+    return fig
+
+
+def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
+    """One head's N x N attention map (pooled by ``tile`` when tile > 1), log-scaled colour."""
+    n = probs.shape[0] * tile
+    z = np.log10(np.maximum(probs, 1e-6))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x0=(tile - 1) / 2,
+            dx=tile,
+            y0=(tile - 1) / 2,
+            dy=tile,
+            zmin=-6,
+            zmax=0,
+            colorscale="Magma",
+            customdata=probs,
+            colorbar=dict(title="log10 p"),
+            hovertemplate=("query %{y}, key %{x}: %{customdata:.4g}<extra></extra>"),
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x", range=[n, 0])
+    fig.update_xaxes(title="key j", range=[0, n])
+    fig.update_layout(title=title, height=520, margin=dict(l=40, r=20, t=50, b=40))
+    return fig

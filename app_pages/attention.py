@@ -1,0 +1,141 @@
+"""Attention page: every layer and head of a trained model on one image, down to one pixel."""
+
+import numpy as np
+import streamlit as st
+import torch
+
+from app_pages.common import image_key, load_or_explain, model_names, pick_image, show_image
+from kernels.layouts import parse_layout
+from models.data import image_to_tokens, token_coords
+from models.train import layout_spec
+from viz.figures import attention_map_figure, clicked_pixel, head_grid_figure, pixel_grid_figure
+from viz.layout_view import pixel_to_token, pixel_view
+
+st.title("Attention per layer and head")
+st.caption(
+    "Where a trained model looks. Pick a model and an image; the grid shows, for the query "
+    "pixel, the attention of every layer and head over the image (each map scaled to its own "
+    "maximum). Pick a head to see it whole: click a pixel to make it the query."
+)
+for key, default in {
+    "att_row": 14,
+    "att_col": 14,
+    "att_channel": 0,
+    "att_layer": 0,
+    "att_head": 0,
+}.items():
+    st.session_state.setdefault(key, default)
+
+names = model_names()
+if not names:
+    st.error("No models found under assets/models.")
+    st.stop()
+left, right = st.columns([1, 2])
+with left:
+    model_name = st.selectbox("Model", names, key="att_model")
+    model = load_or_explain(model_name)
+    if model is None:
+        st.stop()
+    geometry = model.config.geometry
+    picked = pick_image("att", geometry)
+if picked is None:
+    st.stop()
+image_name, image = picked
+with left:
+    show_image(image, image_name)
+
+picked_px = clicked_pixel(st.session_state.get("att_pixels"), geometry.width)
+if picked_px is not None and picked_px != st.session_state.get("att_pixels_last"):
+    st.session_state.att_pixels_last = picked_px
+    st.session_state.att_row, st.session_state.att_col = picked_px
+with left:
+    row = st.number_input("query row", 0, geometry.height - 1, key="att_row")
+    col = st.number_input("query column", 0, geometry.width - 1, key="att_col")
+    channel = st.number_input("query channel", 0, geometry.channels - 1, key="att_channel")
+query = pixel_to_token(row, col, channel, geometry)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def query_rows(name: str, img_key: str, query: int, _tokens: torch.Tensor) -> np.ndarray:
+    """Attention rows of one query in every layer and head: [L, H, N] (cached per image)."""
+    caps = load_or_explain(name).capture(_tokens[None], form="rows", queries=[query])
+    return np.stack([caps[i].probs[0, :, 0].numpy() for i in sorted(caps)])
+
+
+@st.cache_data(max_entries=16, show_spinner="Capturing the layer...")
+def layer_maps(name: str, img_key: str, layer: int, _tokens: torch.Tensor) -> np.ndarray:
+    """Every head's full N x N map of one layer, float16 [H, N, N] (cached per image and layer)."""
+    cap = load_or_explain(name).capture(_tokens[None], layers=[layer], form="full")[layer]
+    return cap.probs[0].numpy().astype(np.float16)
+
+
+tokens = image_to_tokens(image)
+key = image_key(image)
+rows = query_rows(model_name, key, query, tokens)  # [L, H, N]
+L_, H_, N = rows.shape
+per_pixel = rows.reshape(L_, H_, geometry.height, geometry.width, geometry.channels)
+with right:
+    st.plotly_chart(
+        head_grid_figure(
+            per_pixel[..., channel],
+            f"pixel ({row}, {col}): all heads",
+            (st.session_state.att_layer, st.session_state.att_head),
+        ),
+        key="att_grid",
+    )
+    c1, c2, c3 = st.columns(3)
+    layer = c1.selectbox("Layer", list(range(L_)), key="att_layer")
+    head = c2.selectbox("Head", list(range(H_)), key="att_head")
+    own = repr(model.layouts[layer])
+    row_len = geometry.width * geometry.channels
+    outline_choices = ["none", own] + [
+        s
+        for s in (layout_spec("strided", model.config), layout_spec("fixed", model.config))
+        if s != own
+    ]
+    outline_spec = c3.selectbox("Outline a layout", outline_choices, key="att_outline")
+
+weights = per_pixel[layer, head]  # [H, W, C]
+outline = None
+if outline_spec != "none":
+    outline = pixel_view(parse_layout(outline_spec), geometry, query, head) > 0
+hover = np.empty((geometry.height, geometry.width), dtype=object)
+for r in range(geometry.height):
+    for c in range(geometry.width):
+        ws = ", ".join(f"{weights[r, c, k]:.4f}" for k in range(geometry.channels))
+        hover[r, c] = f"row {r}, col {c}, weight {ws}"
+a, b = st.columns(2)
+with a:
+    st.plotly_chart(
+        pixel_grid_figure(
+            weights.max(axis=2),
+            title=f"layer {layer}, head {head}: where pixel ({row}, {col}) looks",
+            query=(row, col),
+            hover=hover,
+            colorscale="Viridis",
+            zmin=0,
+            colorbar_title="weight",
+            outline=outline,
+        ),
+        key="att_pixels",
+        on_select="rerun",
+        selection_mode="points",
+    )
+    r_, c_, ch_ = token_coords(query, geometry)
+    st.caption(
+        f"Query token {query} (row {r_}, column {c_}, channel {ch_}). Orange squares: "
+        f"the keys {outline_spec} allows. The model's own layout is {own}."
+    )
+with b:
+    maps = layer_maps(model_name, key, layer, tokens)[head].astype(np.float32)
+    tile = max(1, -(-N // 392))
+    if tile > 1:
+        nb = -(-N // tile)
+        padded = np.zeros((nb * tile, nb * tile), dtype=np.float32)
+        padded[:N, :N] = maps
+        maps = padded.reshape(nb, tile, nb, tile).mean(axis=(1, 3))
+    title = f"layer {layer}, head {head}: N x N map" + (
+        f" ({tile}x{tile} mean)" if tile > 1 else ""
+    )
+    st.plotly_chart(attention_map_figure(maps, tile, title), key="att_map")
+    st.caption("Row i is query i's attention over keys j <= i; colour is log10 of the weight.")

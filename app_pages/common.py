@@ -1,0 +1,94 @@
+"""What the pages share: the models (loaded once per process), the sample images, uploads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from models.checkpoint import CheckpointError, load_model
+from models.data import Geometry, ImageInputError, prepare_image
+from models.model import SparseTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = Path(os.environ.get("SPARSE_EXPLORER_MODELS", ROOT / "assets" / "models"))
+SAMPLES_DIR = ROOT / "assets" / "samples"
+PREFERRED = ("dense", "strided", "fixed")
+MAX_UPLOAD_BYTES = 20 * 2**20
+
+
+def model_names() -> list[str]:
+    """Model directories under MODELS_DIR, the three shipped ones first."""
+    found = sorted(p.name for p in MODELS_DIR.glob("*") if (p / "config.json").is_file())
+    return [m for m in PREFERRED if m in found] + [m for m in found if m not in PREFERRED]
+
+
+@st.cache_resource(show_spinner="Loading model...")
+def get_model(name: str) -> SparseTransformer:
+    """The model, loaded once for every session of this server (read-only after loading)."""
+    return load_model(MODELS_DIR / name)
+
+
+def load_or_explain(name: str) -> SparseTransformer | None:
+    try:
+        return get_model(name)
+    except CheckpointError as e:
+        st.error(f"Model '{name}' cannot be loaded: {e}")
+        return None
+
+
+@st.cache_data(show_spinner=False)
+def sample_images(geometry: Geometry) -> dict[str, np.ndarray]:
+    """The shipped sample images, prepared for ``geometry``: {name: uint8 [H, W, C]}."""
+    out = {}
+    for path in sorted(SAMPLES_DIR.glob("*.png")):
+        out[path.stem] = prepare_image(path.read_bytes(), geometry)
+    return out
+
+
+def image_key(image: np.ndarray) -> str:
+    """A short content hash: the cache key of everything computed from an image."""
+    return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()[:12]
+
+
+def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None:
+    """A sample image or an upload, prepared for the model; explains unusable uploads."""
+    samples = sample_images(geometry)
+    source = st.radio("Image", ["test image", "upload"], horizontal=True, key=f"{prefix}_source")
+    if source == "test image":
+        name = st.selectbox("Test image", list(samples), key=f"{prefix}_sample")
+        return name, samples[name]
+    upload = st.file_uploader("Any image (PNG, JPEG, ...)", key=f"{prefix}_upload")
+    fit = st.radio("Fit", ["crop", "letterbox"], horizontal=True, key=f"{prefix}_fit")
+    invert = st.checkbox(
+        "Invert (Fashion-MNIST garments are light on black)", key=f"{prefix}_invert"
+    )
+    if upload is None:
+        st.info("Upload an image, or pick a test image.")
+        return None
+    data = upload.getvalue()
+    if len(data) > MAX_UPLOAD_BYTES:
+        st.error(
+            f"{upload.name} is {len(data) / 2**20:.1f} MiB; the limit is "
+            f"{MAX_UPLOAD_BYTES // 2**20} MiB."
+        )
+        return None
+    try:
+        image = prepare_image(data, geometry, fit=fit, background=(0, 0, 0))
+    except ImageInputError as e:
+        st.error(f"{upload.name} cannot be used: {e}")
+        return None
+    return upload.name, 255 - image if invert else image
+
+
+def show_image(image: np.ndarray, caption: str, width: int = 140) -> None:
+    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    st.image(
+        pil.resize((image.shape[1] * 5, image.shape[0] * 5), Image.NEAREST),
+        caption=caption,
+        width=width,
+    )
