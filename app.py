@@ -7,5 +7,6 @@ st.set_page_config(page_title="Sparse Transformer Explorer", layout="wide")
 pages = [
     st.Page("app_pages/layouts.py", title="Layouts", icon=":material/grid_on:", default=True),
     st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:"),
+    st.Page("app_pages/learned.py", title="Learned vs prescribed", icon=":material/compare:"),
 ]
 st.navigation(pages).run()

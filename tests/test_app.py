@@ -117,3 +117,23 @@ def test_attention_page_upload_good_and_bad(tmp_path, monkeypatch):
     at.file_uploader(key="att_upload").set_value(("bad.png", b"not an image", "image/png")).run()
     assert not at.exception
     assert "bad.png cannot be used" in at.error[0].value
+
+
+def test_learned_vs_prescribed_page(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/learned.py").run()
+    assert not at.exception, at.exception
+    specs = charts(at)
+    assert [s["layout"]["title"]["text"] for s in specs] == [
+        "coverage by strided(l=28)",
+        "coverage by fixed(l=28, c=2)",
+    ]
+    z = values(specs[0]["data"][0]["z"])
+    assert z.shape == (2, 2) and (0 < z).all() and (z < 1).all()  # a dense model leaks out
+    at.selectbox(key="lvp_model").set_value("strided").run()
+    z = values(charts(at)[0]["data"][0]["z"])
+    assert np.allclose(z, 1.0)  # a strided model is fully covered by strided
+    at.checkbox(key="lvp_search").check().run()
+    assert not at.exception
+    assert charts(at)[-1]["layout"]["title"]["text"] == "coverage vs density"

@@ -303,3 +303,68 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
     fig.update_xaxes(title="key j", range=[0, n])
     fig.update_layout(title=title, height=520, margin=dict(l=40, r=20, t=50, b=40))
     return fig
+
+
+def coverage_figure(rows: list[dict], title: str) -> go.Figure:
+    """Per layer x head coverage of a prescribed layout (rows from viz.analyze.analyze_model),
+    each cell labelled with the head's type."""
+    n_layer = max(r["layer"] for r in rows) + 1
+    n_head = max(r["head"] for r in rows) + 1
+    z = np.zeros((n_layer, n_head))
+    text = np.empty((n_layer, n_head), dtype=object)
+    hover = np.empty((n_layer, n_head), dtype=object)
+    for r in rows:
+        z[r["layer"], r["head"]] = r["coverage"]
+        text[r["layer"], r["head"]] = f"{r['coverage']:.2f}<br>{r['type']}"
+        parts = ", ".join(
+            f"{k[9:]} {v:.2f}"
+            for k, v in r.items()
+            if k.startswith("coverage_") and not k.endswith("_std")
+        )
+        hover[r["layer"], r["head"]] = (
+            f"layer {r['layer']}, head {r['head']}: coverage {r['coverage']:.3f} ± "
+            f"{r['coverage_std']:.3f} ({parts})<br>entropy {r['entropy']:.2f} bits, k90 "
+            f"{r['k90']:.1f}, distance {r['distance']:.2f} px, type {r['type']}"
+        )
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            zmin=0,
+            zmax=1,
+            colorscale="Blues",
+            text=text,
+            texttemplate="%{text}",
+            customdata=hover,
+            hovertemplate="%{customdata}<extra></extra>",
+            colorbar=dict(title="coverage"),
+            x=[f"head {h}" for h in range(n_head)],
+            y=[f"layer {i}" for i in range(n_layer)],
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title, height=120 + 70 * n_layer, margin=dict(l=60, r=20, t=50, b=30))
+    return fig
+
+
+def search_figure(rows: list[dict], title: str) -> go.Figure:
+    """Coverage against density for candidate layouts (rows from viz.analyze.layout_search)."""
+    fig = go.Figure()
+    for family, color in (("strided", PART_COLORS["column"]), ("fixed", PART_COLORS["summary"])):
+        sel = [r for r in rows if r["layout"].startswith(family)]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["density"] for r in sel],
+                y=[r["coverage"] for r in sel],
+                mode="markers+text",
+                text=[r["layout"].split("(")[1].rstrip(")") for r in sel],
+                textposition="top center",
+                name=family,
+                marker=dict(size=10, color=color),
+                customdata=[r["layout"] for r in sel],
+                hovertemplate="%{customdata}: density %{x:.4f}, coverage %{y:.3f}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title="density (share of dense causal pairs)")
+    fig.update_yaxes(title="coverage (share of attention kept)", range=[0, 1.05])
+    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=50, b=40))
+    return fig

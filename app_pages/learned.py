@@ -1,0 +1,78 @@
+"""Learned vs prescribed: how much of a model's attention the strided and fixed layouts keep."""
+
+import numpy as np
+import streamlit as st
+import torch
+
+from app_pages.common import image_key, load_or_explain, model_names, pick_image
+from kernels.layouts import parse_layout
+from models.data import DatasetError, image_to_tokens
+from models.train import layout_spec
+from viz.analyze import analyze_model, layout_search, pick_images, search_candidates
+from viz.figures import coverage_figure, search_figure
+
+st.title("Learned vs prescribed attention")
+st.caption(
+    "The paper chose its layouts because a dense network's attention looked like them. Here "
+    "that is measured: for every layer and head, the share of attention mass (coverage) that "
+    "strided and fixed allow, with the head's type. Use the dense model: a sparse model puts "
+    "no weight outside its own layout."
+)
+names = model_names()
+if not names:
+    st.error("No models found under assets/models.")
+    st.stop()
+c1, c2 = st.columns(2)
+model_name = c1.selectbox("Model", names, key="lvp_model")
+model = load_or_explain(model_name)
+if model is None:
+    st.stop()
+over = c2.radio("Measure on", ["one image", "many test images"], horizontal=True, key="lvp_over")
+if over == "one image":
+    picked = pick_image("lvp", model.config.geometry)
+    if picked is None:
+        st.stop()
+    tokens = image_to_tokens(picked[1])[None]
+else:
+    count = st.slider("Test images (spread over the test set)", 2, 64, 8, key="lvp_count")
+    try:
+        tokens = pick_images("fashion-mnist", model.config.geometry, count)
+    except DatasetError as e:
+        st.error(str(e))
+        st.stop()
+set_key = image_key(tokens.numpy().astype(np.uint8))
+
+
+@st.cache_data(max_entries=32, show_spinner="Measuring every head...")
+def table(name: str, key: str, spec: str, _tokens: torch.Tensor) -> list[dict]:
+    return analyze_model(load_or_explain(name), _tokens, parse_layout(spec))
+
+
+@st.cache_data(max_entries=16, show_spinner="Trying candidate layouts...")
+def search(name: str, key: str, _tokens: torch.Tensor) -> list[dict]:
+    m = load_or_explain(name)
+    return layout_search(m, _tokens, search_candidates(m.config.geometry))
+
+
+specs = [layout_spec("strided", model.config), layout_spec("fixed", model.config)]
+cols = st.columns(2)
+tables = {}
+for spec, col in zip(specs, cols, strict=True):
+    tables[spec] = table(model_name, set_key, spec, tokens)
+    with col:
+        st.plotly_chart(
+            coverage_figure(tables[spec], f"coverage by {spec}"),
+            key=f"lvp_cov_{spec.split('(')[0]}",
+        )
+st.caption(
+    "Coverage 1 means the layout allows every key the head uses; each cell names the "
+    "head's type (row, column, local, sparse, global; thresholds in viz/analysis.py)."
+)
+with st.expander("Every metric, per layer and head"):
+    st.dataframe(tables[specs[0]], hide_index=True, key="lvp_table")
+if st.checkbox(
+    "Layout search: which strided(l) / fixed(l, c) keeps most at a given density", key="lvp_search"
+):
+    rows = search(model_name, set_key, tokens)
+    st.plotly_chart(search_figure(rows, "coverage vs density"), key="lvp_search_fig")
+    st.dataframe(rows, hide_index=True, key="lvp_search_table")
