@@ -8,5 +8,6 @@ pages = [
     st.Page("app_pages/layouts.py", title="Layouts", icon=":material/grid_on:", default=True),
     st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:"),
     st.Page("app_pages/learned.py", title="Learned vs prescribed", icon=":material/compare:"),
+    st.Page("app_pages/complete.py", title="Complete", icon=":material/auto_fix_high:"),
 ]
 st.navigation(pages).run()

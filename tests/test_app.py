@@ -137,3 +137,28 @@ def test_learned_vs_prescribed_page(tmp_path, monkeypatch):
     at.checkbox(key="lvp_search").check().run()
     assert not at.exception
     assert charts(at)[-1]["layout"]["title"]["text"] == "coverage vs density"
+
+
+def test_complete_page_samples_side_by_side_and_looks_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page("app_pages/complete.py").run()
+    assert not at.exception, at.exception
+    at.multiselect(key="cmp_models").set_value(["dense", "strided"]).run()
+    at.slider(key="cmp_samples").set_value(2).run()
+    at.slider(key="cmp_rows").set_value(26).run()  # sample only the last two rows: fast
+    at.button(key="cmp_run").click().run()
+    assert not at.exception, at.exception
+    assert [m.value for m in at.markdown if m.value.startswith("**")] == [
+        "**dense**",
+        "**strided**",
+    ]
+    look = charts(at)[-1]
+    assert "where pixel (27, 14) looked" in look["layout"]["title"]["text"]
+    weights = values(look["data"][0]["marker"]["color"])
+    assert weights.shape == (784,) and abs(weights.sum() - 1) < 1e-3
+    at.radio(key="cmp_keep").set_value("rectangle").run()
+    at.number_input(key="cmp_x1").set_value(2).run()
+    at.number_input(key="cmp_x0").set_value(5).run()  # x0 >= x1: impossible
+    assert not at.exception
+    assert "rectangle" in at.error[0].value
