@@ -9,5 +9,6 @@ pages = [
     st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:"),
     st.Page("app_pages/learned.py", title="Learned vs prescribed", icon=":material/compare:"),
     st.Page("app_pages/complete.py", title="Complete", icon=":material/auto_fix_high:"),
+    st.Page("app_pages/models_page.py", title="Models & speed", icon=":material/speed:"),
 ]
 st.navigation(pages).run()

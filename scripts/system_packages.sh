@@ -3,6 +3,7 @@
 set -euo pipefail
 needed=()
 [ -d /usr/share/datasets/fashion-mnist ] || needed+=(dataset-fashion-mnist)
+[ -x /usr/bin/chromium ] || needed+=(chromium)  # the real-browser test (tests/test_browser.py)
 [ ${#needed[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "warning: cannot install ${needed[*]} (no apt-get); tests that need them are skipped" >&2

@@ -162,3 +162,12 @@ def test_complete_page_samples_side_by_side_and_looks_back(tmp_path, monkeypatch
     at.number_input(key="cmp_x0").set_value(5).run()  # x0 >= x1: impossible
     assert not at.exception
     assert "rectangle" in at.error[0].value
+
+
+def test_models_page_renders_card_and_benchmarks():
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page("app_pages/models_page.py").run()
+    assert not at.exception, at.exception
+    text = "\n".join(m.value for m in at.markdown)
+    assert "# Shipped models" in text and "bits/dim" in text
+    assert len(at.get("imgs")) >= 2  # the card's sample grids

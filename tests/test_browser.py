@@ -1,0 +1,192 @@
+"""End to end in a real browser: Debian's Chromium driven by Playwright against `streamlit run`.
+
+Screenshots go to $SCREENSHOT_DIR (default: a temporary folder); the best of them are kept in
+docs/img/. scripts/system_packages.sh installs chromium; requirements-dev.txt has playwright.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():
+    pytest.skip(
+        f"{CHROMIUM} is missing (scripts/system_packages.sh installs it)", allow_module_level=True
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    d = Path(os.environ.get("SCREENSHOT_DIR", tmp_path_factory.mktemp("shots")))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(
+            viewport={"width": 1500, "height": 1100}, accept_downloads=True
+        )
+        pg = context.new_page()
+        pg.set_default_timeout(90_000)
+        pg.goto(server)
+        yield pg
+        browser.close()
+
+
+def settle(page) -> None:
+    """Wait until the script has finished its run (and a moment for the frontend to draw)."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector(IDLE)
+    page.wait_for_timeout(300)
+
+
+def open_page(page, title: str) -> None:
+    page.get_by_role("link", name=title).first.click()
+    settle(page)
+    page.get_by_role("heading").first.wait_for()
+
+
+def no_exception(page) -> None:
+    assert page.locator("[data-testid=stException]").count() == 0
+
+
+def click_pixel(page, chart_index: int, row: int, col: int, size: int = 28) -> None:
+    """Click the centre of pixel (row, col) of a pixel grid figure's plotting area."""
+    plot = page.locator("[data-testid=stPlotlyChart]").nth(chart_index)
+    area = plot.locator(".nsewdrag").first
+    box = area.bounding_box()
+    x = box["x"] + (col + 0.5) / size * box["width"]
+    y = box["y"] + (row + 0.5) / size * box["height"]
+    page.mouse.click(x, y)
+    settle(page)
+
+
+def test_layouts_page_click_and_toggle(page, shots):
+    settle(page)
+    no_exception(page)
+    assert page.get_by_role("heading", name="Sparse attention layouts").count() == 1
+    click_pixel(page, 0, 20, 5)
+    assert page.get_by_label("query row").input_value() == "20"
+    assert page.get_by_label("query column").input_value() == "5"
+    page.get_by_text("side by side").click()
+    settle(page)
+    no_exception(page)
+    assert page.locator("[data-testid=stPlotlyChart]").count() == 4
+    page.screenshot(path=str(shots / "layouts.png"), full_page=True)
+    page.get_by_text("fixed", exact=True).first.click()
+    settle(page)
+    no_exception(page)
+
+
+def test_attention_page_head_and_pixel(page, shots):
+    open_page(page, "Attention")
+    no_exception(page)
+    click_pixel(page, 1, 10, 12)
+    assert page.get_by_label("query row").input_value() == "10"
+    page.screenshot(path=str(shots / "attention.png"), full_page=True)
+    no_exception(page)
+
+
+def test_download_a_figure(page, shots):
+    plot = page.locator("[data-testid=stPlotlyChart]").first
+    plot.hover()
+    with page.expect_download() as info:
+        plot.locator("[data-title='Download plot as a png']").first.click()
+    path = info.value.path()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 100
+
+
+def test_complete_upload_and_sample(page, shots):
+    open_page(page, "Complete")
+    page.get_by_text("upload", exact=True).first.click()
+    settle(page)
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (60, 40, 3), dtype=np.uint8)).save(buf, format="PNG")
+    page.locator("input[type=file]").first.set_input_files(
+        files=[{"name": "upload.png", "mimeType": "image/png", "buffer": buf.getvalue()}]
+    )
+    settle(page)
+    no_exception(page)
+    page.get_by_role("button", name="Complete").click()
+    settle(page)
+    no_exception(page)
+    assert page.get_by_text("Where the model looked").count() == 1
+    page.screenshot(path=str(shots / "complete.png"), full_page=True)
+
+
+def test_other_pages_open(page, shots):
+    for title in ("Learned vs prescribed", "Models & speed"):
+        open_page(page, title)
+        no_exception(page)
+    page.screenshot(path=str(shots / "models.png"), full_page=True)
