@@ -72,9 +72,11 @@ with right:
         row_len = geometry.width * geometry.channels
         todo = max(1, len({int(i) // row_len for i in torch.nonzero(~keep).flatten()}))
         for name, model in models.items():
-            st.subheader(name)
-            bar = st.progress(0.0, text=f"{name}: sampling...")
-            live = st.empty()
+            panel = st.empty()  # the live view; cleared when this model is done
+            box = panel.container()
+            box.subheader(name)
+            bar = box.progress(0.0, text=f"{name}: sampling...")
+            live = box.empty()
             todo = max(
                 1,
                 len(
@@ -102,8 +104,7 @@ with right:
                 seed=int(seed),
                 on_row=on_row,
             )
-            bar.progress(1.0, text=f"{name}: done")
-            live.empty()
+            panel.empty()
             st.session_state.cmp_results[name] = (request, samples)
     results = {k: v for k, (req, v) in st.session_state.cmp_results.items() if req == request}
     if not results:

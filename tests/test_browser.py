@@ -122,6 +122,7 @@ def no_exception(page) -> None:
 def click_pixel(page, chart_index: int, row: int, col: int, size: int = 28) -> None:
     """Click the centre of pixel (row, col) of a pixel grid figure's plotting area."""
     plot = page.locator("[data-testid=stPlotlyChart]").nth(chart_index)
+    plot.scroll_into_view_if_needed()
     area = plot.locator(".nsewdrag").first
     box = area.bounding_box()
     x = box["x"] + (col + 0.5) / size * box["width"]
@@ -160,7 +161,7 @@ def test_download_a_figure(page, shots):
     plot = page.locator("[data-testid=stPlotlyChart]").first
     plot.hover()
     with page.expect_download() as info:
-        plot.locator("[data-title='Download plot as a png']").first.click()
+        plot.locator("[data-title='Download plot as a PNG']").first.click()
     path = info.value.path()
     with Image.open(path) as im:
         assert im.format == "PNG" and im.width > 100
@@ -181,7 +182,7 @@ def test_complete_upload_and_sample(page, shots):
     page.get_by_role("button", name="Complete").click()
     settle(page)
     no_exception(page)
-    assert page.get_by_text("Where the model looked").count() == 1
+    assert page.get_by_role("heading", name="Where the model looked").count() == 1
     page.screenshot(path=str(shots / "complete.png"), full_page=True)
 
 
