@@ -283,7 +283,9 @@ def head_grid_figure(maps: np.ndarray, title: str, selected: tuple[int, int] | N
 def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
     """One head's N x N attention map (pooled by ``tile`` when tile > 1), log-scaled colour."""
     n = probs.shape[0] * tile
-    z = np.log10(np.maximum(probs, 1e-6))
+    # pairs with no weight (outside the layout, or above the diagonal) are left blank
+    z = np.full(probs.shape, np.nan)
+    np.log10(probs, out=z, where=probs > 0)
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -293,7 +295,7 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
             dy=tile,
             zmin=-6,
             zmax=0,
-            colorscale="Magma",
+            colorscale="Viridis",
             customdata=probs,
             colorbar=dict(title="log10 p"),
             hovertemplate=("query %{y}, key %{x}: %{customdata:.4g}<extra></extra>"),
