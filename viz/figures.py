@@ -296,9 +296,8 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
             zmin=-6,
             zmax=0,
             colorscale="Viridis",
-            customdata=probs,
             colorbar=dict(title="log10 p"),
-            hovertemplate=("query %{y}, key %{x}: %{customdata:.4g}<extra></extra>"),
+            hovertemplate="query %{y}, key %{x}: log10 p = %{z:.2f}<extra></extra>",
         )
     )
     fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x", range=[n, 0])
