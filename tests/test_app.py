@@ -85,7 +85,8 @@ def test_attention_page_grid_head_and_pixel(tmp_path, monkeypatch):
     at = attention_app(tmp_path, monkeypatch)
     specs = charts(at)
     assert len(specs) == 3  # overview grid, pixel view, N x N map
-    assert len(specs[0]["data"]) == 2 * 2  # fmnist-tiny: 2 layers x 2 heads
+    mosaic = values(specs[0]["data"][0]["z"])  # fmnist-tiny: 2 layers x 2 heads of 28 x 28
+    assert mosaic.shape == (2 * 29 - 1, 2 * 29 - 1)
     pixels = values(specs[1]["data"][0]["marker"]["color"])
     assert pixels.shape == (784,) and pixels.sum() <= 1.0001  # one softmax row over pixels
     assert pixels.reshape(28, 28)[15:].sum() == 0  # causal: nothing below the query row
