@@ -225,9 +225,15 @@ def clicked_pixel(event, width: int) -> tuple[int, int] | None:
     return None
 
 
-def head_grid_figure(maps: np.ndarray, title: str, selected: tuple[int, int] | None = None):
+def head_grid_figure(
+    maps: np.ndarray,
+    title: str,
+    selected: tuple[int, int] | None = None,
+    layers: list[int] | None = None,
+):
     """An overview of every layer x head: maps [L, H, h, w] (e.g. one query's attention over
-    the image), each scaled to its own maximum so faint heads stay readable.
+    the image), each scaled to its own maximum so faint heads stay readable. ``layers`` names
+    the layers the rows show (default 0..L-1).
 
     Drawn as one mosaic heatmap (one trace, not L x H subplots: ten times faster to build),
     with a blank line between tiles; hover names the layer, head, pixel and raw weight.
@@ -244,7 +250,8 @@ def head_grid_figure(maps: np.ndarray, title: str, selected: tuple[int, int] | N
             raw[r0 : r0 + h, c0 : c0 + w] = maps[i, j]
     rr, cc = np.indices(mosaic.shape)
     # numbers only: a numeric customdata travels as a typed array, strings would not
-    custom = np.stack([rr // (h + 1), cc // (w + 1), rr % (h + 1), cc % (w + 1), raw], axis=-1)
+    layer_of = np.asarray(layers or range(n_layer))[rr // (h + 1)]
+    custom = np.stack([layer_of, cc // (w + 1), rr % (h + 1), cc % (w + 1), raw], axis=-1)
     fig = go.Figure(
         go.Heatmap(
             z=mosaic,

@@ -1,0 +1,148 @@
+"""Export: every format is valid and carries its metadata; the batch CLI is deterministic."""
+
+import io
+import json
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kernels import layouts as L
+from models import ModelConfig, SparseTransformer, save_model
+from models.data import Geometry
+from viz.export import Exportable, export_bytes, main
+from viz.figures import (
+    attention_map_figure,
+    coverage_figure,
+    head_grid_figure,
+    layout_pixel_figure,
+    pixel_grid_figure,
+    search_figure,
+)
+from viz.layout_view import part_names, pixel_view
+
+META = {"model": "m", "layer": 1, "head": 0, "query_pixel": [3, 4], "image_sha1": "abc"}
+
+
+def items() -> list[Exportable]:
+    rng = np.random.default_rng(0)
+    g = Geometry(6, 7, 1)
+    lay = L.strided(7)
+    probs = np.tril(rng.random((42, 42)))
+    rows = [
+        {
+            "layer": i,
+            "head": h,
+            "coverage": 0.5,
+            "coverage_std": 0.1,
+            "coverage_local": 0.3,
+            "coverage_column": 0.2,
+            "entropy": 2.0,
+            "k90": 5.0,
+            "distance": 2.0,
+            "type": "local",
+        }
+        for i in range(2)
+        for h in range(2)
+    ]
+    search = [
+        {"layout": "strided(l=7)", "density": 0.2, "coverage": 0.9},
+        {"layout": "fixed(l=7, c=1)", "density": 0.15, "coverage": 0.5},
+    ]
+    return [
+        Exportable("map", attention_map_figure(probs, 1, "map"), {"probs": probs}, META),
+        Exportable(
+            "pixel",
+            pixel_grid_figure(
+                rng.random((6, 7)),
+                title="pixel",
+                query=(3, 4),
+                colorbar_title="w",
+                outline=rng.random((6, 7)) > 0.5,
+            ),
+            {"w": rng.random((6, 7))},
+            META,
+        ),
+        Exportable(
+            "layout",
+            layout_pixel_figure(pixel_view(lay, g, 30), part_names(lay), (4, 2), "layout"),
+            {},
+            META,
+        ),
+        Exportable("grid", head_grid_figure(rng.random((2, 2, 6, 7)), "grid", (1, 1)), {}, META),
+        Exportable("coverage", coverage_figure(rows, "coverage"), {}, META),
+        Exportable("search", search_figure(search, "search"), {}, META),
+    ]
+
+
+@pytest.mark.parametrize("item", items(), ids=lambda i: i.name)
+def test_every_format_is_valid_and_has_metadata(item):
+    png = export_bytes(item, "png", dpi=192)
+    with Image.open(io.BytesIO(png)) as im:
+        w, h = item.figure.layout.width or 700, item.figure.layout.height or 500
+        assert im.size == (round(w * 2), round(h * 2))  # CSS px at 96 dpi, asked 192
+        assert json.loads(im.info["Description"])["head"] == 0
+    svg = export_bytes(item, "svg")
+    root = ET.fromstring(svg)
+    assert root.tag.endswith("svg") and b'"image_sha1": "abc"' in svg
+    pdf = export_bytes(item, "pdf")
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page[^s]", pdf)) == 1
+    html = export_bytes(item, "html").decode()
+    assert "figure-metadata" in html and "Plotly.newPlot" in html
+    assert item.figure.layout.title.text in html
+
+
+def test_npz_round_trips_the_arrays_exactly():
+    item = items()[0]
+    with np.load(io.BytesIO(export_bytes(item, "npz"))) as z:
+        assert np.array_equal(z["probs"], item.data["probs"])
+        assert json.loads(str(z["metadata"]))["query_pixel"] == [3, 4]
+
+
+def test_unknown_format_is_refused():
+    with pytest.raises(ValueError, match="unknown format"):
+        export_bytes(items()[0], "gif")
+
+
+def test_batch_cli_writes_what_its_index_lists_with_stable_names(tmp_path, capsys):
+    torch.manual_seed(0)
+    save_model(
+        SparseTransformer(ModelConfig.from_name("fmnist-tiny", layout="strided(l=28)")),
+        tmp_path / "tiny",
+    )
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)).save(image)
+    listings = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        rc = main(
+            [
+                "--model",
+                str(tmp_path / "tiny"),
+                "--image",
+                str(image),
+                "--layers",
+                "1",
+                "--heads",
+                "all",
+                "--views",
+                "grid,pixel,layout",
+                "--formats",
+                "png,npz",
+                "--out",
+                str(out),
+            ]
+        )
+        assert rc == 0
+        files = sorted(p.name for p in out.iterdir() if p.name != "index.md")
+        linked = sorted(re.findall(r"\]\(([^)]+)\)", (out / "index.md").read_text()))
+        assert files == linked
+        listings.append(files)
+    assert listings[0] == listings[1]
+    assert "tiny_x_L1H0_r14c14_pixel.png" in listings[0]
+    assert main(["--model", str(tmp_path / "tiny"), "--image", str(image), "--formats", "gif"]) == 2
+    assert main(["--model", str(tmp_path / "nope"), "--image", str(image)]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -1,0 +1,391 @@
+"""Export every figure and the data behind it: PNG, SVG, PDF, HTML and NPZ, no browser needed.
+
+    python -m viz.export --model assets/models/dense --image assets/samples/test00003_trouser.png \\
+        --layers all --heads all --views grid,head,pixel,layout --formats png,svg,pdf --out figures/
+
+One look on screen and on paper: the static formats are drawn by matplotlib from the very
+plotly figure the app shows (its arrays, colour scales, titles, axis labels, colour bars), so a
+figure is defined once. HTML is plotly's own standalone page (plotly.js inlined, works offline).
+Metadata (model, layout, layer, head, query pixel, image hash, project version) goes inside
+every file whose format has a place for it: PNG text chunks, SVG/PDF document info, a JSON
+script tag in HTML, a ``metadata`` entry in NPZ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+
+FORMATS = ("png", "svg", "pdf", "html", "npz")
+VERSION = "0.1.0"
+CSS_DPI = 96  # plotly sizes are CSS pixels
+
+
+@dataclass
+class Exportable:
+    """A figure, the arrays it was drawn from, and what it shows."""
+
+    name: str  # a deterministic file stem
+    figure: go.Figure
+    data: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+def _arr(a) -> np.ndarray | None:
+    """A plotly array property as numpy (plotly may hold lists, tuples or arrays)."""
+    return None if a is None else np.asarray(a)
+
+
+def _cmap(colorscale, name: str = "plotly"):
+    """The plotly colour scale (a name or [[pos, colour], ...]) as a matplotlib colormap."""
+    import plotly.colors as pc
+    from matplotlib.colors import LinearSegmentedColormap
+
+    scale = pc.get_colorscale(colorscale) if isinstance(colorscale, str) else colorscale
+    stops = []
+    for pos, color in scale:
+        rgb = pc.unlabel_rgb(pc.convert_colors_to_same_type(color, "rgb")[0][0])
+        stops.append((float(pos), tuple(c / 255 for c in rgb)))
+    return LinearSegmentedColormap.from_list(name, stops)
+
+
+def _edges(start, step, n):
+    start = 0.0 if start is None else float(start)
+    step = 1.0 if step is None else float(step)
+    return start + step * (np.arange(n + 1) - 0.5)
+
+
+def _draw(fig: go.Figure):
+    """A matplotlib figure drawing what the plotly figure shows (the trace kinds viz/ uses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    lay = fig.layout
+    width = (lay.width or 700) / CSS_DPI
+    height = (lay.height or 500) / CSS_DPI
+    mfig, ax = plt.subplots(figsize=(width, height), dpi=CSS_DPI)
+    legend = False
+    for tr in fig.data:
+        if isinstance(tr, go.Heatmap):
+            z = np.asarray(tr.z, dtype=float)
+            ny, nx = z.shape
+            mesh = ax.pcolormesh(
+                _edges(tr.x0, tr.dx, nx),
+                _edges(tr.y0, tr.dy, ny),
+                np.ma.masked_invalid(z),
+                cmap=_cmap(tr.colorscale or "Viridis"),
+                vmin=tr.zmin,
+                vmax=tr.zmax,
+                shading="flat",
+            )
+            if tr.showscale is not False:
+                bar = mfig.colorbar(mesh, ax=ax)
+                if tr.colorbar and tr.colorbar.title and tr.colorbar.title.text:
+                    bar.set_label(tr.colorbar.title.text)
+        elif isinstance(tr, go.Scatter):
+            x, y = _arr(tr.x), _arr(tr.y)
+            if x is None or len(x) == 0 or x[0] is None:  # a legend-only entry
+                ax.scatter([], [], marker="s", color=tr.marker.color, label=tr.name)
+                legend = True
+                continue
+            symbol = tr.marker.symbol or "circle"
+            color = tr.marker.color
+            if symbol == "square" and np.ndim(color) == 1:  # a pixel grid: draw it as cells
+                xi, yi = x.astype(int), y.astype(int)
+                grid = np.full((yi.max() + 1, xi.max() + 1), np.nan)
+                grid[yi, xi] = np.asarray(color, dtype=float)
+                mesh = ax.pcolormesh(
+                    np.arange(grid.shape[1] + 1) - 0.5,
+                    np.arange(grid.shape[0] + 1) - 0.5,
+                    grid,
+                    cmap=_cmap(tr.marker.colorscale or "Viridis"),
+                    vmin=tr.marker.cmin,
+                    vmax=tr.marker.cmax,
+                )
+                if tr.marker.showscale:
+                    bar = mfig.colorbar(mesh, ax=ax)
+                    if tr.marker.colorbar and tr.marker.colorbar.title:
+                        bar.set_label(tr.marker.colorbar.title.text or "")
+            elif symbol == "square-open":  # outlines around pixels
+                lw = (tr.marker.line.width or 1) if tr.marker.line else 1
+                for xv, yv in zip(x, y, strict=True):
+                    ax.add_patch(
+                        Rectangle(
+                            (xv - 0.5, yv - 0.5), 1, 1, fill=False, edgecolor=color, linewidth=lw
+                        )
+                    )
+            else:
+                ax.scatter(x, y, color=color, s=(tr.marker.size or 6) ** 2 / 2, label=tr.name)
+                legend = legend or bool(tr.name)
+                if tr.text is not None and "text" in (tr.mode or ""):
+                    for xv, yv, t in zip(x, y, tr.text, strict=True):
+                        ax.annotate(
+                            str(t),
+                            (xv, yv),
+                            textcoords="offset points",
+                            xytext=(0, 5),
+                            ha="center",
+                            fontsize=7,
+                        )
+    for shape in lay.shapes or ():
+        if shape.type == "rect" and (shape.xref in (None, "x")):
+            ax.add_patch(
+                Rectangle(
+                    (shape.x0, shape.y0),
+                    shape.x1 - shape.x0,
+                    shape.y1 - shape.y0,
+                    fill=False,
+                    edgecolor=shape.line.color,
+                    linewidth=shape.line.width or 1,
+                )
+            )
+    for axis, setter in ((lay.xaxis, ax), (lay.yaxis, ax)):
+        is_x = axis is lay.xaxis
+        if axis.title and axis.title.text:
+            (setter.set_xlabel if is_x else setter.set_ylabel)(axis.title.text)
+        if axis.tickvals is not None:
+            (setter.set_xticks if is_x else setter.set_yticks)(list(axis.tickvals))
+            if axis.ticktext is not None:
+                (setter.set_xticklabels if is_x else setter.set_yticklabels)(list(axis.ticktext))
+        if axis.range is not None:
+            (setter.set_xlim if is_x else setter.set_ylim)(*axis.range)
+    if lay.yaxis.autorange == "reversed" and lay.yaxis.range is None:
+        ax.invert_yaxis()
+    if lay.yaxis.scaleanchor == "x":
+        ax.set_aspect("equal", adjustable="box")
+    if lay.title and lay.title.text:
+        ax.set_title(lay.title.text, fontsize=10)
+    if legend:
+        ax.legend(fontsize=7, loc="best")
+    mfig.tight_layout()
+    return mfig
+
+
+def _meta_text(meta: dict) -> str:
+    return json.dumps(
+        {**meta, "software": f"sparse-transformer-explorer {VERSION}"}, sort_keys=True
+    )
+
+
+def export_bytes(item: Exportable, fmt: str, *, dpi: int = 150) -> bytes:
+    """One format of one figure, as bytes."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    meta = _meta_text(item.meta)
+    title = item.figure.layout.title.text or item.name
+    if fmt == "html":
+        html = item.figure.to_html(full_html=True, include_plotlyjs=True)
+        tag = f'<script type="application/json" id="figure-metadata">{meta}</script>'
+        return html.replace("<head>", f"<head><title>{title}</title>{tag}", 1).encode()
+    buf = io.BytesIO()
+    if fmt == "npz":
+        np.savez_compressed(buf, **item.data, metadata=np.array(meta))
+        return buf.getvalue()
+    import matplotlib.pyplot as plt
+
+    mfig = _draw(item.figure)
+    info = {
+        "png": {"Title": title, "Description": meta, "Software": "sparse-transformer-explorer"},
+        "svg": {"Title": title, "Description": meta, "Creator": "sparse-transformer-explorer"},
+        "pdf": {"Title": title, "Subject": meta, "Creator": "sparse-transformer-explorer"},
+    }[fmt]
+    mfig.savefig(buf, format=fmt, dpi=dpi, metadata=info)
+    plt.close(mfig)
+    return buf.getvalue()
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def write_all(
+    items: list[Exportable], out: Path, formats: list[str], *, dpi: int = 150, progress: bool = True
+) -> list[Path]:
+    """Write every format of every item into ``out`` plus an index.md linking them all."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    jobs = [(item, fmt) for item in items for fmt in formats]
+    for item, fmt in tqdm(jobs, desc="export", disable=not progress):
+        path = out / f"{item.name}.{fmt}"
+        path.write_bytes(export_bytes(item, fmt, dpi=dpi))
+        written.append(path)
+    lines = ["# Exported figures", ""]
+    for item in items:
+        links = " · ".join(f"[{fmt}]({item.name}.{fmt})" for fmt in formats)
+        lines.append(f"- **{item.name}** — {item.figure.layout.title.text or ''}: {links}")
+    (out / "index.md").write_text("\n".join(lines) + "\n")
+    return written
+
+
+def model_items(
+    model_dir: Path,
+    image_path: Path,
+    layers: list[int] | None,
+    heads: list[int] | None,
+    views: list[str],
+    query: tuple[int, int],
+):
+    """The Exportables the app shows for one model and image: grid, head, pixel, layout."""
+    import torch
+
+    from models.checkpoint import load_model
+    from models.data import image_to_tokens, prepare_image
+    from viz.figures import (
+        attention_map_figure,
+        head_grid_figure,
+        layout_pixel_figure,
+        pixel_grid_figure,
+    )
+    from viz.layout_view import part_names, pixel_to_token, pixel_view
+
+    model = load_model(model_dir)
+    g = model.config.geometry
+    image = prepare_image(image_path.read_bytes(), g)
+    tokens = image_to_tokens(image)[None]
+    digest = hashlib.sha1(image.tobytes()).hexdigest()[:12]
+    layers = list(range(model.config.n_layer)) if layers is None else layers
+    heads = list(range(model.config.n_head)) if heads is None else heads
+    row, col = query
+    q = pixel_to_token(row, col, 0, g)
+    base = {
+        "model": str(model_dir),
+        "image": image_path.name,
+        "image_sha1": digest,
+        "query_pixel": [row, col],
+    }
+    stem = f"{safe_name(model_dir.name)}_{safe_name(image_path.stem)}"
+    items = []
+    caps = model.capture(tokens, layers=layers, form="full")
+    with torch.no_grad():
+        rows_all = np.stack([caps[i].probs[0, :, q].numpy() for i in layers])  # [L, H, N]
+    if "grid" in views:
+        maps = rows_all.reshape(len(layers), -1, g.height, g.width, g.channels)[..., 0]
+        items.append(
+            Exportable(
+                f"{stem}_r{row}c{col}_grid",
+                head_grid_figure(maps, f"pixel ({row}, {col}): all heads", layers=layers),
+                {"maps": maps},
+                {**base, "view": "grid"},
+            )
+        )
+    for li, layer in enumerate(layers):
+        layout = model.layouts[layer]
+        lmeta = {**base, "layer": layer, "layout": repr(layout)}
+        for h in heads:
+            hmeta = {**lmeta, "head": h}
+            if "head" in views:
+                probs = caps[layer].probs[0, h].numpy()
+                items.append(
+                    Exportable(
+                        f"{stem}_L{layer}H{h}_head",
+                        attention_map_figure(probs, 1, f"layer {layer}, head {h}: N x N map"),
+                        {"probs": probs},
+                        {**hmeta, "view": "head"},
+                    )
+                )
+            if "pixel" in views:
+                w = rows_all[li, h].reshape(g.height, g.width, g.channels).max(axis=2)
+                items.append(
+                    Exportable(
+                        f"{stem}_L{layer}H{h}_r{row}c{col}_pixel",
+                        pixel_grid_figure(
+                            w,
+                            title=f"layer {layer}, head {h}: where pixel ({row}, {col}) looks",
+                            query=(row, col),
+                            zmin=0,
+                            colorbar_title="weight",
+                        ),
+                        {"weights": w},
+                        {**hmeta, "view": "pixel"},
+                    )
+                )
+        if "layout" in views:
+            codes = pixel_view(layout, g, q, 0)
+            items.append(
+                Exportable(
+                    f"{stem}_L{layer}_r{row}c{col}_layout",
+                    layout_pixel_figure(
+                        codes,
+                        part_names(layout),
+                        (row, col),
+                        f"{layout!r}: keys of pixel ({row}, {col})",
+                    ),
+                    {"part_codes": codes},
+                    {**lmeta, "view": "layout"},
+                )
+            )
+    return items
+
+
+def _select(text: str, n: int, what: str) -> list[int] | None:
+    if text == "all":
+        return None
+    try:
+        picked = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--{what} must be 'all' or numbers like 0,2") from None
+    if any(not 0 <= x < n for x in picked):
+        raise ValueError(f"--{what} must be in 0..{n - 1}, got {text}")
+    return picked
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m viz.export", description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--layers", default="all")
+    p.add_argument("--heads", default="all")
+    p.add_argument("--views", default="grid,head,pixel,layout")
+    p.add_argument("--formats", default="png,svg,pdf,html,npz")
+    p.add_argument("--query", type=int, nargs=2, default=[14, 14], metavar=("ROW", "COL"))
+    p.add_argument("--dpi", type=int, default=150)
+    p.add_argument("--out", type=Path, default=Path("figures"))
+    args = p.parse_args(argv)
+    from models.checkpoint import CheckpointError, load_config
+    from models.data import ImageInputError
+
+    try:
+        formats = args.formats.split(",")
+        bad = [f for f in formats if f not in FORMATS]
+        if bad:
+            raise ValueError(f"unknown formats {bad}; choose from {', '.join(FORMATS)}")
+        views = args.views.split(",")
+        if any(v not in ("grid", "head", "pixel", "layout") for v in views):
+            raise ValueError("--views takes grid, head, pixel, layout")
+        config = load_config(args.model)
+        if not (0 <= args.query[0] < config.height and 0 <= args.query[1] < config.width):
+            raise ValueError(f"--query must be a pixel of the {config.height}x{config.width} image")
+        if not args.image.is_file():
+            raise ImageInputError(f"{args.image} does not exist")
+        items = model_items(
+            args.model,
+            args.image,
+            _select(args.layers, config.n_layer, "layers"),
+            _select(args.heads, config.n_head, "heads"),
+            views,
+            tuple(args.query),
+        )
+    except (CheckpointError, ImageInputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    written = write_all(items, args.out, formats, dpi=args.dpi)
+    print(f"wrote {len(written)} files and {args.out / 'index.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
