@@ -4,10 +4,18 @@ import numpy as np
 import streamlit as st
 import torch
 
-from app_pages.common import image_key, load_or_explain, model_names, pick_image, show_image
+from app_pages.common import (
+    export_panel,
+    image_key,
+    load_or_explain,
+    model_names,
+    pick_image,
+    show_image,
+)
 from kernels.layouts import parse_layout
 from models.data import image_to_tokens, token_coords
 from models.train import layout_spec
+from viz.export import Exportable, model_items, safe_name
 from viz.figures import attention_map_figure, clicked_pixel, head_grid_figure, pixel_grid_figure
 from viz.layout_view import pixel_to_token, pixel_view
 
@@ -74,20 +82,17 @@ key = image_key(image)
 rows = query_rows(model_name, key, query, tokens)  # [L, H, N]
 L_, H_, N = rows.shape
 per_pixel = rows.reshape(L_, H_, geometry.height, geometry.width, geometry.channels)
+grid_fig = head_grid_figure(
+    per_pixel[..., channel],
+    f"pixel ({row}, {col}): all heads",
+    (st.session_state.att_layer, st.session_state.att_head),
+)
 with right:
-    st.plotly_chart(
-        head_grid_figure(
-            per_pixel[..., channel],
-            f"pixel ({row}, {col}): all heads",
-            (st.session_state.att_layer, st.session_state.att_head),
-        ),
-        key="att_grid",
-    )
+    st.plotly_chart(grid_fig, key="att_grid")
     c1, c2, c3 = st.columns(3)
     layer = c1.selectbox("Layer", list(range(L_)), key="att_layer")
     head = c2.selectbox("Head", list(range(H_)), key="att_head")
     own = repr(model.layouts[layer])
-    row_len = geometry.width * geometry.channels
     outline_choices = ["none", own] + [
         s
         for s in (layout_spec("strided", model.config), layout_spec("fixed", model.config))
@@ -104,19 +109,20 @@ for r in range(geometry.height):
     for c in range(geometry.width):
         ws = ", ".join(f"{weights[r, c, k]:.4f}" for k in range(geometry.channels))
         hover[r, c] = f"row {r}, col {c}, weight {ws}"
+pixel_fig = pixel_grid_figure(
+    weights.max(axis=2),
+    title=f"layer {layer}, head {head}: where pixel ({row}, {col}) looks",
+    query=(row, col),
+    hover=hover,
+    colorscale="Viridis",
+    zmin=0,
+    colorbar_title="weight",
+    outline=outline,
+)
 a, b = st.columns(2)
 with a:
     st.plotly_chart(
-        pixel_grid_figure(
-            weights.max(axis=2),
-            title=f"layer {layer}, head {head}: where pixel ({row}, {col}) looks",
-            query=(row, col),
-            hover=hover,
-            colorscale="Viridis",
-            zmin=0,
-            colorbar_title="weight",
-            outline=outline,
-        ),
+        pixel_fig,
         key="att_pixels",
         on_select="rerun",
         selection_mode="points",
@@ -137,5 +143,45 @@ with b:
     title = f"layer {layer}, head {head}: N x N map" + (
         f" ({tile}x{tile} mean)" if tile > 1 else ""
     )
-    st.plotly_chart(attention_map_figure(maps, tile, title), key="att_map")
+    map_fig = attention_map_figure(maps, tile, title)
+    st.plotly_chart(map_fig, key="att_map")
     st.caption("Row i is query i's attention over keys j <= i; colour is log10 of the weight.")
+
+# downloads: these three figures, or every layer x head of this model and image as a zip
+meta = {
+    "model": model_name,
+    "image": image_name,
+    "image_sha1": key,
+    "layer": layer,
+    "head": head,
+    "query_pixel": [row, col],
+    "query_channel": channel,
+    "layout": own,
+    "outline": outline_spec,
+}
+stem = f"{safe_name(model_name)}_{safe_name(image_name)}"
+items = [
+    Exportable(f"{stem}_r{row}c{col}_grid", grid_fig, {"maps": per_pixel[..., channel]}, meta),
+    Exportable(f"{stem}_L{layer}H{head}_r{row}c{col}_pixel", pixel_fig, {"weights": weights}, meta),
+    Exportable(
+        f"{stem}_L{layer}H{head}_head", map_fig, {"probs": maps, "tile": np.array(tile)}, meta
+    ),
+]
+e1, e2 = st.columns(2)
+with e1:
+    export_panel(items, "att_export", "Export these figures")
+with e2:
+    if st.button("Prepare every layer x head (zip)", key="att_batch"):
+        batch = model_items(
+            model,
+            model_name,
+            image,
+            image_name,
+            None,
+            None,
+            ["grid", "head", "pixel", "layout"],
+            (row, col),
+        )
+        st.session_state.att_batch_items = batch
+    if st.session_state.get("att_batch_items"):
+        export_panel(st.session_state.att_batch_items, "att_batch_export", "Export the whole batch")

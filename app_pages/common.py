@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -92,3 +93,34 @@ def show_image(image: np.ndarray, caption: str, width: int = 140) -> None:
         caption=caption,
         width=width,
     )
+
+
+def export_panel(items, key: str, label: str = "Export figures and data") -> None:
+    """Download buttons for figures (viz.export.Exportable): each format of each, or one zip.
+
+    The files are made only when asked for (a static figure takes matplotlib ~0.2 s), and
+    kept until the figures change.
+    """
+    from viz.export import FORMATS, export_bytes, zip_bytes
+
+    signature = [(it.name, json.dumps(it.meta, sort_keys=True, default=str)) for it in items]
+    with st.popover(label):
+        fmts = st.multiselect(
+            "Formats", FORMATS, default=["png", "svg", "pdf", "html", "npz"], key=f"{key}_formats"
+        )
+        dpi = st.slider("PNG resolution (dpi)", 72, 600, 150, step=6, key=f"{key}_dpi")
+        if st.button("Prepare files", key=f"{key}_prepare"):
+            files = {f"{it.name}.{f}": export_bytes(it, f, dpi=dpi) for it in items for f in fmts}
+            st.session_state[f"{key}_files"] = (signature, files)
+        made = st.session_state.get(f"{key}_files")
+        if made and made[0] == signature:
+            files = made[1]
+            st.download_button(
+                f"All {len(files)} files (zip)",
+                zip_bytes(files),
+                file_name=f"{key}.zip",
+                mime="application/zip",
+                key=f"{key}_zip",
+            )
+            for name, data in files.items():
+                st.download_button(name, data, file_name=name, key=f"{key}_dl_{name}")

@@ -172,3 +172,26 @@ def test_models_page_renders_card_and_benchmarks():
     text = "\n".join(m.value for m in at.markdown)
     assert "# Shipped models" in text and "bits/dim" in text
     assert len(at.get("imgs")) >= 2  # the card's sample grids
+
+
+def test_attention_page_exports_figures_and_batch(tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    at = attention_app(tmp_path, monkeypatch)
+    at.multiselect(key="att_export_formats").set_value(["png", "npz"]).run()
+    at.button(key="att_export_prepare").click().run()
+    assert not at.exception, at.exception
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "All 6 files (zip)" in labels and any(lab.endswith("_pixel.png") for lab in labels)
+    at.button(key="att_batch").click().run()
+    assert not at.exception, at.exception
+    at.multiselect(key="att_batch_export_formats").set_value(["npz"]).run()
+    at.button(key="att_batch_export_prepare").click().run()
+    labels = [b.proto.label for b in at.get("download_button")]
+    # grid + 2 layers x 2 heads x (head, pixel) + 2 layouts = 11 files
+    assert "All 11 files (zip)" in labels
+    from viz.export import zip_bytes
+
+    z = zipfile.ZipFile(io.BytesIO(zip_bytes({"a.txt": b"x"})))
+    assert z.read("a.txt") == b"x"

@@ -210,6 +210,17 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    """Files {name: bytes} as one zip archive (what the app offers for a batch)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
 def write_all(
     items: list[Exportable], out: Path, formats: list[str], *, dpi: int = 150, progress: bool = True
 ) -> list[Path]:
@@ -232,18 +243,19 @@ def write_all(
 
 
 def model_items(
-    model_dir: Path,
-    image_path: Path,
+    model,
+    model_name: str,
+    image: np.ndarray,
+    image_name: str,
     layers: list[int] | None,
     heads: list[int] | None,
     views: list[str],
     query: tuple[int, int],
-):
+) -> list[Exportable]:
     """The Exportables the app shows for one model and image: grid, head, pixel, layout."""
     import torch
 
-    from models.checkpoint import load_model
-    from models.data import image_to_tokens, prepare_image
+    from models.data import image_to_tokens
     from viz.figures import (
         attention_map_figure,
         head_grid_figure,
@@ -252,9 +264,7 @@ def model_items(
     )
     from viz.layout_view import part_names, pixel_to_token, pixel_view
 
-    model = load_model(model_dir)
     g = model.config.geometry
-    image = prepare_image(image_path.read_bytes(), g)
     tokens = image_to_tokens(image)[None]
     digest = hashlib.sha1(image.tobytes()).hexdigest()[:12]
     layers = list(range(model.config.n_layer)) if layers is None else layers
@@ -262,12 +272,12 @@ def model_items(
     row, col = query
     q = pixel_to_token(row, col, 0, g)
     base = {
-        "model": str(model_dir),
-        "image": image_path.name,
+        "model": model_name,
+        "image": image_name,
         "image_sha1": digest,
         "query_pixel": [row, col],
     }
-    stem = f"{safe_name(model_dir.name)}_{safe_name(image_path.stem)}"
+    stem = f"{safe_name(Path(model_name).name)}_{safe_name(Path(image_name).stem)}"
     items = []
     caps = model.capture(tokens, layers=layers, form="full")
     with torch.no_grad():
@@ -355,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dpi", type=int, default=150)
     p.add_argument("--out", type=Path, default=Path("figures"))
     args = p.parse_args(argv)
-    from models.checkpoint import CheckpointError, load_config
-    from models.data import ImageInputError
+    from models.checkpoint import CheckpointError, load_config, load_model
+    from models.data import ImageInputError, prepare_image
 
     try:
         formats = args.formats.split(",")
@@ -371,13 +381,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--query must be a pixel of the {config.height}x{config.width} image")
         if not args.image.is_file():
             raise ImageInputError(f"{args.image} does not exist")
+        model = load_model(args.model)
+        image = prepare_image(args.image.read_bytes(), model.config.geometry)
+        layers = _select(args.layers, config.n_layer, "layers")
+        heads = _select(args.heads, config.n_head, "heads")
         items = model_items(
-            args.model,
-            args.image,
-            _select(args.layers, config.n_layer, "layers"),
-            _select(args.heads, config.n_head, "heads"),
-            views,
-            tuple(args.query),
+            model, str(args.model), image, args.image.name, layers, heads, views, tuple(args.query)
         )
     except (CheckpointError, ImageInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
