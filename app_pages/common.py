@@ -16,27 +16,32 @@ from models.data import Geometry, ImageInputError, prepare_image
 from models.model import SparseTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS_DIR = Path(os.environ.get("SPARSE_EXPLORER_MODELS", ROOT / "assets" / "models"))
 SAMPLES_DIR = ROOT / "assets" / "samples"
 PREFERRED = ("dense", "strided", "fixed")
 MAX_UPLOAD_BYTES = 20 * 2**20
 
 
+def models_dir() -> Path:
+    """Where the models are: assets/models, or $SPARSE_EXPLORER_MODELS (read on every call, so
+    tests and servers can point elsewhere)."""
+    return Path(os.environ.get("SPARSE_EXPLORER_MODELS", ROOT / "assets" / "models"))
+
+
 def model_names() -> list[str]:
-    """Model directories under MODELS_DIR, the three shipped ones first."""
-    found = sorted(p.name for p in MODELS_DIR.glob("*") if (p / "config.json").is_file())
+    """Model directories under models_dir(), the three shipped ones first."""
+    found = sorted(p.name for p in models_dir().glob("*") if (p / "config.json").is_file())
     return [m for m in PREFERRED if m in found] + [m for m in found if m not in PREFERRED]
 
 
 @st.cache_resource(show_spinner="Loading model...")
-def get_model(name: str) -> SparseTransformer:
+def get_model(path: str) -> SparseTransformer:
     """The model, loaded once for every session of this server (read-only after loading)."""
-    return load_model(MODELS_DIR / name)
+    return load_model(path)
 
 
 def load_or_explain(name: str) -> SparseTransformer | None:
     try:
-        return get_model(name)
+        return get_model(str(models_dir() / name))
     except CheckpointError as e:
         st.error(f"Model '{name}' cannot be loaded: {e}")
         return None

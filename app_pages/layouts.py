@@ -1,9 +1,12 @@
 """Layouts page: the prescribed patterns, drawn as an N x N mask and over the image's pixels."""
 
+import numpy as np
 import streamlit as st
 
+from app_pages.common import export_panel
 from kernels import layouts as L
 from models.data import Geometry
+from viz.export import Exportable, safe_name
 from viz.figures import clicked_pixel, layout_pixel_figure, mask_figure
 from viz.layout_view import mask_view, part_names, pixel_to_token, pixel_view
 
@@ -96,10 +99,11 @@ for (kind, layout), column in zip(chosen, st.columns(len(chosen) or 1), strict=F
         h = head % layout.period
         names = part_names(layout)
         codes = pixel_view(layout, geometry, query, h)
+        pixel_fig = layout_pixel_figure(
+            codes, names, (row, col), f"{layout!r}: keys of pixel ({row}, {col})"
+        )
         st.plotly_chart(
-            layout_pixel_figure(
-                codes, names, (row, col), f"{layout!r}: keys of pixel ({row}, {col})"
-            ),
+            pixel_fig,
             key=f"lay_pixels_{kind}",
             on_select="rerun",
             selection_mode="points",
@@ -110,4 +114,21 @@ for (kind, layout), column in zip(chosen, st.columns(len(chosen) or 1), strict=F
         )
         mask, tile = mask_view(layout, n, h)
         title = f"{layout!r}: N x N mask" + ("" if tile == 1 else f" (pooled {tile}x{tile})")
-        st.plotly_chart(mask_figure(mask, names, tile, title), key=f"lay_mask_{kind}")
+        mask_fig = mask_figure(mask, names, tile, title)
+        st.plotly_chart(mask_fig, key=f"lay_mask_{kind}")
+        meta = {
+            "layout": repr(layout),
+            "head": h,
+            "image": str(geometry),
+            "query_pixel": [row, col],
+            "query_channel": channel,
+            "parts": names,
+        }
+        stem = safe_name(f"{layout!r}_{geometry}")
+        export_panel(
+            [
+                Exportable(f"{stem}_r{row}c{col}_pixel", pixel_fig, {"part_codes": codes}, meta),
+                Exportable(f"{stem}_mask", mask_fig, {"mask": mask, "tile": np.array(tile)}, meta),
+            ],
+            f"lay_export_{kind}",
+        )

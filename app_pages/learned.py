@@ -4,11 +4,12 @@ import numpy as np
 import streamlit as st
 import torch
 
-from app_pages.common import image_key, load_or_explain, model_names, pick_image
+from app_pages.common import export_panel, image_key, load_or_explain, model_names, pick_image
 from kernels.layouts import parse_layout
 from models.data import DatasetError, image_to_tokens
 from models.train import layout_spec
 from viz.analyze import analyze_model, layout_search, pick_images, search_candidates
+from viz.export import Exportable, safe_name
 from viz.figures import coverage_figure, search_figure
 
 st.title("Learned vs prescribed attention")
@@ -54,15 +55,28 @@ def search(name: str, key: str, _tokens: torch.Tensor) -> list[dict]:
     return layout_search(m, _tokens, search_candidates(m.config.geometry))
 
 
+def _table_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
+    """A metric table as arrays (one per column), for NPZ export."""
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
+
+
 specs = [layout_spec("strided", model.config), layout_spec("fixed", model.config)]
+meta = {"model": model_name, "images": int(len(tokens)), "image_set_sha1": set_key}
+figures = []
 cols = st.columns(2)
 tables = {}
 for spec, col in zip(specs, cols, strict=True):
     tables[spec] = table(model_name, set_key, spec, tokens)
     with col:
-        st.plotly_chart(
-            coverage_figure(tables[spec], f"coverage by {spec}"),
-            key=f"lvp_cov_{spec.split('(')[0]}",
+        fig = coverage_figure(tables[spec], f"coverage by {spec}")
+        st.plotly_chart(fig, key=f"lvp_cov_{spec.split('(')[0]}")
+        figures.append(
+            Exportable(
+                safe_name(f"{model_name}_coverage_{spec}"),
+                fig,
+                _table_arrays(tables[spec]),
+                meta | {"layout": spec},
+            )
         )
 st.caption(
     "Coverage 1 means the layout allows every key the head uses; each cell names the "
@@ -74,5 +88,11 @@ if st.checkbox(
     "Layout search: which strided(l) / fixed(l, c) keeps most at a given density", key="lvp_search"
 ):
     rows = search(model_name, set_key, tokens)
-    st.plotly_chart(search_figure(rows, "coverage vs density"), key="lvp_search_fig")
+    fig = search_figure(rows, "coverage vs density")
+    st.plotly_chart(fig, key="lvp_search_fig")
     st.dataframe(rows, hide_index=True, key="lvp_search_table")
+    flat = [{k: v for k, v in r.items() if k != "coverage_per_layer"} for r in rows]
+    figures.append(
+        Exportable(safe_name(f"{model_name}_layout_search"), fig, _table_arrays(flat), meta)
+    )
+export_panel(figures, "lvp_export")

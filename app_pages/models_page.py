@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import MODELS_DIR, ROOT
+from app_pages.common import ROOT, models_dir
 
 IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)\s*$")
 
@@ -38,6 +38,6 @@ st.caption(
 )
 card, bench = st.tabs(["Model card", "Benchmarks"])
 with card:
-    show_markdown(MODELS_DIR / "README.md")
+    show_markdown(models_dir() / "README.md")
 with bench:
     show_markdown(ROOT / "docs" / "BENCHMARKS.md")
