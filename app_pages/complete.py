@@ -1,5 +1,8 @@
 """Complete page: keep part of an image, let the models sample the rest, row by row."""
 
+import io
+import json
+
 import numpy as np
 import streamlit as st
 import torch
@@ -8,6 +11,7 @@ from app_pages.common import load_or_explain, model_names, pick_image, show_imag
 from models.complete import complete, hidden_view, keep_mask
 from models.data import image_to_tokens, tokens_to_image
 from viz.figures import clicked_pixel, pixel_grid_figure
+from viz.export import safe_name
 from viz.grid import image_grid
 
 st.title("Complete an image")
@@ -114,9 +118,32 @@ with right:
     for (name, samples), col in zip(results.items(), cols, strict=True):
         with col:
             st.markdown(f"**{name}**")
-            st.image(
-                image_grid([("", list(samples))], label_width=0, scale=4),
-                caption=f"{len(samples)} samples, seed {seed}",
+            grid = image_grid([("", list(samples))], label_width=0, scale=4)
+            st.image(grid, caption=f"{len(samples)} samples, seed {seed}")
+            png, npz = io.BytesIO(), io.BytesIO()
+            grid.save(png, format="PNG")
+            meta = {
+                "model": name,
+                "image": image_name,
+                "keep": how,
+                "samples": n_samples,
+                "temperature": temperature,
+                "seed": int(seed),
+            }
+            np.savez_compressed(
+                npz,
+                samples=samples,
+                image=image,
+                keep=keep.numpy(),
+                metadata=np.array(json.dumps(meta)),
+            )
+            stem = f"{safe_name(name)}_{safe_name(image_name)}_seed{seed}"
+            d1, d2 = st.columns(2)
+            d1.download_button(
+                "PNG", png.getvalue(), f"{stem}_samples.png", "image/png", key=f"cmp_png_{name}"
+            )
+            d2.download_button(
+                "NPZ (data)", npz.getvalue(), f"{stem}_samples.npz", key=f"cmp_npz_{name}"
             )
 
 # where the model looked: recomputed from the finished sample, which equals what the model
