@@ -10,8 +10,8 @@ import torch
 from app_pages.common import load_or_explain, model_names, pick_image, show_image
 from models.complete import complete, hidden_view, keep_mask
 from models.data import image_to_tokens, tokens_to_image
-from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.export import safe_name
+from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid
 
 st.title("Complete an image")
