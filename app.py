@@ -9,6 +9,7 @@ pages = [
     st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:"),
     st.Page("app_pages/learned.py", title="Learned vs prescribed", icon=":material/compare:"),
     st.Page("app_pages/complete.py", title="Complete", icon=":material/auto_fix_high:"),
+    st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"),
     st.Page("app_pages/models_page.py", title="Models & speed", icon=":material/speed:"),
 ]
 st.navigation(pages).run()

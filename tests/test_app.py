@@ -195,3 +195,25 @@ def test_attention_page_exports_figures_and_batch(tmp_path, monkeypatch):
 
     z = zipfile.ZipFile(io.BytesIO(zip_bytes({"a.txt": b"x"})))
     assert z.read("a.txt") == b"x"
+
+
+def test_export_page_makes_a_zip_listing_every_file(tmp_path, monkeypatch):
+    import io
+    import re
+    import zipfile
+
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/export_page.py").run()
+    assert not at.exception, at.exception
+    at.multiselect(key="exp_layers").set_value([1]).run()
+    at.multiselect(key="exp_formats").set_value(["svg", "npz"]).run()
+    at.button(key="exp_run").click().run()
+    assert not at.exception, at.exception
+    data = at.session_state["exp_zip"][1]
+    z = zipfile.ZipFile(io.BytesIO(data))
+    names = set(z.namelist())
+    linked = set(re.findall(r"\]\(([^)]+)\)", z.read("index.md").decode()))
+    assert names - {"index.md"} == linked
+    # grid + 2 heads of pixel + 1 layout, in 2 formats
+    assert len(linked) == (1 + 2 + 1) * 2

@@ -153,6 +153,13 @@ def test_attention_page_head_and_pixel(page, shots):
     no_exception(page)
     click_pixel(page, 1, 10, 12)
     assert page.get_by_label("query row").input_value() == "10"
+    # pick a head: layer 1, head 2
+    for label, option in (("Layer", "1"), ("Head", "2")):
+        box = page.locator("[data-testid=stSelectbox]").filter(has_text=label).first
+        box.click()
+        page.get_by_role("option", name=option, exact=True).click()
+        settle(page)
+    assert page.get_by_text("layer 1, head 2: where pixel (10, 12) looks").count() >= 1
     page.screenshot(path=str(shots / "attention.png"), full_page=True)
     no_exception(page)
 
@@ -187,7 +194,7 @@ def test_complete_upload_and_sample(page, shots):
 
 
 def test_other_pages_open(page, shots):
-    for title in ("Learned vs prescribed", "Models & speed"):
+    for title in ("Learned vs prescribed", "Export", "Models & speed"):
         open_page(page, title)
         no_exception(page)
     page.screenshot(path=str(shots / "models.png"), full_page=True)
