@@ -1,5 +1,6 @@
 """Export: every format is valid and carries its metadata; the batch CLI is deterministic."""
 
+import base64
 import io
 import json
 import re
@@ -23,6 +24,14 @@ from viz.figures import (
     search_figure,
 )
 from viz.layout_view import part_names, pixel_view
+
+
+def decode(a) -> np.ndarray:
+    """A plotly array as written into HTML/JSON: a list, or a typed array {dtype, bdata}."""
+    if isinstance(a, dict):
+        return np.frombuffer(base64.b64decode(a["bdata"]), dtype=a["dtype"]).astype(float)
+    return np.asarray(a, dtype=float)
+
 
 META = {"model": "m", "layer": 1, "head": 0, "query_pixel": [3, 4], "image_sha1": "abc"}
 
@@ -93,6 +102,12 @@ def test_every_format_is_valid_and_has_metadata(item):
     html = export_bytes(item, "html").decode()
     assert "figure-metadata" in html and "Plotly.newPlot" in html
     assert item.figure.layout.title.text in html
+    # the figure's own numbers are in the page: decode the data passed to Plotly.newPlot
+    start = html.index("[", html.index("Plotly.newPlot("))
+    traces, _ = json.JSONDecoder().raw_decode(html[start:])
+    key = "z" if "z" in traces[0] else "x"
+    expected = np.asarray(getattr(item.figure.data[0], key), dtype=float)
+    np.testing.assert_array_equal(decode(traces[0][key]).reshape(expected.shape), expected)
 
 
 def test_npz_round_trips_the_arrays_exactly():
