@@ -1,0 +1,162 @@
+"""Fused Triton forward for the band + column family: dense, local(l), column(l), strided(l).
+
+WORK IN PROGRESS toward the kernels issue: forward only, not yet wired into kernels.attention;
+the backward, fixed(l, c) and the benchmark are still to come.
+
+One program owns BLOCK_M consecutive queries [m0, m0 + BLOCK_M) of one (batch, head) and runs a
+single online softmax over both parts of the layout, so the merge is exact and costs no extra
+pass:
+
+* the band (0 <= i - j < L = band): the keys [m0 - L + 1, m0 + BLOCK_M) in tiles of BLOCK_N, with
+  tensor-core dots; L = N gives dense causal attention, L = 1 leaves only the diagonal;
+* the columns (i - j = k * STEP for k >= 1, strided and column only): for each k the keys of
+  the whole query block are the rows [m0 - k*STEP, m0 - k*STEP + BLOCK_M), one key per query,
+  so they are loaded as one tile and scored with a row-wise product: exactly the useful work,
+  N / L such steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _band_column_fwd_kernel(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    stride_b,
+    stride_h,
+    stride_n,  # q, k, v, o share one contiguous [B, H, N, D] layout
+    stride_lb,
+    stride_lh,
+    H,
+    N,
+    L,
+    STEP,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    COLUMNS: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    base = b * stride_b + h * stride_h
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N
+    q = tl.load(
+        Q + base + offs_m[:, None] * stride_n + offs_d[None, :], mask=row_ok[:, None], other=0.0
+    )
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # the band: keys [start_m - L + 1, start_m + BLOCK_M), tile by tile
+    lo = tl.maximum(start_m - L + 1, 0)
+    hi = tl.minimum(start_m + BLOCK_M, N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < N
+        k = tl.load(
+            K + base + offs_n[:, None] * stride_n + offs_d[None, :], mask=col_ok[:, None], other=0.0
+        )
+        v = tl.load(
+            V + base + offs_n[:, None] * stride_n + offs_d[None, :], mask=col_ok[:, None], other=0.0
+        )
+        s = tl.dot(q, tl.trans(k)) * sm_scale
+        dist = offs_m[:, None] - offs_n[None, :]
+        allowed = (dist >= 0) & (dist < L) & col_ok[None, :]
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing yet
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    if COLUMNS:
+        # i - j = kk * STEP for kk >= 1 (outside the band as STEP >= L): one key per query,
+        # contiguous over the block
+        n_col = (start_m + BLOCK_M - 1) // STEP
+        for kk in range(1, n_col + 1):
+            offs_j = offs_m - kk * STEP
+            ok = (offs_j >= 0) & row_ok
+            kj = tl.load(
+                K + base + offs_j[:, None] * stride_n + offs_d[None, :], mask=ok[:, None], other=0.0
+            )
+            vj = tl.load(
+                V + base + offs_j[:, None] * stride_n + offs_d[None, :], mask=ok[:, None], other=0.0
+            )
+            s = tl.sum(q.to(tl.float32) * kj.to(tl.float32), 1) * sm_scale
+            s = tl.where(ok, s, float("-inf"))
+            m_new = tl.maximum(m_i, s)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp(s - m_safe)
+            alpha = tl.exp(m_i - m_safe)
+            l_i = l_i * alpha + p
+            acc = acc * alpha[:, None] + p[:, None] * vj.to(tl.float32)
+            m_i = m_new
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(
+        O + base + offs_m[:, None] * stride_n + offs_d[None, :],
+        out.to(O.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+    tl.store(LSE + b * stride_lb + h * stride_lh + offs_m, m_i + tl.log(l_safe), mask=row_ok)
+
+
+def band_column_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    band: int,
+    step: int | None,
+    scale: float | None = None,
+    block_m: int = 16,
+    block_n: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, H, N, D], lse [B, H, N] float32) of the keys 0 <= i - j < band, and, when
+    ``step`` is given (step >= band), every i - j = k * step."""
+    B, H, N, D = q.shape
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    grid = (triton.cdiv(N, block_m), B * H)
+    _band_column_fwd_kernel[grid](
+        q,
+        k,
+        v,
+        out,
+        lse,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        lse.stride(0),
+        lse.stride(1),
+        H,
+        N,
+        band,
+        step or 1,
+        scale,
+        HEAD_DIM=D,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        COLUMNS=step is not None,
+    )
+    return out, lse
