@@ -17,7 +17,8 @@ from kernels.layouts import Layout
 
 
 class AttentionResult(NamedTuple):
-    """Output [B, H, N, D]; optionally lse [B, H, N] (natural log) and probs [B, H, N, N]."""
+    """Output [B, H, N, D]; optionally lse [B, H, N] (natural log; float32, float64 for float64
+    inputs) and probs [B, H, N, N]."""
 
     out: Tensor
     lse: Tensor | None = None
@@ -62,7 +63,8 @@ def reference_attention(
     mask = cached_mask(layout, N, H, q.device)  # [H or 1, N, N]
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # [B, H, N, N]
     scores = scores.masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(scores.float(), dim=-1)  # [B, H, N], float32 for every input dtype
-    probs = torch.exp(scores.float() - lse[..., None]).to(q.dtype)  # [B, H, N, N]
+    acc = torch.promote_types(scores.dtype, torch.float32)  # fp32 (fp64 stays fp64)
+    lse = torch.logsumexp(scores.to(acc), dim=-1)  # [B, H, N]
+    probs = torch.exp(scores.to(acc) - lse[..., None]).to(q.dtype)  # [B, H, N, N]
     out = torch.matmul(probs, v).to(dtype)  # [B, H, N, D]
     return AttentionResult(out, lse if return_lse else None, probs if return_probs else None)
