@@ -1,7 +1,8 @@
 """Fused Triton forward for the band + column family: dense, local(l), column(l), strided(l).
 
-WORK IN PROGRESS toward the kernels issue: forward only, not yet wired into kernels.attention;
-the backward, fixed(l, c) and the benchmark are still to come.
+WORK IN PROGRESS toward the kernels issue: forward and backward (``BandColumnAttention``), not
+yet wired into kernels.attention; fixed(l, c), the capture forms and the benchmark are still to
+come.
 
 One program owns BLOCK_M consecutive queries [m0, m0 + BLOCK_M) of one (batch, head) and runs a
 single online softmax over both parts of the layout, so the merge is exact and costs no extra
@@ -120,6 +121,95 @@ def _band_column_fwd_kernel(
     tl.store(LSE + b * stride_lb + h * stride_lh + offs_m, m_i + tl.log(l_safe), mask=row_ok)
 
 
+@triton.jit
+def _band_column_bwd_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    DK,
+    DV,
+    stride_b,
+    stride_h,
+    stride_n,  # q, k, v, do, dq share one contiguous [B, H, N, D] layout
+    stride_lb,
+    stride_lh,
+    H,
+    N,
+    L,
+    STEP,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    COLUMNS: tl.constexpr,
+):
+    """Gradients for one query block, walking the same keys as the forward. dQ is owned by the
+    program; dK and dV (float32) collect contributions from several query blocks by atomic adds.
+    """
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    base = b * stride_b + h * stride_h
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N
+    rows = base + offs_m[:, None] * stride_n + offs_d[None, :]
+    q = tl.load(Q + rows, mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + rows, mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + b * stride_lb + h * stride_lh + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + b * stride_lb + h * stride_lh + offs_m, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    lo = tl.maximum(start_m - L + 1, 0)
+    hi = tl.minimum(start_m + BLOCK_M, N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < N
+        keys = base + offs_n[:, None] * stride_n + offs_d[None, :]
+        k = tl.load(K + keys, mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + keys, mask=col_ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * sm_scale
+        dist = offs_m[:, None] - offs_n[None, :]
+        allowed = (dist >= 0) & (dist < L) & col_ok[None, :] & row_ok[:, None]
+        p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
+        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k).to(tl.float32) * sm_scale
+        tl.atomic_add(
+            DV + keys, tl.dot(tl.trans(p.to(do.dtype)), do).to(tl.float32), mask=col_ok[:, None]
+        )
+        tl.atomic_add(
+            DK + keys,
+            tl.dot(tl.trans(ds.to(q.dtype)), q).to(tl.float32) * sm_scale,
+            mask=col_ok[:, None],
+        )
+
+    if COLUMNS:
+        n_col = (start_m + BLOCK_M - 1) // STEP
+        for kk in range(1, n_col + 1):
+            offs_j = offs_m - kk * STEP
+            ok = (offs_j >= 0) & row_ok
+            keys = base + offs_j[:, None] * stride_n + offs_d[None, :]
+            kj = tl.load(K + keys, mask=ok[:, None], other=0.0).to(tl.float32)
+            vj = tl.load(V + keys, mask=ok[:, None], other=0.0).to(tl.float32)
+            s = tl.sum(q.to(tl.float32) * kj, 1) * sm_scale
+            p = tl.where(ok, tl.exp(s - lse), 0.0)  # [BLOCK_M]
+            dp = tl.sum(do.to(tl.float32) * vj, 1)
+            ds = p * (dp - delta)
+            dq += ds[:, None] * kj * sm_scale
+            # the rows j of one step are distinct; other query blocks may add to them too
+            tl.atomic_add(DV + keys, p[:, None] * do.to(tl.float32), mask=ok[:, None])
+            tl.atomic_add(DK + keys, ds[:, None] * q.to(tl.float32) * sm_scale, mask=ok[:, None])
+
+    tl.store(DQ + rows, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
 def band_column_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -160,3 +250,70 @@ def band_column_forward(
         COLUMNS=step is not None,
     )
     return out, lse
+
+
+def band_column_backward(
+    q,
+    k,
+    v,
+    out,
+    lse,
+    dout,
+    band: int,
+    step: int | None,
+    scale: float,
+    block_m: int = 16,
+    block_n: int = 16,
+):
+    """(dq, dk, dv) for band_column_forward's output gradient ``dout``."""
+    B, H, N, D = q.shape
+    q, k, v, out, dout = (t.contiguous() for t in (q, k, v, out, dout))
+    delta = (dout.float() * out.float()).sum(-1)  # [B, H, N]: rowsum(dO * O)
+    dq = torch.empty_like(q)
+    dk = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+    dv = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+    grid = (triton.cdiv(N, block_m), B * H)
+    _band_column_bwd_kernel[grid](
+        q,
+        k,
+        v,
+        dout,
+        lse,
+        delta,
+        dq,
+        dk,
+        dv,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        lse.stride(0),
+        lse.stride(1),
+        H,
+        N,
+        band,
+        step or 1,
+        scale,
+        HEAD_DIM=D,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        COLUMNS=step is not None,
+    )
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+class BandColumnAttention(torch.autograd.Function):
+    """Exact attention over the band + column family, differentiable; returns (out, lse)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, band: int, step: int | None, scale: float):
+        out, lse = band_column_forward(q, k, v, band, step, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.band, ctx.step, ctx.scale = band, step, scale
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = band_column_backward(q, k, v, out, lse, dout, ctx.band, ctx.step, ctx.scale)
+        return dq, dk, dv, None, None, None
