@@ -1,0 +1,312 @@
+"""Fused Triton forward and backward for fixed(l, c, num_verts): own block + summary keys.
+
+WORK IN PROGRESS toward the kernels issue (not yet wired into kernels.attention).
+
+One program owns BLOCK_M consecutive queries of one (batch, head) and runs one online softmax
+over both parts:
+
+* the block part: keys from the start of the first query's l-block up to the last query,
+  masked to j // l == i // l and j <= i (tensor-core tiles of BLOCK_N);
+* the summary part: for every earlier block b, its c summary keys at offsets
+  [l - (v+1)c, l - vc - 1] with v = head mod num_verts, one padded tile of C_PAD keys per block,
+  masked to blocks strictly before the query's own (its own summary keys are in the block part).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _online_update(m_i, l_i, acc, s, v):
+    """One step of the online softmax with a tile of scores s [M, T] and values v [T, D]."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp(s - m_safe[:, None])
+    alpha = tl.exp(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _fixed_fwd_kernel(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    stride_b,
+    stride_h,
+    stride_n,
+    stride_lb,
+    stride_lh,
+    H,
+    N,
+    L,
+    C,
+    NUM_VERTS,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    C_PAD: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    base = b * stride_b + h * stride_h
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N
+    q = tl.load(
+        Q + base + offs_m[:, None] * stride_n + offs_d[None, :], mask=row_ok[:, None], other=0.0
+    )
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    q_block = offs_m // L
+
+    # own block: [start of the first query's block, last query]
+    lo = (start_m // L) * L
+    hi = tl.minimum(start_m + BLOCK_M, N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < N
+        k = tl.load(
+            K + base + offs_n[:, None] * stride_n + offs_d[None, :], mask=col_ok[:, None], other=0.0
+        )
+        v = tl.load(
+            V + base + offs_n[:, None] * stride_n + offs_d[None, :], mask=col_ok[:, None], other=0.0
+        )
+        s = tl.dot(q, tl.trans(k)) * sm_scale
+        allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] // L == q_block[:, None])
+        s = tl.where(allowed & col_ok[None, :], s, float("-inf"))
+        m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v)
+
+    # summary keys of every earlier block
+    first = L - ((h % NUM_VERTS) + 1) * C  # offset of this head's first summary key
+    offs_c = tl.arange(0, C_PAD)
+    last_block = (tl.minimum(start_m + BLOCK_M, N) - 1) // L
+    for blk in range(0, last_block):
+        offs_n = blk * L + first + offs_c
+        col_ok = offs_c < C
+        k = tl.load(
+            K + base + offs_n[:, None] * stride_n + offs_d[None, :], mask=col_ok[:, None], other=0.0
+        )
+        v = tl.load(
+            V + base + offs_n[:, None] * stride_n + offs_d[None, :], mask=col_ok[:, None], other=0.0
+        )
+        s = tl.dot(q, tl.trans(k)) * sm_scale
+        allowed = col_ok[None, :] & (q_block[:, None] > blk)
+        s = tl.where(allowed, s, float("-inf"))
+        m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v)
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    tl.store(
+        O + base + offs_m[:, None] * stride_n + offs_d[None, :],
+        (acc / l_safe[:, None]).to(O.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+    tl.store(LSE + b * stride_lb + h * stride_lh + offs_m, m_i + tl.log(l_safe), mask=row_ok)
+
+
+@triton.jit
+def _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale):
+    """(p, ds) of one tile: probabilities and score gradients, zero where not allowed."""
+    s = tl.dot(q, tl.trans(k)) * sm_scale
+    p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
+def _fixed_bwd_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    DK,
+    DV,
+    stride_b,
+    stride_h,
+    stride_n,
+    stride_lb,
+    stride_lh,
+    H,
+    N,
+    L,
+    C,
+    NUM_VERTS,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    C_PAD: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    base = b * stride_b + h * stride_h
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N
+    rows = base + offs_m[:, None] * stride_n + offs_d[None, :]
+    q = tl.load(Q + rows, mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + rows, mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + b * stride_lb + h * stride_lh + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + b * stride_lb + h * stride_lh + offs_m, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    q_block = offs_m // L
+
+    lo = (start_m // L) * L
+    hi = tl.minimum(start_m + BLOCK_M, N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < N
+        keys = base + offs_n[:, None] * stride_n + offs_d[None, :]
+        k = tl.load(K + keys, mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + keys, mask=col_ok[:, None], other=0.0)
+        allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] // L == q_block[:, None])
+        allowed = allowed & col_ok[None, :] & row_ok[:, None]
+        p, ds = _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale)
+        dq += tl.dot(ds.to(k.dtype), k).to(tl.float32) * sm_scale
+        tl.atomic_add(
+            DV + keys, tl.dot(tl.trans(p.to(do.dtype)), do).to(tl.float32), mask=col_ok[:, None]
+        )
+        tl.atomic_add(
+            DK + keys,
+            tl.dot(tl.trans(ds.to(q.dtype)), q).to(tl.float32) * sm_scale,
+            mask=col_ok[:, None],
+        )
+
+    first = L - ((h % NUM_VERTS) + 1) * C
+    offs_c = tl.arange(0, C_PAD)
+    last_block = (tl.minimum(start_m + BLOCK_M, N) - 1) // L
+    for blk in range(0, last_block):
+        offs_n = blk * L + first + offs_c
+        col_ok = offs_c < C
+        keys = base + offs_n[:, None] * stride_n + offs_d[None, :]
+        k = tl.load(K + keys, mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + keys, mask=col_ok[:, None], other=0.0)
+        allowed = col_ok[None, :] & (q_block[:, None] > blk) & row_ok[:, None]
+        p, ds = _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale)
+        dq += tl.dot(ds.to(k.dtype), k).to(tl.float32) * sm_scale
+        tl.atomic_add(
+            DV + keys, tl.dot(tl.trans(p.to(do.dtype)), do).to(tl.float32), mask=col_ok[:, None]
+        )
+        tl.atomic_add(
+            DK + keys,
+            tl.dot(tl.trans(ds.to(q.dtype)), q).to(tl.float32) * sm_scale,
+            mask=col_ok[:, None],
+        )
+
+    tl.store(DQ + rows, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+def _launch(kernel, q, args, l, c, num_verts, scale, block_m, block_n):
+    B, H, N, D = q.shape
+    grid = (triton.cdiv(N, block_m), B * H)
+    kernel[grid](
+        *args,
+        H,
+        N,
+        l,
+        c,
+        num_verts,
+        scale,
+        HEAD_DIM=D,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        C_PAD=max(16, triton.next_power_of_2(c)),
+    )
+
+
+def fixed_forward(
+    q,
+    k,
+    v,
+    l: int,
+    c: int,
+    num_verts: int = 1,
+    scale: float | None = None,
+    block_m: int = 16,
+    block_n: int = 16,
+):
+    """(out [B, H, N, D], lse [B, H, N] float32) of fixed(l, c, num_verts)."""
+    B, H, N, D = q.shape
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    args = (q, k, v, out, lse, q.stride(0), q.stride(1), q.stride(2), lse.stride(0), lse.stride(1))
+    _launch(_fixed_fwd_kernel, q, args, l, c, num_verts, scale, block_m, block_n)
+    return out, lse
+
+
+def fixed_backward(
+    q,
+    k,
+    v,
+    out,
+    lse,
+    dout,
+    l: int,
+    c: int,
+    num_verts: int,
+    scale: float,
+    block_m: int = 16,
+    block_n: int = 16,
+):
+    q, k, v, out, dout = (t.contiguous() for t in (q, k, v, out, dout))
+    delta = (dout.float() * out.float()).sum(-1)  # [B, H, N]
+    dq = torch.empty_like(q)
+    dk = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+    dv = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+    args = (
+        q,
+        k,
+        v,
+        dout,
+        lse,
+        delta,
+        dq,
+        dk,
+        dv,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        lse.stride(0),
+        lse.stride(1),
+    )
+    _launch(_fixed_bwd_kernel, q, args, l, c, num_verts, scale, block_m, block_n)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+class FixedAttention(torch.autograd.Function):
+    """Exact fixed(l, c, num_verts) attention, differentiable; returns (out, lse)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, l: int, c: int, num_verts: int, scale: float):
+        out, lse = fixed_forward(q, k, v, l, c, num_verts, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.params = (l, c, num_verts, scale)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = fixed_backward(q, k, v, out, lse, dout, *ctx.params)
+        return dq, dk, dv, None, None, None, None
