@@ -14,6 +14,7 @@ from kernels.layouts import (
     strided,
 )
 from kernels.reference import AttentionResult, reference_attention
+from kernels.sparse import sparse_attention
 
 __all__ = [
     "BACKENDS",
@@ -30,6 +31,7 @@ __all__ = [
     "parse_layout",
     "reference_attention",
     "resolve_backend",
+    "sparse_attention",
     "strided",
     "use_backend",
 ]

@@ -56,3 +56,39 @@ def test_gradients_match_reference(n, l, kind):
     ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [L.dense(), L.local(6), L.column(6), L.strided(6), L.fixed(6, 2), L.fixed(8, 2, 2)],
+    ids=repr,
+)
+def test_sparse_attention_triton_equals_reference(layout):
+    from kernels import sparse_attention
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 41, 32, generator=g).to(DEVICE) for _ in range(3))
+    out, lse = sparse_attention(q, k, v, layout, return_lse=True, backend="triton")
+    ref, ref_lse = sparse_attention(q, k, v, layout, return_lse=True, backend="reference")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_attention_explains_bad_input(monkeypatch):
+    from kernels import sparse_attention
+
+    q = torch.randn(1, 2, 10, 32)
+    with pytest.raises(ValueError, match="same shape"):
+        sparse_attention(q, q[:, :, :5], q, L.dense())
+    with pytest.raises(ValueError, match="head dims"):
+        sparse_attention(q[..., :24], q[..., :24], q[..., :24], L.dense(), backend="triton")
+    with pytest.raises(ValueError, match="no Triton kernel"):
+        sparse_attention(q, q, q, L.multihead(L.local(2), L.column(2)), backend="triton")
+    with pytest.raises(ValueError, match="backend must be"):
+        sparse_attention(q, q, q, L.dense(), backend="cuda")
+    with pytest.raises(ValueError, match="multiple of 2"):
+        sparse_attention(q[:, :1], q[:, :1], q[:, :1], L.fixed(4, 1, 2))
+    if not torch.cuda.is_available():
+        monkeypatch.delenv("TRITON_INTERPRET")
+        with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+            sparse_attention(q, q, q, L.dense(), backend="triton")
