@@ -4,8 +4,10 @@ Backends:
     "reference"  kernels.reference: plain masked softmax, O(N^2) memory; the ground truth.
     "sdpa"       torch's fused scaled_dot_product_attention with the layout's boolean mask
                  (is_causal for dense): the same exact math, much faster on the CPU, no probs.
-    "auto"       the fastest exact backend for the device: "sdpa" today; the Triton kernels
-                 take over on CUDA once they land.
+    "triton"     the fused kernels of kernels/sparse.py (CUDA; on the CPU under
+                 TRITON_INTERPRET=1, slowly, for tests)
+    "auto"       "triton" for CUDA tensors when a kernel fits the layout, dtype and head dim,
+                 otherwise "sdpa".
 
 The choice can be forced for a whole process with the environment variable
 SPARSE_ATTENTION_BACKEND, or for a block of code with ``with use_backend("reference"):``;
@@ -26,8 +28,9 @@ from torch import Tensor
 
 from kernels.layouts import Dense, Layout
 from kernels.reference import cached_mask, reference_attention
+from kernels.sparse import DTYPES, HEAD_DIMS, KERNEL_LAYOUTS, sparse_attention
 
-BACKENDS = ("auto", "reference", "sdpa")
+BACKENDS = ("auto", "reference", "sdpa", "triton")
 ENV_VAR = "SPARSE_ATTENTION_BACKEND"
 _forced: list[str] = []
 
@@ -48,7 +51,7 @@ def use_backend(name: str) -> Iterator[None]:
         _forced.pop()
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device, kernel_fits: bool = False) -> str:
     """The concrete backend an ``attention`` call with these arguments will use."""
     _check_backend(backend)
     if backend == "auto" and _forced:
@@ -56,7 +59,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto" and os.environ.get(ENV_VAR):
         backend = _check_backend(os.environ[ENV_VAR])
     if backend == "auto":
-        backend = "sdpa"
+        backend = "triton" if device.type == "cuda" and kernel_fits else "sdpa"
     return backend
 
 
@@ -78,7 +81,10 @@ def attention(
     B, H, N, D = q.shape
     layout.check_heads(H)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    chosen = resolve_backend(backend, q.device)
+    fits = isinstance(layout, KERNEL_LAYOUTS) and q.dtype in DTYPES and D in HEAD_DIMS
+    chosen = resolve_backend(backend, q.device, fits)
+    if chosen == "triton":
+        return sparse_attention(q, k, v, layout, scale=scale, backend="triton")
     if chosen == "reference":
         return reference_attention(q, k, v, layout, scale=scale).out
     if isinstance(layout, Dense):

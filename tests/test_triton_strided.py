@@ -92,3 +92,23 @@ def test_sparse_attention_explains_bad_input(monkeypatch):
         monkeypatch.delenv("TRITON_INTERPRET")
         with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
             sparse_attention(q, q, q, L.dense(), backend="triton")
+
+
+@pytest.mark.parametrize("layout", ["strided(l=7)", "fixed(l=7, c=2)", "dense()"])
+def test_model_through_the_triton_backend(layout):
+    import kernels
+    from models import ModelConfig, SparseTransformer
+
+    torch.manual_seed(0)
+    config = ModelConfig(height=5, width=7, n_layer=2, n_head=2, n_embd=32, layout=layout)
+    model = SparseTransformer(config).to(DEVICE)
+    x = torch.randint(0, 256, (2, 35), device=DEVICE)
+    with kernels.use_backend("triton"):
+        loss = model.loss(x)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+    with kernels.use_backend("reference"):
+        ref_loss = model.loss(x)
+        ref_grads = torch.autograd.grad(ref_loss, list(model.parameters()))
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
