@@ -1,0 +1,173 @@
+"""Benchmark the sparse kernels against the anchors, all measured in one run (GPU only).
+
+    python -m kernels.bench                 # N in {3072, 16384, 65536}, B=1, H=16, D=64, bf16
+    python -m kernels.bench --sizes 3072    # a quick run
+
+For each N (l = 96, 128, 256; c = l / 8) it prints forward and forward+backward times of dense
+causal SDPA, FlexAttention with the exact mask, FlexAttention composed as in DESIGN.md §4, and
+ours (kernels.sparse_attention), with the ratio to dense, the useful-work TFLOP/s (4 * nnz * D
+flops per head for the forward) and the forward's peak memory; then one training step of a
+32x32x3 model (3,072 tokens) with strided attention against the same model on dense SDPA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+
+import torch
+import torch.nn.functional as F
+
+from kernels.composed import composed, flex_exact
+from kernels.layouts import Layout, fixed, strided
+from kernels.sparse import sparse_attention
+
+SIZES = {3072: 96, 16384: 128, 65536: 256}
+
+
+def timed(fn, grad=None) -> tuple[float, float]:
+    """(milliseconds, peak MiB) of fn(), or of fn() plus its backward with ``grad``."""
+    from triton.testing import do_bench
+
+    def run():
+        out = fn()
+        out = out[0] if isinstance(out, tuple) else out
+        if grad is not None:
+            out.backward(grad)
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return do_bench(run, warmup=5, rep=25), peak
+
+
+def attention_rows(n: int, l: int, heads: int, dim: int) -> list[dict]:
+    flex = torch.compile(
+        __import__("torch.nn.attention.flex_attention", fromlist=["flex_attention"]).flex_attention
+    )
+    q, k, v = (
+        torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(3)
+    )
+    grad = torch.randn_like(q)
+    layouts: dict[str, Layout] = {"strided": strided(l), "fixed": fixed(l, max(1, l // 8))}
+    dense_flops = 4 * n * (n + 1) / 2 * dim * heads
+    cases = [
+        (
+            "dense causal SDPA",
+            "dense",
+            dense_flops,
+            lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        )
+    ]
+    for name, lay in layouts.items():
+        useful = 4 * lay.nnz(n) * dim * heads
+        cases += [
+            (
+                f"Flex exact mask {name}",
+                name,
+                useful,
+                lambda lay=lay: flex_exact(q, k, v, lay, compiled=flex),
+            ),
+            (
+                f"Flex composed {name}",
+                name,
+                useful,
+                lambda lay=lay: composed(q, k, v, lay, compiled=flex),
+            ),
+            (
+                f"ours {name}",
+                name,
+                useful,
+                lambda lay=lay: sparse_attention(q, k, v, lay, backend="triton"),
+            ),
+        ]
+    rows = []
+    for label, layout, flops, fn in cases:
+        fwd, peak = timed(fn)
+        fwd_bwd, _ = timed(fn, grad)
+        rows.append(
+            {
+                "N": n,
+                "case": label,
+                "layout": layout,
+                "fwd_ms": fwd,
+                "fwd_bwd_ms": fwd_bwd,
+                "tflops": flops / fwd / 1e9,
+                "peak_mib": peak,
+            }
+        )
+    dense = rows[0]
+    for r in rows:
+        r["fwd_x"] = dense["fwd_ms"] / r["fwd_ms"]
+        r["fwd_bwd_x"] = dense["fwd_bwd_ms"] / r["fwd_bwd_ms"]
+    return rows
+
+
+def training_step_rows(batch: int = 8) -> list[dict]:
+    from models.model import ModelConfig, SparseTransformer
+
+    rows = []
+    for label, layout, backend in (
+        ("dense SDPA", "dense()", "sdpa"),
+        ("strided (ours)", "strided(l=96)", "triton"),
+    ):
+        config = ModelConfig.from_name("cifar-small", layout=layout, attention_backend=backend)
+        model = SparseTransformer(config).cuda()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randint(0, 256, (batch, config.block_size), device="cuda")
+
+        def step(model=model, opt=opt, x=x):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model.loss(x)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        from triton.testing import do_bench
+
+        rows.append({"case": label, "ms": do_bench(step, warmup=3, rep=20)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--dim", type=int, default=64)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: the kernel benchmark needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import triton
+
+    print(
+        f"# kernels.bench, {date.today()}, {torch.cuda.get_device_name()}, torch "
+        f"{torch.__version__}, triton {triton.__version__}; B=1, H={args.heads}, D={args.dim}, "
+        "bf16\n"
+    )
+    print("| N | case | fwd ms | vs dense | fwd+bwd ms | vs dense | useful TFLOP/s | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in args.sizes:
+        for r in attention_rows(n, SIZES[n], args.heads, args.dim):
+            print(
+                f"| {n} | {r['case']} | {r['fwd_ms']:.3f} | {r['fwd_x']:.2f}x "
+                f"| {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_x']:.2f}x | {r['tflops']:.1f} "
+                f"| {r['peak_mib']:.0f} |",
+                flush=True,
+            )
+    steps = training_step_rows()
+    print("\n| training step, 32x32x3 (3,072 tokens), batch 8, bf16 | ms |")
+    print("|---|---|")
+    for r in steps:
+        print(f"| {r['case']} | {r['ms']:.2f} |")
+    print(f"\nstrided / dense speed-up: {steps[0]['ms'] / steps[1]['ms']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
