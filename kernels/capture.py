@@ -7,9 +7,10 @@ The four forms of DESIGN.md §5, for q, k of shape [B, H, N, D] and the layout t
     PooledMap   mean and max of every P x P tile        an overview at any N
     SparseMap   the probability of every pair of a support layout, in CSR form
 
-This module is the reference path: exact, in plain PyTorch, walking over blocks of query rows so
-that memory is O(rows x N) per block and O(output) overall (the full map excepted). The Triton
-kernels compute the same forms from their forward pass's log-sum-exp.
+The reference path here is exact, in plain PyTorch, walking over blocks of query rows so that
+memory is O(rows x N) per block and O(output) overall (the full map excepted). With
+backend="auto" on CUDA (or "triton", also under TRITON_INTERPRET=1) the fused kernels compute
+the same forms from their forward pass's log-sum-exp (kernels/triton_capture.py).
 
 ``support`` for the sparse form may differ from the attention layout: the probabilities of a
 dense model stored on the pairs of strided(l) are exactly what "how much of this head does
@@ -116,30 +117,70 @@ def _row_blocks(
         yield s, row_probs(q, k, layout, torch.arange(s, min(s + rows, N)), scale)
 
 
-def capture_full(q: Tensor, k: Tensor, layout: Layout, scale: float | None = None) -> FullMap:
+def _triton_lse(q: Tensor, k: Tensor, layout: Layout, scale: float | None, backend: str):
+    """The forward's log-sum-exp when the fused kernels take this capture, else None."""
+    from kernels.sparse import resolve, sparse_attention
+
+    if backend == "reference" or resolve(q, layout, backend) != "triton":
+        return None
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    _, lse = sparse_attention(q, k, k, layout, scale=scale, return_lse=True, backend="triton")
+    return lse, scale
+
+
+def capture_full(
+    q: Tensor, k: Tensor, layout: Layout, scale: float | None = None, backend: str = "auto"
+) -> FullMap:
     N = q.shape[2]
     if N > MAX_FULL_N:
         raise ValueError(
             f"a full map at N = {N} would be {N * N * 4 / 2**20:.0f} MiB per head; full maps are "
             f"for N <= {MAX_FULL_N}: use the rows, pooled or sparse forms"
         )
+    fused = _triton_lse(q, k, layout, scale, backend)
+    if fused is not None:
+        from kernels.triton_capture import triton_rows
+
+        return FullMap(triton_rows(q, k, fused[0], layout, torch.arange(N), fused[1]))
     return FullMap(torch.cat([p for _, p in _row_blocks(q, k, layout, scale, ROW_BLOCK)], dim=2))
 
 
-def capture_rows(q: Tensor, k: Tensor, layout: Layout, queries, scale: float | None = None) -> Rows:
+def capture_rows(
+    q: Tensor,
+    k: Tensor,
+    layout: Layout,
+    queries,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> Rows:
     N = q.shape[2]
     queries = torch.as_tensor(queries, dtype=torch.long).flatten()
     if len(queries) and (queries.min() < 0 or queries.max() >= N):
         raise ValueError(f"query positions must be in 0..{N - 1}, got {queries.tolist()}")
+    fused = _triton_lse(q, k, layout, scale, backend)
+    if fused is not None:
+        from kernels.triton_capture import triton_rows
+
+        return Rows(queries, triton_rows(q, k, fused[0], layout, queries, fused[1]))
     return Rows(queries, row_probs(q, k, layout, queries, scale))
 
 
 def capture_pooled(
-    q: Tensor, k: Tensor, layout: Layout, block: int, scale: float | None = None
+    q: Tensor,
+    k: Tensor,
+    layout: Layout,
+    block: int,
+    scale: float | None = None,
+    backend: str = "auto",
 ) -> PooledMap:
     if block < 1:
         raise ValueError(f"pooling block must be >= 1, got {block}")
     B, H, N, _ = q.shape
+    fused = _triton_lse(q, k, layout, scale, backend)
+    if fused is not None:
+        from kernels.triton_capture import triton_pooled
+
+        return PooledMap(block, N, *triton_pooled(q, k, fused[0], layout, block, fused[1]))
     nb = -(-N // block)
     pad = nb * block - N
     # tile sizes, for the mean over real entries of the partial last row/column of tiles
@@ -183,6 +224,7 @@ def capture_sparse(
     layout: Layout,
     support: Layout | None = None,
     scale: float | None = None,
+    backend: str = "auto",
 ) -> SparseMap:
     """Probabilities (under ``layout``) of the pairs of ``support`` (default: the layout)."""
     B, H, N, _ = q.shape
@@ -190,13 +232,19 @@ def capture_sparse(
     support.check_heads(H)
     indptr, indices = support_pattern(support, N, H)
     rows_of = torch.repeat_interleave(torch.arange(N), indptr.diff())  # [nnz]
-    values = q.new_zeros(B, H, len(indices), dtype=_dtype(q))
-    for s, p in _row_blocks(q, k, layout, scale, ROW_BLOCK):
-        a, b = indptr[s], indptr[min(s + p.shape[2], N)]
-        values[:, :, a:b] = p[:, :, rows_of[a:b] - s, indices[a:b].to(p.device)]
+    fused = _triton_lse(q, k, layout, scale, backend)
+    if fused is not None:
+        from kernels.triton_capture import triton_sparse
+
+        values = triton_sparse(q, k, fused[0], layout, indptr, indices, fused[1])
+    else:
+        values = q.new_zeros(B, H, len(indices), dtype=_dtype(q))
+        for s, p in _row_blocks(q, k, layout, scale, ROW_BLOCK):
+            a, b = indptr[s], indptr[min(s + p.shape[2], N)]
+            values[:, :, a:b] = p[:, :, rows_of[a:b] - s, indices[a:b].to(p.device)]
     if support.period > 1:  # zero the pairs of the union that this head's support lacks
         h = torch.arange(H)[:, None]
-        values *= _heads_mask(support, h, rows_of[None, :], indices[None, :]).to(values)
+        values = values * _heads_mask(support, h, rows_of[None, :], indices[None, :]).to(values)
     return SparseMap(N, repr(support), indptr, indices, values)
 
 
@@ -214,19 +262,20 @@ def capture(
     block: int | None = None,
     support: Layout | None = None,
     scale: float | None = None,
+    backend: str = "auto",
 ) -> CaptureForm:
     """One of the forms by name: "full", "rows" (needs queries), "pooled" (needs block),
     "sparse" (optional support)."""
     if form == "full":
-        return capture_full(q, k, layout, scale)
+        return capture_full(q, k, layout, scale, backend)
     if form == "rows":
         if queries is None:
             raise ValueError('form="rows" needs queries=[positions]')
-        return capture_rows(q, k, layout, queries, scale)
+        return capture_rows(q, k, layout, queries, scale, backend)
     if form == "pooled":
         if block is None:
             raise ValueError('form="pooled" needs block=P (the tile size)')
-        return capture_pooled(q, k, layout, block, scale)
+        return capture_pooled(q, k, layout, block, scale, backend)
     if form == "sparse":
-        return capture_sparse(q, k, layout, support, scale)
+        return capture_sparse(q, k, layout, support, scale, backend)
     raise ValueError(f"unknown capture form {form!r}; choose full, rows, pooled or sparse")

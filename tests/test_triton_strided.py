@@ -141,3 +141,34 @@ def test_low_precision_within_the_references_own_error(dtype, layout):
         err = (got.double() - want).abs().max()
         budget = 2 * (pt.double() - want).abs().max() + 1e-3
         assert err <= budget, (float(err), float(budget))
+
+
+@pytest.mark.parametrize(
+    "layout", [L.strided(7), L.local(5), L.fixed(7, 2), L.fixed(8, 2, 2), L.dense()], ids=repr
+)
+def test_capture_forms_from_the_kernels_equal_the_reference(layout):
+    from kernels import capture as C
+
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(1, 2, 45, 32, generator=g).to(DEVICE) for _ in range(2))
+    close = dict(rtol=1e-5, atol=1e-6)
+    for backend_out, ref_out in [
+        (
+            C.capture_rows(q, k, layout, [0, 7, 44], backend="triton"),
+            C.capture_rows(q, k, layout, [0, 7, 44], backend="reference"),
+        ),
+    ]:
+        torch.testing.assert_close(backend_out.probs, ref_out.probs, **close)
+    for block in (7, 16):
+        got = C.capture_pooled(q, k, layout, block, backend="triton")
+        want = C.capture_pooled(q, k, layout, block, backend="reference")
+        torch.testing.assert_close(got.mean, want.mean, **close)
+        torch.testing.assert_close(got.max, want.max, **close)
+    for support in (None, L.strided(9)):
+        got = C.capture_sparse(q, k, layout, support, backend="triton")
+        want = C.capture_sparse(q, k, layout, support, backend="reference")
+        torch.testing.assert_close(got.values, want.values, **close)
+    full = C.capture_full(q, k, layout, backend="triton").probs
+    torch.testing.assert_close(
+        full, C.capture_full(q, k, layout, backend="reference").probs, **close
+    )
