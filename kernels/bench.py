@@ -6,8 +6,9 @@
 For each N (l = 96, 128, 256; c = l / 8) it prints forward and forward+backward times of dense
 causal SDPA, FlexAttention with the exact mask, FlexAttention composed as in DESIGN.md §4, and
 ours (kernels.sparse_attention), with the ratio to dense, the useful-work TFLOP/s (4 * nnz * D
-flops per head for the forward) and the forward's peak memory; then one training step of a
-32x32x3 model (3,072 tokens) with strided attention against the same model on dense SDPA.
+flops per head for the forward) and the forward's peak memory; the capture of one layer in each
+form (time, peak memory, ratio to the forward); then one training step of a 32x32x3 model
+(3,072 tokens) with strided attention against the same model on dense SDPA.
 """
 
 from __future__ import annotations
@@ -108,6 +109,28 @@ def attention_rows(n: int, l: int, heads: int, dim: int) -> list[dict]:
     return rows
 
 
+def capture_rows(n: int, l: int, heads: int, dim: int) -> list[dict]:
+    """Capture of all heads of one layer in each form: time, peak memory, and the layer's own
+    forward time for scale."""
+    from kernels import capture as C
+
+    q, k, v = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    lay = strided(l)
+    forward, _ = timed(lambda: sparse_attention(q, k, v, lay, backend="triton"))
+    rows = []
+    for form, fn in (
+        ("sparse (CSR on the layout)", lambda: C.capture_sparse(q, k, lay, backend="triton")),
+        ("pooled 128x128 mean+max", lambda: C.capture_pooled(q, k, lay, 128, backend="triton")),
+        (
+            "16 exact rows",
+            lambda: C.capture_rows(q, k, lay, torch.arange(0, n, n // 16), backend="triton"),
+        ),
+    ):
+        ms, peak = timed(fn)
+        rows.append({"N": n, "form": form, "ms": ms, "peak_mib": peak, "vs_forward": ms / forward})
+    return rows
+
+
 def training_step_rows(batch: int = 8) -> list[dict]:
     from models.model import ModelConfig, SparseTransformer
 
@@ -157,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {n} | {r['case']} | {r['fwd_ms']:.3f} | {r['fwd_x']:.2f}x "
                 f"| {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_x']:.2f}x | {r['tflops']:.1f} "
+                f"| {r['peak_mib']:.0f} |",
+                flush=True,
+            )
+    print("\n| N | capture of one layer (strided, all heads) | ms | x forward | peak MiB |")
+    print("|---|---|---|---|---|")
+    for n in args.sizes:
+        for r in capture_rows(n, SIZES[n], args.heads, args.dim):
+            print(
+                f"| {n} | {r['form']} | {r['ms']:.3f} | {r['vs_forward']:.2f} "
                 f"| {r['peak_mib']:.0f} |",
                 flush=True,
             )
