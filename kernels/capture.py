@@ -19,6 +19,7 @@ strided cover" needs.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -200,8 +201,12 @@ def capture_pooled(
     return PooledMap(block, N, mean, mx)
 
 
+@functools.lru_cache(maxsize=16)
 def support_pattern(support: Layout, n: int, n_heads: int) -> tuple[Tensor, Tensor]:
-    """CSR (indptr [N+1], indices [nnz]) of the union over heads of the support's pairs."""
+    """CSR (indptr [N+1], indices [nnz]) of the union over heads of the support's pairs.
+
+    Built on the host block by block (O(256 x N) memory) and cached per (layout, n, heads): it is
+    the same for every image and layer."""
     heads = n_heads if support.period > 1 else 1
     counts, indices = [], []
     h = torch.arange(heads)[:, None, None]
