@@ -28,7 +28,7 @@ from torch import Tensor
 
 from kernels.layouts import Dense, Layout
 from kernels.reference import cached_mask, reference_attention
-from kernels.sparse import DTYPES, HEAD_DIMS, KERNEL_LAYOUTS, sparse_attention
+from kernels.sparse import kernel_fits, sparse_attention
 
 BACKENDS = ("auto", "reference", "sdpa", "triton")
 ENV_VAR = "SPARSE_ATTENTION_BACKEND"
@@ -81,8 +81,7 @@ def attention(
     B, H, N, D = q.shape
     layout.check_heads(H)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    fits = isinstance(layout, KERNEL_LAYOUTS) and q.dtype in DTYPES and D in HEAD_DIMS
-    chosen = resolve_backend(backend, q.device, fits)
+    chosen = resolve_backend(backend, q.device, kernel_fits(q, layout))
     if chosen == "triton":
         return sparse_attention(q, k, v, layout, scale=scale, backend="triton")
     if chosen == "reference":
