@@ -52,12 +52,17 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> None:
     layout.check_heads(q.shape[1])
 
 
+def kernel_fits(q: Tensor, layout: Layout) -> bool:
+    """Whether a fused kernel exists for this layout, dtype and head dim."""
+    return isinstance(layout, KERNEL_LAYOUTS) and q.dtype in DTYPES and q.shape[-1] in HEAD_DIMS
+
+
 def resolve(q: Tensor, layout: Layout, backend: str) -> str:
+    """The path sparse_attention takes: "triton" or "reference" (ValueError if impossible)."""
     if backend not in ("auto", "triton", "reference"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
-    fits = isinstance(layout, KERNEL_LAYOUTS) and q.dtype in DTYPES and q.shape[-1] in HEAD_DIMS
     if backend == "auto":
-        return "triton" if q.is_cuda and fits else "reference"
+        return "triton" if q.is_cuda and kernel_fits(q, layout) else "reference"
     if backend == "triton":
         if not (q.is_cuda or _interpreting()):
             raise ValueError(
