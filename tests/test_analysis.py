@@ -59,6 +59,9 @@ def test_row_column_local_sparse_heads():
     assert col["same_col"] == pytest.approx(1) and head_type(col) == "column"
     local = metrics(head(lambda i: [i - 1, i - 2, i - 3] if i % 10 >= 3 else [i - 10]))
     assert local["distance"] <= 2.5 and head_type(local) == "local"
+    # many keys close by is not local: the whole previous row and more
+    wide = metrics(head(lambda i: list(range(max(0, i - 60), i + 1))))
+    assert wide["k90"] > 32 and head_type(wide) == "global"
     sparse = metrics(head(lambda i: [0, 5]))
     assert sparse["k90"] == 2 and head_type(sparse) == "sparse"
 

@@ -17,7 +17,7 @@ Head types, decided in this order (thresholds below, chosen on hand-built heads 
 tests/test_analysis.py):
     row      same_row >= SHARE and k90 >= MIN_SPREAD       attends along its own row
     column   same_col >= SHARE and k90 >= MIN_SPREAD       attends up its own column
-    local    distance <= LOCAL_PX                          a small neighbourhood (conv-like)
+    local    distance <= LOCAL_PX and k90 <= LOCAL_KEYS    a small neighbourhood (conv-like)
     sparse   k90 <= SPARSE_KEYS                            a few keys, wherever they are
     global   anything else                                 broad, far-reaching
 """
@@ -34,7 +34,8 @@ from models.data import Geometry, token_coords
 
 SHARE = 0.6
 MIN_SPREAD = 4.0
-LOCAL_PX = 2.5
+LOCAL_PX = 5.0  # about a 3x3 to 9x9 neighbourhood in raster order (the last row of keys)
+LOCAL_KEYS = 32.0
 SPARSE_KEYS = 5.0
 HEAD_TYPES = ("row", "column", "local", "sparse", "global")
 METRICS = ("coverage", "entropy", "k90", "distance", "same_row", "same_col", "same_channel")
@@ -114,7 +115,7 @@ def head_type(m: dict[str, float]) -> str:
         return "row"
     if m["same_col"] >= SHARE and m["k90"] >= MIN_SPREAD:
         return "column"
-    if m["distance"] <= LOCAL_PX:
+    if m["distance"] <= LOCAL_PX and m["k90"] <= LOCAL_KEYS:
         return "local"
     if m["k90"] <= SPARSE_KEYS:
         return "sparse"
