@@ -171,7 +171,7 @@ def test_models_page_renders_card_and_benchmarks():
     assert not at.exception, at.exception
     text = "\n".join(m.value for m in at.markdown)
     assert "# Shipped models" in text and "bits/dim" in text
-    assert len(at.get("imgs")) >= 2  # the card's sample grids
+    assert len(at.get("image")) >= 2  # the card's sample grids
 
 
 def test_attention_page_exports_figures_and_batch(tmp_path, monkeypatch):

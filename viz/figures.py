@@ -36,15 +36,16 @@ def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> g
     """The N x N layout: exact part codes (tile = 1) or pooled density per tile."""
     if tile == 1:
         n = codes.shape[0]
-        labels = np.array(["not allowed", *names])[codes]
+        # the part as a number in the hover, named in the legend: a per-cell string would
+        # make the figure ~10 MB at N = 1024 and slow every page that draws it
+        key = ", ".join(f"{k} = {name}" for k, name in enumerate(["not allowed", *names]))
         fig = go.Figure(
             go.Heatmap(
                 z=codes,
                 zmin=-0.5,
                 zmax=len(names) + 0.5,
                 colorscale=_part_colorscale(names),
-                customdata=labels,
-                hovertemplate="query %{y}, key %{x}: %{customdata}<extra></extra>",
+                hovertemplate=f"query %{{y}}, key %{{x}}: part %{{z}} ({key})<extra></extra>",
                 showscale=False,
             )
         )
