@@ -195,3 +195,19 @@ def test_real_sizes_on_gpu(layout, dtype, d):
     for got, pt, want in zip((out, *grads), (low, *low_grads), (ref, *ref_grads), strict=True):
         err = (got.float() - want).abs().max()
         assert err <= 2 * (pt.float() - want).abs().max() + 1e-3
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("layout", [L.strided(5), L.fixed(5, 2)], ids=repr)
+def test_larger_head_dims(d, layout):
+    from kernels import sparse_attention
+
+    g = torch.Generator().manual_seed(d)
+    q, k, v = (torch.randn(1, 1, 21, d, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
+    out = sparse_attention(q, k, v, layout, backend="triton")
+    ref = reference_attention(q.double(), k.double(), v.double(), layout).out
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.sum(), (q, k, v))
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-5)
