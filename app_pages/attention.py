@@ -6,9 +6,11 @@ import torch
 
 from app_pages.common import (
     export_panel,
+    get_model,
     image_key,
     load_or_explain,
     model_names,
+    models_dir,
     pick_image,
     show_image,
 )
@@ -64,22 +66,23 @@ query = pixel_to_token(row, col, channel, geometry)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def query_rows(name: str, img_key: str, query: int, _tokens: torch.Tensor) -> np.ndarray:
+def query_rows(path: str, img_key: str, query: int, _tokens: torch.Tensor) -> np.ndarray:
     """Attention rows of one query in every layer and head: [L, H, N] (cached per image)."""
-    caps = load_or_explain(name).capture(_tokens[None], form="rows", queries=[query])
+    caps = get_model(path).capture(_tokens[None], form="rows", queries=[query])
     return np.stack([caps[i].probs[0, :, 0].numpy() for i in sorted(caps)])
 
 
 @st.cache_data(max_entries=16, show_spinner="Capturing the layer...")
-def layer_maps(name: str, img_key: str, layer: int, _tokens: torch.Tensor) -> np.ndarray:
+def layer_maps(path: str, img_key: str, layer: int, _tokens: torch.Tensor) -> np.ndarray:
     """Every head's full N x N map of one layer, float16 [H, N, N] (cached per image and layer)."""
-    cap = load_or_explain(name).capture(_tokens[None], layers=[layer], form="full")[layer]
+    cap = get_model(path).capture(_tokens[None], layers=[layer], form="full")[layer]
     return cap.probs[0].numpy().astype(np.float16)
 
 
 tokens = image_to_tokens(image)
 key = image_key(image)
-rows = query_rows(model_name, key, query, tokens)  # [L, H, N]
+model_path = str(models_dir() / model_name)  # the cache key: two folders may share a name
+rows = query_rows(model_path, key, query, tokens)  # [L, H, N]
 L_, H_, N = rows.shape
 per_pixel = rows.reshape(L_, H_, geometry.height, geometry.width, geometry.channels)
 grid_fig = head_grid_figure(
@@ -133,7 +136,7 @@ with a:
         f"the keys {outline_spec} allows. The model's own layout is {own}."
     )
 with b:
-    maps = layer_maps(model_name, key, layer, tokens)[head].astype(np.float32)
+    maps = layer_maps(model_path, key, layer, tokens)[head].astype(np.float32)
     tile = max(1, -(-N // 392))
     if tile > 1:
         nb = -(-N // tile)

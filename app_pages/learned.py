@@ -4,7 +4,15 @@ import numpy as np
 import streamlit as st
 import torch
 
-from app_pages.common import export_panel, image_key, load_or_explain, model_names, pick_image
+from app_pages.common import (
+    export_panel,
+    get_model,
+    image_key,
+    load_or_explain,
+    model_names,
+    models_dir,
+    pick_image,
+)
 from kernels.layouts import parse_layout
 from models.data import DatasetError, image_to_tokens
 from models.train import layout_spec
@@ -42,16 +50,17 @@ else:
         st.error(str(e))
         st.stop()
 set_key = image_key(tokens.numpy().astype(np.uint8))
+model_path = str(models_dir() / model_name)  # the cache key: two folders may share a name
 
 
 @st.cache_data(max_entries=32, show_spinner="Measuring every head...")
-def table(name: str, key: str, spec: str, _tokens: torch.Tensor) -> list[dict]:
-    return analyze_model(load_or_explain(name), _tokens, parse_layout(spec))
+def table(path: str, key: str, spec: str, _tokens: torch.Tensor) -> list[dict]:
+    return analyze_model(get_model(path), _tokens, parse_layout(spec))
 
 
 @st.cache_data(max_entries=16, show_spinner="Trying candidate layouts...")
-def search(name: str, key: str, _tokens: torch.Tensor) -> list[dict]:
-    m = load_or_explain(name)
+def search(path: str, key: str, _tokens: torch.Tensor) -> list[dict]:
+    m = get_model(path)
     return layout_search(m, _tokens, search_candidates(m.config.geometry))
 
 
@@ -66,7 +75,7 @@ figures = []
 cols = st.columns(2)
 tables = {}
 for spec, col in zip(specs, cols, strict=True):
-    tables[spec] = table(model_name, set_key, spec, tokens)
+    tables[spec] = table(model_path, set_key, spec, tokens)
     with col:
         fig = coverage_figure(tables[spec], f"coverage by {spec}")
         st.plotly_chart(fig, key=f"lvp_cov_{spec.split('(')[0]}")
@@ -87,7 +96,7 @@ with st.expander("Every metric, per layer and head"):
 if st.checkbox(
     "Layout search: which strided(l) / fixed(l, c) keeps most at a given density", key="lvp_search"
 ):
-    rows = search(model_name, set_key, tokens)
+    rows = search(model_path, set_key, tokens)
     fig = search_figure(rows, "coverage vs density")
     st.plotly_chart(fig, key="lvp_search_fig")
     st.dataframe(rows, hide_index=True, key="lvp_search_table")
