@@ -7,10 +7,10 @@ import numpy as np
 import streamlit as st
 import torch
 
-from app_pages.common import load_or_explain, model_names, pick_image, show_image
+from app_pages.common import export_panel, load_or_explain, model_names, pick_image, show_image
 from models.complete import complete, hidden_view, keep_mask
 from models.data import image_to_tokens, tokens_to_image
-from viz.export import safe_name
+from viz.export import Exportable, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid
 
@@ -184,15 +184,27 @@ with b:
         )
         probs = caps[layer].probs[0, :, 0].numpy()  # [H, N]
         mean = probs.mean(0).reshape(geometry.height, geometry.width, geometry.channels)
-        st.plotly_chart(
-            pixel_grid_figure(
-                mean.max(axis=2),
-                title=f"layer {layer}, mean over heads: where pixel ({r}, {c}) looked",
-                query=(r, c),
-                colorscale="Viridis",
-                zmin=0,
-                colorbar_title="weight",
-            ),
-            key="cmp_look_attention",
+        look_fig = pixel_grid_figure(
+            mean.max(axis=2),
+            title=f"layer {layer}, mean over heads: where pixel ({r}, {c}) looked",
+            query=(r, c),
+            colorscale="Viridis",
+            zmin=0,
+            colorbar_title="weight",
+        )
+        st.plotly_chart(look_fig, key="cmp_look_attention")
+        look_meta = {
+            "model": name,
+            "image": image_name,
+            "sample": int(index),
+            "seed": int(seed),
+            "layer": layer,
+            "query_pixel": [r, c],
+            "heads": "mean",
+        }
+        stem = f"{safe_name(name)}_{safe_name(image_name)}_s{index}_L{layer}_r{r}c{c}_looked"
+        export_panel(
+            [Exportable(stem, look_fig, {"probs": probs, "sample": sample_img}, look_meta)],
+            "cmp_look_export",
         )
 show_image(np.asarray(sample_img), f"{name}, sample {index}")
