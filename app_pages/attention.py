@@ -9,9 +9,9 @@ from app_pages.common import (
     get_model,
     image_key,
     load_or_explain,
-    model_names,
     models_dir,
     pick_image,
+    require_model_names,
     show_image,
 )
 from kernels.layouts import parse_layout
@@ -36,10 +36,7 @@ for key, default in {
 }.items():
     st.session_state.setdefault(key, default)
 
-names = model_names()
-if not names:
-    st.error("No models found under assets/models.")
-    st.stop()
+names = require_model_names()
 left, right = st.columns([1, 2])
 with left:
     model_name = st.selectbox("Model", names, key="att_model")

@@ -33,6 +33,18 @@ def model_names() -> list[str]:
     return [m for m in PREFERRED if m in found] + [m for m in found if m not in PREFERRED]
 
 
+def require_model_names() -> list[str]:
+    """model_names(), or an explanation and the end of this page's run when there are none."""
+    names = model_names()
+    if not names:
+        st.error(
+            f"No models found under {models_dir()} (each model is a folder with "
+            "config.json and model.safetensors)."
+        )
+        st.stop()
+    return names
+
+
 @st.cache_resource(show_spinner="Loading model...")
 def get_model(path: str) -> SparseTransformer:
     """The model, loaded once for every session of this server (read-only after loading)."""

@@ -7,7 +7,13 @@ import numpy as np
 import streamlit as st
 import torch
 
-from app_pages.common import export_panel, load_or_explain, model_names, pick_image, show_image
+from app_pages.common import (
+    export_panel,
+    load_or_explain,
+    pick_image,
+    require_model_names,
+    show_image,
+)
 from models.complete import complete, hidden_view, keep_mask
 from models.data import image_to_tokens, tokens_to_image
 from viz.export import Exportable, safe_name
@@ -22,10 +28,7 @@ st.caption(
 )
 st.session_state.setdefault("cmp_results", {})
 
-names = model_names()
-if not names:
-    st.error("No models found under assets/models.")
-    st.stop()
+names = require_model_names()
 default_models = [m for m in ("strided", "fixed") if m in names] or names[:1]
 chosen = st.multiselect("Models (side by side)", names, default=default_models, key="cmp_models")
 if not chosen:

@@ -9,9 +9,9 @@ from app_pages.common import (
     get_model,
     image_key,
     load_or_explain,
-    model_names,
     models_dir,
     pick_image,
+    require_model_names,
 )
 from kernels.layouts import parse_layout
 from models.data import DatasetError, image_to_tokens
@@ -27,10 +27,7 @@ st.caption(
     "strided and fixed allow, with the head's type. Use the dense model: a sparse model puts "
     "no weight outside its own layout."
 )
-names = model_names()
-if not names:
-    st.error("No models found under assets/models.")
-    st.stop()
+names = require_model_names()
 c1, c2 = st.columns(2)
 model_name = c1.selectbox("Model", names, key="lvp_model")
 model = load_or_explain(model_name)

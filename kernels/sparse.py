@@ -52,6 +52,28 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> None:
     layout.check_heads(q.shape[1])
 
 
+BAND, FIXED = 0, 1  # the two kernel families
+
+
+def kernel_params(layout: Layout, n: int) -> tuple[int, int, int, int, int]:
+    """(kind, a, b, c, columns): the layout as the kernels take it.
+
+    BAND: keys with 0 <= i - j < a, plus (columns) every i - j = k * b; dense is a = n,
+    column is a = 1. FIXED: a = l, b = c, c = num_verts.
+    """
+    if isinstance(layout, Fixed):
+        return FIXED, layout.l, layout.c, layout.num_verts, 0
+    if isinstance(layout, Dense):
+        return BAND, n, 1, 1, 0
+    if isinstance(layout, Local):
+        return BAND, layout.l, 1, 1, 0
+    if isinstance(layout, Column):
+        return BAND, 1, layout.l, 1, 1
+    if isinstance(layout, Strided):
+        return BAND, layout.l, layout.l, 1, 1
+    raise ValueError(f"no Triton kernel for {layout!r}")
+
+
 def kernel_fits(q: Tensor, layout: Layout) -> bool:
     """Whether a fused kernel exists for this layout, dtype and head dim."""
     return isinstance(layout, KERNEL_LAYOUTS) and q.dtype in DTYPES and q.shape[-1] in HEAD_DIMS
@@ -99,17 +121,11 @@ def sparse_attention(
     from kernels.triton_fixed import FixedAttention
     from kernels.triton_strided import BandColumnAttention
 
-    n = q.shape[2]
-    if isinstance(layout, Fixed):
-        out, lse = FixedAttention.apply(q, k, v, layout.l, layout.c, layout.num_verts, scale)
+    kind, a, b, c, columns = kernel_params(layout, q.shape[2])
+    if kind == FIXED:
+        out, lse = FixedAttention.apply(q, k, v, a, b, c, scale)
     else:
-        if isinstance(layout, Dense):
-            band, step = n, None
-        elif isinstance(layout, Local):
-            band, step = layout.l, None
-        elif isinstance(layout, Column):
-            band, step = 1, layout.l
-        else:  # Strided
-            band, step = layout.l, layout.l
-        out, lse = BandColumnAttention.apply(q, k, v, min(band, n), step, scale)
+        out, lse = BandColumnAttention.apply(
+            q, k, v, min(a, q.shape[2]), b if columns else None, scale
+        )
     return (out, lse) if return_lse else out

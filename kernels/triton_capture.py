@@ -16,24 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.layouts import Column, Dense, Fixed, Layout, Local, Strided
-
-BAND, FIXED = 0, 1
-
-
-def layout_params(layout: Layout, n: int) -> tuple[int, int, int, int, int]:
-    """(kind, a, b, c, columns) describing the layout to the kernels' ``_allowed``."""
-    if isinstance(layout, Fixed):
-        return FIXED, layout.l, layout.c, layout.num_verts, 0
-    if isinstance(layout, Dense):
-        return BAND, n, 1, 1, 0
-    if isinstance(layout, Local):
-        return BAND, layout.l, 1, 1, 0
-    if isinstance(layout, Column):
-        return BAND, 1, layout.l, 1, 1
-    if isinstance(layout, Strided):
-        return BAND, layout.l, layout.l, 1, 1
-    raise ValueError(f"no Triton capture for {layout!r}")
+from kernels.layouts import Layout
+from kernels.sparse import kernel_params
 
 
 @triton.jit
@@ -211,7 +195,7 @@ def _sparse_kernel(
 
 def _common(q, k, lse, layout):
     B, H, N, D = q.shape
-    kind, a, b_, c, columns = layout_params(layout, N)
+    kind, a, b_, c, columns = kernel_params(layout, N)
     q, k = q.contiguous(), k.contiguous()
     lse = lse.float().contiguous()
     return q, k, lse, (kind, a, b_, c, columns)

@@ -20,17 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _online_update(m_i, l_i, acc, s, v):
-    """One step of the online softmax with a tile of scores s [M, T] and values v [T, D]."""
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp(s - m_safe[:, None])
-    alpha = tl.exp(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return m_new, l_i, acc
+from kernels.triton_strided import _online_update
 
 
 @triton.jit

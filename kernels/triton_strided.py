@@ -26,6 +26,18 @@ import triton.language as tl
 
 
 @triton.jit
+def _online_update(m_i, l_i, acc, s, v):
+    """One step of the online softmax with a tile of scores s [M, T] and values v [T, D]."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp(s - m_safe[:, None])
+    alpha = tl.exp(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _band_column_fwd_kernel(
     Q,
     K,
@@ -80,13 +92,7 @@ def _band_column_fwd_kernel(
         dist = offs_m[:, None] - offs_n[None, :]
         allowed = (dist >= 0) & (dist < L) & col_ok[None, :]
         s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing yet
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v)
 
     if COLUMNS:
         # i - j = kk * STEP for kk >= 1 (outside the band as STEP >= L): one key per query,
