@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from app_pages import limits
 from models.checkpoint import CheckpointError, load_model
 from models.data import Geometry, ImageInputError, prepare_image
 from models.model import SparseTransformer
@@ -18,7 +20,6 @@ from models.model import SparseTransformer
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = ROOT / "assets" / "samples"
 PREFERRED = ("dense", "strided", "fixed")
-MAX_UPLOAD_BYTES = 20 * 2**20
 
 
 def models_dir() -> Path:
@@ -73,6 +74,17 @@ def image_key(image: np.ndarray) -> str:
     return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()[:12]
 
 
+def header_size_problem(data: bytes) -> str | None:
+    """The image size from the file's header, checked before decoding anything; a header Pillow
+    cannot read is left to prepare_image, which names the problem."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:  # noqa: BLE001 - prepare_image reports unreadable files
+        return None
+    return limits.image_size_problem(width, height)
+
+
 def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None:
     """A sample image or an upload, prepared for the model; explains unusable uploads."""
     samples = sample_images(geometry)
@@ -89,11 +101,9 @@ def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None
         st.info("Upload an image, or pick a test image.")
         return None
     data = upload.getvalue()
-    if len(data) > MAX_UPLOAD_BYTES:
-        st.error(
-            f"{upload.name} is {len(data) / 2**20:.1f} MiB; the limit is "
-            f"{MAX_UPLOAD_BYTES // 2**20} MiB."
-        )
+    problem = limits.upload_problem(len(data)) or header_size_problem(data)
+    if problem:
+        st.error(f"{upload.name} cannot be used: it {problem}.")
         return None
     try:
         image = prepare_image(data, geometry, fit=fit, background=(0, 0, 0))

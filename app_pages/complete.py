@@ -1,12 +1,20 @@
-"""Complete page: keep part of an image, let the models sample the rest, row by row."""
+"""Complete page: keep part of an image, let the models sample the rest, row by row.
+
+A completion is a job in this session's state: its request, a cancel flag (set by Stop, polled by
+the sampler before every token), the rows sampled so far and the finished samples. Results are
+shown only for the request that made them, so a new upload or setting never shows stale samples.
+"""
 
 import io
 import json
+import threading
+import uuid
 
 import numpy as np
 import streamlit as st
 import torch
 
+from app_pages import limits
 from app_pages.common import (
     export_panel,
     load_or_explain,
@@ -14,11 +22,22 @@ from app_pages.common import (
     require_model_names,
     show_image,
 )
-from models.complete import complete, hidden_view, keep_mask
+from models.complete import HIDDEN_GRAY, complete, hidden_view, keep_mask
 from models.data import image_to_tokens, tokens_to_image
+from models.sampling import SamplingCancelled
 from viz.export import Exportable, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid
+
+
+def stop_completion() -> None:
+    """Stop's callback: set the running job's cancel flag. With fast reruns the interrupted run
+    may still be sampling in its own thread; the flag stops it at the next token."""
+    job = st.session_state.get("cmp_job")
+    if job is not None and job["status"] == "running":
+        job["cancel"].set()
+        job["status"] = "cancelled"
+
 
 st.title("Complete an image")
 st.caption(
@@ -26,13 +45,28 @@ st.caption(
     "order, several samples at once, with the kept pixels fixed. Rows appear as they are "
     "sampled. Click a generated pixel to see where the model looked when it drew it."
 )
-st.session_state.setdefault("cmp_results", {})
+st.session_state.setdefault("cmp_job", None)
+job = st.session_state.cmp_job
+if job is not None and job["status"] == "running":
+    # the run sampling it was interrupted by this rerun (a click, an upload): with fast reruns
+    # it may still be sampling in its own thread, so stop it at its next token
+    job["cancel"].set()
+    job["status"] = "interrupted"
 
 names = require_model_names()
 default_models = [m for m in ("strided", "fixed") if m in names] or names[:1]
-chosen = st.multiselect("Models (side by side)", names, default=default_models, key="cmp_models")
+chosen = st.multiselect(
+    "Models (side by side)",
+    names,
+    default=default_models,
+    max_selections=limits.MAX_MODELS,
+    key="cmp_models",
+)
 if not chosen:
     st.info("Choose at least one model.")
+    st.stop()
+if len(chosen) > limits.MAX_MODELS:
+    st.error(f"Choose at most {limits.MAX_MODELS} models at once, got {len(chosen)}.")
     st.stop()
 models = {m: load_or_explain(m) for m in chosen}
 if any(m is None for m in models.values()):
@@ -42,6 +76,28 @@ if any(m.config.geometry != geometry for m in models.values()):
     st.error("These models have different image sizes; complete with one size at a time.")
     st.stop()
 
+rows_bound = limits.keep_rows(geometry.height)
+w, h = geometry.width, geometry.height
+corners = {  # the rectangle's widgets: start in 0..size-1, exclusive end in 1..size
+    "x0": limits.Bound("Rectangle x0", 0, w - 1, min(4, w - 1), integer=True),
+    "y0": limits.Bound("Rectangle y0", 0, h - 1, min(4, h - 1), integer=True),
+    "x1": limits.Bound("Rectangle x1", 1, w, min(24, w), integer=True),
+    "y1": limits.Bound("Rectangle y1", 1, h, min(20, h), integer=True),
+}
+problems = limits.reset_out_of_bounds(
+    {
+        "cmp_rows": rows_bound,
+        "cmp_samples": limits.SAMPLES,
+        "cmp_temperature": limits.TEMPERATURE,
+        "cmp_top_k": limits.TOP_K,
+        "cmp_top_p": limits.TOP_P,
+        "cmp_seed": limits.SEED,
+        **{f"cmp_{k}": bound for k, bound in corners.items()},
+    }
+)
+for message in problems:  # reset to their defaults; nothing starts in this run
+    st.error(f"{message} It was reset to its default.")
+
 left, right = st.columns([1, 2])
 with left:
     picked = pick_image("cmp", geometry)
@@ -50,33 +106,75 @@ if picked is None:
 image_name, image = picked
 with left:
     how = st.radio("Keep", ["top rows", "rectangle"], horizontal=True, key="cmp_keep")
-    try:
-        if how == "top rows":
-            rows = st.slider(
-                "Rows to keep", 0, geometry.height, geometry.height // 2, key="cmp_rows"
-            )
-            keep = keep_mask(geometry, keep_rows=rows)
-        else:
-            a, b = st.columns(2)
-            x0 = a.number_input("x0", 0, geometry.width - 1, 4, key="cmp_x0")
-            y0 = b.number_input("y0", 0, geometry.height - 1, 4, key="cmp_y0")
-            x1 = a.number_input("x1 (exclusive)", 1, geometry.width, 24, key="cmp_x1")
-            y1 = b.number_input("y1 (exclusive)", 1, geometry.height, 20, key="cmp_y1")
-            keep = keep_mask(geometry, rect=(x0, y0, x1, y1))
-    except ValueError as e:
-        st.error(str(e))
+    if how == "top rows":
+        rows = st.slider(
+            "Rows to keep", rows_bound.low, rows_bound.high, rows_bound.default, key="cmp_rows"
+        )
+        rect = None
+        problem = rows_bound.problem(rows)
+    else:
+        a, b = st.columns(2)
+        rect_values = []
+        for k, col, label in (
+            ("x0", a, "x0"),
+            ("y0", b, "y0"),
+            ("x1", a, "x1 (exclusive)"),
+            ("y1", b, "y1 (exclusive)"),
+        ):
+            c = corners[k]
+            rect_values.append(col.number_input(label, c.low, c.high, c.default, key=f"cmp_{k}"))
+        rows, rect = None, tuple(rect_values)
+        problem = limits.rect_problem(rect, geometry.width, geometry.height)
+    if problem is not None:
+        st.error(problem)
         st.stop()
+    keep = keep_mask(geometry, keep_rows=rows, rect=rect)
     show_image(hidden_view(image, keep), "kept (gray: to be sampled)")
-    n_samples = st.slider("Samples", 1, 16, 4, key="cmp_samples")
-    temperature = st.slider("Temperature", 0.0, 2.0, 1.0, 0.05, key="cmp_temperature")
-    seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="cmp_seed")
-    run = st.button("Complete", type="primary", key="cmp_run")
+    S, T, K, P, D = limits.SAMPLES, limits.TEMPERATURE, limits.TOP_K, limits.TOP_P, limits.SEED
+    n_samples = st.slider(S.label, S.low, S.high, S.default, key="cmp_samples")
+    temperature = st.slider(T.label, T.low, T.high, T.default, 0.05, key="cmp_temperature")
+    k_col, p_col = st.columns(2)
+    top_k = k_col.number_input(K.label, K.low, K.high, K.default, key="cmp_top_k")
+    top_p = p_col.number_input(P.label, P.low, P.high, P.default, 0.05, key="cmp_top_p")
+    seed = st.number_input(D.label, D.low, D.high, D.default, key="cmp_seed")
+    run_col, stop_col = st.columns(2)
+    run = run_col.button("Complete", type="primary", key="cmp_run")
+    stop_slot = stop_col.empty()  # Stop is shown only while this run is sampling
 
-request = (image_name, image.tobytes(), keep.numpy().tobytes(), n_samples, temperature, seed)
+# checked again here, whatever the widgets did: nothing starts with a value out of bounds
+late = limits.completion_problems(
+    n_samples=n_samples, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+)
+for message in late:
+    st.error(message)
+if (problems or late) and run:
+    st.error("Nothing was sampled: the values above are out of bounds.")
+    run = False
+
+request = (
+    tuple(chosen),
+    image_name,
+    image.tobytes(),
+    keep.numpy().tobytes(),
+    n_samples,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+)
+row_len = geometry.width * geometry.channels
 with right:
     if run:
-        st.session_state.cmp_results = {}
-        row_len = geometry.width * geometry.channels
+        job = {
+            "id": uuid.uuid4().hex,
+            "request": request,
+            "status": "running",
+            "cancel": threading.Event(),  # this session's flag; Stop sets it
+            "partial": {},  # model -> (last row sampled, images with unsampled pixels gray)
+            "results": {},  # model -> finished samples
+        }
+        st.session_state.cmp_job = job
+        stop_slot.button("Stop", key="cmp_stop", on_click=stop_completion)
         todo = max(1, len({int(i) // row_len for i in torch.nonzero(~keep).flatten()}))
         for name, model in models.items():
             panel = st.empty()  # the live view; cleared when this model is done
@@ -84,38 +182,60 @@ with right:
             box.subheader(name)
             bar = box.progress(0.0, text=f"{name}: sampling...")
             live = box.empty()
-            todo = max(
-                1,
-                len(
-                    {
-                        int(i) // geometry.width // geometry.channels
-                        for i in torch.nonzero(~keep).flatten()
-                    }
-                ),
-            )
             done = []
 
-            def on_row(row: int, tokens: torch.Tensor, bar=bar, live=live, done=done, todo=todo):
+            def on_row(
+                row: int, tokens: torch.Tensor, bar=bar, live=live, done=done, name=name, job=job
+            ) -> None:
+                sampled = keep.clone()
+                sampled[: (row + 1) * row_len] = True
+                shown = tokens.clone()
+                shown[:, ~sampled] = HIDDEN_GRAY
+                job["partial"][name] = (row, tokens_to_image(shown, geometry))
                 done.append(row)
                 bar.progress(min(1.0, len(done) / todo), text=f"row {row} sampled")
-                shown = tokens.clone()
-                shown[:, (row + 1) * geometry.width * geometry.channels :] = 0
-                live.image(image_grid([("", list(tokens_to_image(shown, geometry)))]))
+                live.image(image_grid([("", list(job["partial"][name][1]))]))
 
-            samples = complete(
-                model,
-                image,
-                keep,
-                n_samples=n_samples,
-                temperature=temperature,
-                seed=int(seed),
-                on_row=on_row,
-            )
+            try:
+                samples = complete(
+                    model,
+                    image,
+                    keep,
+                    n_samples=n_samples,
+                    temperature=temperature,
+                    top_k=int(top_k) or None,
+                    top_p=float(top_p) if top_p < 1 else None,
+                    seed=int(seed),
+                    on_row=on_row,
+                    cancel=job["cancel"].is_set,
+                )
+            except SamplingCancelled:
+                if job["status"] == "running":
+                    job["status"] = "cancelled"
+                panel.empty()
+                break
             panel.empty()
-            st.session_state.cmp_results[name] = (request, samples)
-    results = {k: v for k, (req, v) in st.session_state.cmp_results.items() if req == request}
+            job["results"][name] = samples
+            job["partial"].pop(name, None)
+        else:
+            job["status"] = "done"
+        stop_slot.empty()
+    job = st.session_state.cmp_job
+    current = job is not None and job["request"] == request
+    results = dict(job["results"]) if current else {}
+    if current and job["status"] != "done":
+        # "running" here means the run that started it was interrupted by a rerun
+        how_ended = "cancelled" if job["status"] == "cancelled" else "interrupted"
+        st.warning(
+            f"The completion was {how_ended} before it finished. Shown below: what was "
+            "sampled by then (gray: not sampled). Press Complete to sample again."
+        )
+        for name, (row, partial) in job["partial"].items():
+            st.markdown(f"**{name}** (partial: up to row {row})")
+            st.image(image_grid([("", list(partial))], label_width=0, scale=4))
     if not results:
-        st.info("Press Complete to sample.")
+        if not current:
+            st.info("Press Complete to sample.")
         st.stop()
     cols = st.columns(len(results))
     for (name, samples), col in zip(results.items(), cols, strict=True):
@@ -131,6 +251,8 @@ with right:
                 "keep": how,
                 "samples": n_samples,
                 "temperature": temperature,
+                "top_k": int(top_k),
+                "top_p": float(top_p),
                 "seed": int(seed),
             }
             np.savez_compressed(

@@ -217,3 +217,158 @@ def test_export_page_makes_a_zip_listing_every_file(tmp_path, monkeypatch):
     assert names - {"index.md"} == linked
     # grid + 2 heads of pixel + 1 layout, in 2 formats
     assert len(linked) == (1 + 2 + 1) * 2
+
+
+def test_limits_named_bounds_and_server_config_agree():
+    import math
+    import re
+
+    from app_pages import limits
+
+    config = (Path(APP).parent / ".streamlit" / "config.toml").read_text()
+    assert int(re.search(r"^maxUploadSize\s*=\s*(\d+)", config, re.M).group(1)) == (
+        limits.MAX_UPLOAD_MB
+    )
+    ok = dict(n_samples=4, temperature=1.0, top_k=0, top_p=1.0, seed=0)
+    assert limits.completion_problems(**ok) == []
+    for field, bad in [
+        ("n_samples", 0),
+        ("n_samples", 17),
+        ("n_samples", 2.5),
+        ("temperature", -0.1),
+        ("temperature", math.nan),
+        ("top_k", 257),
+        ("top_p", 0.0),
+        ("seed", 2**31),
+        ("seed", "7"),
+        ("seed", True),
+    ]:
+        (message,) = limits.completion_problems(**{**ok, field: bad})
+        assert repr(bad) in message
+    assert limits.keep_rows(28).problem(29) and limits.keep_rows(28).problem(0) is None
+    assert limits.rect_problem((0, 0, 28, 28), 28, 28) is None
+    assert "x0 < x1" in limits.rect_problem((5, 0, 5, 10), 28, 28)
+    assert limits.upload_problem(limits.MAX_UPLOAD_BYTES) is None
+    assert "20 MiB" in limits.upload_problem(limits.MAX_UPLOAD_BYTES + 1)
+    assert limits.image_size_problem(6000, 4000) is None
+    assert "12000 pixels a side" in limits.image_size_problem(12_001, 10)
+    assert limits.image_size_problem(10_000, 10_000)  # 100 MP
+
+
+def complete_app(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page("app_pages/complete.py").run()
+    assert not at.exception, at.exception
+    at.multiselect(key="cmp_models").set_value(["dense"]).run()
+    return at
+
+
+def test_complete_refuses_values_out_of_bounds(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
+    at = AppTest.from_file(APP, default_timeout=300)
+    # as if set by code before the widgets exist: Streamlit itself would raise on the slider
+    at.session_state["cmp_samples"] = 500
+    at.session_state["cmp_seed"] = -3
+    at.session_state["cmp_temperature"] = 9.0
+    at.session_state["cmp_rows"] = 40
+    at.session_state["cmp_top_k"] = 1.5
+    at.switch_page("app_pages/complete.py").run()
+    assert not at.exception, at.exception
+    errors = "\n".join(e.value for e in at.error)
+    for text in (
+        "Samples must be between 1 and 16, got 500",
+        "Seed must be between 0 and 2147483647, got -3",
+        "Temperature must be between 0.0 and 2.0, got 9.0",
+        "Rows to keep must be between 0 and 28, got 40",
+        "Top-k (0: off) must be a whole number, got 1.5",
+    ):
+        assert text in errors
+    assert at.session_state["cmp_job"] is None  # no work started
+    assert at.slider(key="cmp_samples").value == 4  # back to the default, usable again
+    at.run()
+    assert not at.error and not at.exception
+
+
+def test_complete_upload_limits(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from app_pages import limits
+
+    at = complete_app(tmp_path, monkeypatch)
+    at.radio(key="cmp_source").set_value("upload").run()
+    buf = io.BytesIO()
+    Image.new("L", (limits.MAX_IMAGE_SIDE + 1, 2)).save(buf, format="PNG")  # small file, wide
+    at.file_uploader(key="cmp_upload").set_value(("wide.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception
+    assert "wide.png cannot be used" in at.error[0].value and "12000" in at.error[0].value
+    big = b"\0" * (limits.MAX_UPLOAD_BYTES + 1)
+    at.file_uploader(key="cmp_upload").set_value(("big.png", big, "image/png")).run()
+    assert not at.exception
+    assert "the limit is 20 MiB" in at.error[0].value
+
+
+def test_complete_cancel_then_new_upload(tmp_path, monkeypatch):
+    """Stop sets the session's cancel flag (here from another thread, as the Stop callback does
+    under fast reruns); the rows sampled so far are kept and labelled; a new upload afterwards
+    shows nothing stale, and the next run uses the new image."""
+    import io
+    import threading
+    import time
+
+    from PIL import Image
+
+    at = complete_app(tmp_path, monkeypatch)
+    at.slider(key="cmp_rows").set_value(0).run()
+    at.slider(key="cmp_samples").set_value(16).run()  # ~4 s of sampling: time to cancel
+
+    def press_stop() -> None:
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            job = at.session_state["cmp_job"] if "cmp_job" in at.session_state else None
+            if job is not None and job["status"] == "running" and job["partial"]:
+                job["cancel"].set()  # what Stop's on_click does
+                return
+            time.sleep(0.002)
+
+    stopper = threading.Thread(target=press_stop)
+    stopper.start()
+    at.button(key="cmp_run").click().run()
+    stopper.join()
+    assert not at.exception, at.exception
+    job = at.session_state["cmp_job"]
+    assert job["status"] == "cancelled" and not job["results"]
+    assert "cancelled" in at.warning[0].value
+    row, partial = job["partial"]["dense"]
+    assert row < 27 and partial.shape == (16, 28, 28, 1)
+    assert (partial[:, row + 1 :] == 128).all()  # not sampled: gray, not shown as done
+    assert [m.value for m in at.markdown if m.value.startswith("**")] == [
+        f"**dense** (partial: up to row {row})"
+    ]
+    assert "Where the model looked" not in [h.value for h in at.subheader]
+
+    # the same request after a run that died mid-way (a rerun interrupted it)
+    job["status"] = "running"
+    job["cancel"].clear()
+    at.run()
+    assert "interrupted" in at.warning[0].value and job["cancel"].is_set()
+
+    # a new upload: no stale rows, and the next completion is of the new image
+    at.radio(key="cmp_source").set_value("upload").run()
+    buf = io.BytesIO()
+    Image.new("L", (28, 28), 200).save(buf, format="PNG")
+    at.file_uploader(key="cmp_upload").set_value(("new.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception and not at.warning
+    assert "Press Complete to sample." in [i.value for i in at.info]
+    assert not [m.value for m in at.markdown if m.value.startswith("**")]
+    at.slider(key="cmp_samples").set_value(2).run()
+    at.slider(key="cmp_rows").set_value(27).run()
+    at.button(key="cmp_run").click().run()
+    assert not at.exception, at.exception
+    job = at.session_state["cmp_job"]
+    assert job["status"] == "done" and job["request"][1] == "new.png"
+    samples = job["results"]["dense"]
+    assert (samples[:, :27] == 200).all()  # the kept rows are the new image's
+    assert not at.warning

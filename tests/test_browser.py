@@ -1,84 +1,35 @@
 """End to end in a real browser: Debian's Chromium driven by Playwright against `streamlit run`.
 
 Screenshots go to $SCREENSHOT_DIR (default: a temporary folder); the best of them are kept in
-docs/img/. scripts/system_packages.sh installs chromium; requirements-dev.txt has playwright.
+docs/img/. The server and browser helpers are in tests/browser_util.py.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_util import (
+    CHROMIUM,
+    FLAGS,
+    no_exception,
+    open_page,
+    require_browser,
+    settle,
+    streamlit_server,
+)
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
-
-playwright_api = pytest.importorskip("playwright.sync_api")
-if not Path(CHROMIUM).exists():
-    pytest.skip(
-        f"{CHROMIUM} is missing (scripts/system_packages.sh installs it)", allow_module_level=True
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+playwright_api = require_browser()
 
 
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app.py",
-        "--server.headless",
-        "true",
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.time()
-    while time.time() - t0 < 60:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with streamlit_server() as (url, _pid):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -100,23 +51,6 @@ def page(server):
         pg.goto(server)
         yield pg
         browser.close()
-
-
-def settle(page) -> None:
-    """Wait until the script has finished its run (and a moment for the frontend to draw)."""
-    page.wait_for_timeout(300)
-    page.wait_for_selector(IDLE)
-    page.wait_for_timeout(300)
-
-
-def open_page(page, title: str) -> None:
-    page.get_by_role("link", name=title).first.click()
-    settle(page)
-    page.get_by_role("heading").first.wait_for()
-
-
-def no_exception(page) -> None:
-    assert page.locator("[data-testid=stException]").count() == 0
 
 
 def click_pixel(page, chart_index: int, row: int, col: int, size: int = 28) -> None:

@@ -1,0 +1,113 @@
+"""What the real-browser tests share: one `streamlit run` server, Debian's Chromium, waiting.
+
+scripts/system_packages.sh installs chromium; requirements-dev.txt has playwright.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
+
+
+def require_browser():
+    """playwright.sync_api, or skip the calling test module when it or Chromium is missing."""
+    api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(
+            f"{CHROMIUM} is missing (scripts/system_packages.sh installs it)",
+            allow_module_level=True,
+        )
+    return api
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """`streamlit run app.py` on a free port until the block ends: (url, server pid).
+
+    ``env`` is added to this process's environment (e.g. SPARSE_EXPLORER_MODELS).
+    """
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
+    try:
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def settle(page) -> None:
+    """Wait until the script has finished its run (and a moment for the frontend to draw)."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector(IDLE)
+    page.wait_for_timeout(300)
+
+
+def open_page(page, title: str) -> None:
+    page.get_by_role("link", name=title).first.click()
+    settle(page)
+    page.get_by_role("heading").first.wait_for()
+
+
+def no_exception(page) -> None:
+    assert page.locator("[data-testid=stException]").count() == 0
