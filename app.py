@@ -1,5 +1,9 @@
 """Sparse Transformer Explorer: the Streamlit entry point, a thin router over app_pages/."""
 
+# Imported whole before any page runs. Sessions run in threads of one process, and plotly looks
+# pandas up in sys.modules without importing it: while one session's first run is importing it,
+# another session's chart would get a half-initialised module (tests/test_sessions.py saw it).
+import pandas  # noqa: F401
 import streamlit as st
 
 st.set_page_config(page_title="Sparse Transformer Explorer", layout="wide")
