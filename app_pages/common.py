@@ -14,7 +14,7 @@ from PIL import Image
 
 from app_pages import limits
 from models.checkpoint import CheckpointError, load_model
-from models.data import Geometry, ImageInputError, prepare_image
+from models.data import Geometry, ImageInputError, prepare_image, prepare_upload
 from models.model import SparseTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,10 +106,12 @@ def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None
         st.error(f"{upload.name} cannot be used: it {problem}.")
         return None
     try:
-        image = prepare_image(data, geometry, fit=fit, background=(0, 0, 0))
+        image, notes = prepare_upload(data, geometry, fit=fit, background=(0, 0, 0))
     except ImageInputError as e:
         st.error(f"{upload.name} cannot be used: {e}")
         return None
+    for note in notes:  # e.g. an animated GIF: only its first frame is used
+        st.info(f"{upload.name}: {note}")
     return upload.name, 255 - image if invert else image
 
 
