@@ -2,28 +2,56 @@
 
 A model directory holds ``config.json`` ({"format": ..., "config": ModelConfig fields}) and
 ``model.safetensors``. Every way a directory can be wrong (missing, unreadable, not JSON, an
-unknown or invalid config, a corrupt weights file, missing / unexpected / mis-shaped tensors)
-raises CheckpointError with a message that says which file and what is wrong.
+unknown or invalid config, a corrupt, tampered or pickled weights file, missing / unexpected /
+mis-shaped tensors) raises CheckpointError with a message that says which file and what is wrong.
+
+``save_model`` records a SHA-256 of every tensor (name, dtype, shape, bytes) in the safetensors
+metadata, and ``load_model`` checks it when present: safetensors itself has no checksum, so a
+flipped bit in the data would otherwise load as a silently different model. (Files written before
+the digest existed load without that check.)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from models.model import ModelConfig, SparseTransformer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "sparse-transformer-explorer/1"
+DIGEST_KEY = "tensors_sha256"
+MAX_CONFIG_BYTES = 2**20  # a config is ~300 bytes; anything near this is not one
+# Tokens per image: 1M is 590x590 RGB, far beyond the paper's 64x64x3. The model allocates
+# position buffers of this length before any weight is read, so a config may not ask for more.
+MAX_TOKENS = 2**20
+# The paper's deepest model has 128 layers; ModelConfig parses one layout per layer, so a config
+# claiming millions of layers would spend minutes before any other check could refuse it.
+MAX_LAYERS = 1024
+# Files that hold pickles: refused by name, and never opened.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 class CheckpointError(ValueError):
     """A model directory that cannot be loaded; the message says why."""
+
+
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_model(model: SparseTransformer, directory: str | Path) -> Path:
@@ -31,11 +59,41 @@ def save_model(model: SparseTransformer, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "layouts": json.dumps([repr(x) for x in model.layouts])}
+    meta = {
+        "format": FORMAT,
+        "layouts": json.dumps([repr(x) for x in model.layouts]),
+        DIGEST_KEY: tensors_digest(state),
+    }
     save_file(state, directory / WEIGHTS_FILE, metadata=meta)
     config = {"format": FORMAT, "config": model.config.to_dict()}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return directory
+
+
+def _field_problem(name: str, value: object, default: object) -> str | None:
+    """Why a JSON value cannot be the ModelConfig field ``name`` (judged by its default's type).
+
+    ModelConfig checks ranges; this catches what JSON can say that Python would accept
+    silently ("bias": "no" is truthy) or fail on obscurely (an infinite mlp_ratio).
+    """
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            return f"{name} must be finite, got {value!r}"
+    elif name == "layout":
+        ok = isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        )
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        want = "a layout spec or a list of them" if name == "layout" else type(default).__name__
+        return f"{name} must be {want}, got {value!r}"
+    return None
 
 
 def load_config(directory: str | Path) -> ModelConfig:
@@ -45,17 +103,105 @@ def load_config(directory: str | Path) -> ModelConfig:
         raise CheckpointError(f"model directory {directory} does not exist")
     path = directory / CONFIG_FILE
     try:
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise CheckpointError(
+                f"{path} is {path.stat().st_size} bytes, too large to be a model config"
+            )
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: not a model directory") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not readable JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise CheckpointError(f"{path} is not readable JSON ({reason})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT or "config" not in raw:
         raise CheckpointError(f"{path} is not a {FORMAT} config (no matching 'format' field)")
+    fields = raw["config"]
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{path}: 'config' must be an object of ModelConfig fields")
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    wrong = [
+        p
+        for k, v in fields.items()
+        if k in defaults and (p := _field_problem(k, v, defaults[k])) is not None
+    ]
+    if isinstance(fields.get("n_layer"), int) and fields["n_layer"] > MAX_LAYERS:
+        wrong.append(f"n_layer is {fields['n_layer']}; this loader accepts at most {MAX_LAYERS}")
+    if wrong:
+        raise CheckpointError(f"{path} holds an invalid model config: {'; '.join(wrong)}")
     try:
-        return ModelConfig.from_dict(raw["config"])
+        config = ModelConfig.from_dict(fields)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} holds an invalid model config: {e}") from None
+    if config.block_size > MAX_TOKENS:
+        raise CheckpointError(
+            f"{path} describes {config.geometry} images ({config.block_size} tokens); "
+            f"this loader accepts at most {MAX_TOKENS}"
+        )
+    return config
+
+
+def _min_weight_bytes(config: ModelConfig) -> int:
+    """A lower bound on the float32 weights ``config`` needs: token and output embeddings, row
+    and column embeddings, and each layer's qkv + output projections (4 d^2)."""
+    d = config.n_embd
+    return 4 * d * (2 * config.vocab_size + config.height + config.width + 4 * config.n_layer * d)
+
+
+def _pickle_problem(head: bytes) -> str | None:
+    if head.startswith(b"PK\x03\x04"):
+        return "is a zip archive (a torch.save checkpoint?), not safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "is a Python pickle, not safetensors"
+    return None
+
+
+def _read_weights(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, refused unless it is an intact safetensors file that can
+    match ``config``. The size check comes before the model is built, so a config claiming a huge
+    model allocates nothing."""
+    if not path.is_file():
+        pickles = sorted(p.name for p in path.parent.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(
+                f"{path} is missing; found {', '.join(pickles)}, but pickled weights are never "
+                "loaded (unpickling can run code): convert them to safetensors"
+            )
+        raise CheckpointError(f"{path} is missing: the weights of this model were not saved")
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e})") from None
+    problem = _pickle_problem(head)
+    if problem:
+        raise CheckpointError(
+            f"{path} {problem}; pickled weights are never loaded (unpickling can run code)"
+        )
+    try:
+        data = path.read_bytes()
+        state = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({e})") from None
+    if meta.get("format", FORMAT) != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} weights file (format {meta['format']!r})")
+    # Building the model allocates what the config asks for; when that is far more than the file
+    # holds, say so instead (small differences get the per-tensor message of load_model).
+    have = sum(t.numel() * t.element_size() for t in state.values())
+    need = _min_weight_bytes(config)
+    if need > 2 * have + 2**26:
+        raise CheckpointError(
+            f"{path} holds {have} bytes of weights, but {path.parent / CONFIG_FILE} describes a "
+            f"model with at least {need} bytes of float32 weights: they do not match"
+        )
+    digest = meta.get(DIGEST_KEY)
+    if digest is not None and digest != tensors_digest(state):
+        raise CheckpointError(
+            f"{path} has been altered or corrupted: its tensors do not match the SHA-256 "
+            "recorded when it was saved"
+        )
+    return state
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> SparseTransformer:
@@ -63,12 +209,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Spa
     directory = Path(directory)
     config = load_config(directory)
     path = directory / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: the weights of this model were not saved")
-    try:
-        state = load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is not a valid safetensors file ({e})") from None
+    state = _read_weights(path, config)
     model = SparseTransformer(config)
     expected = model.state_dict()
     problems = []
