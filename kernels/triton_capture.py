@@ -18,6 +18,7 @@ import triton.language as tl
 
 from kernels.layouts import Layout
 from kernels.sparse import kernel_params
+from kernels.triton_strided import dot_precision
 
 
 @triton.jit
@@ -64,6 +65,7 @@ def _rows_kernel(
     KIND: tl.constexpr,
     COLUMNS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    DOT: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     r = tl.program_id(0)
@@ -113,6 +115,7 @@ def _pooled_kernel(
     KIND: tl.constexpr,
     COLUMNS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    DOT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     ta = tl.program_id(0)
@@ -135,7 +138,7 @@ def _pooled_kernel(
         k = tl.load(
             K + base + cols[:, None] * stride_n + offs_d[None, :], mask=col_ok[:, None], other=0.0
         )
-        s = tl.dot(q, tl.trans(k)) * sm_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
         ok = _allowed(rows[:, None], cols[None, :], h, KIND, A, B, C, COLUMNS)
         ok = ok & row_ok[:, None] & col_ok[None, :]
         p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
@@ -168,6 +171,7 @@ def _sparse_kernel(
     KIND: tl.constexpr,
     COLUMNS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    DOT: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
     i = tl.program_id(0)
@@ -229,6 +233,7 @@ def triton_rows(q, k, lse, layout: Layout, queries: torch.Tensor, scale: float) 
         KIND=kind,
         COLUMNS=bool(columns),
         HEAD_DIM=D,
+        DOT=dot_precision(q),
         BLOCK_N=64,
     )
     return out
@@ -265,6 +270,7 @@ def triton_pooled(q, k, lse, layout: Layout, block: int, scale: float):
         KIND=kind,
         COLUMNS=bool(columns),
         HEAD_DIM=D,
+        DOT=dot_precision(q),
         BLOCK=max(16, triton.next_power_of_2(block)),
     )
     return mean, mx
@@ -298,6 +304,7 @@ def triton_sparse(q, k, lse, layout: Layout, indptr, indices, scale: float) -> t
         KIND=kind,
         COLUMNS=bool(columns),
         HEAD_DIM=D,
+        DOT=dot_precision(q),
         BLOCK_T=32,
     )
     return values

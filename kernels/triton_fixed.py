@@ -1,7 +1,5 @@
 """Fused Triton forward and backward for fixed(l, c, num_verts): own block + summary keys.
 
-WORK IN PROGRESS toward the kernels issue (not yet wired into kernels.attention).
-
 One program owns BLOCK_M consecutive queries of one (batch, head) and runs one online softmax
 over both parts:
 
@@ -20,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_strided import _online_update
+from kernels.triton_strided import _online_update, block_sizes, dot_precision
 
 
 @triton.jit
@@ -42,6 +40,7 @@ def _fixed_fwd_kernel(
     NUM_VERTS,
     sm_scale,
     HEAD_DIM: tl.constexpr,
+    DOT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     C_PAD: tl.constexpr,
@@ -75,10 +74,10 @@ def _fixed_fwd_kernel(
         v = tl.load(
             V + base + offs_n[:, None] * stride_n + offs_d[None, :], mask=col_ok[:, None], other=0.0
         )
-        s = tl.dot(q, tl.trans(k)) * sm_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
         allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] // L == q_block[:, None])
         s = tl.where(allowed & col_ok[None, :], s, float("-inf"))
-        m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v)
+        m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v, DOT)
 
     # summary keys of every earlier block
     first = L - ((h % NUM_VERTS) + 1) * C  # offset of this head's first summary key
@@ -93,10 +92,10 @@ def _fixed_fwd_kernel(
         v = tl.load(
             V + base + offs_n[:, None] * stride_n + offs_d[None, :], mask=col_ok[:, None], other=0.0
         )
-        s = tl.dot(q, tl.trans(k)) * sm_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
         allowed = col_ok[None, :] & (q_block[:, None] > blk)
         s = tl.where(allowed, s, float("-inf"))
-        m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v)
+        m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v, DOT)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     tl.store(
@@ -108,11 +107,11 @@ def _fixed_fwd_kernel(
 
 
 @triton.jit
-def _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale):
+def _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale, DOT: tl.constexpr):
     """(p, ds) of one tile: probabilities and score gradients, zero where not allowed."""
-    s = tl.dot(q, tl.trans(k)) * sm_scale
+    s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
     p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
-    dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT).to(tl.float32)
     return p, p * (dp - delta[:, None])
 
 
@@ -139,6 +138,7 @@ def _fixed_bwd_kernel(
     NUM_VERTS,
     sm_scale,
     HEAD_DIM: tl.constexpr,
+    DOT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     C_PAD: tl.constexpr,
@@ -170,14 +170,16 @@ def _fixed_bwd_kernel(
         v = tl.load(V + keys, mask=col_ok[:, None], other=0.0)
         allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] // L == q_block[:, None])
         allowed = allowed & col_ok[None, :] & row_ok[:, None]
-        p, ds = _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale)
-        dq += tl.dot(ds.to(k.dtype), k).to(tl.float32) * sm_scale
+        p, ds = _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale, DOT)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT).to(tl.float32) * sm_scale
         tl.atomic_add(
-            DV + keys, tl.dot(tl.trans(p.to(do.dtype)), do).to(tl.float32), mask=col_ok[:, None]
+            DV + keys,
+            tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT).to(tl.float32),
+            mask=col_ok[:, None],
         )
         tl.atomic_add(
             DK + keys,
-            tl.dot(tl.trans(ds.to(q.dtype)), q).to(tl.float32) * sm_scale,
+            tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT).to(tl.float32) * sm_scale,
             mask=col_ok[:, None],
         )
 
@@ -191,22 +193,25 @@ def _fixed_bwd_kernel(
         k = tl.load(K + keys, mask=col_ok[:, None], other=0.0)
         v = tl.load(V + keys, mask=col_ok[:, None], other=0.0)
         allowed = col_ok[None, :] & (q_block[:, None] > blk) & row_ok[:, None]
-        p, ds = _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale)
-        dq += tl.dot(ds.to(k.dtype), k).to(tl.float32) * sm_scale
+        p, ds = _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale, DOT)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT).to(tl.float32) * sm_scale
         tl.atomic_add(
-            DV + keys, tl.dot(tl.trans(p.to(do.dtype)), do).to(tl.float32), mask=col_ok[:, None]
+            DV + keys,
+            tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT).to(tl.float32),
+            mask=col_ok[:, None],
         )
         tl.atomic_add(
             DK + keys,
-            tl.dot(tl.trans(ds.to(q.dtype)), q).to(tl.float32) * sm_scale,
+            tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT).to(tl.float32) * sm_scale,
             mask=col_ok[:, None],
         )
 
     tl.store(DQ + rows, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
-def _launch(kernel, q, args, l, c, num_verts, scale, block_m, block_n):
+def _launch(kernel, q, args, l, c, num_verts, scale, kind):
     B, H, N, D = q.shape
+    block_m, block_n = block_sizes(q, kind)
     grid = (triton.cdiv(N, block_m), B * H)
     kernel[grid](
         *args,
@@ -217,6 +222,7 @@ def _launch(kernel, q, args, l, c, num_verts, scale, block_m, block_n):
         num_verts,
         scale,
         HEAD_DIM=D,
+        DOT=dot_precision(q),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         C_PAD=max(16, triton.next_power_of_2(c)),
@@ -231,8 +237,6 @@ def fixed_forward(
     c: int,
     num_verts: int = 1,
     scale: float | None = None,
-    block_m: int = 16,
-    block_n: int = 16,
 ):
     """(out [B, H, N, D], lse [B, H, N] float32) of fixed(l, c, num_verts)."""
     B, H, N, D = q.shape
@@ -241,7 +245,7 @@ def fixed_forward(
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     args = (q, k, v, out, lse, q.stride(0), q.stride(1), q.stride(2), lse.stride(0), lse.stride(1))
-    _launch(_fixed_fwd_kernel, q, args, l, c, num_verts, scale, block_m, block_n)
+    _launch(_fixed_fwd_kernel, q, args, l, c, num_verts, scale, "forward")
     return out, lse
 
 
@@ -256,8 +260,6 @@ def fixed_backward(
     c: int,
     num_verts: int,
     scale: float,
-    block_m: int = 16,
-    block_n: int = 16,
 ):
     q, k, v, out, dout = (t.contiguous() for t in (q, k, v, out, dout))
     delta = (dout.float() * out.float()).sum(-1)  # [B, H, N]
@@ -280,7 +282,7 @@ def fixed_backward(
         lse.stride(0),
         lse.stride(1),
     )
-    _launch(_fixed_bwd_kernel, q, args, l, c, num_verts, scale, block_m, block_n)
+    _launch(_fixed_bwd_kernel, q, args, l, c, num_verts, scale, "backward")
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 

@@ -1,8 +1,5 @@
-"""Fused Triton forward for the band + column family: dense, local(l), column(l), strided(l).
-
-WORK IN PROGRESS toward the kernels issue: forward and backward (``BandColumnAttention``), not
-yet wired into kernels.attention; fixed(l, c), the capture forms and the benchmark are still to
-come.
+"""Fused Triton forward and backward for the band + column family: dense, local(l), column(l),
+strided(l) (``BandColumnAttention``; kernels.sparse.sparse_attention is the entry point).
 
 One program owns BLOCK_M consecutive queries [m0, m0 + BLOCK_M) of one (batch, head) and runs a
 single online softmax over both parts of the layout, so the merge is exact and costs no extra
@@ -24,16 +21,33 @@ import torch
 import triton
 import triton.language as tl
 
+# (BLOCK_M, BLOCK_N) per pass on a GPU; kernels.bench --blocks sweeps them. Under the interpreter
+# every pass uses 16 x 16, the smallest tile the dot product takes: the CPU runs it fastest.
+GPU_BLOCKS: dict[str, tuple[int, int]] = {"forward": (64, 64), "backward": (64, 64)}
+INTERPRETER_BLOCKS = (16, 16)
+
+
+def block_sizes(q: torch.Tensor, kind: str) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) for a pass ("forward" or "backward") over q's device."""
+    return GPU_BLOCKS[kind] if q.is_cuda else INTERPRETER_BLOCKS
+
+
+def dot_precision(q: torch.Tensor) -> str:
+    """float32 inputs get exact float32 products ("ieee"), as the reference computes them;
+    Triton's default for a float32 dot is tf32 (about 1e-3 relative error). bf16 and fp16 dots
+    are exact products accumulated in float32 whatever this says."""
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
 
 @triton.jit
-def _online_update(m_i, l_i, acc, s, v):
+def _online_update(m_i, l_i, acc, s, v, DOT: tl.constexpr):
     """One step of the online softmax with a tile of scores s [M, T] and values v [T, D]."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.exp(s - m_safe[:, None])
     alpha = tl.exp(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT)
     return m_new, l_i, acc
 
 
@@ -55,6 +69,7 @@ def _band_column_fwd_kernel(
     STEP,
     sm_scale,
     HEAD_DIM: tl.constexpr,
+    DOT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     COLUMNS: tl.constexpr,
@@ -88,11 +103,11 @@ def _band_column_fwd_kernel(
         v = tl.load(
             V + base + offs_n[:, None] * stride_n + offs_d[None, :], mask=col_ok[:, None], other=0.0
         )
-        s = tl.dot(q, tl.trans(k)) * sm_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
         dist = offs_m[:, None] - offs_n[None, :]
         allowed = (dist >= 0) & (dist < L) & col_ok[None, :]
         s = tl.where(allowed, s, float("-inf"))
-        m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v)
+        m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v, DOT)
 
     if COLUMNS:
         # i - j = kk * STEP for kk >= 1 (outside the band as STEP >= L): one key per query,
@@ -149,6 +164,7 @@ def _band_column_bwd_kernel(
     STEP,
     sm_scale,
     HEAD_DIM: tl.constexpr,
+    DOT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     COLUMNS: tl.constexpr,
@@ -180,19 +196,21 @@ def _band_column_bwd_kernel(
         keys = base + offs_n[:, None] * stride_n + offs_d[None, :]
         k = tl.load(K + keys, mask=col_ok[:, None], other=0.0)
         v = tl.load(V + keys, mask=col_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * sm_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
         dist = offs_m[:, None] - offs_n[None, :]
         allowed = (dist >= 0) & (dist < L) & col_ok[None, :] & row_ok[:, None]
         p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
-        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT).to(tl.float32)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k).to(tl.float32) * sm_scale
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT).to(tl.float32) * sm_scale
         tl.atomic_add(
-            DV + keys, tl.dot(tl.trans(p.to(do.dtype)), do).to(tl.float32), mask=col_ok[:, None]
+            DV + keys,
+            tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT).to(tl.float32),
+            mask=col_ok[:, None],
         )
         tl.atomic_add(
             DK + keys,
-            tl.dot(tl.trans(ds.to(q.dtype)), q).to(tl.float32) * sm_scale,
+            tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT).to(tl.float32) * sm_scale,
             mask=col_ok[:, None],
         )
 
@@ -223,8 +241,6 @@ def band_column_forward(
     band: int,
     step: int | None,
     scale: float | None = None,
-    block_m: int = 16,
-    block_n: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, H, N, D], lse [B, H, N] float32) of the keys 0 <= i - j < band, and, when
     ``step`` is given (step >= band), every i - j = k * step."""
@@ -233,6 +249,7 @@ def band_column_forward(
     out = torch.empty_like(q)
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
+    block_m, block_n = block_sizes(q, "forward")
     grid = (triton.cdiv(N, block_m), B * H)
     _band_column_fwd_kernel[grid](
         q,
@@ -251,6 +268,7 @@ def band_column_forward(
         step or 1,
         scale,
         HEAD_DIM=D,
+        DOT=dot_precision(q),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         COLUMNS=step is not None,
@@ -268,8 +286,6 @@ def band_column_backward(
     band: int,
     step: int | None,
     scale: float,
-    block_m: int = 16,
-    block_n: int = 16,
 ):
     """(dq, dk, dv) for band_column_forward's output gradient ``dout``."""
     B, H, N, D = q.shape
@@ -278,6 +294,7 @@ def band_column_backward(
     dq = torch.empty_like(q)
     dk = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
     dv = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+    block_m, block_n = block_sizes(q, "backward")
     grid = (triton.cdiv(N, block_m), B * H)
     _band_column_bwd_kernel[grid](
         q,
@@ -300,6 +317,7 @@ def band_column_backward(
         step or 1,
         scale,
         HEAD_DIM=D,
+        DOT=dot_precision(q),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         COLUMNS=step is not None,

@@ -77,7 +77,7 @@ def test_sparse_attention_triton_equals_reference(layout):
 def test_sparse_attention_explains_bad_input(monkeypatch):
     from kernels import sparse_attention
 
-    q = torch.randn(1, 2, 10, 32)
+    q = torch.randn(1, 2, 10, 32, device=DEVICE)
     with pytest.raises(ValueError, match="same shape"):
         sparse_attention(q, q[:, :, :5], q, L.dense())
     with pytest.raises(ValueError, match="head dims"):
