@@ -2,6 +2,7 @@
 
     python -m kernels.bench                 # N in {3072, 16384, 65536}, B=1, H=16, D=64, bf16
     python -m kernels.bench --sizes 3072    # a quick run
+    python -m kernels.bench --blocks 64x64 128x64 64x32   # sweep our kernels' tile sizes
 
 For each N (l = 96, 128, 256; c = l / 8) it prints forward and forward+backward times of dense
 causal SDPA, FlexAttention with the exact mask, FlexAttention composed as in DESIGN.md §4, and
@@ -20,6 +21,7 @@ from datetime import date
 import torch
 import torch.nn.functional as F
 
+from kernels import triton_strided
 from kernels.composed import composed, flex_exact
 from kernels.layouts import Layout, fixed, strided
 from kernels.sparse import sparse_attention
@@ -46,7 +48,23 @@ def timed(fn, grad=None) -> tuple[float, float]:
     return do_bench(run, warmup=5, rep=25), peak
 
 
-def attention_rows(n: int, l: int, heads: int, dim: int) -> list[dict]:
+def with_blocks(blocks: tuple[int, int], fn):
+    """fn run with our kernels' tiles set to ``blocks`` (BLOCK_M, BLOCK_N) in both passes."""
+
+    def run():
+        triton_strided.GPU_BLOCKS.update(forward=blocks, backward=blocks)
+        return fn()
+
+    return run
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want.float()).norm() / want.float().norm()).item()
+
+
+def attention_rows(
+    n: int, l: int, heads: int, dim: int, blocks: list[tuple[int, int]]
+) -> list[dict]:
     flex = torch.compile(
         __import__("torch.nn.attention.flex_attention", fromlist=["flex_attention"]).flex_attention
     )
@@ -80,15 +98,28 @@ def attention_rows(n: int, l: int, heads: int, dim: int) -> list[dict]:
                 useful,
                 lambda lay=lay: composed(q, k, v, lay, compiled=flex),
             ),
-            (
-                f"ours {name}",
-                name,
-                useful,
-                lambda lay=lay: sparse_attention(q, k, v, lay, backend="triton"),
-            ),
         ]
+        for bm, bn in blocks:
+            cases.append(
+                (
+                    f"ours {name} [{bm}x{bn}]",
+                    name,
+                    useful,
+                    with_blocks(
+                        (bm, bn), lambda lay=lay: sparse_attention(q, k, v, lay, backend="triton")
+                    ),
+                )
+            )
     rows = []
+    exact = {}
     for label, layout, flops, fn in cases:
+        with torch.no_grad():
+            out = fn()
+            out = out[0] if isinstance(out, tuple) else out
+        if label.startswith("Flex exact"):
+            exact[layout] = out
+        # error against FlexAttention with the exact mask (same bf16 inputs): "-" for anchors
+        err = relative_error(out, exact[layout]) if label.startswith("ours") else None
         fwd, peak = timed(fn)
         fwd_bwd, _ = timed(fn, grad)
         rows.append(
@@ -100,6 +131,7 @@ def attention_rows(n: int, l: int, heads: int, dim: int) -> list[dict]:
                 "fwd_bwd_ms": fwd_bwd,
                 "tflops": flops / fwd / 1e9,
                 "peak_mib": peak,
+                "rel_err": err,
             }
         )
     dense = rows[0]
@@ -162,27 +194,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dim", type=int, default=64)
+    p.add_argument(
+        "--blocks",
+        nargs="+",
+        default=["x".join(map(str, triton_strided.GPU_BLOCKS["forward"]))],
+        help="our kernels' tiles BLOCK_MxBLOCK_N, one row per value (default: the shipped one)",
+    )
+    p.add_argument("--no-train", action="store_true", help="skip the training-step table")
     args = p.parse_args(argv)
+    try:
+        blocks = [tuple(int(x) for x in b.lower().split("x")) for b in args.blocks]
+        if any(len(b) != 2 or min(b) < 16 or max(b) & (max(b) - 1) for b in blocks):
+            raise ValueError
+    except ValueError:
+        print("error: --blocks takes powers of two >= 16 like 64x64", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("error: the kernel benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
     import triton
+
+    # FlexAttention is compiled once per mask, size and grad mode: far more than dynamo's
+    # default of 8 recompilations, after which it would silently run unfused
+    torch._dynamo.config.recompile_limit = 256
+    torch._dynamo.config.accumulated_recompile_limit = 4096
 
     print(
         f"# kernels.bench, {date.today()}, {torch.cuda.get_device_name()}, torch "
         f"{torch.__version__}, triton {triton.__version__}; B=1, H={args.heads}, D={args.dim}, "
         "bf16\n"
     )
-    print("| N | case | fwd ms | vs dense | fwd+bwd ms | vs dense | useful TFLOP/s | peak MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| N | case | fwd ms | vs dense | fwd+bwd ms | vs dense | useful TFLOP/s | peak MiB "
+        "| rel. err vs Flex exact |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
-        for r in attention_rows(n, SIZES[n], args.heads, args.dim):
+        for r in attention_rows(n, SIZES[n], args.heads, args.dim, blocks):
+            err = "-" if r["rel_err"] is None else f"{r['rel_err']:.1e}"
             print(
                 f"| {n} | {r['case']} | {r['fwd_ms']:.3f} | {r['fwd_x']:.2f}x "
                 f"| {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_x']:.2f}x | {r['tflops']:.1f} "
-                f"| {r['peak_mib']:.0f} |",
+                f"| {r['peak_mib']:.0f} | {err} |",
                 flush=True,
             )
+    triton_strided.GPU_BLOCKS.update(forward=blocks[0], backward=blocks[0])
     print("\n| N | capture of one layer (strided, all heads) | ms | x forward | peak MiB |")
     print("|---|---|---|---|---|")
     for n in args.sizes:
@@ -192,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {r['peak_mib']:.0f} |",
                 flush=True,
             )
+    if args.no_train:
+        return 0
     steps = training_step_rows()
     print("\n| training step, 32x32x3 (3,072 tokens), batch 8, bf16 | ms |")
     print("|---|---|")
