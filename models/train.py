@@ -1,6 +1,7 @@
 """Train a Sparse Transformer on images.
 
     python -m models.train --preset fmnist-small --layout strided --steps 20000 --out runs/strided
+    python -m models.train --preset fmnist-medium --layout strided --minutes 8 --out runs/strided
     torchrun --nproc_per_node=8 -m models.train ...      # the same script on K GPUs (DDP)
 
 The paper's recipe (DESIGN.md §3): AdamW, linear warm-up then cosine decay, gradient clipping
@@ -60,6 +61,13 @@ class TrainConfig:
     eval_images: int = 1000  # test images for periodic evaluation; the final one uses all
     seed: int = 0
     threads: int | None = None  # CPU threads for torch (None: torch's default)
+    # a time budget instead of --steps: steps = minutes / (time of one step, measured on steps
+    # CALIBRATION), fixed before the warm-up ends so the schedule is that of a plain --steps run
+    # (run.json records the steps: --steps N repeats the run exactly)
+    minutes: float | None = None
+
+
+CALIBRATION = (10, 60)  # steps [a, b) timed to turn --minutes into --steps
 
 
 def layout_spec(name: str, config: ModelConfig) -> str:
@@ -227,8 +235,14 @@ def train(
     t0 = time.time()
     recent: list[float] = []
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not is_main)
-    for step in bar:
+    calibrating = cfg.minutes is not None and start == 0
+    if calibrating and cfg.warmup < CALIBRATION[1]:
+        raise ValueError(f"--minutes needs --warmup >= {CALIBRATION[1]} (the timed steps)")
+    bar = tqdm(initial=start, total=cfg.steps, disable=not is_main)
+    step = start
+    while step < end:
+        if calibrating and step == CALIBRATION[0]:
+            t_calibration = time.time()
         idx = batch_indices(step, cfg.batch_size, len(train_tokens), cfg.seed)[rank::world]
         x = train_tokens[idx].to(device=device, dtype=torch.long)  # [B / world, T]
         for group in optimizer.param_groups:
@@ -241,7 +255,19 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
 
-        bpd = loss.item() / ln2
+        bpd = loss.item() / ln2  # .item() waits for the step: the calibration timing is fair
+        if calibrating and step + 1 == CALIBRATION[1]:
+            per_step = (time.time() - t_calibration) / (CALIBRATION[1] - CALIBRATION[0])
+            if world > 1:  # every rank must pick the same number of steps: the slowest's
+                slowest = torch.tensor([per_step], device=device)
+                dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+                per_step = slowest.item()
+            cfg.steps = max(CALIBRATION[1], int(cfg.minutes * 60 / per_step))
+            end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+            bar.total = cfg.steps
+            calibrating = False
+            if is_main:
+                tqdm.write(f"{per_step * 1e3:.1f} ms/step: {cfg.steps} steps in {cfg.minutes} min")
         recent = (recent + [bpd])[-100:]
         bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{bpd:.3f}", lr=f"{lr_at(step, cfg):.2e}")
         entry = {"step": step + 1, "train_bpd": round(bpd, 5)}
@@ -274,6 +300,9 @@ def train(
                 len(train_tokens),
                 len(test_tokens),
             )
+        step += 1
+        bar.update(1)
+    bar.close()
     if save_all_ranks:
         save_file(
             {k: v.cpu().contiguous() for k, v in model.state_dict().items()},
@@ -340,6 +369,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+    p.add_argument(
+        "--minutes", type=float, default=None, help="a time budget that sets --steps (see run.json)"
+    )
     p.add_argument("--dropout", type=float, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, required=True, help="run directory (a model directory)")
@@ -358,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if cfg.steps < 1 or cfg.batch_size < 1 or cfg.eval_every < 1:
             raise ValueError("--steps, --batch-size and --eval-every must be >= 1")
+        if cfg.minutes is not None and not cfg.minutes > 0:
+            raise ValueError("--minutes must be > 0")
         record = train(
             cfg,
             args.out,
