@@ -13,7 +13,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from kernels.layouts import Fixed, Layout, Strided
 
@@ -29,9 +29,25 @@ def merge(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Tensor, T
     return out.to(o1.dtype), m + torch.log(total)
 
 
-def _flex(q, k, v, mask_mod, scale, compiled=None):
-    B, H, Nq, _ = q.shape
-    bm = create_block_mask(mask_mod, None, None, Nq, k.shape[2], device=q.device)
+_BLOCK_MASKS: dict[tuple, BlockMask] = {}
+
+
+def _block_mask(key: tuple, mask_mod, nq: int, nk: int, device: torch.device) -> BlockMask:
+    """create_block_mask once per (mask, sizes, device): building it costs more than the
+    attention itself at large N (so it stays out of the timings, as it would in a model that
+    reuses it every layer), and reusing one mask_mod spares torch.compile a recompilation."""
+    full_key = (*key, nq, nk, str(device))
+    if full_key not in _BLOCK_MASKS:
+        if len(_BLOCK_MASKS) >= 64:
+            _BLOCK_MASKS.clear()
+        _BLOCK_MASKS[full_key] = create_block_mask(
+            mask_mod, None, None, nq, nk, device=device, _compile=device.type == "cuda"
+        )
+    return _BLOCK_MASKS[full_key]
+
+
+def _flex(q, k, v, key: tuple, mask_mod, scale, compiled=None):
+    bm = _block_mask(key, mask_mod, q.shape[2], k.shape[2], q.device)
     fn = compiled or flex_attention
     out, lse = fn(q, k, v, block_mask=bm, scale=scale, return_lse=True)
     return out, lse.float()
@@ -40,7 +56,7 @@ def _flex(q, k, v, mask_mod, scale, compiled=None):
 def flex_exact(q: Tensor, k: Tensor, v: Tensor, layout: Layout, scale=None, compiled=None):
     """FlexAttention with the layout's exact mask (the naive block-sparse route)."""
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    return _flex(q, k, v, layout.mask_mod, scale, compiled)
+    return _flex(q, k, v, ("exact", repr(layout)), layout.mask_mod, scale, compiled)
 
 
 def composed_strided(q, k, v, l: int, scale=None, compiled=None):
@@ -51,7 +67,7 @@ def composed_strided(q, k, v, l: int, scale=None, compiled=None):
     def band(b, h, qi, ki):
         return (qi >= ki) & (qi - ki < l)
 
-    o1, lse1 = _flex(q, k, v, band, scale, compiled)
+    o1, lse1 = _flex(q, k, v, ("band", l), band, scale, compiled)
     rows = -(-N // l)
     pad = rows * l - N
 
@@ -62,7 +78,7 @@ def composed_strided(q, k, v, l: int, scale=None, compiled=None):
     def above(b, h, qi, ki):  # strictly earlier in the column: i - j = k*l, k >= 1
         return qi > ki
 
-    o2, lse2 = _flex(columns(q), columns(k), columns(v), above, scale, compiled)
+    o2, lse2 = _flex(columns(q), columns(k), columns(v), ("above",), above, scale, compiled)
     o2 = o2.view(B, H, l, rows, D).transpose(2, 3).reshape(B, H, rows * l, D)[:, :, :N]
     lse2 = lse2.view(B, H, l, rows).transpose(2, 3).reshape(B, H, rows * l)[:, :, :N]
     return merge(o1, lse1, o2, lse2)
@@ -76,7 +92,7 @@ def composed_fixed(q, k, v, l: int, c: int, scale=None, compiled=None):
     def block(b, h, qi, ki):
         return (qi >= ki) & (qi // l == ki // l)
 
-    o1, lse1 = _flex(q, k, v, block, scale, compiled)
+    o1, lse1 = _flex(q, k, v, ("block", l), block, scale, compiled)
     full_blocks = N // l
     idx = (
         torch.arange(full_blocks, device=q.device)[:, None] * l
@@ -90,7 +106,7 @@ def composed_fixed(q, k, v, l: int, c: int, scale=None, compiled=None):
     def earlier(b, h, qi, ki):  # the summary key's block is before the query's
         return ki // c < qi // l
 
-    o2, lse2 = _flex(q, ks, vs, earlier, scale, compiled)
+    o2, lse2 = _flex(q, ks, vs, ("earlier", l, c), earlier, scale, compiled)
     return merge(o1, lse1, o2, lse2)
 
 
