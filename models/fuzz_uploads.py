@@ -393,7 +393,7 @@ def format_report(report: Report) -> str:
     rows += [(f"  converted with note: {k}", f"{n}") for k, n in report.notes.most_common()]
     rows += [
         ("crashes", f"{len(report.crashes)}"),
-        ("peak RSS (process)", f"{report.peak_rss / mb:.0f} MiB"),
+        ("peak RSS while converting", f"{report.peak_rss / mb:.0f} MiB"),
         ("RSS at start", f"{report.baseline_rss / mb:.0f} MiB"),
         (
             "largest growth in one case",
