@@ -116,7 +116,7 @@ def _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale, DOT: tl.constexpr):
 
 
 @triton.jit
-def _fixed_bwd_kernel(
+def _fixed_bwd_dq_kernel(
     Q,
     K,
     V,
@@ -124,8 +124,6 @@ def _fixed_bwd_kernel(
     LSE,
     DELTA,
     DQ,
-    DK,
-    DV,
     stride_b,
     stride_h,
     stride_n,
@@ -143,6 +141,7 @@ def _fixed_bwd_kernel(
     BLOCK_N: tl.constexpr,
     C_PAD: tl.constexpr,
 ):
+    """dQ of one query block over its own block and the earlier blocks' summary keys."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -170,18 +169,8 @@ def _fixed_bwd_kernel(
         v = tl.load(V + keys, mask=col_ok[:, None], other=0.0)
         allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] // L == q_block[:, None])
         allowed = allowed & col_ok[None, :] & row_ok[:, None]
-        p, ds = _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale, DOT)
+        _, ds = _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale, DOT)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT).to(tl.float32) * sm_scale
-        tl.atomic_add(
-            DV + keys,
-            tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT).to(tl.float32),
-            mask=col_ok[:, None],
-        )
-        tl.atomic_add(
-            DK + keys,
-            tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT).to(tl.float32) * sm_scale,
-            mask=col_ok[:, None],
-        )
 
     first = L - ((h % NUM_VERTS) + 1) * C
     offs_c = tl.arange(0, C_PAD)
@@ -193,26 +182,158 @@ def _fixed_bwd_kernel(
         k = tl.load(K + keys, mask=col_ok[:, None], other=0.0)
         v = tl.load(V + keys, mask=col_ok[:, None], other=0.0)
         allowed = col_ok[None, :] & (q_block[:, None] > blk) & row_ok[:, None]
-        p, ds = _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale, DOT)
+        _, ds = _grad_tile(q, do, lse, delta, k, v, allowed, sm_scale, DOT)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT).to(tl.float32) * sm_scale
-        tl.atomic_add(
-            DV + keys,
-            tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT).to(tl.float32),
-            mask=col_ok[:, None],
-        )
-        tl.atomic_add(
-            DK + keys,
-            tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT).to(tl.float32) * sm_scale,
-            mask=col_ok[:, None],
-        )
 
     tl.store(DQ + rows, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
-def _launch(kernel, q, args, l, c, num_verts, scale, kind):
+@triton.jit
+def _fixed_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    stride_b,
+    stride_h,
+    stride_n,
+    stride_lb,
+    stride_lh,
+    H,
+    N,
+    L,
+    C,
+    NUM_VERTS,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    C_PAD: tl.constexpr,
+):
+    """dK and dV of one key block [n0, n0 + BLOCK_N), the mirror of the forward: the queries of
+    each key's own l-block at or after it, and, for the keys in this head's summary set, every
+    query of a later l-block (a key block without summary keys skips that loop). Each program
+    owns its rows: no atomics."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    base = b * stride_b + h * stride_h
+    stats = b * stride_lb + h * stride_lh
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = offs_n < N
+    keys = base + offs_n[:, None] * stride_n + offs_d[None, :]
+    k = tl.load(K + keys, mask=col_ok[:, None], other=0.0)
+    v = tl.load(V + keys, mask=col_ok[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    k_block = offs_n // L
+    first = L - ((h % NUM_VERTS) + 1) * C  # offset of this head's first summary key
+    summary = (offs_n % L >= first) & (offs_n % L < first + C) & col_ok
+
+    # own block: queries from the first key up to the end of the last key's l-block
+    hi = tl.minimum(((start_n + BLOCK_N - 1) // L + 1) * L, N)
+    for start_m in range(start_n, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < N
+        allowed = (offs_m[None, :] >= offs_n[:, None]) & (offs_m[None, :] // L == k_block[:, None])
+        allowed = allowed & col_ok[:, None] & row_ok[None, :]
+        dk, dv = _dkdv_tile(
+            Q,
+            DO,
+            LSE,
+            DELTA,
+            base,
+            stats,
+            stride_n,
+            offs_m,
+            offs_d,
+            row_ok,
+            k,
+            v,
+            dk,
+            dv,
+            allowed,
+            sm_scale,
+            DOT,
+        )
+
+    # summary keys: every query of a later l-block
+    lo = tl.where(tl.max(summary.to(tl.int32), 0) > 0, (start_n // L + 1) * L, N)
+    for start_m in range(lo, N, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < N
+        allowed = summary[:, None] & (offs_m[None, :] // L > k_block[:, None]) & row_ok[None, :]
+        dk, dv = _dkdv_tile(
+            Q,
+            DO,
+            LSE,
+            DELTA,
+            base,
+            stats,
+            stride_n,
+            offs_m,
+            offs_d,
+            row_ok,
+            k,
+            v,
+            dk,
+            dv,
+            allowed,
+            sm_scale,
+            DOT,
+        )
+
+    tl.store(DK + keys, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
+    tl.store(DV + keys, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.jit
+def _dkdv_tile(
+    Q,
+    DO,
+    LSE,
+    DELTA,
+    base,
+    stats,
+    stride_n,
+    offs_m,
+    offs_d,
+    row_ok,
+    k,
+    v,
+    dk,
+    dv,
+    allowed,
+    sm_scale,
+    DOT: tl.constexpr,
+):
+    """Add one query tile's share to (dk, dv) [BLOCK_N, D]; allowed is [BLOCK_N, BLOCK_M]."""
+    rows = base + offs_m[:, None] * stride_n + offs_d[None, :]
+    q = tl.load(Q + rows, mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + rows, mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + stats + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + stats + offs_m, mask=row_ok, other=0.0)
+    s_t = tl.dot(k, tl.trans(q), input_precision=DOT) * sm_scale  # [BLOCK_N, BLOCK_M]
+    p_t = tl.where(allowed, tl.exp(s_t - lse[None, :]), 0.0)
+    dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT).to(tl.float32)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT).to(tl.float32)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT).to(tl.float32) * sm_scale
+    return dk, dv
+
+
+def _launch(kernel, q, args, l, c, num_verts, scale, kind, by_keys=False):
     B, H, N, D = q.shape
     block_m, block_n = block_sizes(q, kind)
-    grid = (triton.cdiv(N, block_m), B * H)
+    grid = (triton.cdiv(N, block_n if by_keys else block_m), B * H)
     kernel[grid](
         *args,
         H,
@@ -263,27 +384,22 @@ def fixed_backward(
 ):
     q, k, v, out, dout = (t.contiguous() for t in (q, k, v, out, dout))
     delta = (dout.float() * out.float()).sum(-1)  # [B, H, N]
-    dq = torch.empty_like(q)
-    dk = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
-    dv = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
-    args = (
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    strides = (q.stride(0), q.stride(1), q.stride(2), lse.stride(0), lse.stride(1))
+    stats = (q, k, v, dout, lse, delta)
+    _launch(_fixed_bwd_dq_kernel, q, (*stats, dq, *strides), l, c, num_verts, scale, "backward")
+    _launch(
+        _fixed_bwd_dkdv_kernel,
         q,
-        k,
-        v,
-        dout,
-        lse,
-        delta,
-        dq,
-        dk,
-        dv,
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        lse.stride(0),
-        lse.stride(1),
+        (*stats, dk, dv, *strides),
+        l,
+        c,
+        num_verts,
+        scale,
+        "backward",
+        by_keys=True,
     )
-    _launch(_fixed_bwd_kernel, q, args, l, c, num_verts, scale, "backward")
-    return dq, dk.to(k.dtype), dv.to(v.dtype)
+    return dq, dk, dv
 
 
 class FixedAttention(torch.autograd.Function):

@@ -143,7 +143,7 @@ def _band_column_fwd_kernel(
 
 
 @triton.jit
-def _band_column_bwd_kernel(
+def _band_column_bwd_dq_kernel(
     Q,
     K,
     V,
@@ -151,8 +151,6 @@ def _band_column_bwd_kernel(
     LSE,
     DELTA,
     DQ,
-    DK,
-    DV,
     stride_b,
     stride_h,
     stride_n,  # q, k, v, do, dq share one contiguous [B, H, N, D] layout
@@ -169,9 +167,8 @@ def _band_column_bwd_kernel(
     BLOCK_N: tl.constexpr,
     COLUMNS: tl.constexpr,
 ):
-    """Gradients for one query block, walking the same keys as the forward. dQ is owned by the
-    program; dK and dV (float32) collect contributions from several query blocks by atomic adds.
-    """
+    """dQ of one query block, walking the same keys as the forward; each program owns its rows,
+    so nothing is shared between programs."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -203,16 +200,6 @@ def _band_column_bwd_kernel(
         dp = tl.dot(do, tl.trans(v), input_precision=DOT).to(tl.float32)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT).to(tl.float32) * sm_scale
-        tl.atomic_add(
-            DV + keys,
-            tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT).to(tl.float32),
-            mask=col_ok[:, None],
-        )
-        tl.atomic_add(
-            DK + keys,
-            tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT).to(tl.float32) * sm_scale,
-            mask=col_ok[:, None],
-        )
 
     if COLUMNS:
         n_col = (start_m + BLOCK_M - 1) // STEP
@@ -225,13 +212,95 @@ def _band_column_bwd_kernel(
             s = tl.sum(q.to(tl.float32) * kj, 1) * sm_scale
             p = tl.where(ok, tl.exp(s - lse), 0.0)  # [BLOCK_M]
             dp = tl.sum(do.to(tl.float32) * vj, 1)
-            ds = p * (dp - delta)
-            dq += ds[:, None] * kj * sm_scale
-            # the rows j of one step are distinct; other query blocks may add to them too
-            tl.atomic_add(DV + keys, p[:, None] * do.to(tl.float32), mask=ok[:, None])
-            tl.atomic_add(DK + keys, ds[:, None] * q.to(tl.float32) * sm_scale, mask=ok[:, None])
+            dq += (p * (dp - delta))[:, None] * kj * sm_scale
 
     tl.store(DQ + rows, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _band_column_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    stride_b,
+    stride_h,
+    stride_n,  # q, k, v, do, dk, dv share one contiguous [B, H, N, D] layout
+    stride_lb,
+    stride_lh,
+    H,
+    N,
+    L,
+    STEP,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    COLUMNS: tl.constexpr,
+):
+    """dK and dV of one key block [n0, n0 + BLOCK_N): the mirror of the forward. The queries
+    that see key j are the band i in [j, j + L) (tensor-core tiles of BLOCK_M) and the column
+    i = j + kk * STEP, kk >= 1 (for the whole block the rows [n0 + kk*STEP, ...), one query
+    per key, a row-wise product). Each program owns its rows: no atomics."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    base = b * stride_b + h * stride_h
+    stats = b * stride_lb + h * stride_lh
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = offs_n < N
+    keys = base + offs_n[:, None] * stride_n + offs_d[None, :]
+    k = tl.load(K + keys, mask=col_ok[:, None], other=0.0)
+    v = tl.load(V + keys, mask=col_ok[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    hi = tl.minimum(start_n + BLOCK_N - 1 + L, N)
+    for start_m in range(start_n, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < N
+        rows = base + offs_m[:, None] * stride_n + offs_d[None, :]
+        q = tl.load(Q + rows, mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + rows, mask=row_ok[:, None], other=0.0)
+        lse = tl.load(LSE + stats + offs_m, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + stats + offs_m, mask=row_ok, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT) * sm_scale  # [BLOCK_N, BLOCK_M]
+        dist = offs_m[None, :] - offs_n[:, None]
+        allowed = (dist >= 0) & (dist < L) & col_ok[:, None] & row_ok[None, :]
+        p_t = tl.where(allowed, tl.exp(s_t - lse[None, :]), 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT).to(tl.float32)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT).to(tl.float32)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT).to(tl.float32) * sm_scale
+
+    if COLUMNS:
+        kf = k.to(tl.float32)
+        vf = v.to(tl.float32)
+        n_col = (N - 1 - start_n) // STEP
+        for kk in range(1, n_col + 1):
+            offs_i = offs_n + kk * STEP
+            ok = (offs_i < N) & col_ok
+            rows = base + offs_i[:, None] * stride_n + offs_d[None, :]
+            qi = tl.load(Q + rows, mask=ok[:, None], other=0.0).to(tl.float32)
+            doi = tl.load(DO + rows, mask=ok[:, None], other=0.0).to(tl.float32)
+            lse = tl.load(LSE + stats + offs_i, mask=ok, other=0.0)
+            delta = tl.load(DELTA + stats + offs_i, mask=ok, other=0.0)
+            s = tl.sum(qi * kf, 1) * sm_scale
+            p = tl.where(ok, tl.exp(s - lse), 0.0)  # [BLOCK_N]
+            dv += p[:, None] * doi
+            ds = p * (tl.sum(doi * vf, 1) - delta)
+            dk += ds[:, None] * qi * sm_scale
+
+    tl.store(DK + keys, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
+    tl.store(DV + keys, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
 
 def band_column_forward(
@@ -287,42 +356,29 @@ def band_column_backward(
     step: int | None,
     scale: float,
 ):
-    """(dq, dk, dv) for band_column_forward's output gradient ``dout``."""
+    """(dq, dk, dv) for band_column_forward's output gradient ``dout``: one kernel for dQ by
+    query blocks, one for dK and dV by key blocks."""
     B, H, N, D = q.shape
     q, k, v, out, dout = (t.contiguous() for t in (q, k, v, out, dout))
     delta = (dout.float() * out.float()).sum(-1)  # [B, H, N]: rowsum(dO * O)
-    dq = torch.empty_like(q)
-    dk = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
-    dv = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     block_m, block_n = block_sizes(q, "backward")
-    grid = (triton.cdiv(N, block_m), B * H)
-    _band_column_bwd_kernel[grid](
-        q,
-        k,
-        v,
-        dout,
-        lse,
-        delta,
-        dq,
-        dk,
-        dv,
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        lse.stride(0),
-        lse.stride(1),
-        H,
-        N,
-        band,
-        step or 1,
-        scale,
+    strides = (q.stride(0), q.stride(1), q.stride(2), lse.stride(0), lse.stride(1))
+    meta = dict(
         HEAD_DIM=D,
         DOT=dot_precision(q),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         COLUMNS=step is not None,
     )
-    return dq, dk.to(k.dtype), dv.to(v.dtype)
+    params = (H, N, band, step or 1, scale)
+    _band_column_bwd_dq_kernel[(triton.cdiv(N, block_m), B * H)](
+        q, k, v, dout, lse, delta, dq, *strides, *params, **meta
+    )
+    _band_column_bwd_dkdv_kernel[(triton.cdiv(N, block_n), B * H)](
+        q, k, v, dout, lse, delta, dk, dv, *strides, *params, **meta
+    )
+    return dq, dk, dv
 
 
 class BandColumnAttention(torch.autograd.Function):
