@@ -21,9 +21,11 @@ import torch
 import triton
 import triton.language as tl
 
-# (BLOCK_M, BLOCK_N) per pass on a GPU; kernels.bench --blocks sweeps them. Under the interpreter
-# every pass uses 16 x 16, the smallest tile the dot product takes: the CPU runs it fastest.
-GPU_BLOCKS: dict[str, tuple[int, int]] = {"forward": (64, 64), "backward": (64, 64)}
+# (BLOCK_M, BLOCK_N) per pass on a GPU, picked by `kernels.bench --blocks 64x64 128x64 64x32
+# 32x32` on an H100 (docs/BENCHMARKS.md): 64x32 was the fastest or within 10 % of it for both
+# kernels, both passes, N = 16384 and 65536. Under the interpreter every pass uses 16 x 16, the
+# smallest tile the dot product takes: the CPU runs it fastest.
+GPU_BLOCKS: dict[str, tuple[int, int]] = {"forward": (64, 32), "backward": (64, 32)}
 INTERPRETER_BLOCKS = (16, 16)
 
 

@@ -211,3 +211,27 @@ def test_larger_head_dims(d, layout):
     ref_grads = torch.autograd.grad(ref.sum(), (q, k, v))
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("blocks", [(32, 16), (16, 32)], ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize(
+    "layout", [L.strided(7), L.dense(), L.fixed(5, 2), L.fixed(6, 1, 2)], ids=repr
+)
+def test_unequal_tiles(monkeypatch, blocks, layout):
+    """BLOCK_M != BLOCK_N, as on the GPU (64 x 32): the dK/dV kernel walks query tiles of
+    BLOCK_M from key blocks of BLOCK_N, and tile edges fall inside l-blocks and rows."""
+    from kernels import sparse_attention, triton_strided
+
+    monkeypatch.setattr(triton_strided, "INTERPRETER_BLOCKS", blocks)
+    monkeypatch.setitem(triton_strided.GPU_BLOCKS, "forward", blocks)
+    monkeypatch.setitem(triton_strided.GPU_BLOCKS, "backward", blocks)
+    g = torch.Generator().manual_seed(sum(blocks))
+    q, k, v = (torch.randn(1, 2, 83, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
+    dout = torch.randn(1, 2, 83, 16, generator=g).to(DEVICE)
+    out = sparse_attention(q, k, v, layout, backend="triton")
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ref = reference_attention(q.double(), k.double(), v.double(), layout).out
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-5)
