@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_strided import _online_update, block_sizes, dot_precision
+from kernels.triton_strided import _dkdv_tile, _online_update, block_sizes, dot_precision
 
 
 @triton.jit
@@ -217,8 +217,8 @@ def _fixed_bwd_dkdv_kernel(
 ):
     """dK and dV of one key block [n0, n0 + BLOCK_N), the mirror of the forward: the queries of
     each key's own l-block at or after it, and, for the keys in this head's summary set, every
-    query of a later l-block (a key block without summary keys skips that loop). Each program
-    owns its rows: no atomics."""
+    query of a later l-block (a key block without summary keys stops at its own l-blocks).
+    Each program owns its rows: no atomics."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -238,96 +238,25 @@ def _fixed_bwd_dkdv_kernel(
     first = L - ((h % NUM_VERTS) + 1) * C  # offset of this head's first summary key
     summary = (offs_n % L >= first) & (offs_n % L < first + C) & col_ok
 
-    # own block: queries from the first key up to the end of the last key's l-block
-    hi = tl.minimum(((start_n + BLOCK_N - 1) // L + 1) * L, N)
-    for start_m in range(start_n, hi, BLOCK_M):
+    # the queries of each key's own l-block at or after it, and, when the block holds summary
+    # keys, every query of a later l-block: one walk from the first key to the end of the last
+    # key's l-block, or to N
+    own_end = tl.minimum(((start_n + BLOCK_N - 1) // L + 1) * L, N)
+    end = tl.where(tl.max(summary.to(tl.int32), 0) > 0, N, own_end)
+    for start_m in range(start_n, end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < N
-        allowed = (offs_m[None, :] >= offs_n[:, None]) & (offs_m[None, :] // L == k_block[:, None])
-        allowed = allowed & col_ok[:, None] & row_ok[None, :]
+        q_block = offs_m[None, :] // L
+        own = (offs_m[None, :] >= offs_n[:, None]) & (q_block == k_block[:, None])
+        later = summary[:, None] & (q_block > k_block[:, None])
+        allowed = (own | later) & col_ok[:, None] & row_ok[None, :]
         dk, dv = _dkdv_tile(
-            Q,
-            DO,
-            LSE,
-            DELTA,
-            base,
-            stats,
-            stride_n,
-            offs_m,
-            offs_d,
-            row_ok,
-            k,
-            v,
-            dk,
-            dv,
-            allowed,
-            sm_scale,
-            DOT,
-        )
-
-    # summary keys: every query of a later l-block
-    lo = tl.where(tl.max(summary.to(tl.int32), 0) > 0, (start_n // L + 1) * L, N)
-    for start_m in range(lo, N, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < N
-        allowed = summary[:, None] & (offs_m[None, :] // L > k_block[:, None]) & row_ok[None, :]
-        dk, dv = _dkdv_tile(
-            Q,
-            DO,
-            LSE,
-            DELTA,
-            base,
-            stats,
-            stride_n,
-            offs_m,
-            offs_d,
-            row_ok,
-            k,
-            v,
-            dk,
-            dv,
-            allowed,
-            sm_scale,
-            DOT,
-        )
+            Q, DO, LSE, DELTA, base, stats, stride_n, offs_m, offs_d, row_ok, k, v, dk, dv,
+            allowed, sm_scale, DOT,
+        )  # fmt: skip
 
     tl.store(DK + keys, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + keys, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
-
-
-@triton.jit
-def _dkdv_tile(
-    Q,
-    DO,
-    LSE,
-    DELTA,
-    base,
-    stats,
-    stride_n,
-    offs_m,
-    offs_d,
-    row_ok,
-    k,
-    v,
-    dk,
-    dv,
-    allowed,
-    sm_scale,
-    DOT: tl.constexpr,
-):
-    """Add one query tile's share to (dk, dv) [BLOCK_N, D]; allowed is [BLOCK_N, BLOCK_M]."""
-    rows = base + offs_m[:, None] * stride_n + offs_d[None, :]
-    q = tl.load(Q + rows, mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + rows, mask=row_ok[:, None], other=0.0)
-    lse = tl.load(LSE + stats + offs_m, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + stats + offs_m, mask=row_ok, other=0.0)
-    s_t = tl.dot(k, tl.trans(q), input_precision=DOT) * sm_scale  # [BLOCK_N, BLOCK_M]
-    p_t = tl.where(allowed, tl.exp(s_t - lse[None, :]), 0.0)
-    dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT).to(tl.float32)
-    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT).to(tl.float32)
-    ds_t = p_t * (dp_t - delta[None, :])
-    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT).to(tl.float32) * sm_scale
-    return dk, dv
 
 
 def _launch(kernel, q, args, l, c, num_verts, scale, kind, by_keys=False):

@@ -54,6 +54,41 @@ def _online_update(m_i, l_i, acc, s, v, DOT: tl.constexpr):
 
 
 @triton.jit
+def _dkdv_tile(
+    Q,
+    DO,
+    LSE,
+    DELTA,
+    base,
+    stats,
+    stride_n,
+    offs_m,
+    offs_d,
+    row_ok,
+    k,
+    v,
+    dk,
+    dv,
+    allowed,
+    sm_scale,
+    DOT: tl.constexpr,
+):
+    """Add one query tile's share to (dk, dv) [BLOCK_N, D]; allowed is [BLOCK_N, BLOCK_M]."""
+    rows = base + offs_m[:, None] * stride_n + offs_d[None, :]
+    q = tl.load(Q + rows, mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + rows, mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + stats + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + stats + offs_m, mask=row_ok, other=0.0)
+    s_t = tl.dot(k, tl.trans(q), input_precision=DOT) * sm_scale  # [BLOCK_N, BLOCK_M]
+    p_t = tl.where(allowed, tl.exp(s_t - lse[None, :]), 0.0)
+    dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT).to(tl.float32)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT).to(tl.float32)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT).to(tl.float32) * sm_scale
+    return dk, dv
+
+
+@triton.jit
 def _band_column_fwd_kernel(
     Q,
     K,
@@ -269,19 +304,12 @@ def _band_column_bwd_dkdv_kernel(
     for start_m in range(start_n, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < N
-        rows = base + offs_m[:, None] * stride_n + offs_d[None, :]
-        q = tl.load(Q + rows, mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + rows, mask=row_ok[:, None], other=0.0)
-        lse = tl.load(LSE + stats + offs_m, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA + stats + offs_m, mask=row_ok, other=0.0)
-        s_t = tl.dot(k, tl.trans(q), input_precision=DOT) * sm_scale  # [BLOCK_N, BLOCK_M]
         dist = offs_m[None, :] - offs_n[:, None]
         allowed = (dist >= 0) & (dist < L) & col_ok[:, None] & row_ok[None, :]
-        p_t = tl.where(allowed, tl.exp(s_t - lse[None, :]), 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT).to(tl.float32)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT).to(tl.float32)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT).to(tl.float32) * sm_scale
+        dk, dv = _dkdv_tile(
+            Q, DO, LSE, DELTA, base, stats, stride_n, offs_m, offs_d, row_ok, k, v, dk, dv,
+            allowed, sm_scale, DOT,
+        )  # fmt: skip
 
     if COLUMNS:
         kf = k.to(tl.float32)
