@@ -10,9 +10,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,9 +51,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+    log: Path  # the server's stdout and stderr (a file: a full pipe would block the server)
+
+    def peak_rss_mb(self) -> float:
+        """The server process's peak resident set size so far (Linux /proc VmHWM)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
 @contextlib.contextmanager
-def streamlit_server(env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
-    """`streamlit run app.py` on a free port until the block ends: (url, server pid).
+def streamlit_server(env: dict[str, str] | None = None) -> Iterator[Server]:
+    """`streamlit run app.py` on a free port until the block ends.
 
     ``env`` is added to this process's environment (e.g. SPARSE_EXPLORER_MODELS).
     """
@@ -70,30 +86,38 @@ def streamlit_server(env: dict[str, str] | None = None) -> Iterator[tuple[str, i
         "127.0.0.1",
         "--browser.gatherUsageStats",
         "false",
+        # no reloading: a source file edited during the test (another checkout user, an editor)
+        # would make the watcher drop modules from sys.modules while a session imports them
+        "--server.fileWatcherType",
+        "none",
     ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.time()
-    while time.time() - t0 < 60:
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "server.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
+        url = f"http://127.0.0.1:{port}"
+        t0 = time.time()
+        while time.time() - t0 < 60:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            proc.kill()
+            proc.wait(timeout=20)
+            pytest.fail("streamlit did not start: " + log.read_text(errors="replace")[-2000:])
         try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
-    try:
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+            yield Server(url, proc.pid, log)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
 
 
 def settle(page) -> None:

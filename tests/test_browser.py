@@ -28,8 +28,8 @@ playwright_api = require_browser()
 
 @pytest.fixture(scope="module")
 def server():
-    with streamlit_server() as (url, _pid):
-        yield url
+    with streamlit_server() as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import contextlib
 import io
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from unittest.mock import MagicMock
@@ -199,6 +200,7 @@ def test_eight_sessions_at_once(tmp_path, monkeypatch, record_property, one_runt
         try:
             outcomes[i] = scripts[i](apps[i], barrier)
         except BaseException as e:  # reported below, with the session it happened in
+            e.add_note(f"session {i}: " + texts(apps[i])[-1500:])
             outcomes[i] = e
             barrier.abort()
 
@@ -213,7 +215,11 @@ def test_eight_sessions_at_once(tmp_path, monkeypatch, record_property, one_runt
     record_property("peak_rss_mb", round(rss.peak))
     print(f"{SESSIONS} sessions in {seconds:.1f} s, peak RSS {rss.peak:.0f} MB")
 
-    failures = {i: repr(o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)}
+    failures = {
+        i: "".join(traceback.format_exception(o))
+        for i, o in enumerate(outcomes)
+        if isinstance(o, BaseException) and not isinstance(o, threading.BrokenBarrierError)
+    }
     assert not failures, failures
     for i, at in enumerate(apps):
         assert not at.exception, (i, at.exception)

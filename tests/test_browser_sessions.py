@@ -1,0 +1,162 @@
+"""Several people at once: 7 isolated browser contexts against ONE `streamlit run` server.
+
+Two complete with different seeds, one uploads its own image, completes and presses Stop, two
+browse Attention (one with its own upload), one uploads bad files, one browses Layouts. Every
+action is started on every page before any is waited for, so the server runs the sessions'
+scripts at the same time. Checked: no exception anywhere (pages and server log), no session sees
+another's results or upload, and the server's peak memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from browser_util import (
+    CHROMIUM,
+    FLAGS,
+    no_exception,
+    open_page,
+    require_browser,
+    settle,
+    streamlit_server,
+)
+from PIL import Image
+from test_app import tiny_models
+
+playwright_api = require_browser()
+
+PEAK_RSS_LIMIT_MB = 3000  # generous: the server measures well under 1 GB here
+
+
+def png(seed: int, size: tuple[int, int] = (30, 40)) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def upload(page, name: str, data: bytes, mime: str = "image/png") -> None:
+    page.locator("input[type=file]").first.set_input_files(
+        files=[{"name": name, "mimeType": mime, "buffer": data}]
+    )
+
+
+def set_slider(page, label: str, key: str) -> None:
+    """Move a slider to its minimum ("Home") or maximum ("End") from the keyboard."""
+    box = page.locator("[data-testid=stSlider]").filter(has_text=label).first
+    box.get_by_role("slider").first.focus()
+    page.keyboard.press(key)
+
+
+def set_number(page, label: str, value: int) -> None:
+    field = page.get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def log_tail(server) -> str:
+    return server.log.read_text(errors="replace")[-4000:]
+
+
+def body(page) -> str:
+    return page.locator("[data-testid=stMain]").inner_text()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    models = tiny_models(tmp_path_factory.mktemp("models"))
+    with streamlit_server(env={"SPARSE_EXPLORER_MODELS": str(models)}) as running:
+        yield running
+
+
+def test_seven_sessions_on_one_server(server, record_property):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        pages = []
+        for _ in range(7):
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(server.url)
+            pages.append(page)
+        seed1, seed2, stopper, attention, uploader, bad, layouts = pages
+        for page in pages:
+            settle(page)
+
+        # step 1: open the pages, all sessions at once
+        for page in (seed1, seed2, stopper):
+            page.get_by_role("link", name="Complete").first.click()
+        for page in (attention, uploader, bad):
+            page.get_by_role("link", name="Attention").first.click()
+        layouts.get_by_text("side by side").click()
+        for page in pages:
+            settle(page)
+            no_exception(page)
+
+        # step 2: settings (seeds, uploads, a long completion for the one that will stop)
+        set_number(seed1, "Seed", 1)
+        set_number(seed2, "Seed", 2)
+        stopper.get_by_text("upload", exact=True).first.click()
+        for page in (uploader, bad):
+            page.get_by_text("upload", exact=True).first.click()
+        for page in pages:
+            settle(page)
+        upload(stopper, "stopper_secret.png", png(1))
+        upload(uploader, "attention_secret.png", png(2))
+        upload(bad, "noise.png", np.random.default_rng(3).bytes(4000))
+        for page in pages:
+            settle(page)
+        set_slider(stopper, "Rows to keep", "Home")
+        settle(stopper)
+        set_slider(stopper, "Samples", "End")
+        settle(stopper)
+
+        # step 3: work in every session at once
+        for page in (seed1, seed2, stopper):
+            page.get_by_role("button", name="Complete", exact=True).click()
+        stopper.get_by_role("button", name="Stop", exact=True).click()  # as soon as it shows
+        for page in (attention, uploader):
+            box = page.locator("[data-testid=stSelectbox]").filter(has_text="Layer").first
+            box.click()
+            page.get_by_role("option", name="1", exact=True).click()
+        upload(bad, "empty.png", b"")
+        layouts.get_by_text("fixed", exact=True).first.click()
+        for page in pages:
+            settle(page)
+            assert page.locator("[data-testid=stException]").count() == 0, log_tail(server)
+
+        # each session's own results
+        text = [body(page) for page in pages]
+        assert "4 samples, seed 1" in text[0] and "seed 2" not in text[0]
+        assert "seed 2" in text[1] and "seed 1" not in text[1]
+        results = [
+            seed1.locator("[data-testid=stImage] img").last.get_attribute("src"),
+            seed2.locator("[data-testid=stImage] img").last.get_attribute("src"),
+        ]
+        assert results[0] != results[1]  # different seeds, different samples
+        assert "cancelled" in text[2] and "Where the model looked" not in text[2]
+        for page in (attention, uploader):
+            titles = page.locator(".gtitle").all_text_contents()  # plotly's SVG titles
+            assert any(t.startswith("layer 1, head 0: where pixel") for t in titles), titles
+        assert "empty.png cannot be used: empty file (0 bytes)" in text[5], text[5]
+        assert layouts.locator("[data-testid=stPlotlyChart]").count() == 2
+        for i, t in enumerate(text):
+            assert ("stopper_secret.png" in t) == (i == 2), i
+            assert ("attention_secret.png" in t) == (i == 4), i
+
+        # a new upload after the cancelled completion: nothing stale, then the new image is used
+        upload(stopper, "second.png", png(4))
+        settle(stopper)
+        t = body(stopper)
+        assert "cancelled" not in t and "Press Complete to sample." in t
+        open_page(seed1, "Layouts")
+        no_exception(seed1)
+        browser.close()
+
+    assert "Traceback" not in server.log.read_text(errors="replace"), log_tail(server)
+    peak = server.peak_rss_mb()
+    record_property("server_peak_rss_mb", round(peak))
+    print(f"7 browser sessions: server peak RSS {peak:.0f} MB")
+    assert peak < PEAK_RSS_LIMIT_MB
