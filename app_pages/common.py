@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
@@ -74,17 +73,6 @@ def image_key(image: np.ndarray) -> str:
     return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()[:12]
 
 
-def header_size_problem(data: bytes) -> str | None:
-    """The image size from the file's header, checked before decoding anything; a header Pillow
-    cannot read is left to prepare_image, which names the problem."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Exception:  # noqa: BLE001 - prepare_image reports unreadable files
-        return None
-    return limits.image_size_problem(width, height)
-
-
 def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None:
     """A sample image or an upload, prepared for the model; explains unusable uploads."""
     samples = sample_images(geometry)
@@ -101,7 +89,7 @@ def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None
         st.info("Upload an image, or pick a test image.")
         return None
     data = upload.getvalue()
-    problem = limits.upload_problem(len(data)) or header_size_problem(data)
+    problem = limits.upload_problem(len(data))  # the pixel limit: prepare_upload, from the header
     if problem:
         st.error(f"{upload.name} cannot be used: it {problem}.")
         return None

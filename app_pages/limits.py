@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass
 from numbers import Real
 
+from models.data import MAX_IMAGE_PIXELS  # noqa: F401 - checked from the header by prepare_upload
+
 MAX_UPLOAD_MB = 20  # = server.maxUploadSize in .streamlit/config.toml (a test checks they agree)
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 2**20
-MAX_IMAGE_SIDE = 12_000  # pixels, either side of an upload (read from the header, not decoded)
-MAX_IMAGE_PIXELS = 25_000_000  # 25 MP decodes to 75 MB of RGB: enough for camera photos
 MAX_MODELS = 3  # models completing side by side in one run
 
 
@@ -85,16 +85,6 @@ def upload_problem(n_bytes: int) -> str | None:
     """None when an upload of ``n_bytes`` is allowed, else why not."""
     if n_bytes > MAX_UPLOAD_BYTES:
         return f"is {n_bytes / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_MB} MiB"
-    return None
-
-
-def image_size_problem(width: int, height: int) -> str | None:
-    """None when a ``width`` x ``height`` image may be decoded, else why not."""
-    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
-        return (
-            f"is {width} x {height} pixels; the limit is {MAX_IMAGE_SIDE} pixels a side and "
-            f"{MAX_IMAGE_PIXELS // 10**6} megapixels in all (resize it first)"
-        )
     return None
 
 

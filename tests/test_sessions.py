@@ -24,6 +24,7 @@ from unittest.mock import MagicMock
 import numpy as np
 import pytest
 import streamlit.testing.v1.app_test as app_test
+import streamlit.testing.v1.local_script_runner as local_script_runner
 from PIL import Image
 from streamlit.runtime import Runtime
 from streamlit.runtime.scriptrunner.script_cache import ScriptCache
@@ -89,7 +90,8 @@ def one_runtime(monkeypatch) -> Iterator[None]:
     runtime.cache_storage_manager = MemoryCacheStorageManager()
     monkeypatch.setattr(app_test, "Runtime", PinnedRuntime)
     cache = ScriptCache()
-    monkeypatch.setattr(app_test, "ScriptCache", lambda: cache)
+    monkeypatch.setattr(app_test, "ScriptCache", lambda: cache)  # the pages
+    monkeypatch.setattr(local_script_runner, "ScriptCache", lambda: cache)  # app.py
     monkeypatch.setattr(app_test, "patch_config_options", lambda _: contextlib.nullcontext())
     monkeypatch.setattr(Runtime, "_instance", runtime)
     with patch_config_options({"global.appTest": True}):
