@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+import torch
 from PIL import Image
 
 from app_pages import limits
@@ -45,10 +46,19 @@ def require_model_names() -> list[str]:
     return names
 
 
+def model_device() -> str:
+    """Where the models run: the GPU when there is one (its attention then goes through the
+    Triton kernels), else the CPU; $SPARSE_EXPLORER_DEVICE=cpu keeps them on the CPU. Tokens
+    and results stay on the CPU: model.capture and sample move them across."""
+    if os.environ.get("SPARSE_EXPLORER_DEVICE") == "cpu":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @st.cache_resource(show_spinner="Loading model...")
 def get_model(path: str) -> SparseTransformer:
     """The model, loaded once for every session of this server (read-only after loading)."""
-    return load_model(path)
+    return load_model(path, device=model_device())
 
 
 def load_or_explain(name: str) -> SparseTransformer | None:

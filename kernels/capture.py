@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -31,6 +31,16 @@ from kernels.layouts import Layout
 
 MAX_FULL_N = 4096  # a full float32 map is 64 MiB per head here
 ROW_BLOCK = 256  # query rows per step of the reference walk
+
+
+def to_device(form: CaptureForm, device: torch.device | str) -> CaptureForm:
+    """The same capture with every tensor on ``device`` (e.g. back to where the tokens were)."""
+    moved = {
+        f.name: getattr(form, f.name).to(device)
+        for f in fields(form)
+        if isinstance(getattr(form, f.name), Tensor)
+    }
+    return replace(form, **moved)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import Tensor
 
 from kernels import BACKENDS, Layout, attention, parse_layout
-from kernels.capture import FORMS, CaptureForm, capture, row_probs
+from kernels.capture import FORMS, CaptureForm, capture, row_probs, to_device
 from kernels.decode import decode_attention
 from models.data import Geometry, token_coords
 
@@ -338,7 +338,8 @@ class SparseTransformer(nn.Module):
         if form not in FORMS:
             raise ValueError(f"unknown capture form {form!r}; choose one of {', '.join(FORMS)}")
         support = parse_layout(support) if support is not None else None
-        x = self.embed(tokens)
+        home = tokens.device  # results go back where the tokens came from (the app's CPU)
+        x = self.embed(tokens.to(self.tok_emb.weight.device))
         out: dict[int, CaptureForm] = {}
         for i, block_ in enumerate(self.blocks[: max(layers) + 1]):
             if i in layers:
@@ -347,7 +348,7 @@ class SparseTransformer(nn.Module):
                 full = capture(
                     q, k, block_.attn.layout, form, queries=queries, block=block, support=support
                 )
-                out[i] = full.select(heads)
+                out[i] = to_device(full.select(heads), home)
             x = block_(x)
         return out
 

@@ -110,3 +110,15 @@ def test_capture_during_generation_equals_capture_of_the_result():
     after = model.capture(tokens, form="rows", queries=generated)
     for layer in range(3):
         torch.testing.assert_close(during[layer].probs, after[layer].probs, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_capture_of_a_gpu_model_comes_back_where_the_tokens_were():
+    """The app keeps tokens on the CPU and its models on the GPU when there is one."""
+    torch.manual_seed(0)
+    model = SparseTransformer(ModelConfig.from_name("fmnist-tiny", layout="strided(l=28)"))
+    tokens = torch.randint(0, 256, (1, model.config.block_size))
+    want = model.eval().capture(tokens, layers=[1], form="rows", queries=[5, 400])[1]
+    got = model.cuda().capture(tokens, layers=[1], form="rows", queries=[5, 400])[1]
+    assert got.probs.device.type == "cpu"
+    torch.testing.assert_close(got.probs, want.probs, rtol=2e-3, atol=2e-4)
