@@ -161,3 +161,29 @@ def test_batch_cli_writes_what_its_index_lists_with_stable_names(tmp_path, capsy
     assert main(["--model", str(tmp_path / "tiny"), "--image", str(image), "--formats", "gif"]) == 2
     assert main(["--model", str(tmp_path / "nope"), "--image", str(image)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", [L.strided(7), L.fixed(7, 2)], ids=repr)
+def test_exact_mask_figure_is_the_layout_and_exports(layout):
+    """The exact N x N mask is drawn as one PNG image: its pixels are the layout's part codes
+    in the part colours, and the exports draw that same picture."""
+    from viz.figures import _part_rgb, mask_figure
+    from viz.layout_view import mask_view
+
+    n = 49
+    codes, tile = mask_view(layout, n)
+    assert tile == 1
+    names = part_names(layout)
+    fig = mask_figure(codes, names, tile, "mask")
+    payload = fig.data[0].source.split(",", 1)[1]
+    rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))).convert("RGB"))
+    palette = _part_rgb(names)  # [parts + 1, 3]
+    decoded = (rgb[:, :, None, :] == palette[None, None]).all(-1).argmax(-1)  # [n, n]
+    np.testing.assert_array_equal(decoded, codes)
+    assert (codes > 0).sum() == layout.nnz(n)
+    item = Exportable("mask", fig, {"mask": codes}, {"layout": repr(layout)})
+    with Image.open(io.BytesIO(export_bytes(item, "png", dpi=96))) as im:
+        drawn = np.asarray(im.convert("RGB"))
+    for color in palette[1:]:  # every part colour reaches the exported picture
+        assert (drawn == color).all(-1).any()
+    assert export_bytes(item, "pdf").startswith(b"%PDF")

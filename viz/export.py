@@ -14,6 +14,7 @@ script tag in HTML, a ``metadata`` entry in NPZ.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import io
 import json
@@ -64,6 +65,16 @@ def _edges(start, step, n):
     return start + step * (np.arange(n + 1) - 0.5)
 
 
+def _image_pixels(trace: go.Image) -> np.ndarray:
+    """uint8 [H, W, 3 or 4] of an image trace, from its data: URI ``source`` or its ``z``."""
+    if trace.source:
+        from PIL import Image
+
+        payload = trace.source.split(",", 1)[1]
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))).convert("RGB"))
+    return np.asarray(trace.z, dtype=np.uint8)
+
+
 def _draw(fig: go.Figure):
     """A matplotlib figure drawing what the plotly figure shows (the trace kinds viz/ uses)."""
     import matplotlib
@@ -78,7 +89,14 @@ def _draw(fig: go.Figure):
     mfig, ax = plt.subplots(figsize=(width, height), dpi=CSS_DPI)
     legend = False
     for tr in fig.data:
-        if isinstance(tr, go.Heatmap):
+        if isinstance(tr, go.Image):  # an RGB picture: a PNG data URI (mask_figure) or z
+            rgb = _image_pixels(tr)
+            ny, nx = rgb.shape[:2]
+            x0, y0 = float(tr.x0 or 0), float(tr.y0 or 0)
+            dx, dy = float(tr.dx or 1), float(tr.dy or 1)
+            extent = (x0 - dx / 2, x0 + dx * (nx - 0.5), y0 + dy * (ny - 0.5), y0 - dy / 2)
+            ax.imshow(rgb, extent=extent, interpolation="nearest", aspect="auto")
+        elif isinstance(tr, go.Heatmap):
             z = np.asarray(tr.z, dtype=float)
             ny, nx = z.shape
             mesh = ax.pcolormesh(

@@ -7,8 +7,12 @@ pixel is how a person picks a query. Rows grow downwards as in the image.
 
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 import plotly.graph_objects as go
+from PIL import Image
 
 # one colour per layout part, the same in every figure
 PART_COLORS = {
@@ -19,12 +23,13 @@ PART_COLORS = {
     "summary": "#d62728",
 }
 NOT_ALLOWED = "#f4f4f4"
+OTHER_PART = "#9467bd"
 QUERY_COLOR = "#000000"
 
 
 def _part_colorscale(names: list[str]) -> list[list]:
     """A discrete colour scale for codes 0..len(names) (0 = not allowed)."""
-    colors = [NOT_ALLOWED] + [PART_COLORS.get(n, "#9467bd") for n in names]
+    colors = [NOT_ALLOWED] + [PART_COLORS.get(n, OTHER_PART) for n in names]
     k = len(colors)
     scale = []
     for i, c in enumerate(colors):
@@ -32,21 +37,29 @@ def _part_colorscale(names: list[str]) -> list[list]:
     return scale
 
 
+def _part_rgb(names: list[str]) -> np.ndarray:
+    """uint8 [len(names) + 1, 3]: the colour of code k (0 = not allowed)."""
+    colors = [NOT_ALLOWED] + [PART_COLORS.get(n, OTHER_PART) for n in names]
+    return np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in colors], dtype=np.uint8)
+
+
+def _png_data_uri(rgb: np.ndarray) -> str:
+    """uint8 [H, W, 3] as a data: URI of a PNG (what go.Image's ``source`` takes)."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> go.Figure:
     """The N x N layout: exact part codes (tile = 1) or pooled density per tile."""
     if tile == 1:
         n = codes.shape[0]
-        # the part as a number in the hover, named in the legend: a per-cell string would
-        # make the figure ~10 MB at N = 1024 and slow every page that draws it
-        key = ", ".join(f"{k} = {name}" for k, name in enumerate(["not allowed", *names]))
+        # drawn as one PNG (a few kB) rather than N^2 heatmap cells (MBs of JSON, seconds of
+        # plotly.js on the first page); the legend names the colours and the hover says where
         fig = go.Figure(
-            go.Heatmap(
-                z=codes,
-                zmin=-0.5,
-                zmax=len(names) + 0.5,
-                colorscale=_part_colorscale(names),
-                hovertemplate=f"query %{{y}}, key %{{x}}: part %{{z}} ({key})<extra></extra>",
-                showscale=False,
+            go.Image(
+                source=_png_data_uri(_part_rgb(names)[codes]),
+                hovertemplate="query %{y}, key %{x}<extra></extra>",
             )
         )
         for name in names:  # a legend for the parts
