@@ -10,11 +10,11 @@ import io
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from browser_util import (
     CHROMIUM,
     FLAGS,
+    ROOT,
     no_exception,
     open_page,
     require_browser,
@@ -112,11 +112,13 @@ def test_complete_upload_and_sample(page, shots):
     open_page(page, "Complete")
     page.get_by_text("upload", exact=True).first.click()
     settle(page)
+    # a real photo-sized upload: a shipped test image, enlarged and in colour
+    with Image.open(ROOT / "assets" / "samples" / "test00016_pullover.png") as im:
+        big = im.convert("RGB").resize((112, 112), Image.NEAREST)
     buf = io.BytesIO()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (60, 40, 3), dtype=np.uint8)).save(buf, format="PNG")
+    big.save(buf, format="PNG")
     page.locator("input[type=file]").first.set_input_files(
-        files=[{"name": "upload.png", "mimeType": "image/png", "buffer": buf.getvalue()}]
+        files=[{"name": "pullover.png", "mimeType": "image/png", "buffer": buf.getvalue()}]
     )
     settle(page)
     no_exception(page)
@@ -124,6 +126,8 @@ def test_complete_upload_and_sample(page, shots):
     settle(page)
     no_exception(page)
     assert page.get_by_role("heading", name="Where the model looked").count() == 1
+    page.get_by_text("4 samples, seed 0").first.scroll_into_view_if_needed()
+    page.mouse.wheel(0, -250)  # the kept image above the samples too
     page.screenshot(path=str(shots / "complete.png"), full_page=True)
 
 
