@@ -5,12 +5,6 @@
 # another session's chart would get a half-initialised module (tests/test_sessions.py saw it).
 import pandas  # noqa: F401
 import streamlit as st
-import torch
-
-# One intra-op thread per script run: sessions already run in parallel threads and a sampling
-# step's ops are tiny, while an OpenMP team of 2 on a busy 2-core machine waits for a descheduled
-# worker at every op (measured: 7.8 ms instead of 0.03 ms per linear layer of a model here).
-torch.set_num_threads(1)
 
 st.set_page_config(page_title="Sparse Transformer Explorer", layout="wide")
 

@@ -6,16 +6,18 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
-import torch
 from PIL import Image
 
 from app_pages import limits
-from models.checkpoint import CheckpointError, load_model
 from models.data import Geometry, ImageInputError, prepare_image, prepare_upload
-from models.model import SparseTransformer
+
+if TYPE_CHECKING:  # torch and the model are imported when a page first needs a model: the
+    # Layouts page draws with numpy and so the app's first page skips torch's import time
+    from models.model import SparseTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = ROOT / "assets" / "samples"
@@ -50,6 +52,8 @@ def model_device() -> str:
     """Where the models run: the GPU when there is one (its attention then goes through the
     Triton kernels), else the CPU; $SPARSE_EXPLORER_DEVICE=cpu keeps them on the CPU. Tokens
     and results stay on the CPU: model.capture and sample move them across."""
+    import torch
+
     if os.environ.get("SPARSE_EXPLORER_DEVICE") == "cpu":
         return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,10 +62,20 @@ def model_device() -> str:
 @st.cache_resource(show_spinner="Loading model...")
 def get_model(path: str) -> SparseTransformer:
     """The model, loaded once for every session of this server (read-only after loading)."""
+    import torch
+
+    from models.checkpoint import load_model
+
+    # One intra-op thread (process-wide): sessions already run in parallel threads and a
+    # sampling step's ops are tiny, while an OpenMP team of 2 on a busy 2-core machine waits for
+    # a descheduled worker at every op (measured: 7.8 ms instead of 0.03 ms per linear layer).
+    torch.set_num_threads(1)
     return load_model(path, device=model_device())
 
 
 def load_or_explain(name: str) -> SparseTransformer | None:
+    from models.checkpoint import CheckpointError
+
     try:
         return get_model(str(models_dir() / name))
     except CheckpointError as e:

@@ -33,11 +33,16 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
-MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+# torch is imported where it is used, not here: the app's first page draws layouts with numpy
+# (the predicates below are plain operators, so they take numpy arrays as well as tensors) and
+# need not pay torch's second of import time
+MaskMod = Callable[..., "Tensor"]
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -92,6 +97,8 @@ class _Tiles:
 
     @staticmethod
     def make(n: int, block: int) -> _Tiles:
+        import torch
+
         starts = torch.arange(0, n, block)
         ends = torch.clamp(starts + block, max=n) - 1
         return _Tiles(
@@ -109,11 +116,15 @@ def _tile_has_multiple(lo: Tensor, hi: Tensor, l: int) -> Tensor:
 
 
 def _ceil_div_t(a: Tensor, b: int) -> Tensor:
+    import torch
+
     return -torch.div(-a, b, rounding_mode="floor")
 
 
 def _count_mod_in(x: Tensor, l: int, lo: Tensor, hi: Tensor) -> Tensor:
     """#{0 <= j < x : lo <= j mod l <= hi}, for x >= 0."""
+    import torch
+
     width = hi - lo + 1
     partial = torch.minimum(torch.clamp(x % l - lo, min=0), width)
     return torch.div(x, l, rounding_mode="floor") * width + partial
@@ -174,6 +185,8 @@ class Layout:
         self, n: int, n_heads: int = 1, device: torch.device | str | None = None
     ) -> Tensor:
         """The full boolean mask, shape [n_heads, n, n]; O(n^2) memory, for small n."""
+        import torch
+
         _check_int("n", n, 1)
         self.check_heads(n_heads)
         h = torch.arange(n_heads, device=device)[:, None, None]
@@ -184,6 +197,8 @@ class Layout:
 
     def part_masks(self, n: int, n_heads: int = 1) -> dict[str, Tensor]:
         """Each part's boolean mask, shape [n_heads, n, n] (parts may overlap)."""
+        import torch
+
         self.check_heads(n_heads)
         h = torch.arange(n_heads)[:, None, None]
         i = torch.arange(n)[None, :, None]
@@ -210,6 +225,8 @@ class Layout:
         ``n_heads`` defaults to the layout's period (1 for layouts that are the same in every
         head). The last tile row/column is partial when block does not divide n.
         """
+        import torch
+
         _check_int("n", n, 1)
         _check_int("block", block, 1)
         n_heads = self.period if n_heads is None else n_heads
@@ -349,6 +366,8 @@ class Fixed(Layout):
         return _sum_mod(n, self.l) + n + self.c * _sum_floor(n, self.l)
 
     def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
+        import torch
+
         l = self.l
         # block part: the tiles share a block and some j <= i inside it. Checking the largest
         # shared block b = min(qe // l, ke // l) suffices: if b == qe // l, i can be qe and any
@@ -394,7 +413,8 @@ class MultiHead(Layout):
 
         def part_of(name: str) -> MaskMod:
             def mod(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
-                out = torch.zeros((), dtype=torch.bool, device=q.device)
+
+                out = q != q  # all False, as a tensor or an array like q
                 for idx, pattern in enumerate(self.patterns):
                     sub = pattern.parts().get(name)
                     if sub is not None:
@@ -409,6 +429,8 @@ class MultiHead(Layout):
         return self.patterns[h % len(self.patterns)]._nnz_head(n, 0)
 
     def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
+        import torch
+
         p = len(self.patterns)
         out = torch.zeros((), dtype=torch.bool)
         for idx, pattern in enumerate(self.patterns):
@@ -431,11 +453,15 @@ def _column_mod(l: int) -> MaskMod:
 
 
 def _local_tiles(t: _Tiles, l: int) -> Tensor:
+    import torch
+
     lo = torch.clamp(t.qs - t.ke, min=0)
     return t.causal & (lo <= torch.clamp(t.qe - t.ks, max=l - 1))
 
 
 def _column_tiles(t: _Tiles, l: int) -> Tensor:
+    import torch
+
     lo = torch.clamp(t.qs - t.ke, min=0)
     return t.causal & _tile_has_multiple(lo, t.qe - t.ks, l)
 

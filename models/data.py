@@ -22,17 +22,29 @@ import gzip
 import io
 import pickle
 import struct
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 # -----------------------------------------------------------------------------
 # geometry and token <-> image conversion
+
+
+def _is_tensor(x: object) -> bool:
+    """isinstance(x, torch.Tensor) without importing torch: no tensor exists unless torch was
+    imported. This module imports torch only where it makes tensors, so the app's first page
+    (which needs Geometry and token_coords, not tensors) does not pay torch's import time."""
+    # getattr: another thread may be half-way through importing torch (sessions are threads)
+    tensor_type = getattr(sys.modules.get("torch"), "Tensor", None)
+    return tensor_type is not None and isinstance(x, tensor_type)
 
 
 class Geometry(NamedTuple):
@@ -64,6 +76,8 @@ def image_to_tokens(image: np.ndarray) -> torch.Tensor:
         image = image[:, :, None]
     if image.ndim != 3:
         raise ValueError(f"expected an image of shape [H, W, C] or [H, W], got {image.shape}")
+    import torch
+
     return torch.from_numpy(image.reshape(-1).astype(np.int64))
 
 
@@ -75,6 +89,8 @@ def images_to_tokens(images: np.ndarray) -> torch.Tensor:
         raise ValueError(f"expected dtype uint8, got {images.dtype}")
     if images.ndim != 4:
         raise ValueError(f"expected a batch of shape [B, H, W, C], got {images.shape}")
+    import torch
+
     return torch.from_numpy(images.reshape(images.shape[0], -1).astype(np.int64))
 
 
@@ -84,7 +100,7 @@ def tokens_to_image(tokens: torch.Tensor | np.ndarray, geometry: Geometry) -> np
     Values outside 0..255 are an error rather than being wrapped or clipped, because they mean a
     bug upstream (e.g. a sampler emitting the wrong vocabulary) that silent casting would hide.
     """
-    if isinstance(tokens, torch.Tensor):
+    if _is_tensor(tokens):
         arr = tokens.detach().cpu().numpy()
     else:
         arr = np.asarray(tokens)
@@ -109,15 +125,15 @@ def token_coords(i: Any, geometry: Geometry) -> tuple[Any, Any, Any]:
     Used to label attention patterns and to map a token back onto the pixel it describes.
     """
     n, w, c = geometry.n_tokens, geometry.width, geometry.channels
-    if isinstance(i, (np.ndarray, torch.Tensor)):
+    if isinstance(i, np.ndarray) or _is_tensor(i):
         is_int = (
-            not i.is_floating_point() and not i.is_complex() and i.dtype != torch.bool
-            if isinstance(i, torch.Tensor)
+            not i.is_floating_point() and not i.is_complex() and str(i.dtype) != "torch.bool"
+            if _is_tensor(i)
             else np.issubdtype(i.dtype, np.integer)
         )
         if not is_int:
             raise ValueError(f"token indices must be integers, got dtype {i.dtype}")
-        if i.numel() if isinstance(i, torch.Tensor) else i.size:
+        if i.numel() if _is_tensor(i) else i.size:
             lo, hi = int(i.min()), int(i.max())
             if lo < 0 or hi >= n:
                 raise IndexError(f"token index out of range 0..{n - 1}: got {lo}..{hi}")

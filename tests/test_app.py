@@ -370,3 +370,28 @@ def test_complete_cancel_then_new_upload(tmp_path, monkeypatch):
     samples = job["results"]["dense"]
     assert (samples[:, :27] == 200).all()  # the kept rows are the new image's
     assert not at.warning
+
+
+def test_first_page_draws_layouts_without_importing_torch():
+    """The Layouts page (the app's first) imports no torch: its import is about a second of the
+    first page's time (docs/BENCHMARKS.md). Run in a fresh interpreter, as a server starts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        "at = AppTest.from_file('app.py', default_timeout=60).run()\n"
+        "assert not at.exception, at.exception\n"
+        "assert at.get('plotly_chart'), 'the Layouts page drew no chart'\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -7,7 +7,6 @@ a pair in two parts gets the first), so one colour map draws every layout.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from kernels.layouts import Layout
 from models.data import Geometry, token_coords
@@ -20,15 +19,17 @@ def part_names(layout: Layout) -> list[str]:
     return list(layout.parts())
 
 
-def part_codes(layout: Layout, queries: torch.Tensor, n: int, head: int = 0) -> np.ndarray:
-    """Part code of every (query, key) pair: int8 [Q, n]."""
-    h = torch.tensor(head)
-    j = torch.arange(n)[None, :]
-    codes = torch.zeros(len(queries), n, dtype=torch.int8)
+def part_codes(layout: Layout, queries: np.ndarray, n: int, head: int = 0) -> np.ndarray:
+    """Part code of every (query, key) pair: int8 [Q, n]. The layouts' predicates are plain
+    integer operators, so numpy evaluates them (no torch needed to draw a layout)."""
+    queries = np.asarray(queries, dtype=np.int64)
+    h = np.int64(head)
+    j = np.arange(n, dtype=np.int64)[None, :]
+    codes = np.zeros((len(queries), n), dtype=np.int8)
     for k, part in enumerate(layout.parts().values(), start=1):
-        m = part(torch.tensor(0), h, queries[:, None], j)
+        m = np.broadcast_to(part(np.int64(0), h, queries[:, None], j), codes.shape)
         codes[(codes == 0) & m] = k
-    return codes.numpy()
+    return codes
 
 
 def mask_view(layout: Layout, n: int, head: int = 0, max_cells: int = MAX_EXACT_CELLS):
@@ -36,12 +37,12 @@ def mask_view(layout: Layout, n: int, head: int = 0, max_cells: int = MAX_EXACT_
     [n, n], or the tile size P for a pooled view of allowed-pair density per P x P tile,
     computed row block by row block so memory stays O(P * n)."""
     if n <= max_cells:
-        return part_codes(layout, torch.arange(n), n, head), 1
+        return part_codes(layout, np.arange(n), n, head), 1
     tile = -(-n // MAX_TILES)
     nb = -(-n // tile)
     density = np.zeros((nb, nb), dtype=np.float32)
     for a in range(nb):
-        rows = torch.arange(a * tile, min((a + 1) * tile, n))
+        rows = np.arange(a * tile, min((a + 1) * tile, n))
         allowed = part_codes(layout, rows, n, head) > 0  # [tile, n]
         padded = np.zeros((len(rows), nb * tile), dtype=bool)
         padded[:, :n] = allowed
@@ -60,7 +61,7 @@ def pixel_view(
     n = geometry.n_tokens
     if not 0 <= query < n:
         raise ValueError(f"query token {query} is outside 0..{n - 1}")
-    codes = part_codes(layout, torch.tensor([query]), n, head)[0]  # [n]
+    codes = part_codes(layout, np.array([query]), n, head)[0]  # [n]
     _, _, ch = token_coords(query, geometry)
     ch = ch if key_channel is None else key_channel
     return codes.reshape(geometry.height, geometry.width, geometry.channels)[:, :, ch]
