@@ -1,7 +1,5 @@
 """Sparse attention: layouts, the exact reference, and the backend dispatch the model calls."""
 
-from importlib import import_module
-
 from kernels.layouts import (
     LAYOUT_NAMES,
     Layout,
@@ -14,6 +12,7 @@ from kernels.layouts import (
     parse_layout,
     strided,
 )
+from kernels.lazy import lazy_exports
 
 # what needs torch is imported on first use: `from kernels import layouts` (the app's first page)
 # then costs no torch import
@@ -28,16 +27,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = import_module(_LAZY[name])
-        # bind every name from that module now; this also puts the function `attention` back
-        # over the submodule `kernels.attention` that the import just set as an attribute
-        for key, source in _LAZY.items():
-            if source == module.__name__:
-                globals()[key] = getattr(module, key)
-        return globals()[name]
-    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+__getattr__ = lazy_exports(globals(), _LAZY)
 
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The Sparse Transformer model, its checkpoints and its data."""
 
-from importlib import import_module
+from kernels.lazy import lazy_exports
 
 # imported on first use, so that `from models.data import Geometry` does not import torch
 _LAZY = {
@@ -15,16 +15,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = import_module(_LAZY[name])
-        # bind every name from that module now; this also puts the function `attention` back
-        # over the submodule `kernels.attention` that the import just set as an attribute
-        for key, source in _LAZY.items():
-            if source == module.__name__:
-                globals()[key] = getattr(module, key)
-        return globals()[name]
-    raise AttributeError(f"module 'models' has no attribute {name!r}")
+__getattr__ = lazy_exports(globals(), _LAZY)
 
 
 __all__ = [
