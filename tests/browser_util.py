@@ -65,14 +65,9 @@ class Server:
         return 0.0
 
 
-@contextlib.contextmanager
-def streamlit_server(env: dict[str, str] | None = None) -> Iterator[Server]:
-    """`streamlit run app.py` on a free port until the block ends.
-
-    ``env`` is added to this process's environment (e.g. SPARSE_EXPLORER_MODELS).
-    """
-    port = free_port()
-    cmd = [
+def streamlit_command(port: int) -> list[str]:
+    """`streamlit run app.py` on 127.0.0.1:port, as the tests and scripts/bench_app.py start it."""
+    return [
         sys.executable,
         "-m",
         "streamlit",
@@ -91,6 +86,16 @@ def streamlit_server(env: dict[str, str] | None = None) -> Iterator[Server]:
         "--server.fileWatcherType",
         "none",
     ]
+
+
+@contextlib.contextmanager
+def streamlit_server(env: dict[str, str] | None = None) -> Iterator[Server]:
+    """`streamlit run app.py` on a free port until the block ends.
+
+    ``env`` is added to this process's environment (e.g. SPARSE_EXPLORER_MODELS).
+    """
+    port = free_port()
+    cmd = streamlit_command(port)
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
         with log.open("wb") as out:
