@@ -218,3 +218,36 @@ def test_density_of_image_layouts() -> None:
     assert L.strided(28).density(n) == pytest.approx(L.strided(28).nnz(n) / dense_pairs)
     assert 0.05 < L.strided(28).density(n) < 0.15  # about a tenth of dense at 784 tokens
     assert L.dense().density(n) == 1.0
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "import kernels",
+        "from kernels import BACKENDS",
+        "from kernels import layouts",
+        "import models.model",
+        "from kernels import sparse_attention",
+    ],
+)
+def test_lazy_exports_give_the_attention_function(first):
+    """kernels and models export their torch-backed names lazily (kernels/lazy.py); whatever
+    is imported first, `kernels.attention` is then the function, not the submodule of the same
+    name, as when everything was imported eagerly."""
+    import subprocess
+    import sys
+
+    code = (
+        f"{first}\n"
+        "import inspect, kernels\n"
+        "from kernels import attention\n"
+        "assert inspect.isfunction(attention), attention\n"
+        "assert inspect.isfunction(kernels.attention), kernels.attention\n"
+        "from models import ModelConfig, load_model\n"
+        "assert callable(load_model) and isinstance(ModelConfig, type)\n"
+    )
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
