@@ -5,13 +5,12 @@ import streamlit as st
 import torch
 
 from app_pages.common import (
+    choose_model,
     export_panel,
     get_model,
     image_key,
-    load_or_explain,
     models_dir,
     pick_image,
-    require_model_names,
     show_image,
 )
 from kernels.layouts import parse_layout
@@ -36,13 +35,9 @@ for key, default in {
 }.items():
     st.session_state.setdefault(key, default)
 
-names = require_model_names()
 left, right = st.columns([1, 2])
 with left:
-    model_name = st.selectbox("Model", names, key="att_model")
-    model = load_or_explain(model_name)
-    if model is None:
-        st.stop()
+    model_name, model = choose_model("att_model")
     geometry = model.config.geometry
     picked = pick_image("att", geometry)
 if picked is None:

@@ -73,6 +73,16 @@ def get_model(path: str) -> SparseTransformer:
     return load_model(path, device=model_device())
 
 
+def choose_model(key: str, where=st) -> tuple[str, SparseTransformer]:
+    """A model picker (in ``where``: st, a column...) and its loaded model; a model that cannot
+    be loaded is explained and ends this page's run."""
+    name = where.selectbox("Model", require_model_names(), key=key)
+    model = load_or_explain(name)
+    if model is None:
+        st.stop()
+    return name, model
+
+
 def load_or_explain(name: str) -> SparseTransformer | None:
     from models.checkpoint import CheckpointError
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_pages.common import load_or_explain, pick_image, require_model_names
+from app_pages.common import choose_model, pick_image
 from viz.export import FORMATS, export_bytes, model_items, zip_bytes
 
 st.title("Export")
@@ -14,11 +14,7 @@ st.caption(
     "Each page also has its own export button. The same batch runs from the command line: "
     "python -m viz.export."
 )
-names = require_model_names()
-model_name = st.selectbox("Model", names, key="exp_model")
-model = load_or_explain(model_name)
-if model is None:
-    st.stop()
+model_name, model = choose_model("exp_model")
 g = model.config.geometry
 picked = pick_image("exp", g)
 if picked is None:

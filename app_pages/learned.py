@@ -5,13 +5,12 @@ import streamlit as st
 import torch
 
 from app_pages.common import (
+    choose_model,
     export_panel,
     get_model,
     image_key,
-    load_or_explain,
     models_dir,
     pick_image,
-    require_model_names,
 )
 from kernels.layouts import parse_layout
 from models.data import DatasetError, image_to_tokens
@@ -27,12 +26,8 @@ st.caption(
     "strided and fixed allow, with the head's type. Use the dense model: a sparse model puts "
     "no weight outside its own layout."
 )
-names = require_model_names()
 c1, c2 = st.columns(2)
-model_name = c1.selectbox("Model", names, key="lvp_model")
-model = load_or_explain(model_name)
-if model is None:
-    st.stop()
+model_name, model = choose_model("lvp_model", c1)
 over = c2.radio("Measure on", ["one image", "many test images"], horizontal=True, key="lvp_over")
 if over == "one image":
     picked = pick_image("lvp", model.config.geometry)

@@ -19,6 +19,25 @@ from kernels.triton_strided import band_column_forward  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def assert_within_low_precision_error(q, k, v, dout, layout, ref_dtype) -> None:
+    """flash-attention's rule for fp16/bf16: the kernel's output and gradients are no further
+    from a ``ref_dtype`` reference than twice the plain PyTorch reference in the inputs' own
+    dtype is (plus 1e-3)."""
+    from kernels import sparse_attention
+
+    out = sparse_attention(q, k, v, layout, backend="triton")
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    low = reference_attention(q, k, v, layout).out
+    low_grads = torch.autograd.grad(low, (q, k, v), dout)
+    up = [t.to(ref_dtype) for t in (q, k, v)]
+    ref = reference_attention(*up, layout).out
+    ref_grads = torch.autograd.grad(ref, up, dout.to(ref_dtype))
+    for got, pt, want in zip((out, *grads), (low, *low_grads), (ref, *ref_grads), strict=True):
+        err = (got.to(ref_dtype) - want).abs().max()
+        budget = 2 * (pt.to(ref_dtype) - want).abs().max() + 1e-3
+        assert err <= budget, (float(err), float(budget))
+
+
 @pytest.mark.parametrize(("n", "l", "d"), [(50, 7, 16), (37, 5, 32), (64, 16, 16), (33, 40, 16)])
 @pytest.mark.parametrize("kind", ["strided", "local", "column", "dense"])
 def test_forward_matches_reference(n, l, d, kind):
@@ -124,23 +143,13 @@ LOW = [torch.float16] + ([torch.bfloat16] if torch.cuda.is_available() else [])
 def test_low_precision_within_the_references_own_error(dtype, layout):
     """flash-attention's rule: |out - ref| <= 2 |out_pt - ref| + atol, where ref is float64 and
     out_pt is the plain PyTorch reference run in the same low precision."""
-    from kernels import sparse_attention
 
     g = torch.Generator().manual_seed(7)
     q, k, v = (
         torch.randn(1, 2, 45, 32, generator=g).to(DEVICE, dtype).requires_grad_() for _ in range(3)
     )
     dout = torch.randn(1, 2, 45, 32, generator=g).to(DEVICE, dtype)
-    out = sparse_attention(q, k, v, layout, backend="triton")
-    grads = torch.autograd.grad(out, (q, k, v), dout)
-    low = reference_attention(q, k, v, layout).out
-    low_grads = torch.autograd.grad(low, (q, k, v), dout)
-    ref = reference_attention(q.double(), k.double(), v.double(), layout).out
-    ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
-    for got, pt, want in zip((out, *grads), (low, *low_grads), (ref, *ref_grads), strict=True):
-        err = (got.double() - want).abs().max()
-        budget = 2 * (pt.double() - want).abs().max() + 1e-3
-        assert err <= budget, (float(err), float(budget))
+    assert_within_low_precision_error(q, k, v, dout, layout, torch.float64)
 
 
 @pytest.mark.parametrize(
@@ -179,22 +188,13 @@ def test_capture_forms_from_the_kernels_equal_the_reference(layout):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("d", [32, 64, 128])
 def test_real_sizes_on_gpu(layout, dtype, d):
-    from kernels import sparse_attention
 
     n = 4096 - 7  # not a multiple of the block or of l
     q, k, v = (
         torch.randn(1, 4, n, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3)
     )
     dout = torch.randn_like(q)
-    out = sparse_attention(q, k, v, layout, backend="triton")
-    grads = torch.autograd.grad(out, (q, k, v), dout)
-    low = reference_attention(q, k, v, layout).out
-    low_grads = torch.autograd.grad(low, (q, k, v), dout)
-    ref = reference_attention(q.float(), k.float(), v.float(), layout).out
-    ref_grads = torch.autograd.grad(ref, (q, k, v), dout.float())
-    for got, pt, want in zip((out, *grads), (low, *low_grads), (ref, *ref_grads), strict=True):
-        err = (got.float() - want).abs().max()
-        assert err <= 2 * (pt.float() - want).abs().max() + 1e-3
+    assert_within_low_precision_error(q, k, v, dout, layout, torch.float32)
 
 
 @pytest.mark.parametrize("d", [64, 128])
