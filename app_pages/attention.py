@@ -13,12 +13,11 @@ from app_pages.common import (
     pick_image,
     show_image,
 )
-from kernels.layouts import parse_layout
-from models.data import image_to_tokens, token_coords
-from models.train import layout_spec
+from kernels.layouts import image_layout_spec, parse_layout
+from models.tokens import image_to_tokens, pixel_to_token, token_coords
 from viz.export import Exportable, model_items, safe_name
 from viz.figures import attention_map_figure, clicked_pixel, head_grid_figure, pixel_grid_figure
-from viz.layout_view import pixel_to_token, pixel_view
+from viz.layout_view import pixel_view
 
 st.title("Attention per layer and head")
 st.caption(
@@ -90,7 +89,10 @@ with right:
     own = repr(model.layouts[layer])
     outline_choices = ["none", own] + [
         s
-        for s in (layout_spec("strided", model.config), layout_spec("fixed", model.config))
+        for s in (
+            image_layout_spec("strided", model.config.row_stride, model.config.block_size),
+            image_layout_spec("fixed", model.config.row_stride, model.config.block_size),
+        )
         if s != own
     ]
     outline_spec = c3.selectbox("Outline a layout", outline_choices, key="att_outline")

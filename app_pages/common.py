@@ -13,7 +13,8 @@ import streamlit as st
 from PIL import Image
 
 from app_pages import limits
-from models.data import Geometry, ImageInputError, prepare_image, prepare_upload
+from models.tokens import Geometry
+from models.uploads import ImageInputError, prepare_image, prepare_upload
 
 if TYPE_CHECKING:  # torch and the model are imported when a page first needs a model: the
     # Layouts page draws with numpy and so the app's first page skips torch's import time

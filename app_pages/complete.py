@@ -22,9 +22,9 @@ from app_pages.common import (
     require_model_names,
     show_image,
 )
-from models.complete import HIDDEN_GRAY, complete, hidden_view, keep_mask
-from models.data import image_to_tokens, tokens_to_image
+from models.completion import HIDDEN_GRAY, complete, hidden_view, keep_mask
 from models.sampling import SamplingCancelled
+from models.tokens import image_to_tokens, tokens_to_image
 from viz.export import Exportable, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid

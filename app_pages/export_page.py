@@ -12,7 +12,7 @@ st.caption(
     "SVG, PDF (drawn without a browser), interactive HTML, and the arrays behind them as NPZ. "
     "Metadata (model, layout, layer, head, query pixel, image hash) is inside every file. "
     "Each page also has its own export button. The same batch runs from the command line: "
-    "python -m viz.export."
+    "python -m tools.export."
 )
 model_name, model = choose_model("exp_model")
 g = model.config.geometry

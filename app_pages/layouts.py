@@ -5,10 +5,10 @@ import streamlit as st
 
 from app_pages.common import export_panel
 from kernels import layouts as L
-from models.data import Geometry
+from models.tokens import Geometry, pixel_to_token
 from viz.export import Exportable, safe_name
 from viz.figures import clicked_pixel, layout_pixel_figure, mask_figure
-from viz.layout_view import mask_view, part_names, pixel_to_token, pixel_view
+from viz.layout_view import mask_view, part_names, pixel_view
 
 GEOMETRIES = {
     "28x28 gray (Fashion-MNIST)": Geometry(28, 28, 1),

@@ -4,6 +4,7 @@ import numpy as np
 import streamlit as st
 import torch
 
+from analysis.learned import analyze_model, layout_search, pick_images, search_candidates
 from app_pages.common import (
     choose_model,
     export_panel,
@@ -12,10 +13,9 @@ from app_pages.common import (
     models_dir,
     pick_image,
 )
-from kernels.layouts import parse_layout
-from models.data import DatasetError, image_to_tokens
-from models.train import layout_spec
-from viz.analyze import analyze_model, layout_search, pick_images, search_candidates
+from kernels.layouts import image_layout_spec, parse_layout
+from models.datasets import DatasetError
+from models.tokens import image_to_tokens
 from viz.export import Exportable, safe_name
 from viz.figures import coverage_figure, search_figure
 
@@ -61,7 +61,10 @@ def _table_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
-specs = [layout_spec("strided", model.config), layout_spec("fixed", model.config)]
+specs = [
+    image_layout_spec("strided", model.config.row_stride, model.config.block_size),
+    image_layout_spec("fixed", model.config.row_stride, model.config.block_size),
+]
 meta = {"model": model_name, "images": int(len(tokens)), "image_set_sha1": set_key}
 figures = []
 cols = st.columns(2)

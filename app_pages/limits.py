@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from numbers import Real
 
-from models.data import MAX_IMAGE_PIXELS  # noqa: F401 - checked from the header by prepare_upload
+from models.uploads import MAX_IMAGE_PIXELS  # noqa: F401 - checked from the header by prepare_upload
 
 MAX_UPLOAD_MB = 20  # = server.maxUploadSize in .streamlit/config.toml (a test checks they agree)
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 2**20

@@ -17,10 +17,10 @@ from kernels.lazy import lazy_exports
 # what needs torch is imported on first use: `from kernels import layouts` (the app's first page)
 # then costs no torch import
 _LAZY = {
-    "BACKENDS": "kernels.attention",
-    "attention": "kernels.attention",
-    "resolve_backend": "kernels.attention",
-    "use_backend": "kernels.attention",
+    "BACKENDS": "kernels.dispatch",
+    "attention": "kernels.dispatch",
+    "resolve_backend": "kernels.dispatch",
+    "use_backend": "kernels.dispatch",
     "AttentionResult": "kernels.reference",
     "reference_attention": "kernels.reference",
     "sparse_attention": "kernels.sparse",

@@ -150,7 +150,7 @@ def capture_full(
         )
     fused = _triton_lse(q, k, layout, scale, backend)
     if fused is not None:
-        from kernels.triton_capture import triton_rows
+        from kernels.triton.capture import triton_rows
 
         return FullMap(triton_rows(q, k, fused[0], layout, torch.arange(N), fused[1]))
     return FullMap(torch.cat([p for _, p in _row_blocks(q, k, layout, scale, ROW_BLOCK)], dim=2))
@@ -170,7 +170,7 @@ def capture_rows(
         raise ValueError(f"query positions must be in 0..{N - 1}, got {queries.tolist()}")
     fused = _triton_lse(q, k, layout, scale, backend)
     if fused is not None:
-        from kernels.triton_capture import triton_rows
+        from kernels.triton.capture import triton_rows
 
         return Rows(queries, triton_rows(q, k, fused[0], layout, queries, fused[1]))
     return Rows(queries, row_probs(q, k, layout, queries, scale))
@@ -189,7 +189,7 @@ def capture_pooled(
     B, H, N, _ = q.shape
     fused = _triton_lse(q, k, layout, scale, backend)
     if fused is not None:
-        from kernels.triton_capture import triton_pooled
+        from kernels.triton.capture import triton_pooled
 
         return PooledMap(block, N, *triton_pooled(q, k, fused[0], layout, block, fused[1]))
     nb = -(-N // block)
@@ -249,7 +249,7 @@ def capture_sparse(
     rows_of = torch.repeat_interleave(torch.arange(N), indptr.diff())  # [nnz]
     fused = _triton_lse(q, k, layout, scale, backend)
     if fused is not None:
-        from kernels.triton_capture import triton_sparse
+        from kernels.triton.capture import triton_sparse
 
         values = triton_sparse(q, k, fused[0], layout, indptr, indices, fused[1])
     else:

@@ -560,6 +560,26 @@ def _build(node: ast.expr, spec: str) -> Layout:
         raise ValueError(f"bad arguments in layout spec {spec!r} ({e}); {_SPEC_HELP}") from None
 
 
+def image_layout_spec(name: str, row_stride: int, n_tokens: int) -> str:
+    """The image layouts by name, with l = one image row: "strided" -> strided(l=row),
+    "fixed" -> fixed(l=row, c), "dense" -> dense(); any other name is returned as a spec.
+
+    fixed's c is the smallest that gives fixed at least strided's density over ``n_tokens``, so
+    both layouts get the same attention budget: c = 2 on 28x28 gray (41.5 vs 41.0 keys per query).
+    """
+    if name == "strided":
+        return f"strided(l={row_stride})"
+    if name == "fixed":
+        target = strided(row_stride).density(n_tokens)
+        c = next(
+            c for c in range(1, row_stride + 1) if fixed(row_stride, c).density(n_tokens) >= target
+        )
+        return f"fixed(l={row_stride}, c={c})"
+    if name == "dense":
+        return "dense()"
+    return name
+
+
 def interleaved(patterns: Sequence[str | Layout], n_layers: int) -> tuple[Layout, ...]:
     """Per-layer layouts where layer r uses patterns[r mod p] (the paper's Eq. 6).
 

@@ -1,6 +1,6 @@
 """Package attributes imported on first use (PEP 562), for names whose modules import torch.
 
-`from kernels import layouts` and `from models.data import Geometry` are all the app's first page
+`from kernels import layouts` and `from models.tokens import Geometry` are all the app's first page
 needs; importing torch for them would cost it a second (docs/BENCHMARKS.md).
 """
 
@@ -16,7 +16,7 @@ def lazy_exports(namespace: dict[str, Any], sources: dict[str, str]) -> Callable
     and binds every name that module provides into ``namespace`` (the package's globals()).
 
     Binding them all at once also restores a function that shares its module's name
-    (``kernels.attention``): importing the submodule sets the package attribute to the module.
+    (``kernels.dispatch``): importing the submodule sets the package attribute to the module.
     """
 
     def __getattr__(name: str) -> Any:

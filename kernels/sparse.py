@@ -118,8 +118,8 @@ def sparse_attention(
     if resolve(q, layout, backend) == "reference":
         res = reference_attention(q, k, v, layout, scale=scale, return_lse=return_lse)
         return (res.out, res.lse) if return_lse else res.out
-    from kernels.triton_fixed import FixedAttention
-    from kernels.triton_strided import BandColumnAttention
+    from kernels.triton.band_column import BandColumnAttention
+    from kernels.triton.fixed import FixedAttention
 
     kind, a, b, c, columns = kernel_params(layout, q.shape[2])
     if kind == FIXED:

@@ -2,7 +2,7 @@
 
 from kernels.lazy import lazy_exports
 
-# imported on first use, so that `from models.data import Geometry` does not import torch
+# imported on first use, so that `from models.tokens import Geometry` does not import torch
 _LAZY = {
     "CheckpointError": "models.checkpoint",
     "load_config": "models.checkpoint",

@@ -5,7 +5,7 @@ An image is a sequence of 8-bit tokens in raster order with the channels interle
 position i is the token i-1 (a learned start vector at position 0) plus factorized row + column +
 channel position embeddings, so ``logits[:, i]`` is the distribution of token i given tokens < i.
 Every layer has its own attention layout (kernels/layouts.py); all attention goes through
-``kernels.attention``, which picks the backend.
+``kernels.attention`` (kernels/dispatch.py), which picks the backend.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import Tensor
 from kernels import BACKENDS, Layout, attention, parse_layout
 from kernels.capture import FORMS, CaptureForm, capture, row_probs, to_device
 from kernels.decode import decode_attention
-from models.data import Geometry, token_coords
+from models.tokens import Geometry, token_coords
 
 VOCAB_SIZE = 256  # 8-bit pixel values
 

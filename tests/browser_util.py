@@ -66,7 +66,7 @@ class Server:
 
 
 def streamlit_command(port: int) -> list[str]:
-    """`streamlit run app.py` on 127.0.0.1:port, as the tests and scripts/bench_app.py start it."""
+    """`streamlit run app.py` on 127.0.0.1:port, as the tests and tools/bench_app.py start it."""
     return [
         sys.executable,
         "-m",

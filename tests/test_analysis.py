@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.learned import analyze_model, layout_search
+from analysis.metrics import aggregate, default_queries, head_metrics, head_type
 from kernels import layouts as L
 from models import ModelConfig, SparseTransformer, save_model
-from models.data import Geometry
-from viz.analysis import aggregate, default_queries, head_metrics, head_type
-from viz.analyze import analyze_model, layout_search, main
+from models.tokens import Geometry
+from tools.analyze import main
 
 G = Geometry(8, 10, 1)  # 80 tokens, one row = 10
 N = G.n_tokens

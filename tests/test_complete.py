@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from models import ModelConfig, SparseTransformer, save_model
-from models.complete import complete, keep_mask, main
-from models.data import Geometry
+from models.completion import complete, keep_mask
+from models.tokens import Geometry
+from tools.complete import main
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 
 from kernels import layouts as L
 from kernels import reference_attention
-from kernels.composed import composed, flex_exact, merge
+from tools.flex_anchors import composed, flex_exact, merge
 
 
 @pytest.mark.parametrize(

@@ -18,16 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from models import data
-from models.data import (
-    DatasetError,
-    Geometry,
-    ImageInputError,
-    image_to_tokens,
-    images_to_tokens,
-    token_coords,
-    tokens_to_image,
-)
+from models import datasets, uploads
+from models.datasets import DatasetError
+from models.tokens import Geometry, image_to_tokens, images_to_tokens, token_coords, tokens_to_image
+from models.uploads import ImageInputError
 
 rng = np.random.default_rng(0)
 
@@ -163,20 +157,23 @@ def test_fashion_mnist_roundtrip(tmp_path, gz):
     images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
     labels = np.array([0, 9, 3, 3, 7], dtype=np.uint8)
     write_fmnist(tmp_path, images, labels, gz=gz)
-    x, y = data.load_fashion_mnist("train", root=tmp_path)
+    x, y = datasets.load_fashion_mnist("train", root=tmp_path)
     assert x.dtype == np.uint8 and x.shape == (5, 28, 28, 1)
     np.testing.assert_array_equal(x[..., 0], images)
     np.testing.assert_array_equal(y, labels)
-    assert len(data.FASHION_MNIST_CLASSES) == 10 and data.FASHION_MNIST_CLASSES[9] == "Ankle boot"
+    assert (
+        len(datasets.FASHION_MNIST_CLASSES) == 10
+        and datasets.FASHION_MNIST_CLASSES[9] == "Ankle boot"
+    )
 
 
 def test_fashion_mnist_test_split_reads_t10k(tmp_path):
     images = rng.integers(0, 256, size=(2, 28, 28), dtype=np.uint8)
     write_fmnist(tmp_path, images, np.array([1, 2], dtype=np.uint8), prefix="t10k")
-    x, _ = data.load_fashion_mnist("test", root=tmp_path)
+    x, _ = datasets.load_fashion_mnist("test", root=tmp_path)
     np.testing.assert_array_equal(x[..., 0], images)
     with pytest.raises(DatasetError, match="apt-get install -y dataset-fashion-mnist"):
-        data.load_fashion_mnist("train", root=tmp_path)
+        datasets.load_fashion_mnist("train", root=tmp_path)
 
 
 def test_load_idx_errors(tmp_path):
@@ -194,24 +191,24 @@ def test_load_idx_errors(tmp_path):
             p = tmp_path / (name + (".gz" if gz else ""))
             p.write_bytes(gzip.compress(raw) if gz else raw)
             with pytest.raises(DatasetError, match=name):
-                data.load_idx(p)
+                datasets.load_idx(p)
     (tmp_path / "broken.gz").write_bytes(gzip.compress(good)[:-10])
     with pytest.raises(DatasetError, match="broken.gz"):
-        data.load_idx(tmp_path / "broken.gz")
+        datasets.load_idx(tmp_path / "broken.gz")
     with pytest.raises(DatasetError, match="missing"):
-        data.load_idx(tmp_path / "missing")
+        datasets.load_idx(tmp_path / "missing")
 
 
 def test_fashion_mnist_count_mismatch(tmp_path):
     images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
     write_fmnist(tmp_path, images, np.zeros(4, dtype=np.uint8))
     with pytest.raises(DatasetError, match="5 images"):
-        data.load_fashion_mnist("train", root=tmp_path)
+        datasets.load_fashion_mnist("train", root=tmp_path)
 
 
 def test_fashion_mnist_missing_folder(tmp_path):
     with pytest.raises(DatasetError) as err:
-        data.load_fashion_mnist("train", root=tmp_path / "nope")
+        datasets.load_fashion_mnist("train", root=tmp_path / "nope")
     assert "apt-get install -y dataset-fashion-mnist" in str(err.value)
     assert str(tmp_path / "nope") in str(err.value)
     assert issubclass(DatasetError, ValueError)
@@ -258,13 +255,13 @@ def test_cifar_binary_and_python_agree(tmp_path):
     bin_dir = tmp_path / "bin" / "cifar-10-batches-bin"
     bin_dir.mkdir(parents=True)
     write_cifar_bin(bin_dir / "test_batch.bin", planar, labels)
-    check_cifar(*data.load_cifar10(tmp_path / "bin", "test"), planar, labels)
+    check_cifar(*datasets.load_cifar10(tmp_path / "bin", "test"), planar, labels)
     for protocol in (2, pickle.DEFAULT_PROTOCOL, 5):
         py_dir = tmp_path / f"py{protocol}" / "cifar-10-batches-py"
         py_dir.mkdir(parents=True)
         write_cifar_py(py_dir / "test_batch", planar, labels, protocol)
-        check_cifar(*data.load_cifar10(py_dir.parent, "test"), planar, labels)
-        check_cifar(*data.load_cifar10(py_dir, "test"), planar, labels)  # folder itself
+        check_cifar(*datasets.load_cifar10(py_dir.parent, "test"), planar, labels)
+        check_cifar(*datasets.load_cifar10(py_dir, "test"), planar, labels)  # folder itself
 
 
 def test_cifar_train_concatenates_batches(tmp_path):
@@ -272,11 +269,11 @@ def test_cifar_train_concatenates_batches(tmp_path):
     p2, l2 = cifar_planar(2)
     write_cifar_bin(tmp_path / "data_batch_1.bin", p1, l1)
     write_cifar_bin(tmp_path / "data_batch_2.bin", p2, l2)
-    images, labels = data.load_cifar10(tmp_path)
+    images, labels = datasets.load_cifar10(tmp_path)
     assert images.shape == (5, 32, 32, 3)
     np.testing.assert_array_equal(labels, np.concatenate([l1, l2]))
     with pytest.raises(DatasetError, match="test_batch"):
-        data.load_cifar10(tmp_path, "test")
+        datasets.load_cifar10(tmp_path, "test")
 
 
 class _Evil:
@@ -292,24 +289,24 @@ def test_cifar_pickle_refuses_arbitrary_globals(tmp_path):
     with open(tmp_path / "test_batch", "wb") as f:
         pickle.dump({b"data": _Evil(marker), b"labels": [0]}, f, protocol=2)
     with pytest.raises(DatasetError, match=r"refusing to unpickle \w+\.system"):
-        data.load_cifar10(tmp_path, "test")
+        datasets.load_cifar10(tmp_path, "test")
     assert not marker.exists()
     # _codecs.encode is allowed only for the latin-1 round trip protocol 2 uses for bytes
     codec_pickle = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86R."
     (tmp_path / "test_batch").write_bytes(codec_pickle)
     with pytest.raises(DatasetError, match="refusing to unpickle _codecs.encode"):
-        data.load_cifar10(tmp_path, "test")
+        datasets.load_cifar10(tmp_path, "test")
 
 
 def test_cifar_errors(tmp_path):
     with pytest.raises(DatasetError, match="no CIFAR-10"):
-        data.load_cifar10(tmp_path)
+        datasets.load_cifar10(tmp_path)
     (tmp_path / "test_batch.bin").write_bytes(b"\x00" * 100)
     with pytest.raises(DatasetError, match="3073"):
-        data.load_cifar10(tmp_path, "test")
+        datasets.load_cifar10(tmp_path, "test")
     (tmp_path / "data_batch_1").write_bytes(b"not a pickle")
     with pytest.raises(DatasetError, match="data_batch_1"):
-        data.load_cifar10(tmp_path)
+        datasets.load_cifar10(tmp_path)
 
 
 # -----------------------------------------------------------------------------
@@ -324,16 +321,16 @@ def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
 
 def test_prepare_gray_and_rgb_png():
     gray = random_image(28, 28, 1)
-    out = data.prepare_image(encode(Image.fromarray(gray[:, :, 0])), Geometry(28, 28, 1))
+    out = uploads.prepare_image(encode(Image.fromarray(gray[:, :, 0])), Geometry(28, 28, 1))
     assert out.dtype == np.uint8 and out.shape == (28, 28, 1)
     np.testing.assert_array_equal(out, gray)  # same size: no resampling
     rgb = random_image(32, 32, 3)
-    out = data.prepare_image(encode(Image.fromarray(rgb)), Geometry(32, 32, 3))
+    out = uploads.prepare_image(encode(Image.fromarray(rgb)), Geometry(32, 32, 3))
     np.testing.assert_array_equal(out, rgb)
     # RGB into a gray geometry and gray into an RGB geometry, with resizing
-    out = data.prepare_image(encode(Image.fromarray(rgb)), Geometry(16, 16, 1))
+    out = uploads.prepare_image(encode(Image.fromarray(rgb)), Geometry(16, 16, 1))
     assert out.shape == (16, 16, 1) and out.dtype == np.uint8
-    out = data.prepare_image(encode(Image.fromarray(gray[:, :, 0])), Geometry(10, 12, 3))
+    out = uploads.prepare_image(encode(Image.fromarray(gray[:, :, 0])), Geometry(10, 12, 3))
     assert out.shape == (10, 12, 3)
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
 
@@ -342,15 +339,15 @@ def test_prepare_alpha_composited_onto_background():
     rgba = np.zeros((8, 8, 4), dtype=np.uint8)
     rgba[..., 0] = 255  # red, fully transparent everywhere
     bg = (0, 128, 255)
-    out = data.prepare_image(
+    out = uploads.prepare_image(
         encode(Image.fromarray(rgba, "RGBA")), Geometry(8, 8, 3), background=bg
     )
     assert (out == np.array(bg, dtype=np.uint8)).all()
     rgba[..., 3] = 255  # now opaque
-    out = data.prepare_image(encode(Image.fromarray(rgba, "RGBA")), Geometry(8, 8, 3))
+    out = uploads.prepare_image(encode(Image.fromarray(rgba, "RGBA")), Geometry(8, 8, 3))
     assert (out == [255, 0, 0]).all()
     la = Image.fromarray(np.zeros((8, 8, 2), dtype=np.uint8), "LA")  # black, transparent
-    out = data.prepare_image(encode(la), Geometry(8, 8, 1), background=(255, 255, 255))
+    out = uploads.prepare_image(encode(la), Geometry(8, 8, 1), background=(255, 255, 255))
     assert (out == 255).all()
 
 
@@ -359,7 +356,7 @@ def test_prepare_palette_with_transparency():
     pal.putpalette([0, 0, 0, 200, 10, 10] + [0] * (3 * 254))
     pal.paste(1, (0, 0, 4, 8))  # left half index 1 (opaque red-ish), right half index 0
     raw = encode(pal, transparency=0)
-    out = data.prepare_image(raw, Geometry(8, 8, 3), background=(0, 255, 0))
+    out = uploads.prepare_image(raw, Geometry(8, 8, 3), background=(0, 255, 0))
     assert (out[:, :4] == [200, 10, 10]).all()
     assert (out[:, 4:] == [0, 255, 0]).all()
 
@@ -373,7 +370,7 @@ def test_prepare_exif_orientation():
     exif = Image.Exif()
     exif[0x0112] = 6
     raw = encode(Image.fromarray(arr), "JPEG", exif=exif, quality=95)
-    out = data.prepare_image(raw, Geometry(40, 20, 3), fit="letterbox", background=(0, 255, 0))
+    out = uploads.prepare_image(raw, Geometry(40, 20, 3), fit="letterbox", background=(0, 255, 0))
     assert out.shape == (40, 20, 3)
     top, bottom = out[2:18].astype(int), out[22:38].astype(int)
     assert (top[..., 0] > 200).all() and (top[..., 2] < 60).all()
@@ -386,31 +383,31 @@ def test_prepare_crop_vs_letterbox():
     arr = np.zeros((20, 60, 3), dtype=np.uint8)
     arr[:, 20:40] = 255
     raw = encode(Image.fromarray(arr))
-    crop = data.prepare_image(raw, Geometry(16, 16, 3), fit="crop")
+    crop = uploads.prepare_image(raw, Geometry(16, 16, 3), fit="crop")
     assert crop.shape == (16, 16, 3) and crop.dtype == np.uint8
     assert (crop[:, 2:14] > 240).all()  # centre crop is the white middle square
-    box = data.prepare_image(raw, Geometry(30, 30, 3), fit="letterbox", background=(255, 0, 0))
+    box = uploads.prepare_image(raw, Geometry(30, 30, 3), fit="letterbox", background=(255, 0, 0))
     assert box.shape == (30, 30, 3)
     assert (box[:5] == [255, 0, 0]).all() and (box[-5:] == [255, 0, 0]).all()  # padding rows
     assert (box[12:18, :5] < 15).all()  # image content (black) spans the full width
-    gray_box = data.prepare_image(
+    gray_box = uploads.prepare_image(
         raw, Geometry(30, 30, 1), fit="letterbox", background=(255, 255, 255)
     )
     assert gray_box.shape == (30, 30, 1) and (gray_box[:5] == 255).all()
     with pytest.raises(ValueError, match="letterbox"):
-        data.prepare_image(raw, Geometry(16, 16, 3), fit="stretch")
+        uploads.prepare_image(raw, Geometry(16, 16, 3), fit="stretch")
     with pytest.raises(ValueError, match="channels"):
-        data.prepare_image(raw, Geometry(16, 16, 2))
+        uploads.prepare_image(raw, Geometry(16, 16, 2))
 
 
 def test_prepare_bad_inputs():
     with pytest.raises(ImageInputError, match="empty"):
-        data.prepare_image(b"", Geometry(8, 8, 3))
+        uploads.prepare_image(b"", Geometry(8, 8, 3))
     with pytest.raises(ImageInputError, match="not a recognised image"):
-        data.prepare_image(rng.bytes(1000), Geometry(8, 8, 3))
+        uploads.prepare_image(rng.bytes(1000), Geometry(8, 8, 3))
     png = encode(Image.fromarray(random_image(64, 64, 3)))
     with pytest.raises(ImageInputError, match="truncated"):
-        data.prepare_image(png[: len(png) // 2], Geometry(8, 8, 3))
+        uploads.prepare_image(png[: len(png) // 2], Geometry(8, 8, 3))
     assert issubclass(ImageInputError, ValueError)
 
 
@@ -419,23 +416,23 @@ def test_prepare_decompression_bomb(monkeypatch):
     for limit in (3000, 1000):  # warning range (> limit) and error range (> 2 * limit)
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
         with pytest.raises(ImageInputError, match="too large"):
-            data.prepare_image(raw, Geometry(8, 8, 3))
+            uploads.prepare_image(raw, Geometry(8, 8, 3))
 
 
 def test_load_image_folder(tmp_path):
     for i, name in enumerate(["b.png", "a.jpg", "c.png"]):
         Image.fromarray(random_image(20 + i, 30, 3)).save(tmp_path / name)
     (tmp_path / "notes.txt").write_text("not an image")
-    images, names = data.load_image_folder(tmp_path, Geometry(16, 16, 3))
+    images, names = datasets.load_image_folder(tmp_path, Geometry(16, 16, 3))
     assert names == ["a.jpg", "b.png", "c.png"]
     assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
     with pytest.raises(DatasetError):
-        data.load_image_folder(tmp_path / "missing", Geometry(16, 16, 3))
+        datasets.load_image_folder(tmp_path / "missing", Geometry(16, 16, 3))
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "x.txt").write_text("hello")
     with pytest.raises(DatasetError, match="no usable images"):
-        data.load_image_folder(empty, Geometry(16, 16, 3))
+        datasets.load_image_folder(empty, Geometry(16, 16, 3))
 
 
 def test_load_images_dispatch(tmp_path):
@@ -443,24 +440,29 @@ def test_load_images_dispatch(tmp_path):
     write_fmnist(
         fm, rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8), np.zeros(3, dtype=np.uint8)
     )
-    assert data.load_images(f"fashion-mnist:{fm}", "train", Geometry(28, 28, 1)).shape == (
+    assert datasets.load_images(f"fashion-mnist:{fm}", "train", Geometry(28, 28, 1)).shape == (
         3,
         28,
         28,
         1,
     )
     with pytest.raises(DatasetError, match="28x28x1"):
-        data.load_images(f"fashion-mnist:{fm}", "train", Geometry(32, 32, 3))
+        datasets.load_images(f"fashion-mnist:{fm}", "train", Geometry(32, 32, 3))
     cf = tmp_path / "cf"
     cf.mkdir()
     planar, labels = cifar_planar(2)
     write_cifar_bin(cf / "data_batch_1.bin", planar, labels)
-    assert data.load_images(f"cifar10:{cf}", "train", Geometry(32, 32, 3)).shape == (2, 32, 32, 3)
+    assert datasets.load_images(f"cifar10:{cf}", "train", Geometry(32, 32, 3)).shape == (
+        2,
+        32,
+        32,
+        3,
+    )
     with pytest.raises(DatasetError, match="32x32x3"):
-        data.load_images(f"cifar10:{cf}", "train", Geometry(28, 28, 1))
+        datasets.load_images(f"cifar10:{cf}", "train", Geometry(28, 28, 1))
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     Image.fromarray(random_image(10, 10, 3)).save(imgs / "x.png")
-    assert data.load_images(f"folder:{imgs}", "train", Geometry(8, 6, 1)).shape == (1, 8, 6, 1)
+    assert datasets.load_images(f"folder:{imgs}", "train", Geometry(8, 6, 1)).shape == (1, 8, 6, 1)
     with pytest.raises(DatasetError, match="unknown image source"):
-        data.load_images("mnist", "train", Geometry(28, 28, 1))
+        datasets.load_images("mnist", "train", Geometry(28, 28, 1))

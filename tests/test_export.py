@@ -13,8 +13,9 @@ from PIL import Image
 
 from kernels import layouts as L
 from models import ModelConfig, SparseTransformer, save_model
-from models.data import Geometry
-from viz.export import Exportable, export_bytes, main
+from models.tokens import Geometry
+from tools.export import main
+from viz.export import Exportable, export_bytes
 from viz.figures import (
     attention_map_figure,
     coverage_figure,

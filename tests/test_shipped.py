@@ -8,7 +8,7 @@ from PIL import Image
 
 from kernels import layouts as L
 from models import load_model
-from models.card import MODELS, ROOT, render_card
+from tools.card import MODELS, ROOT, render_card
 
 EXPECTED_LAYOUTS = {"dense": L.dense(), "strided": L.strided(28), "fixed": L.fixed(28, 2)}
 

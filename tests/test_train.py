@@ -16,9 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kernels.layouts import image_layout_spec
 from models import ModelConfig, SparseTransformer, load_model
-from models.evaluate import evaluate_bpd, histogram_baseline_bpd
-from models.train import TrainConfig, batch_indices, layout_spec, lr_at, train
+from models.evaluation import evaluate_bpd, histogram_baseline_bpd
+from models.training import TrainConfig, batch_indices, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,10 +109,10 @@ def test_schedule_and_batches():
 
 def test_layout_shorthands_use_one_image_row():
     c = ModelConfig.from_name("fmnist-small")
-    assert layout_spec("strided", c) == "strided(l=28)"
+    assert image_layout_spec("strided", c.row_stride, c.block_size) == "strided(l=28)"
     # c is the smallest summary width whose density reaches strided's at 784 tokens
-    assert layout_spec("fixed", c) == "fixed(l=28, c=2)"
-    assert layout_spec("fixed(l=56, c=4)", c) == "fixed(l=56, c=4)"
+    assert image_layout_spec("fixed", c.row_stride, c.block_size) == "fixed(l=28, c=2)"
+    assert image_layout_spec("fixed(l=56, c=4)", c.row_stride, c.block_size) == "fixed(l=56, c=4)"
 
 
 def test_evaluate_bpd_matches_an_independent_computation():
@@ -143,7 +144,7 @@ def test_ddp_two_ranks_end_with_identical_weights(tiny_data, tmp_path):
     train_args = "--preset fmnist-tiny --layout strided --steps 4 --batch-size 4 --warmup 2"
     train_args += " --eval-every 4 --eval-images 4 --threads 1 --lr 3e-3 --save-all-ranks"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    cmd += ["-m", "models.train", *train_args.split(), "--data", tiny_data, "--out", str(out)]
+    cmd += ["-m", "tools.train", *train_args.split(), "--data", tiny_data, "--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     w0 = load_file(out / "rank0.safetensors")

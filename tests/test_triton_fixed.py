@@ -14,7 +14,7 @@ from kernels import reference_attention
 if not (os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()):
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-from kernels.triton_fixed import FixedAttention  # noqa: E402
+from kernels.triton.fixed import FixedAttention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = [(50, 7, 2, 1), (45, 8, 2, 2), (37, 16, 4, 4), (29, 5, 5, 1), (64, 16, 3, 2)]

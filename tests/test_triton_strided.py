@@ -1,4 +1,4 @@
-"""The fused band + column forward (kernels/triton_strided.py) against the reference.
+"""The fused band + column forward (kernels/triton/band_column.py) against the reference.
 
 Runs under TRITON_INTERPRET=1 on the CPU (scripts/test.sh sets it) and natively on CUDA.
 """
@@ -14,7 +14,7 @@ from kernels import reference_attention
 if not (os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()):
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-from kernels.triton_strided import band_column_forward  # noqa: E402
+from kernels.triton.band_column import band_column_forward  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -58,7 +58,7 @@ def test_forward_matches_reference(n, l, d, kind):
 @pytest.mark.parametrize(("n", "l"), [(45, 7), (32, 16), (29, 3)])
 @pytest.mark.parametrize("kind", ["strided", "local", "column", "dense"])
 def test_gradients_match_reference(n, l, kind):
-    from kernels.triton_strided import BandColumnAttention
+    from kernels.triton.band_column import BandColumnAttention
 
     g = torch.Generator().manual_seed(n + l)
     q, k, v = (torch.randn(2, 2, n, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
@@ -220,11 +220,12 @@ def test_larger_head_dims(d, layout):
 def test_unequal_tiles(monkeypatch, blocks, layout):
     """BLOCK_M != BLOCK_N, as on the GPU (64 x 32): the dK/dV kernel walks query tiles of
     BLOCK_M from key blocks of BLOCK_N, and tile edges fall inside l-blocks and rows."""
-    from kernels import sparse_attention, triton_strided
+    from kernels import sparse_attention
+    from kernels.triton import band_column
 
-    monkeypatch.setattr(triton_strided, "INTERPRETER_BLOCKS", blocks)
-    monkeypatch.setitem(triton_strided.GPU_BLOCKS, "forward", blocks)
-    monkeypatch.setitem(triton_strided.GPU_BLOCKS, "backward", blocks)
+    monkeypatch.setattr(band_column, "INTERPRETER_BLOCKS", blocks)
+    monkeypatch.setitem(band_column.GPU_BLOCKS, "forward", blocks)
+    monkeypatch.setitem(band_column.GPU_BLOCKS, "backward", blocks)
     g = torch.Generator().manual_seed(sum(blocks))
     q, k, v = (torch.randn(1, 2, 83, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
     dout = torch.randn(1, 2, 83, 16, generator=g).to(DEVICE)

@@ -1,9 +1,9 @@
-"""Hostile uploads through the app's upload path (models.data.prepare_upload, as pick_image calls
+"""Hostile uploads through the app's upload path (models.uploads.prepare_upload, as pick_image calls
 it): each file converts to a 28x28 uint8 gray image or is refused with an ImageInputError that
 says why; no other exception escapes, and decompression bombs are refused before they allocate.
 
 Every file is generated here (Pillow / numpy / a few patched bytes): no binaries in the repo.
-The long run is ``python -m models.fuzz_uploads --cases 10000`` (see that module).
+The long run is ``python -m tools.fuzz_uploads --cases 10000`` (see that module).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from models import fuzz_uploads as fz
-from models.data import MAX_IMAGE_PIXELS, Geometry, ImageInputError, prepare_upload
+from models.tokens import Geometry
+from models.uploads import MAX_IMAGE_PIXELS, ImageInputError, prepare_upload
+from tools import fuzz_uploads as fz
 
 GEOM = Geometry(28, 28, 1)  # the shipped models' geometry
 # Pillow warns ("Corrupt EXIF data", ...) on many of these files; the outcome is what we check.

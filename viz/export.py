@@ -1,25 +1,20 @@
-"""Export every figure and the data behind it: PNG, SVG, PDF, HTML and NPZ, no browser needed.
-
-    python -m viz.export --model assets/models/dense --image assets/samples/test00003_trouser.png \\
-        --layers all --heads all --views grid,head,pixel,layout --formats png,svg,pdf --out figures/
+"""Figures and the data behind them as files: PNG, SVG, PDF, HTML and NPZ, no browser needed.
 
 One look on screen and on paper: the static formats are drawn by matplotlib from the very
 plotly figure the app shows (its arrays, colour scales, titles, axis labels, colour bars), so a
 figure is defined once. HTML is plotly's own standalone page (plotly.js inlined, works offline).
 Metadata (model, layout, layer, head, query pixel, image hash, project version) goes inside
 every file whose format has a place for it: PNG text chunks, SVG/PDF document info, a JSON
-script tag in HTML, a ``metadata`` entry in NPZ.
+script tag in HTML, a ``metadata`` entry in NPZ. The command line is tools/export.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import io
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,14 +268,14 @@ def model_items(
     """The Exportables the app shows for one model and image: grid, head, pixel, layout."""
     import torch
 
-    from models.data import image_to_tokens
+    from models.tokens import image_to_tokens, pixel_to_token
     from viz.figures import (
         attention_map_figure,
         head_grid_figure,
         layout_pixel_figure,
         pixel_grid_figure,
     )
-    from viz.layout_view import part_names, pixel_to_token, pixel_view
+    from viz.layout_view import part_names, pixel_view
 
     g = model.config.geometry
     tokens = image_to_tokens(image)[None]
@@ -357,62 +352,3 @@ def model_items(
                 )
             )
     return items
-
-
-def _select(text: str, n: int, what: str) -> list[int] | None:
-    if text == "all":
-        return None
-    try:
-        picked = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--{what} must be 'all' or numbers like 0,2") from None
-    if any(not 0 <= x < n for x in picked):
-        raise ValueError(f"--{what} must be in 0..{n - 1}, got {text}")
-    return picked
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m viz.export", description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--image", type=Path, required=True)
-    p.add_argument("--layers", default="all")
-    p.add_argument("--heads", default="all")
-    p.add_argument("--views", default="grid,head,pixel,layout")
-    p.add_argument("--formats", default="png,svg,pdf,html,npz")
-    p.add_argument("--query", type=int, nargs=2, default=[14, 14], metavar=("ROW", "COL"))
-    p.add_argument("--dpi", type=int, default=150)
-    p.add_argument("--out", type=Path, default=Path("figures"))
-    args = p.parse_args(argv)
-    from models.checkpoint import CheckpointError, load_config, load_model
-    from models.data import ImageInputError, prepare_image
-
-    try:
-        formats = args.formats.split(",")
-        bad = [f for f in formats if f not in FORMATS]
-        if bad:
-            raise ValueError(f"unknown formats {bad}; choose from {', '.join(FORMATS)}")
-        views = args.views.split(",")
-        if any(v not in ("grid", "head", "pixel", "layout") for v in views):
-            raise ValueError("--views takes grid, head, pixel, layout")
-        config = load_config(args.model)
-        if not (0 <= args.query[0] < config.height and 0 <= args.query[1] < config.width):
-            raise ValueError(f"--query must be a pixel of the {config.height}x{config.width} image")
-        if not args.image.is_file():
-            raise ImageInputError(f"{args.image} does not exist")
-        model = load_model(args.model)
-        image = prepare_image(args.image.read_bytes(), model.config.geometry)
-        layers = _select(args.layers, config.n_layer, "layers")
-        heads = _select(args.heads, config.n_head, "heads")
-        items = model_items(
-            model, str(args.model), image, args.image.name, layers, heads, views, tuple(args.query)
-        )
-    except (CheckpointError, ImageInputError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    written = write_all(items, args.out, formats, dpi=args.dpi)
-    print(f"wrote {len(written)} files and {args.out / 'index.md'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -340,7 +340,7 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
 
 
 def coverage_figure(rows: list[dict], title: str) -> go.Figure:
-    """Per layer x head coverage of a prescribed layout (rows from viz.analyze.analyze_model),
+    """Per layer x head coverage of a prescribed layout (rows from analysis.learned.analyze_model),
     each cell labelled with the head's type."""
     n_layer = max(r["layer"] for r in rows) + 1
     n_head = max(r["head"] for r in rows) + 1
@@ -381,7 +381,7 @@ def coverage_figure(rows: list[dict], title: str) -> go.Figure:
 
 
 def search_figure(rows: list[dict], title: str) -> go.Figure:
-    """Coverage against density for candidate layouts (rows from viz.analyze.layout_search)."""
+    """Coverage against density for candidate layouts (rows from analysis.learned.layout_search)."""
     fig = go.Figure()
     for family, color in (("strided", PART_COLORS["column"]), ("fixed", PART_COLORS["summary"])):
         sel = [r for r in rows if r["layout"].startswith(family)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.layouts import Layout
-from models.data import Geometry, token_coords
+from models.tokens import Geometry, token_coords
 
 MAX_EXACT_CELLS = 1024  # above this, the N x N view is pooled into tiles
 MAX_TILES = 256  # a pooled view has at most this many tiles per side
@@ -65,12 +65,3 @@ def pixel_view(
     _, _, ch = token_coords(query, geometry)
     ch = ch if key_channel is None else key_channel
     return codes.reshape(geometry.height, geometry.width, geometry.channels)[:, :, ch]
-
-
-def pixel_to_token(row: int, col: int, channel: int, geometry: Geometry) -> int:
-    """The token index of pixel (row, col) in ``channel``: the inverse of token_coords."""
-    if not (0 <= row < geometry.height and 0 <= col < geometry.width):
-        raise ValueError(f"pixel ({row}, {col}) is outside the {geometry} image")
-    if not 0 <= channel < geometry.channels:
-        raise ValueError(f"channel {channel} is outside 0..{geometry.channels - 1}")
-    return (row * geometry.width + col) * geometry.channels + channel

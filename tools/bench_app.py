@@ -1,6 +1,6 @@
 """Benchmark the app's responsiveness on this machine with the shipped models.
 
-    .venv/bin/python scripts/bench_app.py
+    .venv/bin/python tools/bench_app.py
 
 1. First page: seconds from `streamlit run` to the Layouts page fully drawn in headless
    Chromium (script finished and its figures on screen); the median of 5 fresh servers, with

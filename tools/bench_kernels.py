@@ -1,8 +1,8 @@
 """Benchmark the sparse kernels against the anchors, all measured in one run (GPU only).
 
-    python -m kernels.bench                 # N in {3072, 16384, 65536}, B=1, H=16, D=64, bf16
-    python -m kernels.bench --sizes 3072    # a quick run
-    python -m kernels.bench --blocks 64x64 128x64 64x32   # sweep our kernels' tile sizes
+    python -m tools.bench_kernels                 # N in {3072, 16384, 65536}, B=1, H=16, D=64, bf16
+    python -m tools.bench_kernels --sizes 3072    # a quick run
+    python -m tools.bench_kernels --blocks 64x64 128x64 64x32   # sweep our kernels' tile sizes
 
 For each N (l = 96, 128, 256; c = l / 8) it prints forward and forward+backward times of dense
 causal SDPA, FlexAttention with the exact mask, FlexAttention composed as in DESIGN.md §4, and
@@ -21,10 +21,10 @@ from datetime import date
 import torch
 import torch.nn.functional as F
 
-from kernels import triton_strided
-from kernels.composed import composed, flex_exact
 from kernels.layouts import Layout, fixed, strided
 from kernels.sparse import sparse_attention
+from kernels.triton import band_column
+from tools.flex_anchors import composed, flex_exact
 
 SIZES = {3072: 96, 16384: 128, 65536: 256}
 
@@ -52,7 +52,7 @@ def with_blocks(blocks: tuple[int, int], fn):
     """fn run with our kernels' tiles set to ``blocks`` (BLOCK_M, BLOCK_N) in both passes."""
 
     def run():
-        triton_strided.GPU_BLOCKS.update(forward=blocks, backward=blocks)
+        band_column.GPU_BLOCKS.update(forward=blocks, backward=blocks)
         return fn()
 
     return run
@@ -190,14 +190,16 @@ def training_step_rows(batch: int = 8) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m tools.bench_kernels", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument(
         "--blocks",
         nargs="+",
-        default=["x".join(map(str, triton_strided.GPU_BLOCKS["forward"]))],
+        default=["x".join(map(str, band_column.GPU_BLOCKS["forward"]))],
         help="our kernels' tiles BLOCK_MxBLOCK_N, one row per value (default: the shipped one)",
     )
     p.add_argument("--no-train", action="store_true", help="skip the training-step table")
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     torch._dynamo.config.accumulated_recompile_limit = 4096
 
     print(
-        f"# kernels.bench, {date.today()}, {torch.cuda.get_device_name()}, torch "
+        f"# tools.bench_kernels, {date.today()}, {torch.cuda.get_device_name()}, torch "
         f"{torch.__version__}, triton {triton.__version__}; B=1, H={args.heads}, D={args.dim}, "
         "bf16\n"
     )
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {r['peak_mib']:.0f} | {err} |",
                 flush=True,
             )
-    triton_strided.GPU_BLOCKS.update(forward=blocks[0], backward=blocks[0])
+    band_column.GPU_BLOCKS.update(forward=blocks[0], backward=blocks[0])
     print("\n| N | capture of one layer (strided, all heads) | ms | x forward | peak MiB |")
     print("|---|---|---|---|---|")
     for n in args.sizes:

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-# (BLOCK_M, BLOCK_N) per pass on a GPU, picked by `kernels.bench --blocks 64x64 128x64 64x32
+# (BLOCK_M, BLOCK_N) per pass on a GPU, picked by `tools.bench_kernels --blocks 64x64 128x64 64x32
 # 32x32` on an H100 (docs/BENCHMARKS.md): 64x32 was the fastest or within 10 % of it for both
 # kernels, both passes, N = 16384 and 65536. Under the interpreter every pass uses 16 x 16, the
 # smallest tile the dot product takes: the CPU runs it fastest.

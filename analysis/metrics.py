@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from kernels.layouts import Layout
-from models.data import Geometry, token_coords
+from models.tokens import Geometry, token_coords
 
 SHARE = 0.6
 MIN_SPREAD = 4.0

@@ -1,4 +1,4 @@
-"""Fuzz the upload path: random and mutated files through models.data.prepare_upload.
+"""Fuzz the upload path: random and mutated files through models.uploads.prepare_upload.
 
 Every upload the app accepts goes through ``prepare_upload``; it must return a uint8 image of the
 model's shape or raise ImageInputError with a message. Anything else (another exception, a wrong
@@ -6,7 +6,7 @@ shape) is a crash. This module generates files of many kinds (random bytes, bit-
 truncated and spliced PNG/JPEG/GIF/WebP/BMP/TIFF/PPM in random modes and sizes, animated and
 EXIF-rotated files, headers claiming gigapixels, SVG/HTML text), runs them all and prints a table::
 
-    python -m models.fuzz_uploads --cases 10000 --seed 0
+    python -m tools.fuzz_uploads --cases 10000 --seed 0
 
 The exit code is 1 if any case crashed (``--save-crashes DIR`` keeps those inputs), else 0.
 The test suite runs a few hundred cases of the same generator (tests/test_uploads.py).
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.data import Geometry, ImageInputError, prepare_upload
+from models.tokens import Geometry
+from models.uploads import ImageInputError, prepare_upload
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")
 MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr")

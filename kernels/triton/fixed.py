@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_strided import _dkdv_tile, _online_update, block_sizes, dot_precision
+from kernels.triton.band_column import _dkdv_tile, _online_update, block_sizes, dot_precision
 
 
 @triton.jit

@@ -1,7 +1,7 @@
 """Benchmark image completion: KV-cache decoding vs re-running the whole prefix, in one run.
 
-    python -m models.bench_sampling                 # CPU: the shipped models, 4 samples
-    python -m models.bench_sampling --device cuda   # GPU: adds a 32x32x3 model, 16 samples
+    python -m tools.bench_sampling                 # CPU: the shipped models, 4 samples
+    python -m tools.bench_sampling --device cuda   # GPU: adds a 32x32x3 model, 16 samples
 
 Each row completes the bottom half of an image (the top half kept) and reports the wall time
 of the whole completion and the time per decoding step (one new token for every sample).
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import CheckpointError, load_model
-from models.complete import keep_mask
+from models.completion import keep_mask
 from models.model import ModelConfig, SparseTransformer
 from models.sampling import sample
 
@@ -43,7 +43,7 @@ def time_completion(model: SparseTransformer, n_samples: int, use_cache: bool) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.bench_sampling", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tools.bench_sampling", description=__doc__)
     p.add_argument("--device", default="cpu")
     p.add_argument("--samples", type=int, default=None, help="default: 4 on CPU, 16 on GPU")
     p.add_argument("--no-uncached", action="store_true", help="skip the slow uncached baseline")

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from kernels.layouts import Layout
 from kernels.sparse import kernel_params
-from kernels.triton_strided import dot_precision
+from kernels.triton.band_column import dot_precision
 
 
 @triton.jit

@@ -1,23 +1,11 @@
-"""Train a Sparse Transformer on images.
+"""Training: AdamW with warm-up and cosine decay, gradient clipping, periodic evaluation,
+checkpoints that resume exactly, and DDP over several GPUs.
 
-    python -m models.train --preset fmnist-small --layout strided --steps 20000 --out runs/strided
-    python -m models.train --preset fmnist-medium --layout strided --minutes 8 --out runs/strided
-    torchrun --nproc_per_node=8 -m models.train ...      # the same script on K GPUs (DDP)
-
-The paper's recipe (DESIGN.md §3): AdamW, linear warm-up then cosine decay, gradient clipping
-at 1.0, weight decay 0.01 on matrices. bf16 autocast on CUDA. Batches are a pure function of
-(seed, step) — an epoch-wise shuffle — so a resumed run sees exactly the batches an
-uninterrupted one would, and the weights it ends with are the same.
-
-The output directory is a loadable model directory (config.json + model.safetensors, see
-models/checkpoint.py) plus ``train_state.safetensors`` (optimizer moments and RNG state, for
-``--resume``) and ``run.json`` (the record of the run: command, data, steps, wall time, device,
-train / test bits per dim).
+The command line is tools/train.py (`python -m tools.train`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -35,10 +23,11 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from kernels.layouts import image_layout_spec
 from models.checkpoint import CheckpointError, load_model, save_model
-from models.data import DatasetError, load_images
-from models.evaluate import evaluate_bpd
-from models.model import PRESETS, ModelConfig, SparseTransformer
+from models.datasets import load_images
+from models.evaluation import evaluate_bpd
+from models.model import ModelConfig, SparseTransformer
 
 STATE_FILE = "train_state.safetensors"
 RUN_FILE = "run.json"
@@ -48,7 +37,7 @@ RUN_FILE = "run.json"
 class TrainConfig:
     preset: str = "fmnist-small"
     layout: str = "dense"  # dense | strided | fixed | any layout spec, e.g. "fixed(l=28, c=2)"
-    data: str = "fashion-mnist"  # see models.data.load_images
+    data: str = "fashion-mnist"  # see models.datasets.load_images
     steps: int = 5000
     batch_size: int = 16  # global: split over DDP ranks
     lr: float = 1e-3
@@ -68,30 +57,6 @@ class TrainConfig:
 
 
 CALIBRATION = (10, 60)  # steps [a, b) timed to turn --minutes into --steps
-
-
-def layout_spec(name: str, config: ModelConfig) -> str:
-    """Shorthands for image layouts, with l = one image row: strided(l=row), fixed(l=row, c).
-
-    fixed's c is the smallest that gives fixed at least strided's density, so both layouts
-    get the same attention budget: c = 2 on 28x28 gray (41.5 vs 41.0 keys per query).
-    """
-    row = config.row_stride
-    if name == "strided":
-        return f"strided(l={row})"
-    if name == "fixed":
-        from kernels import layouts
-
-        target = layouts.strided(row).density(config.block_size)
-        c = next(
-            c
-            for c in range(1, row + 1)
-            if layouts.fixed(row, c).density(config.block_size) >= target
-        )
-        return f"fixed(l={row}, c={c})"
-    if name == "dense":
-        return "dense()"
-    return name
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -203,7 +168,11 @@ def train(
 
     overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
     base = ModelConfig.from_name(cfg.preset, **overrides)
-    mconfig = ModelConfig.from_name(cfg.preset, layout=layout_spec(cfg.layout, base), **overrides)
+    mconfig = ModelConfig.from_name(
+        cfg.preset,
+        layout=image_layout_spec(cfg.layout, base.row_stride, base.block_size),
+        **overrides,
+    )
     train_images = load_images(cfg.data, "train", mconfig.geometry)
     test_images = load_images(cfg.data, "test", mconfig.geometry)
     train_tokens = torch.from_numpy(train_images.reshape(len(train_images), -1))  # uint8 [N, T]
@@ -357,55 +326,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
-    d = TrainConfig()
-    p.add_argument("--preset", default=d.preset, choices=list(PRESETS))
-    p.add_argument("--layout", default=d.layout, help="dense | strided | fixed | a layout spec")
-    p.add_argument("--data", default=d.data, help="fashion-mnist | cifar10:DIR | folder:DIR")
-    for name in ("steps", "batch_size", "warmup", "eval_every", "eval_images", "seed"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
-    p.add_argument(
-        "--minutes", type=float, default=None, help="a time budget that sets --steps (see run.json)"
-    )
-    p.add_argument("--dropout", type=float, default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, required=True, help="run directory (a model directory)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument(
-        "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step"
-    )
-    p.add_argument("--save-all-ranks", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    fields = {k: v for k, v in vars(args).items() if k in asdict(d)}
-    return TrainConfig(**fields), args
-
-
-def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_args(argv)
-    try:
-        if cfg.steps < 1 or cfg.batch_size < 1 or cfg.eval_every < 1:
-            raise ValueError("--steps, --batch-size and --eval-every must be >= 1")
-        if cfg.minutes is not None and not cfg.minutes > 0:
-            raise ValueError("--minutes must be > 0")
-        record = train(
-            cfg,
-            args.out,
-            resume=args.resume,
-            stop_at=args.stop_at,
-            save_all_ranks=args.save_all_ranks,
-        )
-    except (DatasetError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if "final" in record:
-        print(json.dumps(record["final"]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

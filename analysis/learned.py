@@ -1,0 +1,94 @@
+"""Learned attention of a model on real images, scored against prescribed layouts.
+
+Runs the model's captures over images and reduces them with analysis.metrics; the layout search
+scores candidate strided and fixed layouts. The command line is tools/analyze.py
+(`python -m tools.analyze`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from analysis.metrics import aggregate, default_queries, head_metrics, head_type
+from kernels.layouts import Layout, fixed, strided
+from models.datasets import load_images
+from models.model import SparseTransformer
+
+
+def pick_images(data: str, geometry, count: int) -> torch.Tensor:
+    """``count`` test images spread evenly over the split, as tokens [count, N]."""
+    images = load_images(data, "test", geometry)
+    idx = np.linspace(0, len(images) - 1, min(count, len(images))).astype(int)
+    return torch.from_numpy(images[idx].reshape(len(idx), -1).astype(np.int64))
+
+
+def analyze_model(
+    model: SparseTransformer, tokens: torch.Tensor, layout: Layout, *, batch: int = 8
+) -> list[dict]:
+    """One row per (layer, head): each metric's mean and std over the images, and the type."""
+    geometry = model.config.geometry
+    queries = default_queries(geometry)
+    heads = list(range(model.config.n_head))
+    per_layer: dict[int, dict[str, list[torch.Tensor]]] = {}
+    for s in range(0, len(tokens), batch):
+        caps = model.capture(tokens[s : s + batch], form="rows", queries=queries)
+        for layer, rows in caps.items():
+            m = head_metrics(rows.probs, queries, geometry, layout, heads)  # each [b, H]
+            for k, v in m.items():
+                per_layer.setdefault(layer, {}).setdefault(k, []).append(v)
+    table = []
+    for layer, metrics in per_layer.items():
+        stats = aggregate({k: torch.cat(v) for k, v in metrics.items()})
+        for h in heads:
+            row = {"layer": layer, "head": h, "layout": repr(layout), "images": len(tokens)}
+            for k, (mean, std) in stats.items():
+                row[k] = round(float(mean[h]), 4)
+                row[f"{k}_std"] = round(float(std[h]), 4)
+            row["type"] = head_type(row)
+            table.append(row)
+    return table
+
+
+def search_candidates(geometry) -> list[Layout]:
+    """strided(l) and fixed(l, c) around one image row (l = row / 2, row, 2 rows, 3 rows)."""
+    row = geometry.width * geometry.channels
+    ls = sorted({max(1, row // 2), row, 2 * row, 3 * row})
+    out: list[Layout] = [strided(l) for l in ls]
+    for l in ls:
+        out += [fixed(l, c) for c in sorted({1, 2, max(1, l // 8), max(1, l // 4)}) if c <= l]
+    return out
+
+
+def layout_search(
+    model: SparseTransformer, tokens: torch.Tensor, candidates: list[Layout], *, batch: int = 8
+) -> list[dict]:
+    """Per candidate: density, and the mean share of attention mass it keeps (over images,
+    layers, heads and query rows), its minimum over heads, and its mean per layer."""
+    geometry = model.config.geometry
+    queries = default_queries(geometry)
+    n, H = geometry.n_tokens, model.config.n_head
+    masks = {}
+    for c in candidates:
+        h = torch.arange(H)[:, None, None]
+        masks[c] = c.mask_mod(torch.tensor(0), h, queries[None, :, None], torch.arange(n))
+    kept = {c: [] for c in candidates}  # per batch: [b, layers, H]
+    for s in range(0, len(tokens), batch):
+        caps = model.capture(tokens[s : s + batch], form="rows", queries=queries)
+        probs = torch.stack([caps[i].probs for i in sorted(caps)], dim=1)  # [b, L, H, Q, N]
+        for c in candidates:
+            kept[c].append((probs * masks[c]).sum(-1).mean(-1))
+    table = []
+    for c in candidates:
+        k = torch.cat(kept[c])  # [images, L, H]
+        per_head = k.mean(0)  # [L, H]
+        table.append(
+            {
+                "layout": repr(c),
+                "density": round(c.density(n), 4),
+                "coverage": round(float(per_head.mean()), 4),
+                "coverage_min_head": round(float(per_head.min()), 4),
+                "coverage_per_layer": [round(float(x), 4) for x in per_head.mean(1)],
+            }
+        )
+    return sorted(table, key=lambda r: r["density"])

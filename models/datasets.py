@@ -1,0 +1,348 @@
+"""Dataset files -> uint8 image arrays [N, H, W, C]: Fashion-MNIST, CIFAR-10, image folders.
+
+Loaders never trust their input: dataset files are validated byte by byte and raise
+``DatasetError`` naming the offending path; CIFAR-10 python pickles go through a restricted
+unpickler that can only rebuild numpy arrays.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from models.tokens import Geometry
+from models.uploads import ImageInputError, prepare_image
+
+
+class DatasetError(ValueError):
+    """A dataset is missing or one of its files is malformed; the message names the path."""
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL = "sudo apt-get install -y dataset-fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    """Read a file, transparently gunzipping it; decided by content so misnamed files still work."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == _GZIP_MAGIC:
+            raw = gzip.decompress(raw)
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: file not found") from e
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DatasetError(f"{path}: could not read file ({e})") from e
+    return raw
+
+
+def load_idx(path: str | Path) -> np.ndarray:
+    """Load an IDX file (the MNIST container format), gzipped or plain, as a uint8 array.
+
+    Header: two zero bytes, a dtype code (only 0x08 = uint8 is used by (Fashion-)MNIST), the number
+    of dims, then that many big-endian uint32 sizes. We insist the payload is exactly the product
+    of the dims, so truncated downloads fail loudly here instead of as garbage images later.
+    """
+    path = Path(path)
+    raw = _read_maybe_gzip(path)
+    if len(raw) < 4:
+        raise DatasetError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0:
+        raise DatasetError(f"{path}: bad IDX magic 0x{raw[:4].hex()} (must start with 0x0000)")
+    if dtype_code != 0x08:
+        raise DatasetError(f"{path}: unsupported IDX dtype code 0x{dtype_code:02x} (want 0x08)")
+    if ndim == 0:
+        raise DatasetError(f"{path}: IDX file declares zero dimensions")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetError(f"{path}: truncated IDX header ({len(raw)} < {header} bytes)")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims, dtype=np.int64))
+    payload = len(raw) - header
+    if payload != expected:
+        raise DatasetError(
+            f"{path}: IDX payload is {payload} bytes but dims {dims} need {expected} bytes"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def _find_idx(root: Path, name: str) -> Path:
+    """Prefer ``name.gz`` (as shipped by Debian) but accept an already-decompressed ``name``."""
+    for candidate in (root / f"{name}.gz", root / name):
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(
+        f"Fashion-MNIST file {root / name}.gz not found (nor uncompressed {name}); "
+        f"install the dataset with: {FASHION_MNIST_INSTALL}"
+    )
+
+
+def load_fashion_mnist(
+    split: str = "train", root: str | Path = FASHION_MNIST_DIR
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST as (images uint8 [N, 28, 28, 1], labels uint8 [N]); split "train" or "test"."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(
+            f"Fashion-MNIST folder {root} not found; install the dataset with: "
+            f"{FASHION_MNIST_INSTALL}"
+        )
+    prefix = "train" if split == "train" else "t10k"
+    images_path = _find_idx(root, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find_idx(root, f"{prefix}-labels-idx1-ubyte")
+    images, labels = load_idx(images_path), load_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DatasetError(f"{images_path}: expected images [N, 28, 28], got {images.shape}")
+    if labels.ndim != 1:
+        raise DatasetError(f"{labels_path}: expected labels [N], got {labels.shape}")
+    if len(images) != len(labels):
+        raise DatasetError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
+        )
+    if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DatasetError(f"{labels_path}: label {int(labels.max())} out of range 0..9")
+    return images[..., None], labels
+
+
+# --- CIFAR-10 -----------------------------------------------------------------
+
+_CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def _latin1_encode(text: Any, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """Stand-in for ``_codecs.encode``, which Python 3 writes into protocol-2 pickles of bytes.
+
+    Only the latin-1 round trip pickle itself uses is allowed, so the generic codec machinery
+    never becomes reachable from file contents.
+    """
+    if not isinstance(text, str) or encoding.lower().replace("-", "") not in ("latin1", "l1"):
+        raise DatasetError(f"refusing to unpickle _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin-1", errors)
+
+
+def _numpy_pickle_globals() -> dict[tuple[str, str], Callable[..., Any]]:
+    """The few numpy callables an array pickle needs, fetched from live objects.
+
+    Asking numpy's own reducers avoids importing ``numpy.core`` (deprecated in numpy 2) and works
+    for pickles written by numpy 1 (``numpy.core.*``) and numpy 2 (``numpy._core.*``) alike.
+    """
+    reconstruct = np.zeros(1).__reduce__()[0]
+    scalar = np.float64(0).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # protocol 5 uses numeric._frombuffer
+    allowed: dict[tuple[str, str], Callable[..., Any]] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that can rebuild numpy arrays and nothing else.
+
+    CIFAR-10's "python version" is a set of pickles; a plain pickle.load on a downloaded file would
+    run arbitrary code, so every global the stream names is checked against an allow-list.
+    """
+
+    _allowed = _numpy_pickle_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise DatasetError(f"refusing to unpickle {module}.{name}") from None
+
+
+def _cifar_from_planar(data: np.ndarray, path: Path) -> np.ndarray:
+    """[N, 3072] with R, G, B planes of 32x32 each -> [N, 32, 32, 3] (HWC, our token order)."""
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DatasetError(f"{path}: expected image data [N, 3072], got {data.shape}")
+    return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def _load_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = _read_maybe_gzip(path)
+    if len(raw) == 0 or len(raw) % _CIFAR_RECORD:
+        raise DatasetError(
+            f"{path}: size {len(raw)} is not a positive multiple of the {_CIFAR_RECORD}-byte "
+            "CIFAR-10 record"
+        )
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
+    return _cifar_from_planar(records[:, 1:], path), records[:, 0].copy()
+
+
+def _load_cifar_pickle(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    except DatasetError as e:
+        raise DatasetError(f"{path}: {e}") from None
+    except Exception as e:  # a malformed pickle can fail in many ways; none should escape raw
+        raise DatasetError(f"{path}: not a valid CIFAR-10 python batch ({e!r})") from e
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
+    # Keys are bytes for the official (Python 2) files, str if re-pickled under Python 3.
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or labels is None:
+        raise DatasetError(f"{path}: missing uint8 'data' array or 'labels' entry")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{path}: labels are not integers ({e})") from e
+    images = _cifar_from_planar(data, path)
+    if labels.shape != (len(images),):
+        raise DatasetError(f"{path}: {len(images)} images but labels shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise DatasetError(f"{path}: labels out of range")
+    return images, labels.astype(np.uint8)
+
+
+def load_cifar10(folder: str | Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 as (images uint8 [N, 32, 32, 3], labels uint8 [N]), binary or python version.
+
+    ``folder`` may be the batch folder itself or its parent holding ``cifar-10-batches-bin`` or
+    ``cifar-10-batches-py``. For "train", whichever of data_batch_1..5 exist are concatenated (the
+    full dataset has all five); "test" reads test_batch. Binary files win if both are present.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    folder = Path(folder)
+    stems = [f"data_batch_{k}" for k in range(1, 6)] if split == "train" else ["test_batch"]
+    for d in (folder, folder / "cifar-10-batches-bin", folder / "cifar-10-batches-py"):
+        for suffix, loader in ((".bin", _load_cifar_bin), ("", _load_cifar_pickle)):
+            paths = [d / f"{s}{suffix}" for s in stems if (d / f"{s}{suffix}").is_file()]
+            if paths:
+                parts = [loader(p) for p in paths]
+                images = np.concatenate([p[0] for p in parts])
+                labels = np.concatenate([p[1] for p in parts])
+                if labels.size and labels.max() >= len(CIFAR10_CLASSES):
+                    raise DatasetError(f"{d}: label {int(labels.max())} out of range 0..9")
+                return images, labels
+    raise DatasetError(
+        f"no CIFAR-10 {split} batches ({stems[0]}[.bin] ...) found in {folder} or its "
+        "cifar-10-batches-bin / cifar-10-batches-py subfolders"
+    )
+
+
+def _looks_like_image(path: Path) -> bool:
+    """True if Pillow recognises the file header (Image.open is lazy: pixels are not decoded)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path):
+                return True
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        struct.error,
+    ):
+        return False
+
+
+def load_image_folder(
+    folder: str | Path, geometry: Geometry, *, fit: str = "crop"
+) -> tuple[np.ndarray, list[str]]:
+    """Every image file directly in ``folder`` (sorted by name) -> ([N, H, W, C] uint8, names).
+
+    Files Pillow cannot use (text files, .DS_Store, corrupt images) are skipped so a messy folder
+    still works; only an empty result is an error.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} not found")
+    images, names = [], []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        # Cheap header sniff first so large non-image files are never read into memory.
+        if not _looks_like_image(path):
+            continue
+        try:
+            images.append(prepare_image(path.read_bytes(), geometry, fit=fit))
+        except (ImageInputError, OSError):
+            continue
+        names.append(path.name)
+    if not images:
+        raise DatasetError(f"no usable images found in {folder}")
+    return np.stack(images), names
+
+
+def load_images(source: str, split: str, geometry: Geometry) -> np.ndarray:
+    """Load training images [N, H, W, C] uint8 from a source string, dropping labels.
+
+    Sources:
+      "fashion-mnist" or "fashion-mnist:<folder>"  -> load_fashion_mnist (geometry must be 28x28x1)
+      "cifar10:<folder>"                           -> load_cifar10 (geometry must be 32x32x3)
+      "folder:<path>"                              -> load_image_folder, resized to ``geometry``;
+                                                      ``split`` is ignored (one folder, one set)
+    The fixed-size datasets are not resized on purpose: a mismatched geometry is more likely a
+    config mistake than a wish to train on blurry rescaled images.
+    """
+    kind, _, arg = source.partition(":")
+    if kind == "fashion-mnist":
+        want = Geometry(28, 28, 1)
+        if geometry != want:
+            raise DatasetError(
+                f"Fashion-MNIST images are {want}, but geometry is {geometry}; use {want}"
+            )
+        return load_fashion_mnist(split, Path(arg) if arg else FASHION_MNIST_DIR)[0]
+    if kind == "cifar10":
+        if not arg:
+            raise DatasetError("cifar10 source needs a folder: 'cifar10:<folder>'")
+        want = Geometry(32, 32, 3)
+        if geometry != want:
+            raise DatasetError(
+                f"CIFAR-10 images are {want}, but geometry is {geometry}; use {want}"
+            )
+        return load_cifar10(arg, split)[0]
+    if kind == "folder":
+        if not arg:
+            raise DatasetError("folder source needs a path: 'folder:<path>'")
+        return load_image_folder(arg, geometry)[0]
+    raise DatasetError(
+        f"unknown image source {source!r}; expected 'fashion-mnist', 'cifar10:<folder>' "
+        "or 'folder:<path>'"
+    )
