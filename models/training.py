@@ -161,6 +161,8 @@ def train(
     """
     rank, world, device = setup_distributed()
     is_main = rank == 0
+    # every rank may write here (--save-all-ranks), before rank 0's first checkpoint makes it
+    out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.batch_size % world:
