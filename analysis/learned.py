@@ -14,13 +14,14 @@ from analysis.metrics import aggregate, default_queries, head_metrics, head_type
 from kernels.layouts import Layout, fixed, strided
 from models.datasets import load_images
 from models.model import SparseTransformer
+from models.tokens import images_to_tokens
 
 
 def pick_images(data: str, geometry, count: int) -> torch.Tensor:
     """``count`` test images spread evenly over the split, as tokens [count, N]."""
     images = load_images(data, "test", geometry)
     idx = np.linspace(0, len(images) - 1, min(count, len(images))).astype(int)
-    return torch.from_numpy(images[idx].reshape(len(idx), -1).astype(np.int64))
+    return images_to_tokens(images[idx])
 
 
 def analyze_model(
@@ -52,7 +53,7 @@ def analyze_model(
 
 def search_candidates(geometry) -> list[Layout]:
     """strided(l) and fixed(l, c) around one image row (l = row / 2, row, 2 rows, 3 rows)."""
-    row = geometry.width * geometry.channels
+    row = geometry.row_stride
     ls = sorted({max(1, row // 2), row, 2 * row, 3 * row})
     out: list[Layout] = [strided(l) for l in ls]
     for l in ls:

@@ -44,7 +44,7 @@ METRICS = ("coverage", "entropy", "k90", "distance", "same_row", "same_col", "sa
 def default_queries(geometry: Geometry) -> Tensor:
     """Every position from the second image row on, where a query has both a row and a column
     of context; the first row would make every head look local."""
-    return torch.arange(geometry.width * geometry.channels, geometry.n_tokens)
+    return torch.arange(geometry.row_stride, geometry.n_tokens)
 
 
 def _pairs(queries: Tensor, n: int, geometry: Geometry) -> tuple[Tensor, Tensor, Tensor, Tensor]:

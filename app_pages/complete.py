@@ -24,7 +24,7 @@ from app_pages.common import (
 )
 from models.completion import HIDDEN_GRAY, complete, hidden_view, keep_mask
 from models.sampling import SamplingCancelled
-from models.tokens import image_to_tokens, tokens_to_image
+from models.tokens import image_to_tokens, pixel_to_token, tokens_to_image
 from viz.export import Exportable, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid
@@ -162,7 +162,7 @@ request = (
     top_p,
     seed,
 )
-row_len = geometry.width * geometry.channels
+row_len = geometry.row_stride
 with right:
     if run:
         job = {
@@ -284,7 +284,7 @@ px = clicked_pixel(st.session_state.get("cmp_look_pixels"), geometry.width)
 if px is not None:
     st.session_state.cmp_look_px = px
 r, c = st.session_state.cmp_look_px
-token = (r * geometry.width + c) * geometry.channels
+token = pixel_to_token(r, c, 0, geometry)
 a, b = st.columns(2)
 with a:
     st.plotly_chart(

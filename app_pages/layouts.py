@@ -26,7 +26,7 @@ st.caption(
 def _new_geometry() -> None:
     """A new image size: l goes back to one row of it, the query back to its middle."""
     g = GEOMETRIES[st.session_state.lay_geometry]
-    st.session_state.lay_l = g.width * g.channels
+    st.session_state.lay_l = g.row_stride
     st.session_state.lay_row, st.session_state.lay_col = g.height // 2, g.width // 2
     st.session_state.lay_channel = 0
 

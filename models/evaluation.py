@@ -69,12 +69,16 @@ def time_train_step(
     return statistics.median(times)
 
 
-def histogram_baseline_bpd(train: np.ndarray, test: np.ndarray) -> float:
+def histogram_baseline_bpd(
+    train: np.ndarray | torch.Tensor, test: np.ndarray | torch.Tensor
+) -> float:
     """Bits/dim of a model that predicts each position from its own pixel histogram.
 
-    train, test: uint8 [N, T]. Counts are add-one (Laplace) smoothed so no test value has zero
-    probability. The uniform distribution is the other baseline: exactly 8 bits/dim.
+    train, test: tokens [N, T] (uint8 or any integer type). Counts are add-one (Laplace) smoothed
+    so no test value has zero probability. The uniform distribution is the other baseline:
+    exactly 8 bits/dim.
     """
+    train, test = np.asarray(train), np.asarray(test)
     t = train.shape[1]
     flat = (np.arange(t) * 256)[None, :] + train.astype(np.int64)  # [N, T]: position*256+value
     counts = 1.0 + np.bincount(flat.reshape(-1), minlength=t * 256).reshape(t, 256)  # [T, 256]

@@ -1,7 +1,7 @@
 """The Sparse Transformer over image pixels (Child et al. 2019), in one file.
 
 An image is a sequence of 8-bit tokens in raster order with the channels interleaved per pixel
-(models/data.py). The network is a decoder-only, pre-LayerNorm transformer: the input at
+(models/tokens.py). The network is a decoder-only, pre-LayerNorm transformer: the input at
 position i is the token i-1 (a learned start vector at position 0) plus factorized row + column +
 channel position embeddings, so ``logits[:, i]`` is the distribution of token i given tokens < i.
 Every layer has its own attention layout (kernels/layouts.py); all attention goes through
@@ -40,7 +40,7 @@ class ModelConfig:
     bias: bool = True
     # one layout spec for every layer, or a list with one spec per layer (interleaved)
     layout: str | list[str] = "dense"
-    attention_backend: str = "auto"  # see kernels/attention.py
+    attention_backend: str = "auto"  # see kernels/dispatch.py
     vocab_size: int = VOCAB_SIZE
 
     def __post_init__(self) -> None:
@@ -90,12 +90,12 @@ class ModelConfig:
     @property
     def block_size(self) -> int:
         """Tokens per image: the sequence length."""
-        return self.height * self.width * self.channels
+        return self.geometry.n_tokens
 
     @property
     def row_stride(self) -> int:
         """Tokens per image row, the natural l of strided / fixed layouts."""
-        return self.width * self.channels
+        return self.geometry.row_stride
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,35 +2,27 @@
 
 A Sparse Transformer models an image as a flat sequence of 8-bit tokens. We use raster order with
 colour channels interleaved per pixel (R,G,B of pixel 0, then pixel 1, ...), so token ``i`` of an
-image with width W and C channels (row stride ``W*C``) sits at::
+image with width W and C channels (row stride ``W*C``, ``Geometry.row_stride``) sits at::
 
     row = i // (W*C),  col = (i // C) % W,  channel = i % C
 
 Everything that leaves this module is either a ``torch.LongTensor`` of tokens or a ``np.uint8``
 array shaped [H, W, C] (or [N, H, W, C]); grayscale images keep an explicit C=1 axis so the rest of
-the code never has to special-case them. docs/DESIGN.md ("Token order") states the convention.
+the code never has to special-case them. docs/DESIGN.md, "Token order" states the convention.
+
+This module imports torch only where it makes tensors (tensors it is given are recognised by
+their ``detach`` method), so the app's first page, which needs Geometry and token_coords but no
+tensors, does not pay torch's import time.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
-
-# geometry and token <-> image conversion
-
-
-def _is_tensor(x: object) -> bool:
-    """isinstance(x, torch.Tensor) without importing torch: no tensor exists unless torch was
-    imported. This module imports torch only where it makes tensors, so the app's first page
-    (which needs Geometry and token_coords, not tensors) does not pay torch's import time."""
-    # getattr: another thread may be half-way through importing torch (sessions are threads)
-    tensor_type = getattr(sys.modules.get("torch"), "Tensor", None)
-    return tensor_type is not None and isinstance(x, tensor_type)
 
 
 class Geometry(NamedTuple):
@@ -44,8 +36,21 @@ class Geometry(NamedTuple):
     def n_tokens(self) -> int:
         return self.height * self.width * self.channels
 
+    @property
+    def row_stride(self) -> int:
+        """Tokens per image row: token i + row_stride is the pixel below token i. It is the
+        natural l of the strided and fixed layouts."""
+        return self.width * self.channels
+
     def __str__(self) -> str:
         return f"{self.height}x{self.width}x{self.channels}"
+
+
+def _check_uint8(images: np.ndarray) -> None:
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f"expected a numpy array, got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"expected dtype uint8, got {images.dtype}")
 
 
 def image_to_tokens(image: np.ndarray) -> torch.Tensor:
@@ -54,30 +59,35 @@ def image_to_tokens(image: np.ndarray) -> torch.Tensor:
     A C-order reshape of an HWC array is exactly raster order with channels interleaved, which is
     why the whole module standardises on HWC.
     """
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"expected a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected dtype uint8, got {image.dtype}")
+    _check_uint8(image)
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3:
         raise ValueError(f"expected an image of shape [H, W, C] or [H, W], got {image.shape}")
-    import torch
-
-    return torch.from_numpy(image.reshape(-1).astype(np.int64))
+    return images_to_tokens(image[None])[0]
 
 
-def images_to_tokens(images: np.ndarray) -> torch.Tensor:
-    """Flatten a uint8 batch [B, H, W, C] into a LongTensor [B, H*W*C] (same order as above)."""
-    if not isinstance(images, np.ndarray):
-        raise TypeError(f"expected a numpy array, got {type(images).__name__}")
-    if images.dtype != np.uint8:
-        raise ValueError(f"expected dtype uint8, got {images.dtype}")
+def images_to_tokens(images: np.ndarray, *, dtype: type = np.int64) -> torch.Tensor:
+    """Flatten a uint8 batch [B, H, W, C] into tokens [B, H*W*C] (same order as above).
+
+    Tokens are int64 (what embeddings and losses index with) unless ``dtype`` says otherwise:
+    ``np.uint8`` shares the images' memory where it can, so a dataset costs one byte per token
+    until each batch is cast.
+    """
+    _check_uint8(images)
     if images.ndim != 4:
         raise ValueError(f"expected a batch of shape [B, H, W, C], got {images.shape}")
     import torch
 
-    return torch.from_numpy(images.reshape(images.shape[0], -1).astype(np.int64))
+    flat = images.reshape(images.shape[0], -1)  # [B, H, W, C] -> [B, H*W*C], raster order
+    return torch.from_numpy(flat.astype(dtype, copy=False))
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    """An array or tensor as a numpy array; a tensor is detached and brought to the CPU first."""
+    if hasattr(x, "detach"):  # a torch tensor (torch is never imported to ask)
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
 
 
 def tokens_to_image(tokens: torch.Tensor | np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -86,10 +96,7 @@ def tokens_to_image(tokens: torch.Tensor | np.ndarray, geometry: Geometry) -> np
     Values outside 0..255 are an error rather than being wrapped or clipped, because they mean a
     bug upstream (e.g. a sampler emitting the wrong vocabulary) that silent casting would hide.
     """
-    if _is_tensor(tokens):
-        arr = tokens.detach().cpu().numpy()
-    else:
-        arr = np.asarray(tokens)
+    arr = _as_numpy(tokens)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
     if arr.ndim not in (1, 2):
@@ -101,8 +108,7 @@ def tokens_to_image(tokens: torch.Tensor | np.ndarray, geometry: Geometry) -> np
         raise ValueError(
             f"token values must be in 0..255, got range {int(arr.min())}..{int(arr.max())}"
         )
-    shape = (geometry.height, geometry.width, geometry.channels)
-    return arr.astype(np.uint8).reshape(arr.shape[:-1] + shape)
+    return arr.astype(np.uint8).reshape(arr.shape[:-1] + tuple(geometry))  # [..., H, W, C]
 
 
 def token_coords(i: Any, geometry: Geometry) -> tuple[Any, Any, Any]:
@@ -110,26 +116,21 @@ def token_coords(i: Any, geometry: Geometry) -> tuple[Any, Any, Any]:
 
     Used to label attention patterns and to map a token back onto the pixel it describes.
     """
-    n, w, c = geometry.n_tokens, geometry.width, geometry.channels
-    if isinstance(i, np.ndarray) or _is_tensor(i):
-        is_int = (
-            not i.is_floating_point() and not i.is_complex() and str(i.dtype) != "torch.bool"
-            if _is_tensor(i)
-            else np.issubdtype(i.dtype, np.integer)
-        )
-        if not is_int:
-            raise ValueError(f"token indices must be integers, got dtype {i.dtype}")
-        if i.numel() if _is_tensor(i) else i.size:
-            lo, hi = int(i.min()), int(i.max())
-            if lo < 0 or hi >= n:
-                raise IndexError(f"token index out of range 0..{n - 1}: got {lo}..{hi}")
-        return i // (w * c), (i // c) % w, i % c
-    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-        raise TypeError(f"token index must be an int, array or tensor, got {type(i).__name__}")
-    i = int(i)
-    if not 0 <= i < n:
-        raise IndexError(f"token index {i} out of range 0..{n - 1} for geometry {geometry}")
-    return i // (w * c), (i // c) % w, i % c
+    n = geometry.n_tokens
+    if isinstance(i, np.ndarray) or hasattr(i, "detach"):
+        arr = _as_numpy(i)
+        if not np.issubdtype(arr.dtype, np.integer):  # bool is not an integer dtype here
+            raise ValueError(f"token indices must be integers, got dtype {arr.dtype}")
+        if arr.size and (arr.min() < 0 or arr.max() >= n):
+            raise IndexError(f"token index out of range 0..{n - 1}: got {arr.min()}..{arr.max()}")
+    else:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"token index must be an int, array or tensor, got {type(i).__name__}")
+        i = int(i)
+        if not 0 <= i < n:
+            raise IndexError(f"token index {i} out of range 0..{n - 1} for geometry {geometry}")
+    c = geometry.channels
+    return i // geometry.row_stride, (i // c) % geometry.width, i % c
 
 
 def pixel_to_token(row: int, col: int, channel: int, geometry: Geometry) -> int:
@@ -138,4 +139,4 @@ def pixel_to_token(row: int, col: int, channel: int, geometry: Geometry) -> int:
         raise ValueError(f"pixel ({row}, {col}) is outside the {geometry} image")
     if not 0 <= channel < geometry.channels:
         raise ValueError(f"channel {channel} is outside 0..{geometry.channels - 1}")
-    return (row * geometry.width + col) * geometry.channels + channel
+    return row * geometry.row_stride + col * geometry.channels + channel

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from kernels import parse_layout
 from models.checkpoint import load_model
 from models.datasets import load_fashion_mnist
 from models.evaluation import histogram_baseline_bpd
+from models.model import ModelConfig
 from models.sampling import sample
-from models.tokens import tokens_to_image
+from models.tokens import images_to_tokens, tokens_to_image
 from viz.grid import image_grid
 
 ROOT = Path(__file__).resolve().parents[1] / "assets" / "models"
@@ -53,7 +53,7 @@ def render_card(root: Path = ROOT) -> str:
     base = json.loads((root / BASELINES_FILE).read_text())
     run0 = recs["dense"][0]
     mc = run0["model_config"]
-    n = mc["height"] * mc["width"] * mc["channels"]
+    n = ModelConfig.from_dict(mc).block_size
     lines = [
         "# Shipped models",
         "",
@@ -249,7 +249,8 @@ def compute_baselines(root: Path = ROOT) -> dict:
     train_images, _ = load_fashion_mnist("train")
     test_images, _ = load_fashion_mnist("test")
     bpd = histogram_baseline_bpd(
-        train_images.reshape(len(train_images), -1), test_images.reshape(len(test_images), -1)
+        images_to_tokens(train_images, dtype=np.uint8),
+        images_to_tokens(test_images, dtype=np.uint8),
     )
     record = {
         "histogram_bpd": round(bpd, 4),
@@ -272,7 +273,7 @@ def draw_samples(root: Path = ROOT, *, n_uncond: int = 8, n_complete: int = 6, s
         t = time.time()
         toks = sample(model, n_samples=n_uncond, seed=seed)
         uncond.append((m, list(tokens_to_image(toks, geometry))))
-        prefixes = torch.from_numpy(picks.reshape(len(picks), -1).astype(np.int64))[:, :half]
+        prefixes = images_to_tokens(picks)[:, :half]
         done = sample(model, n_samples=len(picks), prefix=prefixes, seed=seed)
         completed.append((m, list(tokens_to_image(done, geometry))))
         print(f"{m}: samples in {time.time() - t:.0f} s", file=sys.stderr)

@@ -16,11 +16,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from models.checkpoint import CheckpointError, load_model
+from models.checkpoint import CheckpointError, load_config, load_model
 from models.datasets import DatasetError, load_images
 from models.evaluation import EVAL_FILE, evaluate_bpd, histogram_baseline_bpd, time_train_step
+from models.tokens import images_to_tokens
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         for directory in args.models:
             model = load_model(directory, device=device)
             images = load_images(args.data, "test", model.config.geometry)[: args.limit]
-            tokens = torch.from_numpy(images.reshape(len(images), -1))
+            tokens = images_to_tokens(images, dtype=np.uint8)  # [N, T]
             bpd = evaluate_bpd(model, tokens, batch_size=args.batch_size, device=device)
             step_s = time_train_step(
                 model, batch_size=args.timing_batch, iters=args.timing_iters, device=device
@@ -66,12 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.write:
                 (directory / EVAL_FILE).write_text(json.dumps(row, indent=1) + "\n")
         if args.baseline:
-            g = rows[0] if rows else None
-            geometry = load_model(args.models[0]).config.geometry if g else None
+            geometry = load_config(args.models[0]).geometry
             train = load_images(args.data, "train", geometry)
             test = load_images(args.data, "test", geometry)[: args.limit]
             base = histogram_baseline_bpd(
-                train.reshape(len(train), -1), test.reshape(len(test), -1)
+                images_to_tokens(train, dtype=np.uint8), images_to_tokens(test, dtype=np.uint8)
             )
     except (CheckpointError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
