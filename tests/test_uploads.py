@@ -1,6 +1,9 @@
-"""Hostile uploads through the app's upload path (models.uploads.prepare_upload, as pick_image calls
-it): each file converts to a 28x28 uint8 gray image or is refused with an ImageInputError that
-says why; no other exception escapes, and decompression bombs are refused before they allocate.
+"""models/uploads.py: user images (uploads, files on the command line) -> arrays for the model.
+
+First what good files become (prepare_image: modes, alpha, EXIF, crop or letterbox), then
+hostile uploads through the app's upload path (prepare_upload, as pick_image calls it): each
+file converts to a 28x28 uint8 gray image or is refused with an ImageInputError that says why;
+no other exception escapes, and decompression bombs are refused before they allocate.
 
 Every file is generated here (Pillow / numpy / a few patched bytes): no binaries in the repo.
 The long run is ``python -m tools.fuzz_uploads --cases 10000`` (see that module).
@@ -20,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from models.tokens import Geometry
-from models.uploads import MAX_IMAGE_PIXELS, ImageInputError, prepare_upload
+from models.uploads import MAX_IMAGE_PIXELS, ImageInputError, prepare_image, prepare_upload
 from tools import fuzz_uploads as fz
 
 GEOM = Geometry(28, 28, 1)  # the shipped models' geometry
@@ -57,6 +60,112 @@ def measured(fn: Callable[[], object]) -> tuple[object, int]:
     except Exception as e:  # noqa: BLE001 - returned for the caller to assert on
         result = e
     return result, fz.peak_rss() - before
+
+
+# -----------------------------------------------------------------------------
+# good files: what prepare_image makes of them
+
+rng = np.random.default_rng(0)
+
+
+def random_image(h: int, w: int, c: int) -> np.ndarray:
+    return rng.integers(0, 256, size=(h, w, c), dtype=np.uint8)
+
+
+def test_prepare_gray_and_rgb_png():
+    gray = random_image(28, 28, 1)
+    out = prepare_image(enc(Image.fromarray(gray[:, :, 0])), Geometry(28, 28, 1))
+    assert out.dtype == np.uint8 and out.shape == (28, 28, 1)
+    np.testing.assert_array_equal(out, gray)  # same size: no resampling
+    rgb = random_image(32, 32, 3)
+    out = prepare_image(enc(Image.fromarray(rgb)), Geometry(32, 32, 3))
+    np.testing.assert_array_equal(out, rgb)
+    # RGB into a gray geometry and gray into an RGB geometry, with resizing
+    out = prepare_image(enc(Image.fromarray(rgb)), Geometry(16, 16, 1))
+    assert out.shape == (16, 16, 1) and out.dtype == np.uint8
+    out = prepare_image(enc(Image.fromarray(gray[:, :, 0])), Geometry(10, 12, 3))
+    assert out.shape == (10, 12, 3)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+def test_prepare_alpha_composited_onto_background():
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red, fully transparent everywhere
+    bg = (0, 128, 255)
+    out = prepare_image(enc(Image.fromarray(rgba, "RGBA")), Geometry(8, 8, 3), background=bg)
+    assert (out == np.array(bg, dtype=np.uint8)).all()
+    rgba[..., 3] = 255  # now opaque
+    out = prepare_image(enc(Image.fromarray(rgba, "RGBA")), Geometry(8, 8, 3))
+    assert (out == [255, 0, 0]).all()
+    la = Image.fromarray(np.zeros((8, 8, 2), dtype=np.uint8), "LA")  # black, transparent
+    out = prepare_image(enc(la), Geometry(8, 8, 1), background=(255, 255, 255))
+    assert (out == 255).all()
+
+
+def test_prepare_palette_with_transparency():
+    pal = Image.new("P", (8, 8), 0)
+    pal.putpalette([0, 0, 0, 200, 10, 10] + [0] * (3 * 254))
+    pal.paste(1, (0, 0, 4, 8))  # left half index 1 (opaque red-ish), right half index 0
+    raw = enc(pal, transparency=0)
+    out = prepare_image(raw, Geometry(8, 8, 3), background=(0, 255, 0))
+    assert (out[:, :4] == [200, 10, 10]).all()
+    assert (out[:, 4:] == [0, 255, 0]).all()
+
+
+def test_prepare_exif_orientation():
+    # Stored landscape 40x20: left half red, right half blue. Orientation 6 = rotate 90 CW to
+    # display, giving portrait 20 wide x 40 tall with red on top and blue at the bottom.
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)
+    arr[:, :20] = (255, 0, 0)
+    arr[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = enc(Image.fromarray(arr), "JPEG", exif=exif, quality=95)
+    out = prepare_image(raw, Geometry(40, 20, 3), fit="letterbox", background=(0, 255, 0))
+    assert out.shape == (40, 20, 3)
+    top, bottom = out[2:18].astype(int), out[22:38].astype(int)
+    assert (top[..., 0] > 200).all() and (top[..., 2] < 60).all()
+    assert (bottom[..., 2] > 200).all() and (bottom[..., 0] < 60).all()
+    assert (out[..., 1] < 60).all()  # no green padding: the rotated aspect fits exactly
+
+
+def test_prepare_crop_vs_letterbox():
+    # wide image 60x20: left third black, middle white, right third black
+    arr = np.zeros((20, 60, 3), dtype=np.uint8)
+    arr[:, 20:40] = 255
+    raw = enc(Image.fromarray(arr))
+    crop = prepare_image(raw, Geometry(16, 16, 3), fit="crop")
+    assert crop.shape == (16, 16, 3) and crop.dtype == np.uint8
+    assert (crop[:, 2:14] > 240).all()  # centre crop is the white middle square
+    box = prepare_image(raw, Geometry(30, 30, 3), fit="letterbox", background=(255, 0, 0))
+    assert box.shape == (30, 30, 3)
+    assert (box[:5] == [255, 0, 0]).all() and (box[-5:] == [255, 0, 0]).all()  # padding rows
+    assert (box[12:18, :5] < 15).all()  # image content (black) spans the full width
+    gray_box = prepare_image(raw, Geometry(30, 30, 1), fit="letterbox", background=(255, 255, 255))
+    assert gray_box.shape == (30, 30, 1) and (gray_box[:5] == 255).all()
+    with pytest.raises(ValueError, match="letterbox"):
+        prepare_image(raw, Geometry(16, 16, 3), fit="stretch")
+    with pytest.raises(ValueError, match="channels"):
+        prepare_image(raw, Geometry(16, 16, 2))
+
+
+def test_prepare_bad_inputs():
+    with pytest.raises(ImageInputError, match="empty"):
+        prepare_image(b"", Geometry(8, 8, 3))
+    with pytest.raises(ImageInputError, match="not a recognised image"):
+        prepare_image(rng.bytes(1000), Geometry(8, 8, 3))
+    png = enc(Image.fromarray(random_image(64, 64, 3)))
+    with pytest.raises(ImageInputError, match="truncated"):
+        prepare_image(png[: len(png) // 2], Geometry(8, 8, 3))
+    assert issubclass(ImageInputError, ValueError)
+
+
+def test_prepare_decompression_bomb(monkeypatch):
+    raw = enc(Image.fromarray(random_image(64, 64, 3)))
+    for limit in (3000, 1000):  # warning range (> limit) and error range (> 2 * limit)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        with pytest.raises(ImageInputError, match="too large"):
+            prepare_image(raw, Geometry(8, 8, 3))
 
 
 # -----------------------------------------------------------------------------

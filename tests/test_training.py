@@ -1,10 +1,10 @@
-"""Training, resuming, evaluation and DDP on tiny synthetic Fashion-MNIST-shaped data."""
+"""models/training.py (and its command line, tools/train.py): training, resuming exactly and DDP,
+on tiny synthetic Fashion-MNIST-shaped data."""
 
 from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import struct
 import subprocess
@@ -17,9 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from kernels.layouts import image_layout_spec
-from models import ModelConfig, SparseTransformer, load_model
-from models.evaluation import evaluate_bpd, histogram_baseline_bpd
-from models.training import TrainConfig, batch_indices, lr_at, train
+from models import ModelConfig, load_model
+from models.training import TrainConfig, batch_indices, lr_at, model_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,29 +112,12 @@ def test_layout_shorthands_use_one_image_row():
     # c is the smallest summary width whose density reaches strided's at 784 tokens
     assert image_layout_spec("fixed", c.row_stride, c.block_size) == "fixed(l=28, c=2)"
     assert image_layout_spec("fixed(l=56, c=4)", c.row_stride, c.block_size) == "fixed(l=56, c=4)"
-
-
-def test_evaluate_bpd_matches_an_independent_computation():
-    torch.manual_seed(0)
-    model = SparseTransformer(ModelConfig.from_name("fmnist-tiny", layout="fixed(l=28, c=2)"))
-    x = torch.randint(0, 256, (5, 784), dtype=torch.uint8)
-    expected = 0.0
-    with torch.no_grad():
-        for img in x.long():  # one image at a time, log-softmax and gather by hand
-            logp = torch.log_softmax(model(img[None])[0].double(), dim=-1)  # [784, 256]
-            expected -= logp[torch.arange(784), img].sum().item()
-    expected /= 5 * 784 * math.log(2)
-    assert evaluate_bpd(model, x, batch_size=2, progress=False) == pytest.approx(expected, abs=1e-6)
-
-
-def test_histogram_baseline():
-    train_px = np.array([[0, 1], [0, 1], [0, 2]], dtype=np.uint8)
-    test_px = np.array([[0, 2]], dtype=np.uint8)
-    # position 0: value 0 seen 3 times -> (3 + 1) / (3 + 256); position 1: value 2 once -> 2 / 259
-    expected = -(math.log2(4 / 259) + math.log2(2 / 259)) / 2
-    assert histogram_baseline_bpd(train_px, test_px) == pytest.approx(expected)
-    uniform = np.zeros((0, 2), dtype=np.uint8)
-    assert histogram_baseline_bpd(uniform, test_px) == pytest.approx(8.0)
+    # the model a run trains: the preset, with the shorthand read against its own row
+    assert model_config(TrainConfig(preset="fmnist-small", layout="strided")).layout == (
+        "strided(l=28)"
+    )
+    cifar = model_config(TrainConfig(preset="cifar-small", layout="fixed", dropout=0.1))
+    assert cifar.layout == image_layout_spec("fixed", 96, 3072) and cifar.dropout == 0.1
 
 
 def test_ddp_two_ranks_end_with_identical_weights(tiny_data, tmp_path):

@@ -1,4 +1,5 @@
-"""Image completion: the kept part stays, the CLI writes a grid, bad input is explained."""
+"""models/completion.py (and its command line, tools/complete.py): the kept part stays, the CLI
+writes a grid, bad input is explained."""
 
 import io
 
