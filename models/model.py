@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import Tensor
 
 from kernels import BACKENDS, Layout, attention, parse_layout
-from kernels.capture import FORMS, CaptureForm, capture, row_probs, to_device
+from kernels.capture import FORMS, CaptureForm, capture, to_device
 from kernels.decode import decode_attention
 from models.tokens import Geometry, token_coords
 
@@ -149,9 +149,6 @@ class KVCache:
 
     k: Tensor
     v: Tensor
-    # when not None, the attention row of every position run through this cache:
-    # position -> (probs [B, H, K], key indices [K]); O(nnz), for "where did it look"
-    rows: dict[int, tuple[Tensor, Tensor]] | None = None
 
 
 class CausalSelfAttention(nn.Module):
@@ -179,17 +176,9 @@ class CausalSelfAttention(nn.Module):
             cache.k[:, :, start : start + T] = k
             cache.v[:, :, start : start + T] = v
         if cache is not None and T == 1:
-            record = cache.rows is not None
-            y, probs, idx = decode_attention(
-                q, cache.k, cache.v, self.layout, start, return_probs=record
-            )  # [B, H, 1, C/H]
-            if record:
-                cache.rows[start] = (probs, idx)
+            y, _, _ = decode_attention(q, cache.k, cache.v, self.layout, start)  # [B, H, 1, C/H]
         elif start == 0:
             y = attention(q, k, v, self.layout, backend=self.backend)  # [B, H, T, C/H]
-            if cache is not None and cache.rows is not None:  # the last prefilled position
-                probs = row_probs(q, k, self.layout, torch.tensor([T - 1]))[:, :, 0]  # [B, H, T]
-                cache.rows[T - 1] = (probs, torch.arange(T, device=q.device))
         else:
             raise ValueError("several positions at once must start at position 0 (prefill)")
         y = rearrange(y, "b h n d -> b n (h d)")  # heads side by side again: [B, T, C]
@@ -295,19 +284,12 @@ class SparseTransformer(nn.Module):
             x = block(x, None if caches is None else caches[i], start)
         return self.head(self.ln_f(x))
 
-    def new_caches(self, batch: int, *, record_rows: bool = False) -> list[KVCache]:
-        """Empty KV caches for ``batch`` sequences, one per layer, on the model's device.
-
-        With ``record_rows`` each cache also keeps the attention row of every position it
-        runs (see generation_rows): where the model looked while it generated.
-        """
+    def new_caches(self, batch: int) -> list[KVCache]:
+        """Empty KV caches for ``batch`` sequences, one per layer, on the model's device."""
         c = self.config
         shape = (batch, c.n_head, c.block_size, c.n_embd // c.n_head)  # [B, H, N, D]
-        w = self.head.weight
-        return [
-            KVCache(w.new_zeros(shape), w.new_zeros(shape), {} if record_rows else None)
-            for _ in range(c.n_layer)
-        ]
+        w = self.head.weight  # the model's device and dtype
+        return [KVCache(w.new_zeros(shape), w.new_zeros(shape)) for _ in range(c.n_layer)]
 
     @torch.no_grad()
     def capture(

@@ -18,7 +18,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from kernels.capture import Rows
 from models.model import KVCache, SparseTransformer
 
 
@@ -87,7 +86,6 @@ def sample(
     top_p: float | None = None,
     seed: int | None = None,
     use_cache: bool = True,
-    caches: list[KVCache] | None = None,
     on_row: Callable[[int, Tensor], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> Tensor:
@@ -98,9 +96,7 @@ def sample(
     to length N, which must then be given whole ([N] or [n_samples, N]). Everything else is drawn
     in raster order. ``seed`` makes the result reproducible. ``on_row(row, tokens)`` is called
     once per image row that had tokens drawn, as soon as the row is complete; ``cancel()`` is
-    polled before every token and stops the loop by raising SamplingCancelled. ``caches``
-    (from model.new_caches(n_samples, record_rows=True)) lets the caller read, afterwards, where
-    the model looked for every generated token (generation_rows).
+    polled before every token and stops the loop by raising SamplingCancelled.
     """
     n = model.config.block_size
     row_len = model.config.row_stride
@@ -127,8 +123,7 @@ def sample(
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
 
-    if caches is None and use_cache:
-        caches = model.new_caches(n_samples)
+    caches = model.new_caches(n_samples) if use_cache else None
     for i in range(start, n):
         if cancel is not None and cancel():
             raise SamplingCancelled(tokens, i)
@@ -146,25 +141,3 @@ def sample(
             if not keep[row * row_len : (row + 1) * row_len].all():
                 on_row(row, tokens)
     return tokens
-
-
-def generation_rows(caches: list[KVCache], positions: list[int] | None = None) -> dict[int, Rows]:
-    """Where the model looked while generating: per layer, the attention rows [B, H, Q, N] of
-    ``positions`` (default: every position recorded), from caches made with record_rows=True."""
-    out = {}
-    for layer, cache in enumerate(caches):
-        if cache.rows is None:
-            raise ValueError("these caches did not record rows: new_caches(..., record_rows=True)")
-        pos = sorted(cache.rows) if positions is None else list(positions)
-        missing = [p for p in pos if p not in cache.rows]
-        if missing:
-            raise ValueError(f"no attention recorded for positions {missing[:5]}")
-        B, H, N, _ = cache.k.shape
-        probs = cache.k.new_zeros(
-            B, H, len(pos), N, dtype=torch.promote_types(cache.k.dtype, torch.float32)
-        )
-        for q, p in enumerate(pos):
-            values, idx = cache.rows[p]
-            probs[:, :, q, idx] = values.to(probs.dtype)
-        out[layer] = Rows(torch.tensor(pos), probs)
-    return out

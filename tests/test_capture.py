@@ -4,10 +4,12 @@ import pytest
 import torch
 
 import kernels
+import models.model
 from kernels import capture as C
 from kernels import layouts as L
+from kernels.decode import decode_attention
 from models import ModelConfig, SparseTransformer
-from models.sampling import generation_rows, sample
+from models.sampling import sample
 
 LAYOUTS = [
     L.dense(),
@@ -100,16 +102,27 @@ def test_model_capture_validates():
         model.capture(x, form="rows")
 
 
-def test_capture_during_generation_equals_capture_of_the_result():
+def test_capture_during_generation_equals_capture_of_the_result(monkeypatch):
+    """Where the model looked while it decoded each token (its decode attention, wrapped here to
+    keep the probabilities) is what capture finds in the finished images."""
     model = make_model()
-    caches = model.new_caches(3, record_rows=True)
-    prefix = torch.arange(10)
-    tokens = sample(model, n_samples=3, prefix=prefix, seed=0, caches=caches)
-    generated = list(range(10, 35))
-    during = generation_rows(caches, generated)
+    looked: dict[int, list[torch.Tensor]] = {}  # position -> one row [B, H, N] per layer
+
+    def keeping_probs(q, k_cache, v_cache, layout, pos):
+        out, probs, idx = decode_attention(q, k_cache, v_cache, layout, pos, return_probs=True)
+        row = probs.new_zeros(*probs.shape[:2], k_cache.shape[2])  # [B, H, N]
+        row[:, :, idx] = probs  # [B, H, K] over the layout's keys
+        looked.setdefault(pos, []).append(row)
+        return out, probs, idx
+
+    monkeypatch.setattr(models.model, "decode_attention", keeping_probs)
+    tokens = sample(model, n_samples=3, prefix=torch.arange(9), seed=0)  # 0..9 in one pass
+    generated = list(range(10, 35))  # then one token at a time
+    assert sorted(looked) == generated
     after = model.capture(tokens, form="rows", queries=generated)
     for layer in range(3):
-        torch.testing.assert_close(during[layer].probs, after[layer].probs, rtol=1e-9, atol=1e-12)
+        during = torch.stack([looked[p][layer] for p in generated], dim=2)  # [B, H, Q, N]
+        torch.testing.assert_close(during, after[layer].probs, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
