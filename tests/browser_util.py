@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tools.memory import peak_rss
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -59,10 +61,7 @@ class Server:
 
     def peak_rss_mb(self) -> float:
         """The server process's peak resident set size so far (Linux /proc VmHWM)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return peak_rss(self.pid) / 2**20
 
 
 def streamlit_command(port: int) -> list[str]:

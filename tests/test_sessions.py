@@ -18,7 +18,6 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from pathlib import Path
 from unittest.mock import MagicMock
 
 import numpy as np
@@ -32,16 +31,15 @@ from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.util import patch_config_options
 from test_app import APP, tiny_models
 
+from tools.memory import current_rss
+
 SESSIONS = 8
 PEAK_RSS_LIMIT_MB = 3000  # generous: torch + streamlit + 8 sessions measure ~1 GB on a 2-core CPU
 
 
 def rss_mb() -> float:
     """This process's resident set size now (Linux /proc)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return current_rss() / 2**20
 
 
 class PeakRss:

@@ -25,6 +25,7 @@ from PIL import Image
 from models.tokens import Geometry
 from models.uploads import MAX_IMAGE_PIXELS, ImageInputError, prepare_image, prepare_upload
 from tools import fuzz_uploads as fz
+from tools.memory import current_rss, peak_rss, reset_peak_rss
 
 GEOM = Geometry(28, 28, 1)  # the shipped models' geometry
 # Pillow warns ("Corrupt EXIF data", ...) on many of these files; the outcome is what we check.
@@ -52,14 +53,14 @@ def check_converted(out, geometry: Geometry = GEOM) -> np.ndarray:
 
 def measured(fn: Callable[[], object]) -> tuple[object, int]:
     """(fn's result or the exception it raised, growth of peak RSS in bytes while it ran)."""
-    if not fz.reset_peak_rss():
+    if not reset_peak_rss():
         pytest.skip("peak RSS cannot be reset here (/proc/self/clear_refs is Linux-only)")
-    before = fz.current_rss()
+    before = current_rss()
     try:
         result = fn()
     except Exception as e:  # noqa: BLE001 - returned for the caller to assert on
         result = e
-    return result, fz.peak_rss() - before
+    return result, peak_rss() - before
 
 
 # -----------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import re
-import resource
 import struct
 import sys
 import time
@@ -34,47 +33,10 @@ from PIL import Image
 
 from models.tokens import Geometry
 from models.uploads import ImageInputError, prepare_upload
+from tools.memory import current_rss, peak_rss, reset_peak_rss
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")
 MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr")
-
-# -----------------------------------------------------------------------------
-# peak memory (Linux: VmHWM can be reset, so each case gets its own high-water mark)
-
-
-def _status_kb(field_name: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the process's peak RSS (Linux >= 4.0); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def current_rss() -> int:
-    """Resident set size in bytes now (0 where /proc is missing)."""
-    kb = _status_kb("VmRSS")
-    return 0 if kb is None else kb * 1024
-
-
-def peak_rss() -> int:
-    """Peak resident set size in bytes since the last reset_peak_rss (or process start)."""
-    kb = _status_kb("VmHWM")
-    if kb is None:  # not Linux: the lifetime maximum, in kB on Linux and bytes on macOS
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return kb if sys.platform == "darwin" else kb * 1024
-    return kb * 1024
-
 
 # -----------------------------------------------------------------------------
 # valid files of random kinds
