@@ -1,13 +1,9 @@
-"""Complete an image: keep part of it, let the model sample the rest.
+"""Image completion: keep part of an image and let the model sample the rest.
 
-    python -m tools.complete photo.jpg --model assets/models/strided --keep-rows 14 \\
-        --samples 8 --seed 0 --out grid.png
-
-The image is prepared for the model (models.uploads.prepare_image: EXIF orientation, alpha, gray or
-RGB, centre-crop or letterbox, 8-bit). Fashion-MNIST garments are light on black, so photos of
-dark things on white want ``--invert``. The kept part is the top rows (default: half) or a
-rectangle ``--rect X0 Y0 X1 Y1`` in pixel coordinates (end exclusive); everything else is sampled
-in raster order with the kept pixels fixed.
+``keep_mask`` turns "the top rows" or "a rectangle" into the tokens to keep, ``complete`` samples
+every other token in raster order with the kept ones fixed (models.sampling.sample), and
+``hidden_view`` draws the pixels still to be sampled gray. The Complete page and the command line
+(tools/complete.py) both complete images through here.
 """
 
 from __future__ import annotations
@@ -86,7 +82,7 @@ def complete(
 
 
 def hidden_view(image: np.ndarray, keep: torch.Tensor) -> np.ndarray:
-    """The image with the pixels to be sampled drawn gray."""
-    shown = image.copy().reshape(-1)
-    shown[~keep.numpy()] = HIDDEN_GRAY
-    return shown.reshape(image.shape)
+    """The image [H, W, C] with the pixels to be sampled drawn gray."""
+    tokens = image_to_tokens(image)  # [N]
+    tokens[~keep] = HIDDEN_GRAY
+    return tokens_to_image(tokens, Geometry(*image.shape))

@@ -231,7 +231,7 @@ def prepare_upload(
     """Turn an uploaded image file into a uint8 array [H, W, C] matching ``geometry``, with notes.
 
     This is the one path every upload takes (the app, the CLIs, image folders), so it is the one
-    the fuzzer (models/fuzz_uploads.py) hammers: it returns an image or raises ImageInputError,
+    the fuzzer (tools/fuzz_uploads.py) hammers: it returns an image or raises ImageInputError,
     nothing else. EXIF orientation is applied first (phone photos are stored sideways),
     transparency is composited onto ``background``, then the image is converted to L or RGB and
     fitted: "crop" centre-crops to the target aspect ratio before resizing (fills the frame,

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from models import ModelConfig, SparseTransformer, save_model
-from models.completion import complete, keep_mask
+from models.completion import HIDDEN_GRAY, complete, hidden_view, keep_mask
 from models.tokens import Geometry
 from tools.complete import main
 
@@ -44,6 +44,15 @@ def test_keep_mask_rows_and_rectangles():
     ]:
         with pytest.raises(ValueError):
             keep_mask(g, **bad)
+
+
+def test_hidden_view_grays_out_what_will_be_sampled():
+    image = np.random.default_rng(0).integers(0, 256, (4, 3, 3), dtype=np.uint8)
+    keep = keep_mask(Geometry(4, 3, 3), rect=(1, 1, 3, 3))
+    shown = hidden_view(image, keep)
+    kept = keep.view(4, 3, 3).numpy()  # [H, W, C]: tokens in raster order
+    assert shown.shape == image.shape and shown.dtype == np.uint8
+    assert (shown[kept] == image[kept]).all() and (shown[~kept] == HIDDEN_GRAY).all()
 
 
 def test_kept_pixels_unchanged_in_every_sample(model_dir):

@@ -33,6 +33,9 @@ MODELS = ("dense", "strided", "fixed")
 BASELINES_FILE = "baselines.json"
 ANALYSIS_DIR = "analysis"
 EVAL_CMD = "python -m tools.evaluate " + " ".join(f"assets/models/{m}" for m in MODELS) + " --write"
+# modules that moved after a record was written: the card names them as they are now, so that
+# every command it shows runs
+MOVED = {"python -m viz.analyze ": "python -m tools.analyze "}
 GPT_REFERENCE_BPD = 2.65  # dense GPT, 6.5M params, 7 min on one H100 (the training issue)
 GOAL_BPD = 2.60
 
@@ -41,6 +44,13 @@ def _load(root: Path, name: str) -> tuple[dict, dict]:
     run = json.loads((root / name / "run.json").read_text())
     ev = json.loads((root / name / "eval.json").read_text())
     return run, ev
+
+
+def _runnable(command: str) -> str:
+    """A recorded command, with any module that has moved since named as it is now."""
+    for old, new in MOVED.items():
+        command = command.replace(old, new)
+    return command
 
 
 def _hours(seconds: float) -> str:
@@ -192,7 +202,8 @@ def render_analysis(root: Path, n: int) -> list[str]:
         "## What the dense model learned, against the prescribed layouts",
         "",
         f"The dense model's attention on {st['images']} test images, measured with "
-        f"`{st['command']}` and `{fx['command']}` (viz/analysis.py defines every column). "
+        f"`{_runnable(st['command'])}` and `{_runnable(fx['command'])}` (analysis/metrics.py "
+        "defines every column). "
         "Coverage is the share of a head's attention mass that the layout allows: what a "
         "model restricted to that layout could keep of this head.",
         "",

@@ -1,13 +1,14 @@
-"""Complete an image: keep part of it, let the model sample the rest.
+"""Complete an image from the command line: keep part of it, let a model sample the rest.
 
-    python -m tools.complete photo.jpg --model assets/models/strided --keep-rows 14 \
+    python -m tools.complete photo.jpg --model assets/models/strided --keep-rows 14 \\
         --samples 8 --seed 0 --out grid.png
 
-The image is prepared for the model (models.uploads.prepare_image: EXIF orientation, alpha, gray or
-RGB, centre-crop or letterbox, 8-bit). Fashion-MNIST garments are light on black, so photos of
-dark things on white want ``--invert``. The kept part is the top rows (default: half) or a
-rectangle ``--rect X0 Y0 X1 Y1`` in pixel coordinates (end exclusive); everything else is sampled
-in raster order with the kept pixels fixed.
+The photo is fitted to the model (``--fit crop`` or ``letterbox``, ``--background`` behind
+transparency). Fashion-MNIST garments are light on black, so photos of dark things on white
+want ``--invert``. Keep the top rows (``--keep-rows``, default half) or a rectangle
+``--rect X0 Y0 X1 Y1`` in pixel coordinates (end exclusive). The grid written to ``--out`` shows
+the input and what was kept, then the samples; the time per token step is printed. The work is
+done by models/completion.py.
 """
 
 from __future__ import annotations

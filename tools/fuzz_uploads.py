@@ -370,7 +370,9 @@ def format_report(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.fuzz_uploads", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--cases", type=int, default=10_000, help="generated inputs (default 10000)"
     )

@@ -4,10 +4,10 @@
     python -m tools.train --preset fmnist-medium --layout strided --minutes 8 --out runs/strided
     torchrun --nproc_per_node=8 -m tools.train ...      # the same script on K GPUs (DDP)
 
-The paper's recipe (DESIGN.md §3): AdamW, linear warm-up then cosine decay, gradient clipping
-at 1.0, weight decay 0.01 on matrices. bf16 autocast on CUDA. Batches are a pure function of
-(seed, step) — an epoch-wise shuffle — so a resumed run sees exactly the batches an
-uninterrupted one would, and the weights it ends with are the same.
+The paper's recipe (docs/DESIGN.md, "What the paper reports"): AdamW, linear warm-up then
+cosine decay, gradient clipping at 1.0, weight decay 0.01 on matrices. bf16 autocast on CUDA.
+Batches are a pure function of (seed, step) — an epoch-wise shuffle — so a resumed run sees
+exactly the batches an uninterrupted one would, and the weights it ends with are the same.
 
 The output directory is a loadable model directory (config.json + model.safetensors, see
 models/checkpoint.py) plus ``train_state.safetensors`` (optimizer moments and RNG state, for
