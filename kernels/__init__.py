@@ -1,12 +1,10 @@
 """Sparse attention: layouts, the exact reference, and the backend dispatch the model calls."""
 
 from kernels.layouts import (
-    LAYOUT_NAMES,
     Layout,
     column,
     dense,
     fixed,
-    interleaved,
     local,
     multihead,
     parse_layout,
@@ -32,14 +30,12 @@ __getattr__ = lazy_exports(globals(), _LAZY)
 
 __all__ = [
     "BACKENDS",
-    "LAYOUT_NAMES",
     "AttentionResult",
     "Layout",
     "attention",
     "column",
     "dense",
     "fixed",
-    "interleaved",
     "local",
     "multihead",
     "parse_layout",

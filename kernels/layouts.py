@@ -1,7 +1,7 @@
 """Sparse Transformer attention layouts (Child et al. 2019), exact and causal.
 
 A layout says which keys j a query i may attend to. Everything is 0-based and causal (j <= i);
-the formulas are those of shared/DESIGN.md §2:
+the formulas are those of docs/DESIGN.md, "Layouts":
 
     dense          j <= i
     local(l)       0 <= i - j < l                         (a window of l keys, i included)
@@ -9,17 +9,15 @@ the formulas are those of shared/DESIGN.md §2:
     strided(l)     local(l) ∪ column(l)                   (merged: one softmax over the union)
     fixed(l, c)    j <= i and (j // l == i // l  or  j mod l >= l - c)
                    with num_verts = k > 1, head h uses v = h mod k and the summary
-                   offsets l-(v+1)c <= j mod l <= l-vc-1.
+                   offsets l-(v+1)c <= j mod l <= l-vc-1 (``fixed_summary_offsets``).
     multihead(...) head h uses pattern h mod p (the paper's Eq. 8 arrangement).
 
-Each layout is a small frozen dataclass with the same four views of one predicate:
+Each layout is a small frozen dataclass with the same three views of one predicate:
 
 * ``mask_mod(b, h, q_idx, kv_idx)``: FlexAttention's signature, on integer tensors, so a layout
   plugs straight into ``create_block_mask``;
 * ``dense_mask(n, n_heads)``: the [n_heads, n, n] boolean mask (for small n);
-* ``nnz(n, n_heads)``: the exact number of allowed pairs from closed forms, no mask built;
-* ``block_layout(n, block)``: which [block x block] tiles hold any allowed pair, computed from
-  interval arithmetic on the tiles, so it costs O((n/block)^2) and not O(n^2).
+* ``nnz(n, n_heads)``: the exact number of allowed pairs from closed forms, no mask built.
 
 ``parts()`` names the pieces a layout is the union of (local / column for strided, block /
 summary for fixed), which the app colours and the analysis measures coverage by.
@@ -31,9 +29,9 @@ Layouts are written and read as specs, e.g. ``"strided(l=28)"`` or ``"fixed(l=28
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -43,10 +41,7 @@ if TYPE_CHECKING:
 # (the predicates below are plain operators, so they take numpy arrays as well as tensors) and
 # need not pay torch's second of import time
 MaskMod = Callable[..., "Tensor"]
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+Index = TypeVar("Index", int, "Tensor")  # an int, or an integer tensor / array of them
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -79,55 +74,19 @@ def _sum_mod(n: int, l: int) -> int:
     return q * l * (l - 1) // 2 + r * (r - 1) // 2
 
 
-# --- tiles: every (query tile, key tile) pair as inclusive index ranges -----------------------
+# --- the fixed layout's summary rule ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Tiles:
-    """Index ranges of all tiles of an n x n map, broadcast as [1, QB, 1] and [1, 1, KB].
+def fixed_summary_offsets(head: Index, l: Index, c: Index, num_verts: Index) -> tuple[Index, Index]:
+    """Inclusive [lo, hi] of the summary offsets (j mod l) that ``head`` uses in fixed(l, c,
+    num_verts): head h takes summary set v = h mod num_verts, the c offsets
+    l - (v+1)c <= j mod l <= l - vc - 1 (set 0 is the last c keys of a block).
 
-    Inside a tile, i runs over [qs, qe] and j over [ks, ke] (inclusive), so i - j takes every
-    integer value in [qs - ke, qe - ks]; the tile tests below rely on that.
+    The one statement of the rule: plain operators, so it takes ints, tensors and numpy arrays
+    alike; kernels/triton/common.py has its @triton.jit twin (tested equal).
     """
-
-    qs: Tensor
-    qe: Tensor
-    ks: Tensor
-    ke: Tensor
-
-    @staticmethod
-    def make(n: int, block: int) -> _Tiles:
-        import torch
-
-        starts = torch.arange(0, n, block)
-        ends = torch.clamp(starts + block, max=n) - 1
-        return _Tiles(
-            starts[None, :, None], ends[None, :, None], starts[None, None, :], ends[None, None, :]
-        )
-
-    @property
-    def causal(self) -> Tensor:
-        return self.ks <= self.qe
-
-
-def _tile_has_multiple(lo: Tensor, hi: Tensor, l: int) -> Tensor:
-    """Whether [lo, hi] (lo >= 0) contains a multiple of l."""
-    return _ceil_div_t(lo, l) * l <= hi
-
-
-def _ceil_div_t(a: Tensor, b: int) -> Tensor:
-    import torch
-
-    return -torch.div(-a, b, rounding_mode="floor")
-
-
-def _count_mod_in(x: Tensor, l: int, lo: Tensor, hi: Tensor) -> Tensor:
-    """#{0 <= j < x : lo <= j mod l <= hi}, for x >= 0."""
-    import torch
-
-    width = hi - lo + 1
-    partial = torch.minimum(torch.clamp(x % l - lo, min=0), width)
-    return torch.div(x, l, rounding_mode="floor") * width + partial
+    v = head % num_verts
+    return l - (v + 1) * c, l - v * c - 1
 
 
 # --- the layouts ------------------------------------------------------------------------------
@@ -195,17 +154,6 @@ class Layout:
         b = torch.zeros((), dtype=torch.long, device=device)
         return self.mask_mod(b, h, i, j).expand(n_heads, n, n).contiguous()
 
-    def part_masks(self, n: int, n_heads: int = 1) -> dict[str, Tensor]:
-        """Each part's boolean mask, shape [n_heads, n, n] (parts may overlap)."""
-        import torch
-
-        self.check_heads(n_heads)
-        h = torch.arange(n_heads)[:, None, None]
-        i = torch.arange(n)[None, :, None]
-        j = torch.arange(n)[None, None, :]
-        b = torch.zeros((), dtype=torch.long)
-        return {k: p(b, h, i, j).expand(n_heads, n, n) for k, p in self.parts().items()}
-
     def nnz(self, n: int, n_heads: int = 1) -> int:
         """Exact number of allowed (head, i, j) triples, from closed forms."""
         _check_int("n", n, 0)
@@ -219,26 +167,6 @@ class Layout:
     def _nnz_head(self, n: int, h: int) -> int:
         raise NotImplementedError
 
-    def block_layout(self, n: int, block: int, n_heads: int | None = None) -> Tensor:
-        """Which tiles hold an allowed pair: bool [n_heads, ceil(n/block), ceil(n/block)].
-
-        ``n_heads`` defaults to the layout's period (1 for layouts that are the same in every
-        head). The last tile row/column is partial when block does not divide n.
-        """
-        import torch
-
-        _check_int("n", n, 1)
-        _check_int("block", block, 1)
-        n_heads = self.period if n_heads is None else n_heads
-        self.check_heads(n_heads)
-        t = _Tiles.make(n, block)
-        h = torch.arange(n_heads)[:, None, None]
-        nb = _ceil_div(n, block)
-        return self._tiles(t, h).expand(n_heads, nb, nb).contiguous()
-
-    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
-        raise NotImplementedError
-
 
 @dataclass(frozen=True, repr=False)
 class Dense(Layout):
@@ -249,9 +177,6 @@ class Dense(Layout):
 
     def _nnz_head(self, n: int, h: int) -> int:
         return n * (n + 1) // 2
-
-    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
-        return t.causal
 
 
 @dataclass(frozen=True, repr=False)
@@ -269,9 +194,6 @@ class Local(Layout):
     def _nnz_head(self, n: int, h: int) -> int:
         return _sum_min(n, self.l)
 
-    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
-        return _local_tiles(t, self.l)
-
 
 @dataclass(frozen=True, repr=False)
 class Column(Layout):
@@ -287,9 +209,6 @@ class Column(Layout):
 
     def _nnz_head(self, n: int, h: int) -> int:
         return _sum_floor(n, self.l) + n
-
-    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
-        return _column_tiles(t, self.l)
 
 
 @dataclass(frozen=True, repr=False)
@@ -308,16 +227,14 @@ class Strided(Layout):
         # the column part adds floor(i / l) keys beyond the window (i itself is in both)
         return _sum_min(n, self.l) + _sum_floor(n, self.l)
 
-    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
-        return _local_tiles(t, self.l) | _column_tiles(t, self.l)
-
 
 @dataclass(frozen=True, repr=False)
 class Fixed(Layout):
     """Own block of l keys plus the last c "summary" keys of every earlier block.
 
     With num_verts = k > 1, head h uses summary set v = h mod k at offsets
-    [l - (v+1)c, l - vc - 1] within each block, so k * c <= l is required.
+    [l - (v+1)c, l - vc - 1] within each block (``fixed_summary_offsets``), so k * c <= l is
+    required.
     """
 
     l: int
@@ -343,11 +260,6 @@ class Fixed(Layout):
         nv = f", num_verts={self.num_verts}" if self.num_verts != 1 else ""
         return f"fixed(l={self.l}, c={self.c}{nv})"
 
-    def summary_range(self, h: Tensor | int) -> tuple[Tensor | int, Tensor | int]:
-        """Inclusive [lo, hi] of the summary offsets (j mod l) used by head h."""
-        v = h % self.num_verts
-        return self.l - (v + 1) * self.c, self.l - v * self.c - 1
-
     def parts(self) -> dict[str, MaskMod]:
         l = self.l
 
@@ -355,7 +267,7 @@ class Fixed(Layout):
             return (q >= k) & (q // l == k // l)
 
         def summary(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
-            lo, hi = self.summary_range(h)
+            lo, hi = fixed_summary_offsets(h, l, self.c, self.num_verts)
             r = k % l
             return (q >= k) & (r >= lo) & (r <= hi)
 
@@ -364,23 +276,6 @@ class Fixed(Layout):
     def _nnz_head(self, n: int, h: int) -> int:
         # own block up to i, plus c summary keys in each of the floor(i/l) complete earlier blocks
         return _sum_mod(n, self.l) + n + self.c * _sum_floor(n, self.l)
-
-    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
-        import torch
-
-        l = self.l
-        # block part: the tiles share a block and some j <= i inside it. Checking the largest
-        # shared block b = min(qe // l, ke // l) suffices: if b == qe // l, i can be qe and any
-        # key of the tile in b works once ks <= qe; otherwise b == ke // l < qe // l and i can be
-        # the last index of b, which is >= ke >= j.
-        shared = torch.maximum(t.qs // l, t.ks // l) <= torch.minimum(t.qe // l, t.ke // l)
-        block = shared & t.causal
-        # summary part: some j in [ks, min(ke, qe)] has j mod l in [lo, hi]
-        lo, hi = self.summary_range(h)
-        top = torch.minimum(t.ke, t.qe)
-        count = _count_mod_in(top + 1, l, lo, hi) - _count_mod_in(t.ks, l, lo, hi)
-        summary = t.causal & (count > 0)
-        return block | summary
 
 
 @dataclass(frozen=True, repr=False)
@@ -428,15 +323,6 @@ class MultiHead(Layout):
     def _nnz_head(self, n: int, h: int) -> int:
         return self.patterns[h % len(self.patterns)]._nnz_head(n, 0)
 
-    def _tiles(self, t: _Tiles, h: Tensor) -> Tensor:
-        import torch
-
-        p = len(self.patterns)
-        out = torch.zeros((), dtype=torch.bool)
-        for idx, pattern in enumerate(self.patterns):
-            out = out | ((h % p == idx) & pattern._tiles(t, h))
-        return out
-
 
 def _local_mod(l: int) -> MaskMod:
     def local(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
@@ -450,20 +336,6 @@ def _column_mod(l: int) -> MaskMod:
         return (q >= k) & ((q - k) % l == 0)
 
     return column
-
-
-def _local_tiles(t: _Tiles, l: int) -> Tensor:
-    import torch
-
-    lo = torch.clamp(t.qs - t.ke, min=0)
-    return t.causal & (lo <= torch.clamp(t.qe - t.ks, max=l - 1))
-
-
-def _column_tiles(t: _Tiles, l: int) -> Tensor:
-    import torch
-
-    lo = torch.clamp(t.qs - t.ke, min=0)
-    return t.causal & _tile_has_multiple(lo, t.qe - t.ks, l)
 
 
 # --- constructors (the public, attention-gym-like names) --------------------------------------
@@ -501,8 +373,6 @@ _CONSTRUCTORS: dict[str, Callable[..., Layout]] = {
     "fixed": fixed,
     "multihead": multihead,
 }
-
-LAYOUT_NAMES = tuple(_CONSTRUCTORS)
 
 
 def parse_layout(spec: str | Layout) -> Layout:
@@ -578,15 +448,3 @@ def image_layout_spec(name: str, row_stride: int, n_tokens: int) -> str:
     if name == "dense":
         return "dense()"
     return name
-
-
-def interleaved(patterns: Sequence[str | Layout], n_layers: int) -> tuple[Layout, ...]:
-    """Per-layer layouts where layer r uses patterns[r mod p] (the paper's Eq. 6).
-
-    OpenAI's CIFAR-10 'bT,b,b,b' is ``interleaved([strided(l), local(l), local(l), local(l)], L)``.
-    """
-    _check_int("n_layers", n_layers, 1)
-    if not patterns:
-        raise ValueError("interleaved(...) needs at least one pattern")
-    parsed = [parse_layout(p) for p in patterns]
-    return tuple(parsed[r % len(parsed)] for r in range(n_layers))

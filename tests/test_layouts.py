@@ -1,9 +1,11 @@
-"""Layouts are exact: every view of a layout equals DESIGN.md §2's formula, pair by pair."""
+"""Layouts are exact: every view of a layout equals the formulas of docs/DESIGN.md, "Layouts",
+pair by pair."""
 
 from __future__ import annotations
 
 import itertools
 import re
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -15,7 +17,8 @@ BLOCKS = [1, 3, 16, 32]
 
 
 def formula(layout: L.Layout, h: int, i: int, j: int) -> bool:
-    """DESIGN.md §2 written out literally, one pair at a time (no shared code with layouts.py)."""
+    """docs/DESIGN.md, "Layouts", written out literally, one pair at a time (no shared code with
+    layouts.py)."""
     if j > i:
         return False
     if isinstance(layout, L.Dense):
@@ -41,6 +44,100 @@ def formula_mask(layout: L.Layout, n: int, n_heads: int) -> torch.Tensor:
     for h, i, j in itertools.product(range(n_heads), range(n), range(n)):
         m[h, i, j] = formula(layout, h, i, j)
     return m
+
+
+def part_masks(layout: L.Layout, n: int, n_heads: int) -> dict[str, torch.Tensor]:
+    """Each of the layout's parts as a boolean mask [n_heads, n, n] (parts may overlap)."""
+    layout.check_heads(n_heads)
+    h = torch.arange(n_heads)[:, None, None]
+    i = torch.arange(n)[None, :, None]
+    j = torch.arange(n)[None, None, :]
+    b = torch.zeros((), dtype=torch.long)
+    return {k: p(b, h, i, j).expand(n_heads, n, n) for k, p in layout.parts().items()}
+
+
+# --- which block x block tiles hold an allowed pair, from interval arithmetic on the tiles: ----
+# O((n/block)^2), not O(n^2), so it answers at n = 65536 what a FlexAttention block mask visits
+# (docs/DESIGN.md, "Composing sparse attention from dense pieces")
+
+
+def tile_map(layout: L.Layout, n: int, block: int, n_heads: int | None = None) -> torch.Tensor:
+    """bool [n_heads, ceil(n/block), ceil(n/block)]: True where a tile holds an allowed pair.
+    ``n_heads`` defaults to the layout's period; the last tile row/column may be partial."""
+    n_heads = layout.period if n_heads is None else n_heads
+    layout.check_heads(n_heads)
+    starts = torch.arange(0, n, block)
+    ends = torch.clamp(starts + block, max=n) - 1
+    # inside a tile i runs over [qs, qe] and j over [ks, ke] (inclusive), so i - j takes every
+    # integer value in [qs - ke, qe - ks]
+    t = Tiles(starts[None, :, None], ends[None, :, None], starts[None, None, :], ends[None, None])
+    h = torch.arange(n_heads)[:, None, None]
+    nb = len(starts)
+    return _tiles(layout, t, h).expand(n_heads, nb, nb).contiguous()
+
+
+class Tiles(NamedTuple):
+    qs: torch.Tensor  # [1, QB, 1]
+    qe: torch.Tensor
+    ks: torch.Tensor  # [1, 1, KB]
+    ke: torch.Tensor
+
+    @property
+    def causal(self) -> torch.Tensor:
+        return self.ks <= self.qe
+
+
+def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
+    return -torch.div(-a, b, rounding_mode="floor")
+
+
+def _count_mod_in(x: torch.Tensor, l: int, lo, hi) -> torch.Tensor:
+    """#{0 <= j < x : lo <= j mod l <= hi}, for x >= 0."""
+    width = hi - lo + 1
+    partial = torch.minimum(torch.clamp(x % l - lo, min=0), torch.as_tensor(width))
+    return torch.div(x, l, rounding_mode="floor") * width + partial
+
+
+def _local_tiles(t: Tiles, l: int) -> torch.Tensor:
+    lo = torch.clamp(t.qs - t.ke, min=0)
+    return t.causal & (lo <= torch.clamp(t.qe - t.ks, max=l - 1))
+
+
+def _column_tiles(t: Tiles, l: int) -> torch.Tensor:
+    # some multiple of l in [lo, hi] = the i - j of the tile
+    lo = torch.clamp(t.qs - t.ke, min=0)
+    return t.causal & (_ceil_div(lo, l) * l <= t.qe - t.ks)
+
+
+def _tiles(layout: L.Layout, t: Tiles, h: torch.Tensor) -> torch.Tensor:
+    if isinstance(layout, L.Dense):
+        return t.causal
+    if isinstance(layout, L.Local):
+        return _local_tiles(t, layout.l)
+    if isinstance(layout, L.Column):
+        return _column_tiles(t, layout.l)
+    if isinstance(layout, L.Strided):
+        return _local_tiles(t, layout.l) | _column_tiles(t, layout.l)
+    if isinstance(layout, L.Fixed):
+        l = layout.l
+        # block part: the tiles share a block and some j <= i inside it. Checking the largest
+        # shared block b = min(qe // l, ke // l) suffices: if b == qe // l, i can be qe and any
+        # key of the tile in b works once ks <= qe; otherwise b == ke // l < qe // l and i can
+        # be the last index of b, which is >= ke >= j.
+        shared = torch.maximum(t.qs // l, t.ks // l) <= torch.minimum(t.qe // l, t.ke // l)
+        block = shared & t.causal
+        # summary part: some j in [ks, min(ke, qe)] has j mod l in [lo, hi]
+        lo, hi = L.fixed_summary_offsets(h, l, layout.c, layout.num_verts)
+        top = torch.minimum(t.ke, t.qe)
+        count = _count_mod_in(top + 1, l, lo, hi) - _count_mod_in(t.ks, l, lo, hi)
+        return block | (t.causal & (count > 0))
+    if isinstance(layout, L.MultiHead):
+        p = len(layout.patterns)
+        out = torch.zeros((), dtype=torch.bool)
+        for idx, pattern in enumerate(layout.patterns):
+            out = out | ((h % p == idx) & _tiles(pattern, t, h))
+        return out
+    raise AssertionError(layout)
 
 
 LAYOUTS = [
@@ -91,7 +188,7 @@ def test_nnz_at_large_n_needs_no_mask() -> None:
 @pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("block", BLOCKS)
-def test_block_layout_agrees_with_mask(layout: L.Layout, n: int, block: int) -> None:
+def test_tile_map_agrees_with_mask(layout: L.Layout, n: int, block: int) -> None:
     heads = layout.period
     mask = layout.dense_mask(n, heads)
     nb = -(-n // block)
@@ -99,25 +196,25 @@ def test_block_layout_agrees_with_mask(layout: L.Layout, n: int, block: int) -> 
     padded[:, :n, :n] = mask
     # [H, nb*block, nb*block] -> [H, nb, block, nb, block]: a tile is kept if any pair is allowed
     expected = padded.view(heads, nb, block, nb, block).any(dim=4).any(dim=2)
-    got = layout.block_layout(n, block)
+    got = tile_map(layout, n, block)
     assert got.shape == (heads, nb, nb)
     assert torch.equal(got, expected)
 
 
-def test_block_layout_is_cheap_at_large_n() -> None:
-    tiles = L.strided(256).block_layout(65536, 128)
+def test_tile_map_is_cheap_at_large_n() -> None:
+    tiles = tile_map(L.strided(256), 65536, 128)
     assert tiles.shape == (1, 512, 512)
-    # DESIGN.md §4: with l = block = 128 the column part touches every causal tile, which is
-    # why a naive block mask skips nothing
-    tiles = L.strided(128).block_layout(16384, 128)
+    # docs/DESIGN.md, "Composing sparse attention from dense pieces": with l = block = 128 the
+    # column part touches every causal tile, which is why a naive block mask skips nothing
+    tiles = tile_map(L.strided(128), 16384, 128)
     assert torch.equal(tiles[0], torch.ones(128, 128, dtype=torch.bool).tril())
-    assert torch.equal(L.fixed(128, 16).block_layout(16384, 128)[0], tiles[0])
+    assert torch.equal(tile_map(L.fixed(128, 16), 16384, 128)[0], tiles[0])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
 def test_parts_union_is_the_layout(layout: L.Layout) -> None:
     n, heads = 40, layout.period
-    parts = layout.part_masks(n, heads)
+    parts = part_masks(layout, n, heads)
     union = torch.zeros(heads, n, n, dtype=torch.bool)
     for m in parts.values():
         union |= m
@@ -139,7 +236,7 @@ def test_mask_mod_through_flex_create_block_mask(layout: L.Layout) -> None:
     )
     # to_dense() gives the tiles flex will visit: exactly those holding any allowed pair
     flex_tiles = bm.to_dense()[0].bool()  # [1, H, nb, nb] -> [H, nb, nb]
-    assert torch.equal(flex_tiles, layout.block_layout(n, block, heads))
+    assert torch.equal(flex_tiles, tile_map(layout, n, block, heads))
     # and the mask_mod evaluated element-wise by flex equals the dense mask
     h, i, j = torch.meshgrid(torch.arange(heads), torch.arange(n), torch.arange(n), indexing="ij")
     elementwise = torch.vmap(layout.mask_mod, in_dims=(None, 0, 0, 0))(torch.tensor(0), h, i, j)
@@ -206,10 +303,35 @@ def test_bad_specs_raise_value_error(spec: str) -> None:
         L.parse_layout(spec)
 
 
-def test_interleaved_cycles_patterns_over_layers() -> None:
-    # OpenAI's CIFAR-10 'bT,b,b,b': one strided layer for every three local layers
-    got = L.interleaved(["strided(l=96)", L.local(96), "local(l=96)", "local(l=96)"], 6)
-    assert got == (L.strided(96), L.local(96), L.local(96), L.local(96), L.strided(96), L.local(96))
+def test_fixed_summary_offsets_is_the_rule_for_ints_tensors_and_arrays() -> None:
+    import numpy as np
+
+    # set 0 is the last c keys of a block; head h uses set h mod num_verts
+    assert L.fixed_summary_offsets(0, 8, 2, 1) == (6, 7)
+    assert L.fixed_summary_offsets(1, 8, 2, 4) == (4, 5)
+    assert L.fixed_summary_offsets(7, 8, 2, 4) == (0, 1)
+    heads = list(range(12))
+    want = [L.fixed_summary_offsets(h, 28, 4, 3) for h in heads]
+    lo, hi = L.fixed_summary_offsets(torch.tensor(heads), 28, 4, 3)
+    assert list(zip(lo.tolist(), hi.tolist(), strict=True)) == want
+    lo, hi = L.fixed_summary_offsets(np.array(heads), 28, 4, 3)
+    assert list(zip(lo.tolist(), hi.tolist(), strict=True)) == want
+    # the summary part of fixed is exactly these offsets, in every earlier block
+    summary = L.fixed(28, 4, 3).parts()["summary"]
+    for h, (a, b) in zip(heads, want, strict=True):
+        keys = torch.arange(60)
+        got = summary(torch.tensor(0), torch.tensor(h), torch.tensor(59), keys)
+        assert torch.equal(got, (keys % 28 >= a) & (keys % 28 <= b))
+
+
+def test_openai_bT_b_b_b_is_a_per_layer_list_of_specs() -> None:
+    # OpenAI's CIFAR-10 'bT,b,b,b' (one strided layer for every three local layers) is a model
+    # config's list of one spec per layer; there is no separate interleaving helper
+    from models.model import ModelConfig
+
+    specs = ["strided(l=96)", "local(l=96)", "local(l=96)", "local(l=96)"] * 2
+    config = ModelConfig(height=4, width=32, channels=3, n_layer=8, n_head=2, layout=specs)
+    assert config.layouts == (L.strided(96), L.local(96), L.local(96), L.local(96)) * 2
 
 
 def test_density_of_image_layouts() -> None:
