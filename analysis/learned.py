@@ -1,7 +1,7 @@
 """Learned attention of a model on real images, scored against prescribed layouts.
 
-Runs the model's captures over images and reduces them with analysis.metrics; the layout search
-scores candidate strided and fixed layouts. The command line is tools/analyze.py
+Runs the model's captures over images and hands their rows, as numpy, to analysis.metrics; the
+layout search scores candidate strided and fixed layouts. The command line is tools/analyze.py
 (`python -m tools.analyze`).
 """
 
@@ -31,16 +31,17 @@ def analyze_model(
     geometry = model.config.geometry
     queries = default_queries(geometry)
     heads = list(range(model.config.n_head))
-    per_layer: dict[int, dict[str, list[torch.Tensor]]] = {}
+    per_layer: dict[int, dict[str, list[np.ndarray]]] = {}
     for s in range(0, len(tokens), batch):
-        caps = model.capture(tokens[s : s + batch], form="rows", queries=queries)
+        caps = model.capture(tokens[s : s + batch], form="rows", queries=torch.from_numpy(queries))
         for layer, rows in caps.items():
-            m = head_metrics(rows.probs, queries, geometry, layout, heads)  # each [b, H]
+            probs = rows.probs.numpy()
+            m = head_metrics(probs, queries, geometry, layout, heads)  # each [b, H]
             for k, v in m.items():
                 per_layer.setdefault(layer, {}).setdefault(k, []).append(v)
     table = []
     for layer, metrics in per_layer.items():
-        stats = aggregate({k: torch.cat(v) for k, v in metrics.items()})
+        stats = aggregate({k: np.concatenate(v) for k, v in metrics.items()})
         for h in heads:
             row = {"layer": layer, "head": h, "layout": repr(layout), "images": len(tokens)}
             for k, (mean, std) in stats.items():
@@ -67,7 +68,7 @@ def layout_search(
     """Per candidate: density, and the mean share of attention mass it keeps (over images,
     layers, heads and query rows), its minimum over heads, and its mean per layer."""
     geometry = model.config.geometry
-    queries = default_queries(geometry)
+    queries = torch.from_numpy(default_queries(geometry))
     n, H = geometry.n_tokens, model.config.n_head
     masks = {}
     for c in candidates:

@@ -2,7 +2,8 @@
 
 Every function takes attention rows ``probs`` of shape [..., Q, N] (any leading dims, e.g.
 [images, heads]) for the query positions ``queries`` [Q] of an image with ``geometry``, and
-returns one number per leading index. Nothing here imports streamlit or runs a model.
+returns one number per leading index. Plain numpy (float64): nothing here imports torch or
+streamlit or runs a model; analysis/learned.py runs the model and hands its rows over.
 
 Metrics of a head (each averaged over its query rows):
     coverage        attention mass on pairs the layout allows (1 = the layout would lose nothing)
@@ -14,7 +15,7 @@ Metrics of a head (each averaged over its query rows):
     same_row / same_col / same_channel   mass on keys in the query's row / column / channel
 
 Head types, decided in this order (thresholds below, chosen on hand-built heads in
-tests/test_analysis.py):
+tests/test_metrics.py):
     row      same_row >= SHARE and k90 >= MIN_SPREAD       attends along its own row
     column   same_col >= SHARE and k90 >= MIN_SPREAD       attends up its own column
     local    distance <= LOCAL_PX and k90 <= LOCAL_KEYS    a small neighbourhood (conv-like)
@@ -26,8 +27,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from kernels.layouts import Layout
 from models.tokens import Geometry, token_coords
@@ -41,56 +41,64 @@ HEAD_TYPES = ("row", "column", "local", "sparse", "global")
 METRICS = ("coverage", "entropy", "k90", "distance", "same_row", "same_col", "same_channel")
 
 
-def default_queries(geometry: Geometry) -> Tensor:
+def default_queries(geometry: Geometry) -> np.ndarray:
     """Every position from the second image row on, where a query has both a row and a column
-    of context; the first row would make every head look local."""
-    return torch.arange(geometry.row_stride, geometry.n_tokens)
+    of context; the first row would make every head look local. int64 [Q]."""
+    return np.arange(geometry.row_stride, geometry.n_tokens, dtype=np.int64)
 
 
-def _pairs(queries: Tensor, n: int, geometry: Geometry) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _pairs(
+    queries: np.ndarray, n: int, geometry: Geometry
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per (query, key): pixel distance, same row, same column, same channel; each [Q, N]."""
     qr, qc, qch = token_coords(queries, geometry)
-    kr, kc, kch = token_coords(torch.arange(n), geometry)
-    dr = (qr[:, None] - kr[None, :]).double()
-    dc = (qc[:, None] - kc[None, :]).double()
+    kr, kc, kch = token_coords(np.arange(n, dtype=np.int64), geometry)
+    dr = (qr[:, None] - kr[None, :]).astype(np.float64)
+    dc = (qc[:, None] - kc[None, :]).astype(np.float64)
     return (
-        torch.sqrt(dr**2 + dc**2),
+        np.sqrt(dr**2 + dc**2),
         qr[:, None] == kr[None, :],
         qc[:, None] == kc[None, :],
         qch[:, None] == kch[None, :],
     )
 
 
-def layout_rows(layout: Layout, queries: Tensor, n: int, heads: list[int]) -> dict[str, Tensor]:
-    """Each part's mask on the query rows, made exclusive in part order: {part: [H, Q, N]}."""
-    h = torch.tensor(heads)[:, None, None]
-    j = torch.arange(n)[None, None, :]
-    taken = torch.zeros(len(heads), len(queries), n, dtype=torch.bool)
+def layout_rows(
+    layout: Layout, queries: np.ndarray, n: int, heads: list[int]
+) -> dict[str, np.ndarray]:
+    """Each part's mask on the query rows, made exclusive in part order: {part: bool [H, Q, N]}.
+
+    The layouts' predicates are plain integer operators, so they take numpy arrays."""
+    h = np.asarray(heads, dtype=np.int64)[:, None, None]
+    i = np.asarray(queries, dtype=np.int64)[None, :, None]
+    j = np.arange(n, dtype=np.int64)[None, None, :]
+    taken = np.zeros((len(heads), i.shape[1], n), dtype=bool)
     out = {}
     for name, part in layout.parts().items():
-        m = part(torch.tensor(0), h, queries[None, :, None], j).expand_as(taken)
+        m = np.broadcast_to(part(np.int64(0), h, i, j), taken.shape)
         out[name] = m & ~taken
         taken = taken | m
     return out
 
 
 def head_metrics(
-    probs: Tensor,
-    queries: Tensor,
+    probs: np.ndarray,
+    queries: np.ndarray,
     geometry: Geometry,
     layout: Layout | None = None,
     heads: list[int] | None = None,
-) -> dict[str, Tensor]:
+) -> dict[str, np.ndarray]:
     """All metrics of attention rows probs [..., H, Q, N] (rows of the heads ``heads``, default
-    0..H-1); each value is a tensor [..., H] (mean over the query rows)."""
-    p = probs.double()
+    0..H-1); each value is float64 [..., H] (mean over the query rows)."""
+    p = np.asarray(probs, dtype=np.float64)
+    queries = np.asarray(queries, dtype=np.int64)
     *_, H, Q, N = p.shape
     heads = list(range(H)) if heads is None else heads
     dist, same_row, same_col, same_ch = _pairs(queries, N, geometry)
-    plogp = torch.where(p > 0, p * torch.log2(p.clamp_min(1e-300)), torch.zeros_like(p))
-    sorted_p = p.sort(dim=-1, descending=True).values
+    plogp = np.where(p > 0, p * np.log2(np.maximum(p, 1e-300)), 0.0)
+    sorted_p = -np.sort(-p, axis=-1)  # descending
     # the number of keys before the running mass reaches 90 %, plus the one that reaches it
-    k90 = ((sorted_p.cumsum(-1) - sorted_p) < 0.9 - 1e-9).sum(-1).double()
+    k90 = ((np.cumsum(sorted_p, axis=-1) - sorted_p) < 0.9 - 1e-9).sum(-1).astype(np.float64)
     out = {
         "entropy": -plogp.sum(-1).mean(-1),
         "k90": k90.mean(-1),
@@ -122,12 +130,14 @@ def head_type(m: dict[str, float]) -> str:
     return "global"
 
 
-def aggregate(per_image: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
-    """Mean and standard deviation over the first (image) dimension of every metric."""
-    return {
-        k: (v.mean(0), v.std(0, unbiased=False) if v.shape[0] > 1 else torch.zeros_like(v[0]))
-        for k, v in per_image.items()
-    }
+def aggregate(per_image: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Mean and standard deviation (population: ddof 0) over the first (image) dimension of
+    every metric; the spread of a single image is 0."""
+    out = {}
+    for k, v in per_image.items():
+        v = np.asarray(v, dtype=np.float64)
+        out[k] = (v.mean(0), v.std(0) if v.shape[0] > 1 else np.zeros_like(v[0]))
+    return out
 
 
 def uniform_entropy_bits(k: int) -> float:

@@ -1,29 +1,22 @@
-"""Analysis metrics on hand-built heads with known answers, and the analysis CLI."""
+"""analysis/metrics.py: the metrics and head types of hand-built heads with known answers."""
 
-import gzip
-import json
 import math
-import struct
 
 import numpy as np
 import pytest
-import torch
 
-from analysis.learned import analyze_model, layout_search
 from analysis.metrics import aggregate, default_queries, head_metrics, head_type
 from kernels import layouts as L
-from models import ModelConfig, SparseTransformer, save_model
 from models.tokens import Geometry
-from tools.analyze import main
 
 G = Geometry(8, 10, 1)  # 80 tokens, one row = 10
 N = G.n_tokens
 Q = default_queries(G)  # 10 .. 79
 
 
-def head(rule) -> torch.Tensor:
+def head(rule) -> np.ndarray:
     """A hand-built head [1, 1, Q, N]: row i spreads its mass evenly over rule(i)."""
-    p = torch.zeros(1, 1, len(Q), N, dtype=torch.float64)
+    p = np.zeros((1, 1, len(Q), N), dtype=np.float64)
     for r, i in enumerate(Q.tolist()):
         keys = rule(i)
         p[0, 0, r, keys] = 1 / len(keys)
@@ -77,59 +70,9 @@ def test_fixed_coverage_parts_are_exclusive():
 
 
 def test_aggregate_mean_and_spread():
-    per_image = {"coverage": torch.tensor([[0.2, 1.0], [0.4, 1.0]])}
+    per_image = {"coverage": np.array([[0.2, 1.0], [0.4, 1.0]])}
     mean, std = aggregate(per_image)["coverage"]
-    torch.testing.assert_close(mean, torch.tensor([0.3, 1.0]))
-    torch.testing.assert_close(std, torch.tensor([0.1, 0.0]))
-
-
-def tiny_model(layout):
-    torch.manual_seed(0)
-    return SparseTransformer(ModelConfig.from_name("fmnist-tiny", layout=layout)).eval()
-
-
-def test_a_sparse_model_puts_no_mass_outside_its_layout():
-    tokens = torch.randint(0, 256, (2, 784), generator=torch.Generator().manual_seed(0))
-    model = tiny_model("strided(l=28)")
-    rows = analyze_model(model, tokens, L.strided(28))
-    assert len(rows) == 4 and all(r["coverage"] == pytest.approx(1) for r in rows)
-    dense_rows = analyze_model(tiny_model("dense()"), tokens, L.strided(28))
-    assert all(r["coverage"] < 0.99 for r in dense_rows)
-    search = layout_search(model, tokens, [L.strided(28), L.strided(14), L.fixed(28, 2)])
-    by = {r["layout"]: r for r in search}
-    assert by["strided(l=28)"]["coverage"] == pytest.approx(1)
-    assert by["strided(l=14)"]["coverage"] < 1
-
-
-def test_cli_writes_json_and_csv(tmp_path, capsys):
-    folder = tmp_path / "data"
-    folder.mkdir()
-    imgs = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
-    with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">IIII", 0x803, 3, 28, 28) + imgs.tobytes())
-    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">II", 0x801, 3) + bytes(3))
-    save_model(tiny_model("dense()"), tmp_path / "m")
-    out = tmp_path / "out"
-    rc = main(
-        [
-            "--model",
-            str(tmp_path / "m"),
-            "--layout",
-            "fixed",
-            "--images",
-            "2",
-            "--data",
-            f"fashion-mnist:{folder}",
-            "--out",
-            str(out),
-            "--search",
-        ]
-    )
-    text = capsys.readouterr().out
-    assert rc == 0 and "learned attention vs fixed(l=28, c=2)" in text
-    result = json.loads((out / "m_vs_fixed.json").read_text())
-    assert len(result["heads"]) == 4 and result["images"] == 2 and result["search"]
-    assert (out / "m_vs_fixed.csv").read_text().startswith("layer,head,layout")
-    assert main(["--model", str(tmp_path / "nope")]) == 2
-    assert main(["--model", str(tmp_path / "m"), "--layout", "strided(l=0)"]) == 2
+    np.testing.assert_allclose(mean, [0.3, 1.0])
+    np.testing.assert_allclose(std, [0.1, 0.0], atol=1e-12)
+    mean, std = aggregate({"coverage": np.array([[0.2, 1.0]])})["coverage"]  # one image
+    np.testing.assert_array_equal(std, [0.0, 0.0])
