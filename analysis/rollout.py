@@ -17,8 +17,8 @@ vector-matrix products, e_q^T A'_L, then (.) A'_{L-1}, ... : O(L q^2) for query 
 causality keeps the vector on keys <= q. It still needs rows 0..q of every layer below the
 top, which for a query near the end of the image is every row: the attention itself is as big
 as a full map (O(L N^2) to capture and hold); only the N^3 products are saved. At 784 tokens a
-full map is 2.4 MiB per head in float32 and the whole chain takes well under a second, so
-rollout here is exact and from full maps; model_rollout_row captures only rows 0..q.
+full map is 2.3 MiB per head in float32 and the whole chain takes a fraction of a second per
+image, so rollout here is exact and from full maps; model_rollout_row captures only rows 0..q.
 """
 
 from __future__ import annotations
