@@ -6,6 +6,7 @@ The command line is tools/evaluate.py (`python -m tools.evaluate`).
 from __future__ import annotations
 
 import math
+import platform
 import statistics
 import time
 
@@ -46,8 +47,19 @@ def evaluate_bpd(
     return total / count / math.log(2)
 
 
+def device_name(device: torch.device) -> str:
+    """What a measurement ran on, for its record: the GPU's name, or the CPU and its threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def time_train_step(
-    model: SparseTransformer, *, batch_size: int = 16, iters: int = 5, device="cpu"
+    model: SparseTransformer,
+    *,
+    batch_size: int = 16,
+    iters: int = 5,
+    device: torch.device | str = "cpu",
 ) -> float:
     """Median seconds of one training step (fresh copy of the model, AdamW, random tokens)."""
     clone = SparseTransformer(model.config).to(device).train()

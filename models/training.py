@@ -26,7 +26,7 @@ from tqdm import tqdm
 from kernels.layouts import image_layout_spec
 from models.checkpoint import CheckpointError, load_model, save_model
 from models.datasets import load_images
-from models.evaluation import evaluate_bpd
+from models.evaluation import device_name, evaluate_bpd
 from models.model import ModelConfig, SparseTransformer
 from models.tokens import images_to_tokens
 
@@ -69,8 +69,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
-def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
-    """The dataset rows of global batch ``step``: consecutive slices of one shuffle per epoch."""
+def batch_indices(step: int, *, batch_size: int, n: int, seed: int) -> torch.Tensor:
+    """The rows of global batch ``step`` in a dataset of ``n``: consecutive slices of one
+    shuffle per epoch, a pure function of (seed, step)."""
     start = step * batch_size
     out = []
     while len(out) < batch_size:
@@ -183,7 +184,8 @@ def train_step(run: Run, ddp_model: torch.nn.Module, autocast: AbstractContextMa
     """One optimizer step on this rank's share of global batch ``run.step``; its mean loss in
     nats. ``.item()`` waits for the step to finish, so timing a step around this is fair."""
     cfg, ranks = run.cfg, run.ranks
-    idx = batch_indices(run.step, cfg.batch_size, len(run.train_tokens), cfg.seed)
+    n = len(run.train_tokens)
+    idx = batch_indices(run.step, batch_size=cfg.batch_size, n=n, seed=cfg.seed)
     x = run.train_tokens[idx[ranks.rank :: ranks.world]]  # uint8 [B / world, T]
     x = x.to(device=ranks.device, dtype=torch.long)
     for group in run.optimizer.param_groups:
@@ -284,7 +286,7 @@ def save_checkpoint(run: Run) -> None:
             },
             "steps": run.step,
             "images_seen": run.step * cfg.batch_size,
-            "device": _device_name(run.ranks.device),
+            "device": device_name(run.ranks.device),
             "world_size": run.ranks.world,
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -383,9 +385,3 @@ def _write_record(out: Path, record: dict) -> None:
     tmp = out / (RUN_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(out / RUN_FILE)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -100,10 +100,14 @@ def test_schedule_and_batches():
     assert lr_at(10, c) == pytest.approx(1.0) and lr_at(100, c) == pytest.approx(0.1)
     assert all(lr_at(s, c) >= lr_at(s + 1, c) for s in range(10, 100))
     # consecutive batches cover each epoch exactly once, and are a function of (seed, step)
-    seen = torch.cat([batch_indices(s, 7, 21, seed=3) for s in range(3)])
+    seen = torch.cat([batch_indices(s, batch_size=7, n=21, seed=3) for s in range(3)])
     assert sorted(seen.tolist()) == list(range(21))
-    assert torch.equal(batch_indices(5, 7, 21, 3), batch_indices(5, 7, 21, 3))
-    assert not torch.equal(batch_indices(0, 7, 21, 3), batch_indices(0, 7, 21, 4))
+
+    def batch(step, seed):
+        return batch_indices(step, batch_size=7, n=21, seed=seed)
+
+    assert torch.equal(batch(5, seed=3), batch(5, seed=3))
+    assert not torch.equal(batch(0, seed=3), batch(0, seed=4))
 
 
 def test_layout_shorthands_use_one_image_row():

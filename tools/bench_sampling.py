@@ -10,7 +10,6 @@ of the whole completion and the time per decoding step (one new token for every 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from datetime import date
@@ -20,13 +19,15 @@ import torch
 
 from models.checkpoint import CheckpointError, load_model
 from models.completion import keep_mask
+from models.evaluation import device_name
 from models.model import ModelConfig, SparseTransformer
 from models.sampling import sample
 
 ROOT = Path(__file__).resolve().parents[1] / "assets" / "models"
 
 
-def time_completion(model: SparseTransformer, n_samples: int, use_cache: bool) -> float:
+def time_completion(model: SparseTransformer, n_samples: int, *, use_cache: bool) -> float:
+    """Seconds to sample the bottom half of one random image, ``n_samples`` times at once."""
     geometry = model.config.geometry
     device = next(model.parameters()).device
     image = torch.randint(0, 256, (geometry.n_tokens,), generator=torch.Generator().manual_seed(0))
@@ -65,11 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             models.append((f"32x32x3 {layout}", SparseTransformer(cfg).to(device).eval()))
 
-    where = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    )
+    where = device_name(device)
     print(f"# completion benchmark, {date.today()}, {where}, torch {torch.__version__}")
     print(f"# {n_samples} samples, bottom half sampled, top half kept\n")
     print(
@@ -79,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for name, model in models:
         steps = int((~keep_mask(model.config.geometry)).sum())
-        time_completion(model, n_samples, True)  # warm-up: mask and row-index caches
-        cached = time_completion(model, n_samples, True)
+        time_completion(model, n_samples, use_cache=True)  # warm-up: mask and row-index caches
+        cached = time_completion(model, n_samples, use_cache=True)
         if args.no_uncached:
             uncached_s, ratio = "-", "-"
         else:
-            uncached = time_completion(model, n_samples, False)
+            uncached = time_completion(model, n_samples, use_cache=False)
             uncached_s, ratio = f"{uncached:.2f}", f"{uncached / cached:.1f}x"
         print(
             f"| {name} | `{model.layouts[0]!r}` | {steps} | {cached:.2f} "

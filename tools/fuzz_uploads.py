@@ -302,6 +302,7 @@ def check_upload(data: bytes, geometry: Geometry, fit: str = "crop") -> tuple[st
 
 def run(
     cases: int,
+    *,
     seed: int = 0,
     geometry: Geometry | None = None,
     progress: Callable[[int], None] | None = None,
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         if i % 1000 == 0:
             print(f"  {i} / {args.cases}", file=sys.stderr, flush=True)
 
-    report = run(args.cases, args.seed, geometry, progress)
+    report = run(args.cases, seed=args.seed, geometry=geometry, progress=progress)
     print(format_report(report))
     for n, (label, tb, data) in enumerate(report.crashes):
         print(f"\ncrash {n} ({label}, {len(data)} bytes):\n{tb}", file=sys.stderr)
