@@ -1,4 +1,5 @@
-"""Sparse attention: layouts, the exact reference, and the backend dispatch the model calls."""
+"""Sparse attention: layouts, the exact reference, and the one attention entry point (with its
+backends) that the model calls."""
 
 from kernels.layouts import (
     Layout,
@@ -21,7 +22,6 @@ _LAZY = {
     "use_backend": "kernels.dispatch",
     "AttentionResult": "kernels.reference",
     "reference_attention": "kernels.reference",
-    "sparse_attention": "kernels.sparse",
 }
 
 
@@ -41,7 +41,6 @@ __all__ = [
     "parse_layout",
     "reference_attention",
     "resolve_backend",
-    "sparse_attention",
     "strided",
     "use_backend",
 ]

@@ -1,6 +1,7 @@
 """Attention probabilities in the forms a person can look at, without an N x N matrix.
 
-The four forms of DESIGN.md §5, for q, k of shape [B, H, N, D] and the layout they attend with:
+The four forms of docs/DESIGN.md, "Capture without an N x N matrix", for q, k of shape
+[B, H, N, D] and the layout they attend with:
 
     FullMap     probs [B, H, N, N]                      only where N <= MAX_FULL_N
     Rows        probs [B, H, Q, N] of chosen queries    a clicked pixel
@@ -8,9 +9,11 @@ The four forms of DESIGN.md §5, for q, k of shape [B, H, N, D] and the layout t
     SparseMap   the probability of every pair of a support layout, in CSR form
 
 The reference path here is exact, in plain PyTorch, walking over blocks of query rows so that
-memory is O(rows x N) per block and O(output) overall (the full map excepted). With
-backend="auto" on CUDA (or "triton", also under TRITON_INTERPRET=1) the fused kernels compute
-the same forms from their forward pass's log-sum-exp (kernels/triton_capture.py).
+memory is O(rows x N) per block and O(output) overall (the full map excepted). ``backend`` means
+what it means for kernels.dispatch.attention: where that resolves to "triton" (CUDA tensors and
+a kernel for the layout under "auto"; also under TRITON_INTERPRET=1 when asked for) the fused
+kernels compute the same forms from their forward pass's log-sum-exp (kernels/triton/capture.py);
+"reference" and "sdpa" take the plain walk here.
 
 ``support`` for the sparse form may differ from the attention layout: the probabilities of a
 dense model stored on the pairs of strided(l) are exactly what "how much of this head does
@@ -23,11 +26,16 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from kernels.dispatch import attention, resolve_backend
 from kernels.layouts import Layout
+
+if TYPE_CHECKING:
+    from kernels.triton.common import KernelSpec
 
 MAX_FULL_N = 4096  # a full float32 map is 64 MiB per head here
 ROW_BLOCK = 256  # query rows per step of the reference walk
@@ -128,15 +136,18 @@ def _row_blocks(
         yield s, row_probs(q, k, layout, torch.arange(s, min(s + rows, N)), scale)
 
 
-def _triton_lse(q: Tensor, k: Tensor, layout: Layout, scale: float | None, backend: str):
-    """The forward's log-sum-exp when the fused kernels take this capture, else None."""
-    from kernels.sparse import resolve, sparse_attention
-
-    if backend == "reference" or resolve(q, layout, backend) != "triton":
+def _fused(
+    q: Tensor, k: Tensor, layout: Layout, scale: float | None, backend: str
+) -> tuple[KernelSpec, Tensor, float] | None:
+    """(kernel spec, the forward's log-sum-exp, scale) when the fused kernels take this
+    capture, else None (the reference walk)."""
+    if resolve_backend(q, layout, backend) != "triton":
         return None
+    from kernels.triton.common import kernel_spec
+
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    _, lse = sparse_attention(q, k, k, layout, scale=scale, return_lse=True, backend="triton")
-    return lse, scale
+    _, lse = attention(q, k, k, layout, scale=scale, return_lse=True, backend="triton")
+    return kernel_spec(layout, q.shape[2]), lse, scale
 
 
 def capture_full(
@@ -148,11 +159,12 @@ def capture_full(
             f"a full map at N = {N} would be {N * N * 4 / 2**20:.0f} MiB per head; full maps are "
             f"for N <= {MAX_FULL_N}: use the rows, pooled or sparse forms"
         )
-    fused = _triton_lse(q, k, layout, scale, backend)
+    fused = _fused(q, k, layout, scale, backend)
     if fused is not None:
         from kernels.triton.capture import triton_rows
 
-        return FullMap(triton_rows(q, k, fused[0], layout, torch.arange(N), fused[1]))
+        spec, lse, scale = fused
+        return FullMap(triton_rows(q, k, lse, spec, torch.arange(N), scale=scale))
     return FullMap(torch.cat([p for _, p in _row_blocks(q, k, layout, scale, ROW_BLOCK)], dim=2))
 
 
@@ -168,11 +180,12 @@ def capture_rows(
     queries = torch.as_tensor(queries, dtype=torch.long).flatten()
     if len(queries) and (queries.min() < 0 or queries.max() >= N):
         raise ValueError(f"query positions must be in 0..{N - 1}, got {queries.tolist()}")
-    fused = _triton_lse(q, k, layout, scale, backend)
+    fused = _fused(q, k, layout, scale, backend)
     if fused is not None:
         from kernels.triton.capture import triton_rows
 
-        return Rows(queries, triton_rows(q, k, fused[0], layout, queries, fused[1]))
+        spec, lse, scale = fused
+        return Rows(queries, triton_rows(q, k, lse, spec, queries, scale=scale))
     return Rows(queries, row_probs(q, k, layout, queries, scale))
 
 
@@ -187,11 +200,12 @@ def capture_pooled(
     if block < 1:
         raise ValueError(f"pooling block must be >= 1, got {block}")
     B, H, N, _ = q.shape
-    fused = _triton_lse(q, k, layout, scale, backend)
+    fused = _fused(q, k, layout, scale, backend)
     if fused is not None:
         from kernels.triton.capture import triton_pooled
 
-        return PooledMap(block, N, *triton_pooled(q, k, fused[0], layout, block, fused[1]))
+        spec, lse, scale = fused
+        return PooledMap(block, N, *triton_pooled(q, k, lse, spec, block, scale=scale))
     nb = -(-N // block)
     pad = nb * block - N
     # tile sizes, for the mean over real entries of the partial last row/column of tiles
@@ -247,11 +261,12 @@ def capture_sparse(
     support.check_heads(H)
     indptr, indices = support_pattern(support, N, H)
     rows_of = torch.repeat_interleave(torch.arange(N), indptr.diff())  # [nnz]
-    fused = _triton_lse(q, k, layout, scale, backend)
+    fused = _fused(q, k, layout, scale, backend)
     if fused is not None:
         from kernels.triton.capture import triton_sparse
 
-        values = triton_sparse(q, k, fused[0], layout, indptr, indices, fused[1])
+        spec, lse, scale = fused
+        values = triton_sparse(q, k, lse, spec, indptr, indices, scale=scale)
     else:
         values = q.new_zeros(B, H, len(indices), dtype=_dtype(q))
         for s, p in _row_blocks(q, k, layout, scale, ROW_BLOCK):

@@ -1,17 +1,22 @@
-"""The one attention entry point the model calls, and the choice of backend behind it.
+"""The one attention entry point, the choice of backend behind it, and every input check.
 
-Backends:
-    "reference"  kernels.reference: plain masked softmax, O(N^2) memory; the ground truth.
+    out = attention(q, k, v, strided(28))                                  # [B, H, N, D]
+    out, lse = attention(q, k, v, fixed(128, 16), return_lse=True)         # lse [B, H, N]
+
+Backends (one meaning each):
+    "reference"  kernels/reference.py: plain masked softmax, O(N^2) memory; the ground truth.
     "sdpa"       torch's fused scaled_dot_product_attention with the layout's boolean mask
-                 (is_causal for dense): the same exact math, much faster on the CPU, no probs.
-    "triton"     the fused kernels of kernels/sparse.py (CUDA; on the CPU under
-                 TRITON_INTERPRET=1, slowly, for tests)
-    "auto"       "triton" for CUDA tensors when a kernel fits the layout, dtype and head dim,
-                 otherwise "sdpa".
+                 (is_causal for dense): the same exact math, much faster on the CPU; it gives
+                 no log-sum-exp, so it refuses return_lse.
+    "triton"     the fused kernels of kernels/triton/ for dense, local, column, strided and
+                 fixed (CUDA tensors; on the CPU only under TRITON_INTERPRET=1, slowly, which is
+                 how the tests run them).
+    "auto"       "triton" for CUDA tensors when a kernel fits the layout, dtype and head dim;
+                 otherwise "sdpa", or "reference" when return_lse is asked.
 
 The choice can be forced for a whole process with the environment variable
 SPARSE_ATTENTION_BACKEND, or for a block of code with ``with use_backend("reference"):``;
-an explicit ``backend=`` argument other than "auto" wins over both.
+both replace what "auto" means, and an explicit ``backend=`` other than "auto" wins over both.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from torch import Tensor
 
 from kernels.layouts import Dense, Layout
 from kernels.reference import cached_mask, reference_attention
-from kernels.sparse import kernel_fits, sparse_attention
 
 BACKENDS = ("auto", "reference", "sdpa", "triton")
 ENV_VAR = "SPARSE_ATTENTION_BACKEND"
@@ -37,7 +41,9 @@ _forced: list[str] = []
 
 def _check_backend(name: str) -> str:
     if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise ValueError(
+            f"unknown attention backend {name!r}; backend must be one of {', '.join(BACKENDS)}"
+        )
     return name
 
 
@@ -51,15 +57,83 @@ def use_backend(name: str) -> Iterator[None]:
         _forced.pop()
 
 
-def resolve_backend(backend: str, device: torch.device, kernel_fits: bool = False) -> str:
-    """The concrete backend an ``attention`` call with these arguments will use."""
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> None:
+    """Raise ValueError / TypeError with what is wrong and what is allowed (every backend)."""
+    if not isinstance(layout, Layout):
+        raise TypeError(f"layout must be a kernels.layouts.Layout, got {type(layout).__name__}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.ndim != 4:
+            raise ValueError(f"{name} must be [B, H, N, D], got shape {tuple(t.shape)}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"q, k, v must have the same shape [B, H, N, D]; got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if q.shape[2] < 1:
+        raise ValueError("the sequence is empty (N = 0)")
+    layout.check_heads(q.shape[1])
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _kernel_misfit(q: Tensor, layout: Layout) -> str | None:
+    """Why no fused kernel takes (q, layout), or None when one does."""
+    if not (q.is_cuda or _interpreting()):
+        return (
+            "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 to run the kernels "
+            "on the CPU (slowly; that is how the tests run them)"
+        )
+    try:
+        from kernels.triton.common import DTYPES, HEAD_DIMS, kernel_spec
+    except ImportError as e:  # triton is installed on Linux only (requirements.txt)
+        return f"backend='triton' needs the triton package ({e})"
+    try:
+        kernel_spec(layout, q.shape[2])
+    except ValueError as e:
+        return str(e)
+    if q.dtype not in DTYPES:
+        return f"the Triton kernels take float32, float16 or bfloat16, not {q.dtype}"
+    if q.shape[-1] not in HEAD_DIMS:
+        return f"the Triton kernels take head dims {HEAD_DIMS}, got D = {q.shape[-1]}"
+    return None
+
+
+def resolve_backend(
+    q: Tensor, layout: Layout, backend: str = "auto", *, return_lse: bool = False
+) -> str:
+    """The concrete backend ``attention(q, ..., layout, backend=backend, return_lse=...)`` runs.
+
+    A forced backend (use_backend, then SPARSE_ATTENTION_BACKEND) takes the place of "auto".
+    ValueError when the backend cannot: "triton" without a kernel for this layout, dtype, head
+    dim or device; "sdpa" asked for the log-sum-exp.
+    """
     _check_backend(backend)
     if backend == "auto" and _forced:
         backend = _forced[-1]
     if backend == "auto" and os.environ.get(ENV_VAR):
         backend = _check_backend(os.environ[ENV_VAR])
     if backend == "auto":
-        backend = "triton" if device.type == "cuda" and kernel_fits else "sdpa"
+        # kernels are looked up for CUDA tensors only: a CPU-only install imports no triton
+        if q.is_cuda and _kernel_misfit(q, layout) is None:
+            return "triton"
+        return "reference" if return_lse else "sdpa"
+    if backend == "triton":
+        misfit = _kernel_misfit(q, layout)
+        if misfit is not None:
+            raise ValueError(misfit)
+    if backend == "sdpa" and return_lse:
+        raise ValueError(
+            "backend='sdpa' cannot return the log-sum-exp (torch's SDPA does not give it); "
+            "use backend='reference', 'triton' or 'auto'"
+        )
     return backend
 
 
@@ -71,21 +145,37 @@ def attention(
     *,
     scale: float | None = None,
     backend: str = "auto",
-) -> Tensor:
-    """Exact attention of q, k, v [B, H, N, D] restricted to ``layout``; returns [B, H, N, D]."""
-    if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(
-            f"q, k, v must all be [B, H, N, D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(v.shape)}"
-        )
-    B, H, N, D = q.shape
-    layout.check_heads(H)
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
-    chosen = resolve_backend(backend, q.device, kernel_fits(q, layout))
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Exact attention of q, k, v [B, H, N, D] restricted to ``layout``: out [B, H, N, D], and
+    with ``return_lse`` also the log-sum-exp of every row, lse [B, H, N] (natural log; float32,
+    float64 for float64 inputs on the reference)."""
+    check_inputs(q, k, v, layout)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    chosen = resolve_backend(q, layout, backend, return_lse=return_lse)
     if chosen == "triton":
-        return sparse_attention(q, k, v, layout, scale=scale, backend="triton")
+        out, lse = _triton_attention(q, k, v, layout, scale)
+        return (out, lse) if return_lse else out
     if chosen == "reference":
-        return reference_attention(q, k, v, layout, scale=scale).out
+        res = reference_attention(q, k, v, layout, scale=scale, return_lse=return_lse)
+        return (res.out, res.lse) if return_lse else res.out
+    return _sdpa_attention(q, k, v, layout, scale)
+
+
+def _triton_attention(
+    q: Tensor, k: Tensor, v: Tensor, layout: Layout, scale: float
+) -> tuple[Tensor, Tensor]:
+    from kernels.triton.band_column import band_column_attention
+    from kernels.triton.common import kernel_spec
+    from kernels.triton.fixed import fixed_attention
+
+    spec = kernel_spec(layout, q.shape[2])
+    run = fixed_attention if spec.kind == "fixed" else band_column_attention
+    return run(q, k, v, spec, scale=scale)
+
+
+def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, layout: Layout, scale: float) -> Tensor:
+    B, H, N, _ = q.shape
     if isinstance(layout, Dense):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     bias = _additive_mask(layout, N, H, q.device, q.dtype)  # [H or 1, N, N]: 0 or -inf

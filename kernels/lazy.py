@@ -13,19 +13,17 @@ from typing import Any
 
 def lazy_exports(namespace: dict[str, Any], sources: dict[str, str]) -> Callable[[str], Any]:
     """A module ``__getattr__`` that imports ``sources[name]`` (a module path) on first access
-    and binds every name that module provides into ``namespace`` (the package's globals()).
+    of ``name`` and binds that module's ``name`` into ``namespace`` (the package's globals()),
+    so that later accesses skip the hook.
 
-    Binding them all at once also restores a function that shares its module's name
-    (``kernels.dispatch``): importing the submodule sets the package attribute to the module.
+    No exported name is also the name of a submodule (a submodule import would rebind the
+    package attribute to the module); tests/test_layouts.py checks that for ``attention``.
     """
 
     def __getattr__(name: str) -> Any:
         if name not in sources:
             raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
-        module = import_module(sources[name])
-        for key, source in sources.items():
-            if source == module.__name__:
-                namespace[key] = getattr(module, key)
+        namespace[name] = getattr(import_module(sources[name]), name)
         return namespace[name]
 
     return __getattr__

@@ -1,4 +1,5 @@
-"""The reference attention is exact, and every dispatch backend agrees with it."""
+"""The reference attention (kernels/reference.py) is exact: it equals attention computed one
+query row at a time over the explicitly listed keys."""
 
 from __future__ import annotations
 
@@ -65,36 +66,3 @@ def test_reference_custom_scale_and_low_precision():
     up = kernels.reference_attention(q, k, v, layout, scale=0.3, upcast=True)
     # the upcast reference is closer to the truth than the bf16 one
     assert (up.out.double() - out).abs().max() <= (res.out.double() - out).abs().max()
-
-
-@pytest.mark.parametrize("layout", LAYOUTS, ids=repr)
-def test_sdpa_backend_equals_reference_with_gradients(layout):
-    q, k, v = (t.requires_grad_() for t in rand_qkv())
-    ref = kernels.attention(q, k, v, layout, backend="reference")
-    grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
-    out = kernels.attention(q, k, v, layout, backend="sdpa")
-    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    for g, gr in zip(grads, grads_ref, strict=True):
-        torch.testing.assert_close(g, gr, rtol=1e-4, atol=1e-5)
-
-
-def test_backend_can_be_forced(monkeypatch):
-    cpu = torch.device("cpu")
-    assert kernels.resolve_backend("auto", cpu) == "sdpa"
-    with kernels.use_backend("reference"):
-        assert kernels.resolve_backend("auto", cpu) == "reference"
-        assert kernels.resolve_backend("sdpa", cpu) == "sdpa"  # an explicit choice wins
-    monkeypatch.setenv("SPARSE_ATTENTION_BACKEND", "reference")
-    assert kernels.resolve_backend("auto", cpu) == "reference"
-    monkeypatch.setenv("SPARSE_ATTENTION_BACKEND", "bogus")
-    with pytest.raises(ValueError, match="unknown attention backend 'bogus'"):
-        kernels.resolve_backend("auto", cpu)
-
-
-def test_attention_checks_shapes_and_heads():
-    q, k, v = rand_qkv(H=3)
-    with pytest.raises(ValueError, match=r"\[B, H, N, D\]"):
-        kernels.attention(q, k[:, :, :5], v, L.dense())
-    with pytest.raises(ValueError, match="multiple of 2"):
-        kernels.attention(q, k, v, L.fixed(8, 2, num_verts=2))

@@ -1,22 +1,28 @@
-"""The fused fixed(l, c, num_verts) kernels (kernels/triton_fixed.py) against the reference.
+"""The fused fixed(l, c, num_verts) kernels (kernels/triton/fixed.py) against the reference.
 
 Runs under TRITON_INTERPRET=1 on the CPU (scripts/test.sh sets it) and natively on CUDA.
 """
 
-import os
-
 import pytest
 import torch
+from triton_util import (
+    DEVICE,
+    HAS_TRITON,
+    LOW,
+    assert_triton_equals_float64_reference,
+    assert_within_low_precision_error,
+)
 
 from kernels import layouts as L
 from kernels import reference_attention
 
-if not (os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()):
+if not HAS_TRITON:
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-from kernels.triton.fixed import FixedAttention  # noqa: E402
+from kernels.triton import common  # noqa: E402
+from kernels.triton.common import kernel_spec  # noqa: E402
+from kernels.triton.fixed import fixed_attention  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = [(50, 7, 2, 1), (45, 8, 2, 2), (37, 16, 4, 4), (29, 5, 5, 1), (64, 16, 3, 2)]
 
 
@@ -26,7 +32,7 @@ def test_forward_and_gradients_match_reference(n, l, c, verts):
     H = 2 * verts
     q, k, v = (torch.randn(2, H, n, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
     layout = L.fixed(l, c, verts)
-    out, lse = FixedAttention.apply(q, k, v, l, c, verts, 0.3)
+    out, lse = fixed_attention(q, k, v, kernel_spec(layout, n), scale=0.3)
     ref = reference_attention(
         q.double(), k.double(), v.double(), layout, scale=0.3, return_lse=True
     )
@@ -37,3 +43,54 @@ def test_forward_and_gradients_match_reference(n, l, c, verts):
     ref_grads = torch.autograd.grad(ref.out, (q, k, v), dout.double())
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_fixed_kernels_refuse_a_band_spec():
+    q = torch.randn(1, 1, 8, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="fixed spec"):
+        fixed_attention(q, q, q, kernel_spec(L.strided(4), 8), scale=1.0)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_low_precision_within_the_references_own_error(dtype):
+    """flash-attention's rule: |out - ref| <= 2 |out_pt - ref| + atol, where ref is float64 and
+    out_pt is the plain PyTorch reference run in the same low precision."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (
+        torch.randn(1, 2, 45, 32, generator=g).to(DEVICE, dtype).requires_grad_() for _ in range(3)
+    )
+    dout = torch.randn(1, 2, 45, 32, generator=g).to(DEVICE, dtype)
+    assert_within_low_precision_error(q, k, v, dout, L.fixed(7, 2), torch.float64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="real sizes need a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_real_sizes_on_gpu(dtype, d):
+    n = 4096 - 7  # not a multiple of the block or of l
+    q, k, v = (
+        torch.randn(1, 4, n, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3)
+    )
+    dout = torch.randn_like(q)
+    assert_within_low_precision_error(q, k, v, dout, L.fixed(64, 8), torch.float32)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_larger_head_dims(d):
+    g = torch.Generator().manual_seed(d)
+    q, k, v = (torch.randn(1, 1, 21, d, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
+    assert_triton_equals_float64_reference(q, k, v, L.fixed(5, 2))
+
+
+@pytest.mark.parametrize("blocks", [(32, 16), (16, 32)], ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("layout", [L.fixed(5, 2), L.fixed(6, 1, 2)], ids=repr)
+def test_unequal_tiles(monkeypatch, blocks, layout):
+    """BLOCK_M != BLOCK_N, as on the GPU (64 x 32): the dK/dV kernel walks query tiles of
+    BLOCK_M from key blocks of BLOCK_N, and tile edges fall inside l-blocks."""
+    monkeypatch.setattr(common, "INTERPRETER_BLOCKS", blocks)
+    monkeypatch.setitem(common.GPU_BLOCKS, "forward", blocks)
+    monkeypatch.setitem(common.GPU_BLOCKS, "backward", blocks)
+    g = torch.Generator().manual_seed(sum(blocks))
+    q, k, v = (torch.randn(1, 2, 83, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
+    dout = torch.randn(1, 2, 83, 16, generator=g).to(DEVICE)
+    assert_triton_equals_float64_reference(q, k, v, layout, dout)

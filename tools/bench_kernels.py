@@ -5,11 +5,12 @@
     python -m tools.bench_kernels --blocks 64x64 128x64 64x32   # sweep our kernels' tile sizes
 
 For each N (l = 96, 128, 256; c = l / 8) it prints forward and forward+backward times of dense
-causal SDPA, FlexAttention with the exact mask, FlexAttention composed as in DESIGN.md §4, and
-ours (kernels.sparse_attention), with the ratio to dense, the useful-work TFLOP/s (4 * nnz * D
-flops per head for the forward) and the forward's peak memory; the capture of one layer in each
-form (time, peak memory, ratio to the forward); then one training step of a 32x32x3 model
-(3,072 tokens) with strided attention against the same model on dense SDPA.
+causal SDPA, FlexAttention with the exact mask, FlexAttention composed as in docs/DESIGN.md,
+"Composing sparse attention from dense pieces" (tools/flex_anchors.py), and ours
+(kernels.attention with backend="triton"), with the ratio to dense, the useful-work TFLOP/s
+(4 * nnz * D flops per head for the forward) and the forward's peak memory; the capture of one
+layer in each form (time, peak memory, ratio to the forward); then one training step of a
+32x32x3 model (3,072 tokens) with strided attention against the same model on dense SDPA.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from datetime import date
 import torch
 import torch.nn.functional as F
 
+from kernels import capture as C
+from kernels.dispatch import attention
 from kernels.layouts import Layout, fixed, strided
-from kernels.sparse import sparse_attention
-from kernels.triton import band_column
+from kernels.triton import common
 from tools.flex_anchors import composed, flex_exact
 
 SIZES = {3072: 96, 16384: 128, 65536: 256}
@@ -52,7 +54,7 @@ def with_blocks(blocks: tuple[int, int], fn):
     """fn run with our kernels' tiles set to ``blocks`` (BLOCK_M, BLOCK_N) in both passes."""
 
     def run():
-        band_column.GPU_BLOCKS.update(forward=blocks, backward=blocks)
+        common.GPU_BLOCKS.update(forward=blocks, backward=blocks)
         return fn()
 
     return run
@@ -106,7 +108,7 @@ def attention_rows(
                     name,
                     useful,
                     with_blocks(
-                        (bm, bn), lambda lay=lay: sparse_attention(q, k, v, lay, backend="triton")
+                        (bm, bn), lambda lay=lay: attention(q, k, v, lay, backend="triton")
                     ),
                 )
             )
@@ -144,11 +146,9 @@ def attention_rows(
 def capture_rows(n: int, l: int, heads: int, dim: int) -> list[dict]:
     """Capture of all heads of one layer in each form: time, peak memory, and the layer's own
     forward time for scale."""
-    from kernels import capture as C
-
     q, k, v = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     lay = strided(l)
-    forward, _ = timed(lambda: sparse_attention(q, k, v, lay, backend="triton"))
+    forward, _ = timed(lambda: attention(q, k, v, lay, backend="triton"))
     rows = []
     for form, fn in (
         ("sparse (CSR on the layout)", lambda: C.capture_sparse(q, k, lay, backend="triton")),
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--blocks",
         nargs="+",
-        default=["x".join(map(str, band_column.GPU_BLOCKS["forward"]))],
+        default=["x".join(map(str, common.GPU_BLOCKS["forward"]))],
         help="our kernels' tiles BLOCK_MxBLOCK_N, one row per value (default: the shipped one)",
     )
     p.add_argument("--no-train", action="store_true", help="skip the training-step table")
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {r['peak_mib']:.0f} | {err} |",
                 flush=True,
             )
-    band_column.GPU_BLOCKS.update(forward=blocks[0], backward=blocks[0])
+    common.GPU_BLOCKS.update(forward=blocks[0], backward=blocks[0])
     print("\n| N | capture of one layer (strided, all heads) | ms | x forward | peak MiB |")
     print("|---|---|---|---|---|")
     for n in args.sizes:

@@ -1,5 +1,6 @@
 """The anchors of the benchmark: FlexAttention with the exact mask, and FlexAttention composed
-into exact strided / fixed attention from pieces joined through their log-sum-exp (DESIGN.md §4).
+into exact strided / fixed attention from pieces joined through their log-sum-exp (docs/DESIGN.md,
+"Composing sparse attention from dense pieces").
 
     strided(l) = local band  +  column attention on the transposed sequence (strictly causal)
     fixed(l,c) = own block   +  attention over the gathered summary keys of earlier blocks

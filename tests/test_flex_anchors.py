@@ -1,4 +1,5 @@
-"""The benchmark's anchors are exact: FlexAttention composed into strided / fixed."""
+"""The benchmark's anchors (tools/flex_anchors.py) are exact: FlexAttention with the exact mask,
+and composed into strided / fixed from dense pieces joined through their log-sum-exp."""
 
 import pytest
 import torch

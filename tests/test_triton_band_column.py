@@ -1,0 +1,107 @@
+"""The fused band + column kernels (kernels/triton/band_column.py: dense, local, column,
+strided) against the reference.
+
+Runs under TRITON_INTERPRET=1 on the CPU (scripts/test.sh sets it) and natively on CUDA.
+"""
+
+import pytest
+import torch
+from triton_util import (
+    DEVICE,
+    HAS_TRITON,
+    LOW,
+    assert_triton_equals_float64_reference,
+    assert_within_low_precision_error,
+)
+
+from kernels import layouts as L
+from kernels import reference_attention
+
+if not HAS_TRITON:
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+from kernels.triton import common  # noqa: E402
+from kernels.triton.band_column import band_column_attention  # noqa: E402
+from kernels.triton.common import kernel_spec  # noqa: E402
+
+KINDS = {"strided": L.strided, "local": L.local, "column": L.column, "dense": lambda l: L.dense()}
+
+
+@pytest.mark.parametrize(("n", "l", "d"), [(50, 7, 16), (37, 5, 32), (64, 16, 16), (33, 40, 16)])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_forward_matches_reference(n, l, d, kind):
+    g = torch.Generator().manual_seed(n * 1000 + l)
+    q, k, v = (torch.randn(2, 2, n, d, generator=g).to(DEVICE) for _ in range(3))
+    layout = KINDS[kind](l)
+    out, lse = band_column_attention(q, k, v, kernel_spec(layout, n), scale=d**-0.5)
+    ref = reference_attention(q.double(), k.double(), v.double(), layout, return_lse=True)
+    torch.testing.assert_close(out.double(), ref.out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse.double(), ref.lse.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("n", "l"), [(45, 7), (32, 16), (29, 3)])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_gradients_match_reference(n, l, kind):
+    g = torch.Generator().manual_seed(n + l)
+    q, k, v = (torch.randn(2, 2, n, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
+    layout = KINDS[kind](l)
+    dout = torch.randn(2, 2, n, 16, generator=g).to(DEVICE)
+    out, _ = band_column_attention(q, k, v, kernel_spec(layout, n), scale=0.25)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ref = reference_attention(q.double(), k.double(), v.double(), layout, scale=0.25).out
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_band_kernels_refuse_a_fixed_spec():
+    q = torch.randn(1, 1, 8, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="band spec"):
+        band_column_attention(q, q, q, kernel_spec(L.fixed(4, 1), 8), scale=1.0)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("layout", [L.strided(7), L.local(7), L.dense()], ids=repr)
+def test_low_precision_within_the_references_own_error(dtype, layout):
+    """flash-attention's rule: |out - ref| <= 2 |out_pt - ref| + atol, where ref is float64 and
+    out_pt is the plain PyTorch reference run in the same low precision."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (
+        torch.randn(1, 2, 45, 32, generator=g).to(DEVICE, dtype).requires_grad_() for _ in range(3)
+    )
+    dout = torch.randn(1, 2, 45, 32, generator=g).to(DEVICE, dtype)
+    assert_within_low_precision_error(q, k, v, dout, layout, torch.float64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="real sizes need a CUDA GPU")
+@pytest.mark.parametrize("layout", [L.strided(64), L.local(64)], ids=repr)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_real_sizes_on_gpu(layout, dtype, d):
+    n = 4096 - 7  # not a multiple of the block or of l
+    q, k, v = (
+        torch.randn(1, 4, n, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3)
+    )
+    dout = torch.randn_like(q)
+    assert_within_low_precision_error(q, k, v, dout, layout, torch.float32)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_larger_head_dims(d):
+    g = torch.Generator().manual_seed(d)
+    q, k, v = (torch.randn(1, 1, 21, d, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
+    assert_triton_equals_float64_reference(q, k, v, L.strided(5))
+
+
+@pytest.mark.parametrize("blocks", [(32, 16), (16, 32)], ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("layout", [L.strided(7), L.dense()], ids=repr)
+def test_unequal_tiles(monkeypatch, blocks, layout):
+    """BLOCK_M != BLOCK_N, as on the GPU (64 x 32): the dK/dV kernel walks query tiles of
+    BLOCK_M from key blocks of BLOCK_N, and tile edges fall inside rows."""
+    monkeypatch.setattr(common, "INTERPRETER_BLOCKS", blocks)
+    monkeypatch.setitem(common.GPU_BLOCKS, "forward", blocks)
+    monkeypatch.setitem(common.GPU_BLOCKS, "backward", blocks)
+    g = torch.Generator().manual_seed(sum(blocks))
+    q, k, v = (torch.randn(1, 2, 83, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
+    dout = torch.randn(1, 2, 83, 16, generator=g).to(DEVICE)
+    assert_triton_equals_float64_reference(q, k, v, layout, dout)
