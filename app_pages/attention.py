@@ -2,22 +2,16 @@
 
 import numpy as np
 import streamlit as st
-import torch
 
-from app_pages.common import (
-    choose_model,
-    export_panel,
-    get_model,
-    image_key,
-    models_dir,
-    pick_image,
-    show_image,
-)
+from analysis.attention import capture_image, head_maps, query_rows
+from app_pages.common import choose_model_and_image, export_panel, get_model, show_image
 from kernels.layouts import image_layout_spec, parse_layout
-from models.tokens import image_to_tokens, pixel_to_token, token_coords
-from viz.export import Exportable, model_items, safe_name
+from models.tokens import pixel_to_token, token_coords
+from viz.export import Exportable, content_key, model_items, safe_name
 from viz.figures import attention_map_figure, clicked_pixel, head_grid_figure, pixel_grid_figure
-from viz.layout_view import pixel_view
+from viz.layout_view import pixel_view, tile_for
+
+MAP_SIDE = 392  # the N x N map is drawn with at most this many cells a side (tile means above)
 
 st.title("Attention per layer and head")
 st.caption(
@@ -36,13 +30,9 @@ for key, default in {
 
 left, right = st.columns([1, 2])
 with left:
-    model_name, model = choose_model("att_model")
+    chosen, image_name, image = choose_model_and_image("att")
+    model = chosen.model
     geometry = model.config.geometry
-    picked = pick_image("att", geometry)
-if picked is None:
-    st.stop()
-image_name, image = picked
-with left:
     show_image(image, image_name)
 
 picked_px = clicked_pixel(st.session_state.get("att_pixels"), geometry.width)
@@ -57,23 +47,21 @@ query = pixel_to_token(row, col, channel, geometry)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def query_rows(path: str, img_key: str, query: int, _tokens: torch.Tensor) -> np.ndarray:
-    """Attention rows of one query in every layer and head: [L, H, N] (cached per image)."""
-    caps = get_model(path).capture(_tokens[None], form="rows", queries=[query])
-    return np.stack([caps[i].probs[0, :, 0].numpy() for i in sorted(caps)])
+def cached_rows(path: str, img_key: str, query: int, _image: np.ndarray) -> np.ndarray:
+    """Attention rows of one query in every layer and head: [L, H, N] (cached per model, image
+    and query)."""
+    return query_rows(get_model(path), _image, query)
 
 
 @st.cache_data(max_entries=16, show_spinner="Capturing the layer...")
-def layer_maps(path: str, img_key: str, layer: int, _tokens: torch.Tensor) -> np.ndarray:
-    """Every head's full N x N map of one layer, float16 [H, N, N] (cached per image and layer)."""
-    cap = get_model(path).capture(_tokens[None], layers=[layer], form="full")[layer]
-    return cap.probs[0].numpy().astype(np.float16)
+def cached_maps(path: str, img_key: str, layer: int, tile: int, _image: np.ndarray) -> np.ndarray:
+    """Every head's map of one layer, [H, n, n] with n = ceil(N / tile) (cached per model,
+    image and layer)."""
+    return head_maps(get_model(path), _image, layer, tile)
 
 
-tokens = image_to_tokens(image)
-key = image_key(image)
-model_path = str(models_dir() / model_name)  # the cache key: two folders may share a name
-rows = query_rows(model_path, key, query, tokens)  # [L, H, N]
+image_sha1 = content_key(image)
+rows = cached_rows(chosen.path, image_sha1, query, image)  # [L, H, N]
 L_, H_, N = rows.shape
 per_pixel = rows.reshape(L_, H_, geometry.height, geometry.width, geometry.channels)
 grid_fig = head_grid_figure(
@@ -130,13 +118,8 @@ with a:
         f"the keys {outline_spec} allows. The model's own layout is {own}."
     )
 with b:
-    maps = layer_maps(model_path, key, layer, tokens)[head].astype(np.float32)
-    tile = max(1, -(-N // 392))
-    if tile > 1:
-        nb = -(-N // tile)
-        padded = np.zeros((nb * tile, nb * tile), dtype=np.float32)
-        padded[:N, :N] = maps
-        maps = padded.reshape(nb, tile, nb, tile).mean(axis=(1, 3))
+    tile = tile_for(N, MAP_SIDE)
+    maps = cached_maps(chosen.path, image_sha1, layer, tile, image)[head]
     title = f"layer {layer}, head {head}: N x N map" + (
         f" ({tile}x{tile} mean)" if tile > 1 else ""
     )
@@ -146,9 +129,9 @@ with b:
 
 # downloads: these three figures, or every layer x head of this model and image as a zip
 meta = {
-    "model": model_name,
+    "model": chosen.name,
     "image": image_name,
-    "image_sha1": key,
+    "image_sha1": image_sha1,
     "layer": layer,
     "head": head,
     "query_pixel": [row, col],
@@ -156,7 +139,7 @@ meta = {
     "layout": own,
     "outline": outline_spec,
 }
-stem = f"{safe_name(model_name)}_{safe_name(image_name)}"
+stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}"
 items = [
     Exportable(f"{stem}_r{row}c{col}_grid", grid_fig, {"maps": per_pixel[..., channel]}, meta),
     Exportable(f"{stem}_L{layer}H{head}_r{row}c{col}_pixel", pixel_fig, {"weights": weights}, meta),
@@ -169,16 +152,8 @@ with e1:
     export_panel(items, "att_export", "Export these figures")
 with e2:
     if st.button("Prepare every layer x head (zip)", key="att_batch"):
-        batch = model_items(
-            model,
-            model_name,
-            image,
-            image_name,
-            None,
-            None,
-            ["grid", "head", "pixel", "layout"],
-            (row, col),
-        )
+        attention = capture_image(model, image, query=(row, col))
+        batch = model_items(attention, model_name=chosen.name, image_name=image_name)
         st.session_state.att_batch_items = batch
     if st.session_state.get("att_batch_items"):
         export_panel(st.session_state.att_batch_items, "att_batch_export", "Export the whole batch")

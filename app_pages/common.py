@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,14 +74,34 @@ def get_model(path: str) -> SparseTransformer:
     return load_model(path, device=model_device())
 
 
-def choose_model(key: str, where=st) -> tuple[str, SparseTransformer]:
+@dataclass(frozen=True)
+class ChosenModel:
+    """A model picked on a page: its folder name, its path (the cache key of what is computed
+    with it: two folders may share a name) and the loaded model."""
+
+    name: str
+    path: str
+    model: SparseTransformer
+
+
+def choose_model(key: str, where=st) -> ChosenModel:
     """A model picker (in ``where``: st, a column...) and its loaded model; a model that cannot
     be loaded is explained and ends this page's run."""
     name = where.selectbox("Model", require_model_names(), key=key)
     model = load_or_explain(name)
     if model is None:
         st.stop()
-    return name, model
+    return ChosenModel(name, str(models_dir() / name), model)
+
+
+def choose_model_and_image(prefix: str) -> tuple[ChosenModel, str, np.ndarray]:
+    """The model picker (key ``{prefix}_model``) and the image picker for it; the page's run
+    ends while there is no usable image. Returns the model, the image's name and the image."""
+    chosen = choose_model(f"{prefix}_model")
+    picked = pick_image(prefix, chosen.model.config.geometry)
+    if picked is None:
+        st.stop()
+    return chosen, *picked
 
 
 def load_or_explain(name: str) -> SparseTransformer | None:
@@ -101,11 +121,6 @@ def sample_images(geometry: Geometry) -> dict[str, np.ndarray]:
     for path in sorted(SAMPLES_DIR.glob("*.png")):
         out[path.stem] = prepare_image(path.read_bytes(), geometry)
     return out
-
-
-def image_key(image: np.ndarray) -> str:
-    """A short content hash: the cache key of everything computed from an image."""
-    return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()[:12]
 
 
 def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None:
@@ -153,7 +168,7 @@ def export_panel(items, key: str, label: str = "Export figures and data") -> Non
     The files are made only when asked for (a static figure takes matplotlib ~0.2 s), and
     kept until the figures change.
     """
-    from viz.export import FORMATS, export_bytes, zip_bytes
+    from viz.export import FORMATS, export_files, zip_bytes
 
     signature = [(it.name, json.dumps(it.meta, sort_keys=True, default=str)) for it in items]
     with st.popover(label):
@@ -162,7 +177,7 @@ def export_panel(items, key: str, label: str = "Export figures and data") -> Non
         )
         dpi = st.slider("PNG resolution (dpi)", 72, 600, 150, step=6, key=f"{key}_dpi")
         if st.button("Prepare files", key=f"{key}_prepare"):
-            files = {f"{it.name}.{f}": export_bytes(it, f, dpi=dpi) for it in items for f in fmts}
+            files = export_files(items, fmts, dpi=dpi)
             st.session_state[f"{key}_files"] = (signature, files)
         made = st.session_state.get(f"{key}_files")
         if made and made[0] == signature:

@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from app_pages.common import choose_model, pick_image
-from viz.export import FORMATS, export_bytes, model_items, zip_bytes
+from analysis.attention import capture_image
+from app_pages.common import choose_model_and_image
+from viz.export import FORMATS, VIEWS, export_files, index_markdown, model_items, zip_bytes
 
 st.title("Export")
 st.caption(
@@ -14,12 +15,9 @@ st.caption(
     "Each page also has its own export button. The same batch runs from the command line: "
     "python -m tools.export."
 )
-model_name, model = choose_model("exp_model")
+chosen, image_name, image = choose_model_and_image("exp")
+model = chosen.model
 g = model.config.geometry
-picked = pick_image("exp", g)
-if picked is None:
-    st.stop()
-image_name, image = picked
 c1, c2 = st.columns(2)
 layers = c1.multiselect(
     "Layers",
@@ -35,7 +33,7 @@ heads = c2.multiselect(
 )
 views = st.multiselect(
     "Views",
-    ["grid", "head", "pixel", "layout"],
+    list(VIEWS),
     default=["grid", "pixel", "layout"],
     key="exp_views",
 )
@@ -48,7 +46,7 @@ if not (layers and heads and views and formats):
     st.info("Choose at least one layer, head, view and format.")
     st.stop()
 request = (
-    model_name,
+    chosen.path,
     image_name,
     image.tobytes(),
     tuple(layers),
@@ -60,19 +58,24 @@ request = (
     dpi,
 )
 if st.button("Prepare the zip", type="primary", key="exp_run"):
-    items = model_items(
-        model, model_name, image, image_name, sorted(layers), sorted(heads), views, (row, col)
+    attention = capture_image(
+        model,
+        image,
+        query=(row, col),
+        layers=sorted(layers),
+        heads=sorted(heads),
+        maps="head" in views,
     )
+    items = model_items(attention, model_name=chosen.name, image_name=image_name, views=views)
     bar = st.progress(0.0, text="exporting...")
-    files = {}
-    for k, item in enumerate(items):
-        for fmt in formats:
-            files[f"{item.name}.{fmt}"] = export_bytes(item, fmt, dpi=dpi)
-        bar.progress((k + 1) / len(items), text=f"{item.name}")
-    lines = ["# Exported figures", ""] + [
-        f"- {item.name}: " + ", ".join(f"[{f}]({item.name}.{f})" for f in formats) for item in items
-    ]
-    files["index.md"] = ("\n".join(lines) + "\n").encode()
+    done = []
+
+    def show_progress(name: str) -> None:
+        done.append(name)
+        bar.progress(len(done) / (len(items) * len(formats)), text=name)
+
+    files = export_files(items, formats, dpi=dpi, on_file=show_progress)
+    files["index.md"] = index_markdown(items, formats).encode()
     st.session_state.exp_zip = (request, zip_bytes(files), len(files))
 made = st.session_state.get("exp_zip")
 if made and made[0] == request:

@@ -5,18 +5,11 @@ import streamlit as st
 import torch
 
 from analysis.learned import analyze_model, layout_search, pick_images, search_candidates
-from app_pages.common import (
-    choose_model,
-    export_panel,
-    get_model,
-    image_key,
-    models_dir,
-    pick_image,
-)
+from app_pages.common import choose_model, export_panel, get_model, pick_image
 from kernels.layouts import image_layout_spec, parse_layout
 from models.datasets import DatasetError
 from models.tokens import image_to_tokens
-from viz.export import Exportable, safe_name
+from viz.export import Exportable, content_key, safe_name
 from viz.figures import coverage_figure, search_figure
 
 st.title("Learned vs prescribed attention")
@@ -27,7 +20,8 @@ st.caption(
     "no weight outside its own layout."
 )
 c1, c2 = st.columns(2)
-model_name, model = choose_model("lvp_model", c1)
+chosen = choose_model("lvp_model", c1)
+model = chosen.model
 over = c2.radio("Measure on", ["one image", "many test images"], horizontal=True, key="lvp_over")
 if over == "one image":
     picked = pick_image("lvp", model.config.geometry)
@@ -41,8 +35,7 @@ else:
     except DatasetError as e:
         st.error(str(e))
         st.stop()
-set_key = image_key(tokens.numpy().astype(np.uint8))
-model_path = str(models_dir() / model_name)  # the cache key: two folders may share a name
+set_key = content_key(tokens.numpy().astype(np.uint8))
 
 
 @st.cache_data(max_entries=32, show_spinner="Measuring every head...")
@@ -65,18 +58,18 @@ specs = [
     image_layout_spec("strided", model.config.row_stride, model.config.block_size),
     image_layout_spec("fixed", model.config.row_stride, model.config.block_size),
 ]
-meta = {"model": model_name, "images": int(len(tokens)), "image_set_sha1": set_key}
+meta = {"model": chosen.name, "images": int(len(tokens)), "image_set_sha1": set_key}
 figures = []
 cols = st.columns(2)
 tables = {}
 for spec, col in zip(specs, cols, strict=True):
-    tables[spec] = table(model_path, set_key, spec, tokens)
+    tables[spec] = table(chosen.path, set_key, spec, tokens)
     with col:
         fig = coverage_figure(tables[spec], f"coverage by {spec}")
         st.plotly_chart(fig, key=f"lvp_cov_{spec.split('(')[0]}")
         figures.append(
             Exportable(
-                safe_name(f"{model_name}_coverage_{spec}"),
+                safe_name(f"{chosen.name}_coverage_{spec}"),
                 fig,
                 _table_arrays(tables[spec]),
                 meta | {"layout": spec},
@@ -84,19 +77,19 @@ for spec, col in zip(specs, cols, strict=True):
         )
 st.caption(
     "Coverage 1 means the layout allows every key the head uses; each cell names the "
-    "head's type (row, column, local, sparse, global; thresholds in viz/analysis.py)."
+    "head's type (row, column, local, sparse, global; thresholds in analysis/metrics.py)."
 )
 with st.expander("Every metric, per layer and head"):
     st.dataframe(tables[specs[0]], hide_index=True, key="lvp_table")
 if st.checkbox(
     "Layout search: which strided(l) / fixed(l, c) keeps most at a given density", key="lvp_search"
 ):
-    rows = search(model_path, set_key, tokens)
+    rows = search(chosen.path, set_key, tokens)
     fig = search_figure(rows, "coverage vs density")
     st.plotly_chart(fig, key="lvp_search_fig")
     st.dataframe(rows, hide_index=True, key="lvp_search_table")
     flat = [{k: v for k, v in r.items() if k != "coverage_per_layer"} for r in rows]
     figures.append(
-        Exportable(safe_name(f"{model_name}_layout_search"), fig, _table_arrays(flat), meta)
+        Exportable(safe_name(f"{chosen.name}_layout_search"), fig, _table_arrays(flat), meta)
     )
 export_panel(figures, "lvp_export")

@@ -15,7 +15,15 @@ from kernels import layouts as L
 from models import ModelConfig, SparseTransformer, save_model
 from models.tokens import Geometry
 from tools.export import main
-from viz.export import Exportable, export_bytes
+from viz.export import (
+    VIEWS,
+    Exportable,
+    content_key,
+    export_bytes,
+    export_files,
+    index_markdown,
+    model_items,
+)
 from viz.figures import (
     attention_map_figure,
     coverage_figure,
@@ -111,8 +119,13 @@ def test_every_format_is_valid_and_has_metadata(item):
     np.testing.assert_array_equal(decode(traces[0][key]).reshape(expected.shape), expected)
 
 
+def item_named(name: str) -> Exportable:
+    (found,) = [it for it in items() if it.name == name]
+    return found
+
+
 def test_npz_round_trips_the_arrays_exactly():
-    item = items()[0]
+    item = item_named("map")
     with np.load(io.BytesIO(export_bytes(item, "npz"))) as z:
         assert np.array_equal(z["probs"], item.data["probs"])
         assert json.loads(str(z["metadata"]))["query_pixel"] == [3, 4]
@@ -120,7 +133,7 @@ def test_npz_round_trips_the_arrays_exactly():
 
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="unknown format"):
-        export_bytes(items()[0], "gif")
+        export_bytes(item_named("map"), "gif")
 
 
 def test_batch_cli_writes_what_its_index_lists_with_stable_names(tmp_path, capsys):
@@ -188,3 +201,94 @@ def test_exact_mask_figure_is_the_layout_and_exports(layout):
     for color in palette[1:]:  # every part colour reaches the exported picture
         assert (drawn == color).all(-1).any()
     assert export_bytes(item, "pdf").startswith(b"%PDF")
+
+
+def attention_arrays(**changes):
+    """What analysis.attention.capture_image returns, built by hand: 2 layers of 3 heads on a
+    6 x 7 image, query pixel (3, 4)."""
+    from analysis.attention import ImageAttention
+
+    rng = np.random.default_rng(1)
+    g = Geometry(6, 7, 1)
+    fields = dict(
+        image=rng.integers(0, 256, (6, 7, 1), dtype=np.uint8),
+        geometry=g,
+        query=(3, 4),
+        layers=[0, 1],
+        heads=[0, 2],
+        layouts=[L.strided(7), L.fixed(7, 2)],
+        rows=rng.random((2, 3, 42)).astype(np.float32),
+        maps=rng.random((2, 2, 42, 42)).astype(np.float32),
+    )
+    return ImageAttention(**(fields | changes))
+
+
+def test_model_items_are_drawn_from_the_arrays():
+    att = attention_arrays()
+    made = model_items(att, model_name="runs/tiny", image_name="shirt.png")
+    by = {it.name: it for it in made}
+    assert list(by) == [
+        "tiny_shirt_r3c4_grid",
+        "tiny_shirt_L0H0_head",
+        "tiny_shirt_L0H0_r3c4_pixel",
+        "tiny_shirt_L0H2_head",
+        "tiny_shirt_L0H2_r3c4_pixel",
+        "tiny_shirt_L0_r3c4_layout",
+        "tiny_shirt_L1H0_head",
+        "tiny_shirt_L1H0_r3c4_pixel",
+        "tiny_shirt_L1H2_head",
+        "tiny_shirt_L1H2_r3c4_pixel",
+        "tiny_shirt_L1_r3c4_layout",
+    ]
+    np.testing.assert_array_equal(
+        by["tiny_shirt_r3c4_grid"].data["maps"], att.rows.reshape(2, 3, 6, 7)
+    )
+    np.testing.assert_array_equal(by["tiny_shirt_L1H2_head"].data["probs"], att.maps[1, 1])
+    pixel = by["tiny_shirt_L1H2_r3c4_pixel"]
+    np.testing.assert_array_equal(pixel.data["weights"], att.rows[1, 2].reshape(6, 7))
+    assert pixel.meta == {
+        "model": "runs/tiny",
+        "image": "shirt.png",
+        "image_sha1": content_key(att.image),
+        "query_pixel": [3, 4],
+        "layer": 1,
+        "layout": "fixed(l=7, c=2)",
+        "head": 2,
+        "view": "pixel",
+    }
+    layout = by["tiny_shirt_L0_r3c4_layout"]
+    np.testing.assert_array_equal(
+        layout.data["part_codes"], pixel_view(L.strided(7), att.geometry, 25)
+    )
+    assert layout.figure.layout.title.text == "strided(l=7): keys of pixel (3, 4)"
+
+
+def test_model_items_views_and_what_they_need():
+    att = attention_arrays(maps=None)
+    names = [it.name for it in model_items(att, model_name="m", image_name="x", views=["grid"])]
+    assert names == ["m_x_r3c4_grid"]
+    assert len(model_items(att, model_name="m", image_name="x", views=["pixel", "layout"])) == 6
+    with pytest.raises(ValueError, match="N x N maps"):
+        model_items(att, model_name="m", image_name="x", views=VIEWS)
+    with pytest.raises(ValueError, match="unknown views"):
+        model_items(att, model_name="m", image_name="x", views=["grid", "movie"])
+
+
+def test_export_files_and_their_index():
+    made = [item_named("map"), item_named("layout")]
+    seen = []
+    files = export_files(made, ["npz", "svg"], on_file=seen.append)
+    assert list(files) == seen == ["map.npz", "map.svg", "layout.npz", "layout.svg"]
+    index = index_markdown(made, ["npz", "svg"])
+    assert index.startswith("# Exported figures\n")
+    assert re.findall(r"\]\(([^)]+)\)", index) == seen
+    assert "**map** — map: [npz](map.npz) · [svg](map.svg)" in index
+
+
+def test_content_key_tells_shapes_and_contents_apart():
+    a = np.zeros((4, 6, 1), dtype=np.uint8)
+    assert content_key(a) == content_key(a.copy()) and len(content_key(a)) == 12
+    assert content_key(a) != content_key(a.reshape(6, 4, 1))
+    b = a.copy()
+    b[0, 0, 0] = 1
+    assert content_key(a) != content_key(b)

@@ -4,12 +4,9 @@
         --image assets/samples/test00003_trouser.png \
         --layers all --heads all --views grid,head,pixel,layout --formats png,svg,pdf --out figures/
 
-One look on screen and on paper: the static formats are drawn by matplotlib from the very
-plotly figure the app shows (its arrays, colour scales, titles, axis labels, colour bars), so a
-figure is defined once. HTML is plotly's own standalone page (plotly.js inlined, works offline).
-Metadata (model, layout, layer, head, query pixel, image hash, project version) goes inside
-every file whose format has a place for it: PNG text chunks, SVG/PDF document info, a JSON
-script tag in HTML, a ``metadata`` entry in NPZ.
+Every figure the app draws for a model and an image, in every format asked for, plus an index.md
+linking them all. The attention comes from analysis.attention.capture_image, the figures and
+files from viz/export.py (what each format holds and its metadata).
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from viz.export import FORMATS, model_items, write_all
+from viz.export import FORMATS, VIEWS, model_items, write_all
 
 
 def _select(text: str, n: int, what: str) -> list[int] | None:
@@ -39,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", type=Path, required=True)
     p.add_argument("--layers", default="all")
     p.add_argument("--heads", default="all")
-    p.add_argument("--views", default="grid,head,pixel,layout")
+    p.add_argument("--views", default=",".join(VIEWS))
     p.add_argument("--formats", default="png,svg,pdf,html,npz")
     p.add_argument("--query", type=int, nargs=2, default=[14, 14], metavar=("ROW", "COL"))
     p.add_argument("--dpi", type=int, default=150)
     p.add_argument("--out", type=Path, default=Path("figures"))
     args = p.parse_args(argv)
+    from analysis.attention import capture_image
     from models.checkpoint import CheckpointError, load_config, load_model
     from models.uploads import ImageInputError, prepare_image
 
@@ -54,19 +52,22 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             raise ValueError(f"unknown formats {bad}; choose from {', '.join(FORMATS)}")
         views = args.views.split(",")
-        if any(v not in ("grid", "head", "pixel", "layout") for v in views):
-            raise ValueError("--views takes grid, head, pixel, layout")
+        if any(v not in VIEWS for v in views):
+            raise ValueError(f"--views takes {', '.join(VIEWS)}")
         config = load_config(args.model)
         if not (0 <= args.query[0] < config.height and 0 <= args.query[1] < config.width):
             raise ValueError(f"--query must be a pixel of the {config.height}x{config.width} image")
         if not args.image.is_file():
             raise ImageInputError(f"{args.image} does not exist")
-        model = load_model(args.model)
-        image = prepare_image(args.image.read_bytes(), model.config.geometry)
         layers = _select(args.layers, config.n_layer, "layers")
         heads = _select(args.heads, config.n_head, "heads")
+        model = load_model(args.model)
+        image = prepare_image(args.image.read_bytes(), model.config.geometry)
+        attention = capture_image(
+            model, image, query=tuple(args.query), layers=layers, heads=heads, maps="head" in views
+        )
         items = model_items(
-            model, str(args.model), image, args.image.name, layers, heads, views, tuple(args.query)
+            attention, model_name=str(args.model), image_name=args.image.name, views=views
         )
     except (CheckpointError, ImageInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

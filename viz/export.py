@@ -5,7 +5,10 @@ plotly figure the app shows (its arrays, colour scales, titles, axis labels, col
 figure is defined once. HTML is plotly's own standalone page (plotly.js inlined, works offline).
 Metadata (model, layout, layer, head, query pixel, image hash, project version) goes inside
 every file whose format has a place for it: PNG text chunks, SVG/PDF document info, a JSON
-script tag in HTML, a ``metadata`` entry in NPZ. The command line is tools/export.py.
+script tag in HTML, a ``metadata`` entry in NPZ.
+
+model_items builds the figures of one model and image from arrays only (what
+analysis.attention.capture_image returns); the command line is ``python -m tools.export``.
 """
 
 from __future__ import annotations
@@ -15,11 +18,23 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import plotly.graph_objects as go
+
+from kernels.layouts import Layout
+from models.tokens import Geometry
+from viz.figures import (
+    attention_map_figure,
+    head_grid_figure,
+    layout_pixel_figure,
+    pixel_grid_figure,
+)
+from viz.layout_view import part_names, pixel_view
 
 FORMATS = ("png", "svg", "pdf", "html", "npz")
 VERSION = "0.1.0"
@@ -234,6 +249,39 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def content_key(array: np.ndarray) -> str:
+    """A short hash of an array's bytes and shape: the cache key of everything computed from an
+    image (or a set of them) and the ``image_sha1`` in the figures' metadata."""
+    return hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()[:12]
+
+
+def export_files(
+    items: list[Exportable],
+    formats: Sequence[str],
+    *,
+    dpi: int = 150,
+    on_file: Callable[[str], None] | None = None,
+) -> dict[str, bytes]:
+    """Every format of every item, {file name: bytes}; ``on_file(name)`` after each file."""
+    files = {}
+    for item in items:
+        for fmt in formats:
+            name = f"{item.name}.{fmt}"
+            files[name] = export_bytes(item, fmt, dpi=dpi)
+            if on_file is not None:
+                on_file(name)
+    return files
+
+
+def index_markdown(items: list[Exportable], formats: Sequence[str]) -> str:
+    """index.md of a batch: one line per figure, its title and a link to each of its files."""
+    lines = ["# Exported figures", ""]
+    for item in items:
+        links = " · ".join(f"[{fmt}]({item.name}.{fmt})" for fmt in formats)
+        lines.append(f"- **{item.name}** — {item.figure.layout.title.text or ''}: {links}")
+    return "\n".join(lines) + "\n"
+
+
 def write_all(
     items: list[Exportable], out: Path, formats: list[str], *, dpi: int = 150, progress: bool = True
 ) -> list[Path]:
@@ -241,77 +289,74 @@ def write_all(
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(items) * len(formats), desc="export", disable=not progress) as bar:
+        files = export_files(items, formats, dpi=dpi, on_file=lambda _: bar.update())
     written = []
-    jobs = [(item, fmt) for item in items for fmt in formats]
-    for item, fmt in tqdm(jobs, desc="export", disable=not progress):
-        path = out / f"{item.name}.{fmt}"
-        path.write_bytes(export_bytes(item, fmt, dpi=dpi))
-        written.append(path)
-    lines = ["# Exported figures", ""]
-    for item in items:
-        links = " · ".join(f"[{fmt}]({item.name}.{fmt})" for fmt in formats)
-        lines.append(f"- **{item.name}** — {item.figure.layout.title.text or ''}: {links}")
-    (out / "index.md").write_text("\n".join(lines) + "\n")
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+        written.append(out / name)
+    (out / "index.md").write_text(index_markdown(items, formats))
     return written
 
 
+VIEWS = ("grid", "head", "pixel", "layout")
+
+
+class AttentionArrays(Protocol):
+    """What model_items draws: an analysis.attention.ImageAttention, made by
+    analysis.attention.capture_image (viz never imports it: that module runs models)."""
+
+    image: np.ndarray  # uint8 [H, W, C]
+    geometry: Geometry
+    query: tuple[int, int]  # the query pixel (row, col)
+    layers: list[int]
+    heads: list[int]
+    layouts: list[Layout]  # one per entry of layers
+    rows: np.ndarray  # [len(layers), n_head, N]: the query token's attention in every head
+    maps: np.ndarray | None  # [len(layers), len(heads), N, N]; needed for the "head" view
+
+    @property
+    def query_token(self) -> int: ...
+
+
 def model_items(
-    model,
-    model_name: str,
-    image: np.ndarray,
-    image_name: str,
-    layers: list[int] | None,
-    heads: list[int] | None,
-    views: list[str],
-    query: tuple[int, int],
+    att: AttentionArrays, *, model_name: str, image_name: str, views: Sequence[str] = VIEWS
 ) -> list[Exportable]:
-    """The Exportables the app shows for one model and image: grid, head, pixel, layout."""
-    import torch
-
-    from models.tokens import image_to_tokens, pixel_to_token
-    from viz.figures import (
-        attention_map_figure,
-        head_grid_figure,
-        layout_pixel_figure,
-        pixel_grid_figure,
-    )
-    from viz.layout_view import part_names, pixel_view
-
-    g = model.config.geometry
-    tokens = image_to_tokens(image)[None]
-    digest = hashlib.sha1(image.tobytes()).hexdigest()[:12]
-    layers = list(range(model.config.n_layer)) if layers is None else layers
-    heads = list(range(model.config.n_head)) if heads is None else heads
-    row, col = query
-    q = pixel_to_token(row, col, 0, g)
+    """The Exportables the app shows for one model and image, from arrays: the overview grid
+    of every layer and head, each head's N x N map, where the query pixel looks in each head,
+    and each layer's layout around the query pixel (``views``: any of VIEWS)."""
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown views {unknown}; choose from {', '.join(VIEWS)}")
+    if "head" in views and att.maps is None:
+        raise ValueError('the "head" view needs the N x N maps: capture_image(..., maps=True)')
+    g = att.geometry
+    row, col = att.query
     base = {
         "model": model_name,
         "image": image_name,
-        "image_sha1": digest,
+        "image_sha1": content_key(att.image),
         "query_pixel": [row, col],
     }
     stem = f"{safe_name(Path(model_name).name)}_{safe_name(Path(image_name).stem)}"
+    per_pixel = att.rows.reshape(len(att.layers), -1, g.height, g.width, g.channels)
     items = []
-    caps = model.capture(tokens, layers=layers, form="full")
-    with torch.no_grad():
-        rows_all = np.stack([caps[i].probs[0, :, q].numpy() for i in layers])  # [L, H, N]
     if "grid" in views:
-        maps = rows_all.reshape(len(layers), -1, g.height, g.width, g.channels)[..., 0]
+        maps = per_pixel[..., 0]
         items.append(
             Exportable(
                 f"{stem}_r{row}c{col}_grid",
-                head_grid_figure(maps, f"pixel ({row}, {col}): all heads", layers=layers),
+                head_grid_figure(maps, f"pixel ({row}, {col}): all heads", layers=att.layers),
                 {"maps": maps},
                 {**base, "view": "grid"},
             )
         )
-    for li, layer in enumerate(layers):
-        layout = model.layouts[layer]
+    for li, (layer, layout) in enumerate(zip(att.layers, att.layouts, strict=True)):
         lmeta = {**base, "layer": layer, "layout": repr(layout)}
-        for h in heads:
+        for hi, h in enumerate(att.heads):
             hmeta = {**lmeta, "head": h}
             if "head" in views:
-                probs = caps[layer].probs[0, h].numpy()
+                probs = att.maps[li, hi]
                 items.append(
                     Exportable(
                         f"{stem}_L{layer}H{h}_head",
@@ -321,7 +366,7 @@ def model_items(
                     )
                 )
             if "pixel" in views:
-                w = rows_all[li, h].reshape(g.height, g.width, g.channels).max(axis=2)
+                w = per_pixel[li, h].max(axis=2)
                 items.append(
                     Exportable(
                         f"{stem}_L{layer}H{h}_r{row}c{col}_pixel",
@@ -337,7 +382,7 @@ def model_items(
                     )
                 )
         if "layout" in views:
-            codes = pixel_view(layout, g, q, 0)
+            codes = pixel_view(layout, g, att.query_token, 0)
             items.append(
                 Exportable(
                     f"{stem}_L{layer}_r{row}c{col}_layout",

@@ -50,6 +50,29 @@ def _png_data_uri(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _unit_heatmap(
+    z: np.ndarray, name: str, colorscale: str, hovertemplate: str, **trace
+) -> go.Figure:
+    """A figure of one heatmap trace called ``name``, its colour scale over [0, 1]."""
+    return go.Figure(
+        go.Heatmap(
+            z=z,
+            zmin=0,
+            zmax=1,
+            colorscale=colorscale,
+            hovertemplate=hovertemplate,
+            name=name,
+            **trace,
+        )
+    )
+
+
+def _map_axes(fig: go.Figure, n: int) -> None:
+    """The axes of an N x N map: query i downwards, key j across, square cells."""
+    fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x", range=[n, 0])
+    fig.update_xaxes(title="key j", range=[0, n])
+
+
 def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> go.Figure:
     """The N x N layout: exact part codes (tile = 1) or pooled density per tile."""
     if tile == 1:
@@ -60,6 +83,7 @@ def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> g
             go.Image(
                 source=_png_data_uri(_part_rgb(names)[codes]),
                 hovertemplate="query %{y}, key %{x}<extra></extra>",
+                name="mask",
             )
         )
         for name in names:  # a legend for the parts
@@ -74,22 +98,18 @@ def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> g
             )
     else:
         n = codes.shape[0] * tile
-        fig = go.Figure(
-            go.Heatmap(
-                z=codes,
-                x0=tile / 2,
-                dx=tile,
-                y0=tile / 2,
-                dy=tile,
-                colorscale="Greys",
-                zmin=0,
-                zmax=1,
-                colorbar=dict(title="allowed share"),
-                hovertemplate=f"tile of {tile}x{tile}: %{{z:.3f}} allowed<extra></extra>",
-            )
+        fig = _unit_heatmap(
+            codes,
+            "mask",
+            "Greys",
+            f"tile of {tile}x{tile}: %{{z:.3f}} allowed<extra></extra>",
+            x0=tile / 2,
+            dx=tile,
+            y0=tile / 2,
+            dy=tile,
+            colorbar=dict(title="allowed share"),
         )
-    fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x", range=[n, 0])
-    fig.update_xaxes(title="key j", range=[0, n])
+    _map_axes(fig, n)
     fig.update_layout(
         title=title,
         height=520,
@@ -266,17 +286,14 @@ def head_grid_figure(
     # numbers only: a numeric customdata travels as a typed array, strings would not
     layer_of = np.asarray(layers or range(n_layer))[rr // (h + 1)]
     custom = np.stack([layer_of, cc // (w + 1), rr % (h + 1), cc % (w + 1), raw], axis=-1)
-    fig = go.Figure(
-        go.Heatmap(
-            z=mosaic,
-            zmin=0,
-            zmax=1,
-            colorscale="Viridis",
-            showscale=False,
-            customdata=custom,
-            hovertemplate="%{customdata[0]}<br>row %{customdata[1]}, col %{customdata[2]}: "
-            "%{customdata[3]:.4f}<extra></extra>",
-        )
+    fig = _unit_heatmap(
+        mosaic,
+        "heads",
+        "Viridis",
+        "%{customdata[0]}<br>row %{customdata[1]}, col %{customdata[2]}: "
+        "%{customdata[3]:.4f}<extra></extra>",
+        customdata=custom,
+        showscale=False,
     )
     fig.update_xaxes(
         tickvals=[j * (w + 1) + (w - 1) / 2 for j in range(n_head)],
@@ -331,10 +348,10 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
             colorscale="Viridis",
             colorbar=dict(title="log10 p"),
             hovertemplate="query %{y}, key %{x}: log10 p = %{z:.2f}<extra></extra>",
+            name="attention",
         )
     )
-    fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x", range=[n, 0])
-    fig.update_xaxes(title="key j", range=[0, n])
+    _map_axes(fig, n)
     fig.update_layout(title=title, height=520, margin=dict(l=40, r=20, t=50, b=40))
     return fig
 
@@ -360,20 +377,17 @@ def coverage_figure(rows: list[dict], title: str) -> go.Figure:
             f"{r['coverage_std']:.3f} ({parts})<br>entropy {r['entropy']:.2f} bits, k90 "
             f"{r['k90']:.1f}, distance {r['distance']:.2f} px, type {r['type']}"
         )
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            zmin=0,
-            zmax=1,
-            colorscale="Blues",
-            text=text,
-            texttemplate="%{text}",
-            customdata=hover,
-            hovertemplate="%{customdata}<extra></extra>",
-            colorbar=dict(title="coverage"),
-            x=[f"head {h}" for h in range(n_head)],
-            y=[f"layer {i}" for i in range(n_layer)],
-        )
+    fig = _unit_heatmap(
+        z,
+        "coverage",
+        "Blues",
+        "%{customdata}<extra></extra>",
+        customdata=hover,
+        text=text,
+        texttemplate="%{text}",
+        colorbar=dict(title="coverage"),
+        x=[f"head {h}" for h in range(n_head)],
+        y=[f"layer {i}" for i in range(n_layer)],
     )
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=title, height=120 + 70 * n_layer, margin=dict(l=60, r=20, t=50, b=30))

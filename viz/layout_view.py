@@ -2,6 +2,11 @@
 
 Part codes are small integers: 0 = not allowed, k = the k-th part of ``layout.parts()`` (1-based,
 a pair in two parts gets the first), so one colour map draws every layout.
+
+An N x N map too large to draw cell by cell is drawn as the means of P x P tiles: tile_for picks
+P, pool_tiles pools an array (a layout's mask here). A model's attention map arrives pooled
+from the capture itself (kernels/capture.py, through analysis.attention.head_maps), so the
+N x N matrix is never made.
 """
 
 from __future__ import annotations
@@ -32,21 +37,37 @@ def part_codes(layout: Layout, queries: np.ndarray, n: int, head: int = 0) -> np
     return codes
 
 
+def tile_for(n: int, max_side: int) -> int:
+    """The tile size that draws an n x n map with at most ``max_side`` cells a side (1: exact)."""
+    return max(1, -(-n // max_side))
+
+
+def pool_tiles(a: np.ndarray, tile: int) -> np.ndarray:
+    """The mean of every ``tile`` x ``tile`` block of a [R, C] array: [ceil(R / tile),
+    ceil(C / tile)]; a partial block at the bottom or right edge is the mean of the entries it
+    has (as the capture's pooled form, kernels/capture.py)."""
+    r, c = a.shape
+    nr, nc = -(-r // tile), -(-c // tile)
+    padded = np.zeros((nr * tile, nc * tile), dtype=np.float64)
+    padded[:r, :c] = a
+    sums = padded.reshape(nr, tile, nc, tile).sum(axis=(1, 3))
+    rows = np.minimum(tile, r - tile * np.arange(nr))  # entries of each block row / column
+    cols = np.minimum(tile, c - tile * np.arange(nc))
+    return sums / (rows[:, None] * cols[None, :])
+
+
 def mask_view(layout: Layout, n: int, head: int = 0, max_cells: int = MAX_EXACT_CELLS):
     """The N x N picture of a layout: (array, tile) where tile is 1 for exact part codes
     [n, n], or the tile size P for a pooled view of allowed-pair density per P x P tile,
-    computed row block by row block so memory stays O(P * n)."""
+    computed one row of tiles at a time so memory stays O(P * n)."""
     if n <= max_cells:
         return part_codes(layout, np.arange(n), n, head), 1
-    tile = -(-n // MAX_TILES)
+    tile = tile_for(n, MAX_TILES)
     nb = -(-n // tile)
     density = np.zeros((nb, nb), dtype=np.float32)
     for a in range(nb):
         rows = np.arange(a * tile, min((a + 1) * tile, n))
-        allowed = part_codes(layout, rows, n, head) > 0  # [tile, n]
-        padded = np.zeros((len(rows), nb * tile), dtype=bool)
-        padded[:, :n] = allowed
-        density[a] = padded.reshape(len(rows), nb, tile).mean(axis=(0, 2))
+        density[a] = pool_tiles(part_codes(layout, rows, n, head) > 0, tile)[0]
     return density, tile
 
 

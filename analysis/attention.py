@@ -1,0 +1,110 @@
+"""A trained model's attention on one image, as numpy arrays for the pages and the exports.
+
+model + image -> arrays. The model's capture forms (kernels/capture.py; docs/DESIGN.md,
+"Capture without an N x N matrix") are asked for what a view shows and nothing more:
+
+    query_rows      the attention of one query token in every layer and head   [L, H, N]
+    head_maps       every head's N x N map of one layer, or its P x P tile means [H, n, n]
+    capture_image   both, for the chosen layers and heads and a query pixel: an ImageAttention,
+                    what viz.export.model_items draws (viz never runs a model)
+
+Everything returned is float32 numpy on the CPU, whatever device the model runs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kernels.layouts import Layout
+from models.model import SparseTransformer
+from models.tokens import Geometry, image_to_tokens, pixel_to_token
+
+
+def _tokens(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, C] -> a batch of one token sequence [1, N]."""
+    return image_to_tokens(image)[None]
+
+
+def query_rows(
+    model: SparseTransformer,
+    image: np.ndarray,
+    query: int,
+    layers: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Attention of token ``query`` over every key in each of ``layers`` (default all) and
+    every head: float32 [len(layers), H, N]."""
+    caps = model.capture(_tokens(image), layers=layers, form="rows", queries=[int(query)])
+    order = sorted(caps) if layers is None else [int(i) for i in layers]
+    return np.stack([caps[i].probs[0, :, 0].float().numpy() for i in order])
+
+
+def head_maps(model: SparseTransformer, image: np.ndarray, layer: int, tile: int = 1) -> np.ndarray:
+    """Every head's attention map of ``layer``: float32 [H, N, N] when ``tile`` is 1, else the
+    mean of every tile x tile block [H, ceil(N / tile), ceil(N / tile)] (the capture's pooled
+    form: the N x N map is never made)."""
+    if tile == 1:
+        cap = model.capture(_tokens(image), layers=[layer], form="full")[layer]
+        return cap.probs[0].float().numpy()
+    cap = model.capture(_tokens(image), layers=[layer], form="pooled", block=tile)[layer]
+    return cap.mean[0].float().numpy()
+
+
+@dataclass(frozen=True)
+class ImageAttention:
+    """A model's attention on one image for one query pixel, as arrays: what the exports draw.
+
+    ``rows`` holds every head (the overview grid shows them all); ``maps`` only the heads in
+    ``heads``, in that order, and only when asked for.
+    """
+
+    image: np.ndarray  # uint8 [H, W, C]
+    geometry: Geometry
+    query: tuple[int, int]  # the query pixel (row, col); its token is channel 0's
+    layers: list[int]
+    heads: list[int]
+    layouts: list[Layout]  # the attention layout of each of ``layers``
+    rows: np.ndarray  # float32 [len(layers), n_head, N]: the query token's attention
+    maps: np.ndarray | None  # float32 [len(layers), len(heads), N, N], or None
+
+    @property
+    def query_token(self) -> int:
+        return pixel_to_token(*self.query, 0, self.geometry)
+
+
+def capture_image(
+    model: SparseTransformer,
+    image: np.ndarray,
+    *,
+    query: tuple[int, int],
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    maps: bool = True,
+) -> ImageAttention:
+    """The attention of the query pixel ``query`` (row, col) in ``layers`` (default all) and,
+    with ``maps``, the N x N maps of ``heads`` (default all) in those layers."""
+    config = model.config
+    layers = list(range(config.n_layer)) if layers is None else [int(i) for i in layers]
+    heads = list(range(config.n_head)) if heads is None else [int(h) for h in heads]
+    row, col = (int(v) for v in query)
+    q = pixel_to_token(row, col, 0, config.geometry)
+    if maps:  # one capture for both: the rows are rows of the full maps
+        caps = model.capture(_tokens(image), layers=layers, form="full")
+        probs = [caps[i].probs[0].float().numpy() for i in layers]  # each [H, N, N]
+        rows = np.stack([p[:, q] for p in probs])
+        full = np.stack([p[heads] for p in probs])
+    else:
+        rows, full = query_rows(model, image, q, layers), None
+    return ImageAttention(
+        image=image,
+        geometry=config.geometry,
+        query=(row, col),
+        layers=layers,
+        heads=heads,
+        layouts=[model.layouts[i] for i in layers],
+        rows=rows,
+        maps=full,
+    )
