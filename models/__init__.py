@@ -11,7 +11,6 @@ _LAZY = {
     "PRESETS": "models.model",
     "ModelConfig": "models.model",
     "SparseTransformer": "models.model",
-    "bits_per_dim": "models.model",
 }
 
 
@@ -23,7 +22,6 @@ __all__ = [
     "CheckpointError",
     "ModelConfig",
     "SparseTransformer",
-    "bits_per_dim",
     "load_config",
     "load_model",
     "save_model",

@@ -342,8 +342,3 @@ class SparseTransformer(nn.Module):
         """Mean negative log-likelihood per token in nats; divide by ln 2 for bits/dim."""
         logits = self(tokens)  # [B, n, 256]
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
-
-
-def bits_per_dim(nats: float | Tensor) -> float:
-    """Convert a mean per-token NLL in nats to bits per dimension (per 8-bit sub-pixel)."""
-    return float(nats) / math.log(2)
