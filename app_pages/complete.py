@@ -1,19 +1,18 @@
 """Complete page: keep part of an image, let the models sample the rest, row by row.
 
-A completion is a job in this session's state: its request, a cancel flag (set by Stop, polled by
-the sampler before every token), the rows sampled so far and the finished samples. Results are
-shown only for the request that made them, so a new upload or setting never shows stale samples.
+A completion is a CompletionJob in this session's state (app_pages/completion_job.py: its
+request, status, cancel flag, the rows sampled so far and the samples); this page draws it.
+Results are shown only for the request that made them, so a new upload or setting never shows
+stale samples.
 """
 
 import io
 import json
-import threading
-import uuid
 
 import numpy as np
 import streamlit as st
-import torch
 
+from analysis.attention import query_rows
 from app_pages import limits
 from app_pages.common import (
     export_panel,
@@ -22,21 +21,19 @@ from app_pages.common import (
     require_model_names,
     show_image,
 )
-from models.completion import HIDDEN_GRAY, complete, hidden_view, keep_mask
-from models.sampling import SamplingCancelled
-from models.tokens import image_to_tokens, pixel_to_token, tokens_to_image
+from app_pages.completion_job import CANCELLED, DONE, CompletionJob, CompletionRequest, Partial
+from models.completion import hidden_view, keep_mask
+from models.tokens import pixel_to_token
 from viz.export import Exportable, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid
 
 
 def stop_completion() -> None:
-    """Stop's callback: set the running job's cancel flag. With fast reruns the interrupted run
-    may still be sampling in its own thread; the flag stops it at the next token."""
+    """Stop's callback (it may run while the sampling run is still going, in another thread)."""
     job = st.session_state.get("cmp_job")
-    if job is not None and job["status"] == "running":
-        job["cancel"].set()
-        job["status"] = "cancelled"
+    if job is not None:
+        job.stop()
 
 
 st.title("Complete an image")
@@ -47,11 +44,8 @@ st.caption(
 )
 st.session_state.setdefault("cmp_job", None)
 job = st.session_state.cmp_job
-if job is not None and job["status"] == "running":
-    # the run sampling it was interrupted by this rerun (a click, an upload): with fast reruns
-    # it may still be sampling in its own thread, so stop it at its next token
-    job["cancel"].set()
-    job["status"] = "interrupted"
+if job is not None:
+    job.interrupt()  # still running: this rerun (a click, an upload) cut its run short
 
 names = require_model_names()
 default_models = [m for m in ("strided", "fixed") if m in names] or names[:1]
@@ -151,86 +145,50 @@ if (problems or late) and run:
     st.error("Nothing was sampled: the values above are out of bounds.")
     run = False
 
-request = (
-    tuple(chosen),
-    image_name,
-    image.tobytes(),
-    keep.numpy().tobytes(),
-    n_samples,
-    temperature,
-    top_k,
-    top_p,
-    seed,
+request = CompletionRequest(
+    models=tuple(chosen),
+    image_name=image_name,
+    image_bytes=image.tobytes(),
+    keep_bytes=keep.numpy().tobytes(),
+    n_samples=n_samples,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    seed=seed,
 )
-row_len = geometry.row_stride
 with right:
     if run:
-        job = {
-            "id": uuid.uuid4().hex,
-            "request": request,
-            "status": "running",
-            "cancel": threading.Event(),  # this session's flag; Stop sets it
-            "partial": {},  # model -> (last row sampled, images with unsampled pixels gray)
-            "results": {},  # model -> finished samples
-        }
-        st.session_state.cmp_job = job
+        job = st.session_state.cmp_job = CompletionJob(request)
         stop_slot.button("Stop", key="cmp_stop", on_click=stop_completion)
-        todo = max(1, len({int(i) // row_len for i in torch.nonzero(~keep).flatten()}))
-        for name, model in models.items():
-            panel = st.empty()  # the live view; cleared when this model is done
+        live = {}  # the live view of the model being sampled; cleared when it is done
+
+        def start_model(name: str) -> None:
+            if live:
+                live["panel"].empty()
+            panel = st.empty()
             box = panel.container()
             box.subheader(name)
             bar = box.progress(0.0, text=f"{name}: sampling...")
-            live = box.empty()
-            done = []
+            live.update(panel=panel, bar=bar, images=box.empty())
 
-            def on_row(
-                row: int, tokens: torch.Tensor, bar=bar, live=live, done=done, name=name, job=job
-            ) -> None:
-                sampled = keep.clone()
-                sampled[: (row + 1) * row_len] = True
-                shown = tokens.clone()
-                shown[:, ~sampled] = HIDDEN_GRAY
-                job["partial"][name] = (row, tokens_to_image(shown, geometry))
-                done.append(row)
-                bar.progress(min(1.0, len(done) / todo), text=f"row {row} sampled")
-                live.image(image_grid([("", list(job["partial"][name][1]))]))
+        def show_row(name: str, partial: Partial, share: float) -> None:
+            live["bar"].progress(share, text=f"row {partial.row} sampled")
+            live["images"].image(image_grid([("", list(partial.images))]))
 
-            try:
-                samples = complete(
-                    model,
-                    image,
-                    keep,
-                    n_samples=n_samples,
-                    temperature=temperature,
-                    top_k=int(top_k) or None,
-                    top_p=float(top_p) if top_p < 1 else None,
-                    seed=int(seed),
-                    on_row=on_row,
-                    cancel=job["cancel"].is_set,
-                )
-            except SamplingCancelled:
-                if job["status"] == "running":
-                    job["status"] = "cancelled"
-                panel.empty()
-                break
-            panel.empty()
-            job["results"][name] = samples
-            job["partial"].pop(name, None)
-        else:
-            job["status"] = "done"
+        job.run(models, image, keep, on_model=start_model, on_row=show_row)
+        if live:
+            live["panel"].empty()
         stop_slot.empty()
     job = st.session_state.cmp_job
-    current = job is not None and job["request"] == request
-    results = dict(job["results"]) if current else {}
-    if current and job["status"] != "done":
-        # "running" here means the run that started it was interrupted by a rerun
-        how_ended = "cancelled" if job["status"] == "cancelled" else "interrupted"
+    current = job is not None and job.is_for(request)
+    results = dict(job.results) if current else {}
+    if current and job.status != DONE:
+        how_ended = "cancelled" if job.status == CANCELLED else "interrupted"
         st.warning(
             f"The completion was {how_ended} before it finished. Shown below: what was "
             "sampled by then (gray: not sampled). Press Complete to sample again."
         )
-        for name, (row, partial) in job["partial"].items():
+        for name, (row, partial) in job.partial.items():
             st.markdown(f"**{name}** (partial: up to row {row})")
             st.image(image_grid([("", list(partial))], label_width=0, scale=4))
     if not results:
@@ -304,10 +262,7 @@ with b:
     if keep[token]:
         st.info(f"Pixel ({r}, {c}) was kept from the image, not generated.")
     else:
-        caps = models[name].capture(
-            image_to_tokens(sample_img)[None], layers=[layer], form="rows", queries=[token]
-        )
-        probs = caps[layer].probs[0, :, 0].numpy()  # [H, N]
+        probs = query_rows(models[name], sample_img, token, layers=[layer])[0]  # [H, N]
         mean = probs.mean(0).reshape(geometry.height, geometry.width, geometry.channels)
         look_fig = pixel_grid_figure(
             mean.max(axis=2),

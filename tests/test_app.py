@@ -14,6 +14,35 @@ def charts(at) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
+def chart(at, key: str) -> dict:
+    """The figure of the plotly chart drawn with ``key``."""
+    return json.loads(at.get_by_key(key).proto.spec)
+
+
+def trace(spec: dict, name: str) -> dict:
+    """The trace called ``name`` of a figure."""
+    (found,) = [t for t in spec["data"] if t.get("name") == name]
+    return found
+
+
+def title(spec: dict) -> str:
+    return spec["layout"]["title"]["text"]
+
+
+def table(at, column: str):
+    """The one dataframe with ``column`` (a dataframe without selections keeps no key)."""
+    (found,) = [d.value for d in at.dataframe if column in d.value.columns]
+    return found
+
+
+def errors(at) -> str:
+    return "\n".join(e.value for e in at.error)
+
+
+def warnings(at) -> str:
+    return "\n".join(w.value for w in at.warning)
+
+
 def values(a) -> np.ndarray:
     """A plotly array from a figure spec: a list, or plotly 6+'s typed array {dtype, bdata}."""
     if isinstance(a, dict) and "bdata" in a:
@@ -28,18 +57,19 @@ def values(a) -> np.ndarray:
 def test_layouts_page_strided_fixed_and_side_by_side():
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception
-    table = at.dataframe[0].value
-    assert list(table["layout"]) == ["strided(l=28)"]
-    specs = charts(at)
-    assert len(specs) == 2  # pixel view + mask
-    pixels = specs[0]["data"][0]
+    assert list(table(at, "allowed pairs (nnz)")["layout"]) == ["strided(l=28)"]
+    assert len(charts(at)) == 2  # pixel view + mask
+    pixels = trace(chart(at, "lay_pixels_strided"), "pixels")
     assert len(values(pixels["x"])) == 784  # one marker per pixel
     colors = values(pixels["marker"]["color"])
     # query (14, 14) of strided(l=28): the 28 keys of the window + 14 keys above in its column
     assert (colors > 0).sum() == 28 + 14
     at.radio(key="lay_mode").set_value("side by side").run()
     assert not at.exception
-    assert list(at.dataframe[0].value["layout"]) == ["strided(l=28)", "fixed(l=28, c=2)"]
+    assert list(table(at, "allowed pairs (nnz)")["layout"]) == [
+        "strided(l=28)",
+        "fixed(l=28, c=2)",
+    ]
     assert len(charts(at)) == 4
 
 
@@ -48,15 +78,15 @@ def test_layouts_page_explains_impossible_parameters():
     at.radio(key="lay_mode").set_value("fixed").run()
     at.number_input(key="lay_c").set_value(40).run()  # c > l is impossible for fixed
     assert not at.exception
-    assert "c * num_verts <= l" in at.error[0].value
+    assert "c * num_verts <= l" in errors(at)
 
 
 def test_layouts_page_rgb_and_pooled_mask():
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.selectbox(key="lay_geometry").set_value("32x32 RGB (CIFAR-10)").run()
     assert not at.exception
-    assert list(at.dataframe[0].value["layout"]) == ["strided(l=96)"]
-    mask = charts(at)[1]["data"][0]
+    assert list(table(at, "allowed pairs (nnz)")["layout"]) == ["strided(l=96)"]
+    mask = trace(chart(at, "lay_mask_strided"), "mask")
     assert values(mask["z"]).shape[0] < 3072  # pooled: N = 3072 is drawn as tiles
 
 
@@ -83,19 +113,17 @@ def attention_app(tmp_path, monkeypatch):
 
 def test_attention_page_grid_head_and_pixel(tmp_path, monkeypatch):
     at = attention_app(tmp_path, monkeypatch)
-    specs = charts(at)
-    assert len(specs) == 3  # overview grid, pixel view, N x N map
-    mosaic = values(specs[0]["data"][0]["z"])  # fmnist-tiny: 2 layers x 2 heads of 28 x 28
-    assert mosaic.shape == (2 * 29 - 1, 2 * 29 - 1)
-    pixels = values(specs[1]["data"][0]["marker"]["color"])
+    assert len(charts(at)) == 3  # overview grid, pixel view, N x N map
+    mosaic = values(trace(chart(at, "att_grid"), "heads")["z"])
+    assert mosaic.shape == (2 * 29 - 1, 2 * 29 - 1)  # fmnist-tiny: 2 layers x 2 heads of 28 x 28
+    pixels = values(trace(chart(at, "att_pixels"), "pixels")["marker"]["color"])
     assert pixels.shape == (784,) and pixels.sum() <= 1.0001  # one softmax row over pixels
     assert pixels.reshape(28, 28)[15:].sum() == 0  # causal: nothing below the query row
     at.selectbox(key="att_layer").set_value(1).run()
     at.selectbox(key="att_head").set_value(1).run()
     at.selectbox(key="att_outline").set_value("strided(l=28)").run()
     assert not at.exception
-    specs = charts(at)
-    assert any(t.get("name") == "layout" for t in specs[1]["data"])  # the outline trace
+    trace(chart(at, "att_pixels"), "layout")  # the outline trace is there
     at.number_input(key="att_row").set_value(3).run()
     assert not at.exception
     at.selectbox(key="att_model").set_value("strided").run()
@@ -117,7 +145,7 @@ def test_attention_page_upload_good_and_bad(tmp_path, monkeypatch):
     assert len(charts(at)) == 3
     at.file_uploader(key="att_upload").set_value(("bad.png", b"not an image", "image/png")).run()
     assert not at.exception
-    assert "bad.png cannot be used" in at.error[0].value
+    assert "bad.png cannot be used" in errors(at)
 
 
 def test_learned_vs_prescribed_page(tmp_path, monkeypatch):
@@ -125,19 +153,20 @@ def test_learned_vs_prescribed_page(tmp_path, monkeypatch):
     at = AppTest.from_file(APP, default_timeout=120)
     at.switch_page("app_pages/learned.py").run()
     assert not at.exception, at.exception
-    specs = charts(at)
-    assert [s["layout"]["title"]["text"] for s in specs] == [
+    assert [title(s) for s in charts(at)] == [
         "coverage by strided(l=28)",
         "coverage by fixed(l=28, c=2)",
     ]
-    z = values(specs[0]["data"][0]["z"])
+    strided = chart(at, "lvp_cov_strided")
+    assert title(strided) == "coverage by strided(l=28)"
+    z = values(trace(strided, "coverage")["z"])
     assert z.shape == (2, 2) and (0 < z).all() and (z < 1).all()  # a dense model leaks out
     at.selectbox(key="lvp_model").set_value("strided").run()
-    z = values(charts(at)[0]["data"][0]["z"])
+    z = values(trace(chart(at, "lvp_cov_strided"), "coverage")["z"])
     assert np.allclose(z, 1.0)  # a strided model is fully covered by strided
     at.checkbox(key="lvp_search").check().run()
     assert not at.exception
-    assert charts(at)[-1]["layout"]["title"]["text"] == "coverage vs density"
+    assert title(chart(at, "lvp_search_fig")) == "coverage vs density"
 
 
 def test_complete_page_samples_side_by_side_and_looks_back(tmp_path, monkeypatch):
@@ -154,15 +183,15 @@ def test_complete_page_samples_side_by_side_and_looks_back(tmp_path, monkeypatch
         "**dense**",
         "**strided**",
     ]
-    look = charts(at)[-1]
-    assert "where pixel (27, 14) looked" in look["layout"]["title"]["text"]
-    weights = values(look["data"][0]["marker"]["color"])
+    look = chart(at, "cmp_look_attention")
+    assert "where pixel (27, 14) looked" in title(look)
+    weights = values(trace(look, "pixels")["marker"]["color"])
     assert weights.shape == (784,) and abs(weights.sum() - 1) < 1e-3
     at.radio(key="cmp_keep").set_value("rectangle").run()
     at.number_input(key="cmp_x1").set_value(2).run()
     at.number_input(key="cmp_x0").set_value(5).run()  # x0 >= x1: impossible
     assert not at.exception
-    assert "rectangle" in at.error[0].value
+    assert "rectangle" in errors(at)
 
 
 def test_models_page_renders_card_and_benchmarks():
@@ -301,11 +330,11 @@ def test_complete_upload_limits(tmp_path, monkeypatch):
     Image.new("1", (side, side)).save(buf, format="PNG")  # a small file of 25+ megapixels
     at.file_uploader(key="cmp_upload").set_value(("huge.png", buf.getvalue(), "image/png")).run()
     assert not at.exception
-    assert "huge.png cannot be used" in at.error[0].value and "megapixels" in at.error[0].value
+    assert "huge.png cannot be used" in errors(at) and "megapixels" in errors(at)
     big = b"\0" * (limits.MAX_UPLOAD_BYTES + 1)
     at.file_uploader(key="cmp_upload").set_value(("big.png", big, "image/png")).run()
     assert not at.exception
-    assert "the limit is 20 MiB" in at.error[0].value
+    assert "the limit is 20 MiB" in errors(at)
 
 
 def test_complete_cancel_then_new_upload(tmp_path, monkeypatch):
@@ -318,6 +347,8 @@ def test_complete_cancel_then_new_upload(tmp_path, monkeypatch):
 
     from PIL import Image
 
+    from app_pages.completion_job import CompletionJob
+
     at = complete_app(tmp_path, monkeypatch)
     at.slider(key="cmp_rows").set_value(0).run()
     at.slider(key="cmp_samples").set_value(16).run()  # ~4 s of sampling: time to cancel
@@ -326,8 +357,8 @@ def test_complete_cancel_then_new_upload(tmp_path, monkeypatch):
         t0 = time.time()
         while time.time() - t0 < 120:
             job = at.session_state["cmp_job"] if "cmp_job" in at.session_state else None
-            if job is not None and job["status"] == "running" and job["partial"]:
-                job["cancel"].set()  # what Stop's on_click does
+            if job is not None and job.running and job.partial:
+                job.stop()  # what Stop's on_click does
                 return
             time.sleep(0.002)
 
@@ -337,9 +368,9 @@ def test_complete_cancel_then_new_upload(tmp_path, monkeypatch):
     stopper.join()
     assert not at.exception, at.exception
     job = at.session_state["cmp_job"]
-    assert job["status"] == "cancelled" and not job["results"]
-    assert "cancelled" in at.warning[0].value
-    row, partial = job["partial"]["dense"]
+    assert job.status == "cancelled" and not job.results and job.cancel_requested
+    assert "cancelled" in warnings(at)
+    row, partial = job.partial["dense"]
     assert row < 27 and partial.shape == (16, 28, 28, 1)
     assert (partial[:, row + 1 :] == 128).all()  # not sampled: gray, not shown as done
     assert [m.value for m in at.markdown if m.value.startswith("**")] == [
@@ -347,11 +378,15 @@ def test_complete_cancel_then_new_upload(tmp_path, monkeypatch):
     ]
     assert "Where the model looked" not in [h.value for h in at.subheader]
 
-    # the same request after a run that died mid-way (a rerun interrupted it)
-    job["status"] = "running"
-    job["cancel"].clear()
+    # the same request after a run that died mid-way (a rerun interrupted it): its job is
+    # still running, with the rows it had sampled, when the next run starts
+    stale = CompletionJob(job.request, partial=job.partial)
+    assert stale.running and not stale.cancel_requested
+    at.session_state["cmp_job"] = stale
     at.run()
-    assert "interrupted" in at.warning[0].value and job["cancel"].is_set()
+    assert "interrupted" in warnings(at) and stale.cancel_requested
+    assert stale.status == "interrupted"
+    assert f"**dense** (partial: up to row {row})" in [m.value for m in at.markdown]
 
     # a new upload: no stale rows, and the next completion is of the new image
     at.radio(key="cmp_source").set_value("upload").run()
@@ -366,8 +401,8 @@ def test_complete_cancel_then_new_upload(tmp_path, monkeypatch):
     at.button(key="cmp_run").click().run()
     assert not at.exception, at.exception
     job = at.session_state["cmp_job"]
-    assert job["status"] == "done" and job["request"][1] == "new.png"
-    samples = job["results"]["dense"]
+    assert job.status == "done" and job.request.image_name == "new.png"
+    samples = job.results["dense"]
     assert (samples[:, :27] == 200).all()  # the kept rows are the new image's
     assert not at.warning
 
