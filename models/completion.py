@@ -45,7 +45,8 @@ def keep_mask(
         if not 0 <= rows <= h:
             raise ValueError(f"keep_rows must be between 0 and {h}, got {rows}")
         pixels[:rows] = True
-    return pixels[:, :, None].expand(h, w, c).flatten()  # every channel of a kept pixel
+    # every channel of a kept pixel: [H, W] -> [H, W, C] -> [H*W*C], the tokens in raster order
+    return pixels[:, :, None].expand(h, w, c).flatten()
 
 
 def complete(

@@ -97,7 +97,7 @@ def load_idx(path: str | Path) -> np.ndarray:
         raise DatasetError(
             f"{path}: IDX payload is {payload} bytes but dims {dims} need {expected} bytes"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # [prod] -> dims
 
 
 def _find_idx(root: Path, name: str) -> Path:
@@ -197,7 +197,8 @@ def _cifar_from_planar(data: np.ndarray, path: Path) -> np.ndarray:
     """[N, 3072] with R, G, B planes of 32x32 each -> [N, 32, 32, 3] (HWC, our token order)."""
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DatasetError(f"{path}: expected image data [N, 3072], got {data.shape}")
-    return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    planes = data.reshape(-1, 3, 32, 32)  # [N, 3072] -> [N, C, H, W]
+    return np.ascontiguousarray(planes.transpose(0, 2, 3, 1))  # -> [N, H, W, C]
 
 
 def _load_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +208,7 @@ def _load_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: size {len(raw)} is not a positive multiple of the {_CIFAR_RECORD}-byte "
             "CIFAR-10 record"
         )
-    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)  # [N, 1 + 3072]
     return _cifar_from_planar(records[:, 1:], path), records[:, 0].copy()
 
 

@@ -40,6 +40,7 @@ def evaluate_bpd(
     for s in tqdm(batches, desc="eval", disable=not progress, leave=False):
         x = tokens[s : s + batch_size].to(device=device, dtype=torch.long)  # [b, T]
         logits = model(x).float()  # [b, T, 256]
+        # every token of the batch at once: logits [b*T, 256] against targets [b*T]
         nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="sum")
         total += float(nll.double())
         count += x.numel()

@@ -341,4 +341,4 @@ class SparseTransformer(nn.Module):
     def loss(self, tokens: Tensor) -> Tensor:
         """Mean negative log-likelihood per token in nats; divide by ln 2 for bits/dim."""
         logits = self(tokens)  # [B, n, 256]
-        return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+        return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())  # [B*n, 256], [B*n]

@@ -64,7 +64,7 @@ def image_to_tokens(image: np.ndarray) -> torch.Tensor:
         image = image[:, :, None]
     if image.ndim != 3:
         raise ValueError(f"expected an image of shape [H, W, C] or [H, W], got {image.shape}")
-    return images_to_tokens(image[None])[0]
+    return images_to_tokens(image[None])[0]  # [H, W, C] as a batch of one -> [H*W*C]
 
 
 def images_to_tokens(images: np.ndarray, *, dtype: type = np.int64) -> torch.Tensor:

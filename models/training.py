@@ -192,6 +192,7 @@ def train_step(run: Run, ddp_model: torch.nn.Module, autocast: AbstractContextMa
         group["lr"] = lr_at(run.step, cfg)
     with autocast:
         logits = ddp_model(x)  # [B / world, T, 256]
+    # [B / world * T, 256] against [B / world * T]; float: bf16 logits would round the loss
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x.flatten())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()  # under DDP, the gradients are averaged over the ranks here
@@ -237,7 +238,8 @@ def save_state(run: Run) -> None:
                 if key in st:
                     tensors[f"{key}.{names[id(p)]}"] = st[key].detach().cpu().contiguous()
             if "step" in st:
-                tensors[f"step.{names[id(p)]}"] = torch.as_tensor(st["step"]).reshape(1).float()
+                step = torch.as_tensor(st["step"]).reshape(1).float()  # scalar -> [1]: safetensors
+                tensors[f"step.{names[id(p)]}"] = step
     meta = {"step": str(run.step), "train_config": json.dumps(asdict(run.cfg))}
     tmp = run.out / (STATE_FILE + ".tmp")
     save_file(tensors, tmp, metadata=meta)
