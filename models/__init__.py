@@ -17,12 +17,4 @@ _LAZY = {
 __getattr__ = lazy_exports(globals(), _LAZY)
 
 
-__all__ = [
-    "PRESETS",
-    "CheckpointError",
-    "ModelConfig",
-    "SparseTransformer",
-    "load_config",
-    "load_model",
-    "save_model",
-]
+__all__ = sorted(_LAZY)

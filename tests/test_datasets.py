@@ -231,18 +231,19 @@ def test_load_images_dispatch(tmp_path):
     write_fmnist(
         fm, rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8), np.zeros(3, dtype=np.uint8)
     )
-    fashion = datasets.load_images(f"fashion-mnist:{fm}", "train", Geometry(28, 28, 1))
-    assert fashion.shape == (3, 28, 28, 1)
-    with pytest.raises(DatasetError, match="28x28x1"):
-        datasets.load_images(f"fashion-mnist:{fm}", "train", Geometry(32, 32, 3))
     cf = tmp_path / "cf"
     cf.mkdir()
     planar, labels = cifar_planar(2)
     write_cifar_bin(cf / "data_batch_1.bin", planar, labels)
-    cifar = datasets.load_images(f"cifar10:{cf}", "train", Geometry(32, 32, 3))
-    assert cifar.shape == (2, 32, 32, 3)
-    with pytest.raises(DatasetError, match="32x32x3"):
-        datasets.load_images(f"cifar10:{cf}", "train", Geometry(28, 28, 1))
+    # the fixed-size datasets load at their own geometry and refuse any other, naming theirs
+    fixed_size = [
+        (f"fashion-mnist:{fm}", Geometry(28, 28, 1), 3, Geometry(32, 32, 3), "28x28x1"),
+        (f"cifar10:{cf}", Geometry(32, 32, 3), 2, Geometry(28, 28, 1), "32x32x3"),
+    ]
+    for source, geometry, count, other, message in fixed_size:
+        assert datasets.load_images(source, "train", geometry).shape == (count, *geometry)
+        with pytest.raises(DatasetError, match=message):
+            datasets.load_images(source, "train", other)
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     Image.fromarray(random_image(10, 10, 3)).save(imgs / "x.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -166,22 +167,20 @@ def test_token_conversion_errors():
 
 def test_the_mapping_works_without_importing_torch():
     """The app's first page maps pixels to tokens before anything has imported torch."""
-    code = (
-        "import sys\n"
-        "import numpy as np\n"
-        "from models.tokens import Geometry, pixel_to_token, token_coords, tokens_to_image\n"
-        "g = Geometry(4, 5, 3)\n"
-        "assert [int(v[7]) for v in token_coords(np.arange(g.n_tokens), g)] == [0, 2, 1]\n"
-        "assert pixel_to_token(1, 2, 1, g) == 22 and g.row_stride == 15\n"
-        "assert tokens_to_image(np.arange(60), g).shape == (4, 5, 3)\n"
-        "print('torch' in sys.modules)\n"
+    code = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        from models.tokens import Geometry, pixel_to_token, token_coords, tokens_to_image
+        g = Geometry(4, 5, 3)
+        assert [int(v[7]) for v in token_coords(np.arange(g.n_tokens), g)] == [0, 2, 1]
+        assert pixel_to_token(1, 2, 1, g) == 22 and g.row_stride == 15
+        assert tokens_to_image(np.arange(60), g).shape == (4, 5, 3)
+        print("torch" in sys.modules)
+        """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "False"
+    assert (run.returncode, run.stdout.strip()) == (0, "False"), run.stderr[-2000:]
