@@ -173,10 +173,6 @@ def test_prepare_decompression_bomb(monkeypatch):
 # the fixed corpus: refused with a reason
 
 
-def _ppm_text() -> bytes:
-    return b"P6\n99999 99999\n255\n\x00\x00\x00"
-
-
 def _png_zero_width() -> bytes:
     return fz.png_claiming(0, 10)
 
@@ -198,12 +194,15 @@ REFUSED = {
     "gif truncated": (lambda: _truncated("GIF", 0.3), "truncated or corrupt"),
     "webp truncated": (lambda: _truncated("WEBP", 0.5), "truncated or corrupt"),
     "png 0 pixels wide": (_png_zero_width, "no pixels|truncated or corrupt"),
-    "svg renamed .png": (lambda: fz.TEXTS[0], "SVG text, not a raster image"),
-    "svg with BOM and script": (lambda: fz.TEXTS[2], "SVG text, not a raster image"),
-    "html renamed .png": (lambda: fz.TEXTS[1], "HTML/XML text, not a raster image"),
-    "eps (would run Ghostscript)": (lambda: fz.TEXTS[3], "not a recognised image format"),
+    "svg renamed .png": (lambda: fz.TEXTS["svg"], "SVG text, not a raster image"),
+    "svg with BOM and script": (
+        lambda: fz.TEXTS["svg with BOM and script"],
+        "SVG text, not a raster image",
+    ),
+    "html renamed .png": (lambda: fz.TEXTS["html"], "HTML/XML text, not a raster image"),
+    "eps (would run Ghostscript)": (lambda: fz.TEXTS["eps"], "not a recognised image format"),
     "psd header": (lambda: b"8BPS\x00\x01" + b"\x00" * 40, "not a recognised image format"),
-    "ppm claiming 10 gigapixels": (_ppm_text, "too large"),
+    "ppm claiming 10 gigapixels": (lambda: fz.TEXTS["ppm claiming 10 gigapixels"], "too large"),
 }
 
 
@@ -419,7 +418,7 @@ def test_fuzz_sample_has_no_crashes():
     report = fz.run(300, seed=0)
     assert report.cases == 300
     assert report.converted > 50 and sum(report.refused.values()) > 50
-    assert not report.crashes, report.crashes[0][1]
+    assert not report.crashes, report.crashes[0].traceback
     assert any("too large" in reason for reason in report.refused)  # the bombs
     table = fz.format_report(report)
     for row in ("cases", "converted", "refused", "crashes", "peak RSS", "wall time"):

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -191,16 +192,17 @@ def bomb_file(rng: np.random.Generator) -> tuple[str, bytes]:
     return "bomb BMP", bmp_claiming(w, h)
 
 
-TEXTS = (
-    b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+# text files uploaded as images, by what they are
+TEXTS = {
+    "svg": b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
     b'<rect width="10" height="10"/></svg>',
-    b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)></body></html>",
-    b"\xef\xbb\xbf  <svg><script>alert(1)</script></svg>",
-    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
-    b"GIF89a" + b"A" * 10,
-    b"P3\n2 2\n255\n0 0 0 255 255 255 1 2 3 4 5 6\n",
-    b"P6\n99999 99999\n255\n\x00\x00\x00",
-)
+    "html": b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)></body></html>",
+    "svg with BOM and script": b"\xef\xbb\xbf  <svg><script>alert(1)</script></svg>",
+    "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+    "gif signature and text": b"GIF89a" + b"A" * 10,
+    "ppm as text": b"P3\n2 2\n255\n0 0 0 255 255 255 1 2 3 4 5 6\n",
+    "ppm claiming 10 gigapixels": b"P6\n99999 99999\n255\n\x00\x00\x00",
+}
 
 
 def mutate(rng: np.random.Generator, raw: bytes) -> tuple[str, bytes]:
@@ -250,7 +252,7 @@ def random_case(rng: np.random.Generator) -> tuple[str, bytes]:
     if r < 0.25:
         return bomb_file(rng)
     if r < 0.28:
-        return "text", TEXTS[int(rng.integers(0, len(TEXTS)))]
+        return "text", list(TEXTS.values())[int(rng.integers(0, len(TEXTS)))]
     kind, raw = random_valid_file(rng)
     if r < 0.45:
         return kind, raw
@@ -262,15 +264,23 @@ def random_case(rng: np.random.Generator) -> tuple[str, bytes]:
 # running
 
 
+class Crash(NamedTuple):
+    """An input that made prepare_upload fail other than by refusing it."""
+
+    label: str  # how the input was made
+    traceback: str
+    data: bytes
+
+
 @dataclass
 class Report:
-    """Counts and extremes of one fuzz run; ``crashes`` holds (label, traceback, input)."""
+    """Counts and extremes of one fuzz run."""
 
     cases: int = 0
     converted: int = 0
     notes: Counter = field(default_factory=Counter)
     refused: Counter = field(default_factory=Counter)
-    crashes: list[tuple[str, str, bytes]] = field(default_factory=list)
+    crashes: list[Crash] = field(default_factory=list)
     baseline_rss: int = 0
     peak_rss: int = 0
     max_case_growth: int = 0
@@ -338,7 +348,7 @@ def run(
         elif outcome == "refused":
             report.refused[refusal_kind(detail)] += 1
         else:
-            report.crashes.append((label, detail, data))
+            report.crashes.append(Crash(label, detail, data))
         if progress is not None:
             progress(i + 1)
     report.wall_s = time.perf_counter() - start
