@@ -47,6 +47,11 @@ def require_browser():
     return api
 
 
+def launch_chromium(playwright):
+    """Debian's Chromium, headless with FLAGS, from a running sync_playwright()."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,3 +144,26 @@ def open_page(page, title: str) -> None:
 
 def no_exception(page) -> None:
     assert page.locator("[data-testid=stException]").count() == 0
+
+
+def keyed(page, key: str):
+    """The element drawn with ``key=key`` (Streamlit gives its container the class st-key-KEY)."""
+    return page.locator(f".st-key-{key}")
+
+
+def chart(page, key: str):
+    """The plotly chart drawn with ``key=key``."""
+    return keyed(page, key).locator("[data-testid=stPlotlyChart]")
+
+
+def upload(page, key: str, name: str, data: bytes, mime: str = "image/png") -> None:
+    """Give the file uploader ``key`` one file (not yet waiting for the run it starts)."""
+    keyed(page, key).locator("input[type=file]").set_input_files(
+        files=[{"name": name, "mimeType": mime, "buffer": data}]
+    )
+
+
+def choose(page, key: str, option: str) -> None:
+    """Pick ``option`` in the selectbox ``key`` (not yet waiting for the run it starts)."""
+    keyed(page, key).click()
+    page.get_by_role("option", name=option, exact=True).click()

@@ -12,14 +12,17 @@ from pathlib import Path
 
 import pytest
 from browser_util import (
-    CHROMIUM,
-    FLAGS,
     ROOT,
+    chart,
+    choose,
+    keyed,
+    launch_chromium,
     no_exception,
     open_page,
     require_browser,
     settle,
     streamlit_server,
+    upload,
 )
 from PIL import Image
 
@@ -42,7 +45,7 @@ def shots(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def page(server):
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = launch_chromium(p)
         context = browser.new_context(
             viewport={"width": 1500, "height": 1100}, accept_downloads=True
         )
@@ -53,9 +56,9 @@ def page(server):
         browser.close()
 
 
-def click_pixel(page, chart_index: int, row: int, col: int, size: int = 28) -> None:
-    """Click the centre of pixel (row, col) of a pixel grid figure's plotting area."""
-    plot = page.locator("[data-testid=stPlotlyChart]").nth(chart_index)
+def click_pixel(page, key: str, row: int, col: int, size: int = 28) -> None:
+    """Click the centre of pixel (row, col) of the pixel grid figure drawn with ``key``."""
+    plot = chart(page, key)
     plot.scroll_into_view_if_needed()
     area = plot.locator(".nsewdrag").first
     box = area.bounding_box()
@@ -69,7 +72,7 @@ def test_layouts_page_click_and_toggle(page, shots):
     settle(page)
     no_exception(page)
     assert page.get_by_role("heading", name="Sparse attention layouts").count() == 1
-    click_pixel(page, 0, 20, 5)
+    click_pixel(page, "lay_pixels_strided", 20, 5)
     assert page.get_by_label("query row").input_value() == "20"
     assert page.get_by_label("query column").input_value() == "5"
     page.get_by_text("side by side").click()
@@ -77,7 +80,7 @@ def test_layouts_page_click_and_toggle(page, shots):
     no_exception(page)
     assert page.locator("[data-testid=stPlotlyChart]").count() == 4
     page.screenshot(path=str(shots / "layouts.png"), full_page=True)
-    page.get_by_text("fixed", exact=True).first.click()
+    keyed(page, "lay_mode").get_by_text("fixed", exact=True).click()
     settle(page)
     no_exception(page)
 
@@ -85,13 +88,11 @@ def test_layouts_page_click_and_toggle(page, shots):
 def test_attention_page_head_and_pixel(page, shots):
     open_page(page, "Attention")
     no_exception(page)
-    click_pixel(page, 1, 10, 12)
+    click_pixel(page, "att_pixels", 10, 12)
     assert page.get_by_label("query row").input_value() == "10"
     # pick a head: layer 1, head 2
-    for label, option in (("Layer", "1"), ("Head", "2")):
-        box = page.locator("[data-testid=stSelectbox]").filter(has_text=label).first
-        box.click()
-        page.get_by_role("option", name=option, exact=True).click()
+    for key, option in (("att_layer", "1"), ("att_head", "2")):
+        choose(page, key, option)
         settle(page)
     assert page.get_by_text("layer 1, head 2: where pixel (10, 12) looks").count() >= 1
     page.screenshot(path=str(shots / "attention.png"), full_page=True)
@@ -99,7 +100,7 @@ def test_attention_page_head_and_pixel(page, shots):
 
 
 def test_download_a_figure(page, shots):
-    plot = page.locator("[data-testid=stPlotlyChart]").first
+    plot = chart(page, "att_grid")
     plot.hover()
     with page.expect_download() as info:
         plot.locator("[data-title='Download plot as a PNG']").first.click()
@@ -110,19 +111,17 @@ def test_download_a_figure(page, shots):
 
 def test_complete_upload_and_sample(page, shots):
     open_page(page, "Complete")
-    page.get_by_text("upload", exact=True).first.click()
+    keyed(page, "cmp_source").get_by_text("upload", exact=True).click()
     settle(page)
     # a real photo-sized upload: a shipped test image, enlarged and in colour
     with Image.open(ROOT / "assets" / "samples" / "test00016_pullover.png") as im:
         big = im.convert("RGB").resize((112, 112), Image.NEAREST)
     buf = io.BytesIO()
     big.save(buf, format="PNG")
-    page.locator("input[type=file]").first.set_input_files(
-        files=[{"name": "pullover.png", "mimeType": "image/png", "buffer": buf.getvalue()}]
-    )
+    upload(page, "cmp_upload", "pullover.png", buf.getvalue())
     settle(page)
     no_exception(page)
-    page.get_by_role("button", name="Complete").click()
+    keyed(page, "cmp_run").get_by_role("button").click()
     settle(page)
     no_exception(page)
     assert page.get_by_role("heading", name="Where the model looked").count() == 1

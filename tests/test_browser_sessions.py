@@ -14,13 +14,15 @@ import io
 import numpy as np
 import pytest
 from browser_util import (
-    CHROMIUM,
-    FLAGS,
+    choose,
+    keyed,
+    launch_chromium,
     no_exception,
     open_page,
     require_browser,
     settle,
     streamlit_server,
+    upload,
 )
 from PIL import Image
 from test_app import tiny_models
@@ -37,21 +39,14 @@ def png(seed: int, size: tuple[int, int] = (30, 40)) -> bytes:
     return buf.getvalue()
 
 
-def upload(page, name: str, data: bytes, mime: str = "image/png") -> None:
-    page.locator("input[type=file]").first.set_input_files(
-        files=[{"name": name, "mimeType": mime, "buffer": data}]
-    )
+def set_slider(page, key: str, press: str) -> None:
+    """Move the slider ``key`` to its minimum ("Home") or maximum ("End") from the keyboard."""
+    keyed(page, key).get_by_role("slider").focus()
+    page.keyboard.press(press)
 
 
-def set_slider(page, label: str, key: str) -> None:
-    """Move a slider to its minimum ("Home") or maximum ("End") from the keyboard."""
-    box = page.locator("[data-testid=stSlider]").filter(has_text=label).first
-    box.get_by_role("slider").first.focus()
-    page.keyboard.press(key)
-
-
-def set_number(page, label: str, value: int) -> None:
-    field = page.get_by_label(label, exact=True)
+def set_number(page, key: str, value: int) -> None:
+    field = keyed(page, key).locator("input")
     field.fill(str(value))
     field.press("Enter")
 
@@ -73,7 +68,7 @@ def server(tmp_path_factory):
 
 def test_seven_sessions_on_one_server(server, record_property):
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = launch_chromium(p)
         pages = []
         for _ in range(7):
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -96,33 +91,30 @@ def test_seven_sessions_on_one_server(server, record_property):
             no_exception(page)
 
         # step 2: settings (seeds, uploads, a long completion for the one that will stop)
-        set_number(seed1, "Seed", 1)
-        set_number(seed2, "Seed", 2)
-        stopper.get_by_text("upload", exact=True).first.click()
-        for page in (uploader, bad):
-            page.get_by_text("upload", exact=True).first.click()
+        set_number(seed1, "cmp_seed", 1)
+        set_number(seed2, "cmp_seed", 2)
+        for page, key in ((stopper, "cmp_source"), (uploader, "att_source"), (bad, "att_source")):
+            keyed(page, key).get_by_text("upload", exact=True).click()
         for page in pages:
             settle(page)
-        upload(stopper, "stopper_secret.png", png(1))
-        upload(uploader, "attention_secret.png", png(2))
-        upload(bad, "noise.png", np.random.default_rng(3).bytes(4000))
+        upload(stopper, "cmp_upload", "stopper_secret.png", png(1))
+        upload(uploader, "att_upload", "attention_secret.png", png(2))
+        upload(bad, "att_upload", "noise.png", np.random.default_rng(3).bytes(4000))
         for page in pages:
             settle(page)
-        set_slider(stopper, "Rows to keep", "Home")
+        set_slider(stopper, "cmp_rows", "Home")
         settle(stopper)
-        set_slider(stopper, "Samples", "End")
+        set_slider(stopper, "cmp_samples", "End")
         settle(stopper)
 
         # step 3: work in every session at once
         for page in (seed1, seed2, stopper):
-            page.get_by_role("button", name="Complete", exact=True).click()
-        stopper.get_by_role("button", name="Stop", exact=True).click()  # as soon as it shows
+            keyed(page, "cmp_run").get_by_role("button").click()
+        keyed(stopper, "cmp_stop").get_by_role("button").click()  # as soon as it shows
         for page in (attention, uploader):
-            box = page.locator("[data-testid=stSelectbox]").filter(has_text="Layer").first
-            box.click()
-            page.get_by_role("option", name="1", exact=True).click()
-        upload(bad, "empty.png", b"")
-        layouts.get_by_text("fixed", exact=True).first.click()
+            choose(page, "att_layer", "1")
+        upload(bad, "att_upload", "empty.png", b"")
+        keyed(layouts, "lay_mode").get_by_text("fixed", exact=True).click()
         for page in pages:
             settle(page)
             assert page.locator("[data-testid=stException]").count() == 0, log_tail(server)
@@ -147,7 +139,7 @@ def test_seven_sessions_on_one_server(server, record_property):
             assert ("attention_secret.png" in t) == (i == 4), i
 
         # a new upload after the cancelled completion: nothing stale, then the new image is used
-        upload(stopper, "second.png", png(4))
+        upload(stopper, "cmp_upload", "second.png", png(4))
         settle(stopper)
         t = body(stopper)
         assert "cancelled" not in t and "Press Complete to sample." in t

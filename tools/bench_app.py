@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from browser_util import CHROMIUM, FLAGS, free_port, streamlit_command  # noqa: E402
+from browser_util import free_port, launch_chromium, streamlit_command  # noqa: E402
 
 
 def first_page_seconds() -> float:
@@ -29,7 +29,7 @@ def first_page_seconds() -> float:
 
     port = free_port()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         t0 = time.perf_counter()
         proc = subprocess.Popen(
