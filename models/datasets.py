@@ -2,7 +2,7 @@
 
 Loaders never trust their input: dataset files are validated byte by byte and raise
 ``DatasetError`` naming the offending path; CIFAR-10 python pickles go through a restricted
-unpickler that can only rebuild numpy arrays.
+unpickler that can only rebuild numpy arrays. Where the data comes from: docs/DESIGN.md, "Data".
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ An image is a sequence of 8-bit tokens in raster order with the channels interle
 position i is the token i-1 (a learned start vector at position 0) plus factorized row + column +
 channel position embeddings, so ``logits[:, i]`` is the distribution of token i given tokens < i.
 Every layer has its own attention layout (kernels/layouts.py); all attention goes through
-``kernels.attention`` (kernels/dispatch.py), which picks the backend.
+``kernels.attention`` (kernels/dispatch.py), which picks the backend. docs/DESIGN.md,
+"The model" and "Token order" state what this file relies on.
 """
 
 from __future__ import annotations
