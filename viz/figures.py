@@ -259,6 +259,17 @@ def clicked_pixel(event, width: int) -> tuple[int, int] | None:
     return None
 
 
+def _tile_axis(labels: list[str], size: int) -> dict:
+    """An axis of a mosaic of tiles ``size`` cells long with a blank line between them: one
+    tick, labelled, at the middle of each tile."""
+    return dict(
+        tickvals=[k * (size + 1) + (size - 1) / 2 for k in range(len(labels))],
+        ticktext=labels,
+        showgrid=False,
+        zeroline=False,
+    )
+
+
 def head_grid_figure(
     maps: np.ndarray,
     title: str,
@@ -290,27 +301,15 @@ def head_grid_figure(
         mosaic,
         "heads",
         "Viridis",
-        "%{customdata[0]}<br>row %{customdata[1]}, col %{customdata[2]}: "
-        "%{customdata[3]:.4f}<extra></extra>",
+        "layer %{customdata[0]}, head %{customdata[1]}<br>row %{customdata[2]}, "
+        "col %{customdata[3]}: %{customdata[4]:.4f}<extra></extra>",
         customdata=custom,
         showscale=False,
     )
-    fig.update_xaxes(
-        tickvals=[j * (w + 1) + (w - 1) / 2 for j in range(n_head)],
-        ticktext=[f"head {j}" for j in range(n_head)],
-        side="top",
-        showgrid=False,
-        zeroline=False,
-        constrain="domain",
-    )
-    fig.update_yaxes(
-        tickvals=[i * (h + 1) + (h - 1) / 2 for i in range(n_layer)],
-        ticktext=[f"layer {i}" for i in range(n_layer)],
-        autorange="reversed",
-        showgrid=False,
-        zeroline=False,
-        scaleanchor="x",
-    )
+    heads = [f"head {j}" for j in range(n_head)]
+    fig.update_xaxes(**_tile_axis(heads, w), side="top", constrain="domain")
+    rows = [f"layer {i}" for i in (layers or range(n_layer))]
+    fig.update_yaxes(**_tile_axis(rows, h), autorange="reversed", scaleanchor="x")
     if selected is not None:
         i, j = selected
         fig.add_shape(
