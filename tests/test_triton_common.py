@@ -1,5 +1,6 @@
-"""What the kernels share (kernels/triton/common.py): the kernel spec of each layout, and the
-@triton.jit twin of the fixed layout's summary rule, equal to kernels.layouts' plain one.
+"""What the kernels share (kernels/triton/common.py): the kernel spec of each layout, the
+@triton.jit twin of the fixed layout's summary rule, equal to kernels.layouts' plain one, and
+the 64-bit offsets of a (batch, head) that keep tensors past 2**31 elements addressable.
 
 Runs under TRITON_INTERPRET=1 on the CPU (scripts/test.sh sets it) and natively on CUDA.
 """
@@ -19,7 +20,13 @@ if not HAS_TRITON:
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from kernels.triton.common import KernelSpec, _fixed_summary_offsets, kernel_spec  # noqa: E402
+from kernels.triton.common import (  # noqa: E402
+    KernelSpec,
+    _fixed_summary_offsets,
+    _head_offsets,
+    kernel_spec,
+    tuned_configs,
+)
 
 
 @triton.jit
@@ -66,3 +73,61 @@ def test_kernel_spec_of_every_layout_with_a_kernel():
     assert kernel_spec(L.strided(7), 50).columns and not kernel_spec(L.local(7), 50).columns
     with pytest.raises(ValueError, match="no Triton kernel for multihead"):
         kernel_spec(L.multihead(L.local(2), L.column(2)), 50)
+
+
+@triton.jit
+def _offsets_kernel(H, stride_b, stride_h, stride_lb, stride_lh, OUT):
+    pid = tl.program_id(0)
+    b, h, base, stats = _head_offsets(pid, H, stride_b, stride_h, stride_lb, stride_lh)
+    tl.store(OUT + 4 * pid, b)
+    tl.store(OUT + 4 * pid + 1, h)
+    tl.store(OUT + 4 * pid + 2, base)
+    tl.store(OUT + 4 * pid + 3, stats)
+
+
+def test_head_offsets_do_not_wrap_past_two_to_the_31():
+    """Strides that fit 32 bits whose products with the batch index do not: B = 17, H = 16,
+    N = 65,536, D = 128 has stride_b = 2**27 and its last batch starts at 16 * 2**27 = 2**31;
+    in 32 bits that address wraps negative."""
+    B, H, N, D = 17, 16, 65_536, 128
+    stride_b, stride_h, stride_lb = H * N * D, N * D, H * N
+    out = torch.zeros(B * H, 4, dtype=torch.int64, device=DEVICE)
+    _offsets_kernel[(B * H,)](H, stride_b, stride_h, stride_lb, N, out)
+    b, h = torch.arange(B * H).div(H, rounding_mode="floor"), torch.arange(B * H) % H
+    want = torch.stack([b, h, b * stride_b + h * stride_h, b * stride_lb + h * N], 1)
+    assert int(want[:, 2].max()) > 2**31  # the case is real
+    assert torch.equal(out.cpu(), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="a tensor past 2**31 elements needs a GPU"
+)
+def test_a_tensor_past_two_to_the_31_elements_on_gpu():
+    """The last head of a [17, 16, 65536, 128] bf16 tensor (2.3e9 elements, 4.6 GB each of q, k,
+    v, out) gets what the same kernel gives that head alone."""
+    from kernels import attention
+
+    B, H, N, D = 17, 16, 65_536, 128
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (
+        torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3)
+    )
+    assert q.numel() > 2**31
+    for layout in (L.strided(256), L.fixed(256, 32)):
+        out = attention(q, k, v, layout, backend="triton")
+        last = [t[-1:, -1:].contiguous() for t in (q, k, v)]
+        alone = attention(*last, layout, backend="triton")
+        torch.testing.assert_close(out[-1:, -1:], alone, rtol=0, atol=0)
+        del out
+
+
+def test_tuned_configs_name_the_tiles_each_kernel_ran_with():
+    from kernels import attention
+    from kernels.triton import band_column
+
+    q = torch.randn(1, 2, 20, 16, device=DEVICE)
+    attention(q, q, q, L.strided(4), backend="triton")
+    picked = tuned_configs(*band_column.KERNELS)
+    assert any(name.startswith("_band_fwd_kernel") for name in picked)
+    assert all("x" in config and " w" in config for config in picked.values())

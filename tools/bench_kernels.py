@@ -2,15 +2,15 @@
 
     python -m tools.bench_kernels                 # N in {3072, 16384, 65536}, B=1, H=16, D=64, bf16
     python -m tools.bench_kernels --sizes 3072    # a quick run
-    python -m tools.bench_kernels --blocks 64x64 128x64 64x32   # sweep our kernels' tile sizes
 
 For each N (l = 96, 128, 256; c = l / 8) it prints forward and forward+backward times of dense
 causal SDPA, FlexAttention with the exact mask, FlexAttention composed as in docs/DESIGN.md,
 "Composing sparse attention from dense pieces" (tools/flex_anchors.py), and ours
 (kernels.attention with backend="triton"), with the ratio to dense, the useful-work TFLOP/s
-(4 * nnz * D flops per head for the forward) and the forward's peak memory; the capture of one
-layer in each form (time, peak memory, ratio to the forward); then one training step of a
-32x32x3 model (3,072 tokens) with strided attention against the same model on dense SDPA.
+(4 * nnz * D flops per head for the forward) and the forward's peak memory; the tiles
+@triton.autotune picked for each of our kernels at each N; the capture of one layer in each form
+(time, peak memory, ratio to the forward); then one training step of a 32x32x3 model (3,072
+tokens) with strided attention against the same model on dense SDPA.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from kernels import capture as C
 from kernels.dispatch import attention
 from kernels.layouts import Layout, fixed, strided
-from kernels.triton import common
+from kernels.triton import band_column, common
+from kernels.triton import fixed as fixed_kernels
 from tools.flex_anchors import composed, flex_exact
 
 SIZES = {3072: 96, 16384: 128, 65536: 256}
@@ -50,23 +51,16 @@ def timed(fn, grad=None) -> tuple[float, float]:
     return do_bench(run, warmup=5, rep=25), peak
 
 
-def with_blocks(blocks: tuple[int, int], fn):
-    """fn run with our kernels' tiles set to ``blocks`` (BLOCK_M, BLOCK_N) in both passes."""
-
-    def run():
-        common.GPU_BLOCKS.update(forward=blocks, backward=blocks)
-        return fn()
-
-    return run
+def tuned() -> dict[str, str]:
+    """{kernel: the tiles autotune picked for its last launch} of our attention kernels."""
+    return common.tuned_configs(*band_column.KERNELS, *fixed_kernels.KERNELS)
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.float() - want.float()).norm() / want.float().norm()).item()
 
 
-def attention_rows(
-    n: int, l: int, heads: int, dim: int, blocks: list[tuple[int, int]]
-) -> list[dict]:
+def attention_rows(n: int, l: int, heads: int, dim: int) -> list[dict]:
     flex = torch.compile(
         __import__("torch.nn.attention.flex_attention", fromlist=["flex_attention"]).flex_attention
     )
@@ -101,17 +95,14 @@ def attention_rows(
                 lambda lay=lay: composed(q, k, v, lay, compiled=flex),
             ),
         ]
-        for bm, bn in blocks:
-            cases.append(
-                (
-                    f"ours {name} [{bm}x{bn}]",
-                    name,
-                    useful,
-                    with_blocks(
-                        (bm, bn), lambda lay=lay: attention(q, k, v, lay, backend="triton")
-                    ),
-                )
+        cases.append(
+            (
+                f"ours {name}",
+                name,
+                useful,
+                lambda lay=lay: attention(q, k, v, lay, backend="triton"),
             )
+        )
     rows = []
     exact = {}
     for label, layout, flops, fn in cases:
@@ -196,21 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument(
-        "--blocks",
-        nargs="+",
-        default=["x".join(map(str, common.GPU_BLOCKS["forward"]))],
-        help="our kernels' tiles BLOCK_MxBLOCK_N, one row per value (default: the shipped one)",
-    )
     p.add_argument("--no-train", action="store_true", help="skip the training-step table")
     args = p.parse_args(argv)
-    try:
-        blocks = [tuple(int(x) for x in b.lower().split("x")) for b in args.blocks]
-        if any(len(b) != 2 or min(b) < 16 or max(b) & (max(b) - 1) for b in blocks):
-            raise ValueError
-    except ValueError:
-        print("error: --blocks takes powers of two >= 16 like 64x64", file=sys.stderr)
-        return 2
     if not torch.cuda.is_available():
         print("error: the kernel benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -231,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         "| rel. err vs Flex exact |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    picked = {}
     for n in args.sizes:
-        for r in attention_rows(n, SIZES[n], args.heads, args.dim, blocks):
+        for r in attention_rows(n, SIZES[n], args.heads, args.dim):
             err = "-" if r["rel_err"] is None else f"{r['rel_err']:.1e}"
             print(
                 f"| {n} | {r['case']} | {r['fwd_ms']:.3f} | {r['fwd_x']:.2f}x "
@@ -240,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {r['peak_mib']:.0f} | {err} |",
                 flush=True,
             )
-    common.GPU_BLOCKS.update(forward=blocks[0], backward=blocks[0])
+        picked[n] = tuned()
+    print("\n| N | kernel | tiles autotune picked (BLOCK_MxBLOCK_N, warps, stages) |")
+    print("|---|---|---|")
+    for n, kernels in picked.items():
+        for name, config in kernels.items():
+            print(f"| {n} | {name} | {config} |")
     print("\n| N | capture of one layer (strided, all heads) | ms | x forward | peak MiB |")
     print("|---|---|---|---|---|")
     for n in args.sizes:

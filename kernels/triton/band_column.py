@@ -1,16 +1,30 @@
 """Fused Triton forward and backward for the band + column family: dense, local(l), column(l),
 strided(l) (``band_column_attention``; kernels.dispatch.attention is the entry point).
 
-One program owns BLOCK_M consecutive queries [m0, m0 + BLOCK_M) of one (batch, head) and runs a
-single online softmax over both parts of the layout, so the merge is exact and costs no extra
-pass:
+One kernel per pass walks a diagonal band LO <= t - s < BAND of causal attention over a strided
+subsequence of the tokens, the positions r, r + S, r + 2S, ... (token = r + S * t), with
+tensor-core tiles: rows are loaded through computed pointers, one contiguous D-vector each, so a
+stride costs no copy. Two uses:
 
-* the band (0 <= i - j < BAND): the keys [m0 - BAND + 1, m0 + BLOCK_M) in tiles of BLOCK_N, with
-  tensor-core dots; BAND = N gives dense causal attention, BAND = 1 leaves only the diagonal;
-* the columns (i - j = k * STEP for k >= 1, strided and column only): for each k the keys of
-  the whole query block are the rows [m0 - k*STEP, m0 - k*STEP + BLOCK_M), one key per query,
-  so they are loaded as one tile and scored with a row-wise product: exactly the useful work,
-  N / STEP such steps.
+* the band: S = 1, LO = 0, the keys 0 <= i - j < BAND (BAND = N is dense causal, 1 the
+  diagonal), a program per BLOCK_M consecutive queries;
+* the column part (strided, column): viewed as an l x (N / l) grid, the keys (i - j) mod l = 0
+  of query i = r + l t are j = r + l s, s <= t, a contiguous causal run of residue r's column
+  (docs/DESIGN.md, "Composing sparse attention from dense pieces"). So S = l, LO = 1 (s = t is
+  the band's), BAND = ceil(N / l): dense causal attention over l sequences of length
+  ceil(N / l), one grid axis for r, and no work beyond the causal triangle.
+
+Why two passes joined through the log-sum-exp rather than one fused launch: a band program's
+queries are consecutive tokens and a column program's are one residue's column, so no tiling
+makes both parts dense for the same program; a fused program would walk one of the parts one key
+per query (what this file did before, on CUDA cores: 6.1 ms for strided at N = 65,536 against
+3.7 ms for FlexAttention composed). The second pass reads (o1, lse1) of its rows and writes the
+merged softmax over the union in its epilogue (``_finish_forward`` with MERGE), so the merge
+costs no launch and no extra buffer. The key j = i belongs to the band only, so it counts once.
+
+Backward: both passes run with the merged lse and delta = rowsum(dO * O), so exp(s - lse) is the
+probability under the one softmax over the union; the column pass adds its dQ, dK, dV to the
+band pass's (float32 buffers for fp16/bf16), each program owning the rows it writes: no atomics.
 """
 
 from __future__ import annotations
@@ -31,178 +45,177 @@ from kernels.triton.common import (
     _load_grad_rows,
     _load_rows,
     _program,
-    _store_rows,
+    _store_grad,
+    grad_buffers,
+    launch,
+    tile_configs,
 )
+
+# the band and column passes of one call get their own tiles (LO tells them apart)
+KEY = ["N", "HEAD_DIM", "LO", "STRIDE"]
 
 
 @triton.jit
-def _band_column_fwd_kernel(
+def _subsequence(N, STRIDE, BLOCK: tl.constexpr):
+    """(residue r, its length ceil((N - r) / STRIDE), the first index of this program's tile,
+    the tile's indices t) for a program of the grid (tiles, STRIDE residues, B * H)."""
+    r = tl.program_id(1)
+    start = tl.program_id(0) * BLOCK
+    return r, tl.cdiv(N - r, STRIDE), start, start + tl.arange(0, BLOCK)
+
+
+@triton.autotune(configs=tile_configs(), key=KEY, restore_value=["O", "LSE"])
+@triton.jit
+def _band_fwd_kernel(
     Q, K, V, O, LSE,
     stride_b, stride_h, stride_n,  # q, k, v, o share one contiguous [B, H, N, D] layout
     stride_lb, stride_lh,  # lse [B, H, N]
-    H, N, BAND, STEP, sm_scale,
-    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    COLUMNS: tl.constexpr,
+    H, N, STRIDE, LO, BAND, sm_scale,
+    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, MERGE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    pid_m, _, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    """Queries t of one tile of residue r attend to keys LO <= t - s < BAND of the residue."""
+    _, b, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
+    r, T, start_m, offs_m = _subsequence(N, STRIDE, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < N
-    q = _load_rows(Q, base, offs_m, offs_d, stride_n, row_ok)
+    row_ok = offs_m < T
+    rows = r + offs_m * STRIDE  # token positions
+    q = _load_rows(Q, base, rows, offs_d, stride_n, row_ok)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    # the band: keys [start_m - BAND + 1, start_m + BLOCK_M), tile by tile
     lo = tl.maximum(start_m - BAND + 1, 0)
-    hi = tl.minimum(start_m + BLOCK_M, N)
+    hi = tl.minimum(start_m + BLOCK_M - LO, T)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < N
-        allowed = _in_band(offs_m[:, None], offs_n[None, :], BAND) & col_ok[None, :]
+        col_ok = offs_n < T
+        allowed = _in_band(offs_m[:, None], offs_n[None, :], LO, BAND) & col_ok[None, :]
         m_i, l_i, acc = _attend_tile(
-            q, K, V, base, offs_n, offs_d, stride_n, col_ok, allowed, m_i, l_i, acc, sm_scale, DOT
-        )
+            q, K, V, base, r + offs_n * STRIDE, offs_d, stride_n, col_ok, allowed, m_i, l_i, acc,
+            sm_scale, DOT,
+        )  # fmt: skip
 
-    if COLUMNS:
-        # i - j = kk * STEP for kk >= 1 (outside the band as STEP >= BAND): one key per query,
-        # contiguous over the block, so a row-wise product instead of a dot
-        n_col = (start_m + BLOCK_M - 1) // STEP
-        for kk in range(1, n_col + 1):
-            offs_j = offs_m - kk * STEP
-            ok = (offs_j >= 0) & row_ok
-            kj = _load_rows(K, base, offs_j, offs_d, stride_n, ok)
-            vj = _load_rows(V, base, offs_j, offs_d, stride_n, ok)
-            s = tl.sum(q.to(tl.float32) * kj.to(tl.float32), 1) * sm_scale
-            s = tl.where(ok, s, float("-inf"))
-            # _online_update with one key per row
-            m_new = tl.maximum(m_i, s)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp(s - m_safe)
-            alpha = tl.exp(m_i - m_safe)
-            l_i = l_i * alpha + p
-            acc = acc * alpha[:, None] + p[:, None] * vj.to(tl.float32)
-            m_i = m_new
-
-    _finish_forward(O, LSE, base, stats, offs_m, offs_d, stride_n, row_ok, m_i, l_i, acc)
+    _finish_forward(O, LSE, base, stats, rows, offs_d, stride_n, row_ok, m_i, l_i, acc, MERGE)
 
 
+@triton.autotune(configs=tile_configs(), key=KEY, restore_value=["DQ"])
 @triton.jit
-def _band_column_bwd_dq_kernel(
+def _band_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,
     stride_b, stride_h, stride_n,  # q, k, v, do, dq share one contiguous [B, H, N, D] layout
     stride_lb, stride_lh,  # lse, delta [B, H, N]
-    H, N, BAND, STEP, sm_scale,
-    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    COLUMNS: tl.constexpr,
+    H, N, STRIDE, LO, BAND, sm_scale,
+    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, ACCUMULATE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """dQ of one query block, walking the same keys as the forward; each program owns its rows,
-    so nothing is shared between programs."""
-    pid_m, _, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    """dQ of one query tile of residue r, walking the same keys as the forward."""
+    _, b, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
+    r, T, start_m, offs_m = _subsequence(N, STRIDE, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < N
+    row_ok = offs_m < T
+    rows = r + offs_m * STRIDE
     q, do, lse, delta = _load_grad_rows(
-        Q, DO, LSE, DELTA, base, stats, offs_m, offs_d, stride_n, row_ok
+        Q, DO, LSE, DELTA, base, stats, rows, offs_d, stride_n, row_ok
     )
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     lo = tl.maximum(start_m - BAND + 1, 0)
-    hi = tl.minimum(start_m + BLOCK_M, N)
+    hi = tl.minimum(start_m + BLOCK_M - LO, T)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < N
-        allowed = _in_band(offs_m[:, None], offs_n[None, :], BAND)
+        col_ok = offs_n < T
+        allowed = _in_band(offs_m[:, None], offs_n[None, :], LO, BAND)
         allowed = allowed & col_ok[None, :] & row_ok[:, None]
         dq = _dq_tile(
-            q, do, lse, delta, K, V, base, offs_n, offs_d, stride_n, col_ok, allowed, dq,
-            sm_scale, DOT,
+            q, do, lse, delta, K, V, base, r + offs_n * STRIDE, offs_d, stride_n, col_ok,
+            allowed, dq, sm_scale, DOT,
         )  # fmt: skip
 
-    if COLUMNS:
-        n_col = (start_m + BLOCK_M - 1) // STEP
-        for kk in range(1, n_col + 1):
-            offs_j = offs_m - kk * STEP
-            ok = (offs_j >= 0) & row_ok
-            kj = _load_rows(K, base, offs_j, offs_d, stride_n, ok).to(tl.float32)
-            vj = _load_rows(V, base, offs_j, offs_d, stride_n, ok).to(tl.float32)
-            s = tl.sum(q.to(tl.float32) * kj, 1) * sm_scale
-            p = tl.where(ok, tl.exp(s - lse), 0.0)  # [BLOCK_M]
-            dp = tl.sum(do.to(tl.float32) * vj, 1)
-            dq += (p * (dp - delta))[:, None] * kj * sm_scale
-
-    _store_rows(DQ, base, offs_m, offs_d, stride_n, row_ok, dq)
+    _store_grad(DQ, base, rows, offs_d, stride_n, row_ok, dq, ACCUMULATE)
 
 
+@triton.autotune(configs=tile_configs(), key=KEY, restore_value=["DK", "DV"])
 @triton.jit
-def _band_column_bwd_dkdv_kernel(
+def _band_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
     stride_b, stride_h, stride_n,  # q, k, v, do, dk, dv share one contiguous [B, H, N, D] layout
     stride_lb, stride_lh,  # lse, delta [B, H, N]
-    H, N, BAND, STEP, sm_scale,
-    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    COLUMNS: tl.constexpr,
+    H, N, STRIDE, LO, BAND, sm_scale,
+    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, ACCUMULATE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """dK and dV of one key block [n0, n0 + BLOCK_N): the mirror of the forward. The queries
-    that see key j are the band i in [j, j + BAND) (tensor-core tiles of BLOCK_M) and the
-    column i = j + kk * STEP, kk >= 1 (for the whole block the rows [n0 + kk*STEP, ...), one
-    query per key, a row-wise product). Each program owns its rows: no atomics."""
-    pid_n, _, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
-    start_n = pid_n * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
+    """dK and dV of one key tile [s0, s0 + BLOCK_N) of residue r, the mirror of the forward:
+    the queries that see key s are t in [s + LO, s + BAND), walked in tiles of BLOCK_M. Each
+    program owns its rows: no atomics."""
+    _, b, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
+    r, T, start_n, offs_n = _subsequence(N, STRIDE, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    col_ok = offs_n < N
-    k = _load_rows(K, base, offs_n, offs_d, stride_n, col_ok)
-    v = _load_rows(V, base, offs_n, offs_d, stride_n, col_ok)
+    col_ok = offs_n < T
+    cols = r + offs_n * STRIDE
+    k = _load_rows(K, base, cols, offs_d, stride_n, col_ok)
+    v = _load_rows(V, base, cols, offs_d, stride_n, col_ok)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
-    hi = tl.minimum(start_n + BLOCK_N - 1 + BAND, N)
-    for start_m in range(start_n, hi, BLOCK_M):
+    hi = tl.minimum(start_n + BLOCK_N - 1 + BAND, T)
+    for start_m in range(start_n + LO, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < N
-        allowed = _in_band(offs_m[None, :], offs_n[:, None], BAND)  # [keys, queries]
+        row_ok = offs_m < T
+        allowed = _in_band(offs_m[None, :], offs_n[:, None], LO, BAND)  # [keys, queries]
         allowed = allowed & col_ok[:, None] & row_ok[None, :]
         dk, dv = _dkdv_tile(
-            Q, DO, LSE, DELTA, base, stats, offs_m, offs_d, stride_n, row_ok, k, v, dk, dv,
-            allowed, sm_scale, DOT,
+            Q, DO, LSE, DELTA, base, stats, r + offs_m * STRIDE, offs_d, stride_n, row_ok, k, v,
+            dk, dv, allowed, sm_scale, DOT,
         )  # fmt: skip
 
-    if COLUMNS:
-        kf = k.to(tl.float32)
-        vf = v.to(tl.float32)
-        n_col = (N - 1 - start_n) // STEP
-        for kk in range(1, n_col + 1):
-            offs_i = offs_n + kk * STEP
-            ok = (offs_i < N) & col_ok
-            qi, doi, lse, delta = _load_grad_rows(
-                Q, DO, LSE, DELTA, base, stats, offs_i, offs_d, stride_n, ok
-            )
-            qi, doi = qi.to(tl.float32), doi.to(tl.float32)
-            s = tl.sum(qi * kf, 1) * sm_scale
-            p = tl.where(ok, tl.exp(s - lse), 0.0)  # [BLOCK_N]
-            dv += p[:, None] * doi
-            ds = p * (tl.sum(doi * vf, 1) - delta)
-            dk += ds[:, None] * qi * sm_scale
-
-    _store_rows(DK, base, offs_n, offs_d, stride_n, col_ok, dk)
-    _store_rows(DV, base, offs_n, offs_d, stride_n, col_ok, dv)
+    _store_grad(DK, base, cols, offs_d, stride_n, col_ok, dk, ACCUMULATE)
+    _store_grad(DV, base, cols, offs_d, stride_n, col_ok, dv, ACCUMULATE)
 
 
-def _band_args(spec: KernelSpec) -> dict[str, int | bool]:
+KERNELS = (_band_fwd_kernel, _band_bwd_dq_kernel, _band_bwd_dkdv_kernel)
+
+
+def _passes(spec: KernelSpec, n: int) -> list[dict[str, int]]:
+    """The band pass, then the column pass when the layout has one (LO = 1: s = t is the
+    band's key i itself)."""
     if spec.kind != "band":
         raise ValueError(f"the band + column kernels take a band spec, got {spec}")
-    return dict(BAND=spec.band, STEP=spec.step or 1, COLUMNS=spec.columns)
+    passes = [dict(STRIDE=1, LO=0, BAND=spec.band)]
+    if spec.columns:
+        passes.append(dict(STRIDE=spec.step, LO=1, BAND=triton.cdiv(n, spec.step)))
+    return passes
 
 
-BAND_COLUMN = KernelFamily(
-    _band_column_fwd_kernel,
-    _band_column_bwd_dq_kernel,
-    _band_column_bwd_dkdv_kernel,
-    _band_args,
-)
+def _rows(n: int, p: dict[str, int]) -> int:
+    return triton.cdiv(n, p["STRIDE"])  # the longest residue's length (r = 0)
+
+
+def _forward(q, k, v, spec: KernelSpec, scale: float):
+    B, H, N, D = q.shape
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
+    for n_pass, p in enumerate(_passes(spec, N)):
+        launch(
+            _band_fwd_kernel, q, k, v, out, lse, rows=_rows(N, p), subsequences=p["STRIDE"],
+            scale=scale, MERGE=n_pass > 0, **p,
+        )  # fmt: skip
+    return out, lse
+
+
+def _backward(q, k, v, out, lse, dout, spec: KernelSpec, scale: float):
+    N = q.shape[2]
+    delta = (dout.float() * out.float()).sum(-1)  # [B, H, N]: rowsum(dO * O)
+    dq, dk, dv = grad_buffers(q)
+    inputs = (q, k, v, dout, lse, delta)
+    for n_pass, p in enumerate(_passes(spec, N)):
+        run = dict(rows=_rows(N, p), subsequences=p["STRIDE"], scale=scale, ACCUMULATE=n_pass > 0)
+        launch(_band_bwd_dq_kernel, *inputs, dq, **run, **p)
+        launch(_band_bwd_dkdv_kernel, *inputs, dk, dv, **run, **p, by_keys=True)
+    return dq, dk, dv
+
+
+BAND_COLUMN = KernelFamily(_forward, _backward)
 
 
 def band_column_attention(

@@ -40,7 +40,7 @@ def _allowed(i, j, h, BAND, STEP, L, C, NUM_VERTS, FIXED: tl.constexpr, COLUMNS:
         r = j % L
         ok = _in_own_block(i, j, L) | ((j <= i) & (r >= lo) & (r <= hi))
     else:
-        ok = _in_band(i, j, BAND)
+        ok = _in_band(i, j, 0, BAND)
         if COLUMNS:
             ok = ok | ((j <= i) & ((i - j) % STEP == 0))
     return ok
@@ -140,7 +140,7 @@ def _sparse_kernel(
 
 def _launch(
     kernel: triton.JITFunction,
-    grid: tuple[int, int],
+    grid: tuple[int, int, int],
     q: torch.Tensor,
     k: torch.Tensor,
     lse: torch.Tensor,
@@ -175,7 +175,7 @@ def triton_rows(
     queries = queries.to(device=q.device, dtype=torch.int64).contiguous()
     out = torch.empty(B, H, len(queries), N, device=q.device, dtype=torch.float32)
     _launch(
-        _rows_kernel, (len(queries), B * H), q, k, lse,
+        _rows_kernel, (len(queries), 1, B * H), q, k, lse,
         queries, out, out.stride(0), out.stride(1), out.stride(2),
         spec=spec, scale=scale, H=H, N=N, BLOCK_N=64,
     )  # fmt: skip
@@ -197,7 +197,7 @@ def triton_pooled(
     mean = torch.zeros(B, H, nb, nb, device=q.device, dtype=torch.float32)
     mx = torch.zeros(B, H, nb, nb, device=q.device, dtype=torch.float32)
     _launch(
-        _pooled_kernel, (nb, B * H), q, k, lse,
+        _pooled_kernel, (nb, 1, B * H), q, k, lse,
         mean, mx, mean.stride(0), mean.stride(1), mean.stride(2),
         spec=spec, scale=scale, H=H, N=N, P=block,
         BLOCK=max(16, triton.next_power_of_2(block)),  # 16: the smallest tl.dot operand
@@ -221,7 +221,7 @@ def triton_sparse(
     indices = indices.to(device=q.device, dtype=torch.int64).contiguous()
     values = torch.zeros(B, H, len(indices), device=q.device, dtype=torch.float32)
     _launch(
-        _sparse_kernel, (N, B * H), q, k, lse,
+        _sparse_kernel, (N, 1, B * H), q, k, lse,
         indptr, indices, values, values.stride(0), values.stride(1),
         spec=spec, scale=scale, H=H, BLOCK_T=32,
     )  # fmt: skip

@@ -1,7 +1,8 @@
-"""What the fused kernels share: the layout as they take it (``KernelSpec``), tile sizes, dot
-precision, the @triton.jit pieces every kernel file calls (program ids, row loads and stores, the
-online-softmax step, the dQ and dK/dV tiles, the fixed layout's summary rule), and the Python
-side of a kernel family: its launches and one autograd Function (``FusedAttention``).
+"""What the fused kernels share: the layout as they take it (``KernelSpec``), the tile sizes
+autotune picks from, dot precision, the @triton.jit pieces every kernel file calls (program ids
+and 64-bit offsets, row loads and stores, the online-softmax step, the merge of two partial
+softmaxes, the dQ and dK/dV tiles, the fixed layout's summary rule), and the Python side: one
+launcher and one autograd Function (``FusedAttention``) over a family's forward and backward.
 
 band_column.py, fixed.py and capture.py import from here and never from each other;
 kernels.dispatch.attention is the entry point that checks the inputs and calls them.
@@ -9,7 +10,9 @@ kernels.dispatch.attention is the entry point that checks the inputs and calls t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,12 +25,67 @@ from kernels.layouts import Column, Dense, Fixed, Layout, Local, Strided
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HEAD_DIMS = (16, 32, 64, 128)  # powers of two (tl.arange) >= 16 (the smallest tl.dot operand)
 
-# (BLOCK_M, BLOCK_N) per pass on a GPU, picked by `tools.bench_kernels --blocks 64x64 128x64 64x32
-# 32x32` on an H100 (docs/BENCHMARKS.md): 64x32 was the fastest or within 10 % of it for both
-# kernels, both passes, N = 16384 and 65536. Under the interpreter every pass uses 16 x 16, the
-# smallest tile the dot product takes: the CPU runs it fastest.
-GPU_BLOCKS: dict[str, tuple[int, int]] = {"forward": (64, 32), "backward": (64, 32)}
-INTERPRETER_BLOCKS = (16, 16)
+
+TILES_ENV = "SPARSE_ATTENTION_TILES"
+
+
+def tile_configs() -> list[triton.Config]:
+    """The (BLOCK_M, BLOCK_N) tiles @triton.autotune picks from, per kernel and per (N, D,
+    dtype): on a GPU a short list around the 64 x 32 that was fastest or within 10 % of it on an
+    H100 for the old kernels (docs/BENCHMARKS.md); under the interpreter one 16 x 16 config,
+    the smallest tile tl.dot takes, which the CPU runs fastest (one config: no benchmarking).
+    SPARSE_ATTENTION_TILES=64x32 (read at import) pins one GPU config: correctness runs over
+    many sizes and dtypes then compile one kernel each instead of benchmarking five."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    if os.environ.get(TILES_ENV):  # e.g. "64x32": one config, nothing to tune (quick checks)
+        bm, bn = (int(x) for x in os.environ[TILES_ENV].lower().split("x"))
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=2)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [
+            (64, 32, 4, 3),
+            (64, 64, 4, 3),
+            (128, 64, 8, 3),
+            (128, 32, 4, 3),
+            (32, 32, 4, 2),
+        ]
+    ]
+
+
+_pinned: list[tuple[int, int]] = []
+
+
+@contextlib.contextmanager
+def pinned_tiles(block_m: int, block_n: int) -> Iterator[None]:
+    """Run every kernel launched inside the block with these tiles instead of autotune's pick:
+    the tests use it to put tile edges where autotune's single interpreter config would not."""
+    _pinned.append((block_m, block_n))
+    try:
+        yield
+    finally:
+        _pinned.pop()
+
+
+def _describe(config: triton.Config) -> str:
+    kw = config.kwargs
+    return f"{kw['BLOCK_M']}x{kw['BLOCK_N']} w{config.num_warps} s{config.num_stages}"
+
+
+def tuned_configs(*kernels) -> dict[str, str]:
+    """{"kernel (its autotune key)": the config autotune picked} for every key each of
+    ``kernels`` (@triton.autotune functions) has been tuned for, or the config of its last launch
+    where there was nothing to choose (one config, as under the interpreter)."""
+    picked = {}
+    for kernel in kernels:
+        name = kernel.base_fn.__name__
+        for key, config in getattr(kernel, "cache", {}).items():
+            shown = ", ".join(f"{k}={v}" for k, v in zip(kernel.keys, key, strict=False))
+            picked[f"{name} ({shown})"] = _describe(config)
+        config = getattr(kernel, "best_config", None)
+        if not getattr(kernel, "cache", None) and config is not None:
+            picked[name] = _describe(config)
+    return picked
 
 
 @dataclass(frozen=True)
@@ -48,7 +106,7 @@ class KernelSpec:
 
     @property
     def columns(self) -> bool:
-        """Whether the band kernels also walk the column part."""
+        """Whether the layout has a column part (strided, column)."""
         return self.step is not None
 
 
@@ -73,11 +131,6 @@ def kernel_spec(layout: Layout, n: int) -> KernelSpec:
     )
 
 
-def block_sizes(q: torch.Tensor, phase: Literal["forward", "backward"]) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N) for a pass over q's device."""
-    return GPU_BLOCKS[phase] if q.is_cuda else INTERPRETER_BLOCKS
-
-
 def dot_precision(q: torch.Tensor) -> str:
     """float32 inputs get exact float32 products ("ieee"), as the reference computes them;
     Triton's default for a float32 dot is tf32 (about 1e-3 relative error). bf16 and fp16 dots
@@ -98,10 +151,11 @@ def _fixed_summary_offsets(h, L, C, NUM_VERTS):
 
 
 @triton.jit
-def _in_band(i, j, BAND):
-    """0 <= i - j < BAND: local(BAND), dense when BAND >= N, the diagonal when BAND = 1."""
+def _in_band(i, j, LO, BAND):
+    """LO <= i - j < BAND: local(BAND) with LO = 0 (dense when BAND >= N, the diagonal when
+    BAND = 1); with LO = 1 the strictly earlier keys, as the column part takes them."""
     d = i - j
-    return (d >= 0) & (d < BAND)
+    return (d >= LO) & (d < BAND)
 
 
 @triton.jit
@@ -111,18 +165,30 @@ def _in_own_block(i, j, L):
 
 
 @triton.jit
+def _head_offsets(pid_bh, H, stride_b, stride_h, stride_lb, stride_lh):
+    """(batch, head, offset of this (batch, head) in q/k/v/o, its offset in lse/delta).
+
+    The offsets are 64-bit: b * stride_b passes 2**31 once B * H * N * D does (B = 8, H = 16,
+    N = 65,536, D = 256 in one tensor), and a 32-bit product would wrap to a wrong address.
+    """
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    return b, h, b * stride_b + h * stride_h, b * stride_lb + h * stride_lh
+
+
+@triton.jit
 def _program(H, stride_b, stride_h, stride_lb, stride_lh):
-    """(tile index, batch, head, offset of this (batch, head) in q/k/v/o, its offset in
-    lse/delta) for the grid (tiles, B * H) every kernel here launches."""
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    return tl.program_id(0), b, h, b * stride_b + h * stride_h, b * stride_lb + h * stride_lh
+    """(tile index, batch, head, q/k/v/o offset, lse/delta offset) for the grid
+    (tiles, subsequences, B * H) every kernel here launches (axis 1 is read by the kernels that
+    use it)."""
+    b, h, base, stats = _head_offsets(tl.program_id(2), H, stride_b, stride_h, stride_lb, stride_lh)
+    return tl.program_id(0), b, h, base, stats
 
 
 @triton.jit
 def _load_rows(X, base, offs, offs_d, stride_n, ok):
-    """Rows ``offs`` of one head's [N, D] matrix, zero where not ``ok``: [len(offs), D]."""
+    """Rows ``offs`` (token positions, any order or stride) of one head's [N, D] matrix, zero
+    where not ``ok``: [len(offs), D]."""
     return tl.load(
         X + base + offs[:, None] * stride_n + offs_d[None, :], mask=ok[:, None], other=0.0
     )
@@ -166,11 +232,41 @@ def _attend_tile(
 
 
 @triton.jit
-def _finish_forward(O, LSE, base, stats, offs_m, offs_d, stride_n, row_ok, m_i, l_i, acc):
-    """Store out = acc / l and lse = m + log(l) of the query rows ``offs_m``."""
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # padding rows (row_ok False) have l = 0
-    _store_rows(O, base, offs_m, offs_d, stride_n, row_ok, acc / l_safe[:, None])
-    tl.store(LSE + stats + offs_m, m_i + tl.log(l_safe), mask=row_ok)
+def _finish_forward(
+    O, LSE, base, stats, offs_m, offs_d, stride_n, row_ok, m_i, l_i, acc, MERGE: tl.constexpr
+):
+    """Store out = acc / l and lse = m + log(l) of the query rows ``offs_m``; a row with no key
+    in this pass gets out = 0 and lse = -inf.
+
+    With MERGE, O and LSE already hold another pass's (o1, lse1) over a disjoint key set, and
+    the rows get the softmax over the union (docs/DESIGN.md, "Composing sparse attention from
+    dense pieces"): with m = max(lse1, lse2), o = (o1 e^(lse1 - m) + o2 e^(lse2 - m)) / (e^(lse1
+    - m) + e^(lse2 - m)) and lse = m + log(e^(lse1 - m) + e^(lse2 - m)). o1 is read back in the
+    output dtype; the merge is a convex combination, so that rounding costs at most half an ulp.
+    """
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows without keys (and padding) have l = 0
+    out = acc / l_safe[:, None]
+    lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
+    if MERGE:
+        # the first pass gave every real row a key (its own), so lse1 is finite there
+        lse1 = tl.load(LSE + stats + offs_m, mask=row_ok, other=0.0)
+        o1 = _load_rows(O, base, offs_m, offs_d, stride_n, row_ok).to(tl.float32)
+        m = tl.maximum(lse1, lse)
+        w1 = tl.exp(lse1 - m)
+        w2 = tl.exp(lse - m)  # 0 for a row without keys here
+        out = (o1 * w1[:, None] + out * w2[:, None]) / (w1 + w2)[:, None]
+        lse = m + tl.log(w1 + w2)
+    _store_rows(O, base, offs_m, offs_d, stride_n, row_ok, out)
+    tl.store(LSE + stats + offs_m, lse, mask=row_ok)
+
+
+@triton.jit
+def _store_grad(X, base, offs, offs_d, stride_n, ok, x, ACCUMULATE: tl.constexpr):
+    """Store a gradient tile, or with ACCUMULATE add it to what an earlier pass over another
+    part of the layout stored there (the same rows, owned by this program: no atomics)."""
+    if ACCUMULATE:
+        x += _load_rows(X, base, offs, offs_d, stride_n, ok).to(tl.float32)
+    _store_rows(X, base, offs, offs_d, stride_n, ok, x)
 
 
 @triton.jit
@@ -188,7 +284,10 @@ def _dq_tile(
     q, do, lse, delta, K, V, base, offs_n, offs_d, stride_n, col_ok, allowed, dq, sm_scale,
     DOT: tl.constexpr,
 ):  # fmt: skip
-    """Add the keys ``offs_n``'s share to dq [BLOCK_M, D]; allowed is [BLOCK_M, BLOCK_N]."""
+    """Add the keys ``offs_n``'s share to dq [BLOCK_M, D]; allowed is [BLOCK_M, BLOCK_N].
+
+    lse is the log-sum-exp of the whole layout (every part merged), so exp(s - lse) is the
+    probability under the one softmax even when this pass walks only one part of it."""
     k = _load_rows(K, base, offs_n, offs_d, stride_n, col_ok)
     v = _load_rows(V, base, offs_n, offs_d, stride_n, col_ok)
     s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
@@ -217,88 +316,54 @@ def _dkdv_tile(
     return dk, dv
 
 
-# --- the Python side of one kernel family: launch its three kernels, differentiably ------------
+# --- the Python side: launch a kernel, and one autograd Function over a family ----------------
+
+
+def launch(
+    kernel,
+    *tensors: torch.Tensor,
+    rows: int,
+    subsequences: int = 1,
+    by_keys: bool = False,
+    scale: float,
+    **args: int | bool | str,
+) -> None:
+    """Run one kernel on ``tensors`` (q, k, v, o or do, lse, ...: every kernel starts so, and
+    its [B, H, N, D] tensors share q's strides, its [B, H, N] ones lse's) over the grid
+    (tiles of ``rows``, ``subsequences``, B * H): a program per BLOCK_M query rows, or per
+    BLOCK_N keys for dK/dV (``by_keys``), of each subsequence (the column part's residues) of
+    each (batch, head). The tile sizes come from autotune, or from ``pinned_tiles``."""
+    q, lse = tensors[0], tensors[4]
+    B, H, N, D = q.shape
+
+    def grid(meta):
+        return (triton.cdiv(rows, meta["BLOCK_N" if by_keys else "BLOCK_M"]), subsequences, B * H)
+
+    extra = {}
+    if _pinned:
+        kernel = kernel.fn  # the jit function under @triton.autotune
+        extra = dict(BLOCK_M=_pinned[-1][0], BLOCK_N=_pinned[-1][1], num_warps=4)
+    kernel[grid](
+        *tensors, q.stride(0), q.stride(1), q.stride(2), lse.stride(0), lse.stride(1), H, N,
+        sm_scale=scale, HEAD_DIM=D, DOT=dot_precision(q), **args, **extra,
+    )  # fmt: skip
+
+
+def grad_buffers(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv to accumulate into: float32 where the inputs are fp16/bf16, so that a sum over
+    two passes rounds once (the caller casts back)."""
+    dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    return tuple(torch.empty(q.shape, device=q.device, dtype=dtype) for _ in range(3))
 
 
 @dataclass(frozen=True)
 class KernelFamily:
-    """The forward, dQ and dK/dV kernels of one layout family (band_column.py, fixed.py) and
-    the layout arguments they take from a spec (a ValueError for a spec of another family).
+    """One layout family's Python side (band_column.py, fixed.py): ``forward(q, k, v, spec,
+    scale) -> (out, lse)`` and ``backward(q, k, v, out, lse, dout, spec, scale) -> (dq, dk,
+    dv)``, on contiguous tensors."""
 
-    All three take (tensors..., stride_b, stride_h, stride_n, stride_lb, stride_lh, H, N) then
-    by name sm_scale, HEAD_DIM, DOT, BLOCK_M, BLOCK_N and their layout arguments.
-    """
-
-    forward: triton.JITFunction
-    backward_dq: triton.JITFunction
-    backward_dkdv: triton.JITFunction
-    layout_args: Callable[[KernelSpec], dict[str, int | bool]]
-
-
-def _launch(
-    family: KernelFamily,
-    kernel: triton.JITFunction,
-    *tensors: torch.Tensor,
-    spec: KernelSpec,
-    scale: float,
-    phase: Literal["forward", "backward"],
-    by_keys: bool = False,
-) -> None:
-    """Run one of the family's kernels on ``tensors`` (q, k, v, o or do, lse, ...: every kernel
-    starts so, and its [B, H, N, D] tensors share q's strides, its [B, H, N] ones lse's)."""
-    q, lse = tensors[0], tensors[4]
-    B, H, N, D = q.shape
-    block_m, block_n = block_sizes(q, phase)
-    # a program per query block, or per key block for dK/dV, and per (batch, head)
-    grid = (triton.cdiv(N, block_n if by_keys else block_m), B * H)
-    kernel[grid](
-        *tensors, q.stride(0), q.stride(1), q.stride(2), lse.stride(0), lse.stride(1), H, N,
-        sm_scale=scale, HEAD_DIM=D, DOT=dot_precision(q), BLOCK_M=block_m, BLOCK_N=block_n,
-        **family.layout_args(spec),
-    )  # fmt: skip
-
-
-def fused_forward(
-    family: KernelFamily,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    spec: KernelSpec,
-    *,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B, H, N, D], lse [B, H, N] float32) of the family's forward kernel. The inputs are
-    checked by kernels.dispatch, the one entry point."""
-    B, H, N, D = q.shape
-    q, k, v = (t.contiguous() for t in (q, k, v))
-    out = torch.empty_like(q)
-    lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
-    _launch(family, family.forward, q, k, v, out, lse, spec=spec, scale=scale, phase="forward")
-    return out, lse
-
-
-def fused_backward(
-    family: KernelFamily,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    dout: torch.Tensor,
-    spec: KernelSpec,
-    *,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) for fused_forward's output gradient ``dout``: one kernel for dQ by query
-    blocks, one for dK and dV by key blocks, so that every program owns the rows it writes."""
-    q, k, v, out, dout = (t.contiguous() for t in (q, k, v, out, dout))
-    delta = (dout.float() * out.float()).sum(-1)  # [B, H, N]: rowsum(dO * O)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    inputs = (q, k, v, dout, lse, delta)
-    run = dict(spec=spec, scale=scale, phase="backward")
-    _launch(family, family.backward_dq, *inputs, dq, **run)
-    _launch(family, family.backward_dkdv, *inputs, dk, dv, **run, by_keys=True)
-    return dq, dk, dv
+    forward: Callable
+    backward: Callable
 
 
 class FusedAttention(torch.autograd.Function):
@@ -307,7 +372,8 @@ class FusedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, family: KernelFamily, spec: KernelSpec, scale: float):
-        out, lse = fused_forward(family, q, k, v, spec, scale=scale)
+        q, k, v = (t.contiguous() for t in (q, k, v))
+        out, lse = family.forward(q, k, v, spec, scale)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.family, ctx.spec, ctx.scale = family, spec, scale
         ctx.mark_non_differentiable(lse)
@@ -316,5 +382,6 @@ class FusedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        grads = fused_backward(ctx.family, q, k, v, out, lse, dout, ctx.spec, scale=ctx.scale)
-        return *grads, None, None, None
+        dout = dout.contiguous()
+        grads = ctx.family.backward(q, k, v, out, lse, dout, ctx.spec, ctx.scale)
+        return *(g.to(q.dtype) for g in grads), None, None, None

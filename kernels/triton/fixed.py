@@ -1,14 +1,22 @@
 """Fused Triton forward and backward for fixed(l, c, num_verts): own block + summary keys
 (``fixed_attention``; kernels.dispatch.attention is the entry point).
 
-One program owns BLOCK_M consecutive queries of one (batch, head) and runs one online softmax
-over both parts:
+The summary keys of head h, the positions j with j mod l in the head's offsets [lo, lo + c)
+(``_fixed_summary_offsets``, head-dependent for num_verts > 1), are read as one gathered
+sequence of length ceil(N / l) * c: gathered index g is the token (g // c) * l + lo + g % c,
+loaded through computed pointers (no copy). Query i attends to the summary keys of the blocks
+before its own, which is the prefix g < (i // l) * c of that sequence: whole tensor-core tiles
+of BLOCK_N summary keys, masked only on the last one (docs/DESIGN.md, "Composing sparse
+attention from dense pieces").
 
-* the block part: keys from the start of the first query's l-block up to the last query,
-  masked to j // l == i // l and j <= i (tensor-core tiles of BLOCK_N);
-* the summary part: for every earlier block b, the c summary keys of the head
-  (``_fixed_summary_offsets``), one padded tile of C_PAD keys per block, masked to blocks
-  strictly before the query's own (its own summary keys are in the block part).
+* forward and dQ, a program per BLOCK_M consecutive queries: one online softmax over the own
+  block (keys from the start of the first query's l-block up to the last query, masked to
+  j // l == i // l and j <= i) and then the summary prefix. Both parts are indexed by the same
+  query rows, so one launch merges them exactly with no second pass.
+* dK and dV, two launches over disjoint pairs: a program per BLOCK_N consecutive keys for the
+  own-block pairs (the queries of each key's l-block), then a program per BLOCK_N gathered
+  summary keys for the pairs with later blocks (every query from the next block on, whole
+  tiles), adding to the first launch's rows. Each program owns the rows it writes: no atomics.
 """
 
 from __future__ import annotations
@@ -30,10 +38,21 @@ from kernels.triton.common import (
     _load_grad_rows,
     _load_rows,
     _program,
-    _store_rows,
+    _store_grad,
+    grad_buffers,
+    launch,
+    tile_configs,
 )
 
 
+@triton.jit
+def _summary_tokens(g, first, L, C):
+    """The token of gathered summary index g, for a head whose summary offsets start at
+    ``first``."""
+    return (g // C) * L + first + g % C
+
+
+@triton.autotune(configs=tile_configs(), key=["N", "HEAD_DIM", "L", "C"])
 @triton.jit
 def _fixed_fwd_kernel(
     Q, K, V, O, LSE,
@@ -41,7 +60,6 @@ def _fixed_fwd_kernel(
     stride_lb, stride_lh,  # lse [B, H, N]
     H, N, L, C, NUM_VERTS, sm_scale,
     HEAD_DIM: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    C_PAD: tl.constexpr,
 ):  # fmt: skip
     pid_m, _, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
     start_m = pid_m * BLOCK_M
@@ -52,7 +70,6 @@ def _fixed_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    q_block = offs_m // L
 
     # own block: [start of the first query's block, last query]
     lo = (start_m // L) * L
@@ -65,21 +82,22 @@ def _fixed_fwd_kernel(
             q, K, V, base, offs_n, offs_d, stride_n, col_ok, allowed, m_i, l_i, acc, sm_scale, DOT
         )
 
-    # the head's summary keys of every earlier block
+    # the summary prefix: g < (i // L) * C, up to the last query's
     first, _ = _fixed_summary_offsets(h, L, C, NUM_VERTS)
-    offs_c = tl.arange(0, C_PAD)
-    last_block = (tl.minimum(start_m + BLOCK_M, N) - 1) // L
-    for blk in range(0, last_block):
-        offs_n = blk * L + first + offs_c
-        col_ok = offs_c < C
-        allowed = col_ok[None, :] & (q_block[:, None] > blk)
+    n_summary = ((hi - 1) // L) * C
+    for start_g in range(0, n_summary, BLOCK_N):
+        offs_g = start_g + tl.arange(0, BLOCK_N)
+        col_ok = offs_g < n_summary
+        allowed = (offs_g[None, :] < (offs_m[:, None] // L) * C) & col_ok[None, :]
         m_i, l_i, acc = _attend_tile(
-            q, K, V, base, offs_n, offs_d, stride_n, col_ok, allowed, m_i, l_i, acc, sm_scale, DOT
-        )
+            q, K, V, base, _summary_tokens(offs_g, first, L, C), offs_d, stride_n, col_ok,
+            allowed, m_i, l_i, acc, sm_scale, DOT,
+        )  # fmt: skip
 
-    _finish_forward(O, LSE, base, stats, offs_m, offs_d, stride_n, row_ok, m_i, l_i, acc)
+    _finish_forward(O, LSE, base, stats, offs_m, offs_d, stride_n, row_ok, m_i, l_i, acc, False)
 
 
+@triton.autotune(configs=tile_configs(), key=["N", "HEAD_DIM", "L", "C"])
 @triton.jit
 def _fixed_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,
@@ -87,9 +105,8 @@ def _fixed_bwd_dq_kernel(
     stride_lb, stride_lh,  # lse, delta [B, H, N]
     H, N, L, C, NUM_VERTS, sm_scale,
     HEAD_DIM: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    C_PAD: tl.constexpr,
 ):  # fmt: skip
-    """dQ of one query block over its own block and the earlier blocks' summary keys."""
+    """dQ of one query block over its own block and the summary prefix, as the forward."""
     pid_m, _, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -99,7 +116,6 @@ def _fixed_bwd_dq_kernel(
         Q, DO, LSE, DELTA, base, stats, offs_m, offs_d, stride_n, row_ok
     )
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    q_block = offs_m // L
 
     lo = (start_m // L) * L
     hi = tl.minimum(start_m + BLOCK_M, N)
@@ -114,78 +130,113 @@ def _fixed_bwd_dq_kernel(
         )  # fmt: skip
 
     first, _ = _fixed_summary_offsets(h, L, C, NUM_VERTS)
-    offs_c = tl.arange(0, C_PAD)
-    last_block = (tl.minimum(start_m + BLOCK_M, N) - 1) // L
-    for blk in range(0, last_block):
-        offs_n = blk * L + first + offs_c
-        col_ok = offs_c < C
-        allowed = col_ok[None, :] & (q_block[:, None] > blk) & row_ok[:, None]
+    n_summary = ((hi - 1) // L) * C
+    for start_g in range(0, n_summary, BLOCK_N):
+        offs_g = start_g + tl.arange(0, BLOCK_N)
+        col_ok = offs_g < n_summary
+        allowed = (offs_g[None, :] < (offs_m[:, None] // L) * C) & col_ok[None, :]
+        allowed = allowed & row_ok[:, None]
         dq = _dq_tile(
-            q, do, lse, delta, K, V, base, offs_n, offs_d, stride_n, col_ok, allowed, dq,
-            sm_scale, DOT,
+            q, do, lse, delta, K, V, base, _summary_tokens(offs_g, first, L, C), offs_d,
+            stride_n, col_ok, allowed, dq, sm_scale, DOT,
         )  # fmt: skip
 
-    _store_rows(DQ, base, offs_m, offs_d, stride_n, row_ok, dq)
+    _store_grad(DQ, base, offs_m, offs_d, stride_n, row_ok, dq, False)
 
 
+@triton.autotune(
+    configs=tile_configs(), key=["N", "HEAD_DIM", "L", "C", "SUMMARY"], restore_value=["DK", "DV"]
+)
 @triton.jit
 def _fixed_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
     stride_b, stride_h, stride_n,  # q, k, v, do, dk, dv share one contiguous [B, H, N, D] layout
     stride_lb, stride_lh,  # lse, delta [B, H, N]
     H, N, L, C, NUM_VERTS, sm_scale,
-    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    C_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, SUMMARY: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """dK and dV of one key block [n0, n0 + BLOCK_N), the mirror of the forward: the queries of
-    each key's own l-block at or after it, and, for the keys in this head's summary set, every
-    query of a later l-block (a key block without summary keys stops at its own l-blocks).
-    Each program owns its rows: no atomics."""
+    """dK and dV of one key tile, the mirror of the forward. Without SUMMARY: BLOCK_N
+    consecutive keys and the queries of their own l-blocks at or after them (the tile's own
+    rows are written). With SUMMARY: BLOCK_N gathered summary keys g and every query of a later
+    l-block (i // L > g // C), added to what the first launch wrote for those rows."""
     pid_n, _, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
     start_n = pid_n * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_n = start_n + tl.arange(0, BLOCK_N)  # keys, or gathered summary indices
     offs_d = tl.arange(0, HEAD_DIM)
-    col_ok = offs_n < N
-    k = _load_rows(K, base, offs_n, offs_d, stride_n, col_ok)
-    v = _load_rows(V, base, offs_n, offs_d, stride_n, col_ok)
+    if SUMMARY:
+        first, _ = _fixed_summary_offsets(h, L, C, NUM_VERTS)
+        # the blocks before the last one: the last block's summary keys have no later query
+        col_ok = offs_n < (tl.cdiv(N, L) - 1) * C
+        cols = _summary_tokens(offs_n, first, L, C)
+        lo = (start_n // C + 1) * L  # the first query of a later block
+        hi = N
+    else:
+        col_ok = offs_n < N
+        cols = offs_n
+        lo = start_n
+        hi = tl.minimum(((start_n + BLOCK_N - 1) // L + 1) * L, N)  # the last key's block end
+    k = _load_rows(K, base, cols, offs_d, stride_n, col_ok)
+    v = _load_rows(V, base, cols, offs_d, stride_n, col_ok)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    k_block = offs_n // L
-    lo, hi = _fixed_summary_offsets(h, L, C, NUM_VERTS)
-    summary = (offs_n % L >= lo) & (offs_n % L <= hi) & col_ok
 
-    # the queries of each key's own l-block at or after it, and, when the block holds summary
-    # keys, every query of a later l-block: one walk from the first key to the end of the last
-    # key's l-block, or to N
-    own_end = tl.minimum(((start_n + BLOCK_N - 1) // L + 1) * L, N)
-    end = tl.where(tl.max(summary.to(tl.int32), 0) > 0, N, own_end)
-    for start_m in range(start_n, end, BLOCK_M):
+    for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < N
-        own = _in_own_block(offs_m[None, :], offs_n[:, None], L)  # [keys, queries]
-        later = summary[:, None] & (offs_m[None, :] // L > k_block[:, None])
-        allowed = (own | later) & col_ok[:, None] & row_ok[None, :]
+        if SUMMARY:
+            allowed = offs_m[None, :] // L > offs_n[:, None] // C  # [keys, queries]
+        else:
+            allowed = _in_own_block(offs_m[None, :], offs_n[:, None], L)
+        allowed = allowed & col_ok[:, None] & row_ok[None, :]
         dk, dv = _dkdv_tile(
             Q, DO, LSE, DELTA, base, stats, offs_m, offs_d, stride_n, row_ok, k, v, dk, dv,
             allowed, sm_scale, DOT,
         )  # fmt: skip
 
-    _store_rows(DK, base, offs_n, offs_d, stride_n, col_ok, dk)
-    _store_rows(DV, base, offs_n, offs_d, stride_n, col_ok, dv)
+    _store_grad(DK, base, cols, offs_d, stride_n, col_ok, dk, SUMMARY)
+    _store_grad(DV, base, cols, offs_d, stride_n, col_ok, dv, SUMMARY)
+
+
+KERNELS = (_fixed_fwd_kernel, _fixed_bwd_dq_kernel, _fixed_bwd_dkdv_kernel)
 
 
 def _fixed_args(spec: KernelSpec) -> dict[str, int]:
     if spec.kind != "fixed":
         raise ValueError(f"the fixed kernels take a fixed spec, got {spec}")
-    return dict(
-        L=spec.l,
-        C=spec.c,
-        NUM_VERTS=spec.num_verts,
-        C_PAD=max(16, triton.next_power_of_2(spec.c)),  # 16: the smallest tl.dot operand
-    )
+    return dict(L=spec.l, C=spec.c, NUM_VERTS=spec.num_verts)
 
 
-FIXED = KernelFamily(_fixed_fwd_kernel, _fixed_bwd_dq_kernel, _fixed_bwd_dkdv_kernel, _fixed_args)
+def _forward(q, k, v, spec: KernelSpec, scale: float):
+    B, H, N, D = q.shape
+    args = _fixed_args(spec)
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
+    launch(_fixed_fwd_kernel, q, k, v, out, lse, rows=N, scale=scale, **args)
+    return out, lse
+
+
+def _backward(q, k, v, out, lse, dout, spec: KernelSpec, scale: float):
+    N = q.shape[2]
+    args = _fixed_args(spec)
+    delta = (dout.float() * out.float()).sum(-1)  # [B, H, N]: rowsum(dO * O)
+    dq, dk, dv = grad_buffers(q)
+    inputs = (q, k, v, dout, lse, delta)
+    launch(_fixed_bwd_dq_kernel, *inputs, dq, rows=N, scale=scale, **args)
+    launch(
+        _fixed_bwd_dkdv_kernel, *inputs, dk, dv, rows=N, by_keys=True, scale=scale,
+        SUMMARY=False, **args,
+    )  # fmt: skip
+    n_summary = (triton.cdiv(N, spec.l) - 1) * spec.c  # keys some later block attends to
+    if n_summary > 0:
+        launch(
+            _fixed_bwd_dkdv_kernel, *inputs, dk, dv, rows=n_summary, by_keys=True, scale=scale,
+            SUMMARY=True, **args,
+        )  # fmt: skip
+    return dq, dk, dv
+
+
+FIXED = KernelFamily(_forward, _backward)
 
 
 def fixed_attention(
