@@ -97,7 +97,9 @@ class SparseMap:
     def to_dense(self) -> Tensor:
         """[B, H, N, N]; for small N (tests, exports)."""
         B, H, _ = self.values.shape
-        rows = torch.repeat_interleave(torch.arange(self.n), self.indptr.diff())  # [nnz]
+        rows = torch.repeat_interleave(
+            torch.arange(self.n, device=self.indptr.device), self.indptr.diff()
+        )  # [nnz]
         out = self.values.new_zeros(B, H, self.n, self.n)
         out[:, :, rows, self.indices] = self.values
         return out
@@ -255,26 +257,42 @@ def capture_sparse(
     scale: float | None = None,
     backend: str = "auto",
 ) -> SparseMap:
-    """Probabilities (under ``layout``) of the pairs of ``support`` (default: the layout)."""
+    """Probabilities (under ``layout``) of the pairs of ``support`` (default: the layout).
+
+    On the fused kernels, for a support a kernel walks (dense, local, column, strided, fixed),
+    the pattern is built on q's device from closed-form row counts and the values come from
+    tensor-core tiles over the support's pairs (kernels/triton/capture.py); otherwise the host
+    builds the pattern (``support_pattern``) and the reference walk fills it."""
     B, H, N, _ = q.shape
     support = layout if support is None else support
     support.check_heads(H)
-    indptr, indices = support_pattern(support, N, H)
-    rows_of = torch.repeat_interleave(torch.arange(N), indptr.diff())  # [nnz]
     fused = _fused(q, k, layout, scale, backend)
+    walked = None
     if fused is not None:
-        from kernels.triton.capture import triton_sparse
+        from kernels.triton.capture import support_spec
+
+        walked = support_spec(support, N, H)
+    if walked is not None:
+        from kernels.triton.capture import triton_sparse, triton_support
 
         spec, lse, scale = fused
-        values = triton_sparse(q, k, lse, spec, indptr, indices, scale=scale)
+        indptr, indices = triton_support(walked, N, q.device)
+        values = triton_sparse(q, k, lse, spec, walked, indptr, len(indices), scale=scale)
     else:
+        indptr, indices = support_pattern(support, N, H)
         values = q.new_zeros(B, H, len(indices), dtype=_dtype(q))
+        rows_of = torch.repeat_interleave(torch.arange(N), indptr.diff())  # [nnz]
         for s, p in _row_blocks(q, k, layout, scale, ROW_BLOCK):
             a, b = indptr[s], indptr[min(s + p.shape[2], N)]
             values[:, :, a:b] = p[:, :, rows_of[a:b] - s, indices[a:b].to(p.device)]
     if support.period > 1:  # zero the pairs of the union that this head's support lacks
-        h = torch.arange(H)[:, None]
-        values = values * _heads_mask(support, h, rows_of[None, :], indices[None, :]).to(values)
+        dev = indptr.device
+        rows_of = torch.repeat_interleave(
+            torch.arange(N, device=dev), indptr.diff(), output_size=len(indices)
+        )
+        h = torch.arange(H, device=dev)[:, None]
+        mask = _heads_mask(support, h, rows_of[None, :], indices[None, :])
+        values = values * mask.to(values)
     return SparseMap(N, repr(support), indptr, indices, values)
 
 

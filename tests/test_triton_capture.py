@@ -44,6 +44,42 @@ def test_capture_forms_from_the_kernels_equal_the_reference(layout):
     )
 
 
+SUPPORTS = [L.strided(7), L.column(5), L.local(5), L.dense(), L.fixed(7, 2), L.fixed(8, 2, 2)]
+
+
+@pytest.mark.parametrize("support", [*SUPPORTS, L.fixed(9, 3, 3)], ids=repr)
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_the_support_pattern_built_on_the_device_is_the_hosts(support, heads):
+    """indptr from the closed-form row counts and the indices the kernel writes equal the mask
+    walk of kernels/capture.py, for the union over heads (fixed(l, c, k) over H heads)."""
+    from kernels.triton.capture import support_spec, triton_support
+
+    n = 45  # not a multiple of any l here
+    if heads % support.period:
+        pytest.skip("the layout needs a multiple of its period in heads")
+    indptr, indices = triton_support(support_spec(support, n, heads), n, torch.device(DEVICE))
+    want_indptr, want_indices = C.support_pattern(support, n, heads)
+    assert torch.equal(indptr.cpu(), want_indptr) and torch.equal(indices.cpu(), want_indices)
+
+
+@pytest.mark.parametrize("layout", [L.strided(7), L.fixed(8, 2, 2), L.column(6)], ids=repr)
+@pytest.mark.parametrize(
+    "support", [*SUPPORTS, L.fixed(8, 1, 2), L.multihead(L.local(2), L.column(3))], ids=repr
+)
+def test_sparse_values_on_any_support(layout, support):
+    """The tile walk over a support's pairs gives the reference's values in the same CSR order,
+    zeros where the layout allows no weight; a support no kernel walks (multihead) takes the
+    host pattern and the reference walk."""
+    g = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(2, 2, 45, 16, generator=g).to(DEVICE) for _ in range(2))
+    got = C.capture_sparse(q, k, layout, support, backend="triton")
+    want = C.capture_sparse(q, k, layout, support, backend="reference")
+    assert torch.equal(got.indptr.cpu(), want.indptr) and torch.equal(
+        got.indices.cpu(), want.indices
+    )
+    torch.testing.assert_close(got.values, want.values, rtol=1e-5, atol=1e-6)
+
+
 def test_a_layout_without_a_kernel_cannot_be_captured_on_triton():
     q = torch.randn(1, 2, 10, 16, device=DEVICE)
     with pytest.raises(ValueError, match="no Triton kernel"):

@@ -2,21 +2,29 @@
 with the forward pass's log-sum-exp, never an N x N matrix (docs/DESIGN.md, "Capture without
 an N x N matrix").
 
-    triton_rows(q, k, lse, spec, queries)        exact rows              [B, H, Q, N]
-    triton_pooled(q, k, lse, spec, block)        tile mean and max       [B, H, nb, nb] x 2
-    triton_sparse(q, k, lse, spec, indptr, idx)  CSR values of a support [B, H, nnz]
+    triton_rows(q, k, lse, spec, queries)            exact rows              [B, H, Q, N]
+    triton_pooled(q, k, lse, spec, block)            tile mean and max       [B, H, nb, nb] x 2
+    triton_support(support, n, device)               CSR pattern of a support (indptr, indices)
+    triton_sparse(q, k, lse, spec, support, indptr)  CSR values of a support [B, H, nnz]
 
 The layout predicate is evaluated inside the kernels (``_allowed``) for both kernel families,
-with the same formulas as kernels/layouts.py; kernels/capture.py is the reference these are
-tested against, and the entry point that calls them.
+with the same formulas as kernels/layouts.py. The sparse form never leaves the device: its
+pattern comes from closed-form row counts (cumsum) and a kernel that writes each row's keys, its
+values from tensor-core tiles over the support's pairs, walked as the forward walks a layout.
+kernels/capture.py is the reference these are tested against, and the entry point that calls
+them.
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.layouts import Layout
 from kernels.triton.common import (
     KernelSpec,
     _fixed_summary_offsets,
@@ -25,7 +33,12 @@ from kernels.triton.common import (
     _load_rows,
     _program,
     dot_precision,
+    kernel_spec,
 )
+
+# the capture kernels' tile (both sides): a tensor-core tile on a GPU, the smallest tl.dot
+# operand under the interpreter, where the CPU runs it fastest
+CAPTURE_TILE = 16 if os.environ.get("TRITON_INTERPRET") == "1" else 64
 
 
 @triton.jit
@@ -109,33 +122,138 @@ def _pooled_kernel(
         tl.store(MAX + out, tl.max(tl.max(p, 1), 0))
 
 
+# --- the sparse (CSR) form: the support's pattern built on the device, its values walked in the
+# support's own tiles. A row's keys are sorted: for a band support its column keys
+# j = i mod S, i mod S + S, ... (those below the band) then its band [max(0, i - B + 1), i]; for
+# a fixed support the summary keys of earlier blocks then its own block up to i. Both ways round
+# (rank -> key for the pattern, key -> rank for the values) are closed forms.
+
+
+@triton.jit
+def _support_key(i, p, BAND, STEP, L, C, FIXED: tl.constexpr, COLUMNS: tl.constexpr):
+    """Key j of the p-th entry of row i of a support (a fixed one with summary offsets
+    [L - C, L))."""
+    if FIXED:
+        n_summary = (i // L) * C
+        return tl.where(p < n_summary, (p // C) * L + L - C + p % C, (i // L) * L + p - n_summary)
+    else:
+        n_cols = i * 0
+        if COLUMNS:
+            n_cols = i // STEP
+        band_start = tl.maximum(i - BAND + 1, 0)
+        return tl.where(p < n_cols, i % STEP + p * STEP, band_start + p - n_cols)
+
+
+@triton.jit
+def _support_rank(i, j, BAND, STEP, L, C, FIXED: tl.constexpr, COLUMNS: tl.constexpr):
+    """Where the pair (i, j) of a support sits in row i: the inverse of _support_key."""
+    if FIXED:
+        own = (i // L) * L
+        return tl.where(j >= own, (i // L) * C + j - own, (j // L) * C + j % L - (L - C))
+    else:
+        n_cols = i * 0
+        if COLUMNS:
+            n_cols = i // STEP
+        band_start = tl.maximum(i - BAND + 1, 0)
+        return tl.where(j >= band_start, n_cols + j - band_start, j // STEP)
+
+
+@triton.jit
+def _support_indices_kernel(
+    INDPTR, INDICES, BAND, STEP, L, C,
+    FIXED: tl.constexpr, COLUMNS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Row i's sorted keys into INDICES[INDPTR[i]:INDPTR[i + 1]], BLOCK at a time."""
+    i = tl.program_id(0).to(tl.int64)
+    start = tl.load(INDPTR + i)
+    count = tl.load(INDPTR + i + 1) - start
+    for p0 in range(0, count, BLOCK):
+        p = p0 + tl.arange(0, BLOCK)
+        j = _support_key(i, p, BAND, STEP, L, C, FIXED, COLUMNS)
+        tl.store(INDICES + start + p, j, mask=p < count)
+
+
+@triton.jit
+def _store_support_tile(
+    q, K, base, stats, LSE, INDPTR, VALUES, out, rows, cols, row_ok, col_ok, pair, h, offs_d,
+    stride_n, sm_scale, BAND, STEP, L, C, NUM_VERTS, FIXED: tl.constexpr, COLUMNS: tl.constexpr,
+    S_BAND, S_STEP, S_L, S_C, S_FIXED: tl.constexpr, S_COLUMNS: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    """The probabilities (under the layout) of the support pairs ``pair`` of query rows ``rows``
+    and keys ``cols`` (a tensor-core tile), stored at their CSR places."""
+    k = _load_rows(K, base, cols, offs_d, stride_n, col_ok)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
+    lse = tl.load(LSE + stats + rows, mask=row_ok, other=0.0)
+    i, j = rows[:, None], cols[None, :]
+    ok = _allowed(i, j, h, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS)
+    p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
+    pair = pair & row_ok[:, None] & col_ok[None, :]
+    start = tl.load(INDPTR + rows, mask=row_ok, other=0)
+    rank = _support_rank(i, j, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS)
+    tl.store(VALUES + out + start[:, None] + rank, p, mask=pair)
+
+
 @triton.jit
 def _sparse_kernel(
     Q, K, LSE,
     stride_b, stride_h, stride_n,  # q, k [B, H, N, D]
     stride_lb, stride_lh,  # lse [B, H, N]
-    INDPTR, INDICES, VALUES,
+    INDPTR, VALUES,
     stride_vb, stride_vh,  # values [B, H, nnz]
-    H, sm_scale, BAND, STEP, L, C, NUM_VERTS,
-    FIXED: tl.constexpr, COLUMNS: tl.constexpr, HEAD_DIM: tl.constexpr, DOT: tl.constexpr,
-    BLOCK_T: tl.constexpr,
+    H, N, sm_scale, BAND, STEP, L, C, NUM_VERTS,
+    S_BAND, S_STEP, S_L, S_C, STRIDE, LO, WALK,
+    FIXED: tl.constexpr, COLUMNS: tl.constexpr, S_FIXED: tl.constexpr, S_COLUMNS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Query i's CSR entries INDICES[INDPTR[i]:INDPTR[i+1]], BLOCK_T at a time."""
-    i, b, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
+    """The CSR values of one query tile, walking the support's pairs the way the forward walks
+    a layout's: a band support in passes over strided subsequences (token = r + STRIDE t, the
+    keys LO <= t - s < WALK; the band, then the column part on the transposed sequence), a
+    fixed support over the own block and then the gathered summary prefix. Every support pair
+    is written once (a zero where the layout does not allow it)."""
+    pid_m, b, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
+    out = b * stride_vb + h * stride_vh
     offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + base + i * stride_n + offs_d).to(tl.float32)
-    lse = tl.load(LSE + stats + i)
-    lo = tl.load(INDPTR + i)
-    hi = tl.load(INDPTR + i + 1)
-    for t in range(lo, hi, BLOCK_T):
-        offs_t = t + tl.arange(0, BLOCK_T)
-        t_ok = offs_t < hi
-        j = tl.load(INDICES + offs_t, mask=t_ok, other=0)
-        k = _load_rows(K, base, j, offs_d, stride_n, t_ok).to(tl.float32)
-        s = tl.sum(k * q[None, :], 1) * sm_scale
-        ok = _allowed(i, j, h, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS) & t_ok
-        p = tl.where(ok, tl.exp(s - lse), 0.0)
-        tl.store(VALUES + b * stride_vb + h * stride_vh + offs_t, p, mask=t_ok)
+    if S_FIXED:
+        start_m = pid_m * BLOCK_M
+        rows = start_m + tl.arange(0, BLOCK_M)
+        row_ok = rows < N
+        q = _load_rows(Q, base, rows, offs_d, stride_n, row_ok)
+        hi = tl.minimum(start_m + BLOCK_M, N)
+        for start_n in range(((start_m // S_L) * S_L), hi, BLOCK_N):
+            cols = start_n + tl.arange(0, BLOCK_N)
+            pair = _in_own_block(rows[:, None], cols[None, :], S_L)
+            _store_support_tile(
+                q, K, base, stats, LSE, INDPTR, VALUES, out, rows, cols, row_ok, cols < N, pair,
+                h, offs_d, stride_n, sm_scale, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS,
+                S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS, DOT,
+            )  # fmt: skip
+        n_summary = ((hi - 1) // S_L) * S_C
+        for start_g in range(0, n_summary, BLOCK_N):
+            g = start_g + tl.arange(0, BLOCK_N)
+            cols = (g // S_C) * S_L + S_L - S_C + g % S_C
+            pair = g[None, :] < (rows[:, None] // S_L) * S_C
+            _store_support_tile(
+                q, K, base, stats, LSE, INDPTR, VALUES, out, rows, cols, row_ok,
+                g < n_summary, pair, h, offs_d, stride_n, sm_scale, BAND, STEP, L, C, NUM_VERTS,
+                FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS, DOT,
+            )  # fmt: skip
+    else:
+        r = tl.program_id(1)
+        T = tl.cdiv(N - r, STRIDE)
+        start_m = pid_m * BLOCK_M
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < T
+        rows = r + offs_m * STRIDE
+        q = _load_rows(Q, base, rows, offs_d, stride_n, row_ok)
+        lo = tl.maximum(start_m - WALK + 1, 0)
+        for start_n in range(lo, tl.minimum(start_m + BLOCK_M - LO, T), BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            pair = _in_band(offs_m[:, None], offs_n[None, :], LO, WALK)
+            _store_support_tile(
+                q, K, base, stats, LSE, INDPTR, VALUES, out, rows, r + offs_n * STRIDE, row_ok,
+                offs_n < T, pair, h, offs_d, stride_n, sm_scale, BAND, STEP, L, C, NUM_VERTS,
+                FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS, DOT,
+            )  # fmt: skip
 
 
 def _launch(
@@ -205,24 +323,82 @@ def triton_pooled(
     return mean, mx
 
 
+def support_spec(support: Layout, n: int, n_heads: int) -> KernelSpec | None:
+    """The spec of the union over ``n_heads`` heads of the support's pairs, or None when no
+    kernel walks it (the caller builds the pattern on the host). fixed(l, c, k) over H heads
+    uses the summary offsets of heads 0 .. min(H, k) - 1, together [l - min(H, k) c, l): the
+    pattern of fixed(l, min(H, k) c)."""
+    try:
+        spec = kernel_spec(support, n)
+    except ValueError:
+        return None
+    if spec.kind == "fixed" and spec.num_verts > 1:
+        spec = KernelSpec("fixed", l=spec.l, c=spec.c * min(n_heads, spec.num_verts))
+    return spec
+
+
+def row_counts(spec: KernelSpec, n: int, device: torch.device | str) -> torch.Tensor:
+    """Keys per row of a support spec in closed form, [N] int64 on ``device``:
+    min(i + 1, band) + floor(i / step) for a band, (i mod l) + 1 + floor(i / l) c for fixed
+    (docs/DESIGN.md, "Layouts": "Exact sizes without a mask")."""
+    i = torch.arange(n, device=device)
+    if spec.kind == "fixed":
+        return i % spec.l + 1 + (i // spec.l) * spec.c
+    counts = torch.clamp(i + 1, max=spec.band)
+    return counts + i // spec.step if spec.columns else counts
+
+
+@functools.lru_cache(maxsize=16)
+def triton_support(
+    spec: KernelSpec, n: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR (indptr [N + 1], indices [nnz]) of a support spec, built on ``device``: indptr the
+    cumulative sum of the closed-form row counts, indices written by a kernel. No host pass and
+    no pattern anywhere but its output; cached per (spec, n, device), as every layer and image
+    of a model shares it."""
+    indptr = torch.zeros(n + 1, dtype=torch.int64, device=device)
+    indptr[1:] = row_counts(spec, n, device).cumsum(0)
+    nnz = int(indptr[-1])  # the one host sync: the size of the output
+    indices = torch.empty(nnz, dtype=torch.int64, device=device)
+    _support_indices_kernel[(n,)](
+        indptr, indices, spec.band, spec.step or 1, spec.l, spec.c,
+        FIXED=spec.kind == "fixed", COLUMNS=spec.columns, BLOCK=128,
+    )  # fmt: skip
+    return indptr, indices
+
+
 def triton_sparse(
     q: torch.Tensor,
     k: torch.Tensor,
     lse: torch.Tensor,
     spec: KernelSpec,
+    support: KernelSpec,
     indptr: torch.Tensor,
-    indices: torch.Tensor,
+    nnz: int,
     *,
     scale: float,
 ) -> torch.Tensor:
-    """The probabilities of the CSR pairs (indptr [N+1], indices [nnz]): [B, H, nnz] float32."""
+    """The probabilities (under ``spec``) of the pairs of ``support``, in the CSR order of
+    triton_support's pattern (indptr [N + 1]): [B, H, nnz] float32. Tensor-core tiles over the
+    support's pairs only, as the forward walks a layout: about a forward without its P V product.
+    """
     B, H, N, D = q.shape
-    indptr = indptr.to(device=q.device, dtype=torch.int64).contiguous()
-    indices = indices.to(device=q.device, dtype=torch.int64).contiguous()
-    values = torch.zeros(B, H, len(indices), device=q.device, dtype=torch.float32)
-    _launch(
-        _sparse_kernel, (N, 1, B * H), q, k, lse,
-        indptr, indices, values, values.stride(0), values.stride(1),
-        spec=spec, scale=scale, H=H, BLOCK_T=32,
+    values = torch.empty(B, H, nnz, device=q.device, dtype=torch.float32)
+    own = dict(
+        S_BAND=support.band, S_STEP=support.step or 1, S_L=support.l, S_C=support.c,
+        S_FIXED=support.kind == "fixed", S_COLUMNS=support.columns, BLOCK_M=CAPTURE_TILE,
+        BLOCK_N=CAPTURE_TILE,
     )  # fmt: skip
+    if support.kind == "fixed":
+        walks = [dict(STRIDE=1, LO=0, WALK=1)]  # one walk over the own block and the summaries
+    else:
+        walks = [dict(STRIDE=1, LO=0, WALK=support.band)]
+        if support.columns:
+            walks.append(dict(STRIDE=support.step, LO=1, WALK=triton.cdiv(N, support.step)))
+    for w in walks:
+        grid = (triton.cdiv(triton.cdiv(N, w["STRIDE"]), CAPTURE_TILE), w["STRIDE"], B * H)
+        _launch(
+            _sparse_kernel, grid, q, k, lse, indptr, values, values.stride(0), values.stride(1),
+            spec=spec, scale=scale, H=H, N=N, **w, **own,
+        )  # fmt: skip
     return values
