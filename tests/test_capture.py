@@ -125,6 +125,7 @@ def test_capture_during_generation_equals_capture_of_the_result(monkeypatch):
         torch.testing.assert_close(during, after[layer].probs, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_capture_of_a_gpu_model_comes_back_where_the_tokens_were():
     """The app keeps tokens on the CPU and its models on the GPU when there is one."""
