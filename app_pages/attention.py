@@ -113,9 +113,14 @@ with a:
         selection_mode="points",
     )
     r_, c_, ch_ = token_coords(query, geometry)
+    outlined = (
+        "No layout outlined."
+        if outline_spec == "none"
+        else f"Orange squares: the keys {outline_spec} allows."
+    )
     st.caption(
-        f"Query token {query} (row {r_}, column {c_}, channel {ch_}). Orange squares: "
-        f"the keys {outline_spec} allows. The model's own layout is {own}."
+        f"Query token {query} (row {r_}, column {c_}, channel {ch_}). {outlined} "
+        f"The model's own layout is {own}."
     )
 with b:
     tile = tile_for(N, MAP_SIDE)

@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # torch and the model are imported when a page first needs a 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = ROOT / "assets" / "samples"
 PREFERRED = ("dense", "strided", "fixed")
+# an upload whose border is at least this bright (0..255) has a light background: Fashion-MNIST
+# garments are light on black, so such a photo wants Invert
+LIGHT_BORDER = 160
 
 
 def models_dir() -> Path:
@@ -143,13 +146,27 @@ def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None
     if problem:
         st.error(f"{upload.name} cannot be used: it {problem}.")
         return None
+    # letterbox padding and transparency become the model's background (black) in the image
+    # the model sees: filled white when the image is inverted afterwards, black when not
+    fill = (255, 255, 255) if invert else (0, 0, 0)
     try:
-        image, notes = prepare_upload(data, geometry, fit=fit, background=(0, 0, 0))
+        image, notes, border = prepare_upload(data, geometry, fit=fit, background=fill)
     except ImageInputError as e:
         st.error(f"{upload.name} cannot be used: {e}")
         return None
     for note in notes:  # e.g. an animated GIF: only its first frame is used
         st.info(f"{upload.name}: {note}")
+    if border >= LIGHT_BORDER and not invert:
+        st.warning(
+            f"{upload.name} has a light background (its border averages {border:.0f} of 255). "
+            "The models know light garments on black: tick Invert, or the completions and "
+            "attention are of a picture unlike any they were trained on."
+        )
+    elif border < 255 - LIGHT_BORDER and invert:
+        st.warning(
+            f"{upload.name} already has a dark background (its border averages {border:.0f} "
+            "of 255): inverted, it is dark on white, unlike the training images."
+        )
     return upload.name, 255 - image if invert else image
 
 

@@ -8,7 +8,7 @@ from kernels import layouts as L
 from models.tokens import Geometry, pixel_to_token
 from viz.export import Exportable, safe_name
 from viz.figures import clicked_pixel, layout_pixel_figure, mask_figure
-from viz.layout_view import mask_view, part_names, pixel_view
+from viz.layout_view import mask_view, part_codes, part_names, pixel_view
 
 GEOMETRIES = {
     "28x28 gray (Fashion-MNIST)": Geometry(28, 28, 1),
@@ -77,6 +77,19 @@ for kind in ("strided", "fixed"):
     chosen.append((kind, layout))
 
 query = pixel_to_token(row, col, channel, geometry)
+
+
+def query_keys(layout: L.Layout) -> dict[str, int]:
+    """How many keys the query has: all of them (every channel), and for RGB how many are in
+    the channel the pixel view shows (the query's own)."""
+    h = head % layout.period
+    out = {f"keys of query {query}": int((part_codes(layout, [query], n, h) > 0).sum())}
+    if geometry.channels > 1:
+        shown = int((pixel_view(layout, geometry, query, h) > 0).sum())
+        out[f"of them in channel {channel} (shown)"] = shown
+    return out
+
+
 if chosen:
     st.dataframe(
         [
@@ -87,7 +100,7 @@ if chosen:
                     layout.nnz(n, layout.period) / (n * layout.period), 1
                 ),
                 "density vs dense causal": round(layout.density(n), 4),
-                f"keys of query {query}": int((pixel_view(layout, geometry, query, 0) > 0).sum()),
+                **query_keys(layout),
             }
             for _, layout in chosen
         ],

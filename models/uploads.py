@@ -51,10 +51,25 @@ _SIGNATURES = (
 
 
 class PreparedImage(NamedTuple):
-    """An upload converted for the model, plus notes the app should show (e.g. first frame)."""
+    """An upload converted for the model, plus notes the app should show (e.g. first frame),
+    and ``border``: the mean brightness (0..255) of the picture's outermost pixels before any
+    letterbox padding, which tells a light background (a dark-on-white photo) from a dark one."""
 
     image: np.ndarray
     notes: tuple[str, ...] = ()
+    border: float = float("nan")
+
+
+def border_mean(image: np.ndarray) -> float:
+    """The mean brightness of the outermost ring of pixels of a uint8 [H, W] or [H, W, C] image
+    (all channels)."""
+    a = np.asarray(image, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if min(a.shape[:2]) <= 2:
+        return float(a.mean())
+    ring = np.concatenate([a[0].ravel(), a[-1].ravel(), a[1:-1, 0].ravel(), a[1:-1, -1].ravel()])
+    return float(ring.mean())
 
 
 def _unidentified(data: bytes) -> ImageInputError:
@@ -188,8 +203,9 @@ def _shrink(img: Image.Image, tw: int, th: int) -> Image.Image:
 
 def _fit(
     img: Image.Image, geometry: Geometry, fit: str, background: tuple[int, int, int]
-) -> np.ndarray:
-    """Convert to the model's mode and size: centre crop or letterbox, then LANCZOS."""
+) -> tuple[np.ndarray, float]:
+    """Convert to the model's mode and size: centre crop or letterbox, then LANCZOS. Returns the
+    image and the border brightness of the picture before fitting (border_mean)."""
     mode = "L" if geometry.channels == 1 else "RGB"
     sixteen_bit = img.mode.startswith("I;16")  # _shrink turns I;16 into I
     img = _to_8bit(_shrink(img, geometry.width, geometry.height), sixteen_bit)
@@ -197,6 +213,7 @@ def _fit(
     img = img.convert(mode)
     fill = Image.new("RGB", (1, 1), background).convert(mode).getpixel((0, 0))
 
+    border = border_mean(np.asarray(img))
     tw, th = geometry.width, geometry.height
     w, h = img.size
     if fit == "crop":
@@ -218,7 +235,7 @@ def _fit(
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr), border
 
 
 def prepare_upload(
@@ -257,12 +274,12 @@ def prepare_upload(
     with contextlib.suppress(_DECODE_ERRORS + (TypeError,)):
         ImageOps.exif_transpose(img, in_place=True)  # in place: no full-size copy when upright
     try:
-        arr = _fit(img, geometry, fit, background)
+        arr, border = _fit(img, geometry, fit, background)
     except MemoryError as e:
         raise ImageInputError("image is too large to convert (out of memory)") from e
     except _DECODE_ERRORS as e:  # e.g. LAB or HSV TIFFs, which Pillow cannot convert to RGB
         raise ImageInputError(f"cannot convert this {img.mode} image ({e})") from e
-    return PreparedImage(arr, tuple(notes))
+    return PreparedImage(arr, tuple(notes), border)
 
 
 def prepare_image(

@@ -67,6 +67,21 @@ def _unit_heatmap(
     )
 
 
+def _tile_ranges(shape: tuple[int, int], tile: int, n: int) -> np.ndarray:
+    """uint16 [R, C, 4]: the first and last query and key of every tile of a pooled N x N map
+    (hover data: "queries 400-413, keys 292-305"; a typed array, a few bytes a cell)."""
+    r, c = shape
+    rows = np.arange(r)[:, None].repeat(c, 1) * tile
+    cols = np.arange(c)[None, :].repeat(r, 0) * tile
+    last = n - 1
+    return np.stack(
+        [rows, np.minimum(rows + tile - 1, last), cols, np.minimum(cols + tile - 1, last)], -1
+    ).astype(np.uint16)
+
+
+TILE_HOVER = "queries %{customdata[0]}-%{customdata[1]}, keys %{customdata[2]}-%{customdata[3]}"
+
+
 def _map_axes(fig: go.Figure, n: int) -> None:
     """The axes of an N x N map: query i downwards, key j across, square cells."""
     fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x", range=[n, 0])
@@ -102,11 +117,12 @@ def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> g
             codes,
             "mask",
             "Greys",
-            f"tile of {tile}x{tile}: %{{z:.3f}} allowed<extra></extra>",
+            TILE_HOVER + ": %{z:.3f} allowed<extra></extra>",
             x0=tile / 2,
             dx=tile,
             y0=tile / 2,
             dy=tile,
+            customdata=_tile_ranges(codes.shape, tile, n),
             colorbar=dict(title="allowed share"),
         )
     _map_axes(fig, n)
@@ -333,8 +349,15 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
     """One head's N x N attention map (pooled by ``tile`` when tile > 1), log-scaled colour."""
     n = probs.shape[0] * tile
     # pairs with no weight (outside the layout, or above the diagonal) are left blank
-    z = np.full(probs.shape, np.nan)
+    z = np.full(probs.shape, np.nan, dtype=np.float32)  # float32: half the bytes to send
     np.log10(probs, out=z, where=probs > 0)
+    if tile == 1:
+        where = {"hovertemplate": "query %{y}, key %{x}: log10 p = %{z:.2f}<extra></extra>"}
+    else:  # a cell is a tile: name its ranges, not its (fractional) centre
+        where = {
+            "hovertemplate": TILE_HOVER + ": log10 of mean p = %{z:.2f}<extra></extra>",
+            "customdata": _tile_ranges(probs.shape, tile, n),
+        }
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -346,8 +369,8 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
             zmax=0,
             colorscale="Viridis",
             colorbar=dict(title="log10 p"),
-            hovertemplate="query %{y}, key %{x}: log10 p = %{z:.2f}<extra></extra>",
             name="attention",
+            **where,
         )
     )
     _map_axes(fig, n)

@@ -1,0 +1,135 @@
+"""The app's pages and their state through Streamlit's AppTest: uploads as the model sees them,
+settings that survive page switches and live in the URL, captions and hover texts."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def picker_app():
+    """A page of one image picker (prefix "t", 28 x 28 gray); the pick lands in state."""
+
+    def script():
+        import streamlit as st
+
+        from app_pages.common import pick_image
+        from models.tokens import Geometry
+
+        st.session_state.picked = pick_image("t", Geometry(28, 28, 1))
+
+    at = AppTest.from_function(script, default_timeout=60).run()
+    at.radio(key="t_source").set_value("upload").run()
+    return at
+
+
+def test_letterbox_padding_is_black_after_invert_in_either_order():
+    """A 3:2 photo letterboxed into 28 x 28 has 4 padding rows above and below: they are the
+    model's background (0) whether Invert is ticked before or after Letterbox."""
+    data = png(Image.new("L", (42, 28), 100))  # 3:2, mid gray
+    for order in (("fit", "invert"), ("invert", "fit")):
+        at = picker_app()
+        at.file_uploader(key="t_upload").set_value(("photo.png", data, "image/png")).run()
+        for step in order:
+            if step == "fit":
+                at.radio(key="t_fit").set_value("letterbox").run()
+            else:
+                at.checkbox(key="t_invert").check().run()
+        assert not at.exception, at.exception
+        _, image = at.session_state["picked"]
+        assert image.shape == (28, 28, 1)
+        assert (image[:4] == 0).all() and (image[-4:] == 0).all(), order  # padding: black
+        assert (image[6:22] == 155).all()  # the picture: inverted
+        at.checkbox(key="t_invert").uncheck().run()
+        _, image = at.session_state["picked"]
+        assert (image[:4] == 0).all() and (image[6:22] == 100).all()
+
+
+def test_light_background_upload_is_detected():
+    """A dark garment on white: the border is light, and the page says to invert it."""
+    img = Image.new("L", (56, 56), 245)
+    img.paste(30, (14, 10, 42, 50))
+    at = picker_app()
+    at.file_uploader(key="t_upload").set_value(("white.png", png(img), "image/png")).run()
+    assert not at.exception
+    assert "light background" in "\n".join(w.value for w in at.warning)
+    at.checkbox(key="t_invert").check().run()
+    assert not at.warning
+    dark = Image.new("L", (56, 56), 0)
+    at.file_uploader(key="t_upload").set_value(("dark.png", png(dark), "image/png")).run()
+    assert "already has a dark background" in "\n".join(w.value for w in at.warning)
+    at.checkbox(key="t_invert").uncheck().run()
+    assert not at.warning
+
+
+def test_border_mean_of_the_picture_before_padding():
+    from models.tokens import Geometry
+    from models.uploads import border_mean, prepare_upload
+
+    assert border_mean(np.full((5, 5), 7, np.uint8)) == 7
+    ring = np.zeros((4, 4, 3), np.uint8)
+    ring[1:3, 1:3] = 255  # only the inside is bright
+    assert border_mean(ring) == 0
+    wide = png(Image.new("L", (60, 20), 250))  # letterboxed: padding black, border light
+    out = prepare_upload(wide, Geometry(28, 28, 1), fit="letterbox", background=(0, 0, 0))
+    assert out.image[0].max() == 0 and out.border == 250
+
+
+def layouts_app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=60).run()
+
+
+def test_keys_of_query_counts_every_channel():
+    """32 x 32 RGB, query token 956 (pixel (9, 30), channel 2) under strided(l=96): 105 keys
+    over all channels, 41 of them in the channel the pixel view shows."""
+    from test_app import table
+
+    at = layouts_app()
+    at.selectbox(key="lay_geometry").set_value("32x32 RGB (CIFAR-10)").run()
+    at.number_input(key="lay_row").set_value(9).run()
+    at.number_input(key="lay_col").set_value(30).run()
+    at.number_input(key="lay_channel").set_value(2).run()
+    assert not at.exception, at.exception
+    row = table(at, "keys of query 956").iloc[0]
+    assert row["keys of query 956"] == 105
+    assert row["of them in channel 2 (shown)"] == 41
+
+
+def test_pooled_maps_hover_names_tile_ranges(tmp_path, monkeypatch):
+    """A pooled cell is a range of queries and keys, not a fractional index."""
+    from test_app import attention_app, chart, trace, values
+
+    at = layouts_app()
+    at.selectbox(key="lay_geometry").set_value("32x32 RGB (CIFAR-10)").run()
+    mask = trace(chart(at, "lay_mask_strided"), "mask")  # 3072 tokens in 12 x 12 tiles
+    assert "queries %{customdata[0]}-%{customdata[1]}" in mask["hovertemplate"]
+    ranges = values(mask["customdata"])
+    assert list(ranges[33, 24]) == [396, 407, 288, 299] and ranges[-1, -1, 1] == 3071
+    at = attention_app(tmp_path, monkeypatch)  # N = 784 drawn as 392 x 392 tiles of 2
+    attention = trace(chart(at, "att_map"), "attention")
+    assert "keys %{customdata[2]}-%{customdata[3]}" in attention["hovertemplate"]
+    assert "%{y}" not in attention["hovertemplate"]
+    assert list(values(attention["customdata"])[200, 146]) == [400, 401, 292, 293]
+
+
+def test_outline_none_caption(tmp_path, monkeypatch):
+    from test_app import attention_app
+
+    at = attention_app(tmp_path, monkeypatch)
+    captions = "\n".join(c.value for c in at.caption)
+    assert "No layout outlined." in captions and "keys none allows" not in captions
+    at.selectbox(key="att_outline").set_value("strided(l=28)").run()
+    captions = "\n".join(c.value for c in at.caption)
+    assert "Orange squares: the keys strided(l=28) allows." in captions
