@@ -205,6 +205,9 @@ def export_panel(items, key: str, label: str = "Export figures and data") -> Non
                 file_name=f"{key}.zip",
                 mime="application/zip",
                 key=f"{key}_zip",
+                on_click="ignore",  # no rerun: quick clicks on several downloads all arrive
             )
             for name, data in files.items():
-                st.download_button(name, data, file_name=name, key=f"{key}_dl_{name}")
+                st.download_button(
+                    name, data, file_name=name, key=f"{key}_dl_{name}", on_click="ignore"
+                )

@@ -28,6 +28,9 @@ from viz.export import Exportable, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid
 
+PER_ROW = 4  # samples per line of a model's grid
+MODELS_PER_ROW = 2  # models side by side
+
 
 def stop_completion() -> None:
     """Stop's callback (it may run while the sampling run is still going, in another thread)."""
@@ -173,7 +176,9 @@ with right:
 
         def show_row(name: str, partial: Partial, share: float) -> None:
             live["bar"].progress(share, text=f"row {partial.row} sampled")
-            live["images"].image(image_grid([("", list(partial.images))]))
+            live["images"].image(
+                image_grid([("", list(partial.images))], label_width=0, columns=PER_ROW)
+            )
 
         job.run(models, image, keep, on_model=start_model, on_row=show_row)
         if live:
@@ -190,16 +195,22 @@ with right:
         )
         for name, (row, partial) in job.partial.items():
             st.markdown(f"**{name}** (partial: up to row {row})")
-            st.image(image_grid([("", list(partial))], label_width=0, scale=4))
+            st.image(image_grid([("", list(partial))], label_width=0, scale=4, columns=PER_ROW))
     if not results:
         if not current:
             st.info("Press Complete to sample.")
         st.stop()
-    cols = st.columns(len(results))
-    for (name, samples), col in zip(results.items(), cols, strict=True):
+    # at most MODELS_PER_ROW models side by side, each sample wrapped PER_ROW to a line: 16
+    # samples of 3 models stay ~60 px or more each at an 800 px window, not 8 px strips
+    places = [
+        col
+        for start in range(0, len(results), MODELS_PER_ROW)
+        for col in st.columns(MODELS_PER_ROW)[: len(results) - start]
+    ]
+    for (name, samples), col in zip(results.items(), places, strict=True):
         with col:
             st.markdown(f"**{name}**")
-            grid = image_grid([("", list(samples))], label_width=0, scale=4)
+            grid = image_grid([("", list(samples))], label_width=0, scale=4, columns=PER_ROW)
             st.image(grid, caption=f"{len(samples)} samples, seed {seed}")
             png, npz = io.BytesIO(), io.BytesIO()
             grid.save(png, format="PNG")
@@ -222,11 +233,22 @@ with right:
             )
             stem = f"{safe_name(name)}_{safe_name(image_name)}_seed{seed}"
             d1, d2 = st.columns(2)
+            # on_click="ignore": a download does not rerun the page, so quick clicks on
+            # several buttons each download instead of cancelling one another
             d1.download_button(
-                "PNG", png.getvalue(), f"{stem}_samples.png", "image/png", key=f"cmp_png_{name}"
+                "PNG",
+                png.getvalue(),
+                f"{stem}_samples.png",
+                "image/png",
+                key=f"cmp_png_{name}",
+                on_click="ignore",
             )
             d2.download_button(
-                "NPZ (data)", npz.getvalue(), f"{stem}_samples.npz", key=f"cmp_npz_{name}"
+                "NPZ (data)",
+                npz.getvalue(),
+                f"{stem}_samples.npz",
+                key=f"cmp_npz_{name}",
+                on_click="ignore",
             )
 
 # where the model looked: recomputed from the finished sample, which equals what the model

@@ -133,3 +133,33 @@ def test_outline_none_caption(tmp_path, monkeypatch):
     at.selectbox(key="att_outline").set_value("strided(l=28)").run()
     captions = "\n".join(c.value for c in at.caption)
     assert "Orange squares: the keys strided(l=28) allows." in captions
+
+
+def test_image_grid_wraps_samples_into_lines():
+    from viz.grid import image_grid
+
+    tiles = [np.full((28, 28, 1), k * 10, np.uint8) for k in range(10)]
+    grid = image_grid([("", tiles)], label_width=0, scale=4, pad=4, columns=4)
+    assert grid.size == (4 + 4 * (112 + 4), 4 + 3 * (112 + 4))  # 4 + 4 + 2 on three lines
+    arr = np.asarray(grid)
+    assert arr[4 + 2 * 116, 4 + 116, 0] == 90  # sample 9: third line, second place
+    assert image_grid([("a", tiles[:2])], columns=4).size == image_grid([("a", tiles[:2])]).size
+
+
+def test_complete_downloads_do_not_rerun(tmp_path, monkeypatch):
+    """Every download button of the Complete page and of its export panel has
+    on_click="ignore": quick clicks on several of them must not cancel each other's download
+    (a rerun per click did)."""
+    from test_app import complete_app
+
+    at = complete_app(tmp_path, monkeypatch)
+    at.slider(key="cmp_samples").set_value(2).run()
+    at.slider(key="cmp_rows").set_value(27).run()
+    at.button(key="cmp_run").click().run()
+    at.multiselect(key="cmp_look_export_formats").set_value(["npz"]).run()
+    at.button(key="cmp_look_export_prepare").click().run()
+    assert not at.exception, at.exception
+    buttons = at.get("download_button")
+    labels = [b.proto.label for b in buttons]
+    assert "PNG" in labels and "NPZ (data)" in labels and "All 1 files (zip)" in labels
+    assert all(b.proto.ignore_rerun for b in buttons), labels

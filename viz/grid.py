@@ -13,13 +13,24 @@ def image_grid(
     pad: int = 4,
     label_width: int = 110,
     background: int = 255,
+    columns: int | None = None,
 ) -> Image.Image:
     """One row per (label, images); images are uint8 [H, W, C] (C = 1 or 3), all the same size.
 
     Pixels are enlarged ``scale`` times with nearest-neighbour so single pixels stay visible.
+    ``columns`` wraps a row's images into lines of at most that many (the label on the first),
+    so many samples stay large enough to read instead of one long, shrunk strip.
     """
     if not rows or not any(images for _, images in rows):
         raise ValueError("image_grid needs at least one image")
+    if columns is not None:
+        if columns < 1:
+            raise ValueError(f"columns must be at least 1, got {columns}")
+        rows = [
+            (label if k == 0 else "", images[k : k + columns])
+            for label, images in rows
+            for k in range(0, max(len(images), 1), columns)
+        ]
     first = next(img for _, images in rows for img in images)
     h, w = first.shape[0] * scale, first.shape[1] * scale
     cols = max(len(images) for _, images in rows)
