@@ -122,6 +122,11 @@ with left:
             rect_values.append(col.number_input(label, c.low, c.high, c.default, key=f"cmp_{k}"))
         rows, rect = None, tuple(rect_values)
         problem = limits.rect_problem(rect, geometry.width, geometry.height)
+        st.caption(
+            "Sampling runs in raster order and a pixel sees only the pixels before it: the "
+            "pixels above the rectangle, and those left of it on its rows, are sampled "
+            "without seeing it. Only pixels after a kept one can take it into account."
+        )
     if problem is not None:
         st.error(problem)
         st.stop()

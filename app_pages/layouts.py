@@ -16,10 +16,20 @@ GEOMETRIES = {
 }
 
 st.title("Sparse attention layouts")
+st.markdown(
+    "**Sparse Transformer Explorer.** A Sparse Transformer (Child et al. 2019) generates an "
+    "image one pixel at a time, and each pixel may look only at some of the earlier ones: "
+    "its attention *layout*. This app shows those layouts, what small models trained on "
+    "Fashion-MNIST actually attend to, and how they complete images. "
+    "**Start here:** click a pixel below to see which pixels it may attend to; then open "
+    "**Attention** (a trained model's heads), **Learned vs prescribed** (how well the "
+    "layouts match what a dense model learned) or **Complete** (let the models draw) in the "
+    "menu."
+)
 st.caption(
-    "Which earlier tokens each query may attend to under the Sparse Transformer's prescribed "
-    "layouts (Child et al. 2019). An image is a sequence of tokens in raster order, channels "
-    "interleaved; l is usually one image row. Click a pixel to make it the query."
+    "An image is a sequence of tokens in raster order, channels interleaved; l is usually "
+    "one image row. Strided: a window of the last l tokens plus every l-th token before it "
+    "(the column above). Fixed: blocks of l tokens plus the last c of every earlier block."
 )
 
 

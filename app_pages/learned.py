@@ -4,6 +4,7 @@ import numpy as np
 import streamlit as st
 import torch
 
+from analysis import metrics as M
 from analysis.learned import analyze_model, layout_search, pick_images, search_candidates
 from app_pages.common import choose_model, export_panel, get_model, pick_image
 from kernels.layouts import image_layout_spec, parse_layout
@@ -11,6 +12,23 @@ from models.datasets import DatasetError
 from models.tokens import image_to_tokens
 from viz.export import Exportable, content_key, safe_name
 from viz.figures import coverage_figure, search_figure
+
+METRICS_HELP = f"""
+**What the numbers mean** (each is a head's mean over its query pixels):
+**coverage**: the share of the head's attention that falls on pairs the layout allows;
+**entropy**: how spread the attention is, in bits (log2 k for k keys weighted equally);
+**k90**: the fewest keys that hold 90 % of a query's attention;
+**distance**: the mean distance in pixels from the query to the keys it weights;
+**same_row / same_col**: the share of attention on keys in the query's own row / column.
+
+**Head types**, decided in this order:
+**row**: at least {M.SHARE:.0%} on its own row, spread over {M.MIN_SPREAD:.0f}+ keys (k90);
+**column**: the same up its own column;
+**local**: within {M.LOCAL_PX:.0f} px on average and k90 at most {M.LOCAL_KEYS:.0f} keys
+(a neighbourhood, like a convolution);
+**sparse**: k90 at most {M.SPARSE_KEYS:.0f} keys, wherever they are;
+**global**: anything else, broad and far-reaching.
+"""
 
 st.title("Learned vs prescribed attention")
 st.caption(
@@ -77,14 +95,19 @@ for spec, col in zip(specs, cols, strict=True):
         )
 st.caption(
     "Coverage 1 means the layout allows every key the head uses; each cell names the "
-    "head's type (row, column, local, sparse, global; thresholds in analysis/metrics.py)."
+    "head's type (what each type and metric means: below)."
 )
+st.markdown(METRICS_HELP)
 with st.expander("Every metric, per layer and head"):
     st.dataframe(tables[specs[0]], hide_index=True, key="lvp_table")
 if st.checkbox(
     "Layout search: which strided(l) / fixed(l, c) keeps most at a given density", key="lvp_search"
 ):
     rows = search(chosen.path, set_key, tokens)
+    st.caption(
+        "Density: the share of the dense causal pairs a layout allows (its cost). Coverage: "
+        "the share of this model's attention it keeps. Up and to the left is better."
+    )
     fig = search_figure(rows, "coverage vs density")
     st.plotly_chart(fig, key="lvp_search_fig")
     st.dataframe(rows, hide_index=True, key="lvp_search_table")

@@ -163,3 +163,42 @@ def test_complete_downloads_do_not_rerun(tmp_path, monkeypatch):
     labels = [b.proto.label for b in buttons]
     assert "PNG" in labels and "NPZ (data)" in labels and "All 1 files (zip)" in labels
     assert all(b.proto.ignore_rerun for b in buttons), labels
+
+
+def test_pages_explain_themselves(tmp_path, monkeypatch):
+    """The first page says what the app is and how to start; the Learned page explains the
+    metrics and head types where it shows them (not "see a file"); rectangle mode says that
+    pixels above / left of the rectangle are sampled without seeing it."""
+    from test_app import complete_app, tiny_models
+
+    at = layouts_app()
+    text = "\n".join(m.value for m in at.markdown)
+    assert "Sparse Transformer Explorer" in text and "Start here" in text
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/learned.py").run()
+    text = "\n".join(m.value for m in at.markdown) + "\n".join(c.value for c in at.caption)
+    for word in ("**k90**", "**entropy**", "**coverage**", "**local**", "**global**"):
+        assert word in text
+    assert "analysis/metrics.py" not in text
+    at = complete_app(tmp_path / "c", monkeypatch)
+    at.radio(key="cmp_keep").set_value("rectangle").run()
+    assert "sampled without seeing it" in "\n".join(c.value for c in at.caption)
+
+
+def test_search_labels_near_one_density_do_not_overlap():
+    """Four candidates at density ~0.105 with close coverage: four different label spots."""
+    from viz.figures import label_positions, search_figure
+
+    xs = [0.1054, 0.1045, 0.1057, 0.1057, 0.0713, 0.3293]
+    ys = [0.80, 0.82, 0.81, 0.79, 0.5, 0.95]
+    texts = ["l=14", "l=28", "l=28, c=2", "l=56, c=2", "l=28, c=1", "l=84, c=21"]
+    spots = label_positions(xs, ys, texts, width_px=700, height_px=430)
+    assert len(set(spots[:4])) == 4
+    rows = [
+        {"layout": f"{'strided' if i < 2 else 'fixed'}({t})", "density": x, "coverage": y}
+        for i, (x, y, t) in enumerate(zip(xs, ys, texts, strict=True))
+    ]
+    fig = search_figure(rows, "coverage vs density")
+    got = [p for tr in fig.data for p in tr.textposition]
+    assert len(set(got[:4])) == 4

@@ -25,6 +25,7 @@ PART_COLORS = {
 NOT_ALLOWED = "#f4f4f4"
 OTHER_PART = "#9467bd"
 QUERY_COLOR = "#000000"
+SEARCH_SIZE = (700, 430)  # the layout search's plot area in px, roughly (labels are placed in it)
 
 
 def _part_colorscale(names: list[str]) -> list[list]:
@@ -416,10 +417,80 @@ def coverage_figure(rows: list[dict], title: str) -> go.Figure:
     return fig
 
 
+# where a scatter label may go around its marker, in order of preference: plotly's
+# textposition and the side of the marker it puts the label's centre on (x, y signs)
+_LABEL_SPOTS = (
+    ("top center", 0, 1),
+    ("bottom center", 0, -1),
+    ("middle right", 1, 0),
+    ("middle left", -1, 0),
+    ("top right", 1, 1),
+    ("bottom left", -1, -1),
+    ("top left", -1, 1),
+    ("bottom right", 1, -1),
+)
+_MARKER_R = 5.0  # px: half a size-10 marker
+
+
+def label_positions(
+    x: list[float], y: list[float], texts: list[str], *, width_px: float, height_px: float
+) -> list[str]:
+    """A textposition for each labelled point such that no two labels, nor a label and a
+    marker, overlap where that can be had (greedy, in the order given; a label that fits
+    nowhere goes on top). The plot area is ``width_px`` x ``height_px`` over the points' x
+    range and y in [0, 1.05]."""
+    x0, x1 = min(x, default=0.0), max(x, default=1.0)
+    span = (x1 - x0) or 1.0
+    char_w, line_h = 6.5, 14.0  # a 12 px font: an average character, a line
+    markers = [
+        ((xi - x0) / span * width_px, yi / 1.05 * height_px, _MARKER_R, _MARKER_R)
+        for xi, yi in zip(x, y, strict=True)
+    ]
+    placed: list[tuple[float, float, float, float]] = []  # boxes: centre, half width, height
+
+    def box_at(i: int, sx: int, sy: int) -> tuple[float, float, float, float]:
+        mx, my = markers[i][:2]
+        hw, hh = len(texts[i]) * char_w / 2, line_h / 2
+        cx = mx + sx * (_MARKER_R + hw) if sx else mx
+        cy = my + sy * (_MARKER_R + hh) if sy else my
+        return cx, cy, hw, hh
+
+    def free(box, i: int) -> bool:
+        cx, cy, hw, hh = box
+        others = placed + [m for k, m in enumerate(markers) if k != i]
+        return all(abs(cx - bx) >= hw + bw or abs(cy - by) >= hh + bh for bx, by, bw, bh in others)
+
+    out = []
+    for i in range(len(texts)):
+        fits = [(spot, box_at(i, sx, sy)) for spot, sx, sy in _LABEL_SPOTS]
+        spot, box = next(((s, b) for s, b in fits if free(b, i)), fits[0])
+        placed.append(box)
+        out.append(spot)
+    return out
+
+
 def search_figure(rows: list[dict], title: str) -> go.Figure:
-    """Coverage against density for candidate layouts (rows from analysis.learned.layout_search)."""
+    """Coverage against density for candidate layouts (rows from analysis.learned.layout_search).
+    Labels are placed around their markers so that close candidates (several sit near density
+    0.10) do not print over each other."""
     fig = go.Figure()
-    for family, color in (("strided", PART_COLORS["column"]), ("fixed", PART_COLORS["summary"])):
+    families = (("strided", PART_COLORS["column"]), ("fixed", PART_COLORS["summary"]))
+    ordered = [r for family, _ in families for r in rows if r["layout"].startswith(family)]
+    labels = [r["layout"].split("(")[1].rstrip(")") for r in ordered]
+    spots = dict(
+        zip(
+            [r["layout"] for r in ordered],
+            label_positions(
+                [r["density"] for r in ordered],
+                [r["coverage"] for r in ordered],
+                labels,
+                width_px=SEARCH_SIZE[0],
+                height_px=SEARCH_SIZE[1],
+            ),
+            strict=True,
+        )
+    )
+    for family, color in families:
         sel = [r for r in rows if r["layout"].startswith(family)]
         fig.add_trace(
             go.Scatter(
@@ -427,7 +498,7 @@ def search_figure(rows: list[dict], title: str) -> go.Figure:
                 y=[r["coverage"] for r in sel],
                 mode="markers+text",
                 text=[r["layout"].split("(")[1].rstrip(")") for r in sel],
-                textposition="top center",
+                textposition=[spots[r["layout"]] for r in sel],
                 name=family,
                 marker=dict(size=10, color=color),
                 customdata=[r["layout"] for r in sel],
@@ -436,5 +507,5 @@ def search_figure(rows: list[dict], title: str) -> go.Figure:
         )
     fig.update_xaxes(title="density (share of dense causal pairs)")
     fig.update_yaxes(title="coverage (share of attention kept)", range=[0, 1.05])
-    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=50, b=40))
+    fig.update_layout(title=title, height=520, margin=dict(l=60, r=20, t=50, b=40))
     return fig
