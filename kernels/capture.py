@@ -202,12 +202,8 @@ def capture_pooled(
     if block < 1:
         raise ValueError(f"pooling block must be >= 1, got {block}")
     B, H, N, _ = q.shape
-    fused = _fused(q, k, layout, scale, backend)
-    if fused is not None:
-        from kernels.triton.capture import triton_pooled
-
-        spec, lse, scale = fused
-        return PooledMap(block, N, *triton_pooled(q, k, lse, spec, block, scale=scale))
+    if resolve_backend(q, layout, backend) == "triton":  # the forward's pooled output
+        return attention(q, k, k, layout, scale=scale, backend="triton", pool=block)[1]
     nb = -(-N // block)
     pad = nb * block - N
     # tile sizes, for the mean over real entries of the partial last row/column of tiles

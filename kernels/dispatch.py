@@ -2,6 +2,7 @@
 
     out = attention(q, k, v, strided(28))                                  # [B, H, N, D]
     out, lse = attention(q, k, v, fixed(128, 16), return_lse=True)         # lse [B, H, N]
+    out, pooled = attention(q, k, v, strided(28), pool=28)        # + kernels.capture.PooledMap
 
 Backends (one meaning each):
     "reference"  kernels/reference.py: plain masked softmax, O(N^2) memory; the ground truth.
@@ -146,20 +147,47 @@ def attention(
     scale: float | None = None,
     backend: str = "auto",
     return_lse: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+    pool: int | None = None,
+) -> Tensor | tuple:
     """Exact attention of q, k, v [B, H, N, D] restricted to ``layout``: out [B, H, N, D], and
     with ``return_lse`` also the log-sum-exp of every row, lse [B, H, N] (natural log; float32,
-    float64 for float64 inputs on the reference)."""
+    float64 for float64 inputs on the reference).
+
+    ``pool=P`` also returns the mean and max of every P x P tile of the probabilities as a
+    kernels.capture.PooledMap, last in the tuple: (out, pooled) or (out, lse, pooled). On the
+    fused kernels it comes from the forward's own lse and a walk over the layout's pairs (no
+    second forward, no N x N matrix); elsewhere from kernels.capture's reference walk."""
     check_inputs(q, k, v, layout)
+    if pool is not None and (not isinstance(pool, int) or pool < 1):
+        raise ValueError(f"pool must be a tile size >= 1, got {pool!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     chosen = resolve_backend(q, layout, backend, return_lse=return_lse)
+    pooled = ()
     if chosen == "triton":
         out, lse = _triton_attention(q, k, v, layout, scale)
-        return (out, lse) if return_lse else out
+        if pool is not None:
+            pooled = (_triton_pooled(q, k, lse, layout, pool, scale),)
+        return (out, lse, *pooled) if return_lse else (out, *pooled) if pooled else out
+    if pool is not None:
+        from kernels.capture import capture_pooled
+
+        pooled = (capture_pooled(q, k, layout, pool, scale, backend="reference"),)
     if chosen == "reference":
         res = reference_attention(q, k, v, layout, scale=scale, return_lse=return_lse)
-        return (res.out, res.lse) if return_lse else res.out
-    return _sdpa_attention(q, k, v, layout, scale)
+        if return_lse:
+            return (res.out, res.lse, *pooled)
+        return (res.out, *pooled) if pooled else res.out
+    out = _sdpa_attention(q, k, v, layout, scale)
+    return (out, *pooled) if pooled else out
+
+
+def _triton_pooled(q: Tensor, k: Tensor, lse: Tensor, layout: Layout, block: int, scale: float):
+    from kernels.capture import PooledMap
+    from kernels.triton.capture import triton_pooled
+    from kernels.triton.common import kernel_spec
+
+    spec = kernel_spec(layout, q.shape[2])
+    return PooledMap(block, q.shape[2], *triton_pooled(q, k, lse, spec, block, scale=scale))
 
 
 def _triton_attention(

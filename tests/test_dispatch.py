@@ -149,3 +149,23 @@ def test_model_through_the_triton_backend(layout):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+def test_pool_returns_the_pooled_maps_last(backend):
+    """pool=P appends the capture's pooled map: (out, pooled), or (out, lse, pooled)."""
+    from kernels import capture as C
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 20, 8, generator=g) for _ in range(3))
+    out, pooled = kernels.attention(q, k, v, L.strided(4), backend=backend, pool=6)
+    assert torch.equal(out, kernels.attention(q, k, v, L.strided(4), backend=backend))
+    want = C.capture_pooled(q, k, L.strided(4), 6, backend="reference")
+    assert torch.equal(pooled.mean, want.mean) and torch.equal(pooled.max, want.max)
+    if backend == "reference":
+        out, lse, pooled = kernels.attention(
+            q, k, v, L.strided(4), backend=backend, pool=6, return_lse=True
+        )
+        assert lse.shape == (1, 2, 20) and pooled.mean.shape == (1, 2, 4, 4)
+    with pytest.raises(ValueError, match="pool must be a tile size"):
+        kernels.attention(q, k, v, L.strided(4), backend=backend, pool=0)

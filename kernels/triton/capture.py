@@ -4,13 +4,17 @@ an N x N matrix").
 
     triton_rows(q, k, lse, spec, queries)            exact rows              [B, H, Q, N]
     triton_pooled(q, k, lse, spec, block)            tile mean and max       [B, H, nb, nb] x 2
+                                                     (kernels.attention(..., pool=P) with the
+                                                     forward, from the lse it just computed)
     triton_support(support, n, device)               CSR pattern of a support (indptr, indices)
     triton_sparse(q, k, lse, spec, support, indptr)  CSR values of a support [B, H, nnz]
 
 The layout predicate is evaluated inside the kernels (``_allowed``) for both kernel families,
-with the same formulas as kernels/layouts.py. The sparse form never leaves the device: its
-pattern comes from closed-form row counts (cumsum) and a kernel that writes each row's keys, its
-values from tensor-core tiles over the support's pairs, walked as the forward walks a layout.
+with the same formulas as kernels/layouts.py. The sparse and pooled forms walk only the pairs
+of a layout, in tensor-core tiles, as the forward does (``_walk_kernel``): their cost is about
+a forward's without its P V product, where the pooled form used to score all N^2 / 2 causal
+pairs. The sparse form never leaves the device: its pattern comes from closed-form row counts
+(cumsum) and a kernel that writes each row's keys.
 kernels/capture.py is the reference these are tested against, and the entry point that calls
 them.
 """
@@ -87,41 +91,6 @@ def _rows_kernel(
         tl.store(OUT + out + offs_n, p, mask=col_ok)
 
 
-@triton.jit
-def _pooled_kernel(
-    Q, K, LSE,
-    stride_b, stride_h, stride_n,  # q, k [B, H, N, D]
-    stride_lb, stride_lh,  # lse [B, H, N]
-    MEAN, MAX,
-    stride_mb, stride_mh, stride_mr,  # mean, max [B, H, NB, NB]
-    H, N, P, sm_scale, BAND, STEP, L, C, NUM_VERTS,
-    FIXED: tl.constexpr, COLUMNS: tl.constexpr, HEAD_DIM: tl.constexpr, DOT: tl.constexpr,
-    BLOCK: tl.constexpr,
-):  # fmt: skip
-    """Row ta of the P x P tiles (BLOCK >= P, padded): the mean and max of each tile's
-    probabilities, the mean over the tile's real entries."""
-    ta, b, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
-    offs = tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, HEAD_DIM)
-    rows = ta * P + offs
-    row_ok = (offs < P) & (rows < N)
-    q = _load_rows(Q, base, rows, offs_d, stride_n, row_ok)
-    lse = tl.load(LSE + stats + rows, mask=row_ok, other=0.0)
-    n_rows = tl.minimum(P, N - ta * P)
-    for tb in range(0, ta + 1):  # key tiles after the query tile hold nothing (causal)
-        cols = tb * P + offs
-        col_ok = (offs < P) & (cols < N)
-        k = _load_rows(K, base, cols, offs_d, stride_n, col_ok)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
-        ok = _allowed(rows[:, None], cols[None, :], h, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS)
-        ok = ok & row_ok[:, None] & col_ok[None, :]
-        p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
-        n_cols = tl.minimum(P, N - tb * P)
-        out = b * stride_mb + h * stride_mh + ta * stride_mr + tb
-        tl.store(MEAN + out, tl.sum(tl.sum(p, 1), 0) / (n_rows * n_cols))
-        tl.store(MAX + out, tl.max(tl.max(p, 1), 0))
-
-
 # --- the sparse (CSR) form: the support's pattern built on the device, its values walked in the
 # support's own tiles. A row's keys are sorted: for a band support its column keys
 # j = i mod S, i mod S + S, ... (those below the band) then its band [max(0, i - B + 1), i]; for
@@ -174,13 +143,15 @@ def _support_indices_kernel(
 
 
 @triton.jit
-def _store_support_tile(
-    q, K, base, stats, LSE, INDPTR, VALUES, out, rows, cols, row_ok, col_ok, pair, h, offs_d,
-    stride_n, sm_scale, BAND, STEP, L, C, NUM_VERTS, FIXED: tl.constexpr, COLUMNS: tl.constexpr,
-    S_BAND, S_STEP, S_L, S_C, S_FIXED: tl.constexpr, S_COLUMNS: tl.constexpr, DOT: tl.constexpr,
+def _emit_tile(
+    q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows, cols, row_ok, col_ok, pair, h,
+    offs_d, stride_n, stride_mr, P, sm_scale, BAND, STEP, L, C, NUM_VERTS,
+    FIXED: tl.constexpr, COLUMNS: tl.constexpr, S_BAND, S_STEP, S_L, S_C,
+    S_FIXED: tl.constexpr, S_COLUMNS: tl.constexpr, POOLED: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
-    """The probabilities (under the layout) of the support pairs ``pair`` of query rows ``rows``
-    and keys ``cols`` (a tensor-core tile), stored at their CSR places."""
+    """The probabilities (under the layout) of the pairs ``pair`` of query rows ``rows`` and
+    keys ``cols`` (a tensor-core tile): stored at their CSR places, or with POOLED added to and
+    maxed into their P x P cells (atomics: pairs of one cell come from many programs)."""
     k = _load_rows(K, base, cols, offs_d, stride_n, col_ok)
     s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
     lse = tl.load(LSE + stats + rows, mask=row_ok, other=0.0)
@@ -188,30 +159,38 @@ def _store_support_tile(
     ok = _allowed(i, j, h, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS)
     p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
     pair = pair & row_ok[:, None] & col_ok[None, :]
-    start = tl.load(INDPTR + rows, mask=row_ok, other=0)
-    rank = _support_rank(i, j, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS)
-    tl.store(VALUES + out + start[:, None] + rank, p, mask=pair)
+    if POOLED:
+        cell = out + (i // P) * stride_mr + j // P
+        tl.atomic_add(MEAN + cell, p, mask=pair)
+        tl.atomic_max(MAX + cell, p, mask=pair)  # p >= 0, and the cells start at 0
+    else:
+        start = tl.load(INDPTR + rows, mask=row_ok, other=0)
+        rank = _support_rank(i, j, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS)
+        tl.store(VALUES + out + start[:, None] + rank, p, mask=pair)
 
 
 @triton.jit
-def _sparse_kernel(
+def _walk_kernel(
     Q, K, LSE,
     stride_b, stride_h, stride_n,  # q, k [B, H, N, D]
     stride_lb, stride_lh,  # lse [B, H, N]
-    INDPTR, VALUES,
-    stride_vb, stride_vh,  # values [B, H, nnz]
-    H, N, sm_scale, BAND, STEP, L, C, NUM_VERTS,
+    INDPTR, VALUES, MEAN, MAX,
+    stride_ob, stride_oh,  # values [B, H, nnz], or mean and max [B, H, NB, NB]
+    stride_mr,  # a row of mean and max
+    H, N, P, sm_scale, BAND, STEP, L, C, NUM_VERTS,
     S_BAND, S_STEP, S_L, S_C, STRIDE, LO, WALK,
     FIXED: tl.constexpr, COLUMNS: tl.constexpr, S_FIXED: tl.constexpr, S_COLUMNS: tl.constexpr,
-    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    POOLED: tl.constexpr, HEAD_DIM: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """The CSR values of one query tile, walking the support's pairs the way the forward walks
-    a layout's: a band support in passes over strided subsequences (token = r + STRIDE t, the
-    keys LO <= t - s < WALK; the band, then the column part on the transposed sequence), a
-    fixed support over the own block and then the gathered summary prefix. Every support pair
-    is written once (a zero where the layout does not allow it)."""
+    """One query tile's pairs of a support, walked the way the forward walks a layout: a band
+    support in passes over strided subsequences (token = r + STRIDE t, the keys
+    LO <= t - s < WALK; the band, then the column part on the transposed sequence), a fixed
+    support over the own block and then the gathered summary prefix. Each pair's probability is
+    written once to its CSR place (a zero where the layout does not allow it), or with POOLED
+    (the support is then the layout itself) summed and maxed into its P x P cell."""
     pid_m, b, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
-    out = b * stride_vb + h * stride_vh
+    out = b * stride_ob + h * stride_oh
     offs_d = tl.arange(0, HEAD_DIM)
     if S_FIXED:
         start_m = pid_m * BLOCK_M
@@ -222,20 +201,22 @@ def _sparse_kernel(
         for start_n in range(((start_m // S_L) * S_L), hi, BLOCK_N):
             cols = start_n + tl.arange(0, BLOCK_N)
             pair = _in_own_block(rows[:, None], cols[None, :], S_L)
-            _store_support_tile(
-                q, K, base, stats, LSE, INDPTR, VALUES, out, rows, cols, row_ok, cols < N, pair,
-                h, offs_d, stride_n, sm_scale, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS,
-                S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS, DOT,
+            _emit_tile(
+                q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows, cols, row_ok,
+                cols < N, pair, h, offs_d, stride_n, stride_mr, P, sm_scale, BAND, STEP, L, C,
+                NUM_VERTS, FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS, POOLED,
+                DOT,
             )  # fmt: skip
         n_summary = ((hi - 1) // S_L) * S_C
         for start_g in range(0, n_summary, BLOCK_N):
             g = start_g + tl.arange(0, BLOCK_N)
             cols = (g // S_C) * S_L + S_L - S_C + g % S_C
             pair = g[None, :] < (rows[:, None] // S_L) * S_C
-            _store_support_tile(
-                q, K, base, stats, LSE, INDPTR, VALUES, out, rows, cols, row_ok,
-                g < n_summary, pair, h, offs_d, stride_n, sm_scale, BAND, STEP, L, C, NUM_VERTS,
-                FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS, DOT,
+            _emit_tile(
+                q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows, cols, row_ok,
+                g < n_summary, pair, h, offs_d, stride_n, stride_mr, P, sm_scale, BAND, STEP, L,
+                C, NUM_VERTS, FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS,
+                POOLED, DOT,
             )  # fmt: skip
     else:
         r = tl.program_id(1)
@@ -249,10 +230,11 @@ def _sparse_kernel(
         for start_n in range(lo, tl.minimum(start_m + BLOCK_M - LO, T), BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             pair = _in_band(offs_m[:, None], offs_n[None, :], LO, WALK)
-            _store_support_tile(
-                q, K, base, stats, LSE, INDPTR, VALUES, out, rows, r + offs_n * STRIDE, row_ok,
-                offs_n < T, pair, h, offs_d, stride_n, sm_scale, BAND, STEP, L, C, NUM_VERTS,
-                FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS, DOT,
+            _emit_tile(
+                q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows,
+                r + offs_n * STRIDE, row_ok, offs_n < T, pair, h, offs_d, stride_n, stride_mr, P,
+                sm_scale, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C,
+                S_FIXED, S_COLUMNS, POOLED, DOT,
             )  # fmt: skip
 
 
@@ -300,40 +282,22 @@ def triton_rows(
     return out
 
 
-def triton_pooled(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    lse: torch.Tensor,
-    spec: KernelSpec,
-    block: int,
-    *,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, max) of every block x block tile of the probabilities: [B, H, nb, nb] float32."""
-    B, H, N, D = q.shape
-    nb = triton.cdiv(N, block)
-    mean = torch.zeros(B, H, nb, nb, device=q.device, dtype=torch.float32)
-    mx = torch.zeros(B, H, nb, nb, device=q.device, dtype=torch.float32)
-    _launch(
-        _pooled_kernel, (nb, 1, B * H), q, k, lse,
-        mean, mx, mean.stride(0), mean.stride(1), mean.stride(2),
-        spec=spec, scale=scale, H=H, N=N, P=block,
-        BLOCK=max(16, triton.next_power_of_2(block)),  # 16: the smallest tl.dot operand
-    )  # fmt: skip
-    return mean, mx
-
-
 def support_spec(support: Layout, n: int, n_heads: int) -> KernelSpec | None:
     """The spec of the union over ``n_heads`` heads of the support's pairs, or None when no
     kernel walks it (the caller builds the pattern on the host). fixed(l, c, k) over H heads
     uses the summary offsets of heads 0 .. min(H, k) - 1, together [l - min(H, k) c, l): the
     pattern of fixed(l, min(H, k) c)."""
     try:
-        spec = kernel_spec(support, n)
+        return union_over_heads(kernel_spec(support, n), n_heads)
     except ValueError:
         return None
+
+
+def union_over_heads(spec: KernelSpec, n_heads: int) -> KernelSpec:
+    """The spec whose pairs are the union of ``spec``'s over heads 0 .. n_heads - 1: itself,
+    but for fixed(l, c, k > 1), whose heads' summary offsets together are [l - min(H, k) c, l)."""
     if spec.kind == "fixed" and spec.num_verts > 1:
-        spec = KernelSpec("fixed", l=spec.l, c=spec.c * min(n_heads, spec.num_verts))
+        return KernelSpec("fixed", l=spec.l, c=spec.c * min(n_heads, spec.num_verts))
     return spec
 
 
@@ -367,6 +331,44 @@ def triton_support(
     return indptr, indices
 
 
+def _walk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    spec: KernelSpec,
+    support: KernelSpec,
+    *outputs: torch.Tensor,
+    pooled: int = 0,
+    scale: float,
+) -> None:
+    """Launch _walk_kernel over the support's passes; ``outputs`` are (indptr, values) for the
+    sparse form, (mean, max) for the pooled one (with ``pooled`` = P)."""
+    B, H, N, D = q.shape
+    if pooled:
+        mean, mx = outputs
+        own = (mean, mean, mean, mx, mean.stride(0), mean.stride(1), mean.stride(2))
+    else:
+        indptr, values = outputs
+        own = (indptr, values, values, values, values.stride(0), values.stride(1), 0)
+    meta = dict(
+        S_BAND=support.band, S_STEP=support.step or 1, S_L=support.l, S_C=support.c,
+        S_FIXED=support.kind == "fixed", S_COLUMNS=support.columns, POOLED=bool(pooled),
+        BLOCK_M=CAPTURE_TILE, BLOCK_N=CAPTURE_TILE,
+    )  # fmt: skip
+    if support.kind == "fixed":
+        walks = [dict(STRIDE=1, LO=0, WALK=1)]  # one walk over the own block and the summaries
+    else:
+        walks = [dict(STRIDE=1, LO=0, WALK=support.band)]
+        if support.columns:
+            walks.append(dict(STRIDE=support.step, LO=1, WALK=triton.cdiv(N, support.step)))
+    for w in walks:
+        grid = (triton.cdiv(triton.cdiv(N, w["STRIDE"]), CAPTURE_TILE), w["STRIDE"], B * H)
+        _launch(
+            _walk_kernel, grid, q, k, lse, *own, spec=spec, scale=scale, H=H, N=N,
+            P=max(pooled, 1), **w, **meta,
+        )  # fmt: skip
+
+
 def triton_sparse(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -384,21 +386,28 @@ def triton_sparse(
     """
     B, H, N, D = q.shape
     values = torch.empty(B, H, nnz, device=q.device, dtype=torch.float32)
-    own = dict(
-        S_BAND=support.band, S_STEP=support.step or 1, S_L=support.l, S_C=support.c,
-        S_FIXED=support.kind == "fixed", S_COLUMNS=support.columns, BLOCK_M=CAPTURE_TILE,
-        BLOCK_N=CAPTURE_TILE,
-    )  # fmt: skip
-    if support.kind == "fixed":
-        walks = [dict(STRIDE=1, LO=0, WALK=1)]  # one walk over the own block and the summaries
-    else:
-        walks = [dict(STRIDE=1, LO=0, WALK=support.band)]
-        if support.columns:
-            walks.append(dict(STRIDE=support.step, LO=1, WALK=triton.cdiv(N, support.step)))
-    for w in walks:
-        grid = (triton.cdiv(triton.cdiv(N, w["STRIDE"]), CAPTURE_TILE), w["STRIDE"], B * H)
-        _launch(
-            _sparse_kernel, grid, q, k, lse, indptr, values, values.stride(0), values.stride(1),
-            spec=spec, scale=scale, H=H, N=N, **w, **own,
-        )  # fmt: skip
+    _walk(q, k, lse, spec, support, indptr, values, scale=scale)
     return values
+
+
+def triton_pooled(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    spec: KernelSpec,
+    block: int,
+    *,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, max) of every block x block tile of the probabilities, [B, H, nb, nb] float32,
+    the mean over the tile's real entries: the layout's own pairs walked in tensor-core tiles
+    (what the forward computes, without its P V product), each summed and maxed into its tile;
+    tiles no pair reaches stay 0 (``support_spec`` gives the layout's union over heads)."""
+    B, H, N, D = q.shape
+    nb = triton.cdiv(N, block)
+    mean = torch.zeros(B, H, nb, nb, device=q.device, dtype=torch.float32)
+    mx = torch.zeros(B, H, nb, nb, device=q.device, dtype=torch.float32)
+    _walk(q, k, lse, spec, union_over_heads(spec, H), mean, mx, pooled=block, scale=scale)
+    sizes = torch.full((nb,), block, device=q.device, dtype=torch.float32)
+    sizes[-1] = N - (nb - 1) * block  # the last row and column of tiles may be partial
+    return mean / (sizes[:, None] * sizes[None, :]), mx
