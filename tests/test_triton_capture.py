@@ -86,11 +86,15 @@ def test_a_layout_without_a_kernel_cannot_be_captured_on_triton():
         C.capture_rows(q, q, L.multihead(L.local(2), L.column(2)), [3], backend="triton")
 
 
-@pytest.mark.parametrize("layout", [L.strided(7), L.fixed(8, 2, 2), L.dense()], ids=repr)
-@pytest.mark.parametrize("block", [1, 5, 16, 64])
+@pytest.mark.parametrize(
+    "layout", [L.strided(7), L.strided(32), L.column(8), L.fixed(8, 2, 2), L.dense()], ids=repr
+)
+@pytest.mark.parametrize("block", [1, 4, 5, 16, 64])
 def test_the_forward_gives_the_pooled_maps(layout, block):
     """attention(..., pool=P) on the kernels: the same output and lse as without the flag, and
-    the reference's pooled mean and max (P = 1, P not dividing N, P > N)."""
+    the reference's pooled mean and max: P = 1, P not dividing N, P > N, band tiles in one cell
+    (P a multiple of the interpreter's 16-wide tiles), residues grouped per cell (P dividing l:
+    strided(32) with 4 and 16, column(8) with 4)."""
     from kernels import attention
 
     g = torch.Generator().manual_seed(block)

@@ -143,26 +143,45 @@ def _support_indices_kernel(
 
 
 @triton.jit
+def _tile_probs(
+    q, K, base, stats, LSE, rows, cols, row_ok, col_ok, pair, h, offs_d, stride_n, sm_scale,
+    BAND, STEP, L, C, NUM_VERTS, FIXED: tl.constexpr, COLUMNS: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    """(probabilities under the layout of the pairs ``pair`` of query rows ``rows`` and keys
+    ``cols``, 0 elsewhere; the pairs that are real) for a tensor-core tile."""
+    k = _load_rows(K, base, cols, offs_d, stride_n, col_ok)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
+    lse = tl.load(LSE + stats + rows, mask=row_ok, other=0.0)
+    pair = pair & row_ok[:, None] & col_ok[None, :]
+    ok = _allowed(rows[:, None], cols[None, :], h, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS)
+    return tl.where(ok & pair, tl.exp(s - lse[:, None]), 0.0), pair
+
+
+@triton.jit
 def _emit_tile(
     q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows, cols, row_ok, col_ok, pair, h,
     offs_d, stride_n, stride_mr, P, sm_scale, BAND, STEP, L, C, NUM_VERTS,
     FIXED: tl.constexpr, COLUMNS: tl.constexpr, S_BAND, S_STEP, S_L, S_C,
-    S_FIXED: tl.constexpr, S_COLUMNS: tl.constexpr, POOLED: tl.constexpr, DOT: tl.constexpr,
+    S_FIXED: tl.constexpr, S_COLUMNS: tl.constexpr, POOLED: tl.constexpr,
+    ONE_CELL: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
-    """The probabilities (under the layout) of the pairs ``pair`` of query rows ``rows`` and
-    keys ``cols`` (a tensor-core tile): stored at their CSR places, or with POOLED added to and
-    maxed into their P x P cells (atomics: pairs of one cell come from many programs)."""
-    k = _load_rows(K, base, cols, offs_d, stride_n, col_ok)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
-    lse = tl.load(LSE + stats + rows, mask=row_ok, other=0.0)
+    """The probabilities of one tile's pairs: stored at their CSR places, or with POOLED added
+    to and maxed into their P x P cells with atomics (a cell's pairs come from many programs):
+    one atomic per tile where the whole tile lies in one cell (ONE_CELL), else one per pair."""
+    p, pair = _tile_probs(
+        q, K, base, stats, LSE, rows, cols, row_ok, col_ok, pair, h, offs_d, stride_n, sm_scale,
+        BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS, DOT,
+    )  # fmt: skip
     i, j = rows[:, None], cols[None, :]
-    ok = _allowed(i, j, h, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS)
-    p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
-    pair = pair & row_ok[:, None] & col_ok[None, :]
     if POOLED:
-        cell = out + (i // P) * stride_mr + j // P
-        tl.atomic_add(MEAN + cell, p, mask=pair)
-        tl.atomic_max(MAX + cell, p, mask=pair)  # p >= 0, and the cells start at 0
+        if ONE_CELL:
+            cell = out + (tl.min(rows, 0) // P) * stride_mr + tl.min(cols, 0) // P
+            tl.atomic_add(MEAN + cell, tl.sum(tl.sum(p, 1), 0))
+            tl.atomic_max(MAX + cell, tl.max(tl.max(p, 1), 0))  # p >= 0; cells start at 0
+        else:
+            cell = out + (i // P) * stride_mr + j // P
+            tl.atomic_add(MEAN + cell, p, mask=pair)
+            tl.atomic_max(MAX + cell, p, mask=pair)
     else:
         start = tl.load(INDPTR + rows, mask=row_ok, other=0)
         rank = _support_rank(i, j, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS)
@@ -180,15 +199,21 @@ def _walk_kernel(
     H, N, P, sm_scale, BAND, STEP, L, C, NUM_VERTS,
     S_BAND, S_STEP, S_L, S_C, STRIDE, LO, WALK,
     FIXED: tl.constexpr, COLUMNS: tl.constexpr, S_FIXED: tl.constexpr, S_COLUMNS: tl.constexpr,
-    POOLED: tl.constexpr, HEAD_DIM: tl.constexpr, DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    POOLED: tl.constexpr, ONE_CELL: tl.constexpr, GROUPED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One query tile's pairs of a support, walked the way the forward walks a layout: a band
     support in passes over strided subsequences (token = r + STRIDE t, the keys
     LO <= t - s < WALK; the band, then the column part on the transposed sequence), a fixed
     support over the own block and then the gathered summary prefix. Each pair's probability is
     written once to its CSR place (a zero where the layout does not allow it), or with POOLED
-    (the support is then the layout itself) summed and maxed into its P x P cell."""
+    (the support is then the layout itself) summed and maxed into its P x P cell.
+
+    Pooled, two ways to spend fewer atomics than pairs: ONE_CELL (the band, P a multiple of the
+    tiles) starts key tiles on multiples of BLOCK_N so that every tile lies in one cell;
+    GROUPED (the column part, P dividing STRIDE) gives a program the P residues
+    r0 .. r0 + P - 1, whose pairs (r + S t, r + S s) share the cell of (r0 + S t, r0 + S s), and
+    sums their tiles in registers before one atomic per (t, s)."""
     pid_m, b, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
     out = b * stride_ob + h * stride_oh
     offs_d = tl.arange(0, HEAD_DIM)
@@ -205,7 +230,7 @@ def _walk_kernel(
                 q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows, cols, row_ok,
                 cols < N, pair, h, offs_d, stride_n, stride_mr, P, sm_scale, BAND, STEP, L, C,
                 NUM_VERTS, FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS, POOLED,
-                DOT,
+                False, DOT,
             )  # fmt: skip
         n_summary = ((hi - 1) // S_L) * S_C
         for start_g in range(0, n_summary, BLOCK_N):
@@ -216,8 +241,35 @@ def _walk_kernel(
                 q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows, cols, row_ok,
                 g < n_summary, pair, h, offs_d, stride_n, stride_mr, P, sm_scale, BAND, STEP, L,
                 C, NUM_VERTS, FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS,
-                POOLED, DOT,
+                POOLED, False, DOT,
             )  # fmt: skip
+    elif GROUPED:
+        r0 = tl.program_id(1) * P
+        T0 = tl.cdiv(N - r0, STRIDE)  # the group's longest residue
+        start_m = pid_m * BLOCK_M
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        for start_n in range(0, tl.minimum(start_m + BLOCK_M - LO, T0), BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            walked = _in_band(offs_m[:, None], offs_n[None, :], LO, WALK)
+            total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            most = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for r in range(r0, r0 + P):
+                T = tl.cdiv(N - r, STRIDE)
+                row_ok = offs_m < T
+                rows = r + offs_m * STRIDE
+                q = _load_rows(Q, base, rows, offs_d, stride_n, row_ok)
+                p, _ = _tile_probs(
+                    q, K, base, stats, LSE, rows, r + offs_n * STRIDE, row_ok, offs_n < T,
+                    walked, h, offs_d, stride_n, sm_scale, BAND, STEP, L, C, NUM_VERTS, FIXED,
+                    COLUMNS, DOT,
+                )  # fmt: skip
+                total += p
+                most = tl.maximum(most, p)
+            cell = out + ((r0 + offs_m * STRIDE) // P)[:, None] * stride_mr
+            cell += ((r0 + offs_n * STRIDE) // P)[None, :]
+            real = walked & (offs_m < T0)[:, None] & (offs_n < T0)[None, :]
+            tl.atomic_add(MEAN + cell, total, mask=real)
+            tl.atomic_max(MAX + cell, most, mask=real)
     else:
         r = tl.program_id(1)
         T = tl.cdiv(N - r, STRIDE)
@@ -227,6 +279,8 @@ def _walk_kernel(
         rows = r + offs_m * STRIDE
         q = _load_rows(Q, base, rows, offs_d, stride_n, row_ok)
         lo = tl.maximum(start_m - WALK + 1, 0)
+        if ONE_CELL:
+            lo = (lo // BLOCK_N) * BLOCK_N  # tiles on multiples of BLOCK_N: each in one cell
         for start_n in range(lo, tl.minimum(start_m + BLOCK_M - LO, T), BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             pair = _in_band(offs_m[:, None], offs_n[None, :], LO, WALK)
@@ -234,7 +288,7 @@ def _walk_kernel(
                 q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows,
                 r + offs_n * STRIDE, row_ok, offs_n < T, pair, h, offs_d, stride_n, stride_mr, P,
                 sm_scale, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C,
-                S_FIXED, S_COLUMNS, POOLED, DOT,
+                S_FIXED, S_COLUMNS, POOLED, ONE_CELL, DOT,
             )  # fmt: skip
 
 
@@ -355,14 +409,21 @@ def _walk(
         S_FIXED=support.kind == "fixed", S_COLUMNS=support.columns, POOLED=bool(pooled),
         BLOCK_M=CAPTURE_TILE, BLOCK_N=CAPTURE_TILE,
     )  # fmt: skip
+    one = dict(ONE_CELL=False, GROUPED=False)
     if support.kind == "fixed":
-        walks = [dict(STRIDE=1, LO=0, WALK=1)]  # one walk over the own block and the summaries
+        walks = [dict(STRIDE=1, LO=0, WALK=1, **one)]  # the own block, then the summaries
     else:
-        walks = [dict(STRIDE=1, LO=0, WALK=support.band)]
+        # the band: tiles in one cell when P is a multiple of the tile
+        walks = [dict(STRIDE=1, LO=0, WALK=support.band, **one)]
+        walks[0]["ONE_CELL"] = bool(pooled) and pooled % CAPTURE_TILE == 0
         if support.columns:
-            walks.append(dict(STRIDE=support.step, LO=1, WALK=triton.cdiv(N, support.step)))
+            # the columns: P residues per program when P divides the step
+            grouped = bool(pooled) and support.step % pooled == 0
+            walks.append(dict(STRIDE=support.step, LO=1, WALK=triton.cdiv(N, support.step), **one))
+            walks[1]["GROUPED"] = grouped
     for w in walks:
-        grid = (triton.cdiv(triton.cdiv(N, w["STRIDE"]), CAPTURE_TILE), w["STRIDE"], B * H)
+        programs = w["STRIDE"] // pooled if w["GROUPED"] else w["STRIDE"]
+        grid = (triton.cdiv(triton.cdiv(N, w["STRIDE"]), CAPTURE_TILE), programs, B * H)
         _launch(
             _walk_kernel, grid, q, k, lse, *own, spec=spec, scale=scale, H=H, N=N,
             P=max(pooled, 1), **w, **meta,
