@@ -16,4 +16,4 @@ pages = [
     st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"),
     st.Page("app_pages/models_page.py", title="Models & speed", icon=":material/speed:"),
 ]
-st.navigation(pages).run()
+st.navigation(pages, position="top").run()

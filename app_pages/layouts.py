@@ -58,7 +58,7 @@ geometry = GEOMETRIES[g_name]
 n = geometry.n_tokens
 
 # a click on a pixel view (previous run) moves the query before the inputs are drawn
-for chart_key in ("lay_pixels_strided", "lay_pixels_fixed"):
+for chart_key in [f"lay_pixels_{k}{s}" for k in ("strided", "fixed") for s in ("", "_pair")]:
     picked = clicked_pixel(st.session_state.get(chart_key), geometry.width)
     if picked is not None and picked != st.session_state.get(f"{chart_key}_last"):
         st.session_state[f"{chart_key}_last"] = picked
@@ -117,6 +117,9 @@ if chosen:
         hide_index=True,
         key="lay_table",
     )
+# a chart drawn alone and one of a pair are distinct elements (keys ending "_pair"): a chart
+# moved from the full width into a column of two was drawn at a stale, smaller size
+pair = "_pair" if len(chosen) == 2 else ""
 for (kind, layout), column in zip(chosen, st.columns(len(chosen) or 1), strict=False):
     with column:
         h = head % layout.period
@@ -127,7 +130,7 @@ for (kind, layout), column in zip(chosen, st.columns(len(chosen) or 1), strict=F
         )
         st.plotly_chart(
             pixel_fig,
-            key=f"lay_pixels_{kind}",
+            key=f"lay_pixels_{kind}{pair}",
             on_select="rerun",
             selection_mode="points",
         )
@@ -138,7 +141,7 @@ for (kind, layout), column in zip(chosen, st.columns(len(chosen) or 1), strict=F
         mask, tile = mask_view(layout, n, h)
         title = f"{layout!r}: N x N mask" + ("" if tile == 1 else f" (pooled {tile}x{tile})")
         mask_fig = mask_figure(mask, names, tile, title)
-        st.plotly_chart(mask_fig, key=f"lay_mask_{kind}")
+        st.plotly_chart(mask_fig, key=f"lay_mask_{kind}{pair}")
         meta = {
             "layout": repr(layout),
             "head": h,

@@ -85,8 +85,17 @@ TILE_HOVER = "queries %{customdata[0]}-%{customdata[1]}, keys %{customdata[2]}-%
 
 def _map_axes(fig: go.Figure, n: int) -> None:
     """The axes of an N x N map: query i downwards, key j across, square cells."""
-    fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x", range=[n, 0])
-    fig.update_xaxes(title="key j", range=[0, n])
+    # fixed to the map (constrain="domain": a narrow chart shrinks the square, it does not
+    # widen an axis beyond 0..n), the square at the top of the chart
+    fig.update_yaxes(
+        autorange=False,
+        title="query i",
+        scaleanchor="x",
+        range=[n, 0],
+        constrain="domain",
+        constraintoward="top",
+    )
+    fig.update_xaxes(title="key j", range=[0, n], autorange=False, constrain="domain")
 
 
 def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> go.Figure:
@@ -150,15 +159,23 @@ def pixel_grid_figure(
     outline: np.ndarray | None = None,
     size_px: int = 420,
 ) -> go.Figure:
-    """A clickable H x W grid of square markers coloured by ``values`` [H, W].
+    """A clickable H x W pixel view coloured by ``values`` [H, W], sized by its container.
 
-    ``query`` (row, col) is marked with a black ring; ``outline`` [H, W] bool draws a ring
-    around those pixels (the prescribed layout over a learned map); ``hover`` [H, W] str
-    replaces the default hover text. Point i of the first trace is pixel (i // W, i % W).
+    Drawn as a heatmap (cells that scale with the chart), under a scatter of invisible points
+    named "pixels", one at each pixel's centre, which carries the hover text and the click
+    (Streamlit's ``on_select`` reports scatter points, not heatmap cells): the point nearest
+    the cursor is the pixel under it at any chart size, where visible square markers of a fixed
+    size in px overlapped once the chart was drawn small and a click picked a neighbour.
+    ``query`` (row, col) is ringed in black; ``outline`` [H, W] bool rings those pixels
+    (the prescribed layout over a learned map); ``hover`` [H, W] str replaces the default
+    hover text. Point i of the first trace is pixel (i // W, i % W). Both axes are fixed to the
+    image (no autorange beyond it) with square cells; ``size_px`` is the height of the plot
+    area, the width follows the container.
     """
     h, w = values.shape
     rows, cols = np.divmod(np.arange(h * w), w)
-    marker_px = max(3, int(size_px / max(h, w) * 0.92))
+    # rings: sized for the smallest chart the pages draw (~260 px a side), inside a cell above
+    ring_px = max(3, int(260 / max(h, w) * 0.9))
     text = (
         hover.reshape(-1)
         if hover is not None
@@ -167,6 +184,7 @@ def pixel_grid_figure(
             for r, c, v in zip(rows, cols, values.reshape(-1), strict=True)
         ]
     )
+    invisible = dict(marker=dict(opacity=0))
     fig = go.Figure(
         go.Scatter(
             x=cols,
@@ -174,21 +192,38 @@ def pixel_grid_figure(
             mode="markers",
             marker=dict(
                 symbol="square",
-                size=marker_px,
+                size=4,
+                opacity=0,
                 color=values.reshape(-1),
                 colorscale=colorscale,
                 cmin=zmin,
                 cmax=zmax,
-                showscale=colorbar_title is not None,
-                colorbar=dict(title=colorbar_title) if colorbar_title else None,
+                showscale=False,
                 line=dict(width=0),
             ),
+            selected=invisible,
+            unselected=invisible,
             text=text,
             hovertemplate="%{text}<extra></extra>",
             name="pixels",
             showlegend=False,
         )
     )
+    fig.add_trace(
+        go.Heatmap(
+            z=values,
+            colorscale=colorscale,
+            zmin=zmin,
+            zmax=zmax,
+            showscale=colorbar_title is not None,
+            colorbar=dict(title=colorbar_title, thickness=12, len=0.8, y=1, yanchor="top")
+            if colorbar_title
+            else None,
+            hoverinfo="skip",
+            name="image",
+        )
+    )
+    keep = dict(marker=dict(opacity=1))  # not dimmed when a click selects a pixel
     if outline is not None and outline.any():
         r, c = np.nonzero(outline)
         fig.add_trace(
@@ -199,8 +234,10 @@ def pixel_grid_figure(
                 hoverinfo="skip",
                 name="layout",
                 marker=dict(
-                    symbol="square-open", size=marker_px, color="#ff7f0e", line=dict(width=1.5)
+                    symbol="square-open", size=ring_px, color="#ff7f0e", line=dict(width=1.5)
                 ),
+                selected=keep,
+                unselected=keep,
             )
         )
     if query is not None:
@@ -212,24 +249,39 @@ def pixel_grid_figure(
                 hoverinfo="skip",
                 name="query",
                 marker=dict(
-                    symbol="square-open", size=marker_px, color=QUERY_COLOR, line=dict(width=3)
+                    symbol="square-open", size=ring_px, color=QUERY_COLOR, line=dict(width=3)
                 ),
+                selected=keep,
+                unselected=keep,
             )
         )
     fig.update_xaxes(
-        range=[-0.5, w - 0.5], showgrid=False, zeroline=False, title="column", constrain="domain"
+        range=[-0.5, w - 0.5],
+        autorange=False,
+        showgrid=False,
+        zeroline=False,
+        title="column",
+        constrain="domain",
     )
     fig.update_yaxes(
-        range=[h - 0.5, -0.5], showgrid=False, zeroline=False, title="row", scaleanchor="x"
+        range=[h - 0.5, -0.5],
+        autorange=False,
+        showgrid=False,
+        zeroline=False,
+        title="row",
+        scaleanchor="x",
+        scaleratio=1,
+        constrain="domain",
+        constraintoward="top",  # a narrow chart: the blank band goes below, not above
     )
     fig.update_layout(
-        title=title,
-        width=size_px + 120,
+        title=dict(text=title, font=dict(size=13)),
         height=size_px + 80,
-        margin=dict(l=40, r=20, t=50, b=40),
+        margin=dict(l=45, r=10, t=40, b=40),
         plot_bgcolor="white",
         clickmode="event+select",
         dragmode=False,
+        hovermode="closest",
         showlegend=False,
     )
     return fig

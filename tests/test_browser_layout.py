@@ -1,0 +1,177 @@
+"""Every page at an 800 px and a 1920 px wide window, in Chromium: pixel views square and sized
+from their container, axes fixed to the image, a click selecting the pixel under the cursor,
+titles and buttons not cut. Screenshots (PAGE_WIDTH.png) go to $SCREENSHOT_DIR."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from browser_util import (
+    chart,
+    keyed,
+    launch_chromium,
+    no_exception,
+    open_page,
+    require_browser,
+    settle,
+    streamlit_server,
+)
+
+playwright_api = require_browser()
+WIDTHS = (800, 1920)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with streamlit_server() as running:
+        yield running.url
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    d = Path(os.environ.get("SCREENSHOT_DIR", tmp_path_factory.mktemp("shots")))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture(params=WIDTHS, ids=lambda w: f"{w}px")
+def page(request, browser, server):
+    context = browser.new_context(viewport={"width": request.param, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(90_000)
+    pg.goto(server)
+    settle(pg)
+    pg.width = request.param
+    yield pg
+    context.close()
+
+
+def shoot(page, path: Path) -> None:
+    """A screenshot of the whole page: the window made as tall as the app's content (Streamlit
+    scrolls inside its own container, so a full_page screenshot stops at the window)."""
+    height = page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll("
+        "'[data-testid=stMain], [data-testid=stAppViewContainer], section')]"
+        ".map(e => e.scrollHeight))"
+    )
+    page.set_viewport_size({"width": page.width, "height": min(height + 50, 8000)})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": page.width, "height": 1000})
+    page.wait_for_timeout(300)
+
+
+def plot_area(page, key: str) -> dict:
+    """The bounding box of a plotly chart's plot area (its axes' domain)."""
+    plot = chart(page, key)
+    plot.scroll_into_view_if_needed()
+    return plot.locator(".nsewdrag").first.bounding_box()
+
+
+def axis_ranges(page, key: str) -> tuple[list[float], list[float]]:
+    ranges = (
+        chart(page, key)
+        .locator(".js-plotly-plot")
+        .first.evaluate("el => [el._fullLayout.xaxis.range, el._fullLayout.yaxis.range]")
+    )
+    return ranges[0], ranges[1]
+
+
+def check_pixel_view(page, key: str, size: int = 28) -> None:
+    """Square, at least 200 px a side, axes exactly the image, the title inside the chart."""
+    box = plot_area(page, key)
+    assert box["width"] >= 200 and box["height"] >= 200, (key, box)
+    assert abs(box["width"] - box["height"]) <= 2, (key, box)
+    x, y = axis_ranges(page, key)
+    assert [round(v, 3) for v in x] == [-0.5, size - 0.5], (key, x)
+    assert [round(v, 3) for v in y] == [size - 0.5, -0.5], (key, y)
+    whole = chart(page, key).locator(".main-svg").first.bounding_box()
+    title = chart(page, key).locator(".gtitle").first.bounding_box()
+    assert (
+        title["x"] >= whole["x"] - 1
+        and title["x"] + title["width"] <= whole["x"] + whole["width"] + 1
+    ), (key, title, whole)
+
+
+def click_pixel(page, key: str, row: int, col: int, size: int = 28) -> None:
+    box = plot_area(page, key)
+    page.mouse.click(
+        box["x"] + (col + 0.5) / size * box["width"], box["y"] + (row + 0.5) / size * box["height"]
+    )
+    settle(page)
+
+
+def query(page) -> tuple[int, int]:
+    return int(page.get_by_label("query row").input_value()), int(
+        page.get_by_label("query column").input_value()
+    )
+
+
+def not_cut(page, key: str) -> None:
+    """The button ``key`` shows its whole label (no ellipsis)."""
+    label = keyed(page, key).locator("button p").first
+    assert label.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), key
+
+
+def test_layouts_page(page, shots):
+    no_exception(page)
+    check_pixel_view(page, "lay_pixels_strided")
+    click_pixel(page, "lay_pixels_strided", 10, 10)
+    assert query(page) == (10, 10)
+    # fixed alone, then side by side: the fixed chart keeps its size and its clicks
+    keyed(page, "lay_mode").get_by_text("fixed", exact=True).click()
+    settle(page)
+    keyed(page, "lay_mode").get_by_text("side by side").click()
+    settle(page)
+    no_exception(page)
+    for key in ("lay_pixels_strided_pair", "lay_pixels_fixed_pair"):
+        check_pixel_view(page, key)
+    click_pixel(page, "lay_pixels_fixed_pair", 5, 20)
+    assert query(page) == (5, 20)
+    shoot(page, shots / f"layouts_{page.width}.png")
+    # an impossible c hides fixed; corrected, strided is drawn right again
+    c = page.get_by_label("c (summary width, fixed)")
+    c.fill("40")
+    c.press("Enter")
+    settle(page)
+    c.fill("2")
+    c.press("Enter")
+    settle(page)
+    check_pixel_view(page, "lay_pixels_strided_pair")
+    click_pixel(page, "lay_pixels_strided_pair", 12, 3)
+    assert query(page) == (12, 3)
+
+
+def test_attention_page(page, shots):
+    open_page(page, "Attention")
+    no_exception(page)
+    check_pixel_view(page, "att_pixels")
+    click_pixel(page, "att_pixels", 10, 10)
+    assert query(page) == (10, 10)
+    x, y = axis_ranges(page, "att_map")  # the N x N map: no autorange beyond 0..N
+    assert [round(v) for v in x] == [0, 784] and [round(v) for v in y] == [784, 0]
+    shoot(page, shots / f"attention_{page.width}.png")
+
+
+def test_complete_page(page, shots):
+    open_page(page, "Complete")
+    no_exception(page)
+    not_cut(page, "cmp_run")
+    shoot(page, shots / f"complete_{page.width}.png")
+
+
+def test_other_pages(page, shots):
+    for title, name in (("Learned vs prescribed", "learned"), ("Models & speed", "models")):
+        open_page(page, title)
+        no_exception(page)
+        page.screenshot(path=str(shots / f"{name}_{page.width}.png"), full_page=True)
