@@ -8,15 +8,15 @@
 # Steps, each time-boxed with `timeout` (seconds in brackets):
 #   env          [20]  GPU, torch, triton, and which optional packages are importable
 #   bench-help   [20]  python -m tools.bench_kernels --help (imports every kernel module)
-#   kernel-gpu   [130] the real-size kernel tests (pytest -m gpu): outputs and gradients of q, k, v
+#   kernel-gpu   [120] the real-size kernel tests (pytest -m gpu): outputs and gradients of q, k, v
 #                      against float64, fp32/fp16/bf16, d 32/64/128, N = 4,089; a tensor past
 #                      2**31 elements. One tile config (SPARSE_ATTENTION_TILES) so nothing tunes.
-#   kernel-small [50]  the small kernel tests natively on CUDA (bf16 included, unlike the CPU)
-#   bench-65536  [110] python -m tools.bench_kernels --sizes 65536 --no-train: the goal sizes'
+#   kernel-small [45]  the small kernel tests natively on CUDA (bf16 included, unlike the CPU)
+#   bench-65536  [130] python -m tools.bench_kernels --sizes 65536 --no-train: the goal sizes'
 #                      table and autotune's picks (autotune benchmarks its configs here)
-#   bench-3072   [70]  python -m tools.bench_kernels --sizes 3072: its table, the capture table
+#   bench-3072   [60]  python -m tools.bench_kernels --sizes 3072: its table, the capture table
 #                      and the training step of a 32x32x3 model, strided against dense
-#   sampling     [35]  python -m tools.bench_sampling --device cuda --no-uncached
+#   sampling     [30]  python -m tools.bench_sampling --device cuda --no-uncached
 #   app          [35]  the app's model paths on CUDA without streamlit: load assets/models/strided,
 #                      capture every form (against the same model on the CPU), complete an image
 # Without CUDA every CUDA step says "skipped: no CUDA" and the script exits 0 (the CPU dry run
@@ -79,13 +79,13 @@ fi
 KERNEL_TESTS=(tests/test_triton_band_column.py tests/test_triton_fixed.py
   tests/test_triton_common.py tests/test_triton_capture.py tests/test_dispatch.py)
 PINNED=(env SPARSE_ATTENTION_TILES=64x32)  # one config each: the tests compile, never tune
-step kernel-gpu 130 "${PINNED[@]}" \
+step kernel-gpu 120 "${PINNED[@]}" \
   "$PY" -m pytest -v -p no:cacheprovider -m gpu "${KERNEL_TESTS[@]}" tests/test_capture.py
-step kernel-small 50 "${PINNED[@]}" \
+step kernel-small 45 "${PINNED[@]}" \
   "$PY" -m pytest -q -p no:cacheprovider -m "not gpu" "${KERNEL_TESTS[@]}"
-step bench-65536 110 "$PY" -m tools.bench_kernels --sizes 65536 --no-train
-step bench-3072 70 "$PY" -m tools.bench_kernels --sizes 3072
-step sampling 35 "$PY" -m tools.bench_sampling --device cuda --no-uncached
+step bench-65536 130 "$PY" -m tools.bench_kernels --sizes 65536 --no-train
+step bench-3072 60 "$PY" -m tools.bench_kernels --sizes 3072
+step sampling 30 "$PY" -m tools.bench_sampling --device cuda --no-uncached
 step app 35 "$PY" - <<'EOF'
 """The app's model paths on CUDA, without streamlit: what the pages call."""
 import time

@@ -131,3 +131,27 @@ def test_tuned_configs_name_the_tiles_each_kernel_ran_with():
     picked = tuned_configs(*band_column.KERNELS)
     assert any(name.startswith("_band_fwd_kernel") for name in picked)
     assert all("x" in config and " w" in config for config in picked.values())
+
+
+def test_tuned_configs_list_every_key_autotune_tuned():
+    """On a GPU autotune keeps one pick per key (N, HEAD_DIM, ... then the dtypes)."""
+    from types import SimpleNamespace
+
+    def fwd():
+        pass
+
+    picks = {
+        (65536, 64, 0, 1, "torch.bfloat16"): triton.Config(
+            {"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3
+        ),
+        (65536, 64, 1, 256, "torch.bfloat16"): triton.Config(
+            {"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=3
+        ),
+    }
+    kernel = SimpleNamespace(
+        base_fn=fwd, keys=["N", "HEAD_DIM", "LO", "STRIDE"], cache=picks, best_config=None
+    )
+    assert tuned_configs(kernel) == {
+        "fwd (N=65536, HEAD_DIM=64, LO=0, STRIDE=1)": "128x64 w8 s3",
+        "fwd (N=65536, HEAD_DIM=64, LO=1, STRIDE=256)": "64x32 w4 s3",
+    }

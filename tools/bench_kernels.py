@@ -209,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         "| rel. err vs Flex exact |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    picked = {}
     for n in args.sizes:
         for r in attention_rows(n, SIZES[n], args.heads, args.dim):
             err = "-" if r["rel_err"] is None else f"{r['rel_err']:.1e}"
@@ -219,12 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {r['peak_mib']:.0f} | {err} |",
                 flush=True,
             )
-        picked[n] = tuned()
-    print("\n| N | kernel | tiles autotune picked (BLOCK_MxBLOCK_N, warps, stages) |")
-    print("|---|---|---|")
-    for n, kernels in picked.items():
-        for name, config in kernels.items():
-            print(f"| {n} | {name} | {config} |")
+    print("\n| kernel (autotune key) | tiles autotune picked (BLOCK_MxBLOCK_N, warps, stages) |")
+    print("|---|---|")
+    for name, config in tuned().items():
+        print(f"| {name} | {config} |")
     print("\n| N | capture of one layer (strided, all heads) | ms | x forward | peak MiB |")
     print("|---|---|---|---|---|")
     for n in args.sizes:
