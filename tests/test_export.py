@@ -240,8 +240,8 @@ def test_model_items_are_drawn_from_the_arrays():
         "tiny_shirt_L1H2_r3c4_pixel",
         "tiny_shirt_L1_r3c4_layout",
     ]
-    np.testing.assert_array_equal(
-        by["tiny_shirt_r3c4_grid"].data["maps"], att.rows.reshape(2, 3, 6, 7)
+    np.testing.assert_array_equal(  # the chosen heads only
+        by["tiny_shirt_r3c4_grid"].data["maps"], att.rows.reshape(2, 3, 6, 7)[:, [0, 2]]
     )
     np.testing.assert_array_equal(by["tiny_shirt_L1H2_head"].data["probs"], att.maps[1, 1])
     pixel = by["tiny_shirt_L1H2_r3c4_pixel"]
@@ -292,3 +292,127 @@ def test_content_key_tells_shapes_and_contents_apart():
     b = a.copy()
     b[0, 0, 0] = 1
     assert content_key(a) != content_key(b)
+
+
+def test_grid_of_chosen_layers_and_heads_is_labelled_with_them():
+    """Export page, Layers [3], Heads [1], view grid: the grid shows layer 3 as layer 3 and head
+    1 alone, in every format, and says so in its metadata."""
+    att = attention_arrays(
+        layers=[3],
+        heads=[1],
+        layouts=[L.strided(7)],
+        rows=np.random.default_rng(2).random((1, 3, 42)).astype(np.float32),
+        maps=None,
+    )
+    (grid,) = model_items(att, model_name="m", image_name="x", views=["grid"])
+    np.testing.assert_array_equal(grid.data["maps"], att.rows.reshape(1, 3, 6, 7)[:, [1]])
+    assert grid.meta["layers"] == [3] and grid.meta["heads"] == [1]
+    lay = grid.figure.layout
+    assert list(lay.yaxis.ticktext) == ["layer 3"] and list(lay.xaxis.ticktext) == ["head 1"]
+    svg = export_bytes(grid, "svg").decode()
+    assert "layer 3" in svg and "head 1" in svg
+    assert "layer 0" not in svg and "head 0" not in svg and "head 2" not in svg
+    with Image.open(io.BytesIO(export_bytes(grid, "png"))) as im:
+        meta = json.loads(im.info["Description"])
+    assert meta["layers"] == [3] and meta["heads"] == [1] and meta["view"] == "grid"
+    html = export_bytes(grid, "html").decode()
+    assert '"ticktext":["layer3"]' in html.replace(" ", "")
+    assert '"ticktext":["head1"]' in html.replace(" ", "")
+    assert grid.figure.layout.title.text == "pixel (3, 4): head 1"
+    assert '"layers": [3]' in html
+
+
+def map_item(n: int) -> Exportable:
+    probs = np.tril(np.random.default_rng(3).random((n, n))).astype(np.float32)
+    probs /= probs.sum(1, keepdims=True)
+    return Exportable("map", attention_map_figure(probs, 1, "map"), {"probs": probs}, META)
+
+
+def test_an_n_by_n_map_exports_as_one_raster_image():
+    """A 300 x 300 map (90,000 cells) is one embedded image in SVG and PDF, not a rectangle per
+    cell: it was a 17 MB SVG taking seconds (784 x 784: 114 MB, a minute)."""
+    import time
+
+    item = map_item(300)
+    assert item.heavy is False and item.cells == 90_000
+    t0 = time.perf_counter()
+    svg = export_bytes(item, "svg")
+    pdf = export_bytes(item, "pdf")
+    seconds = time.perf_counter() - t0
+    assert len(svg) < 1_000_000 and len(pdf) < 500_000, (len(svg), len(pdf))
+    assert svg.count(b"<image") <= 2 and svg.count(b"<path") < 200  # the map, its colour bar
+    assert seconds < 10
+
+
+def test_the_raster_map_is_the_vector_map(monkeypatch):
+    """Drawn as one image or as cells, the PNG is the same picture (orientation, colours)."""
+    import viz.export as ve
+
+    item = map_item(60)
+    pictures = []
+    for cells in (10**9, 1):  # vector cells, then one raster image
+        monkeypatch.setattr(ve, "RASTER_CELLS", cells)
+        with Image.open(io.BytesIO(export_bytes(item, "png", dpi=96))) as im:
+            pictures.append(np.asarray(im.convert("RGB"), dtype=float))
+    vector, raster = pictures
+    assert vector.shape == raster.shape
+    assert np.abs(vector - raster).mean() < 4, np.abs(vector - raster).mean()
+
+
+def test_heavy_formats_of_big_maps_are_opt_in_and_estimated():
+    from viz.export import HEAVY_FORMATS, estimate, export_zip, planned
+
+    big, small = map_item(320), item_named("pixel")
+    assert big.heavy and not small.heavy and "html" in HEAVY_FORMATS
+    pairs = planned([big, small], ["png", "html"], heavy=False)
+    assert [(i.name, f) for i, f in pairs] == [("map", "png"), ("pixel", "png"), ("pixel", "html")]
+    assert len(planned([big, small], ["png", "html"], heavy=True)) == 4
+    light = estimate([big, small], ["png", "html"], heavy=False)
+    heavy = estimate([big, small], ["png", "html"], heavy=True)
+    assert light.files == 3 and heavy.files == 4 and heavy.bytes > light.bytes
+    assert "3 files" in light.describe() and "MB" in light.describe()
+    data, count = export_zip([big, small], ["png", "html"], heavy=False)
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert names == ["map.png", "pixel.png", "pixel.html", "index.md"] and count == 4
+    # the estimate is of the right size: within 3x of the files made
+    assert light.bytes / 3 < len(data) < light.bytes * 3, (light.bytes, len(data))
+
+
+def test_an_export_stops_at_the_next_file_when_cancelled():
+    from viz.export import ExportCancelled, export_zip
+
+    made = []
+    with pytest.raises(ExportCancelled):
+        export_zip(items(), ["npz"], on_file=made.append, cancelled=lambda: len(made) >= 2)
+    assert len(made) == 2
+
+
+def test_a_picture_exports_its_pixels_with_metadata_and_dpi():
+    """The Complete page's samples: the PNG is the grid's exact pixels, with the metadata and
+    its dpi; the NPZ carries the same metadata, software included."""
+    pixels = np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    item = Exportable("s", None, {"samples": pixels}, {"model": "m", "seed": 3}, picture=pixels)
+    with Image.open(io.BytesIO(export_bytes(item, "png", dpi=200))) as im:
+        np.testing.assert_array_equal(np.asarray(im), pixels)
+        meta = json.loads(im.info["Description"])
+        assert round(im.info["dpi"][0]) == 200
+    assert meta["seed"] == 3 and meta["software"].startswith("sparse-transformer-explorer")
+    with np.load(io.BytesIO(export_bytes(item, "npz"))) as z:
+        assert json.loads(str(z["metadata"]))["software"] == meta["software"]
+    with pytest.raises(ValueError, match="picture"):
+        export_bytes(item, "svg")
+
+
+def test_figure_png_carries_its_dpi():
+    with Image.open(io.BytesIO(export_bytes(item_named("pixel"), "png", dpi=192))) as im:
+        assert round(im.info["dpi"][0]) == 192
+
+
+def test_html_metadata_cannot_end_its_script_tag():
+    item = Exportable("x", item_named("pixel").figure, {}, {"image": "</script><b>x</b>.png"})
+    html = export_bytes(item, "html").decode()
+    start = html.index('id="figure-metadata">') + len('id="figure-metadata">')
+    text = html[start : html.index("</script>", start)]
+    assert json.loads(text)["image"] == "</script><b>x</b>.png"

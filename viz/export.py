@@ -18,8 +18,10 @@ import hashlib
 import io
 import json
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Protocol
 
@@ -38,17 +40,62 @@ from viz.layout_view import part_names, pixel_view
 
 FORMATS = ("png", "svg", "pdf", "html", "npz")
 VERSION = "0.1.0"
+SOFTWARE = f"sparse-transformer-explorer {VERSION}"
 CSS_DPI = 96  # plotly sizes are CSS pixels
+# A heatmap of more cells than this is drawn as ONE raster image (imshow) in PNG, SVG and PDF,
+# as the page draws it, not as one vector rectangle per cell: a 784 x 784 map as rectangles was
+# a 114 MB SVG (615k <path>s) and a 13 MB PDF, and took ~1 min per head. Smaller ones stay
+# vector (crisp at any zoom).
+RASTER_CELLS = 64 * 64
+# An item drawing more cells than this (an N x N map: 784 x 784 = 615k) is heavy: its HTML
+# carries every cell as JSON (11.7 MB each), so the app makes it only when asked to.
+HEAVY_CELLS = 100_000
+HEAVY_FORMATS = ("html",)
+_MATPLOTLIB = threading.Lock()
 
 
 @dataclass
 class Exportable:
-    """A figure, the arrays it was drawn from, and what it shows."""
+    """A figure, the arrays it was drawn from, and what it shows.
+
+    ``picture`` (uint8 [H, W] or [H, W, 3]) makes it a picture instead of a figure (the
+    Complete page's grid of samples): its PNG is those exact pixels, its formats png and npz.
+    """
 
     name: str  # a deterministic file stem
-    figure: go.Figure
+    figure: go.Figure | None
     data: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, object] = field(default_factory=dict)
+    picture: np.ndarray | None = None
+
+    @property
+    def title(self) -> str:
+        if self.figure is not None and self.figure.layout.title.text:
+            return self.figure.layout.title.text
+        return self.name
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The formats this item can be written in."""
+        return ("png", "npz") if self.figure is None else FORMATS
+
+    @property
+    def cells(self) -> int:
+        """How many cells (heatmap cells, pixel markers) its figure draws: its weight."""
+        if self.figure is None:
+            return 0 if self.picture is None else int(np.prod(self.picture.shape[:2]))
+        total = 0
+        for tr in self.figure.data:
+            if isinstance(tr, go.Heatmap) and tr.z is not None:
+                total += int(np.size(tr.z))
+            elif isinstance(tr, go.Scatter) and tr.x is not None:
+                total += len(tr.x)
+        return total
+
+    @property
+    def heavy(self) -> bool:
+        """An N x N map (or anything as big): its HEAVY_FORMATS are made only on request."""
+        return self.cells > HEAVY_CELLS
 
 
 def _arr(a) -> np.ndarray | None:
@@ -87,16 +134,15 @@ def _image_pixels(trace: go.Image) -> np.ndarray:
 
 def _draw(fig: go.Figure):
     """A matplotlib figure drawing what the plotly figure shows (the trace kinds viz/ uses)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     lay = fig.layout
     width = (lay.width or 700) / CSS_DPI
     height = (lay.height or 500) / CSS_DPI
-    mfig, ax = plt.subplots(figsize=(width, height), dpi=CSS_DPI)
+    # a bare Figure, not pyplot: no global figure registry shared by the worker threads
+    mfig = Figure(figsize=(width, height), dpi=CSS_DPI)
+    ax = mfig.subplots()
     legend = False
     for tr in fig.data:
         if isinstance(tr, go.Image):  # an RGB picture: a PNG data URI (mask_figure) or z
@@ -109,15 +155,21 @@ def _draw(fig: go.Figure):
         elif isinstance(tr, go.Heatmap):
             z = np.asarray(tr.z, dtype=float)
             ny, nx = z.shape
-            mesh = ax.pcolormesh(
-                _edges(tr.x0, tr.dx, nx),
-                _edges(tr.y0, tr.dy, ny),
-                np.ma.masked_invalid(z),
-                cmap=_cmap(tr.colorscale or "Viridis"),
-                vmin=tr.zmin,
-                vmax=tr.zmax,
-                shading="flat",
-            )
+            xe, ye = _edges(tr.x0, tr.dx, nx), _edges(tr.y0, tr.dy, ny)
+            style = dict(cmap=_cmap(tr.colorscale or "Viridis"), vmin=tr.zmin, vmax=tr.zmax)
+            if nx * ny > RASTER_CELLS:  # one embedded image, at the map's own resolution
+                mesh = ax.imshow(
+                    np.ma.masked_invalid(z),
+                    extent=(xe[0], xe[-1], ye[-1], ye[0]),
+                    origin="upper",
+                    interpolation="none",  # unresampled in SVG/PDF; nearest in PNG
+                    aspect="auto",
+                    **style,
+                )
+                ax.set_xlim(xe[0], xe[-1])  # as pcolormesh leaves them (imshow flips y)
+                ax.set_ylim(ye[0], ye[-1])
+            else:
+                mesh = ax.pcolormesh(xe, ye, np.ma.masked_invalid(z), shading="flat", **style)
             if tr.showscale is not False:
                 bar = mfig.colorbar(mesh, ax=ax)
                 if tr.colorbar and tr.colorbar.title and tr.colorbar.title.text:
@@ -202,35 +254,59 @@ def _draw(fig: go.Figure):
 
 
 def _meta_text(meta: dict) -> str:
-    return json.dumps(
-        {**meta, "software": f"sparse-transformer-explorer {VERSION}"}, sort_keys=True
+    return json.dumps({**meta, "software": SOFTWARE}, sort_keys=True, default=str)
+
+
+def _picture_png(item: Exportable, meta: str, dpi: int) -> bytes:
+    """A picture item's PNG: its exact pixels, the metadata in text chunks, and its dpi."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Title", item.title)
+    info.add_text("Description", meta)
+    info.add_text("Software", SOFTWARE)
+    buf = io.BytesIO()
+    pixels = np.asarray(item.picture, dtype=np.uint8)
+    Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels).save(
+        buf, format="PNG", pnginfo=info, dpi=(dpi, dpi)
     )
+    return buf.getvalue()
 
 
 def export_bytes(item: Exportable, fmt: str, *, dpi: int = 150) -> bytes:
-    """One format of one figure, as bytes."""
+    """One format of one item, as bytes, with the metadata inside (every format)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt not in item.formats:
+        raise ValueError(f"{item.name} is a picture: it exports as {', '.join(item.formats)}")
     meta = _meta_text(item.meta)
-    title = item.figure.layout.title.text or item.name
+    title = item.title
+    if fmt == "png" and item.figure is None:
+        return _picture_png(item, meta, dpi)
     if fmt == "html":
         html = item.figure.to_html(full_html=True, include_plotlyjs=True)
-        tag = f'<script type="application/json" id="figure-metadata">{meta}</script>'
-        return html.replace("<head>", f"<head><title>{title}</title>{tag}", 1).encode()
+        # names are data: "<" as \u003c keeps a name like "</script>" inside the JSON
+        data = meta.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        tag = f'<script type="application/json" id="figure-metadata">{data}</script>'
+        head = f"<head><title>{escape(title)}</title>{tag}"
+        return html.replace("<head>", head, 1).encode()
     buf = io.BytesIO()
     if fmt == "npz":
         np.savez_compressed(buf, **item.data, metadata=np.array(meta))
         return buf.getvalue()
-    import matplotlib.pyplot as plt
-
-    mfig = _draw(item.figure)
     info = {
-        "png": {"Title": title, "Description": meta, "Software": "sparse-transformer-explorer"},
-        "svg": {"Title": title, "Description": meta, "Creator": "sparse-transformer-explorer"},
-        "pdf": {"Title": title, "Subject": meta, "Creator": "sparse-transformer-explorer"},
+        "png": {"Title": title, "Description": meta, "Software": SOFTWARE},
+        "svg": {"Title": title, "Description": meta, "Creator": SOFTWARE},
+        "pdf": {"Title": title, "Subject": meta, "Creator": SOFTWARE},
     }[fmt]
-    mfig.savefig(buf, format=fmt, dpi=dpi, metadata=info)
-    plt.close(mfig)
+    import matplotlib
+
+    with _MATPLOTLIB:  # rcParams are global: one drawing at a time
+        mfig = _draw(item.figure)
+        # SVG text as text (searchable, selectable), not glyph outlines
+        with matplotlib.rc_context({"svg.fonttype": "none"}):
+            mfig.savefig(buf, format=fmt, dpi=dpi, metadata=info)
     return buf.getvalue()
 
 
@@ -255,30 +331,140 @@ def content_key(array: np.ndarray) -> str:
     return hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()[:12]
 
 
+class ExportCancelled(Exception):
+    """An export stopped before its last file (Cancel, or the session ended)."""
+
+
+def planned(
+    items: Sequence[Exportable], formats: Sequence[str], *, heavy: bool = True
+) -> list[tuple[Exportable, str]]:
+    """The (item, format) pairs an export makes, in order: the formats each item has, and the
+    HEAVY_FORMATS of heavy items (N x N maps) only with ``heavy``."""
+    return [
+        (item, fmt)
+        for item in items
+        for fmt in formats
+        if fmt in item.formats and (heavy or not (item.heavy and fmt in HEAVY_FORMATS))
+    ]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What an export will take, told before it starts (rough: measured on a 2-core CPU)."""
+
+    files: int
+    bytes: int
+    seconds: float
+    memory: int  # peak bytes while making it: the zip so far plus the largest drawing
+
+    def describe(self) -> str:
+        return (
+            f"{self.files} files, about {self.bytes / 2**20:.1f} MB, "
+            f"{_duration(self.seconds)}, up to {self.memory / 2**20:.0f} MB of memory"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"~{max(1, round(seconds))} s"
+    return f"~{seconds / 60:.1f} min"
+
+
+# per format: seconds and bytes of a figure, seconds per cell, bytes per cell when drawn as one
+# raster image and when drawn as vectors (RASTER_CELLS), measured on a 2-core CPU: a 784 x 784
+# map is PNG 0.8 s / 0.6 MB, SVG 0.3 s / 0.9 MB, PDF 0.2 s / 0.25 MB, HTML 0.2 s / 8.7 MB (4.9
+# MB of it plotly.js, inlined so that the file works offline), NPZ 0.03 s / 1.1 MB
+_COST = {
+    "png": (0.1, 30e3, 1.2e-6, 0.9, 0.9),
+    "svg": (0.08, 30e3, 4e-7, 1.6, 200),
+    "pdf": (0.08, 20e3, 2.5e-7, 0.4, 30),
+    "html": (0.05, 4.9e6, 3e-7, 10, 60),
+    "npz": (0.01, 1e3, 5e-8, 1.8, 4),
+}
+
+
+def estimate(
+    items: Sequence[Exportable], formats: Sequence[str], *, dpi: int = 150, heavy: bool = True
+) -> Estimate:
+    """Files, bytes, seconds and peak memory of ``export_zip(items, formats, ...)``."""
+    pairs = planned(items, formats, heavy=heavy)
+    size = seconds = drawing = 0.0
+    for item, fmt in pairs:
+        base_s, base_b, per_s, raster_b, vector_b = _COST[fmt]
+        cells = item.cells
+        scale = (dpi / 150) ** 2 if fmt == "png" else 1.0  # more pixels to draw and compress
+        seconds += (base_s + per_s * cells) * max(1.0, scale)
+        size += (base_b * scale) + (raster_b if cells > RASTER_CELLS else vector_b) * cells
+        if fmt in ("png", "svg", "pdf") and item.figure is not None:
+            lay = item.figure.layout
+            pixels = (lay.width or 700) * (lay.height or 500) * (dpi / CSS_DPI) ** 2
+            drawing = max(drawing, 12 * pixels + 60 * cells)  # RGBA canvas, copies, the mesh
+        else:
+            drawing = max(drawing, base_b + 80 * cells)  # the JSON text of every cell
+    return Estimate(len(pairs), int(size), seconds, int(size + drawing))
+
+
 def export_files(
     items: list[Exportable],
     formats: Sequence[str],
     *,
     dpi: int = 150,
+    heavy: bool = True,
     on_file: Callable[[str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, bytes]:
-    """Every format of every item, {file name: bytes}; ``on_file(name)`` after each file."""
+    """Every format of every item (see planned), {file name: bytes}; ``on_file(name)`` after
+    each file; ExportCancelled as soon as ``cancelled()`` is true (checked before each)."""
     files = {}
-    for item in items:
-        for fmt in formats:
-            name = f"{item.name}.{fmt}"
-            files[name] = export_bytes(item, fmt, dpi=dpi)
-            if on_file is not None:
-                on_file(name)
+    for item, fmt in planned(items, formats, heavy=heavy):
+        if cancelled is not None and cancelled():
+            raise ExportCancelled(f"cancelled after {len(files)} files")
+        name = f"{item.name}.{fmt}"
+        files[name] = export_bytes(item, fmt, dpi=dpi)
+        if on_file is not None:
+            on_file(name)
     return files
 
 
-def index_markdown(items: list[Exportable], formats: Sequence[str]) -> str:
-    """index.md of a batch: one line per figure, its title and a link to each of its files."""
+def export_zip(
+    items: list[Exportable],
+    formats: Sequence[str],
+    *,
+    dpi: int = 150,
+    heavy: bool = False,
+    on_file: Callable[[str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> tuple[bytes, int]:
+    """The batch as one zip, each file compressed into it as soon as it is made (memory: the
+    zip so far and one file), with an index.md; returns (zip bytes, number of files). Stops
+    with ExportCancelled as soon as ``cancelled()`` is true (checked before each file)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    count = 0
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for item, fmt in planned(items, formats, heavy=heavy):
+            if cancelled is not None and cancelled():
+                raise ExportCancelled(f"cancelled after {count} files")
+            name = f"{item.name}.{fmt}"
+            z.writestr(name, export_bytes(item, fmt, dpi=dpi))
+            count += 1
+            if on_file is not None:
+                on_file(name)
+        z.writestr("index.md", index_markdown(items, formats, heavy=heavy))
+    return buf.getvalue(), count + 1
+
+
+def index_markdown(items: list[Exportable], formats: Sequence[str], *, heavy: bool = True) -> str:
+    """index.md of a batch: one line per item, its title and a link to each of its files."""
     lines = ["# Exported figures", ""]
+    made: dict[str, list[str]] = {}
+    for item, fmt in planned(items, formats, heavy=heavy):
+        made.setdefault(item.name, []).append(fmt)
     for item in items:
-        links = " · ".join(f"[{fmt}]({item.name}.{fmt})" for fmt in formats)
-        lines.append(f"- **{item.name}** — {item.figure.layout.title.text or ''}: {links}")
+        links = " · ".join(f"[{fmt}]({item.name}.{fmt})" for fmt in made.get(item.name, []))
+        title = item.figure.layout.title.text if item.figure is not None else ""
+        lines.append(f"- **{item.name}** — {title or ''}: {links}")
     return "\n".join(lines) + "\n"
 
 
@@ -341,14 +527,18 @@ def model_items(
     stem = f"{safe_name(Path(model_name).name)}_{safe_name(Path(image_name).stem)}"
     per_pixel = att.rows.reshape(len(att.layers), -1, g.height, g.width, g.channels)
     items = []
-    if "grid" in views:
-        maps = per_pixel[..., 0]
+    if "grid" in views:  # the chosen layers x the chosen heads, labelled with their numbers
+        maps = per_pixel[..., 0][:, att.heads]  # [len(layers), len(heads), H, W]
+        some = ("head " if len(att.heads) == 1 else "heads ") + ", ".join(map(str, att.heads))
+        shown = "all heads" if len(att.heads) == per_pixel.shape[1] else some
         items.append(
             Exportable(
                 f"{stem}_r{row}c{col}_grid",
-                head_grid_figure(maps, f"pixel ({row}, {col}): all heads", layers=att.layers),
-                {"maps": maps},
-                {**base, "view": "grid"},
+                head_grid_figure(
+                    maps, f"pixel ({row}, {col}): {shown}", layers=att.layers, heads=att.heads
+                ),
+                {"maps": maps, "layers": np.array(att.layers), "heads": np.array(att.heads)},
+                {**base, "view": "grid", "layers": att.layers, "heads": att.heads},
             )
         )
     for li, (layer, layout) in enumerate(zip(att.layers, att.layouts, strict=True)):

@@ -344,10 +344,11 @@ def head_grid_figure(
     title: str,
     selected: tuple[int, int] | None = None,
     layers: list[int] | None = None,
+    heads: list[int] | None = None,
 ):
     """An overview of every layer x head: maps [L, H, h, w] (e.g. one query's attention over
-    the image), each scaled to its own maximum so faint heads stay readable. ``layers`` names
-    the layers the rows show (default 0..L-1).
+    the image), each scaled to its own maximum so faint heads stay readable. ``layers`` and
+    ``heads`` name the layers the rows and the heads the columns show (default 0..L-1, 0..H-1).
 
     Drawn as one mosaic heatmap (one trace, not L x H subplots: ten times faster to build),
     with a blank line between tiles; hover names the layer, head, pixel and raw weight.
@@ -365,7 +366,8 @@ def head_grid_figure(
     rr, cc = np.indices(mosaic.shape)
     # numbers only: a numeric customdata travels as a typed array, strings would not
     layer_of = np.asarray(layers or range(n_layer))[rr // (h + 1)]
-    custom = np.stack([layer_of, cc // (w + 1), rr % (h + 1), cc % (w + 1), raw], axis=-1)
+    head_of = np.asarray(heads or range(n_head))[cc // (w + 1)]
+    custom = np.stack([layer_of, head_of, rr % (h + 1), cc % (w + 1), raw], axis=-1)
     fig = _unit_heatmap(
         mosaic,
         "heads",
@@ -375,8 +377,8 @@ def head_grid_figure(
         customdata=custom,
         showscale=False,
     )
-    heads = [f"head {j}" for j in range(n_head)]
-    fig.update_xaxes(**_tile_axis(heads, w), side="top", constrain="domain")
+    columns = [f"head {j}" for j in (heads or range(n_head))]
+    fig.update_xaxes(**_tile_axis(columns, w), side="top", constrain="domain")
     rows = [f"layer {i}" for i in (layers or range(n_layer))]
     fig.update_yaxes(**_tile_axis(rows, h), autorange="reversed", scaleanchor="x")
     if selected is not None:
