@@ -9,6 +9,12 @@ mis-shaped tensors) raises CheckpointError with a message that says which file a
 metadata, and ``load_model`` checks it when present: safetensors itself has no checksum, so a
 flipped bit in the data would otherwise load as a silently different model. (Files written before
 the digest existed load without that check.)
+
+The config is bound to the weights: ``save_model`` also stores the config itself and its SHA-256
+(``config_sha256``) in the safetensors metadata, and ``load_model`` refuses a ``config.json``
+that differs from it, naming each field that changed (n_head or the layout change no tensor's
+shape, so nothing else would notice). Both files are written atomically (a temporary file,
+fsync, a rename), so a crash leaves the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, save_file
+from safetensors.torch import load, save
 
 from models.model import ModelConfig, SparseTransformer
 
@@ -29,6 +37,12 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "sparse-transformer-explorer/1"
 DIGEST_KEY = "tensors_sha256"
+CONFIG_KEY = "config"  # the ModelConfig the weights were saved with, as JSON
+CONFIG_DIGEST_KEY = "config_sha256"
+LAYOUTS_KEY = "layouts"
+# Testing hook: with this set to N, the N-th write point of this process (see fault_point) kills
+# it with SIGKILL, as a power cut would, so tests can stop a checkpoint at every step of its write
+FAULT_ENV = "SPARSE_EXPLORER_KILL_AT_WRITE"
 MAX_CONFIG_BYTES = 2**20  # a config is ~300 bytes; anything near this is not one
 # Tokens per image: 1M is 590x590 RGB, far beyond the paper's 64x64x3. The model allocates
 # position buffers of this length before any weight is read, so a config may not ask for more.
@@ -54,19 +68,100 @@ def tensors_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_model(model: SparseTransformer, directory: str | Path) -> Path:
-    """Write ``model`` into ``directory`` (created if needed) and return the directory."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+_fault_count = 0  # write points passed in this process (FAULT_ENV)
+
+
+def _kill_self(label: str) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+_fault_action = _kill_self  # tests replace it to stop in-process at the same point
+
+
+def fault_point(label: str) -> None:
+    """One point in a write where a crash could happen; dies there when FAULT_ENV names it."""
+    global _fault_count
+    at = os.environ.get(FAULT_ENV)
+    if not at:
+        return
+    _fault_count += 1
+    if _fault_count == int(at):
+        _fault_action(label)
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: ``NAME.tmp`` beside it, fsync, rename, fsync the
+    folder. A crash at any point leaves the old file (or none) and at worst a stray .tmp."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            half = len(data) // 2
+            f.write(data[:half])
+            f.flush()
+            fault_point(f"{tmp} half written")
+            f.write(data[half:])
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point(f"{tmp} written")
+        os.replace(tmp, path)
+    except OSError as e:  # named by the path asked for, not the temporary file
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write it ({e.strerror or e})", str(path)) from None
+    except Exception:  # not on a simulated crash (a BaseException): a crash cleans nothing
+        tmp.unlink(missing_ok=True)
+        raise
+    fault_point(f"{path} renamed")
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the renames in ``directory`` durable (where the OS allows opening a folder)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def config_json(config: ModelConfig) -> str:
+    """The canonical JSON of a config: what the weights' metadata binds them to."""
+    return json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def model_files(model: SparseTransformer) -> dict[str, bytes]:
+    """The bytes of a model directory's two files, by name: the weights, with their tensors'
+    digest, config and layouts in the metadata, and config.json."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    bound = config_json(model.config)
     meta = {
         "format": FORMAT,
-        "layouts": json.dumps([repr(x) for x in model.layouts]),
+        LAYOUTS_KEY: json.dumps([repr(x) for x in model.layouts]),
         DIGEST_KEY: tensors_digest(state),
+        CONFIG_KEY: bound,
+        CONFIG_DIGEST_KEY: hashlib.sha256(bound.encode()).hexdigest(),
     }
-    save_file(state, directory / WEIGHTS_FILE, metadata=meta)
     config = {"format": FORMAT, "config": model.config.to_dict()}
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return {
+        WEIGHTS_FILE: save(state, metadata=meta),
+        CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
+    }
+
+
+def save_model(model: SparseTransformer, directory: str | Path) -> Path:
+    """Write ``model`` into ``directory`` (created if needed) and return the directory.
+
+    Each file is replaced atomically; the weights come first, and a config.json left from
+    another model beside them is refused on load (the weights name their config)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in model_files(model).items():
+        write_atomic(directory / name, data)
     return directory
 
 
@@ -155,7 +250,7 @@ def _pickle_problem(head: bytes) -> str | None:
     return None
 
 
-def _read_weights(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+def _read_weights(path: Path, config: ModelConfig) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors of a weights file, refused unless it is an intact safetensors file that can
     match ``config``. The size check comes before the model is built, so a config claiming a huge
     model allocates nothing."""
@@ -201,7 +296,45 @@ def _read_weights(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
             f"{path} has been altered or corrupted: its tensors do not match the SHA-256 "
             "recorded when it was saved"
         )
-    return state
+    return state, meta
+
+
+def _check_bound_config(path: Path, meta: dict, config: ModelConfig) -> None:
+    """Refuse a config.json other than the one the weights were saved with.
+
+    Weights saved before the binding existed (the shipped assets/models/*/model.safetensors,
+    which are not rewritten: every commit of a binary stays in git) have no config in their
+    metadata: they load with the per-tensor checksums and the layouts check only."""
+    config_path = path.parent / CONFIG_FILE
+    stored = meta.get(CONFIG_KEY)
+    if stored is not None:
+        if hashlib.sha256(str(stored).encode()).hexdigest() != meta.get(CONFIG_DIGEST_KEY):
+            raise CheckpointError(f"{path}: the config in its metadata does not match its hash")
+        try:
+            saved = json.loads(stored)
+        except (ValueError, RecursionError):
+            raise CheckpointError(f"{path}: the config in its metadata is not JSON") from None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{path}: the config in its metadata is not an object")
+        now = json.loads(config_json(config))
+        if saved == now:
+            return
+        changed = [
+            f"{k}: {now.get(k)!r} in {CONFIG_FILE}, {saved.get(k)!r} in the weights"
+            for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)
+        ]
+        raise CheckpointError(
+            f"{config_path} is not the config {path} was saved with: {'; '.join(changed)}"
+        )
+    layouts = meta.get(LAYOUTS_KEY)
+    if layouts is not None:
+        want = json.dumps([repr(x) for x in config.layouts])
+        if layouts != want:
+            raise CheckpointError(
+                f"{config_path} is not the config {path} was saved with: its layouts are "
+                f"{want}, the weights were trained with {layouts}"
+            )
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> SparseTransformer:
@@ -209,7 +342,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Spa
     directory = Path(directory)
     config = load_config(directory)
     path = directory / WEIGHTS_FILE
-    state = _read_weights(path, config)
+    state, meta = _read_weights(path, config)
     model = SparseTransformer(config)
     expected = model.state_dict()
     problems = []
@@ -230,6 +363,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Spa
         raise CheckpointError(
             f"{path} does not match {directory / CONFIG_FILE}: " + "; ".join(problems)
         )
+    _check_bound_config(path, meta, config)
     if any(not torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
         raise CheckpointError(f"{path} holds NaN or infinite weights")
     model.load_state_dict(state)

@@ -295,3 +295,78 @@ def test_config_json_that_is_a_directory(saved):
     (saved / "config.json").unlink()
     (saved / "config.json").mkdir()
     refused(saved, "not readable JSON", file="config.json")
+
+
+# -----------------------------------------------------------------------------
+# the config is bound to the weights
+
+
+def edit_config(d: Path, **fields) -> None:
+    raw = json.loads((d / "config.json").read_text())
+    raw["config"].update(fields)
+    (d / "config.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"n_head": 4}, "n_head: 4 in config.json, 2 in the weights"),
+        ({"layout": "dense()"}, "layout: 'dense()' in config.json, 'strided(l=7)' in the weights"),
+        ({"dropout": 0.5}, "dropout: 0.5 in config.json, 0.0 in the weights"),
+    ],
+)
+def test_an_edited_config_json_is_refused_naming_what_differs(saved, fields, message):
+    """Neither n_head nor the layout changes a tensor's shape: only the binding notices."""
+    edit_config(saved, **fields)
+    msg = refused(saved, "is not the config", message)
+    assert str(saved / "config.json") in msg
+
+
+def test_the_binding_itself_is_checked(saved):
+    raw = (saved / "model.safetensors").read_bytes()
+    end = header_end(raw)
+    header = json.loads(raw[8:end])
+    header["__metadata__"]["config"] = header["__metadata__"]["config"].replace(
+        '"n_head":2', '"n_head":4'
+    )
+    body = json.dumps(header).encode()
+    (saved / "model.safetensors").write_bytes(len(body).to_bytes(8, "little") + body + raw[end:])
+    refused(saved, "does not match its hash")
+
+
+def old_style(d: Path, *, layouts: bool) -> None:
+    """Weights as the shipped files are: no config in the metadata (layouts or not)."""
+    state = load_file(weights(d))
+    meta = {"format": FORMAT, DIGEST_KEY: tensors_digest(state)}
+    if layouts:
+        meta["layouts"] = json.dumps(["strided(l=7)", "strided(l=7)"])
+    save_file(state, weights(d), metadata=meta)
+
+
+def test_weights_saved_before_the_binding_load_with_their_layouts_checked(saved, model):
+    old_style(saved, layouts=True)
+    assert same_model(load_model(saved), model)
+    edit_config(saved, layout="dense()")
+    refused(saved, "is not the config", "trained with", '"strided(l=7)"')
+    # without layouts either, only the per-tensor checksums remain: an edit loads (documented)
+    old_style(saved, layouts=False)
+    edit_config(saved, n_head=4)
+    assert load_model(saved).config.n_head == 4
+
+
+def test_the_shipped_models_load_and_their_layouts_are_checked(tmp_path):
+    import shutil
+
+    root = Path(__file__).resolve().parents[1] / "assets" / "models"
+    copy = tmp_path / "strided"
+    shutil.copytree(root / "strided", copy)
+    load_model(copy)
+    edit_config(copy, layout="dense()")
+    refused(copy, "is not the config", "dense()")
+
+
+def test_save_model_replaces_files_atomically(saved, model):
+    """No temporary file stays behind, and each file is whole (written to .tmp, renamed)."""
+    save_model(model, saved)
+    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors"]
+    assert same_model(load_model(saved), model)
