@@ -1,16 +1,27 @@
 """Training: AdamW with warm-up and cosine decay, gradient clipping, periodic evaluation,
 checkpoints that resume exactly, and DDP over several GPUs.
 
+A run folder is a loadable model folder (config.json, model.safetensors, run.json) plus
+``checkpoints/step-NNNNNNNN/``: one folder per checkpoint holding the model's two files,
+``train_state.safetensors`` (optimizer moments, RNG state), ``run.json`` and, written last,
+``manifest.json`` naming every file with its SHA-256. A checkpoint is complete when its manifest
+is there and every file matches it; ``--resume`` takes the newest complete one (saying which
+incomplete ones it passed over), so a crash at any write loses at most the checkpoint being
+written. Only then are the model files beside ``checkpoints/`` replaced (each atomically) and the
+older checkpoints removed.
+
 The command line is tools/train.py (`python -m tools.train`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -20,11 +31,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save, save_file
 from tqdm import tqdm
 
 from kernels.layouts import image_layout_spec
-from models.checkpoint import CheckpointError, load_model, save_model
+from models.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    fsync_dir,
+    load_model,
+    model_files,
+    write_atomic,
+)
 from models.datasets import load_images
 from models.evaluation import device_name, evaluate_bpd
 from models.model import ModelConfig, SparseTransformer
@@ -32,6 +52,16 @@ from models.tokens import images_to_tokens
 
 STATE_FILE = "train_state.safetensors"
 RUN_FILE = "run.json"
+CHECKPOINTS_DIR = "checkpoints"
+MANIFEST_FILE = "manifest.json"
+CHECKPOINT_FORMAT = "sparse-transformer-explorer/checkpoint/1"
+# TrainConfig fields a resumed run may change: they touch neither the weights nor the schedule
+RESUMABLE_CHANGES = ("threads",)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients turned NaN or infinite: the run stops, its last good
+    checkpoint stays as it was."""
 
 
 @dataclass
@@ -58,6 +88,40 @@ class TrainConfig:
 
 
 CALIBRATION = (10, 60)  # steps [a, b) timed to turn --minutes into --steps
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """ValueError unless every setting is usable: counts positive, rates finite and in range.
+    Checked before any data is read, so a NaN --grad-clip never trains a NaN model."""
+    problems = []
+    for name in ("steps", "batch_size", "eval_every", "eval_images"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            problems.append(f"{name} must be a whole number >= 1, got {v!r}")
+    for name in ("warmup", "seed"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            problems.append(f"{name} must be a whole number >= 0, got {v!r}")
+    ranges = {  # name: (low, high, low excluded)
+        "lr": (0.0, 10.0, True),
+        "min_lr_ratio": (0.0, 1.0, False),
+        "weight_decay": (0.0, 10.0, False),
+        "grad_clip": (0.0, math.inf, True),
+        "dropout": (0.0, 0.99, False),
+        "minutes": (0.0, math.inf, True),
+    }
+    for name, (lo, hi, open_lo) in ranges.items():
+        v = getattr(cfg, name)
+        if v is None and name in ("dropout", "minutes"):
+            continue
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or not (v > lo if open_lo else v >= lo) or v > hi:
+            where = f"{'(' if open_lo else '['}{lo:g}, {hi:g}]"
+            problems.append(f"{name} must be a finite number in {where}, got {v!r}")
+    if cfg.threads is not None and not (isinstance(cfg.threads, int) and cfg.threads >= 1):
+        problems.append(f"threads must be >= 1, got {cfg.threads!r}")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -133,6 +197,7 @@ class Run:
     test_tokens: torch.Tensor  # uint8 [M, T]
     record: dict  # what run.json holds: history, commands, wall time, data, device...
     step: int = 0  # optimizer steps taken
+    saved_step: int | None = None  # the step of the newest complete checkpoint
     clock: float = field(default_factory=time.time)  # when record["wall_time_s"] was last added to
 
     def lap(self) -> float:
@@ -151,17 +216,25 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
 
 
 def start_run(cfg: TrainConfig, out: Path, ranks: Ranks, *, resume: bool) -> Run:
-    """A fresh run, or with ``resume`` the one saved in ``out`` when there is one."""
+    """A fresh run, or with ``resume`` the one saved in ``out``'s newest complete checkpoint.
+
+    Refuses (CheckpointError) to train over a model that is not a resumable run's, and to resume
+    with settings other than the run's."""
     mconfig = model_config(cfg)
+    checkpoint = find_checkpoint(out, resume=resume, say=_say if ranks.is_main else None)
+    if checkpoint is not None:
+        record = read_record(checkpoint / RUN_FILE)
+        check_same_settings(cfg, record["train_config"], out)
     geometry = mconfig.geometry
     train_tokens = images_to_tokens(load_images(cfg.data, "train", geometry), dtype=np.uint8)
     test_tokens = images_to_tokens(load_images(cfg.data, "test", geometry), dtype=np.uint8)
     torch.manual_seed(cfg.seed)
-    resuming = resume and (out / STATE_FILE).exists()
-    if resuming:
-        model = load_model(out, device=ranks.device).train()
+    if checkpoint is not None:
+        model = load_model(checkpoint, device=ranks.device).train()
         if model.config != mconfig:
-            raise CheckpointError(f"{out} holds a different model than --preset/--layout ask for")
+            raise CheckpointError(
+                f"{checkpoint / CONFIG_FILE} holds a different model than --preset/--layout ask for"
+            )
     else:
         model = SparseTransformer(mconfig).to(ranks.device).train()
     run = Run(
@@ -174,9 +247,13 @@ def start_run(cfg: TrainConfig, out: Path, ranks: Ranks, *, resume: bool) -> Run
         test_tokens=test_tokens,
         record={"history": [], "wall_time_s": 0.0, "commands": []},
     )
-    if resuming:
-        load_state(run)
-        run.record = json.loads((out / RUN_FILE).read_text())
+    if checkpoint is not None:
+        load_state(run, checkpoint / STATE_FILE, step=checkpoint_step(checkpoint))
+        run.record = record
+        run.saved_step = run.step
+        if ranks.is_main:  # the model beside checkpoints/ may lag the checkpoint by a crash
+            publish(out, {name: (checkpoint / name).read_bytes() for name in PUBLISHED})
+            prune_checkpoints(out, keep=checkpoint)
     return run
 
 
@@ -196,10 +273,18 @@ def train_step(run: Run, ddp_model: torch.nn.Module, autocast: AbstractContextMa
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x.flatten())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()  # under DDP, the gradients are averaged over the ranks here
-    torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    value = loss.item()
+    # the same on every rank (the gradients are averaged), so every rank stops here; the update
+    # is never applied, and the last checkpoint stays the last good one
+    if not (math.isfinite(value) and math.isfinite(norm.item())):
+        raise TrainingDiverged(
+            f"the loss is {value} and the gradient norm {norm.item()} at step {run.step + 1}: "
+            f"training stopped; {_kept(run)}"
+        )
     run.optimizer.step()
     run.step += 1
-    return loss.item()
+    return value
 
 
 def steps_for_minutes(run: Run, seconds_per_step: float) -> int:
@@ -227,7 +312,7 @@ def held_out_bpd(run: Run, images: int | None = None) -> float:
     return bpd
 
 
-def save_state(run: Run) -> None:
+def state_bytes(run: Run) -> bytes:
     """Optimizer moments (by parameter name) and RNG state, as safetensors: no pickle."""
     names = {id(p): n for n, p in run.model.named_parameters()}
     tensors = {"rng.cpu": torch.get_rng_state()}
@@ -241,40 +326,221 @@ def save_state(run: Run) -> None:
                 step = torch.as_tensor(st["step"]).reshape(1).float()  # scalar -> [1]: safetensors
                 tensors[f"step.{names[id(p)]}"] = step
     meta = {"step": str(run.step), "train_config": json.dumps(asdict(run.cfg))}
-    tmp = run.out / (STATE_FILE + ".tmp")
-    save_file(tensors, tmp, metadata=meta)
-    tmp.replace(run.out / STATE_FILE)
+    return save(tensors, metadata=meta)
 
 
-def load_state(run: Run) -> None:
-    """Restore what save_state wrote into ``run``: optimizer moments, RNG state and step."""
-    from safetensors import safe_open
+def load_state(run: Run, path: Path, *, step: int) -> None:
+    """Restore what state_bytes wrote into ``run``: optimizer moments, RNG state and step.
+    CheckpointError naming ``path`` when anything is missing, misshapen or not for ``step``."""
 
-    path = run.out / STATE_FILE
+    def bad(problem: str) -> CheckpointError:
+        return CheckpointError(f"cannot resume from {path}: {problem}")
+
     try:
-        with safe_open(path, framework="pt") as f:
-            step = int(f.metadata()["step"])
-        tensors = load_file(path)
-    except Exception as e:  # any unreadable state file is reported the same way
-        raise CheckpointError(f"cannot resume from {path}: {e}") from None
+        data = path.read_bytes()
+        tensors = load(data)
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        saved_step = int(header.get("__metadata__", {})["step"])
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise bad(f"not a readable train state ({type(e).__name__}: {e})") from None
+    if saved_step != step:
+        raise bad(f"it is the state of step {saved_step}, its checkpoint is of step {step}")
+    rng = tensors.get("rng.cpu")
+    if rng is None or rng.dtype != torch.uint8 or rng.ndim != 1:
+        raise bad("the RNG state (rng.cpu, uint8) is missing or misshapen")
     device = run.ranks.device
+    state, used = {}, {"rng.cpu"}
     for name, p in run.model.named_parameters():
-        if f"exp_avg.{name}" not in tensors:
-            continue
-        run.optimizer.state[p] = {
-            "step": tensors[f"step.{name}"][0].clone(),
-            "exp_avg": tensors[f"exp_avg.{name}"].to(device),
-            "exp_avg_sq": tensors[f"exp_avg_sq.{name}"].to(device),
+        keys = {k: f"{k}.{name}" for k in ("step", "exp_avg", "exp_avg_sq")}
+        present = [k for k, key in keys.items() if key in tensors]
+        if not present:
+            continue  # a parameter the optimizer never stepped
+        if len(present) != len(keys):
+            missing = ", ".join(key for key in keys.values() if key not in tensors)
+            raise bad(f"the optimizer moments are incomplete: {missing} missing")
+        for k in ("exp_avg", "exp_avg_sq"):
+            t = tensors[keys[k]]
+            if t.shape != p.shape or not t.is_floating_point():
+                raise bad(f"{keys[k]} is {tuple(t.shape)} {t.dtype}, expected {tuple(p.shape)}")
+        if tensors[keys["step"]].shape != (1,):
+            raise bad(f"{keys['step']} must hold one number")
+        used.update(keys.values())
+        state[p] = {
+            "step": tensors[keys["step"]][0].clone(),
+            "exp_avg": tensors[keys["exp_avg"]].to(device),
+            "exp_avg_sq": tensors[keys["exp_avg_sq"]].to(device),
         }
+    unknown = sorted(set(tensors) - used)
+    if unknown:
+        raise bad(f"unexpected tensors {', '.join(unknown[:5])}: a state of another model?")
+    if not state and step > 0:
+        raise bad("it holds no optimizer moments")
+    if any(not torch.isfinite(t).all() for st in state.values() for t in st.values()):
+        raise bad("it holds NaN or infinite optimizer moments")
+    run.optimizer.state.update(state)
     torch.set_rng_state(tensors["rng.cpu"])
     run.step = step
 
 
+# --- checkpoints: a folder per checkpoint, complete once its manifest is written --------------
+
+PUBLISHED = (WEIGHTS_FILE, CONFIG_FILE, RUN_FILE)  # copied beside checkpoints/: a model folder
+CHECKPOINT_FILES = (*PUBLISHED, STATE_FILE)
+_MODEL_FILES = (*PUBLISHED, STATE_FILE, CHECKPOINTS_DIR)  # any of these: a folder holds a model
+
+
+def _say(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step of a checkpoint folder ``step-NNNNNNNN``."""
+    return int(folder.name.removeprefix("step-"))
+
+
+def checkpoint_folders(out: Path) -> list[Path]:
+    """The checkpoint folders of run folder ``out``, newest first (complete or not)."""
+    root = out / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()
+    ]
+    return sorted(found, key=checkpoint_step, reverse=True)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """None when ``folder`` is a complete checkpoint (its manifest there, every file it names
+    intact), else what is wrong: the manifest is written last, so a crash leaves none."""
+    path = folder / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return f"no {MANIFEST_FILE}: its writing was interrupted"
+    except (OSError, ValueError) as e:
+        return f"{path} is unreadable ({e})"
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != CHECKPOINT_FORMAT
+        or manifest.get("step") != checkpoint_step(folder)
+        or not isinstance(manifest.get("files"), dict)
+        or set(manifest["files"]) != set(CHECKPOINT_FILES)
+    ):
+        return f"{path} is not a manifest of this checkpoint"
+    for name, digest in manifest["files"].items():
+        try:
+            actual = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        except OSError as e:
+            return f"{folder / name} is unreadable ({e.strerror or e})"
+        if actual != digest:
+            return f"{folder / name} does not match the SHA-256 in {MANIFEST_FILE}"
+    return None
+
+
+def find_checkpoint(out: Path, *, resume: bool, say=None) -> Path | None:
+    """The checkpoint a run in ``out`` starts from: the newest complete one with ``resume``,
+    None for a fresh start. Refuses to start over a model, and to resume one that was not
+    written by a resumable run (a shipped model folder has no checkpoints/)."""
+    holds = [name for name in _MODEL_FILES if (out / name).exists()]
+    if not resume:
+        if holds:
+            raise CheckpointError(
+                f"{out} already holds a model or a run ({', '.join(holds)}): pass --resume to "
+                "continue its run, or choose another --out"
+            )
+        return None
+    passed = []
+    for folder in checkpoint_folders(out):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            if passed and say is not None:
+                say(
+                    f"resuming from {folder} (step {checkpoint_step(folder)}); passed over "
+                    + "; ".join(passed)
+                )
+            return folder
+        passed.append(f"{folder.name}: {problem}")
+    if any(name in holds for name in (*PUBLISHED, STATE_FILE)):
+        why = f" ({'; '.join(passed)})" if passed else ""
+        raise CheckpointError(
+            f"--resume: {out} holds a model but no complete training checkpoint "
+            f"({CHECKPOINTS_DIR}/step-*/{MANIFEST_FILE}){why}: it was not written by a resumable "
+            "run, and training would overwrite it; copy it elsewhere or choose another --out"
+        )
+    if passed and say is not None:
+        say(f"no complete checkpoint in {out} ({'; '.join(passed)}): starting from step 0")
+    return None
+
+
+def read_record(path: Path) -> dict:
+    """A checkpoint's run.json, checked for what resuming relies on; CheckpointError if not."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e})") from None
+    want = {
+        "history": list,
+        "commands": list,
+        "wall_time_s": (int, float),
+        "train_config": dict,
+        "steps": int,
+    }
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(record).__name__}")
+    wrong = [
+        f"{k} must be {t.__name__ if isinstance(t, type) else 'a number'}, got {record.get(k)!r}"
+        for k, t in want.items()
+        if not isinstance(record.get(k), t) or isinstance(record.get(k), bool)
+    ]
+    if not wrong and not all(
+        isinstance(h, dict) and isinstance(h.get("step"), int) for h in record["history"]
+    ):
+        wrong.append("history must be a list of {step: ...} entries")
+    if not wrong and not all(isinstance(c, str) for c in record["commands"]):
+        wrong.append("commands must be a list of strings")
+    if not wrong and not math.isfinite(record["wall_time_s"]):
+        wrong.append("wall_time_s must be finite")
+    if wrong:
+        raise CheckpointError(f"{path} is not a run record: {'; '.join(wrong)}")
+    return record
+
+
+def check_same_settings(cfg: TrainConfig, saved: dict, out: Path) -> None:
+    """CheckpointError unless ``cfg`` asks for the run saved in ``out`` (only
+    RESUMABLE_CHANGES may differ); with --minutes the saved --steps are the run's."""
+    if cfg.minutes is not None and saved.get("minutes") == cfg.minutes:
+        cfg.steps = saved.get("steps", cfg.steps)  # what the time budget was turned into
+    now = asdict(cfg)
+    changed = [
+        f"--{k.replace('_', '-')} {now[k]} (the run has {saved.get(k)})"
+        for k in now
+        if k not in RESUMABLE_CHANGES and now[k] != saved.get(k)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"--resume: the run in {out} was trained with other settings; this command changes "
+            f"{', '.join(changed)}. Resume with the run's settings, or start a new run"
+        )
+
+
+def publish(out: Path, files: dict[str, bytes]) -> None:
+    """Replace the model files beside checkpoints/, each atomically: weights, config, record."""
+    for name in PUBLISHED:
+        write_atomic(out / name, files[name])
+
+
 def save_checkpoint(run: Run) -> None:
-    """Weights, optimizer state and run.json: everything --resume needs to continue exactly."""
+    """Weights, optimizer state and run.json as one checkpoint folder, its manifest last; then
+    the model beside it, then older checkpoints go. Everything --resume needs to continue
+    exactly."""
+    if any(not torch.isfinite(p).all() for p in run.model.parameters()):
+        raise TrainingDiverged(
+            f"the weights hold NaN or infinite values at step {run.step}: training stopped "
+            f"without saving them; {_kept(run)}"
+        )
     run.record["wall_time_s"] += run.lap()
-    save_model(run.model, run.out)
-    save_state(run)
     cfg = run.cfg
     run.record.update(
         {
@@ -294,7 +560,38 @@ def save_checkpoint(run: Run) -> None:
             "python": platform.python_version(),
         }
     )
-    _write_record(run.out, run.record)
+    files = model_files(run.model)
+    files[STATE_FILE] = state_bytes(run)
+    files[RUN_FILE] = _record_bytes(run.record)
+    folder = run.out / CHECKPOINTS_DIR / f"step-{run.step:08d}"
+    if folder.exists():  # an interrupted attempt at this step (complete ones are resumed from)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for name in CHECKPOINT_FILES:
+        write_atomic(folder / name, files[name])
+    manifest = {
+        "format": CHECKPOINT_FORMAT,
+        "step": run.step,
+        "files": {name: hashlib.sha256(files[name]).hexdigest() for name in CHECKPOINT_FILES},
+    }
+    write_atomic(folder / MANIFEST_FILE, (json.dumps(manifest, indent=1) + "\n").encode())
+    fsync_dir(folder.parent)
+    run.saved_step = run.step
+    publish(run.out, files)
+    prune_checkpoints(run.out, keep=folder)
+
+
+def prune_checkpoints(out: Path, *, keep: Path) -> None:
+    """Remove every checkpoint folder but ``keep`` (older ones, and newer incomplete ones)."""
+    for old in checkpoint_folders(out):
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _kept(run: Run) -> str:
+    if run.saved_step is None:
+        return "no checkpoint had been saved yet"
+    return f"{run.out} keeps its last good checkpoint (step {run.saved_step})"
 
 
 def train(
@@ -310,6 +607,11 @@ def train(
     ``stop_at`` ends this process at that step with a checkpoint (the schedule still spans
     cfg.steps), so a long run can be done in pieces with ``resume``.
     """
+    check_train_config(cfg)
+    if stop_at is not None and (
+        isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 1
+    ):
+        raise ValueError(f"stop_at must be a step >= 1, got {stop_at!r}")
     ranks = setup_distributed()
     # every rank may write here (--save-all-ranks), before rank 0's first checkpoint makes it
     out.mkdir(parents=True, exist_ok=True)
@@ -318,6 +620,8 @@ def train(
     if cfg.batch_size % ranks.world:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by {ranks.world} ranks")
     run = start_run(cfg, out, ranks, resume=resume)
+    if stop_at is not None and run.step >= stop_at:
+        raise ValueError(f"--stop-at {stop_at}: the run in {out} is already at step {run.step}")
     run.record["commands"].append(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     ddp_model = run.model
     if ranks.world > 1:
@@ -335,33 +639,33 @@ def train(
         return cfg.steps if stop_at is None else min(cfg.steps, stop_at)
 
     recent: list[float] = []  # train bits/dim of the last 100 steps
-    bar = tqdm(initial=run.step, total=cfg.steps, disable=not ranks.is_main)
-    run.clock = time.time()
-    while run.step < last_step():
-        if calibrating and run.step == CALIBRATION[0]:
-            t_calibration = time.time()
-        loss = train_step(run, ddp_model, autocast)
-        bpd = loss / math.log(2)
-        if calibrating and run.step == CALIBRATION[1]:
-            seconds = (time.time() - t_calibration) / (CALIBRATION[1] - CALIBRATION[0])
-            cfg.steps = bar.total = steps_for_minutes(run, seconds)
-            calibrating = False
-        recent = (recent + [bpd])[-100:]
-        lr = lr_at(run.step - 1, cfg)
-        bar.set_postfix(loss=f"{loss:.4f}", bpd=f"{bpd:.3f}", lr=f"{lr:.2e}")
-        entry = {"step": run.step, "train_bpd": round(bpd, 5)}
-        due = run.step % cfg.eval_every == 0 or run.step == last_step()
-        if due:
-            entry["test_bpd"] = held_out_bpd(run, cfg.eval_images)
-        run.record["history"].append(entry)
-        if due and ranks.is_main:
-            tqdm.write(
-                f"step {run.step}: train {np.mean(recent):.4f} test "
-                f"{entry['test_bpd']:.4f} bits/dim ({cfg.eval_images} images)"
-            )
-            save_checkpoint(run)
-        bar.update(1)
-    bar.close()
+    # closed however the loop ends, so an error is the last thing printed
+    with tqdm(initial=run.step, total=cfg.steps, disable=not ranks.is_main) as bar:
+        run.clock = time.time()
+        while run.step < last_step():
+            if calibrating and run.step == CALIBRATION[0]:
+                t_calibration = time.time()
+            loss = train_step(run, ddp_model, autocast)
+            bpd = loss / math.log(2)
+            if calibrating and run.step == CALIBRATION[1]:
+                seconds = (time.time() - t_calibration) / (CALIBRATION[1] - CALIBRATION[0])
+                cfg.steps = bar.total = steps_for_minutes(run, seconds)
+                calibrating = False
+            recent = (recent + [bpd])[-100:]
+            lr = lr_at(run.step - 1, cfg)
+            bar.set_postfix(loss=f"{loss:.4f}", bpd=f"{bpd:.3f}", lr=f"{lr:.2e}")
+            entry = {"step": run.step, "train_bpd": round(bpd, 5)}
+            due = run.step % cfg.eval_every == 0 or run.step == last_step()
+            if due:
+                entry["test_bpd"] = held_out_bpd(run, cfg.eval_images)
+            run.record["history"].append(entry)
+            if due and ranks.is_main:
+                tqdm.write(
+                    f"step {run.step}: train {np.mean(recent):.4f} test "
+                    f"{entry['test_bpd']:.4f} bits/dim ({cfg.eval_images} images)"
+                )
+                save_checkpoint(run)
+            bar.update(1)
     if save_all_ranks:
         save_file(
             {k: v.cpu().contiguous() for k, v in run.model.state_dict().items()},
@@ -376,14 +680,12 @@ def train(
             "test_images": len(run.test_tokens),
         }
         run.record["wall_time_s"] += run.lap()
-        _write_record(out, run.record)
+        write_atomic(out / RUN_FILE, _record_bytes(run.record))
     if ranks.world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return run.record
 
 
-def _write_record(out: Path, record: dict) -> None:
-    tmp = out / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(out / RUN_FILE)
+def _record_bytes(record: dict) -> bytes:
+    return (json.dumps(record, indent=1) + "\n").encode()

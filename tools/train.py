@@ -10,9 +10,13 @@ Batches are a pure function of (seed, step) — an epoch-wise shuffle — so a r
 exactly the batches an uninterrupted one would, and the weights it ends with are the same.
 
 The output directory is a loadable model directory (config.json + model.safetensors, see
-models/checkpoint.py) plus ``train_state.safetensors`` (optimizer moments and RNG state, for
-``--resume``) and ``run.json`` (the record of the run: command, data, steps, wall time, device,
-train / test bits per dim).
+models/checkpoint.py, and ``run.json``: the record of the run: command, data, steps, wall time,
+device, train / test bits per dim) plus ``checkpoints/step-N/``, the newest complete checkpoint
+(the model, optimizer moments and RNG state, the record, and a manifest of their SHA-256 written
+last), which ``--resume`` continues from exactly (models/training.py). ``--resume`` refuses a
+folder no resumable run wrote (a shipped model) and settings other than the run's; training
+without it refuses a folder that already holds a model. A loss or gradient that turns NaN stops
+the run (exit status 1) with its last good checkpoint kept.
 """
 
 from __future__ import annotations
@@ -23,31 +27,57 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from models.checkpoint import CheckpointError
-from models.datasets import DatasetError
 from models.model import PRESETS
-from models.training import TrainConfig, train
+from models.training import TrainConfig, TrainingDiverged, check_train_config, model_config, train
+from tools.cli import (
+    Parser,
+    check_output_dir,
+    finite_float,
+    int_range,
+    non_negative_int,
+    positive_int,
+    run_main,
+)
+
+INF = float("inf")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="python -m tools.train", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m tools.train", description=__doc__.split("\n")[0])
     d = TrainConfig()
     p.add_argument("--preset", default=d.preset, choices=list(PRESETS))
     p.add_argument("--layout", default=d.layout, help="dense | strided | fixed | a layout spec")
     p.add_argument("--data", default=d.data, help="fashion-mnist | cifar10:DIR | folder:DIR")
-    for name in ("steps", "batch_size", "warmup", "eval_every", "eval_images", "seed"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+    counts = {
+        "steps": positive_int,
+        "batch_size": int_range(1, 65_536),
+        "warmup": non_negative_int,
+        "eval_every": positive_int,
+        "eval_images": positive_int,
+        "seed": non_negative_int,
+    }
+    for name, kind in counts.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(d, name))
+    rates = {
+        "lr": finite_float(0.0, 10.0, lo_open=True),
+        "min_lr_ratio": finite_float(0.0, 1.0),
+        "weight_decay": finite_float(0.0, 10.0),
+        "grad_clip": finite_float(0.0, INF, lo_open=True),
+    }
+    for name, kind in rates.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(d, name))
     p.add_argument(
-        "--minutes", type=float, default=None, help="a time budget that sets --steps (see run.json)"
+        "--minutes",
+        type=finite_float(0.0, INF, lo_open=True),
+        default=None,
+        help="a time budget that sets --steps (see run.json)",
     )
-    p.add_argument("--dropout", type=float, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dropout", type=finite_float(0.0, 0.99), default=None)
+    p.add_argument("--threads", type=int_range(1, 1024), default=None)
     p.add_argument("--out", type=Path, required=True, help="run directory (a model directory)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
-        "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step"
+        "--stop-at", type=positive_int, default=None, help="stop (with a checkpoint) at this step"
     )
     p.add_argument("--save-all-ranks", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -56,12 +86,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py); a
+    run whose loss turns NaN stops with one ``error:`` line and exit status 1."""
+    return run_main(run, argv)
+
+
+def run(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
+    # everything checkable before the data is read: the settings, the layout, the folder
+    check_train_config(cfg)
+    model_config(cfg)
+    check_output_dir(args.out)
     try:
-        if cfg.steps < 1 or cfg.batch_size < 1 or cfg.eval_every < 1:
-            raise ValueError("--steps, --batch-size and --eval-every must be >= 1")
-        if cfg.minutes is not None and not cfg.minutes > 0:
-            raise ValueError("--minutes must be > 0")
         record = train(
             cfg,
             args.out,
@@ -69,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             stop_at=args.stop_at,
             save_all_ranks=args.save_all_ranks,
         )
-    except (DatasetError, CheckpointError, ValueError) as e:
+    except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     if "final" in record:
         print(json.dumps(record["final"]))
     return 0

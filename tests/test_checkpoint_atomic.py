@@ -1,0 +1,217 @@
+"""A training checkpoint is one atomic unit (models/training.py): a crash at any write resumes
+from the last complete checkpoint and ends with the weights of an uninterrupted run; --resume
+refuses what it cannot continue exactly; a NaN loss stops the run and keeps the last good
+checkpoint. On tiny synthetic data (tests/test_training.py's fixture)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load, load_file, save
+from test_training import ROOT, cfg, tiny_data  # noqa: F401 - tiny_data is a fixture
+
+import models.checkpoint as checkpoint
+import models.training as training
+import tools.train
+from models import CheckpointError, load_model, save_model
+from models.training import (
+    CHECKPOINTS_DIR,
+    MANIFEST_FILE,
+    RUN_FILE,
+    STATE_FILE,
+    TrainingDiverged,
+    train,
+)
+
+STEPS = dict(steps=4, eval_every=2)
+
+
+class Crash(BaseException):
+    """Stands for SIGKILL in-process: nothing catches it, nothing is cleaned up."""
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def whole(tiny_data, tmp_path_factory) -> dict[str, torch.Tensor]:  # noqa: F811
+    out = tmp_path_factory.mktemp("whole") / "run"
+    train(cfg(tiny_data, **STEPS), out)
+    return weights(out)
+
+
+def crash_at(n: int, monkeypatch) -> None:
+    monkeypatch.setenv(checkpoint.FAULT_ENV, str(n))
+    monkeypatch.setattr(checkpoint, "_fault_count", 0)
+
+    def crash(label: str) -> None:
+        raise Crash(label)
+
+    monkeypatch.setattr(checkpoint, "_fault_action", crash)
+
+
+def test_a_crash_at_every_write_resumes_to_the_same_weights(
+    tiny_data,  # noqa: F811
+    whole,
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
+    labels, said = [], []
+    n = 0
+    while True:
+        n += 1
+        out = tmp_path / f"crash{n}"
+        crash_at(n, monkeypatch)
+        try:
+            train(cfg(tiny_data, **STEPS), out)
+        except Crash as e:
+            labels.append(str(e))
+        else:
+            break  # n is past the last write point of a whole run
+        monkeypatch.delenv(checkpoint.FAULT_ENV)
+        # whatever a crash left beside checkpoints/ is a model that loads, or no model at all
+        if (out / "model.safetensors").exists() and (out / "config.json").exists():
+            load_model(out)
+        capsys.readouterr()
+        train(cfg(tiny_data, **STEPS), out, resume=True)
+        said.append(capsys.readouterr().err)
+        assert_same_weights(weights(out), whole)
+        assert_same_weights(weights(out / CHECKPOINTS_DIR / "step-00000004"), whole)
+        assert json.loads((out / RUN_FILE).read_text())["final"]["test_images"] == 12
+        assert [p.name for p in (out / CHECKPOINTS_DIR).iterdir()] == ["step-00000004"]
+    # every file of both checkpoints was interrupted half-written, before and after its rename
+    assert len(labels) >= 2 * 3 * 8
+    for name in ("config.json", "model.safetensors", STATE_FILE, RUN_FILE, MANIFEST_FILE):
+        assert any(f"{name}.tmp half written" in x for x in labels), name
+    assert any("resuming from" in s and "passed over step-00000004" in s for s in said)
+    assert any("no complete checkpoint" in s and "starting from step 0" in s for s in said)
+
+
+@pytest.mark.parametrize("at", [4, 30])
+def test_sigkill_while_a_checkpoint_is_written(tiny_data, whole, tmp_path, at):  # noqa: F811
+    """The real thing: the training process kills itself (SIGKILL) at write ``at``."""
+    out = tmp_path / "run"
+    c = cfg(tiny_data, **STEPS)
+    args = f"--preset {c.preset} --layout {c.layout} --steps {c.steps} --batch-size {c.batch_size}"
+    args += f" --warmup {c.warmup} --eval-every {c.eval_every} --eval-images {c.eval_images}"
+    args += f" --lr {c.lr} --threads 1"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env[checkpoint.FAULT_ENV] = str(at)
+    cmd = [sys.executable, "-m", "tools.train", *args.split(), "--data", tiny_data]
+    cmd += ["--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    train(c, out, resume=True)
+    assert_same_weights(weights(out), whole)
+
+
+def test_resume_refuses_a_model_folder_no_resumable_run_wrote(tiny_data, tmp_path):  # noqa: F811
+    """`cp -r assets/models/strided runs/s` then --resume --out runs/s: refused, untouched."""
+    out = tmp_path / "run"
+    train(cfg(tiny_data, steps=2, eval_every=2), out)
+    shipped = tmp_path / "shipped"
+    save_model(load_model(out), shipped)
+    (shipped / RUN_FILE).write_text((out / RUN_FILE).read_text())
+    before = {p.name: p.read_bytes() for p in shipped.iterdir()}
+    with pytest.raises(CheckpointError, match="not written by a resumable run"):
+        train(cfg(tiny_data, steps=2, eval_every=2), shipped, resume=True)
+    with pytest.raises(CheckpointError, match="already holds a model"):
+        train(cfg(tiny_data, steps=2, eval_every=2), shipped)
+    assert {p.name: p.read_bytes() for p in shipped.iterdir()} == before
+
+
+def test_resume_with_other_settings_says_what_changed(tiny_data, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    train(cfg(tiny_data, **STEPS), out, stop_at=2)
+    with pytest.raises(CheckpointError) as e:
+        train(cfg(tiny_data, steps=5, eval_every=2, batch_size=8, seed=3), out, resume=True)
+    msg = str(e.value)
+    for change in ("--steps 5 (the run has 4)", "--batch-size 8 (the run has 4)", "--seed 3"):
+        assert change in msg, msg
+    assert "--lr" not in msg and "--threads" not in msg
+    train(cfg(tiny_data, **STEPS, threads=2), out, resume=True)  # threads may change
+    with pytest.raises(ValueError, match="already at step 4"):
+        train(cfg(tiny_data, **STEPS), out, resume=True, stop_at=3)
+
+
+def _rewrite(folder: Path, name: str, data: bytes) -> None:
+    """Replace a checkpoint file and its manifest entry: complete, but wrong inside."""
+    (folder / name).write_bytes(data)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["files"][name] = hashlib.sha256(data).hexdigest()
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_a_mismatched_run_record_or_train_state_names_the_file(tiny_data, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    train(cfg(tiny_data, **STEPS), out, stop_at=2)
+    folder = out / CHECKPOINTS_DIR / "step-00000002"
+    good_record = (folder / RUN_FILE).read_bytes()
+    record = json.loads(good_record)
+    record["wall_time_s"] = "soon"
+    _rewrite(folder, RUN_FILE, json.dumps(record).encode())
+    with pytest.raises(CheckpointError, match=f"{folder / RUN_FILE}.*wall_time_s"):
+        train(cfg(tiny_data, **STEPS), out, resume=True)
+    _rewrite(folder, RUN_FILE, good_record)
+
+    data = (folder / STATE_FILE).read_bytes()
+    tensors = load(data)
+    meta = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    without = {k: v for k, v in tensors.items() if not k.startswith("exp_avg_sq.")}
+    _rewrite(folder, STATE_FILE, save(without, metadata=meta))
+    with pytest.raises(CheckpointError, match=f"{folder / STATE_FILE}.*exp_avg_sq.* missing"):
+        train(cfg(tiny_data, **STEPS), out, resume=True)
+    _rewrite(folder, STATE_FILE, save(tensors, metadata={**meta, "step": "1"}))
+    with pytest.raises(CheckpointError, match="state of step 1"):
+        train(cfg(tiny_data, **STEPS), out, resume=True)
+    # a file changed without its manifest: the checkpoint is incomplete, never loaded
+    (folder / STATE_FILE).write_bytes(data[:-10])
+    with pytest.raises(CheckpointError, match="does not match the SHA-256"):
+        train(cfg(tiny_data, **STEPS), out, resume=True)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tiny_data,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
+    original = training.train_step
+
+    def poisoned(run, *args):
+        if run.step == 2:  # the third step: its loss is NaN
+            with torch.no_grad():
+                next(run.model.parameters()).fill_(float("nan"))
+        return original(run, *args)
+
+    monkeypatch.setattr(training, "train_step", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="at step 3.*last good checkpoint \\(step 2\\)"):
+        train(cfg(tiny_data, **STEPS), out)
+    good = weights(out / CHECKPOINTS_DIR / "step-00000002")
+    assert_same_weights(weights(out), good)
+    assert all(torch.isfinite(t).all() for t in good.values())
+    assert load_model(out) is not None
+    # the command line: one error line, exit status 1
+    c = cfg(tiny_data, **STEPS)
+    argv = ["--preset", c.preset, "--steps", "4", "--batch-size", "4", "--warmup", "2"]
+    argv += ["--eval-every", "2", "--eval-images", "4", "--threads", "1", "--data", tiny_data]
+    assert tools.train.main([*argv, "--out", str(tmp_path / "cli")]) == 1
+    err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()  # after the bar
+    assert err[-1].startswith("error: the loss is nan"), err
