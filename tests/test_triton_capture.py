@@ -48,7 +48,7 @@ SUPPORTS = [L.strided(7), L.column(5), L.local(5), L.dense(), L.fixed(7, 2), L.f
 
 
 @pytest.mark.parametrize("support", [*SUPPORTS, L.fixed(9, 3, 3)], ids=repr)
-@pytest.mark.parametrize("heads", [1, 2, 4])
+@pytest.mark.parametrize("heads", [1, 2, 3, 4])
 def test_the_support_pattern_built_on_the_device_is_the_hosts(support, heads):
     """indptr from the closed-form row counts and the indices the kernel writes equal the mask
     walk of kernels/capture.py, for the union over heads (fixed(l, c, k) over H heads)."""

@@ -11,12 +11,11 @@ an N x N matrix").
 
 The layout predicate is evaluated inside the kernels (``_allowed``) for both kernel families,
 with the same formulas as kernels/layouts.py. The sparse and pooled forms walk only the pairs
-of a layout, in tensor-core tiles, as the forward does (``_walk_kernel``): their cost is about
-a forward's without its P V product, where the pooled form used to score all N^2 / 2 causal
-pairs. The sparse form never leaves the device: its pattern comes from closed-form row counts
-(cumsum) and a kernel that writes each row's keys.
-kernels/capture.py is the reference these are tested against, and the entry point that calls
-them.
+they need (the support's, the layout's) in tensor-core tiles, as the forward walks a layout
+(``_walk_kernel``): about a forward's cost without its P V product, rather than scoring all
+N^2 / 2 causal pairs. The sparse form never leaves the device: its pattern comes from
+closed-form row counts (cumsum) and a kernel that writes each row's keys. kernels/capture.py is
+the reference these are tested against, and the entry point that calls them.
 """
 
 from __future__ import annotations
