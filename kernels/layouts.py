@@ -392,6 +392,9 @@ def parse_layout(spec: str | Layout) -> Layout:
     return _build(node, spec)
 
 
+# The largest integer a layout spec may hold: 2**20 tokens, models.checkpoint.MAX_TOKENS.
+MAX_SPEC_INT = 2**20
+
 _SPEC_HELP = (
     "expected one of dense(), local(l=L), column(l=L), strided(l=L), "
     "fixed(l=L, c=C[, num_verts=K]), multihead(LAYOUT, ...)"
@@ -417,6 +420,13 @@ def _build(node: ast.expr, spec: str) -> Layout:
             and isinstance(a.value, int)
             and not isinstance(a.value, bool)
         ):
+            # bounded before any arithmetic: no sequence here is longer than MAX_SPEC_INT
+            # tokens, and a 23-digit l would overflow the first int64 it meets
+            if abs(a.value) > MAX_SPEC_INT:
+                raise ValueError(
+                    f"layout argument {a.value} in {spec!r} is out of range: "
+                    f"every argument must be at most {MAX_SPEC_INT:,} (2**20, the longest sequence)"
+                )
             return a.value
         if isinstance(a, ast.UnaryOp) and isinstance(a.op, ast.USub):
             return -value(a.operand)

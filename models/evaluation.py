@@ -33,6 +33,10 @@ def evaluate_bpd(
     Sums the exact per-token NLL in float64 over all N*T tokens, so the result does not depend
     on the batch size.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(tokens) == 0:
+        raise ValueError("no test images to evaluate on")
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -63,6 +67,8 @@ def time_train_step(
     device: torch.device | str = "cpu",
 ) -> float:
     """Median seconds of one training step (fresh copy of the model, AdamW, random tokens)."""
+    if batch_size < 1 or iters < 1:
+        raise ValueError(f"batch_size and iters must be >= 1, got {batch_size} and {iters}")
     clone = SparseTransformer(model.config).to(device).train()
     opt = torch.optim.AdamW(clone.parameters(), lr=1e-4)
     x = torch.randint(0, 256, (batch_size, model.config.block_size), device=device)

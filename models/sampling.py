@@ -13,12 +13,13 @@ path is tested against token for token.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from models.model import KVCache, SparseTransformer
+from models.model import KVCache, ModelConfig, SparseTransformer
 
 
 class SamplingCancelled(Exception):
@@ -30,6 +31,25 @@ class SamplingCancelled(Exception):
         self.position = position
 
 
+# What a command line may ask sample() to hold at once (the app allows 1-16 samples, see
+# app_pages/limits.py): n_samples is bounded so that the estimate below stays within this.
+SAMPLING_MEMORY_BUDGET = 4 * 2**30
+MAX_SAMPLES = 1024
+
+
+def bytes_per_sample(config: ModelConfig) -> int:
+    """A generous estimate of the float32 memory one sample costs while sampling: the KV cache
+    (keys and values of every layer, [N, d] each), the prefix's logits [N, 256] and the
+    feed-forward activations of the prefill ([N, 4 d] and a few [N, d])."""
+    n, d = config.block_size, config.n_embd
+    return 4 * n * (2 * config.n_layer * d + config.vocab_size + 8 * d)
+
+
+def max_samples(config: ModelConfig, budget: int = SAMPLING_MEMORY_BUDGET) -> int:
+    """The most samples of ``config`` one call may draw: within ``budget`` and MAX_SAMPLES."""
+    return max(1, min(MAX_SAMPLES, budget // bytes_per_sample(config)))
+
+
 def logits_to_probs(
     logits: Tensor,
     *,
@@ -38,8 +58,8 @@ def logits_to_probs(
     top_p: float | None = None,
 ) -> Tensor:
     """Next-token distribution [B, 256] from logits [B, 256]; temperature 0 means argmax."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):  # NaN fails every comparison
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     logits = logits.float()
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
@@ -51,7 +71,7 @@ def logits_to_probs(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if top_p is not None:
-        if not 0 < top_p <= 1:
+        if not (math.isfinite(top_p) and 0 < top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         sorted_p, order = probs.sort(dim=-1, descending=True)
         # keep the smallest set of tokens whose mass reaches top_p (always at least one)

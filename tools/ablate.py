@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import torch
@@ -34,23 +33,15 @@ from models.checkpoint import CheckpointError, load_model
 from models.datasets import DatasetError, load_images
 from models.model import SparseTransformer
 from models.tokens import images_to_tokens
+from tools.cli import Parser, UsageError, check_output_file, run_main, write_atomic
 
 MAX_IMAGES = 10_000  # the size of the Fashion-MNIST and CIFAR-10 test splits
 TYPE_IMAGES = 16  # images whose attention decides the head types with --types auto
 OUT_SUFFIXES = (".json", ".csv")
 
 
-class UsageError(ValueError):
-    """A bad command line: reported as one ``error:`` line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # argparse's own errors: one line too
-        raise UsageError(message)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m tools.ablate", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m tools.ablate", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=Path("assets/models/dense"))
     p.add_argument("--images", type=int, default=200, help=f"test images, 1..{MAX_IMAGES}")
     p.add_argument("--mode", choices=MODES, default="mean")
@@ -72,8 +63,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"{name} must be between 1 and {MAX_IMAGES:,}, got {value}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise UsageError(f"--threads must be between 1 and 1,024, got {args.threads}")
     if not args.model.is_dir():
         raise UsageError(f"--model {args.model}: no such model directory")
     if args.types not in ("auto", "none") and not Path(args.types).is_file():
@@ -90,10 +81,11 @@ def check_out(out: Path) -> None:
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory")
     folder = out.parent
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {out}: {folder} is a file, not a folder")
     if not folder.is_dir():
         raise UsageError(f"--out {out}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise UsageError(f"--out {out}: not writable")
+    check_output_file(out, OUT_SUFFIXES)  # a file made and removed: os.access lies to root
 
 
 def reference_tokens(data: str, model: SparseTransformer, count: int) -> torch.Tensor:
@@ -136,16 +128,23 @@ def format_table(rows: list[dict], meta: dict) -> str:
 
 
 def write(out: Path, rows: list[dict], meta: dict) -> None:
+    """The ranking as JSON or CSV, written whole or not at all."""
     if out.suffix.lower() == ".json":
-        out.write_text(json.dumps({**meta, "heads": rows}, indent=1) + "\n")
+        write_atomic(out, json.dumps({**meta, "heads": rows}, indent=1) + "\n")
         return
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out, table.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         check_args(args)

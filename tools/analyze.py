@@ -11,8 +11,8 @@ share of the model's attention each would keep, against its density.
 
 from __future__ import annotations
 
-import argparse
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -21,8 +21,10 @@ import torch
 
 from analysis.learned import analyze_model, layout_search, pick_images, search_candidates
 from kernels.layouts import Layout, image_layout_spec, parse_layout
-from models.checkpoint import CheckpointError, load_model
-from models.datasets import DatasetError
+from models.checkpoint import load_model
+from tools.cli import Parser, UsageError, check_output_dir, int_range, run_main, write_atomic
+
+MAX_IMAGES = 10_000  # the size of the Fashion-MNIST and CIFAR-10 test splits
 
 
 def format_table(rows: list[dict], layout: Layout) -> str:
@@ -78,34 +80,41 @@ def format_search(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.analyze", description=__doc__.split("\n")[0])
+def parser() -> Parser:
+    p = Parser(prog="python -m tools.analyze", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=Path("assets/models/dense"))
     p.add_argument("--layout", default="strided", help="strided | fixed | a layout spec")
-    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--images", type=int_range(1, MAX_IMAGES), default=64)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--search", action="store_true", help="also the layout search table")
-    p.add_argument("--out", type=Path, default=Path("analysis"))
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=Path("analysis"), help="a folder for .json, .csv")
+    p.add_argument("--threads", type=int_range(1, 1024), default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py)."""
+    return run_main(run, argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    check_output_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        if args.images < 1:
-            raise ValueError("--images must be >= 1")
-        model = load_model(args.model)
-        layout = parse_layout(
-            image_layout_spec(args.layout, model.config.row_stride, model.config.block_size)
-        )
-        layout.check_heads(model.config.n_head)
-        tokens = pick_images(args.data, model.config.geometry, args.images)
-    except (CheckpointError, DatasetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model = load_model(args.model)
+    layout = parse_layout(
+        image_layout_spec(args.layout, model.config.row_stride, model.config.block_size)
+    )
+    layout.check_heads(model.config.n_head)
+    stem = f"{args.model.name}_vs_{layout.name.split('(')[0]}"
+    outputs = [args.out / f"{stem}.json", args.out / f"{stem}.csv"]
+    for path in outputs:
+        if path.exists() and not path.is_file():
+            raise UsageError(f"--out {args.out}: {path} exists and is not a file")
+    tokens = pick_images(args.data, model.config.geometry, args.images)
     rows = analyze_model(model, tokens, layout)
     print(format_table(rows, layout))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.model.name}_vs_{layout.name.split('(')[0]}"
     result = {
         "model": str(args.model),
         "layout": repr(layout),
@@ -118,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\nlayout search: the share of this model's attention each layout keeps\n")
         print(format_search(search))
         result["search"] = search
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    with open(args.out / f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(outputs[0], json.dumps(result, indent=1) + "\n")
+    write_atomic(outputs[1], table.getvalue())
     print(f"\nwrote {args.out / stem}.json and .csv")
     return 0
 

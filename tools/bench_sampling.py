@@ -22,6 +22,7 @@ from models.completion import keep_mask
 from models.evaluation import device_name
 from models.model import ModelConfig, SparseTransformer
 from models.sampling import sample
+from tools.cli import Parser, int_range, run_main
 
 ROOT = Path(__file__).resolve().parents[1] / "assets" / "models"
 
@@ -43,13 +44,33 @@ def time_completion(model: SparseTransformer, n_samples: int, *, use_cache: bool
     return time.perf_counter() - t
 
 
+def device_arg(text: str) -> torch.device:
+    """An argparse type: a torch device this machine has."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no CUDA device on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text}: only cpu and cuda are benchmarked")
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.bench_sampling", description=__doc__)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--samples", type=int, default=None, help="default: 4 on CPU, 16 on GPU")
+    """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python -m tools.bench_sampling", description=__doc__)
+    p.add_argument("--device", type=device_arg, default=torch.device("cpu"))
+    p.add_argument(
+        "--samples", type=int_range(1, 64), default=None, help="1-64; default: 4 on CPU, 16 on GPU"
+    )
     p.add_argument("--no-uncached", action="store_true", help="skip the slow uncached baseline")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = args.device
     n_samples = args.samples or (16 if device.type == "cuda" else 4)
     models: list[tuple[str, SparseTransformer]] = []
     try:

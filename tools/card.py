@@ -11,7 +11,6 @@ tools.train), ``eval.json`` (written by ``tools.evaluate --write``) and ``baseli
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -26,6 +25,7 @@ from models.evaluation import histogram_baseline_bpd
 from models.model import ModelConfig
 from models.sampling import sample
 from models.tokens import images_to_tokens, tokens_to_image
+from tools.cli import Parser, UsageError, check_output_file, run_main, write_atomic
 from viz.grid import image_grid
 
 ROOT = Path(__file__).resolve().parents[1] / "assets" / "models"
@@ -297,12 +297,21 @@ def draw_samples(root: Path = ROOT, *, n_uncond: int = 8, n_complete: int = 6, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.card", description=__doc__.split("\n")[0])
+    """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python -m tools.card", description=__doc__.split("\n")[0])
     p.add_argument("--root", type=Path, default=ROOT)
     p.add_argument("--baselines", action="store_true")
     p.add_argument("--samples", action="store_true")
     p.add_argument("--check", action="store_true")
     args = p.parse_args(argv)
+    if not args.root.is_dir():
+        raise UsageError(f"--root {args.root}: no such folder of models")
+    if not args.check:
+        check_output_file(args.root / "README.md", (".md",), flag="--root")
     if args.baselines:
         compute_baselines(args.root)
     if args.samples:
@@ -313,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = path.exists() and path.read_text() == text
         print("model card is up to date" if ok else f"{path} differs from its records")
         return 0 if ok else 1
-    path.write_text(text)
+    write_atomic(path, text)
     print(f"wrote {path}")
     return 0
 

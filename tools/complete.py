@@ -13,28 +13,47 @@ done by models/completion.py.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from models.checkpoint import CheckpointError, load_model
-from models.completion import complete, hidden_view, keep_mask
-from models.uploads import ImageInputError, prepare_image
-from viz.grid import image_grid
+from tools.cli import (
+    Parser,
+    UsageError,
+    check_output_file,
+    finite_float,
+    int_range,
+    non_negative_int,
+    positive_int,
+    run_main,
+)
+
+# what the grid can be written as (Pillow picks the writer by the suffix)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_TEMPERATURE = 100.0  # the app stops at 2; beyond ~10 every sample is noise
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.complete", description=__doc__.split("\n")[0])
+def parser() -> Parser:
+    p = Parser(prog="python -m tools.complete", description=__doc__.split("\n")[0])
     p.add_argument("image", type=Path, help="any image file Pillow opens")
     p.add_argument("--model", type=Path, default=Path("assets/models/strided"))
-    p.add_argument("--keep-rows", type=int, default=None, help="keep the top rows (default half)")
-    p.add_argument("--rect", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), default=None)
-    p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--keep-rows", type=non_negative_int, default=None, help="keep the top rows (default half)"
+    )
+    p.add_argument(
+        "--rect", type=non_negative_int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), default=None
+    )
+    p.add_argument(
+        "--samples",
+        type=positive_int,
+        default=4,
+        help="at most what fits models.sampling.SAMPLING_MEMORY_BUDGET (4 GiB; 411 for the "
+        "shipped models) and never more than 1,024",
+    )
+    p.add_argument("--temperature", type=finite_float(0.0, MAX_TEMPERATURE), default=1.0)
+    p.add_argument("--top-k", type=int_range(1, 256), default=None)
+    p.add_argument("--top-p", type=finite_float(0.0, 1.0, lo_open=True), default=None)
+    p.add_argument("--seed", type=int_range(0, 2**63 - 1), default=0)
     p.add_argument("--fit", choices=("crop", "letterbox"), default="crop")
     p.add_argument("--invert", action="store_true", help="invert (dark-on-light photos)")
     p.add_argument(
@@ -43,50 +62,82 @@ def main(argv: list[str] | None = None) -> int:
         default="black",
         help="colour behind transparent pixels and letterbox bars",
     )
-    p.add_argument("--out", type=Path, default=Path("completion.png"))
-    args = p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=Path("completion.png"), help="a .png, .jpg, ...")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py)."""
+    return run_main(run, argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    from models.checkpoint import load_config, load_model
+    from models.completion import complete, hidden_view, keep_mask
+    from models.sampling import SAMPLING_MEMORY_BUDGET, bytes_per_sample, max_samples
+    from models.uploads import ImageInputError, prepare_image
+    from viz.grid import image_grid
+
+    args = parser().parse_args(argv)
+    # everything that can be checked is, before the model is loaded or a token sampled
+    check_output_file(args.out, IMAGE_SUFFIXES)
+    config = load_config(args.model)
+    most = max_samples(config)
+    if args.samples > most:
+        raise UsageError(
+            f"--samples {args.samples} is too many for this model: at most {most} "
+            f"(about {bytes_per_sample(config) / 2**20:.1f} MiB each while sampling, within "
+            f"{SAMPLING_MEMORY_BUDGET / 2**30:.0f} GiB)"
+        )
+    geometry = config.geometry
+    keep = keep_mask(
+        geometry, keep_rows=args.keep_rows, rect=tuple(args.rect) if args.rect else None
+    )
     try:
-        if args.samples < 1:
-            raise ValueError("--samples must be >= 1")
-        model = load_model(args.model)
-        geometry = model.config.geometry
-        keep = keep_mask(
-            geometry, keep_rows=args.keep_rows, rect=tuple(args.rect) if args.rect else None
-        )
-        try:
-            data = args.image.read_bytes()
-        except OSError as e:
-            raise ImageInputError(f"cannot read {args.image}: {e.strerror or e}") from None
-        bg = (0, 0, 0) if args.background == "black" else (255, 255, 255)
-        image = prepare_image(data, geometry, fit=args.fit, background=bg)
-        if args.invert:
-            image = 255 - image
-        t = time.perf_counter()
-        samples = complete(
-            model,
-            image,
-            keep,
-            n_samples=args.samples,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
-        )
-        seconds = time.perf_counter() - t
-    except (CheckpointError, ImageInputError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        data = args.image.read_bytes()
+    except OSError as e:
+        raise ImageInputError(f"cannot read {args.image}: {e.strerror or e}") from None
+    bg = (0, 0, 0) if args.background == "black" else (255, 255, 255)
+    image = prepare_image(data, geometry, fit=args.fit, background=bg)
+    if args.invert:
+        image = 255 - image
+    model = load_model(args.model)
+    t = time.perf_counter()
+    samples = complete(
+        model,
+        image,
+        keep,
+        n_samples=args.samples,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    seconds = time.perf_counter() - t
     grid = image_grid(
         [("input / kept", [image, hidden_view(image, keep)]), ("samples", list(samples))]
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(args.out)
+    save_image(grid, args.out)
     sampled = int((~keep).sum())
     print(
         f"{args.samples} samples of {sampled} tokens in {seconds:.2f} s "
         f"({1000 * seconds / max(sampled, 1):.2f} ms per token step) -> {args.out}"
     )
     return 0
+
+
+def save_image(image, out: Path) -> None:
+    """Write a PIL image whole or not at all (encoded in memory, then an atomic rename)."""
+    import io
+
+    from tools.cli import write_atomic
+
+    buffer = io.BytesIO()
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}.get(
+        out.suffix.lower(), out.suffix.lower().lstrip(".").upper()
+    )
+    image.save(buffer, format=fmt)
+    write_atomic(out, buffer.getvalue())
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ files from viz/export.py (what each format holds and its metadata).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from tools.cli import Parser, check_output_dir, int_range, run_main
 from viz.export import FORMATS, VIEWS, model_items, write_all
+
+MAX_DPI = 1200  # print quality; a 20,000 dpi figure needs gigabytes
 
 
 def _select(text: str, n: int, what: str) -> list[int] | None:
@@ -31,7 +33,12 @@ def _select(text: str, n: int, what: str) -> list[int] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.export", description=__doc__.split("\n")[0])
+    """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py)."""
+    return run_main(run, argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python -m tools.export", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--image", type=Path, required=True)
     p.add_argument("--layers", default="all")
@@ -39,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", default=",".join(VIEWS))
     p.add_argument("--formats", default="png,svg,pdf,html,npz")
     p.add_argument("--query", type=int, nargs=2, default=[14, 14], metavar=("ROW", "COL"))
-    p.add_argument("--dpi", type=int, default=150)
+    p.add_argument("--dpi", type=int_range(10, MAX_DPI), default=150)
     p.add_argument("--out", type=Path, default=Path("figures"))
     args = p.parse_args(argv)
+    check_output_dir(args.out)
     from analysis.attention import capture_image
     from models.checkpoint import CheckpointError, load_config, load_model
     from models.uploads import ImageInputError, prepare_image
