@@ -93,17 +93,22 @@ def _kernel_misfit(q: Tensor, layout: Layout) -> str | None:
             "on the CPU (slowly; that is how the tests run them)"
         )
     try:
-        from kernels.triton.common import DTYPES, HEAD_DIMS, kernel_spec
+        from kernels.triton.common import DTYPES, HEAD_DIMS, MAX_GRID_AXIS, kernel_spec
     except ImportError as e:  # triton is installed on Linux only (requirements.txt)
         return f"backend='triton' needs the triton package ({e})"
     try:
-        kernel_spec(layout, q.shape[2])
+        spec = kernel_spec(layout, q.shape[2])
     except ValueError as e:
         return str(e)
     if q.dtype not in DTYPES:
         return f"the Triton kernels take float32, float16 or bfloat16, not {q.dtype}"
     if q.shape[-1] not in HEAD_DIMS:
         return f"the Triton kernels take head dims {HEAD_DIMS}, got D = {q.shape[-1]}"
+    # B * H and the column part's l residues each take one grid axis of at most 65,535 programs
+    if q.shape[0] * q.shape[1] > MAX_GRID_AXIS:
+        return f"the Triton kernels take B * H <= {MAX_GRID_AXIS}, got {q.shape[0] * q.shape[1]}"
+    if (spec.step or 1) > MAX_GRID_AXIS:
+        return f"the Triton kernels take l <= {MAX_GRID_AXIS} for the column part, got {spec.step}"
     return None
 
 

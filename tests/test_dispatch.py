@@ -125,6 +125,11 @@ def test_attention_explains_bad_input(monkeypatch):
         kernels.attention(q, q, q, L.multihead(L.local(2), L.column(2)), backend="triton")
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         kernels.attention(q.double(), q.double(), q.double(), L.dense(), backend="triton")
+    many = q[:1, :1].expand(256, 257, 10, 32)  # B * H past a CUDA grid axis, no memory
+    with pytest.raises(ValueError, match=r"B \* H <= 65535, got 65792"):
+        kernels.attention(many, many, many, L.dense(), backend="triton")
+    with pytest.raises(ValueError, match="l <= 65535 for the column part"):
+        kernels.attention(q, q, q, L.strided(70_000), backend="triton")
     if not torch.cuda.is_available():
         monkeypatch.delenv("TRITON_INTERPRET")
         with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):

@@ -24,6 +24,8 @@ from kernels.layouts import Column, Dense, Fixed, Layout, Local, Strided
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HEAD_DIMS = (16, 32, 64, 128)  # powers of two (tl.arange) >= 16 (the smallest tl.dot operand)
+# CUDA's limit on grid axes 1 and 2, which hold the column part's residues and B * H
+MAX_GRID_AXIS = 65_535
 
 
 TILES_ENV = "SPARSE_ATTENTION_TILES"
