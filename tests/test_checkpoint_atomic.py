@@ -215,3 +215,20 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert tools.train.main([*argv, "--out", str(tmp_path / "cli")]) == 1
     err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()  # after the bar
     assert err[-1].startswith("error: the loss is nan"), err
+
+
+def test_resume_on_a_copy_of_a_shipped_model_changes_nothing(tmp_path, capsys):
+    """`cp -r assets/models/strided runs/s`, then `tools.train --resume --out runs/s`."""
+    import shutil
+
+    copy = tmp_path / "s"
+    shutil.copytree(ROOT / "assets" / "models" / "strided", copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    argv = ["--preset", "fmnist-medium", "--layout", "strided", "--out", str(copy)]
+    assert tools.train.main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: ") and err.count("\n") == 1, err
+    assert "not written by a resumable run" in err
+    assert tools.train.main(argv) == 2
+    assert "already holds a model" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
