@@ -232,3 +232,24 @@ def test_resume_on_a_copy_of_a_shipped_model_changes_nothing(tmp_path, capsys):
     assert tools.train.main(argv) == 2
     assert "already holds a model" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"grad_clip": float("nan")},
+        {"lr": float("inf")},
+        {"lr": 0.0},
+        {"eval_images": 0},
+        {"steps": 0},
+        {"min_lr_ratio": 2.0},
+        {"dropout": float("nan")},
+        {"minutes": -1.0},
+    ],
+)
+def test_train_refuses_unusable_settings_before_anything(tiny_data, tmp_path, bad):  # noqa: F811
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        train(cfg(tiny_data, **bad), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="stop_at"):
+        train(cfg(tiny_data), tmp_path / "run", stop_at=0)
