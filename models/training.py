@@ -120,6 +120,8 @@ def check_train_config(cfg: TrainConfig) -> None:
             problems.append(f"{name} must be a finite number in {where}, got {v!r}")
     if cfg.threads is not None and not (isinstance(cfg.threads, int) and cfg.threads >= 1):
         problems.append(f"threads must be >= 1, got {cfg.threads!r}")
+    if cfg.minutes is not None and isinstance(cfg.warmup, int) and cfg.warmup < CALIBRATION[1]:
+        problems.append(f"--minutes needs --warmup >= {CALIBRATION[1]} (the timed steps)")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -632,8 +634,6 @@ def train(
     # --minutes: time steps CALIBRATION of a fresh run, then fix cfg.steps before the warm-up
     # ends, so the schedule is that of a plain --steps run
     calibrating = cfg.minutes is not None and run.step == 0
-    if calibrating and cfg.warmup < CALIBRATION[1]:
-        raise ValueError(f"--minutes needs --warmup >= {CALIBRATION[1]} (the timed steps)")
 
     def last_step() -> int:
         return cfg.steps if stop_at is None else min(cfg.steps, stop_at)

@@ -161,6 +161,7 @@ CASES = [
     ("train", "--out {out}/r --minutes nan", "finite", "{out}/r"),
     ("train", "--out {out}/r --weight-decay -1", "must be in [0", "{out}/r"),
     ("train", f"--out {{out}}/r --layout strided(l={HUGE})", "out of range", "{out}/r"),
+    ("train", "--out {out}/r --minutes 5 --warmup 10", "needs --warmup >= 60", "{out}/r"),
     ("train", "--out {file}/r", "is a file", "{file}/r"),
     ("train", "--out /proc/run", "cannot write", "/proc/run"),
     ("train", "--out {out}/r --preset huge", "invalid choice", "{out}/r"),
