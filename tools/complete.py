@@ -9,6 +9,11 @@ want ``--invert``. Keep the top rows (``--keep-rows``, default half) or a rectan
 ``--rect X0 Y0 X1 Y1`` in pixel coordinates (end exclusive). The grid written to ``--out`` shows
 the input and what was kept, then the samples; the time per token step is printed. The work is
 done by models/completion.py.
+
+``--samples`` is bounded by an estimate of the memory sampling holds
+(``models.sampling.max_samples``: at most 4 GiB and 1,024 samples; 411 for the shipped models,
+54 for a 32x32x3 model of cifar-small's size); the app allows 1-16. Every argument and ``--out``
+(its suffix, and that its folder can be written) are checked before the model is loaded.
 """
 
 from __future__ import annotations
