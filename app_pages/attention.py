@@ -4,7 +4,14 @@ import numpy as np
 import streamlit as st
 
 from analysis.attention import capture_image, head_maps, query_rows
-from app_pages.common import choose_model_and_image, export_panel, get_model, show_image
+from app_pages.common import (
+    as_text,
+    choose_model_and_image,
+    clamp_setting,
+    export_panel,
+    get_model,
+    show_image,
+)
 from kernels.layouts import image_layout_spec, parse_layout
 from models.tokens import pixel_to_token, token_coords
 from viz.export import Exportable, content_key, model_items, safe_name
@@ -39,6 +46,12 @@ picked_px = clicked_pixel(st.session_state.get("att_pixels"), geometry.width)
 if picked_px is not None and picked_px != st.session_state.get("att_pixels_last"):
     st.session_state.att_pixels_last = picked_px
     st.session_state.att_row, st.session_state.att_col = picked_px
+for key, high in (
+    ("att_row", geometry.height - 1),
+    ("att_col", geometry.width - 1),
+    ("att_channel", geometry.channels - 1),
+):
+    clamp_setting(key, 0, high)  # a value kept from another model or a link
 with left:
     row = st.number_input("query row", 0, geometry.height - 1, key="att_row")
     col = st.number_input("query column", 0, geometry.width - 1, key="att_col")
@@ -116,11 +129,11 @@ with a:
     outlined = (
         "No layout outlined."
         if outline_spec == "none"
-        else f"Orange squares: the keys {outline_spec} allows."
+        else f"Orange squares: the keys {as_text(outline_spec)} allows."
     )
     st.caption(
         f"Query token {query} (row {r_}, column {c_}, channel {ch_}). {outlined} "
-        f"The model's own layout is {own}."
+        f"The model's own layout is {as_text(own)}."
     )
 with b:
     tile = tile_for(N, MAP_SIDE)
@@ -161,4 +174,9 @@ with e2:
         batch = model_items(attention, model_name=chosen.name, image_name=image_name)
         st.session_state.att_batch_items = batch
     if st.session_state.get("att_batch_items"):
-        export_panel(st.session_state.att_batch_items, "att_batch_export", "Export the whole batch")
+        export_panel(
+            st.session_state.att_batch_items,
+            "att_batch_export",
+            "Export the whole batch",
+            default=("png", "svg", "pdf", "npz"),  # HTML: 5 MB a figure (plotly.js inlined)
+        )

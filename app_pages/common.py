@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,7 +48,7 @@ def require_model_names() -> list[str]:
     names = model_names()
     if not names:
         st.error(
-            f"No models found under {models_dir()} (each model is a folder with "
+            f"No models found under {as_text(models_dir())} (each model is a folder with "
             "config.json and model.safetensors)."
         )
         st.stop()
@@ -63,7 +66,9 @@ def model_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@st.cache_resource(show_spinner="Loading model...")
+# every cache that holds arrays or models is bounded (max_entries, ttl): a long-running server
+# with many models, images and sessions keeps at most this many
+@st.cache_resource(max_entries=8, ttl=3600, show_spinner="Loading model...")
 def get_model(path: str) -> SparseTransformer:
     """The model, loaded once for every session of this server (read-only after loading)."""
     import torch
@@ -113,11 +118,11 @@ def load_or_explain(name: str) -> SparseTransformer | None:
     try:
         return get_model(str(models_dir() / name))
     except CheckpointError as e:
-        st.error(f"Model '{name}' cannot be loaded: {e}")
+        st.error(as_text(f"Model '{name}' cannot be loaded: {e}"))
         return None
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(max_entries=4, ttl=3600, show_spinner=False)
 def sample_images(geometry: Geometry) -> dict[str, np.ndarray]:
     """The shipped sample images, prepared for ``geometry``: {name: uint8 [H, W, C]}."""
     out = {}
@@ -144,7 +149,7 @@ def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None
     data = upload.getvalue()
     problem = limits.upload_problem(len(data))  # the pixel limit: prepare_upload, from the header
     if problem:
-        st.error(f"{upload.name} cannot be used: it {problem}.")
+        st.error(as_text(f"{upload.name} cannot be used: it {problem}."))
         return None
     # letterbox padding and transparency become the model's background (black) in the image
     # the model sees: filled white when the image is inverted afterwards, black when not
@@ -152,19 +157,21 @@ def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None
     try:
         image, notes, border = prepare_upload(data, geometry, fit=fit, background=fill)
     except ImageInputError as e:
-        st.error(f"{upload.name} cannot be used: {e}")
+        st.error(as_text(f"{upload.name} cannot be used: {e}"))
         return None
     for note in notes:  # e.g. an animated GIF: only its first frame is used
-        st.info(f"{upload.name}: {note}")
+        st.info(as_text(f"{upload.name}: {note}"))
     if border >= LIGHT_BORDER and not invert:
         st.warning(
-            f"{upload.name} has a light background (its border averages {border:.0f} of 255). "
+            f"{as_text(upload.name)} has a light background (its border averages {border:.0f} "
+            "of 255). "
             "The models know light garments on black: tick Invert, or the completions and "
             "attention are of a picture unlike any they were trained on."
         )
     elif border < 255 - LIGHT_BORDER and invert:
         st.warning(
-            f"{upload.name} already has a dark background (its border averages {border:.0f} "
+            f"{as_text(upload.name)} already has a dark background (its border averages "
+            f"{border:.0f} "
             "of 255): inverted, it is dark on white, unlike the training images."
         )
     return upload.name, 255 - image if invert else image
@@ -179,35 +186,351 @@ def show_image(image: np.ndarray, caption: str, width: int = 140) -> None:
     )
 
 
-def export_panel(items, key: str, label: str = "Export figures and data") -> None:
-    """Download buttons for figures (viz.export.Exportable): each format of each, or one zip.
+def as_text(value: object) -> str:
+    """``value`` (a file name, a path, a layout spec, an error about them) as literal text in
+    st.markdown, st.error, st.warning, st.info, st.caption: the characters that make Markdown,
+    HTML, LaTeX, links and images (and the "www." and "://" of bare links) are backslash-escaped
+    and line breaks become spaces, so a name such as ``**x** [a](http://h/) ![i](http://h/i.png)``
+    shows as typed: no bold, no link, no image fetched. Names are data. Plain names (letters,
+    digits, ". , ( ) - /") are left as they are."""
+    text = _MARKUP.sub(r"\\\1", " ".join(str(value).splitlines()))
+    text = _BARE_LINK.sub(r"\1\\.", text)  # www.x: no bare link
+    return _LIST_START.sub(r"\1\\\2", text)  # "1. x" or "- x" would start a list
 
-    The files are made only when asked for (a static figure takes matplotlib ~0.2 s), and
-    kept until the figures change.
-    """
-    from viz.export import FORMATS, export_files, zip_bytes
+
+_MARKUP = re.compile(r"([\\`*_{}\[\]<>!#|~$:@&])")
+_BARE_LINK = re.compile(r"(?i)(www)\.")
+_LIST_START = re.compile(r"^(\s*\d*)([.)+\-])")
+
+
+def session_alive() -> Callable[[], bool]:
+    """A check that this run's session is still open, for work that outlives the run (the
+    worker pool asks it every half second). Streamlit has no callback for a closed tab, but its
+    runtime drops a disconnected session from its active sessions at once
+    (Runtime.is_active_session); without a real runtime (AppTest, bare mode) it says yes."""
+    from streamlit import runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    session_id = ctx.session_id if ctx is not None else None
+
+    def alive() -> bool:
+        if session_id is None or not runtime.exists():
+            return True
+        answer = runtime.get_instance().is_active_session(session_id)
+        return answer is not False  # a test's mock runtime answers a mock: alive
+
+    return alive
+
+
+def follow(task, *, what: str, on_tick: Callable[[], None] | None = None, bar: bool = True):
+    """Wait in this run for ``task`` (an app_pages.jobs.Task in the pool), showing its place
+    in the queue and, with ``bar``, its progress; ``on_tick()`` draws more (the Complete page's
+    rows). A rerun (a click) ends this wait and leaves the task to its page; the session's end
+    (Streamlit stops the run) cancels it."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from app_pages.jobs import POOL
+
+    slot = st.empty()
+    try:
+        while True:
+            ended = task.wait(0.2)
+            place = POOL.position(task)
+            if place is not None and place >= 1:
+                running, waiting = POOL.busy
+                slot.info(
+                    f"{what} is waiting for a worker: number {place} in the queue "
+                    f"({running} running, {waiting} waiting; {task.waited:.0f} s so far)."
+                )
+            elif bar and not ended:
+                slot.progress(task.share, text=as_text(task.text or f"{what}: working..."))
+            else:  # a message each tick: Streamlit checks for a rerun or a stop at each one
+                slot.empty()
+            if on_tick is not None:
+                on_tick()
+            if ended:
+                break
+    except StopException:  # the session ended (or the page stopped): nobody will wait for it
+        task.cancel("the session ended")
+        raise
+    slot.empty()
+
+
+def export_job(key: str, items, formats, *, dpi: int, heavy: bool, start: bool):
+    """The export of ``items`` kept under ``{key}_job``: started in the pool when ``start``
+    (Refused is explained), followed while it runs (with Cancel), and returned once it has
+    ended and is for these items and settings (else None). Its result is (zip bytes, files)."""
+    from app_pages.jobs import DONE, POOL, Refused, Task, over_budget
+    from viz.export import estimate, export_zip
 
     signature = [(it.name, json.dumps(it.meta, sort_keys=True, default=str)) for it in items]
-    with st.popover(label):
-        fmts = st.multiselect(
-            "Formats", FORMATS, default=["png", "svg", "pdf", "html", "npz"], key=f"{key}_formats"
-        )
-        dpi = st.slider("PNG resolution (dpi)", 72, 600, 150, step=6, key=f"{key}_dpi")
-        if st.button("Prepare files", key=f"{key}_prepare"):
-            files = export_files(items, fmts, dpi=dpi)
-            st.session_state[f"{key}_files"] = (signature, files)
-        made = st.session_state.get(f"{key}_files")
-        if made and made[0] == signature:
-            files = made[1]
-            st.download_button(
-                f"All {len(files)} files (zip)",
-                zip_bytes(files),
-                file_name=f"{key}.zip",
-                mime="application/zip",
-                key=f"{key}_zip",
-                on_click="ignore",  # no rerun: quick clicks on several downloads all arrive
+    params = (signature, tuple(formats), dpi, heavy)
+    guess = estimate(items, formats, dpi=dpi, heavy=heavy)
+    refusal = over_budget("This export", guess.memory)
+    if start and refusal is None:
+        old = st.session_state.get(f"{key}_job")
+        if old is not None:
+            old[1].cancel("replaced by a new export")
+        total = max(1, guess.files)
+
+        def work(task):
+            done = []
+
+            def made(name: str) -> None:
+                done.append(name)
+                task.report(len(done) / total, f"{len(done)} of {total} files: {name}")
+
+            return export_zip(
+                items,
+                formats,
+                dpi=dpi,
+                heavy=heavy,
+                on_file=made,
+                cancelled=lambda: task.cancelled,
             )
-            for name, data in files.items():
-                st.download_button(
-                    name, data, file_name=name, key=f"{key}_dl_{name}", on_click="ignore"
-                )
+
+        task = Task(work, label=f"export {key}", memory=guess.memory, alive=session_alive())
+        try:
+            POOL.submit(task)
+            st.session_state[f"{key}_job"] = (params, task)
+        except Refused as e:
+            st.error(as_text(e))
+    elif start:
+        st.error(refusal)
+    made = st.session_state.get(f"{key}_job")
+    if not made or made[0] != params:
+        return None
+    task = made[1]
+    if not task.finished:
+        st.button("Cancel", key=f"{key}_cancel", on_click=task.cancel, args=("cancelled",))
+        follow(task, what="The export")
+    if task.status == DONE:
+        return task
+    if task.status == "cancelled":
+        st.warning(as_text(f"The export was {task.reason or 'cancelled'}; nothing to download."))
+    elif task.error:
+        st.error(as_text(f"The export failed: {task.error}"))
+    return None
+
+
+def export_choices(items, key: str, default=("png", "svg", "pdf", "html", "npz")):
+    """The formats, resolution and heavy-format widgets of an export, and its estimate shown
+    before it starts; returns (formats, dpi, heavy, refusal or None)."""
+    from app_pages.jobs import over_budget
+    from viz.export import FORMATS, HEAVY_FORMATS, estimate
+
+    fmts = st.multiselect("Formats", FORMATS, default=list(default), key=f"{key}_formats")
+    dpi = st.slider("PNG resolution (dpi)", 72, 600, 150, step=6, key=f"{key}_dpi")
+    heavy = False
+    big = [it for it in items if it.heavy]
+    if big and any(f in HEAVY_FORMATS for f in fmts):
+        heavy = st.checkbox(
+            f"Also {', '.join(HEAVY_FORMATS).upper()} of the {len(big)} N x N maps "
+            "(every cell as text: ~9 MB each)",
+            key=f"{key}_heavy",
+        )
+    guess = estimate(items, fmts, dpi=dpi, heavy=heavy)
+    st.caption(f"This export: {guess.describe()}.")
+    return fmts, dpi, heavy, over_budget("This export", guess.memory)
+
+
+def export_panel(
+    items,
+    key: str,
+    label: str = "Export figures and data",
+    default=("png", "svg", "pdf", "html", "npz"),
+) -> None:
+    """Download buttons for figures (viz.export.Exportable): one zip, and each file when few.
+
+    The files are made only when asked for, in the server's worker pool (a progress bar and
+    Cancel while it runs; the size, time and memory estimated first), and kept until the figures
+    or the choices change.
+    """
+    import zipfile
+
+    with st.popover(label):
+        fmts, dpi, heavy, refusal = export_choices(items, key, default)
+        if refusal:
+            st.error(refusal)
+        start = st.button("Prepare files", key=f"{key}_prepare", disabled=not fmts)
+        task = export_job(key, items, fmts, dpi=dpi, heavy=heavy, start=start)
+        if task is None:
+            return
+        data, count = task.result
+        st.download_button(
+            f"All {count - 1} files (zip)",
+            data,
+            file_name=f"{key}.zip",
+            mime="application/zip",
+            key=f"{key}_zip",
+            on_click="ignore",  # no rerun: quick clicks on several downloads all arrive
+        )
+        if count - 1 <= MAX_FILE_BUTTONS:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                for name in z.namelist():
+                    if name != "index.md":
+                        st.download_button(
+                            name,
+                            z.read(name),
+                            file_name=name,
+                            key=f"{key}_dl_{name}",
+                            on_click="ignore",
+                        )
+
+
+MAX_FILE_BUTTONS = 12  # more files: the zip alone (each button holds its file in memory)
+
+
+# -- Settings: kept for the whole session across pages, and mirrored in the page's URL --------
+# Streamlit forgets a widget's value when a run does not draw it (another page, or an early
+# st.stop() such as "upload an image first"); re-assigning the key at the top of every run
+# (keep_settings, called by app.py) keeps it. The settings of the page shown are written to
+# st.query_params (share_settings), and a new session reads them back (settings_from_url), so a
+# view can be shared as a link and survives a reload.
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its type, and the values it may take (a URL can hold anything)."""
+
+    kind: type  # int, float, bool, str or list (of str)
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None  # for str and list; None: any (the page checks)
+
+    def parse(self, texts: list[str]):
+        """The value of the URL's texts for this setting, or None when they are not one."""
+        try:
+            if self.kind is list:
+                value = list(texts)
+                ok = all(v in self.allowed() for v in value)
+                return value if ok else None
+            (text,) = texts
+            if self.kind is bool:
+                return {"1": True, "0": False}.get(text)
+            value = self.kind(text)
+        except (TypeError, ValueError):
+            return None
+        if self.kind in (int, float):
+            if value != value or (self.low is not None and value < self.low):  # NaN too
+                return None
+            if self.high is not None and value > self.high:
+                return None
+        if self.kind is str and value not in self.allowed():
+            return None
+        return value
+
+    def allowed(self):
+        """The values it may take; anything when the page decides (sample names, layouts)."""
+        return self.choices if self.choices is not None else _Anything()
+
+
+class _Anything:
+    def __contains__(self, item) -> bool:
+        return True
+
+
+_MODEL = Setting(str)  # checked against model_names() when read
+_IMAGE_SETTINGS = {
+    "source": Setting(str, choices=("test image", "upload")),
+    "sample": Setting(str),
+    "fit": Setting(str, choices=("crop", "letterbox")),
+    "invert": Setting(bool),
+}
+SETTINGS: dict[str, Setting] = {
+    "lay_geometry": Setting(str),
+    "lay_mode": Setting(str, choices=("strided", "fixed", "side by side")),
+    "lay_l": Setting(int, 1, 3072),
+    "lay_c": Setting(int, 1, 3072),
+    "lay_verts": Setting(int, 1, 16),
+    "lay_head": Setting(int, 0, 15),
+    "lay_row": Setting(int, 0, 31),
+    "lay_col": Setting(int, 0, 31),
+    "lay_channel": Setting(int, 0, 2),
+    "att_model": _MODEL,
+    **{f"att_{k}": s for k, s in _IMAGE_SETTINGS.items()},
+    "att_row": Setting(int, 0, 255),
+    "att_col": Setting(int, 0, 255),
+    "att_channel": Setting(int, 0, 2),
+    "att_layer": Setting(int, 0, 255),
+    "att_head": Setting(int, 0, 255),
+    "att_outline": Setting(str),
+    "lvp_model": _MODEL,
+    "lvp_over": Setting(str, choices=("one image", "many test images")),
+    "lvp_count": Setting(int, 2, 64),
+    "lvp_search": Setting(bool),
+    **{f"lvp_{k}": s for k, s in _IMAGE_SETTINGS.items()},
+    "cmp_models": Setting(list),
+    **{f"cmp_{k}": s for k, s in _IMAGE_SETTINGS.items()},
+    "cmp_keep": Setting(str, choices=("top rows", "rectangle")),
+    "cmp_rows": Setting(int, 0, 255),
+    **{f"cmp_{k}": Setting(int, 0, 255) for k in ("x0", "y0", "x1", "y1")},
+    "cmp_samples": Setting(int, limits.SAMPLES.low, limits.SAMPLES.high),
+    "cmp_temperature": Setting(float, limits.TEMPERATURE.low, limits.TEMPERATURE.high),
+    "cmp_top_k": Setting(int, limits.TOP_K.low, limits.TOP_K.high),
+    "cmp_top_p": Setting(float, limits.TOP_P.low, limits.TOP_P.high),
+    "cmp_seed": Setting(int, limits.SEED.low, limits.SEED.high),
+    "cmp_look_model": _MODEL,
+    "cmp_look_sample": Setting(int, 0, 255),
+    "cmp_look_layer": Setting(int, 0, 255),
+}
+
+
+def keep_settings() -> None:
+    """Keep every setting this session has made, on every page: called at the top of each run
+    (app.py), before any page draws its widgets. The first run of a session reads the URL."""
+    if "_settings_from_url" not in st.session_state:
+        st.session_state["_settings_from_url"] = settings_from_url()
+    for key in SETTINGS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def settings_from_url() -> list[str]:
+    """Put the URL's settings into session state (before any widget exists); values a setting
+    cannot take are left out. Returns the keys taken."""
+    taken = []
+    for key in st.query_params:
+        setting = SETTINGS.get(key)
+        if setting is None:
+            continue
+        value = setting.parse(st.query_params.get_all(key))
+        if value is None:
+            continue
+        if key.endswith("_model") or key == "cmp_models":
+            names = model_names()
+            if not all(v in names for v in (value if isinstance(value, list) else [value])):
+                continue
+        st.session_state[key] = value
+        taken.append(key)
+    return taken
+
+
+def _url_text(value) -> str | list[str]:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return str(value)
+
+
+def share_settings(prefix: str | None) -> None:
+    """Write the settings of the page with keys ``prefix``_... to the URL (only they: a link
+    names one page's view); other pages' settings stay in the session."""
+    wanted = {
+        key: _url_text(st.session_state[key])
+        for key in SETTINGS
+        if prefix and key.startswith(f"{prefix}_") and key in st.session_state
+    }
+    current = {k: st.query_params.get_all(k) for k in st.query_params}
+    normal = {k: v if isinstance(v, list) else [v] for k, v in wanted.items()}
+    if current != normal:
+        st.query_params.from_dict(wanted)
+
+
+def clamp_setting(key: str, low: int, high: int) -> None:
+    """Bring a number setting into low..high before its widget is drawn (a shared link or
+    another model may carry a value this page's widget refuses)."""
+    if key in st.session_state:
+        st.session_state[key] = min(max(st.session_state[key], low), high)

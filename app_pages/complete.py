@@ -6,30 +6,33 @@ Results are shown only for the request that made them, so a new upload or settin
 stale samples.
 """
 
-import io
-import json
-
 import numpy as np
 import streamlit as st
 
 from analysis.attention import query_rows
 from app_pages import limits
 from app_pages.common import (
+    as_text,
+    clamp_setting,
     export_panel,
+    follow,
     load_or_explain,
     pick_image,
     require_model_names,
+    session_alive,
     show_image,
 )
 from app_pages.completion_job import CANCELLED, DONE, CompletionJob, CompletionRequest, Partial
+from app_pages.jobs import POOL, Refused
 from models.completion import hidden_view, keep_mask
 from models.tokens import pixel_to_token
-from viz.export import Exportable, safe_name
+from viz.export import Exportable, export_bytes, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid
 
 PER_ROW = 4  # samples per line of a model's grid
 MODELS_PER_ROW = 2  # models side by side
+SAMPLES_DPI = 96  # the PNG of the samples: 4 screen pixels per image pixel at 96 dpi
 
 
 def stop_completion() -> None:
@@ -51,13 +54,11 @@ if job is not None:
     job.interrupt()  # still running: this rerun (a click, an upload) cut its run short
 
 names = require_model_names()
-default_models = [m for m in ("strided", "fixed") if m in names] or names[:1]
+st.session_state.setdefault(
+    "cmp_models", [m for m in ("strided", "fixed") if m in names] or names[:1]
+)
 chosen = st.multiselect(
-    "Models (side by side)",
-    names,
-    default=default_models,
-    max_selections=limits.MAX_MODELS,
-    key="cmp_models",
+    "Models (side by side)", names, max_selections=limits.MAX_MODELS, key="cmp_models"
 )
 if not chosen:
     st.info("Choose at least one model.")
@@ -94,6 +95,18 @@ problems = limits.reset_out_of_bounds(
 )
 for message in problems:  # reset to their defaults; nothing starts in this run
     st.error(f"{message} It was reset to its default.")
+# defaults, once per session (a setting kept from before, or from the URL, stays)
+S, T, K, P, D = limits.SAMPLES, limits.TEMPERATURE, limits.TOP_K, limits.TOP_P, limits.SEED
+for key, bound in {
+    "cmp_rows": rows_bound,
+    "cmp_samples": S,
+    "cmp_temperature": T,
+    "cmp_top_k": K,
+    "cmp_top_p": P,
+    "cmp_seed": D,
+    **{f"cmp_{k}": bound for k, bound in corners.items()},
+}.items():
+    st.session_state.setdefault(key, bound.default)
 
 left, right = st.columns([1, 2])
 with left:
@@ -104,9 +117,7 @@ image_name, image = picked
 with left:
     how = st.radio("Keep", ["top rows", "rectangle"], horizontal=True, key="cmp_keep")
     if how == "top rows":
-        rows = st.slider(
-            "Rows to keep", rows_bound.low, rows_bound.high, rows_bound.default, key="cmp_rows"
-        )
+        rows = st.slider("Rows to keep", rows_bound.low, rows_bound.high, key="cmp_rows")
         rect = None
         problem = rows_bound.problem(rows)
     else:
@@ -119,7 +130,7 @@ with left:
             ("y1", b, "y1 (exclusive)"),
         ):
             c = corners[k]
-            rect_values.append(col.number_input(label, c.low, c.high, c.default, key=f"cmp_{k}"))
+            rect_values.append(col.number_input(label, c.low, c.high, key=f"cmp_{k}"))
         rows, rect = None, tuple(rect_values)
         problem = limits.rect_problem(rect, geometry.width, geometry.height)
         st.caption(
@@ -132,13 +143,12 @@ with left:
         st.stop()
     keep = keep_mask(geometry, keep_rows=rows, rect=rect)
     show_image(hidden_view(image, keep), "kept (gray: to be sampled)")
-    S, T, K, P, D = limits.SAMPLES, limits.TEMPERATURE, limits.TOP_K, limits.TOP_P, limits.SEED
-    n_samples = st.slider(S.label, S.low, S.high, S.default, key="cmp_samples")
-    temperature = st.slider(T.label, T.low, T.high, T.default, 0.05, key="cmp_temperature")
+    n_samples = st.slider(S.label, S.low, S.high, key="cmp_samples")
+    temperature = st.slider(T.label, T.low, T.high, step=0.05, key="cmp_temperature")
     k_col, p_col = st.columns(2)
-    top_k = k_col.number_input(K.label, K.low, K.high, K.default, key="cmp_top_k")
-    top_p = p_col.number_input(P.label, P.low, P.high, P.default, 0.05, key="cmp_top_p")
-    seed = st.number_input(D.label, D.low, D.high, D.default, key="cmp_seed")
+    top_k = k_col.number_input(K.label, K.low, K.high, key="cmp_top_k")
+    top_p = p_col.number_input(P.label, P.low, P.high, step=0.05, key="cmp_top_p")
+    seed = st.number_input(D.label, D.low, D.high, key="cmp_seed")
     run_col, stop_col = st.columns(2)
     run = run_col.button("Complete", type="primary", key="cmp_run")
     stop_slot = stop_col.empty()  # Stop is shown only while this run is sampling
@@ -175,8 +185,8 @@ with right:
                 live["panel"].empty()
             panel = st.empty()
             box = panel.container()
-            box.subheader(name)
-            bar = box.progress(0.0, text=f"{name}: sampling...")
+            box.subheader(as_text(name))
+            bar = box.progress(0.0, text=f"{as_text(name)}: sampling...")
             live.update(panel=panel, bar=bar, images=box.empty())
 
         def show_row(name: str, partial: Partial, share: float) -> None:
@@ -185,7 +195,32 @@ with right:
                 image_grid([("", list(partial.images))], label_width=0, columns=PER_ROW)
             )
 
-        job.run(models, image, keep, on_model=start_model, on_row=show_row)
+        # sampled in the server's worker pool (its queue position shown while it waits); this
+        # run draws each new row, and Stop, a rerun or the session's end stop it
+        try:
+            job.submit(POOL, models, image, keep, alive=session_alive())
+        except Refused as e:
+            job.interrupt()
+            st.error(as_text(e))
+            st.stop()
+        drawn = {}
+
+        def draw_rows() -> None:
+            name = job.current
+            if name is None:
+                return
+            if drawn.get("model") != name:
+                drawn.update(model=name, row=None)
+                start_model(name)
+            partial = job.partial.get(name)
+            if partial is not None and partial.row != drawn["row"]:
+                drawn["row"] = partial.row
+                show_row(name, partial, min(1.0, partial.row / max(1, geometry.height - 1)))
+
+        follow(job.task, what="The completion", on_tick=draw_rows, bar=False)
+        if job.task.error:  # one line, never a traceback
+            job.interrupt()
+            st.error(as_text(f"The completion failed: {job.task.error}"))
         if live:
             live["panel"].empty()
         stop_slot.empty()
@@ -199,7 +234,7 @@ with right:
             "sampled by then (gray: not sampled). Press Complete to sample again."
         )
         for name, (row, partial) in job.partial.items():
-            st.markdown(f"**{name}** (partial: up to row {row})")
+            st.markdown(f"**{as_text(name)}** (partial: up to row {row})")
             st.image(image_grid([("", list(partial))], label_width=0, scale=4, columns=PER_ROW))
     if not results:
         if not current:
@@ -214,11 +249,9 @@ with right:
     ]
     for (name, samples), col in zip(results.items(), places, strict=True):
         with col:
-            st.markdown(f"**{name}**")
+            st.markdown(f"**{as_text(name)}**")
             grid = image_grid([("", list(samples))], label_width=0, scale=4, columns=PER_ROW)
             st.image(grid, caption=f"{len(samples)} samples, seed {seed}")
-            png, npz = io.BytesIO(), io.BytesIO()
-            grid.save(png, format="PNG")
             meta = {
                 "model": name,
                 "image": image_name,
@@ -229,20 +262,21 @@ with right:
                 "top_p": float(top_p),
                 "seed": int(seed),
             }
-            np.savez_compressed(
-                npz,
-                samples=samples,
-                image=image,
-                keep=keep.numpy(),
-                metadata=np.array(json.dumps(meta)),
-            )
             stem = f"{safe_name(name)}_{safe_name(image_name)}_seed{seed}"
+            # through the one export path: metadata (and the PNG's dpi) in every file
+            picture = Exportable(
+                f"{stem}_samples",
+                None,
+                {"samples": samples, "image": image, "keep": keep.numpy()},
+                meta,
+                picture=np.asarray(grid),
+            )
             d1, d2 = st.columns(2)
             # on_click="ignore": a download does not rerun the page, so quick clicks on
             # several buttons each download instead of cancelling one another
             d1.download_button(
                 "PNG",
-                png.getvalue(),
+                export_bytes(picture, "png", dpi=SAMPLES_DPI),
                 f"{stem}_samples.png",
                 "image/png",
                 key=f"cmp_png_{name}",
@@ -250,7 +284,7 @@ with right:
             )
             d2.download_button(
                 "NPZ (data)",
-                npz.getvalue(),
+                export_bytes(picture, "npz"),
                 f"{stem}_samples.npz",
                 key=f"cmp_npz_{name}",
                 on_click="ignore",
@@ -261,7 +295,9 @@ with right:
 st.subheader("Where the model looked")
 c1, c2, c3 = st.columns(3)
 name = c1.selectbox("Model", list(results), key="cmp_look_model")
-index = c2.number_input("Sample", 0, len(results[name]) - 1, 0, key="cmp_look_sample")
+clamp_setting("cmp_look_sample", 0, len(results[name]) - 1)
+st.session_state.setdefault("cmp_look_sample", 0)
+index = c2.number_input("Sample", 0, len(results[name]) - 1, key="cmp_look_sample")
 layer = c3.selectbox("Layer", list(range(models[name].config.n_layer)), key="cmp_look_layer")
 sample_img = results[name][index]
 st.session_state.setdefault("cmp_look_px", (geometry.height - 1, geometry.width // 2))

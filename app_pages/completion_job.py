@@ -2,9 +2,11 @@
 row by row, stoppable at any token.
 
 No streamlit here: app_pages/complete.py keeps a CompletionJob in the session's state and draws
-it, and tests drive one directly. The sampler runs in the script thread of the run that started
-the job. Stop's callback and the next rerun run in other threads, so they only set the job's
-cancel flag (a threading.Event), which the sampler polls before every token.
+it, and tests drive one directly. The sampler runs in a thread of the server's worker pool
+(app_pages/jobs.py; submit), while the script run that started it waits and draws its rows.
+Stop's callback and the next rerun run in other threads, so they only set the job's cancel flag
+(a threading.Event), which the sampler polls before every token; the pool interrupts it too when
+its session ends.
 
     running --stop()-------> cancelled     Stop: the rows sampled so far are kept
     running --interrupt()--> interrupted   a rerun found the job running: its run was cut short
@@ -23,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from app_pages.jobs import Task, WorkerPool
 from models.completion import HIDDEN_GRAY, complete
 from models.model import SparseTransformer
 from models.sampling import SamplingCancelled
@@ -54,6 +57,19 @@ class Partial(NamedTuple):
     images: np.ndarray  # uint8 [n_samples, H, W, C]; pixels not sampled yet are HIDDEN_GRAY
 
 
+def completion_memory(models, n_samples: int) -> int:
+    """Bytes a completion needs at most beyond the loaded models: per model, the cached keys
+    and values and the activations of ``n_samples`` sequences (float32)."""
+    total = 0
+    for model in models:
+        c = model.config
+        n = c.height * c.width * c.channels
+        kv = 2 * c.n_layer * n * c.n_embd * 4  # keys and values of one sequence
+        activations = n * (c.vocab_size + 4 * c.n_embd) * 4
+        total += n_samples * (kv + activations)
+    return total  # the limits' largest (16 samples x 3 shipped models): ~440 MB
+
+
 def rows_to_sample(keep: torch.Tensor, geometry: Geometry) -> int:
     """The number of image rows with a pixel to sample (at least 1: a progress denominator)."""
     return max(1, int((~keep).view(geometry.height, -1).any(dim=1).sum()))
@@ -68,6 +84,8 @@ class CompletionJob:
     partial: dict[str, Partial] = field(default_factory=dict)  # models not finished
     results: dict[str, np.ndarray] = field(default_factory=dict)  # uint8 [n, H, W, C] each
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    current: str | None = None  # the model being sampled
+    task: Task | None = field(default=None, repr=False)  # its place in the worker pool
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -87,13 +105,38 @@ class CompletionJob:
         if self.running:
             self._cancel.set()
             self.status = CANCELLED
+            if self.task is not None:
+                self.task.cancel("stopped")
 
     def interrupt(self) -> None:
-        """A rerun found this job running: the run sampling it was cut short, and with fast
-        reruns may still be sampling in its own thread; it stops at its next token."""
+        """A rerun found this job running (or its session ended): it stops at its next token,
+        or leaves the pool's queue before it starts."""
         if self.running:
             self._cancel.set()
             self.status = INTERRUPTED
+            if self.task is not None:
+                self.task.cancel("interrupted")
+
+    def submit(
+        self,
+        pool: WorkerPool,
+        models: dict[str, SparseTransformer],
+        image: np.ndarray,
+        keep: torch.Tensor,
+        *,
+        alive: Callable[[], bool] | None = None,
+    ) -> Task:
+        """Queue this job's run in ``pool`` (Refused when over its memory budget or when the
+        queue is full); ``alive()`` false (the session ended) interrupts it."""
+        memory = completion_memory(models.values(), self.request.n_samples)
+        self.task = Task(
+            lambda task: self.run(models, image, keep),
+            label=f"completion {self.id[:8]}",
+            memory=memory,
+            alive=alive,
+            on_cancel=lambda reason: self.interrupt(),
+        )
+        return pool.submit(self.task)
 
     def run(
         self,
@@ -108,6 +151,7 @@ class CompletionJob:
         partial, share done)`` after each row; ends done, or cancelled at the first token after
         the cancel flag was set (the rows sampled by then stay in ``partial``)."""
         for name, model in models.items():
+            self.current = name
             if on_model is not None:
                 on_model(name)
             try:

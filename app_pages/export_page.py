@@ -3,14 +3,16 @@
 import streamlit as st
 
 from analysis.attention import capture_image
-from app_pages.common import choose_model_and_image
-from viz.export import FORMATS, VIEWS, export_files, index_markdown, model_items, zip_bytes
+from app_pages.common import choose_model_and_image, export_job
+from app_pages.jobs import over_budget
+from viz.export import FORMATS, HEAVY_FORMATS, VIEWS, estimate_views, model_items
 
 st.title("Export")
 st.caption(
     "Every figure the app draws for a model and an image — the all-heads overview, each head's "
     "N x N map, where the query pixel looks in each head, and each layer's layout — in PNG, "
-    "SVG, PDF (drawn without a browser), interactive HTML, and the arrays behind them as NPZ. "
+    "SVG, PDF (drawn without a browser; an N x N map is one image in them), interactive HTML "
+    "(of the N x N maps only when asked: every cell as text), and the arrays as NPZ. "
     "Metadata (model, layout, layer, head, query pixel, image hash) is inside every file. "
     "Each page also has its own export button. The same batch runs from the command line: "
     "python -m tools.export."
@@ -42,9 +44,22 @@ q1, q2, q3 = st.columns(3)
 row = q1.number_input("query row", 0, g.height - 1, g.height // 2, key="exp_row")
 col = q2.number_input("query column", 0, g.width - 1, g.width // 2, key="exp_col")
 dpi = q3.slider("PNG resolution (dpi)", 72, 600, 150, step=6, key="exp_dpi")
+heavy = False
+if "head" in views and any(f in HEAVY_FORMATS for f in formats):
+    heavy = st.checkbox(
+        f"Also {', '.join(HEAVY_FORMATS).upper()} of the N x N maps (every cell as text: "
+        "~9 MB each)",
+        key="exp_heavy",
+    )
 if not (layers and heads and views and formats):
     st.info("Choose at least one layer, head, view and format.")
     st.stop()
+# told before anything starts: the files, their size, the time and the memory they take
+guess = estimate_views(g, len(layers), len(heads), views, formats, dpi=dpi, heavy=heavy)
+st.caption(f"This export: {guess.describe()}.")
+refusal = over_budget("This export", guess.memory)
+if refusal:
+    st.error(refusal)
 request = (
     chosen.path,
     image_name,
@@ -56,8 +71,10 @@ request = (
     row,
     col,
     dpi,
+    heavy,
 )
-if st.button("Prepare the zip", type="primary", key="exp_run"):
+start = st.button("Prepare the zip", type="primary", key="exp_run", disabled=bool(refusal))
+if start:
     attention = capture_image(
         model,
         image,
@@ -67,16 +84,14 @@ if st.button("Prepare the zip", type="primary", key="exp_run"):
         maps="head" in views,
     )
     items = model_items(attention, model_name=chosen.name, image_name=image_name, views=views)
-    bar = st.progress(0.0, text="exporting...")
-    done = []
-
-    def show_progress(name: str) -> None:
-        done.append(name)
-        bar.progress(len(done) / (len(items) * len(formats)), text=name)
-
-    files = export_files(items, formats, dpi=dpi, on_file=show_progress)
-    files["index.md"] = index_markdown(items, formats).encode()
-    st.session_state.exp_zip = (request, zip_bytes(files), len(files))
+    st.session_state.exp_items = (request, items)
+made_items = st.session_state.get("exp_items")
+if made_items and made_items[0] == request:
+    # made in the server's worker pool: its place in the queue, a progress bar and Cancel
+    task = export_job("exp", made_items[1], formats, dpi=dpi, heavy=heavy, start=start)
+    if task is not None:
+        data, count = task.result
+        st.session_state.exp_zip = (request, data, count)
 made = st.session_state.get("exp_zip")
 if made and made[0] == request:
     st.download_button(
@@ -85,4 +100,5 @@ if made and made[0] == request:
         file_name="figures.zip",
         mime="application/zip",
         key="exp_download",
+        on_click="ignore",
     )

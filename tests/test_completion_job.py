@@ -114,3 +114,64 @@ def test_rows_to_sample_counts_rows_with_a_pixel_to_sample():
     assert rows_to_sample(keep_mask(G, rect=(4, 4, 24, 20)), G) == 28
     rgb = Geometry(4, 5, 3)
     assert rows_to_sample(keep_mask(rgb, keep_rows=1), rgb) == 3
+
+
+def test_a_job_runs_in_the_pool_and_its_session_end_interrupts_it(model):
+    """Submitted to a worker pool: queued behind another job, then sampled in a worker; when
+    its session ends (alive() false) the pool interrupts it at its next token."""
+    from app_pages.jobs import WorkerPool
+
+    pool = WorkerPool(1, watch_seconds=0.05)
+    keep = keep_mask(G, keep_rows=27)
+    first = CompletionJob(request(keep, models=("a",)))
+    first.submit(pool, {"a": model}, IMAGE, keep)
+    second = CompletionJob(request(keep, models=("a",), seed=1))
+    second.submit(pool, {"a": model}, IMAGE, keep)
+    assert pool.position(second.task) in (0, 1, 2, None)
+    assert first.task.wait(60) and second.task.wait(60)
+    assert first.status == second.status == DONE and first.current == "a"
+    assert not np.array_equal(first.results["a"], second.results["a"])
+
+    session = {"open": True}
+    long = CompletionJob(request(keep_mask(G, keep_rows=0), models=("a",), n_samples=8))
+    long.submit(pool, {"a": model}, IMAGE, keep_mask(G, keep_rows=0), alive=lambda: session["open"])
+    while not long.partial and not long.task.finished:
+        threading.Event().wait(0.01)
+    session["open"] = False  # the tab was closed
+    assert long.task.wait(60)
+    assert long.status == INTERRUPTED and long.cancel_requested and not long.results
+    assert long.task.reason == "the session ended"
+
+
+def test_stop_cancels_a_queued_job_before_it_starts(model):
+    from app_pages.jobs import WorkerPool
+
+    pool = WorkerPool(1, watch_seconds=0.05)
+    blocker = threading.Event()
+    from app_pages.jobs import Task
+
+    pool.submit(Task(lambda t: blocker.wait(10), label="busy"))
+    keep = keep_mask(G, keep_rows=27)
+    job = CompletionJob(request(keep, models=("a",)))
+    job.submit(pool, {"a": model}, IMAGE, keep)
+    assert pool.position(job.task) == 1
+    job.stop()
+    blocker.set()
+    assert job.task.wait(10)
+    assert job.status == CANCELLED and not job.results and job.current is None
+
+
+def test_completion_memory_of_the_largest_request_fits_the_budget(model):
+    from app_pages import limits
+    from app_pages.completion_job import completion_memory
+    from app_pages.jobs import MEMORY_BUDGET, over_budget
+    from models.model import ModelConfig as Config
+
+    shipped = Config.from_name("fmnist-tiny", layout="strided(l=28)")
+    shipped.n_layer, shipped.n_embd = 8, 128
+
+    class Shipped:
+        config = shipped
+
+    worst = completion_memory([Shipped] * limits.MAX_MODELS, limits.SAMPLES.high)
+    assert 100 * 2**20 < worst < MEMORY_BUDGET and over_budget("it", worst) is None

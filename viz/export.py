@@ -387,21 +387,56 @@ def estimate(
     items: Sequence[Exportable], formats: Sequence[str], *, dpi: int = 150, heavy: bool = True
 ) -> Estimate:
     """Files, bytes, seconds and peak memory of ``export_zip(items, formats, ...)``."""
-    pairs = planned(items, formats, heavy=heavy)
+    entries = []
+    for item, fmt in planned(items, formats, heavy=heavy):
+        lay = item.figure.layout if item.figure is not None else None
+        size = None if lay is None else (lay.width or 700) * (lay.height or 500)
+        entries.append((item.cells, fmt, size))
+    return _estimate(entries, dpi)
+
+
+def estimate_views(
+    geometry: Geometry,
+    n_layers: int,
+    n_heads: int,
+    views: Sequence[str],
+    formats: Sequence[str],
+    *,
+    dpi: int = 150,
+    heavy: bool = True,
+) -> Estimate:
+    """The estimate of model_items' export before any attention is captured (the Export page
+    tells it before it starts): the same figures, counted from the sizes alone."""
+    h, w, n = geometry.height, geometry.width, geometry.n_tokens
+    cells = []
+    if "grid" in views:
+        cells.append(n_layers * (h + 1) * n_heads * (w + 1))
+    cells += [n * n] * (n_layers * n_heads) * ("head" in views)
+    cells += [h * w] * (n_layers * n_heads) * ("pixel" in views)
+    cells += [h * w] * n_layers * ("layout" in views)
+    entries = [
+        (c, fmt, 700 * 520)
+        for c in cells
+        for fmt in formats
+        if fmt in FORMATS and (heavy or not (c > HEAVY_CELLS and fmt in HEAVY_FORMATS))
+    ]
+    return _estimate(entries, dpi)
+
+
+def _estimate(entries: list[tuple[int, str, float | None]], dpi: int) -> Estimate:
+    """entries: (cells drawn, format, CSS pixels of the figure or None for a picture)."""
     size = seconds = drawing = 0.0
-    for item, fmt in pairs:
+    for cells, fmt, css_pixels in entries:
         base_s, base_b, per_s, raster_b, vector_b = _COST[fmt]
-        cells = item.cells
         scale = (dpi / 150) ** 2 if fmt == "png" else 1.0  # more pixels to draw and compress
         seconds += (base_s + per_s * cells) * max(1.0, scale)
         size += (base_b * scale) + (raster_b if cells > RASTER_CELLS else vector_b) * cells
-        if fmt in ("png", "svg", "pdf") and item.figure is not None:
-            lay = item.figure.layout
-            pixels = (lay.width or 700) * (lay.height or 500) * (dpi / CSS_DPI) ** 2
+        if fmt in ("png", "svg", "pdf") and css_pixels is not None:
+            pixels = css_pixels * (dpi / CSS_DPI) ** 2
             drawing = max(drawing, 12 * pixels + 60 * cells)  # RGBA canvas, copies, the mesh
         else:
             drawing = max(drawing, base_b + 80 * cells)  # the JSON text of every cell
-    return Estimate(len(pairs), int(size), seconds, int(size + drawing))
+    return Estimate(len(entries), int(size), seconds, int(size + drawing))
 
 
 def export_files(
