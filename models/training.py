@@ -48,6 +48,7 @@ from models.checkpoint import (
 from models.datasets import load_images
 from models.evaluation import device_name, evaluate_bpd
 from models.model import ModelConfig, SparseTransformer
+from models.timeline import TimelineRecorder
 from models.tokens import images_to_tokens
 
 STATE_FILE = "train_state.safetensors"
@@ -603,11 +604,13 @@ def train(
     resume: bool = False,
     stop_at: int | None = None,
     save_all_ranks: bool = False,
+    timeline: TimelineRecorder | None = None,
 ) -> dict:
     """Run (or continue) a training run into ``out``; returns the run record.
 
     ``stop_at`` ends this process at that step with a checkpoint (the schedule still spans
-    cfg.steps), so a long run can be done in pieces with ``resume``.
+    cfg.steps), so a long run can be done in pieces with ``resume``. ``timeline`` records
+    attention snapshots at log-spaced steps beside the run (models/timeline.py; rank 0).
     """
     check_train_config(cfg)
     if stop_at is not None and (
@@ -624,6 +627,8 @@ def train(
     run = start_run(cfg, out, ranks, resume=resume)
     if stop_at is not None and run.step >= stop_at:
         raise ValueError(f"--stop-at {stop_at}: the run in {out} is already at step {run.step}")
+    if timeline is not None and ranks.is_main:
+        timeline.begin(run)
     run.record["commands"].append(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     ddp_model = run.model
     if ranks.world > 1:
@@ -665,6 +670,8 @@ def train(
                     f"{entry['test_bpd']:.4f} bits/dim ({cfg.eval_images} images)"
                 )
                 save_checkpoint(run)
+            if timeline is not None and ranks.is_main:
+                timeline.after_step(run, bpd)
             bar.update(1)
     if save_all_ranks:
         save_file(

@@ -80,6 +80,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         "--stop-at", type=positive_int, default=None, help="stop (with a checkpoint) at this step"
     )
     p.add_argument("--save-all-ranks", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--timeline-probes",
+        type=int_range(0, 64),
+        default=0,
+        help="record attention snapshots on N probe test images at log-spaced steps "
+        "(timeline.npz + timeline.json in --out; models/timeline.py); 0: none",
+    )
     args = p.parse_args(argv)
     fields = {k: v for k, v in vars(args).items() if k in asdict(d)}
     return TrainConfig(**fields), args
@@ -104,6 +111,7 @@ def run(argv: list[str] | None = None) -> int:
             resume=args.resume,
             stop_at=args.stop_at,
             save_all_ranks=args.save_all_ranks,
+            timeline=timeline_recorder(args.timeline_probes),
         )
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
@@ -111,6 +119,16 @@ def run(argv: list[str] | None = None) -> int:
     if "final" in record:
         print(json.dumps(record["final"]))
     return 0
+
+
+def timeline_recorder(probes: int):
+    """The recorder of --timeline-probes, measuring heads with analysis.metrics; None for 0."""
+    if not probes:
+        return None
+    from analysis.metrics import head_metrics, head_type
+    from models.timeline import TimelineRecorder
+
+    return TimelineRecorder(probes, measure=head_metrics, classify=head_type)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,237 @@
+"""Who looks here, and summaries across heads and layers: head mean / max and rollout.
+
+A key pixel's column of a layer's attention (analysis.reverse, from the full maps: 784 tokens
+here, never a dense map above 4,096), per head and summed over heads; for a query pixel, the
+mean and max over heads in every layer and the residual-aware rollout from the input up to
+that layer (analysis.rollout). Captures are cached per model and image (bounded cache_data),
+so a click only reads rows and columns of cached maps.
+"""
+
+import numpy as np
+import streamlit as st
+import torch
+
+from analysis.reverse import column_from_full, heads_total
+from analysis.rollout import RESIDUAL, heads_max, heads_mean, with_residual
+from app_pages.common import choose_model_and_image, clamp_setting, export_panel, get_model
+from kernels.capture import MAX_FULL_N
+from models.tokens import image_to_tokens, pixel_to_token
+from viz.export import Exportable, content_key, safe_name
+from viz.figures import clicked_pixel, pixel_grid_figure
+from viz.inspect_figures import mosaic_figure
+
+st.title("Who looks here, and summaries across heads and layers")
+st.caption(
+    "The Attention page shows where one pixel looks. This page turns the question round: "
+    "click a **key** pixel to see how much attention every later pixel gives it, in each head "
+    "of a layer and summed over the heads. Below, for a **query** pixel: the mean and the max "
+    "over heads in every layer, and the attention rollout, which follows the reading down "
+    "through the layers to the input."
+)
+for key, default in {
+    "who_krow": 10,
+    "who_kcol": 14,
+    "who_qrow": 20,
+    "who_qcol": 14,
+    "who_layer": 0,
+}.items():
+    st.session_state.setdefault(key, default)
+
+left, right = st.columns([1, 3])
+with left:
+    chosen, image_name, image = choose_model_and_image("who")
+model = chosen.model
+geometry = model.config.geometry
+n_layer, n_head = model.config.n_layer, model.config.n_head
+if geometry.n_tokens > MAX_FULL_N:
+    st.error(
+        f"This page reads full attention maps, for images of at most {MAX_FULL_N:,} tokens; "
+        f"{chosen.name} has {geometry.n_tokens:,}."
+    )
+    st.stop()
+image_sha1 = content_key(image)
+
+
+@st.cache_data(max_entries=8, show_spinner="Capturing the layer...")
+def layer_maps(path: str, img_key: str, layer: int, _image: np.ndarray) -> np.ndarray:
+    """Every head's full map of one layer: float32 [H, N, N] (9.8 MB for 4 heads at 784)."""
+    cap = get_model(path).capture(image_to_tokens(_image)[None], layers=[layer], form="full")
+    return cap[layer].probs[0].float().numpy()
+
+
+@st.cache_data(max_entries=4, show_spinner="Capturing every layer...")
+def summaries(path: str, img_key: str, _image: np.ndarray) -> np.ndarray:
+    """Per layer: the head mean, the head max and the rollout from the input up to that layer,
+    float32 [3, L, N, N] (the chain's intermediate products, computed once)."""
+    m = get_model(path)
+    caps = m.capture(image_to_tokens(_image)[None], form="full")
+    out = []
+    chain = None
+    for i in sorted(caps):
+        probs = caps[i].probs.double()  # [1, H, N, N]
+        mean = heads_mean(probs)  # [1, N, N]
+        step = with_residual(mean, RESIDUAL)
+        chain = step if chain is None else step @ chain  # A'_i @ ... @ A'_0
+        out.append(torch.stack([mean[0], heads_max(probs)[0], chain[0]]))
+    return torch.stack(out, dim=1).float().numpy()
+
+
+def take_click(chart_key: str, row_key: str, col_key: str) -> None:
+    """A click on a pixel view becomes that view's pixel (once per click)."""
+    picked = clicked_pixel(st.session_state.get(chart_key), geometry.width)
+    if picked is not None and picked != st.session_state.get(f"{chart_key}_last"):
+        st.session_state[f"{chart_key}_last"] = picked
+        st.session_state[row_key], st.session_state[col_key] = picked
+
+
+take_click("who_key_view", "who_krow", "who_kcol")
+take_click("who_query_view", "who_qrow", "who_qcol")
+for key, high in (
+    ("who_krow", geometry.height - 1),
+    ("who_kcol", geometry.width - 1),
+    ("who_qrow", geometry.height - 1),
+    ("who_qcol", geometry.width - 1),
+    ("who_layer", n_layer - 1),
+):
+    clamp_setting(key, 0, high)
+with left:
+    layer = st.selectbox("Layer", list(range(n_layer)), key="who_layer")
+    k1, k2 = st.columns(2)
+    krow = k1.number_input("key row", 0, geometry.height - 1, key="who_krow")
+    kcol = k2.number_input("key column", 0, geometry.width - 1, key="who_kcol")
+key_token = pixel_to_token(krow, kcol, 0, geometry)
+
+maps = layer_maps(chosen.path, image_sha1, layer, image)  # [H, N, N]
+column = column_from_full(torch.from_numpy(maps)[None], key_token)[0].numpy()  # [H, N]
+total = heads_total(torch.from_numpy(column)[None])[0].numpy()  # [N]
+grid = (geometry.height, geometry.width, geometry.channels)
+per_head = column.reshape(n_head, *grid)[..., 0]  # [H, h, w]
+total_px = total.reshape(grid)[..., 0]  # [h, w]
+meta = {
+    "model": chosen.name,
+    "image": image_name,
+    "image_sha1": image_sha1,
+    "layer": layer,
+    "layout": repr(model.layouts[layer]),
+}
+stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}_L{layer}"
+
+with right:
+    st.subheader(f"Who looks at pixel ({krow}, {kcol}) in layer {layer}")
+    a, b = st.columns([2, 3])
+    with a:
+        hover = np.array(
+            [
+                [
+                    f"row {r}, col {c}: {total_px[r, c]:.4f} (pixel {image[r, c, 0]})"
+                    for c in range(geometry.width)
+                ]
+                for r in range(geometry.height)
+            ]
+        )
+        key_fig = pixel_grid_figure(
+            total_px,
+            title=f"summed over {n_head} heads: who reads ({krow}, {kcol})",
+            query=(krow, kcol),
+            hover=hover,
+            colorscale="Viridis",
+            zmin=0,
+            colorbar_title="attention",
+            size_px=300,
+        )
+        st.plotly_chart(key_fig, key="who_key_view", on_select="rerun", selection_mode="points")
+        st.caption(
+            "Click a pixel to make it the key. Each later pixel's colour is the attention it "
+            f"gives the key, summed over the heads (0..{n_head}); pixels before the key cannot "
+            "look at it (causal)."
+        )
+    with b:
+        heads_fig = mosaic_figure(
+            per_head,
+            title=f"per head: attention given to ({krow}, {kcol})",
+            col_labels=[f"head {h}" for h in range(n_head)],
+            zmin=0,
+            zmax=float(max(per_head.max(), 1e-9)),
+            colorbar_title="attention",
+            value_name="attention",
+            tile_px=160,
+        )
+        st.plotly_chart(heads_fig, key="who_heads")
+        readers = int((total > 1e-3).sum())
+        st.caption(
+            f"{readers} queries give this key more than 0.001 of some head's attention. "
+            "One colour scale for all heads, so the heads compare."
+        )
+items = [
+    Exportable(
+        f"{stem}_key_r{krow}c{kcol}_total",
+        key_fig,
+        {"attention": total_px, "key_pixel": np.array([krow, kcol])},
+        meta | {"key_pixel": [krow, kcol]},
+    ),
+    Exportable(
+        f"{stem}_key_r{krow}c{kcol}_heads",
+        heads_fig,
+        {"attention": per_head, "key_pixel": np.array([krow, kcol])},
+        meta | {"key_pixel": [krow, kcol]},
+    ),
+]
+
+st.divider()
+st.subheader("Summaries across heads and layers, for a query pixel")
+s1, s2 = st.columns([1, 3])
+with s1:
+    q1, q2 = st.columns(2)
+    qrow = q1.number_input("query row", 0, geometry.height - 1, key="who_qrow")
+    qcol = q2.number_input("query column", 0, geometry.width - 1, key="who_qcol")
+query_token = pixel_to_token(qrow, qcol, 0, geometry)
+summary = summaries(chosen.path, image_sha1, image)  # [3, L, N, N]
+rows_q = summary[:, :, query_token].reshape(3, n_layer, *grid)[..., 0]  # [3, L, h, w]
+top = rows_q[2, -1]  # rollout through every layer
+with s1:
+    query_fig = pixel_grid_figure(
+        top,
+        title=f"rollout of ({qrow}, {qcol}) through all {n_layer} layers",
+        query=(qrow, qcol),
+        colorscale="Viridis",
+        zmin=0,
+        colorbar_title="share",
+        size_px=260,
+    )
+    st.plotly_chart(query_fig, key="who_query_view", on_select="rerun", selection_mode="points")
+    st.caption(
+        "Click a pixel to make it the query. Rollout: how much of the query's state at the top "
+        "is traced back to each input pixel (rows sum to 1)."
+    )
+with s2:
+    grid_fig = mosaic_figure(
+        rows_q.transpose(1, 0, 2, 3),  # [L, 3, h, w]
+        title=f"pixel ({qrow}, {qcol}): head mean, head max, rollout (each tile to its max)",
+        col_labels=["mean over heads", "max over heads", "rollout up to the layer"],
+        row_labels=[f"layer {i}" for i in range(n_layer)],
+        per_tile=True,
+        colorbar_title="share of tile max",
+        value_name="weight",
+        tile_px=110,
+    )
+    st.plotly_chart(grid_fig, key="who_summary")
+st.markdown(
+    "**Mean over heads**: the layer's attention as one distribution (each head's row sums to "
+    "1, so the mean does too). **Max over heads**: where *any* head looks, however few do. "
+    f"**Rollout** (Abnar & Zuidema 2020): each layer counted as {1 - RESIDUAL:.0%} attention "
+    f"and {RESIDUAL:.0%} the residual path (the identity), normalised, multiplied from the "
+    "input up; it says where the information at the query came from, through every layer "
+    "below. Each tile is scaled to its own maximum; the hover gives the raw value."
+)
+qmeta = meta | {"query_pixel": [qrow, qcol], "residual": RESIDUAL}
+qstem = f"{safe_name(chosen.name)}_{safe_name(image_name)}_r{qrow}c{qcol}"
+items += [
+    Exportable(f"{qstem}_rollout", query_fig, {"rollout": top}, qmeta),
+    Exportable(
+        f"{qstem}_summaries",
+        grid_fig,
+        {"head_mean": rows_q[0], "head_max": rows_q[1], "rollout": rows_q[2]},
+        qmeta,
+    ),
+]
+export_panel(items, "who_export", "Export these figures and data")

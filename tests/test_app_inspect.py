@@ -1,0 +1,96 @@
+"""The inspection pages through Streamlit's AppTest: Who looks here (key columns, head summaries,
+rollout) and Predictions & ablation (distributions, bits maps, ablation), on tiny models."""
+
+from pathlib import Path
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from tests.test_app import chart, errors, tiny_models, title, trace, values
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def page(tmp_path, monkeypatch, path: str) -> AppTest:
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page(path).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def click(at, key: str, row: int, col: int, width: int = 28) -> None:
+    """What st.plotly_chart's on_select puts in session state for a click on pixel (row, col)."""
+    at.session_state[key] = {
+        "selection": {"points": [{"curve_number": 0, "point_index": row * width + col}]}
+    }
+
+
+def test_who_looks_here_columns_summaries_and_rollout(tmp_path, monkeypatch):
+    at = page(tmp_path, monkeypatch, "app_pages/heads.py")
+    total = values(trace(chart(at, "who_key_view"), "pixels")["marker"]["color"]).reshape(28, 28)
+    heads = values(trace(chart(at, "who_heads"), "tiles")["z"])
+    assert heads.shape == (28, 2 * 29 - 1)  # fmnist-tiny: 2 heads side by side
+    # key (10, 14): queries before it give it nothing (causal); summed over 2 heads, <= 2
+    assert total.reshape(-1)[: 10 * 28 + 14].sum() == 0
+    assert total[10, 14] > 0 and total.max() <= 2 + 1e-6
+    # per head, the two tiles sum to the total
+    per_head = np.nansum(np.stack([heads[:, :28], heads[:, 29:]]), axis=0)
+    assert np.allclose(per_head, total, atol=1e-5)
+    summary = values(trace(chart(at, "who_summary"), "tiles")["z"])
+    assert summary.shape == (2 * 29 - 1, 3 * 29 - 1)  # 2 layers x (mean, max, rollout)
+    rollout = values(trace(chart(at, "who_query_view"), "pixels")["marker"]["color"])
+    assert abs(rollout.sum() - 1) < 1e-4  # the rollout row is a distribution
+    assert rollout.reshape(28, 28)[21:].sum() == 0  # query (20, 14): nothing from below
+    # a click on the key view moves the key; the layer select redraws
+    click(at, "who_key_view", 5, 3)
+    at.run()
+    assert not at.exception
+    assert "(5, 3)" in title(chart(at, "who_heads"))
+    at.selectbox(key="who_layer").set_value(1).run()
+    click(at, "who_query_view", 27, 27)
+    at.run()
+    assert not at.exception
+    rollout = values(trace(chart(at, "who_query_view"), "pixels")["marker"]["color"])
+    assert abs(rollout.sum() - 1) < 1e-4
+    assert "(27, 27)" in title(chart(at, "who_summary"))
+
+
+def test_predictions_distribution_bits_maps_and_ablation(tmp_path, monkeypatch):
+    at = page(tmp_path, monkeypatch, "app_pages/predictions.py")
+    dist = chart(at, "prd_dist")
+    curves = [t for t in dist["data"] if t["name"] in ("dense", "strided")]
+    assert len(curves) == 2
+    for t in curves:
+        p = values(t["y"])
+        assert p.shape == (256,) and abs(p.sum() - 1) < 1e-4
+    maps = values(trace(chart(at, "prd_maps"), "tiles")["z"])
+    assert maps.shape == (28, 2 * 29 - 1)  # dense and strided side by side
+    assert np.nanmin(maps) >= 0
+    mean = values(trace(chart(at, "prd_mean_maps"), "tiles")["z"])
+    assert mean.shape == maps.shape
+    click(at, "prd_pixels", 3, 4)
+    at.run()
+    assert not at.exception
+    assert "pixel (3, 4)" in title(chart(at, "prd_dist"))
+    at.slider(key="prd_mean_count").set_value(2).run()
+    assert not at.exception
+    # ablation: remove a head, both modes; the ranking table
+    at.multiselect(key="abl_heads").set_value(["L0H0", "L1H1"]).run()
+    assert not at.exception, at.exception
+    assert not errors(at)
+    diff = values(trace(chart(at, "abl_diff"), "pixels")["marker"]["color"])
+    assert diff.shape == (784,) and np.abs(diff).sum() > 0
+    at.radio(key="abl_mode").set_value("zero").run()
+    assert not at.exception
+    at.slider(key="abl_samples").set_value(1).run()
+    at.button(key="abl_complete").click().run()
+    assert not at.exception, at.exception
+    key, intact, ablated = at.session_state["abl_done"]
+    assert key[1:3] == (((0, 0), (1, 1)), "zero")
+    assert intact.shape == ablated.shape == (1, 28, 28, 1)
+    assert (intact[0, :14] == ablated[0, :14]).all()  # the kept top half
+    at.toggle(key="abl_rank").set_value(True).run()
+    assert not at.exception, at.exception
+    rise = values(trace(chart(at, "abl_rank_fig"), "heads")["z"])
+    assert rise.shape == (2, 2)
