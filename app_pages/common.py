@@ -181,7 +181,7 @@ def show_image(image: np.ndarray, caption: str, width: int = 140) -> None:
     pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
     st.image(
         pil.resize((image.shape[1] * 5, image.shape[0] * 5), Image.NEAREST),
-        caption=caption,
+        caption=as_text(caption),  # a caption is Markdown; an image's name is data
         width=width,
     )
 
@@ -189,17 +189,18 @@ def show_image(image: np.ndarray, caption: str, width: int = 140) -> None:
 def as_text(value: object) -> str:
     """``value`` (a file name, a path, a layout spec, an error about them) as literal text in
     st.markdown, st.error, st.warning, st.info, st.caption: the characters that make Markdown,
-    HTML, LaTeX, links and images (and the "www." and "://" of bare links) are backslash-escaped
-    and line breaks become spaces, so a name such as ``**x** [a](http://h/) ![i](http://h/i.png)``
-    shows as typed: no bold, no link, no image fetched. Names are data. Plain names (letters,
-    digits, ". , ( ) - /") are left as they are."""
+    HTML, LaTeX, links and images are backslash-escaped, line breaks become spaces, and an
+    invisible WORD JOINER (U+2060) breaks what would become a bare link ("http://", "www.",
+    "a@b.c": Streamlit links them after escapes are read), so a name such as
+    ``**x** [a](http://h/) ![i](http://h/i.png)`` shows as typed: no bold, no link, no image
+    fetched. Names are data. Plain names (letters, digits, ". , ( ) - / =") are unchanged."""
     text = _MARKUP.sub(r"\\\1", " ".join(str(value).splitlines()))
-    text = _BARE_LINK.sub(r"\1\\.", text)  # www.x: no bare link
+    text = _BARE_LINK.sub("\\1\u2060\\2", text)
     return _LIST_START.sub(r"\1\\\2", text)  # "1. x" or "- x" would start a list
 
 
 _MARKUP = re.compile(r"([\\`*_{}\[\]<>!#|~$:@&])")
-_BARE_LINK = re.compile(r"(?i)(www)\.")
+_BARE_LINK = re.compile(r"(?i)(\w)(\\:(?=//)|\\@|(?<=www)\.)")  # http\://, a\@b, www.
 _LIST_START = re.compile(r"^(\s*\d*)([.)+\-])")
 
 

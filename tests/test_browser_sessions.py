@@ -10,6 +10,7 @@ another's results or upload, and the server's peak memory stays bounded.
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -152,3 +153,67 @@ def test_seven_sessions_on_one_server(server, record_property):
     record_property("server_peak_rss_mb", round(peak))
     print(f"7 browser sessions: server peak RSS {peak:.0f} MB")
     assert peak < PEAK_RSS_LIMIT_MB
+
+
+NASTY = "**BOLD** [link](http://127.0.0.1:9/x) ![i](http://127.0.0.1:9/img.png).png"
+
+
+def test_a_file_name_is_shown_as_text_never_as_markup(server):
+    """An upload named like Markdown: refused (not an image) and accepted (a light picture),
+    its name is shown as typed: no <strong>, <a> or <img> made of it, and the browser never
+    asks 127.0.0.1:9 for anything."""
+    with playwright_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        asked = []
+        page.on("request", lambda request: asked.append(request.url))
+        page.goto(server.url)
+        settle(page)
+        open_page(page, "Attention")
+        keyed(page, "att_source").get_by_text("upload", exact=True).click()
+        settle(page)
+        light = io.BytesIO()
+        Image.new("L", (28, 28), 230).save(light, format="PNG")
+        for data in (b"not an image", light.getvalue()):
+            upload(page, "att_upload", NASTY, data)
+            settle(page)
+            no_exception(page)
+            main = page.locator("[data-testid=stMain]")
+            shown = main.inner_text().replace("\u2060", "")  # the invisible word joiner
+            assert "**BOLD** [link](http://127.0.0.1:9/x)" in shown
+            assert main.locator("strong", has_text="BOLD").count() == 0
+            assert main.locator("a[href*='127.0.0.1:9']").count() == 0
+            assert main.locator("img[src*='127.0.0.1:9']").count() == 0
+        page.wait_for_timeout(500)
+        browser.close()
+    assert not [u for u in asked if "127.0.0.1:9/" in u], asked
+
+
+def test_closing_the_tab_cancels_its_completion(server):
+    """A long completion, then the tab is closed: the server notices the session is gone and
+    cancels the completion (its log says so) instead of sampling on for nobody."""
+    with playwright_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(server.url)
+        settle(page)
+        open_page(page, "Complete")
+        set_slider(page, "cmp_rows", "Home")
+        settle(page)
+        set_slider(page, "cmp_samples", "End")
+        settle(page)
+        before = server.log.read_text(errors="replace").count("cancelled: the session ended")
+        keyed(page, "cmp_run").get_by_role("button").click()
+        keyed(page, "cmp_stop").get_by_role("button").wait_for()  # sampling has started
+        context.close()  # the tab goes
+        browser.close()
+    for _ in range(100):
+        log = server.log.read_text(errors="replace")
+        if log.count("cancelled: the session ended") > before:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the completion went on after its tab closed:\n" + log_tail(server))
