@@ -371,3 +371,64 @@ def diverging_range(values: np.ndarray, floor: float = 1e-6) -> float:
     v = np.abs(np.asarray(values, dtype=np.float64))
     v = v[np.isfinite(v)]
     return float(max(np.percentile(v, 99) if v.size else 0.0, floor))
+
+
+def bpd_figure(
+    *,
+    train: tuple[np.ndarray, np.ndarray] | None,
+    test: tuple[np.ndarray, np.ndarray] | None,
+    probes: tuple[np.ndarray, np.ndarray] | None,
+    selected_step: int | None = None,
+    title: str = "bits/dim during training",
+) -> go.Figure:
+    """Bits/dim against the step: (steps, values) of the training batches (smoothed by the
+    caller or not), the held-out evaluations and the probe images at the snapshots; the
+    snapshot at ``selected_step`` ringed (a trace called "selected")."""
+    fig = go.Figure()
+    for k, (name, pair, mode) in enumerate(
+        [
+            ("train (batch)", train, "lines"),
+            ("test", test, "lines+markers"),
+            ("probe images (snapshots)", probes, "lines+markers"),
+        ]
+    ):
+        if pair is None or len(pair[0]) == 0:
+            continue
+        x, y = (np.asarray(a, dtype=np.float64) for a in pair)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode=mode,
+                marker=dict(size=5 if "markers" in mode else 2, color=color(k)),
+                line=dict(color=color(k), width=1.5),
+                name=name,
+                hovertemplate=f"{name}: step %{{x}}, %{{y:.4f}} bits/dim<extra></extra>",
+            )
+        )
+        if name.startswith("probe") and selected_step is not None:
+            hit = np.nonzero(x == selected_step)[0]
+            if len(hit) and np.isfinite(y[hit[0]]):
+                fig.add_trace(
+                    go.Scatter(
+                        x=[selected_step],
+                        y=[y[hit[0]]],
+                        mode="markers",
+                        marker=dict(
+                            symbol="circle-open", size=13, color=TRUE_COLOR, line=dict(width=2)
+                        ),
+                        name="selected",
+                        hoverinfo="skip",
+                        showlegend=False,
+                    )
+                )
+    fig.update_xaxes(title="step", rangemode="tozero")
+    fig.update_yaxes(title="bits/dim")
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=13)),
+        height=340,
+        margin=dict(l=50, r=10, t=50, b=40),
+        plot_bgcolor="white",
+        legend=dict(orientation="h", y=-0.3),
+    )
+    return fig

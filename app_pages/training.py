@@ -1,0 +1,248 @@
+"""Training: attention as it forms, from the timeline a run records (models/timeline.py).
+
+Any run folder under runs/ or the models folder; one without timeline.npz is named as such
+(its bits/dim curve from run.json is still drawn when it has one). A slider scrubs through the
+snapshots: every head's attention of the probe pixel, the row-pooled maps, each head's metric
+and type as curves, and bits/dim.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from analysis.metrics import HEAD_TYPES
+from app_pages.common import ROOT, export_panel, models_dir, show_image
+from models.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeline
+from viz.export import Exportable, safe_name
+from viz.figures import head_grid_figure
+from viz.inspect_figures import bpd_figure, curves_figure, type_timeline_figure
+
+RUNS = ROOT / "runs"
+METRIC_HELP = {
+    "coverage_strided": "share of attention on pairs strided allows",
+    "coverage_fixed": "share of attention on pairs fixed allows",
+    "entropy": "bits; log2 k for k keys weighted equally",
+    "k90": "fewest keys holding 90 % of the attention",
+    "distance": "mean distance in pixels from query to key",
+    "same_row": "share on keys in the query's row",
+    "same_col": "share on keys in the query's column",
+}
+
+st.title("Training: attention as it forms")
+st.caption(
+    "A run trained with `--timeline-probes N` records, at log-spaced steps, a small snapshot "
+    "on N fixed test images: every head's attention of one probe pixel, the attention pooled "
+    "by image rows, each head's metrics and type, and bits/dim. Scrub through the steps to see "
+    "heads go from uniform to local, row and column attention."
+)
+
+
+def run_folders() -> list[str]:
+    """Folders under runs/ (two levels) and the models folder that hold a model or a
+    timeline, as paths relative to the project where they are inside it."""
+    found = []
+    for base in (RUNS, models_dir()):
+        if not base.is_dir():
+            continue
+        for p in sorted([*base.glob("*"), *base.glob("*/*")]):
+            if p.is_dir() and any((p / f).is_file() for f in (TIMELINE_NPZ, "config.json")):
+                found.append(p)
+    out = []
+    for p in found:
+        try:
+            out.append(str(p.resolve().relative_to(ROOT)))
+        except ValueError:
+            out.append(str(p))
+    # runs with a timeline first
+    return sorted(dict.fromkeys(out), key=lambda s: (not (ROOT / s / TIMELINE_NPZ).is_file(), s))
+
+
+def allowed(path: Path) -> bool:
+    """Only folders inside the project or the models folder are read (a visitor's text is
+    data, not a licence to browse the server's disk)."""
+    path = path.resolve()
+    return any(path.is_relative_to(base.resolve()) for base in (ROOT, models_dir()))
+
+
+@st.cache_data(max_entries=8, ttl=3600, show_spinner=False)
+def cached_timeline(path: str, stamp: float) -> Timeline | None:
+    """The timeline of a folder, re-read when its file changes (``stamp``: its mtime)."""
+    return load_timeline(path)
+
+
+@st.cache_data(max_entries=8, ttl=3600, show_spinner=False)
+def cached_record(path: str, stamp: float) -> dict | None:
+    try:
+        record = json.loads((Path(path) / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+choices = run_folders()
+c1, c2 = st.columns([2, 3])
+folder_name = c1.selectbox(
+    "Run folder", choices or ["(none found)"], key="trn_folder", help="runs/ and the models"
+)
+typed = c2.text_input(
+    "or a folder path (inside the project)", key="trn_path", placeholder="runs/my_run"
+).strip()
+folder = ROOT / (typed or folder_name)
+if typed and not allowed(folder):
+    st.error(f"{typed} is outside the project and the models folder: it is not read.")
+    st.stop()
+if not folder.is_dir():
+    st.warning(f"{typed or folder_name} is not a folder.")
+    st.stop()
+record_path = folder / "run.json"
+record = cached_record(str(folder), record_path.stat().st_mtime if record_path.is_file() else 0)
+npz = folder / TIMELINE_NPZ
+try:
+    timeline = cached_timeline(str(folder), npz.stat().st_mtime if npz.is_file() else 0.0)
+except TimelineError as e:
+    st.error(str(e))
+    st.stop()
+
+history = (record or {}).get("history") or []
+train_xy = test_xy = None
+if history:
+    steps_h = np.array([h["step"] for h in history if "train_bpd" in h])
+    train_h = np.array([h["train_bpd"] for h in history if "train_bpd" in h], dtype=float)
+    window = max(1, len(train_h) // 100)  # at most ~100 points: a running mean
+    if window > 1 and len(train_h) >= window:
+        train_h = np.convolve(train_h, np.ones(window) / window, mode="valid")
+        steps_h = steps_h[window - 1 :]
+    train_xy = (steps_h, train_h)
+    tests = [(h["step"], h["test_bpd"]) for h in history if "test_bpd" in h]
+    if tests:
+        test_xy = tuple(np.array(v) for v in zip(*tests, strict=True))
+
+if timeline is None:
+    st.info(
+        f"{typed or folder_name} has no timeline ({TIMELINE_NPZ}): it was trained without "
+        "`--timeline-probes N`. Train with it (e.g. `python -m tools.train --preset "
+        "fmnist-small --layout strided --steps 300 --out runs/demo --timeline-probes 4`) to "
+        "see its attention form."
+    )
+    if train_xy is not None:
+        fig = bpd_figure(train=train_xy, test=test_xy, probes=None)
+        st.plotly_chart(fig, key="trn_bpd_only")
+    st.stop()
+
+meta = timeline.meta
+steps = [int(s) for s in timeline.steps]
+S, P, L, H, N = timeline.rows_u8.shape
+height, width, channels = meta.get("geometry", [28, 28, 1])
+st.session_state.setdefault("trn_step", steps[-1])
+if st.session_state.trn_step not in steps:  # another run's step
+    st.session_state.trn_step = steps[-1]
+st.session_state.setdefault("trn_probe", 0)
+st.session_state.trn_probe = min(max(int(st.session_state.trn_probe), 0), P - 1)
+
+left, right = st.columns([1, 3])
+with left:
+    step = st.select_slider("Step", options=steps, key="trn_step")
+    s = steps.index(step)
+    probe = st.selectbox(
+        "Probe image",
+        list(range(P)),
+        key="trn_probe",
+        format_func=lambda k: f"{k}: test image {meta.get('probe_images', list(range(P)))[k]}",
+    )
+    image = timeline.probes[probe].reshape(height, width, channels)
+    pr, pc = meta.get("probe_pixel", [height // 2, width // 2])
+    marked = np.repeat(image, 3, axis=2) if channels == 1 else image.copy()
+    marked[pr, pc] = (255, 0, 0)
+    show_image(marked, f"probe pixel ({pr}, {pc}) in red", width=160)
+    st.metric("probe bits/dim", f"{timeline.probe_bpd[s]:.3f}")
+    if np.isfinite(timeline.train_bpd[s]):
+        st.caption(f"training batch at this step: {timeline.train_bpd[s]:.3f} bits/dim")
+    st.caption(f"{S} snapshots; layouts: {', '.join(sorted(set(meta.get('layouts', []))))}")
+
+rows = timeline.rows[s, probe]  # [L, H, N]
+grid_fig = head_grid_figure(
+    rows.reshape(L, H, height, width, channels)[..., 0],
+    f"step {step}: every head's attention of pixel ({pr}, {pc}) (each to its max)",
+)
+pooled = timeline.pooled[s].astype(np.float32)  # [L, H, n, n]
+pooled_fig = head_grid_figure(
+    pooled,
+    f"step {step}: attention pooled by image rows (query row down, key row across)",
+)
+with right:
+    a, b = st.columns(2)
+    with a:
+        st.plotly_chart(grid_fig, key="trn_grid")
+    with b:
+        st.plotly_chart(pooled_fig, key="trn_pooled")
+
+names = [n for n in METRIC_HELP if n in timeline.metrics]
+st.session_state.setdefault("trn_metric", names[0] if names else None)
+m1, m2 = st.columns(2)
+with m1:
+    metric = st.selectbox(
+        "Per-head metric",
+        names,
+        key="trn_metric",
+        format_func=lambda n: f"{n}: {METRIC_HELP[n]}",
+    )
+    values = timeline.metrics[metric]  # [S, L, H]
+    series = {f"L{i}H{j}": values[:, i, j] for i in range(L) for j in range(H)}
+    metric_fig = curves_figure(
+        steps,
+        series,
+        title=f"{metric} of every head (mean over the probes)",
+        y_title=metric,
+        selected=s,
+        x=list(range(S)),
+        x_title="step (snapshots, log-spaced)",
+        height=380,
+    )
+    st.plotly_chart(metric_fig, key="trn_metric_fig")
+with m2:
+    type_names = list(meta.get("head_types", []))
+    lookup = np.array([HEAD_TYPES.index(t) if t in HEAD_TYPES else 0 for t in type_names] or [0])
+    codes = lookup[timeline.types.astype(np.int64)]  # [S, L, H] into HEAD_TYPES
+    types_fig = type_timeline_figure(codes, steps, title="head types over training", selected=s)
+    st.plotly_chart(types_fig, key="trn_types")
+bpd_fig = bpd_figure(
+    train=train_xy,
+    test=test_xy,
+    probes=(np.array(steps), timeline.probe_bpd),
+    selected_step=step,
+)
+st.plotly_chart(bpd_fig, key="trn_bpd")
+
+run_name = safe_name(folder.name)
+base_meta = {
+    "run": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder),
+    "step": step,
+    "probe_image": probe,
+    "probe_pixel": [pr, pc],
+}
+items = [
+    Exportable(f"{run_name}_step{step}_probe{probe}_grid", grid_fig, {"rows": rows}, base_meta),
+    Exportable(f"{run_name}_step{step}_pooled", pooled_fig, {"pooled": pooled}, base_meta),
+    Exportable(
+        f"{run_name}_{metric}",
+        metric_fig,
+        {"steps": np.array(steps), metric: values},
+        base_meta | {"metric": metric},
+    ),
+    Exportable(
+        f"{run_name}_types",
+        types_fig,
+        {"steps": np.array(steps), "types": codes, "names": np.array(HEAD_TYPES)},
+        base_meta,
+    ),
+    Exportable(
+        f"{run_name}_bpd",
+        bpd_fig,
+        {"snapshot_steps": np.array(steps), "probe_bpd": timeline.probe_bpd}
+        | ({"train_steps": train_xy[0], "train_bpd": train_xy[1]} if train_xy else {}),
+        base_meta,
+    ),
+]
+export_panel(items, "trn_export", "Export these figures and data")

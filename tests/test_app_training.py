@@ -1,0 +1,54 @@
+"""The Training page through AppTest, on a tiny run trained here with a timeline
+(tests/test_training.py's synthetic data), and on a folder without one."""
+
+from pathlib import Path
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from analysis.metrics import head_metrics, head_type
+from models.timeline import TimelineRecorder
+from models.training import train
+from tests.test_app import chart, title, trace, values
+from tests.test_training import cfg, tiny_data  # noqa: F401  (a fixture)
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def test_training_page_scrubs_a_timeline(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    models = tmp_path / "models"
+    models.mkdir()
+    recorder = TimelineRecorder(2, measure=head_metrics, classify=head_type, points=4)
+    train(cfg(tiny_data, steps=6, eval_every=3), models / "run", timeline=recorder)
+    (models / "plain").mkdir()
+    (models / "plain" / "config.json").write_text("{}")
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(models))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/training.py").run()
+    assert not at.exception, at.exception
+    folders = at.selectbox(key="trn_folder").options
+    assert folders[0].endswith("run") and any(f.endswith("plain") for f in folders)
+    assert at.select_slider(key="trn_step").value == 6
+    mosaic = values(trace(chart(at, "trn_grid"), "heads")["z"])
+    assert mosaic.shape == (2 * 29 - 1, 2 * 29 - 1)  # fmnist-tiny: 2 layers x 2 heads
+    assert np.nanmax(mosaic) == 1.0  # each head scaled to its own max
+    metric = chart(at, "trn_metric_fig")
+    assert len([t for t in metric["data"] if t["name"].startswith("L")]) == 4
+    types = values(trace(chart(at, "trn_types"), "types")["z"])
+    assert types.shape == (4, 5)  # 4 heads x 5 snapshots (steps 0, 1, 2, 3, 6)
+    probe = values(trace(chart(at, "trn_bpd"), "probe images (snapshots)")["y"])
+    assert probe.shape == (5,) and probe[-1] < probe[0]
+    at.select_slider(key="trn_step").set_value(0).run()
+    assert not at.exception
+    assert title(chart(at, "trn_grid")).startswith("step 0:")
+    at.selectbox(key="trn_probe").set_value(1).run()
+    at.selectbox(key="trn_metric").set_value("entropy").run()
+    assert not at.exception
+    # a folder without a timeline says so; a path outside the project is refused
+    plain = [f for f in folders if f.endswith("plain")][0]
+    at.selectbox(key="trn_folder").set_value(plain).run()
+    assert not at.exception
+    assert "has no timeline" in "\n".join(i.value for i in at.info)
+    at.text_input(key="trn_path").set_value("/etc").run()
+    assert not at.exception
+    assert "outside the project" in "\n".join(e.value for e in at.error)
