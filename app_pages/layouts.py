@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from app_pages.common import export_panel
+from app_pages.common import clamp_setting, export_panel
 from kernels import layouts as L
 from models.tokens import Geometry, pixel_to_token
 from viz.export import Exportable, safe_name
@@ -56,6 +56,14 @@ for key, default in {
 g_name = st.selectbox("Image", list(GEOMETRIES), key="lay_geometry", on_change=_new_geometry)
 geometry = GEOMETRIES[g_name]
 n = geometry.n_tokens
+for key, high in (  # a value from a link may not fit this image
+    ("lay_l", n),
+    ("lay_c", n),
+    ("lay_row", geometry.height - 1),
+    ("lay_col", geometry.width - 1),
+    ("lay_channel", geometry.channels - 1),
+):
+    clamp_setting(key, 1 if key in ("lay_l", "lay_c") else 0, high)
 
 # a click on a pixel view (previous run) moves the query before the inputs are drawn
 for chart_key in [f"lay_pixels_{k}{s}" for k in ("strided", "fixed") for s in ("", "_pair")]:

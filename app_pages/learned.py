@@ -47,7 +47,8 @@ if over == "one image":
         st.stop()
     tokens = image_to_tokens(picked[1])[None]
 else:
-    count = st.slider("Test images (spread over the test set)", 2, 64, 8, key="lvp_count")
+    st.session_state.setdefault("lvp_count", 8)
+    count = st.slider("Test images (spread over the test set)", 2, 64, key="lvp_count")
     try:
         tokens = pick_images("fashion-mnist", model.config.geometry, count)
     except DatasetError as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -137,7 +138,14 @@ def settle(page) -> None:
 
 
 def open_page(page, title: str) -> None:
-    page.get_by_role("link", name=title).first.click()
+    """Open a page from the menu at the top; in a narrow window the pages that do not fit
+    are behind its "N more" entry."""
+    link = page.get_by_role("link", name=title).first
+    if link.is_visible():
+        link.click()
+    else:
+        page.get_by_text(re.compile(r"^\d+ more$")).first.click()
+        page.get_by_role("menuitem").filter(has_text=title).first.click()
     settle(page)
     page.get_by_role("heading").first.wait_for()
 

@@ -202,3 +202,71 @@ def test_search_labels_near_one_density_do_not_overlap():
     fig = search_figure(rows, "coverage vs density")
     got = [p for tr in fig.data for p in tr.textposition]
     assert len(set(got[:4])) == 4
+
+
+def test_complete_settings_survive_source_switch_cleared_models_and_other_pages(
+    tmp_path, monkeypatch
+):
+    """Rows, samples, seed and models stay what the person set when the image source is
+    switched (the page stops while there is no upload), when the models are cleared, and when
+    another page is opened and this one again; the results of a completion stay too."""
+    from test_app import complete_app
+
+    at = complete_app(tmp_path, monkeypatch)  # models: ["dense"]
+    at.slider(key="cmp_rows").set_value(26).run()
+    at.slider(key="cmp_samples").set_value(3).run()
+    at.number_input(key="cmp_seed").set_value(5).run()
+    at.button(key="cmp_run").click().run()
+    assert not at.exception, at.exception
+
+    def same() -> None:
+        assert at.multiselect(key="cmp_models").value == ["dense"]
+        assert at.slider(key="cmp_rows").value == 26
+        assert at.slider(key="cmp_samples").value == 3
+        assert at.number_input(key="cmp_seed").value == 5
+        assert "**dense**" in [m.value for m in at.markdown]  # the earlier results, shown
+        assert "Press Complete to sample." not in [i.value for i in at.info]
+
+    same()
+    at.radio(key="cmp_source").set_value("upload").run()
+    at.radio(key="cmp_source").set_value("test image").run()
+    same()
+    at.multiselect(key="cmp_models").set_value([]).run()
+    at.multiselect(key="cmp_models").set_value(["dense"]).run()
+    same()
+    at.switch_page("app_pages/layouts.py").run()
+    at.switch_page("app_pages/complete.py").run()
+    assert not at.exception, at.exception
+    same()
+
+
+def test_settings_live_in_the_url_and_come_back_from_it(tmp_path, monkeypatch):
+    """The page's settings are written to st.query_params; a new session opened with them
+    (a shared link, a reload) shows the same view. Values a widget cannot take are ignored."""
+    from test_app import attention_app, tiny_models
+
+    at = attention_app(tmp_path, monkeypatch)
+    at.number_input(key="att_row").set_value(3).run()
+    at.selectbox(key="att_head").set_value(1).run()
+    assert at.query_params["att_row"] == "3" and at.query_params["att_head"] == "1"
+    assert at.query_params["att_model"] == "dense"
+
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path / "again")))
+    fresh = AppTest.from_file(APP, default_timeout=120)
+    for key, value in {"att_row": "3", "att_col": "99", "att_head": "1", "att_model": "no"}.items():
+        fresh.query_params[key] = value
+    fresh.switch_page("app_pages/attention.py").run()
+    assert not fresh.exception, fresh.exception
+    assert fresh.number_input(key="att_row").value == 3
+    assert fresh.number_input(key="att_col").value == 27  # 99: brought into the image
+    assert fresh.selectbox(key="att_head").value == 1
+    assert fresh.selectbox(key="att_model").value == "dense"  # no such model: the default
+
+    lay = AppTest.from_file(APP, default_timeout=60)
+    lay.query_params["lay_mode"] = "side by side"
+    lay.query_params["lay_l"] = "14"
+    lay.run()
+    assert not lay.exception, lay.exception
+    assert lay.radio(key="lay_mode").value == "side by side"
+    assert lay.number_input(key="lay_l").value == 14
+    assert lay.query_params["lay_l"] == "14"

@@ -71,10 +71,11 @@ def shoot(page, path: Path) -> None:
     page.wait_for_timeout(300)
 
 
-def plot_area(page, key: str) -> dict:
+def plot_area(page, key: str, scroll: bool = True) -> dict:
     """The bounding box of a plotly chart's plot area (its axes' domain)."""
     plot = chart(page, key)
-    plot.scroll_into_view_if_needed()
+    if scroll:
+        plot.scroll_into_view_if_needed()
     return plot.locator(".nsewdrag").first.bounding_box()
 
 
@@ -85,6 +86,16 @@ def axis_ranges(page, key: str) -> tuple[list[float], list[float]]:
         .first.evaluate("el => [el._fullLayout.xaxis.range, el._fullLayout.yaxis.range]")
     )
     return ranges[0], ranges[1]
+
+
+def screen_point(page, key: str, x: float, y: float) -> tuple[float, float]:
+    """Where data point (x, y) of a chart is on the screen."""
+    box = plot_area(page, key, scroll=False)
+    (x0, x1), (y0, y1) = axis_ranges(page, key)
+    return (
+        box["x"] + (x - x0) / (x1 - x0) * box["width"],
+        box["y"] + (1 - (y - y0) / (y1 - y0)) * box["height"],
+    )
 
 
 def check_pixel_view(page, key: str, size: int = 28) -> None:
@@ -157,6 +168,26 @@ def test_attention_page(page, shots):
     no_exception(page)
     check_pixel_view(page, "att_pixels")
     click_pixel(page, "att_pixels", 10, 10)
+    assert query(page) == (10, 10)
+    # hover names the pixel under the cursor, in the pixel view and in the all-heads grid
+    box = plot_area(page, "att_pixels")
+    page.mouse.move(box["x"] + 12.5 / 28 * box["width"], box["y"] + 10.5 / 28 * box["height"])
+    hover = chart(page, "att_pixels").locator(".hovertext").first
+    hover.wait_for()
+    assert "row 10, col 12" in hover.text_content()
+    # the grid: 8 layers x 4 heads of 28 x 28, a blank line between; head 1 starts at 29
+    chart(page, "att_grid").evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    x, y = screen_point(page, "att_grid", 29 + 12, 10)
+    page.mouse.move(x - 3, y - 3)
+    page.mouse.move(x, y, steps=5)
+    hover = chart(page, "att_grid").locator(".hovertext").first
+    hover.wait_for()
+    assert "layer 0, head 1" in hover.text_content() and "row 10, col 12" in hover.text_content()
+    # the view is in the URL: a reload shows the same query pixel
+    assert "att_row=10" in page.url
+    page.reload()
+    settle(page)
     assert query(page) == (10, 10)
     x, y = axis_ranges(page, "att_map")  # the N x N map: no autorange beyond 0..N
     assert [round(v) for v in x] == [0, 784] and [round(v) for v in y] == [784, 0]

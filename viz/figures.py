@@ -380,7 +380,13 @@ def head_grid_figure(
     columns = [f"head {j}" for j in (heads or range(n_head))]
     fig.update_xaxes(**_tile_axis(columns, w), side="top", constrain="domain")
     rows = [f"layer {i}" for i in (layers or range(n_layer))]
-    fig.update_yaxes(**_tile_axis(rows, h), autorange="reversed", scaleanchor="x")
+    fig.update_yaxes(
+        **_tile_axis(rows, h),
+        autorange="reversed",
+        scaleanchor="x",
+        constrain="domain",
+        constraintoward="top",
+    )
     if selected is not None:
         i, j = selected
         fig.add_shape(
