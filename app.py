@@ -8,12 +8,25 @@ import streamlit as st
 
 st.set_page_config(page_title="Sparse Transformer Explorer", layout="wide")
 
-pages = [
-    st.Page("app_pages/layouts.py", title="Layouts", icon=":material/grid_on:", default=True),
-    st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:"),
-    st.Page("app_pages/learned.py", title="Learned vs prescribed", icon=":material/compare:"),
-    st.Page("app_pages/complete.py", title="Complete", icon=":material/auto_fix_high:"),
-    st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"),
-    st.Page("app_pages/models_page.py", title="Models & speed", icon=":material/speed:"),
-]
-st.navigation(pages, position="top").run()
+from app_pages.common import keep_settings, share_settings  # noqa: E402
+
+# every setting made in this session survives page switches (and the first run reads the URL)
+keep_settings()
+pages = {  # each page, and the prefix of its settings' keys (its view in the URL)
+    st.Page(
+        "app_pages/layouts.py", title="Layouts", icon=":material/grid_on:", default=True
+    ): "lay",
+    st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:"): "att",
+    st.Page(
+        "app_pages/learned.py", title="Learned vs prescribed", icon=":material/compare:"
+    ): "lvp",
+    st.Page("app_pages/complete.py", title="Complete", icon=":material/auto_fix_high:"): "cmp",
+    st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"): None,
+    st.Page("app_pages/models_page.py", title="Models & speed", icon=":material/speed:"): None,
+}
+# the menu at the top: a sidebar took 300 px of an 800 px window
+page = st.navigation(list(pages), position="top")
+try:
+    page.run()
+finally:  # also after a page's st.stop(): the URL names the settings the page was drawn with
+    share_settings(pages[page])
