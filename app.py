@@ -21,6 +21,11 @@ pages = {  # each page, and the prefix of its settings' keys (its view in the UR
         "app_pages/learned.py", title="Learned vs prescribed", icon=":material/compare:"
     ): "lvp",
     st.Page("app_pages/complete.py", title="Complete", icon=":material/auto_fix_high:"): "cmp",
+    st.Page("app_pages/heads.py", title="Who looks here", icon=":material/hub:"): None,
+    st.Page(
+        "app_pages/predictions.py", title="Predictions & ablation", icon=":material/casino:"
+    ): None,
+    st.Page("app_pages/training.py", title="Training", icon=":material/timeline:"): None,
     st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"): None,
     st.Page("app_pages/models_page.py", title="Models & speed", icon=":material/speed:"): None,
 }

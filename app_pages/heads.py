@@ -37,7 +37,7 @@ for key, default in {
 }.items():
     st.session_state.setdefault(key, default)
 
-left, right = st.columns([1, 3])
+left, right = st.columns(2)
 with left:
     chosen, image_name, image = choose_model_and_image("who")
 model = chosen.model
@@ -94,7 +94,7 @@ for key, high in (
     ("who_layer", n_layer - 1),
 ):
     clamp_setting(key, 0, high)
-with left:
+with right:
     layer = st.selectbox("Layer", list(range(n_layer)), key="who_layer")
     k1, k2 = st.columns(2)
     krow = k1.number_input("key row", 0, geometry.height - 1, key="who_krow")
@@ -116,52 +116,51 @@ meta = {
 }
 stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}_L{layer}"
 
-with right:
-    st.subheader(f"Who looks at pixel ({krow}, {kcol}) in layer {layer}")
-    a, b = st.columns([2, 3])
-    with a:
-        hover = np.array(
+st.subheader(f"Who looks at pixel ({krow}, {kcol}) in layer {layer}")
+a, b = st.columns([2, 3])
+with a:
+    hover = np.array(
+        [
             [
-                [
-                    f"row {r}, col {c}: {total_px[r, c]:.4f} (pixel {image[r, c, 0]})"
-                    for c in range(geometry.width)
-                ]
-                for r in range(geometry.height)
+                f"row {r}, col {c}: {total_px[r, c]:.4f} (pixel {image[r, c, 0]})"
+                for c in range(geometry.width)
             ]
-        )
-        key_fig = pixel_grid_figure(
-            total_px,
-            title=f"summed over {n_head} heads: who reads ({krow}, {kcol})",
-            query=(krow, kcol),
-            hover=hover,
-            colorscale="Viridis",
-            zmin=0,
-            colorbar_title="attention",
-            size_px=300,
-        )
-        st.plotly_chart(key_fig, key="who_key_view", on_select="rerun", selection_mode="points")
-        st.caption(
-            "Click a pixel to make it the key. Each later pixel's colour is the attention it "
-            f"gives the key, summed over the heads (0..{n_head}); pixels before the key cannot "
-            "look at it (causal)."
-        )
-    with b:
-        heads_fig = mosaic_figure(
-            per_head,
-            title=f"per head: attention given to ({krow}, {kcol})",
-            col_labels=[f"head {h}" for h in range(n_head)],
-            zmin=0,
-            zmax=float(max(per_head.max(), 1e-9)),
-            colorbar_title="attention",
-            value_name="attention",
-            tile_px=160,
-        )
-        st.plotly_chart(heads_fig, key="who_heads")
-        readers = int((total > 1e-3).sum())
-        st.caption(
-            f"{readers} queries give this key more than 0.001 of some head's attention. "
-            "One colour scale for all heads, so the heads compare."
-        )
+            for r in range(geometry.height)
+        ]
+    )
+    key_fig = pixel_grid_figure(
+        total_px,
+        title=f"who reads ({krow}, {kcol}): sum of {n_head} heads",
+        query=(krow, kcol),
+        hover=hover,
+        colorscale="Viridis",
+        zmin=0,
+        colorbar_title="attention",
+        size_px=300,
+    )
+    st.plotly_chart(key_fig, key="who_key_view", on_select="rerun", selection_mode="points")
+    st.caption(
+        "Click a pixel to make it the key. Each later pixel's colour is the attention it "
+        f"gives the key, summed over the heads (0..{n_head}); pixels before the key cannot "
+        "look at it (causal)."
+    )
+with b:
+    heads_fig = mosaic_figure(
+        per_head,
+        title=f"per head: attention given to ({krow}, {kcol})",
+        col_labels=[f"head {h}" for h in range(n_head)],
+        zmin=0,
+        zmax=float(max(per_head.max(), 1e-9)),
+        colorbar_title="attention",
+        value_name="attention",
+        tile_px=160,
+    )
+    st.plotly_chart(heads_fig, key="who_heads")
+    readers = int((total > 1e-3).sum())
+    st.caption(
+        f"{readers} queries give this key more than 0.001 of some head's attention. "
+        "One colour scale for all heads, so the heads compare."
+    )
 items = [
     Exportable(
         f"{stem}_key_r{krow}c{kcol}_total",
@@ -179,7 +178,7 @@ items = [
 
 st.divider()
 st.subheader("Summaries across heads and layers, for a query pixel")
-s1, s2 = st.columns([1, 3])
+s1, s2 = st.columns([2, 3])
 with s1:
     q1, q2 = st.columns(2)
     qrow = q1.number_input("query row", 0, geometry.height - 1, key="who_qrow")
@@ -191,7 +190,7 @@ top = rows_q[2, -1]  # rollout through every layer
 with s1:
     query_fig = pixel_grid_figure(
         top,
-        title=f"rollout of ({qrow}, {qcol}) through all {n_layer} layers",
+        title=f"rollout of ({qrow}, {qcol}), {n_layer} layers",
         query=(qrow, qcol),
         colorscale="Viridis",
         zmin=0,
@@ -206,7 +205,7 @@ with s1:
 with s2:
     grid_fig = mosaic_figure(
         rows_q.transpose(1, 0, 2, 3),  # [L, 3, h, w]
-        title=f"pixel ({qrow}, {qcol}): head mean, head max, rollout (each tile to its max)",
+        title=f"pixel ({qrow}, {qcol}): mean, max, rollout",
         col_labels=["mean over heads", "max over heads", "rollout up to the layer"],
         row_labels=[f"layer {i}" for i in range(n_layer)],
         per_tile=True,

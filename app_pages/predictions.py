@@ -26,6 +26,8 @@ from viz.export import Exportable, content_key, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid
 from viz.inspect_figures import (
+    BITS_COLORS,
+    DIFF_COLORS,
     distribution_figure,
     diverging_range,
     head_table_figure,
@@ -52,7 +54,7 @@ for key, default in {"prd_row": 14, "prd_col": 14, "prd_mean_count": 8}.items():
 
 names = require_model_names()
 st.session_state.setdefault("prd_models", names[:MAX_MODELS])
-left, right = st.columns([1, 3])
+left, right = st.columns(2)
 with left:
     picked_names = st.multiselect(
         "Models (side by side)", names, max_selections=MAX_MODELS, key="prd_models"
@@ -116,7 +118,7 @@ if picked_px is not None and picked_px != st.session_state.get("prd_pixels_last"
     st.session_state.prd_row, st.session_state.prd_col = picked_px
 st.session_state.prd_row = min(max(st.session_state.prd_row, 0), geometry.height - 1)
 st.session_state.prd_col = min(max(st.session_state.prd_col, 0), geometry.width - 1)
-with left:
+with right:
     c1, c2 = st.columns(2)
     row = c1.number_input("pixel row", 0, geometry.height - 1, key="prd_row")
     col = c2.number_input("pixel column", 0, geometry.width - 1, key="prd_col")
@@ -136,55 +138,54 @@ meta = {"models": list(models), "image": image_name, "image_sha1": image_sha1}
 stem = f"{safe_name(image_name)}"
 items = []
 
-with right:
-    a, b = st.columns([2, 3])
-    with a:
-        hover = np.array(
+a, b = st.columns([2, 3])
+with a:
+    hover = np.array(
+        [
             [
-                [
-                    f"row {r}, col {c}: value {image[r, c, 0]}, {first} {bits_px[0, r, c]:.2f} bits"
-                    for c in range(geometry.width)
-                ]
-                for r in range(geometry.height)
+                f"row {r}, col {c}: value {image[r, c, 0]}, {first} {bits_px[0, r, c]:.2f} bits"
+                for c in range(geometry.width)
             ]
-        )
-        top = float(np.percentile(bits_px, 99.5))
-        click_fig = pixel_grid_figure(
-            bits_px[0],
-            title=f"{first}: bits per pixel (click one)",
-            query=(row, col),
-            hover=hover,
-            colorscale="Magma",
-            zmin=0,
-            zmax=top,
-            colorbar_title="bits",
-            size_px=300,
-        )
-        st.plotly_chart(click_fig, key="prd_pixels", on_select="rerun", selection_mode="points")
-    with b:
-        dist = {n: probs[n][token] for n in models}
-        dist_fig = distribution_figure(
-            dist, true_value, f"predicted value of pixel ({row}, {col}); true value {true_value}"
-        )
-        st.plotly_chart(dist_fig, key="prd_dist")
-        st.dataframe(
-            [
-                {
-                    "model": n,
-                    "p(true value)": float(dist[n][true_value]),
-                    "bits": float(bits[n][token]),
-                    "entropy (bits)": float(entropy_bits(torch.from_numpy(dist[n]))),
-                    "most likely value": int(np.argmax(dist[n])),
-                }
-                for n in models
-            ],
-            hide_index=True,
-            key="prd_dist_table",
-        )
-        st.caption(
-            "Low entropy and many bits: a confident mistake. High entropy and many bits: a value "
-            "the model knew it could not guess (an edge, a texture)."
-        )
+            for r in range(geometry.height)
+        ]
+    )
+    top = float(np.percentile(bits_px, 99.5))
+    click_fig = pixel_grid_figure(
+        bits_px[0],
+        title=f"{first}: bits per pixel (click one)",
+        query=(row, col),
+        hover=hover,
+        colorscale=BITS_COLORS,
+        zmin=0,
+        zmax=top,
+        colorbar_title="bits",
+        size_px=300,
+    )
+    st.plotly_chart(click_fig, key="prd_pixels", on_select="rerun", selection_mode="points")
+with b:
+    dist = {n: probs[n][token] for n in models}
+    dist_fig = distribution_figure(
+        dist, true_value, f"predicted value of pixel ({row}, {col}); true value {true_value}"
+    )
+    st.plotly_chart(dist_fig, key="prd_dist")
+    st.dataframe(
+        [
+            {
+                "model": n,
+                "p(true value)": float(dist[n][true_value]),
+                "bits": float(bits[n][token]),
+                "entropy (bits)": float(entropy_bits(torch.from_numpy(dist[n]))),
+                "most likely value": int(np.argmax(dist[n])),
+            }
+            for n in models
+        ],
+        hide_index=True,
+        key="prd_dist_table",
+    )
+    st.caption(
+        "Low entropy and many bits: a confident mistake. High entropy and many bits: a value "
+        "the model knew it could not guess (an edge, a texture)."
+    )
 items += [
     Exportable(
         f"{stem}_r{row}c{col}_bits_{safe_name(first)}", click_fig, {"bits": bits_px[0]}, meta
@@ -203,7 +204,7 @@ maps_fig = mosaic_figure(
     bits_px,
     title=f"bits per pixel on {image_name} (-log2 p of the true value)",
     col_labels=labels,
-    colorscale="Magma",
+    colorscale=BITS_COLORS,
     zmin=0,
     zmax=top,
     colorbar_title="bits",
@@ -233,7 +234,7 @@ mean_fig = mosaic_figure(
     means,
     title=f"bits per pixel, mean over {count} test images",
     col_labels=[f"{n}: {means[k].mean():.3f} bits/dim" for k, n in enumerate(models)],
-    colorscale="Magma",
+    colorscale=BITS_COLORS,
     zmin=0,
     zmax=float(np.percentile(means, 99.5)),
     colorbar_title="bits",
@@ -330,7 +331,7 @@ else:
             pair,
             title=f"{abl_name}: mean bits per pixel over {abl_count} test images",
             col_labels=["intact", f"without {len(heads)} head(s) ({mode})"],
-            colorscale="Magma",
+            colorscale=BITS_COLORS,
             zmin=0,
             zmax=float(np.percentile(pair, 99.5)),
             colorbar_title="bits",
@@ -342,7 +343,7 @@ else:
         diff_fig = pixel_grid_figure(
             diff,
             title=f"bits without minus with the heads ({mode}): red = the heads helped",
-            colorscale="RdBu_r",
+            colorscale=DIFF_COLORS,
             zmin=-span,
             zmax=span,
             colorbar_title="Δ bits",

@@ -141,7 +141,7 @@ if st.session_state.trn_step not in steps:  # another run's step
 st.session_state.setdefault("trn_probe", 0)
 st.session_state.trn_probe = min(max(int(st.session_state.trn_probe), 0), P - 1)
 
-left, right = st.columns([1, 3])
+left, right = st.columns(2)
 with left:
     step = st.select_slider("Step", options=steps, key="trn_step")
     s = steps.index(step)
@@ -151,6 +151,7 @@ with left:
         key="trn_probe",
         format_func=lambda k: f"{k}: test image {meta.get('probe_images', list(range(P)))[k]}",
     )
+with right:
     image = timeline.probes[probe].reshape(height, width, channels)
     pr, pc = meta.get("probe_pixel", [height // 2, width // 2])
     marked = np.repeat(image, 3, axis=2) if channels == 1 else image.copy()
@@ -164,19 +165,23 @@ with left:
 rows = timeline.rows[s, probe]  # [L, H, N]
 grid_fig = head_grid_figure(
     rows.reshape(L, H, height, width, channels)[..., 0],
-    f"step {step}: every head's attention of pixel ({pr}, {pc}) (each to its max)",
+    f"step {step}: pixel ({pr}, {pc}), every head",
 )
 pooled = timeline.pooled[s].astype(np.float32)  # [L, H, n, n]
 pooled_fig = head_grid_figure(
     pooled,
-    f"step {step}: attention pooled by image rows (query row down, key row across)",
+    f"step {step}: pooled by image rows",
 )
-with right:
-    a, b = st.columns(2)
-    with a:
-        st.plotly_chart(grid_fig, key="trn_grid")
-    with b:
-        st.plotly_chart(pooled_fig, key="trn_pooled")
+a, b = st.columns(2)
+with a:
+    st.plotly_chart(grid_fig, key="trn_grid")
+with b:
+    st.plotly_chart(pooled_fig, key="trn_pooled")
+st.caption(
+    "Left: where the probe pixel (red on the probe image) looks in every layer and head; right: "
+    "each head's attention averaged over the probes in tiles of one image row (query row "
+    "down, key row across). Each map is scaled to its own maximum."
+)
 
 names = [n for n in METRIC_HELP if n in timeline.metrics]
 st.session_state.setdefault("trn_metric", names[0] if names else None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import plotly.colors as pc
 import plotly.graph_objects as go
 
 from analysis.metrics import HEAD_TYPES
@@ -37,6 +38,10 @@ TYPE_COLORS = {
     "global": "#9467bd",
 }
 TRUE_COLOR = "#000000"
+# colour scales as lists: plotly.js knows neither "Magma" nor "RdBu_r" by name (a name it does
+# not know is drawn with its default scale)
+BITS_COLORS = pc.get_colorscale("Magma")
+DIFF_COLORS = pc.get_colorscale("RdBu_r")
 
 
 def color(i: int) -> str:
