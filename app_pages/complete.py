@@ -6,6 +6,8 @@ Results are shown only for the request that made them, so a new upload or settin
 stale samples.
 """
 
+import time
+
 import numpy as np
 import streamlit as st
 
@@ -32,6 +34,7 @@ from viz.grid import image_grid
 
 PER_ROW = 4  # samples per line of a model's grid
 MODELS_PER_ROW = 2  # models side by side
+LIVE_EVERY = 0.5  # seconds between two drawings of the rows being sampled
 SAMPLES_DPI = 96  # the PNG of the samples: 4 screen pixels per image pixel at 96 dpi
 
 
@@ -213,8 +216,11 @@ with right:
                 drawn.update(model=name, row=None)
                 start_model(name)
             partial = job.partial.get(name)
-            if partial is not None and partial.row != drawn["row"]:
-                drawn["row"] = partial.row
+            # at most LIVE_EVERY: each drawing is a PNG to encode, send and decode, work that
+            # slows everyone else's pages when several people sample at once
+            soon = time.monotonic() - drawn.get("at", 0.0) < LIVE_EVERY
+            if partial is not None and partial.row != drawn["row"] and not soon:
+                drawn.update(row=partial.row, at=time.monotonic())
                 show_row(name, partial, min(1.0, partial.row / max(1, geometry.height - 1)))
 
         follow(job.task, what="The completion", on_tick=draw_rows, bar=False)

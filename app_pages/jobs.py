@@ -31,6 +31,7 @@ MEMORY_BUDGET_MB = 1024
 MEMORY_BUDGET = MEMORY_BUDGET_MB * 2**20
 # threads that run tasks: every core but one ($SPARSE_EXPLORER_WORKERS to choose)
 WORKERS = int(os.environ.get("SPARSE_EXPLORER_WORKERS", max(1, (os.cpu_count() or 2) - 1)))
+WORKER_NICE = int(os.environ.get("SPARSE_EXPLORER_WORKER_NICE", 10))  # 0: as pages
 MAX_QUEUED = 32  # tasks waiting; one more is refused ("the server is busy")
 WATCH_SECONDS = 0.5  # how often the pool checks that each task's session is still there
 
@@ -142,7 +143,23 @@ class Task:
         self.ended_at = time.monotonic()
         if status == CANCELLED and self.reason:
             print(f"task {self.label!r} cancelled: {self.reason}", file=sys.stderr, flush=True)
+        if os.environ.get("SPARSE_EXPLORER_LOG_TASKS"):  # tools/bench_load.py reads these
+            ran = self.ended_at - self.started_at if self.started_at is not None else 0.0
+            print(
+                f"task {self.label!r} {status}: waited {self.waited:.2f} s, ran {ran:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         self._done.set()
+
+
+def _lower_priority() -> None:
+    """Make this worker thread nicer than the threads that draw pages (Linux: a thread's nice
+    value is its own), so that browsing gets the CPU first while others sample."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same priority
+        pass
 
 
 class WorkerPool:
@@ -213,6 +230,7 @@ class WorkerPool:
         self._threads.append(watcher)
 
     def _work(self) -> None:
+        _lower_priority()
         while True:
             with self._cond:
                 while not self._queue:

@@ -1,0 +1,182 @@
+"""Load test: people completing while one more person browses, on one server, loopback only.
+
+    .venv/bin/python -m tools.bench_load --contexts 4 --samples 4 --switches 20 --seconds 240
+
+Starts one `streamlit run app.py` on 127.0.0.1 (as the browser tests do, tests/browser_util.py)
+with the shipped models, opens ``--contexts`` headless Chromium contexts that each complete
+the default image with 3 models (dense, strided, fixed; ``--samples`` samples), again as soon
+as a completion ends, and one more context that switches heads on the Attention page meanwhile.
+Reports the browsing context's head-switch times (click to the new head's chart drawn: median,
+p95, max), the completions' waits in the worker pool's queue and their run times (from the
+server's log, SPARSE_EXPLORER_LOG_TASKS), and the server's peak RSS. Everything stops after
+``--seconds`` (the server, the browser and any completion still running).
+
+``--workers N`` sets the pool's size (SPARSE_EXPLORER_WORKERS); a large N lets every
+completion sample at once, as the app did before it had a pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from browser_util import (  # noqa: E402
+    IDLE,
+    keyed,
+    launch_chromium,
+    open_page,
+    settle,
+    streamlit_server,
+)
+
+MODELS = ("dense", "strided", "fixed")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def prepare_completer(page, samples: int) -> None:
+    """The Complete page with the 3 models, ``samples`` samples and the top half kept."""
+    open_page(page, "Complete")
+    box = keyed(page, "cmp_models")
+    for name in MODELS:
+        if box.get_by_text(name, exact=True).count() == 0:
+            box.click()
+            page.get_by_role("option", name=name, exact=True).click()
+            settle(page)
+    page.keyboard.press("Escape")
+    field = keyed(page, "cmp_samples").get_by_role("slider")
+    field.focus()
+    page.keyboard.press("Home")
+    for _ in range(samples - 1):
+        page.keyboard.press("ArrowRight")
+    settle(page)
+
+
+def start_completion(page) -> None:
+    keyed(page, "cmp_run").get_by_role("button").click()
+
+
+def completion_running(page) -> bool:
+    """Whether this page's completion is still going (its Stop button is shown)."""
+    return keyed(page, "cmp_stop").count() > 0 or page.locator(IDLE).count() == 0
+
+
+def switch_head(page, head: int, layer: int) -> float:
+    """Pick ``head`` on the Attention page; seconds from the pick until the chart of that head
+    is drawn in the browser (the server's run plus plotly drawing it)."""
+    want = f"layer {layer}, head {head}: where pixel"
+    t0 = time.perf_counter()
+    box = keyed(page, "att_head").get_by_role("combobox")
+    box.click()
+    box.fill(str(head))  # the select filters as one types; Enter takes the match
+    page.get_by_role("option", name=str(head), exact=True).wait_for()
+    box.press("Enter")
+    page.wait_for_function(
+        """want => [...document.querySelectorAll('.gtitle')]
+                   .some(t => t.textContent.startsWith(want))""",
+        arg=want,
+        timeout=120_000,
+    )
+    seconds = time.perf_counter() - t0  # what the person sees: the new head's chart
+    page.wait_for_selector(IDLE)  # the run is over before the next switch
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.bench_load", description=__doc__)
+    p.add_argument("--contexts", type=int, default=4, help="contexts completing (1-16)")
+    p.add_argument("--samples", type=int, default=4, help="samples per completion (1-16)")
+    p.add_argument("--switches", type=int, default=20, help="head switches timed (1-200)")
+    p.add_argument("--seconds", type=float, default=240, help="time limit of the whole run")
+    p.add_argument("--workers", type=int, default=None, help="the pool's size (default: app's)")
+    args = p.parse_args(argv)
+    if not (1 <= args.contexts <= 16 and 1 <= args.samples <= 16 and 1 <= args.switches <= 200):
+        p.error("--contexts 1-16, --samples 1-16, --switches 1-200")
+    from playwright.sync_api import sync_playwright
+
+    env = {"SPARSE_EXPLORER_LOG_TASKS": "1"}
+    if args.workers is not None:
+        env["SPARSE_EXPLORER_WORKERS"] = str(args.workers)
+    deadline = time.monotonic() + args.seconds
+    times: list[float] = []
+    completions = 0
+    with streamlit_server(env=env) as server, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        pages = []
+        for _ in range(args.contexts + 1):
+            page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            page.set_default_timeout(120_000)
+            page.goto(server.url)
+            pages.append(page)
+        *completers, browser_page = pages
+        for page in pages:
+            settle(page)
+        for page in completers:
+            prepare_completer(page, args.samples)
+        open_page(browser_page, "Attention")
+        n_head = 4
+        for page in completers:  # everyone starts at once
+            start_completion(page)
+        browser_page.wait_for_timeout(1000)  # the completions are sampling
+        i = 0
+        while len(times) < args.switches and time.monotonic() < deadline:
+            i += 1
+            try:
+                times.append(switch_head(browser_page, i % n_head, 0))
+            except Exception:
+                browser_page.screenshot(path="/tmp/bench_load_failure.png")
+                raise
+            for page in completers:  # keep the load up: a finished completion starts again
+                if not completion_running(page):
+                    completions += 1
+                    start_completion(page)
+        for page in completers:  # end what still runs (closing the tab cancels it)
+            page.context.close()
+        peak = server.peak_rss_mb()
+        time.sleep(1.0)
+        log = server.log.read_text(errors="replace")
+        browser.close()
+    tasks = re.findall(r"task 'completion \w+' (\w+): waited ([\d.]+) s, ran ([\d.]+) s", log)
+    waits = [float(w) for _, w, _ in tasks]
+    runs = [float(r) for status, _, r in tasks if status == "done"]
+    workers = args.workers if args.workers is not None else "default"
+    print(
+        f"# load: {args.contexts} contexts completing ({args.samples} samples x 3 models) + 1 "
+        f"switching heads, pool workers {workers}, {os.cpu_count()} CPUs\n"
+    )
+    print("| measurement | result |")
+    print("|---|---|")
+    if times:
+        print(
+            f"| head switch, browsing context ({len(times)} switches): median / p95 / max "
+            f"| {statistics.median(times):.2f} / {percentile(times, 0.95):.2f} / "
+            f"{max(times):.2f} s |"
+        )
+    if waits:
+        print(
+            f"| completions' queue wait ({len(waits)} tasks): median / max "
+            f"| {statistics.median(waits):.1f} / {max(waits):.1f} s |"
+        )
+    if runs:
+        median_run = statistics.median(runs)
+        print(f"| a completion's run (done: {len(runs)}): median | {median_run:.1f} s |")
+    print(f"| completions restarted during the switches | {completions} |")
+    print(f"| server peak RSS | {peak:.0f} MB |")
+    if "Traceback" in log:
+        print("server log has a traceback:\n" + log[-3000:], file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
