@@ -117,11 +117,11 @@ def test_pooled_maps_hover_names_tile_ranges(tmp_path, monkeypatch):
     assert "queries %{customdata[0]}-%{customdata[1]}" in mask["hovertemplate"]
     ranges = values(mask["customdata"])
     assert list(ranges[33, 24]) == [396, 407, 288, 299] and ranges[-1, -1, 1] == 3071
-    at = attention_app(tmp_path, monkeypatch)  # N = 784 drawn as 392 x 392 tiles of 2
+    at = attention_app(tmp_path, monkeypatch)  # N = 784 drawn as 196 x 196 tiles of 4
     attention = trace(chart(at, "att_map"), "attention")
     assert "keys %{customdata[2]}-%{customdata[3]}" in attention["hovertemplate"]
     assert "%{y}" not in attention["hovertemplate"]
-    assert list(values(attention["customdata"])[200, 146]) == [400, 401, 292, 293]
+    assert list(values(attention["customdata"])[100, 73]) == [400, 403, 292, 295]
 
 
 def test_outline_none_caption(tmp_path, monkeypatch):
