@@ -7,6 +7,7 @@ model + image -> arrays. The model's capture forms (kernels/capture.py; docs/DES
     head_maps       every head's N x N map of one layer, or its P x P tile means [H, n, n]
     capture_image   both, for the chosen layers and heads and a query pixel: an ImageAttention,
                     what viz.export.model_items draws (viz never runs a model)
+    capture_memory  the bytes capture_image and its figures take (checked before it runs)
 
 Everything returned is float32 numpy on the CPU, whatever device the model runs on.
 """
@@ -73,6 +74,17 @@ class ImageAttention:
     @property
     def query_token(self) -> int:
         return pixel_to_token(*self.query, 0, self.geometry)
+
+
+def capture_memory(config, layers: int, heads: int, maps: bool = True) -> int:
+    """Bytes that capture_image(..., maps=maps) over ``layers`` layers and ``heads`` heads and
+    the figures drawn from it take at their peak: every head's N x N map of each layer
+    (float32), the chosen heads' copy, and one drawn copy per chosen head's map."""
+    n = config.height * config.width * config.channels
+    rows = layers * config.n_head * n * 4
+    if not maps:
+        return rows
+    return rows + 4 * n * n * layers * (config.n_head + 2 * heads)
 
 
 def capture_image(

@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from analysis.attention import capture_image, head_maps, query_rows
+from analysis.attention import capture_image, capture_memory, head_maps, query_rows
 from app_pages.common import (
     as_text,
     choose_model_and_image,
@@ -12,6 +12,7 @@ from app_pages.common import (
     get_model,
     show_image,
 )
+from app_pages.jobs import over_budget
 from kernels.layouts import image_layout_spec, parse_layout
 from models.tokens import pixel_to_token, token_coords
 from viz.export import Exportable, content_key, model_items, safe_name
@@ -80,11 +81,9 @@ image_sha1 = content_key(image)
 rows = cached_rows(chosen.path, image_sha1, query, image)  # [L, H, N]
 L_, H_, N = rows.shape
 per_pixel = rows.reshape(L_, H_, geometry.height, geometry.width, geometry.channels)
-grid_fig = head_grid_figure(
-    per_pixel[..., channel],
-    f"pixel ({row}, {col}): all heads",
-    (st.session_state.att_layer, st.session_state.att_head),
-)
+# no box around the chosen head: the grid then changes only with the query, and a layer or
+# head switch leaves the page's largest chart as it is (not re-sent, not redrawn)
+grid_fig = head_grid_figure(per_pixel[..., channel], f"pixel ({row}, {col}): all heads")
 with right:
     st.plotly_chart(grid_fig, key="att_grid")
     c1, c2, c3 = st.columns(3)
@@ -173,9 +172,16 @@ with e1:
     export_panel(items, "att_export", "Export these figures")
 with e2:
     if st.button("Prepare every layer x head (zip)", key="att_batch"):
-        attention = capture_image(model, image, query=(row, col))
-        batch = model_items(attention, model_name=chosen.name, image_name=image_name)
-        st.session_state.att_batch_items = batch
+        cfg = model.config
+        refusal = over_budget(  # every N x N map of every layer: refused when too big
+            "Every layer x head", capture_memory(cfg, cfg.n_layer, cfg.n_head)
+        )
+        if refusal:
+            st.error(refusal)
+        else:
+            attention = capture_image(model, image, query=(row, col))
+            batch = model_items(attention, model_name=chosen.name, image_name=image_name)
+            st.session_state.att_batch_items = batch
     if st.session_state.get("att_batch_items"):
         export_panel(
             st.session_state.att_batch_items,

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from analysis.attention import capture_image
+from analysis.attention import capture_image, capture_memory
 from app_pages.common import choose_model_and_image, export_job
 from app_pages.jobs import over_budget
 from viz.export import FORMATS, HEAVY_FORMATS, VIEWS, estimate_views, model_items
@@ -57,7 +57,9 @@ if not (layers and heads and views and formats):
 # told before anything starts: the files, their size, the time and the memory they take
 guess = estimate_views(g, len(layers), len(heads), views, formats, dpi=dpi, heavy=heavy)
 st.caption(f"This export: {guess.describe()}.")
-refusal = over_budget("This export", guess.memory)
+# the attention it is drawn from: with the "head" view, every N x N map of the chosen layers
+need = capture_memory(model.config, len(layers), len(heads), maps="head" in views)
+refusal = over_budget("This export", guess.memory + need)
 if refusal:
     st.error(refusal)
 request = (

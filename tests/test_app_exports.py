@@ -94,3 +94,27 @@ def test_the_whole_batch_is_estimated_and_its_heavy_formats_are_opt_in(tmp_path,
     assert not [n for n in names if n.endswith("_head.html")]  # 4 N x N maps: no HTML
     assert len([n for n in names if n.endswith("_head.npz")]) == 4
     assert any(n.endswith("_grid.html") for n in names) and "index.md" in names
+
+
+def test_every_layer_x_head_over_the_memory_budget_is_refused(tmp_path, monkeypatch):
+    """The batch's N x N maps are counted before they are captured; over the budget, the
+    button explains instead of capturing (the budget in the message)."""
+    import app_pages.jobs as jobs
+
+    monkeypatch.setattr(jobs, "MEMORY_BUDGET", 2**20)  # 1 MB: the tiny model's 4 maps are more
+    at = attention_app(tmp_path, monkeypatch)
+    at.button(key="att_batch").click().run()
+    assert not at.exception, at.exception
+    (error,) = [e.value for e in at.error if e.value.startswith("Every layer x head")]
+    assert "would need about" in error and "MB per task" in error
+    assert "att_batch_items" not in at.session_state
+
+
+def test_capture_memory_counts_the_maps():
+    from analysis.attention import capture_memory
+    from models import ModelConfig
+
+    config = ModelConfig.from_name("fmnist-tiny", layout="dense()")  # 2 layers, 2 heads
+    n = 784
+    assert capture_memory(config, 2, 2, maps=False) == 2 * 2 * n * 4
+    assert capture_memory(config, 2, 2) == 2 * 2 * n * 4 + 4 * n * n * 2 * (2 + 4)
