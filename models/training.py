@@ -86,9 +86,17 @@ class TrainConfig:
     # CALIBRATION), fixed before the warm-up ends so the schedule is that of a plain --steps run
     # (run.json records the steps: --steps N repeats the run exactly)
     minutes: float | None = None
+    # the recipe: "bf16" autocast (matrix products and attention in bfloat16; weights, optimizer
+    # and loss in float32), "fp32", or "auto" (bf16 on CUDA, fp32 on the CPU: what runs did before
+    # the setting existed). bf16 works on a CPU but is slower there than fp32.
+    dtype: str = "auto"
+    # torch.compile the model (the attention call stays outside the graph, models/model.py);
+    # pays off on a GPU, costs tens of seconds of compilation on a CPU
+    compile: bool = False
 
 
 CALIBRATION = (10, 60)  # steps [a, b) timed to turn --minutes into --steps
+DTYPES = ("auto", "bf16", "fp32")  # TrainConfig.dtype
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -119,6 +127,10 @@ def check_train_config(cfg: TrainConfig) -> None:
         if not ok or not (v > lo if open_lo else v >= lo) or v > hi:
             where = f"{'(' if open_lo else '['}{lo:g}, {hi:g}]"
             problems.append(f"{name} must be a finite number in {where}, got {v!r}")
+    if cfg.dtype not in DTYPES:
+        problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    if not isinstance(cfg.compile, bool):
+        problems.append(f"compile must be true or false, got {cfg.compile!r}")
     if cfg.threads is not None and not (isinstance(cfg.threads, int) and cfg.threads >= 1):
         problems.append(f"threads must be >= 1, got {cfg.threads!r}")
     if cfg.minutes is not None and isinstance(cfg.warmup, int) and cfg.warmup < CALIBRATION[1]:
@@ -258,6 +270,20 @@ def start_run(cfg: TrainConfig, out: Path, ranks: Ranks, *, resume: bool) -> Run
             publish(out, {name: (checkpoint / name).read_bytes() for name in PUBLISHED})
             prune_checkpoints(out, keep=checkpoint)
     return run
+
+
+def precision(cfg: TrainConfig, device: torch.device) -> str:
+    """What cfg.dtype means on ``device``: "bf16" or "fp32" ("auto": bf16 on CUDA only)."""
+    if cfg.dtype == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.dtype
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on ``device`` for --dtype bf16 (and auto on CUDA), else nothing."""
+    if precision(cfg, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def train_step(run: Run, ddp_model: torch.nn.Module, autocast: AbstractContextManager) -> float:
@@ -510,6 +536,9 @@ def read_record(path: Path) -> dict:
     return record
 
 
+_DEFAULTS = asdict(TrainConfig())
+
+
 def check_same_settings(cfg: TrainConfig, saved: dict, out: Path) -> None:
     """CheckpointError unless ``cfg`` asks for the run saved in ``out`` (only
     RESUMABLE_CHANGES may differ); with --minutes the saved --steps are the run's."""
@@ -519,7 +548,8 @@ def check_same_settings(cfg: TrainConfig, saved: dict, out: Path) -> None:
     changed = [
         f"--{k.replace('_', '-')} {now[k]} (the run has {saved.get(k)})"
         for k in now
-        if k not in RESUMABLE_CHANGES and now[k] != saved.get(k)
+        # a run saved before a setting existed trained with its default
+        if k not in RESUMABLE_CHANGES and now[k] != saved.get(k, _DEFAULTS[k])
     ]
     if changed:
         raise CheckpointError(
@@ -635,7 +665,12 @@ def train(
         ids = [ranks.device.index] if ranks.device.type == "cuda" else None
         ddp_model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
     on_cuda = ranks.device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
+    autocast = autocast_for(cfg, ranks.device)
+    run.record["precision"] = precision(cfg, ranks.device)
+    if ranks.is_main and run.record["precision"] == "bf16" and not on_cuda:
+        _say("--dtype bf16 on the CPU: bf16 autocast works there, but is slower than fp32")
+    if cfg.compile:  # compiled on the first step; the weights stay run.model's
+        ddp_model = torch.compile(ddp_model)
     # --minutes: time steps CALIBRATION of a fresh run, then fix cfg.steps before the warm-up
     # ends, so the schedule is that of a plain --steps run
     calibrating = cfg.minutes is not None and run.step == 0

@@ -9,6 +9,7 @@ import os
 import struct
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kernels import parse_layout
 from kernels.layouts import image_layout_spec
-from models import ModelConfig, load_model
-from models.training import TrainConfig, batch_indices, lr_at, model_config, train
+from models import CheckpointError, ModelConfig, SparseTransformer, load_model
+from models.training import (
+    TrainConfig,
+    batch_indices,
+    check_same_settings,
+    check_train_config,
+    lr_at,
+    model_config,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,3 +155,68 @@ def test_ddp_two_ranks_end_with_identical_weights(tiny_data, tmp_path):
     s = load_file(tmp_path / "single" / "model.safetensors")
     for k in s:
         torch.testing.assert_close(w0[k], s[k], rtol=1e-4, atol=1e-5)
+
+
+# --- the recipe: --dtype, --compile, the deeper presets ------------------------------------
+
+
+def test_bf16_autocast_trains_on_the_cpu(tiny_data, tmp_path):
+    record = train(cfg(tiny_data, dtype="bf16", steps=3, eval_every=3), tmp_path / "bf16")
+    assert record["precision"] == "bf16" and record["train_config"]["dtype"] == "bf16"
+    assert all(np.isfinite(h["train_bpd"]) for h in record["history"])
+    # the weights and the optimizer stay float32: only the products ran in bf16
+    model = load_model(tmp_path / "bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # auto is fp32 on the CPU (bf16 on CUDA), what runs did before the setting existed
+    assert train(cfg(tiny_data, steps=1, eval_every=1), tmp_path / "auto")["precision"] == "fp32"
+
+
+def test_compile_trains_the_same_model(tiny_data, tmp_path):
+    """torch.compile with the attention call outside the graph (a tiny model compiles in about
+    20 s on a CPU core): the same losses as eager, to float32 rounding."""
+    eager = train(cfg(tiny_data, steps=2, eval_every=2), tmp_path / "eager")
+    compiled = train(cfg(tiny_data, steps=2, eval_every=2, compile=True), tmp_path / "compiled")
+    a = [h["train_bpd"] for h in eager["history"]]
+    b = [h["train_bpd"] for h in compiled["history"]]
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-3)
+    assert compiled["train_config"]["compile"] is True
+    # the saved weights are the plain model's (no "_orig_mod." prefix): it loads as any other
+    assert load_model(tmp_path / "compiled").config == load_model(tmp_path / "eager").config
+
+
+def test_recipe_flags_are_parsed_and_checked():
+    from tools.train import parse_args
+
+    c, _ = parse_args(["--out", "x", "--dtype", "bf16", "--compile", "--preset", "fmnist-deep"])
+    assert (c.dtype, c.compile, c.preset) == ("bf16", True, "fmnist-deep")
+    c, _ = parse_args(["--out", "x"])
+    assert (c.dtype, c.compile) == ("auto", False)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        check_train_config(TrainConfig(dtype="fp16"))
+    with pytest.raises(ValueError, match="compile must be"):
+        check_train_config(TrainConfig(compile="yes"))
+
+
+def test_runs_saved_before_the_recipe_settings_resume(tmp_path):
+    """A run.json written before --dtype and --compile existed holds neither: it trained with
+    their defaults, so resuming it with the defaults is allowed, and with others refused."""
+    old = {k: v for k, v in asdict(TrainConfig()).items() if k not in ("dtype", "compile")}
+    check_same_settings(TrainConfig(), old, tmp_path)
+    with pytest.raises(CheckpointError, match="--dtype bf16"):
+        check_same_settings(TrainConfig(dtype="bf16"), old, tmp_path)
+
+
+def test_deeper_presets():
+    sizes = {"fmnist-deep": 7_227_648, "fmnist-deep-narrow": 3_245_568}
+    sizes["cifar-strided-96"] = 2_194_176
+    for name, params in sizes.items():
+        model = SparseTransformer(ModelConfig.from_name(name))
+        assert model.num_params() == params, name
+        assert 2 * params < 20e6  # bf16 bytes: three Fashion-MNIST models + colour in 60 MB
+    deep = ModelConfig.from_name("fmnist-deep")
+    assert deep.n_layer == 16 and 128 <= deep.n_embd <= 192 and 4 <= deep.n_head <= 8
+    colour = ModelConfig.from_name("cifar-strided-96")
+    assert colour.block_size == 3072 and colour.row_stride == 96
+    assert colour.layouts[0] == parse_layout("strided(l=96)")
+    # a training run of it reads "strided" as one row of 96 tokens
+    assert model_config(TrainConfig(preset="cifar-strided-96", layout="strided")) == colour

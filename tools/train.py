@@ -5,7 +5,9 @@
     torchrun --nproc_per_node=8 -m tools.train ...      # the same script on K GPUs (DDP)
 
 The paper's recipe (docs/DESIGN.md, "What the paper reports"): AdamW, linear warm-up then
-cosine decay, gradient clipping at 1.0, weight decay 0.01 on matrices. bf16 autocast on CUDA.
+cosine decay, gradient clipping at 1.0, weight decay 0.01 on matrices. bf16 autocast on CUDA
+(``--dtype``: bf16 or fp32 anywhere), ``--compile`` for torch.compile. The recipe of the deeper
+GPU models: ``--preset fmnist-deep --dtype bf16 --compile`` (scripts/gpu_train.sh).
 Batches are a pure function of (seed, step) — an epoch-wise shuffle — so a resumed run sees
 exactly the batches an uninterrupted one would, and the weights it ends with are the same.
 
@@ -28,7 +30,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from models.model import PRESETS
-from models.training import TrainConfig, TrainingDiverged, check_train_config, model_config, train
+from models.training import (
+    DTYPES,
+    TrainConfig,
+    TrainingDiverged,
+    check_train_config,
+    model_config,
+    train,
+)
 from tools.cli import (
     Parser,
     check_output_dir,
@@ -73,6 +82,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         help="a time budget that sets --steps (see run.json)",
     )
     p.add_argument("--dropout", type=finite_float(0.0, 0.99), default=None)
+    p.add_argument(
+        "--dtype",
+        default=d.dtype,
+        choices=list(DTYPES),
+        help="bf16: bf16 autocast (weights and optimizer stay float32); fp32; auto: bf16 on "
+        "CUDA, fp32 on the CPU (bf16 works on a CPU, but slower than fp32)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model, the attention kernels left outside the graph (a GPU "
+        "speed-up; tens of seconds of compilation first)",
+    )
     p.add_argument("--threads", type=int_range(1, 1024), default=None)
     p.add_argument("--out", type=Path, required=True, help="run directory (a model directory)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
