@@ -59,10 +59,13 @@ def layer_maps(path: str, img_key: str, layer: int, _image: np.ndarray) -> np.nd
     return cap[layer].probs[0].float().numpy()
 
 
-@st.cache_data(max_entries=4, show_spinner="Capturing every layer...")
+# A resource, not cache_data: cache_data unpickles a copy on every hit, and this array is
+# 30 MB (a click on a new query pixel took ~370 ms on a busy 2-core machine, mostly that copy);
+# it is made read-only, so the sessions that share it cannot change it. Bounded like the rest.
+@st.cache_resource(max_entries=4, ttl=3600, show_spinner="Capturing every layer...")
 def summaries(path: str, img_key: str, _image: np.ndarray) -> np.ndarray:
     """Per layer: the head mean, the head max and the rollout from the input up to that layer,
-    float32 [3, L, N, N] (the chain's intermediate products, computed once)."""
+    float16 [3, L, N, N] (the chain's intermediate products, computed once)."""
     m = get_model(path)
     caps = m.capture(image_to_tokens(_image)[None], form="full")
     out = []
@@ -73,7 +76,23 @@ def summaries(path: str, img_key: str, _image: np.ndarray) -> np.ndarray:
         step = with_residual(mean, RESIDUAL)
         chain = step if chain is None else step @ chain  # A'_i @ ... @ A'_0
         out.append(torch.stack([mean[0], heads_max(probs)[0], chain[0]]))
-    return torch.stack(out, dim=1).float().numpy()
+    summary = torch.stack(out, dim=1).half().numpy()  # float16: half the memory
+    summary.setflags(write=False)
+    return summary
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def key_column(path: str, img_key: str, layer: int, key: int, _image: np.ndarray) -> np.ndarray:
+    """The attention every query gives token ``key`` in ``layer``, per head: float32 [H, N].
+    Cached per key, so a rerun that keeps the key does not copy the layer's maps."""
+    maps = layer_maps(path, img_key, layer, _image)  # [H, N, N]
+    return column_from_full(torch.from_numpy(maps)[None], key)[0].numpy()
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def query_summary(path: str, img_key: str, query: int, _image: np.ndarray) -> np.ndarray:
+    """Head mean, head max and rollout of token ``query`` in every layer: float32 [3, L, N]."""
+    return summaries(path, img_key, _image)[:, :, query].astype(np.float32)
 
 
 def take_click(chart_key: str, row_key: str, col_key: str) -> None:
@@ -101,8 +120,7 @@ with right:
     kcol = k2.number_input("key column", 0, geometry.width - 1, key="who_kcol")
 key_token = pixel_to_token(krow, kcol, 0, geometry)
 
-maps = layer_maps(chosen.path, image_sha1, layer, image)  # [H, N, N]
-column = column_from_full(torch.from_numpy(maps)[None], key_token)[0].numpy()  # [H, N]
+column = key_column(chosen.path, image_sha1, layer, key_token, image)  # [H, N]
 total = heads_total(torch.from_numpy(column)[None])[0].numpy()  # [N]
 grid = (geometry.height, geometry.width, geometry.channels)
 per_head = column.reshape(n_head, *grid)[..., 0]  # [H, h, w]
@@ -117,7 +135,7 @@ meta = {
 stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}_L{layer}"
 
 st.subheader(f"Who looks at pixel ({krow}, {kcol}) in layer {layer}")
-a, b = st.columns([2, 3])
+a, b = st.columns([1, 1])
 with a:
     hover = np.array(
         [
@@ -178,14 +196,14 @@ items = [
 
 st.divider()
 st.subheader("Summaries across heads and layers, for a query pixel")
-s1, s2 = st.columns([2, 3])
+s1, s2 = st.columns([1, 1])
 with s1:
     q1, q2 = st.columns(2)
     qrow = q1.number_input("query row", 0, geometry.height - 1, key="who_qrow")
     qcol = q2.number_input("query column", 0, geometry.width - 1, key="who_qcol")
 query_token = pixel_to_token(qrow, qcol, 0, geometry)
-summary = summaries(chosen.path, image_sha1, image)  # [3, L, N, N]
-rows_q = summary[:, :, query_token].reshape(3, n_layer, *grid)[..., 0]  # [3, L, h, w]
+summary = query_summary(chosen.path, image_sha1, query_token, image)  # [3, L, N]
+rows_q = summary.reshape(3, n_layer, *grid)[..., 0]  # [3, L, h, w]
 top = rows_q[2, -1]  # rollout through every layer
 with s1:
     query_fig = pixel_grid_figure(

@@ -49,7 +49,7 @@ st.caption(
     "value (-log2 p): their mean over the image is its bits/dim. Below: remove heads and see "
     "what the model loses."
 )
-for key, default in {"prd_row": 14, "prd_col": 14, "prd_mean_count": 8}.items():
+for key, default in {"prd_row": 8, "prd_col": 12, "prd_mean_count": 8}.items():
     st.session_state.setdefault(key, default)
 
 names = require_model_names()

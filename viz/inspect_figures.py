@@ -40,8 +40,16 @@ TYPE_COLORS = {
 TRUE_COLOR = "#000000"
 # colour scales as lists: plotly.js knows neither "Magma" nor "RdBu_r" by name (a name it does
 # not know is drawn with its default scale)
-BITS_COLORS = pc.get_colorscale("Magma")
-DIFF_COLORS = pc.get_colorscale("RdBu_r")
+def _rgb_scale(name: str) -> list[list]:
+    """A named plotly colour scale as [[position, "rgb(r, g, b)"], ...]."""
+    return [
+        [float(pos), pc.convert_colors_to_same_type(c, "rgb")[0][0]]
+        for pos, c in pc.get_colorscale(name)
+    ]
+
+
+BITS_COLORS = _rgb_scale("Magma")
+DIFF_COLORS = _rgb_scale("RdBu_r")
 
 
 def color(i: int) -> str:
