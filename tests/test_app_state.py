@@ -270,3 +270,17 @@ def test_settings_live_in_the_url_and_come_back_from_it(tmp_path, monkeypatch):
     assert lay.radio(key="lay_mode").value == "side by side"
     assert lay.number_input(key="lay_l").value == 14
     assert lay.query_params["lay_l"] == "14"
+
+
+def test_head_switch_leaves_the_all_heads_grid_unchanged(tmp_path, monkeypatch):
+    """The grid is the page's largest chart: a layer or head switch must not re-send it (its
+    spec stays byte-identical, so the browser keeps it), a new query must."""
+    from test_app import attention_app
+
+    at = attention_app(tmp_path, monkeypatch)
+    before = at.get_by_key("att_grid").proto.spec
+    at.selectbox(key="att_head").set_value(1).run()
+    at.selectbox(key="att_layer").set_value(1).run()
+    assert at.get_by_key("att_grid").proto.spec == before
+    at.number_input(key="att_row").set_value(5).run()
+    assert at.get_by_key("att_grid").proto.spec != before
