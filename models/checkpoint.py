@@ -15,6 +15,12 @@ The config is bound to the weights: ``save_model`` also stores the config itself
 that differs from it, naming each field that changed (n_head or the layout change no tensor's
 shape, so nothing else would notice). Both files are written atomically (a temporary file,
 fsync, a rename), so a crash leaves the old file or the new one, never half of one.
+
+Weights may be stored as bfloat16 (``save_model(..., dtype=torch.bfloat16)``: half the bytes, what
+the shipped GPU-trained models use); the checksums are of the stored bf16 tensors, so a flipped
+byte is caught as before, and ``load_model`` upcasts them to float32 (exactly: every bf16 value is
+a float32 value) after every check, so the model runs in float32 on the CPU as any other.
+Training checkpoints stay float32, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ DIGEST_KEY = "tensors_sha256"
 CONFIG_KEY = "config"  # the ModelConfig the weights were saved with, as JSON
 CONFIG_DIGEST_KEY = "config_sha256"
 LAYOUTS_KEY = "layouts"
+STORED_DTYPE_KEY = "stored_dtype"  # "bfloat16" when save_model stored the weights as bf16
+# what weights may be stored as; float32 is the model's own, bf16 is upcast to it on load
+STORAGE_DTYPES = (torch.float32, torch.bfloat16)
 # Testing hook: with this set to N, the N-th write point of this process (see fault_point) kills
 # it with SIGKILL, as a power cut would, so tests can stop a checkpoint at every step of its write
 FAULT_ENV = "SPARSE_EXPLORER_KILL_AT_WRITE"
@@ -134,10 +143,17 @@ def config_json(config: ModelConfig) -> str:
     return json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
-def model_files(model: SparseTransformer) -> dict[str, bytes]:
+def model_files(model: SparseTransformer, dtype: torch.dtype | None = None) -> dict[str, bytes]:
     """The bytes of a model directory's two files, by name: the weights, with their tensors'
-    digest, config and layouts in the metadata, and config.json."""
+    digest, config and layouts in the metadata, and config.json. ``dtype`` torch.bfloat16
+    stores every floating-point tensor as bf16 (rounded to nearest), the digest being that of
+    the stored tensors; None or torch.float32 stores them as they are."""
+    if dtype is not None and dtype not in STORAGE_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in STORAGE_DTYPES)
+        raise ValueError(f"weights can be stored as {names}, not {dtype}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     bound = config_json(model.config)
     meta = {
         "format": FORMAT,
@@ -146,6 +162,8 @@ def model_files(model: SparseTransformer) -> dict[str, bytes]:
         CONFIG_KEY: bound,
         CONFIG_DIGEST_KEY: hashlib.sha256(bound.encode()).hexdigest(),
     }
+    if dtype == torch.bfloat16:
+        meta[STORED_DTYPE_KEY] = "bfloat16"
     config = {"format": FORMAT, "config": model.config.to_dict()}
     return {
         WEIGHTS_FILE: save(state, metadata=meta),
@@ -153,14 +171,20 @@ def model_files(model: SparseTransformer) -> dict[str, bytes]:
     }
 
 
-def save_model(model: SparseTransformer, directory: str | Path) -> Path:
+def save_model(
+    model: SparseTransformer, directory: str | Path, *, dtype: torch.dtype | None = None
+) -> Path:
     """Write ``model`` into ``directory`` (created if needed) and return the directory.
 
-    Each file is replaced atomically; the weights come first, and a config.json left from
-    another model beside them is refused on load (the weights name their config)."""
+    ``dtype=torch.bfloat16`` stores the weights as bf16 (half the bytes; load_model upcasts
+    them to float32). Each file is replaced atomically; the weights come first, and a
+    config.json left from another model beside them is refused on load (the weights name their
+    config)."""
+    if dtype is not None and dtype not in STORAGE_DTYPES:  # before anything is written
+        raise ValueError(f"weights can be stored as float32 or bfloat16, not {dtype}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    for name, data in model_files(model).items():
+    for name, data in model_files(model, dtype).items():
         write_atomic(directory / name, data)
     return directory
 
@@ -283,7 +307,8 @@ def _read_weights(path: Path, config: ModelConfig) -> tuple[dict[str, torch.Tens
         raise CheckpointError(f"{path} is not a {FORMAT} weights file (format {meta['format']!r})")
     # Building the model allocates what the config asks for; when that is far more than the file
     # holds, say so instead (small differences get the per-tensor message of load_model).
-    have = sum(t.numel() * t.element_size() for t in state.values())
+    # as float32: bf16 weights are half the bytes of the model they describe
+    have = sum(t.numel() * max(4, t.element_size()) for t in state.values())
     need = _min_weight_bytes(config)
     if need > 2 * have + 2**26:
         raise CheckpointError(
@@ -355,7 +380,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Spa
     wrong = [
         f"{k} is {tuple(state[k].shape)} {state[k].dtype}, expected {tuple(v.shape)} {v.dtype}"
         for k, v in expected.items()
-        if k in state and (state[k].shape != v.shape or state[k].dtype != v.dtype)
+        if k in state and (state[k].shape != v.shape or not _storable(state[k].dtype, v.dtype))
     ]
     if wrong:
         problems.append(f"mismatched tensors: {_some(wrong)}")
@@ -366,8 +391,16 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Spa
     _check_bound_config(path, meta, config)
     if any(not torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
         raise CheckpointError(f"{path} holds NaN or infinite weights")
+    # bf16 storage -> the model's float32 (exact), after the checksums were checked on the bytes
+    state = {k: t.to(expected[k].dtype) for k, t in state.items()}
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def _storable(stored: torch.dtype, want: torch.dtype) -> bool:
+    """True when a tensor stored as ``stored`` loads into one of ``want``: the same dtype, or
+    bf16 weights of a float32 model."""
+    return stored == want or (stored == torch.bfloat16 and want == torch.float32)
 
 
 def _some(items: list[str], limit: int = 5) -> str:

@@ -370,3 +370,63 @@ def test_save_model_replaces_files_atomically(saved, model):
     save_model(model, saved)
     assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors"]
     assert same_model(load_model(saved), model)
+
+
+# -----------------------------------------------------------------------------
+# bf16 storage: half the bytes, the same checks, float32 on load
+
+
+@pytest.fixture
+def saved_bf16(tmp_path, model) -> Path:
+    return save_model(model, tmp_path / "bf16", dtype=torch.bfloat16)
+
+
+def test_bf16_weights_round_trip_to_float32(saved_bf16, model):
+    from safetensors import safe_open
+
+    with safe_open(weights(saved_bf16), "pt") as f:
+        meta = f.metadata()
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    stored = load_file(weights(saved_bf16))
+    assert meta[DIGEST_KEY] == tensors_digest(stored)  # the checksums are of what is stored
+    assert meta["stored_dtype"] == "bfloat16"
+    loaded = load_model(saved_bf16)
+    assert loaded.config == model.config
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == torch.float32 and v.device.type == "cpu", k
+        # exactly the model's weights rounded to bf16 (the upcast itself is exact)
+        assert torch.equal(v, model.state_dict()[k].to(torch.bfloat16).float()), k
+    tokens = torch.randint(0, 256, (1, 42), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded(tokens), model(tokens), rtol=0.05, atol=0.05)
+
+
+def test_bf16_weights_are_half_the_size(saved, saved_bf16):
+    big, small = weights(saved).stat().st_size, weights(saved_bf16).stat().st_size
+    data_big = big - header_end(weights(saved).read_bytes())
+    data_small = small - header_end(weights(saved_bf16).read_bytes())
+    assert data_small * 2 == data_big
+    assert small < 0.55 * big
+
+
+@pytest.mark.parametrize("where", [0.0, 0.5, 1.0])
+def test_a_flipped_byte_in_bf16_weights_is_refused(saved_bf16, where):
+    raw = bytearray(weights(saved_bf16).read_bytes())
+    end = header_end(raw)
+    i = min(end + int(where * (len(raw) - end)), len(raw) - 1)
+    raw[i] ^= 0x01
+    weights(saved_bf16).write_bytes(bytes(raw))
+    refused(saved_bf16, "altered or corrupted", "SHA-256")
+
+
+def test_bf16_weights_keep_the_config_binding(saved_bf16):
+    path = saved_bf16 / "config.json"
+    raw = json.loads(path.read_text())
+    raw["config"]["n_head"] = 1
+    path.write_text(json.dumps(raw))
+    refused(saved_bf16, "n_head", file="config.json")
+
+
+def test_only_float32_or_bf16_storage(model, tmp_path):
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        save_model(model, tmp_path / "half", dtype=torch.float16)
+    assert not (tmp_path / "half").exists()  # refused before anything was written
