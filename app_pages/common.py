@@ -262,8 +262,8 @@ def export_job(key: str, items, formats, *, dpi: int, heavy: bool, start: bool):
     """The export of ``items`` kept under ``{key}_job``: started in the pool when ``start``
     (Refused is explained), followed while it runs (with Cancel), and returned once it has
     ended and is for these items and settings (else None). Its result is (zip bytes, files)."""
-    from app_pages.jobs import DONE, POOL, Refused, Task, over_budget
-    from viz.export import estimate, export_zip
+    from app_pages.jobs import DONE, POOL, Cancelled, Refused, Task, over_budget
+    from viz.export import ExportCancelled, estimate, export_zip
 
     signature = [(it.name, json.dumps(it.meta, sort_keys=True, default=str)) for it in items]
     params = (signature, tuple(formats), dpi, heavy)
@@ -282,14 +282,17 @@ def export_job(key: str, items, formats, *, dpi: int, heavy: bool, start: bool):
                 done.append(name)
                 task.report(len(done) / total, f"{len(done)} of {total} files: {name}")
 
-            return export_zip(
-                items,
-                formats,
-                dpi=dpi,
-                heavy=heavy,
-                on_file=made,
-                cancelled=lambda: task.cancelled,
-            )
+            try:
+                return export_zip(
+                    items,
+                    formats,
+                    dpi=dpi,
+                    heavy=heavy,
+                    on_file=made,
+                    cancelled=lambda: task.cancelled,
+                )
+            except ExportCancelled:
+                raise Cancelled(task.reason or "cancelled") from None
 
         task = Task(work, label=f"export {key}", memory=guess.memory, alive=session_alive())
         try:
@@ -304,8 +307,10 @@ def export_job(key: str, items, formats, *, dpi: int, heavy: bool, start: bool):
         return None
     task = made[1]
     if not task.finished:
-        st.button("Cancel", key=f"{key}_cancel", on_click=task.cancel, args=("cancelled",))
+        cancel = st.empty()  # shown only while it runs
+        cancel.button("Cancel", key=f"{key}_cancel", on_click=task.cancel, args=("cancelled",))
         follow(task, what="The export")
+        cancel.empty()
     if task.status == DONE:
         return task
     if task.status == "cancelled":

@@ -217,3 +217,32 @@ def test_closing_the_tab_cancels_its_completion(server):
         time.sleep(0.1)
     else:
         raise AssertionError("the completion went on after its tab closed:\n" + log_tail(server))
+
+
+def test_a_long_export_shows_progress_and_cancel_stops_it(server):
+    """Attention, every layer x head, at 600 dpi: an estimate before it starts, a progress bar
+    while it runs, and Cancel ends it before its last file (the server log says so)."""
+    with playwright_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.goto(server.url)
+        settle(page)
+        open_page(page, "Attention")
+        keyed(page, "att_batch").get_by_role("button").click()
+        settle(page)
+        page.get_by_text("Export the whole batch").click()
+        assert page.get_by_text("This export:").last.is_visible()
+        set_slider(page, "att_batch_export_dpi", "End")  # 600 dpi: seconds per PNG
+        settle(page)
+        keyed(page, "att_batch_export_prepare").get_by_role("button").click()
+        page.locator("[data-testid=stProgress]").first.wait_for()
+        keyed(page, "att_batch_export_cancel").get_by_role("button").click()
+        page.get_by_text("The export was cancelled").wait_for()
+        settle(page)
+        no_exception(page)
+        assert page.get_by_text("files (zip)").count() == 0
+        browser.close()
+    assert "task 'export att_batch_export' cancelled: cancelled" in server.log.read_text(
+        errors="replace"
+    )
