@@ -138,7 +138,7 @@ meta = {"models": list(models), "image": image_name, "image_sha1": image_sha1}
 stem = f"{safe_name(image_name)}"
 items = []
 
-a, b = st.columns([2, 3])
+a, b = st.columns([1, 1])
 with a:
     hover = np.array(
         [
