@@ -1,4 +1,5 @@
-"""Dataset files -> uint8 image arrays [N, H, W, C]: Fashion-MNIST, CIFAR-10, image folders.
+"""Dataset files -> uint8 image arrays [N, H, W, C]: Fashion-MNIST, CIFAR-10, image folders, and
+patches of the colour photographs that installed Python packages ship ("photos").
 
 Loaders never trust their input: dataset files are validated byte by byte and raise
 ``DatasetError`` naming the offending path; CIFAR-10 python pickles go through a restricted
@@ -8,10 +9,13 @@ unpickler that can only rebuild numpy arrays. Where the data comes from: docs/DE
 from __future__ import annotations
 
 import gzip
+import hashlib
+import importlib.util
 import pickle
 import struct
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +315,195 @@ def load_image_folder(
     return np.stack(images), names
 
 
+# --- colour photographs shipped by Python packages ------------------------------
+
+# Where installed packages keep colour photographs: (package, import name, folder inside it,
+# file patterns). matplotlib is a runtime dependency; the others are optional (requirements-dev.txt)
+PHOTO_PACKAGES = (
+    ("matplotlib", "matplotlib", "mpl-data/sample_data", ("grace_hopper.jpg",)),
+    ("scikit-learn", "sklearn", "datasets/images", ("china.jpg", "flower.jpg")),
+    ("scikit-image", "skimage", "data", ("*.png", "*.jpg")),
+)
+# files in those folders that are drawings, charts or test patterns, not photographs
+NOT_PHOTOS = ("logo", "color", "phantom", "chessboard", "horse", "text", "page", "checker")
+PHOTO_MIN_SIDE = 64  # pixels: anything smaller is an icon
+# patches per split: random crops of several scales, flipped at random, a function of the seed
+PHOTO_PATCHES = {"train": 20_000, "test": 2_000}
+PHOTO_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # crop side / patch side
+PHOTOS_NOTE = (
+    "patches of a handful of photographs: not data of CIFAR's breadth; numbers measured on it "
+    "are not comparable with CIFAR-10's"
+)
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One colour photograph: where it came from, and its pixels [H, W, 3] uint8."""
+
+    name: str  # "package/file" (or "folder/file" for photos:DIR)
+    path: Path
+    pixels: np.ndarray = field(repr=False)
+
+
+def _package_dir(import_name: str) -> Path | None:
+    """The folder of an installed package, found without importing it (sklearn, skimage)."""
+    if import_name == "matplotlib":
+        import matplotlib
+
+        return Path(matplotlib.get_data_path()).parent
+    try:
+        spec = importlib.util.find_spec(import_name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _read_photo(path: Path, name: str) -> Photo | None:
+    """A photograph as RGB pixels, or None for what is not one: unreadable, tiny, or gray."""
+    if not _looks_like_image(path):
+        return None
+    try:
+        with Image.open(path) as im:
+            pixels = np.asarray(im.convert("RGB"))  # [H, W, 3]
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    if min(pixels.shape[:2]) < PHOTO_MIN_SIDE:
+        return None
+    # gray images saved as RGB: all three channels (nearly) the same
+    spread = np.abs(pixels.astype(np.int16) - pixels.mean(axis=2, keepdims=True)).mean()
+    if spread < 2.0:
+        return None
+    return Photo(name, path, pixels)
+
+
+def find_photos(folder: str | Path | None = None) -> list[Photo]:
+    """The colour photographs of ``folder`` (every image file in it), or, without one, those the
+    installed packages ship (PHOTO_PACKAGES): matplotlib's sample photograph always, scikit-learn's
+    and scikit-image's when installed. Sorted by name; drawings, charts, gray and tiny images are
+    left out."""
+    found: list[Photo] = []
+    if folder is not None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DatasetError(f"photo folder {folder} not found")
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            photo = _read_photo(path, f"{folder.name}/{path.name}")
+            if photo is not None:
+                found.append(photo)
+        return found
+    for package, import_name, sub, patterns in PHOTO_PACKAGES:
+        root = _package_dir(import_name)
+        if root is None or not (root / sub).is_dir():
+            continue
+        paths = sorted({p for pattern in patterns for p in (root / sub).glob(pattern)})
+        for path in paths:
+            if any(word in path.stem.lower() for word in NOT_PHOTOS):
+                continue
+            photo = _read_photo(path, f"{package}/{path.name}")
+            if photo is not None:
+                found.append(photo)
+    return sorted(found, key=lambda p: p.name)
+
+
+def split_photos(photos: list[Photo]) -> dict[str, list[Photo]]:
+    """Whole photos per split: the test split holds out a quarter of them (at least one), chosen
+    by a hash of their names, so no patch of a test photo is ever trained on."""
+    if len(photos) < 2:
+        names = ", ".join(p.name for p in photos) or "none"
+        raise DatasetError(
+            f"the photos source needs at least two colour photographs, to hold one out for "
+            f"testing; found {len(photos)} ({names}). Install scikit-learn or scikit-image "
+            "(requirements-dev.txt), or give a folder: 'photos:<folder>'"
+        )
+    groups: dict[str, list[Photo]] = {}  # a stereo pair (*_left, *_right) is one scene
+    for photo in photos:
+        groups.setdefault(_scene(photo.name), []).append(photo)
+    if len(groups) < 2:
+        raise DatasetError(
+            f"the photos source needs photographs of at least two scenes, found only "
+            f"{', '.join(p.name for p in photos)}"
+        )
+    ranked = sorted(groups, key=lambda g: hashlib.sha256(g.encode()).hexdigest())
+    n_test = max(1, len(groups) // 4)
+    test = [p for g in ranked[:n_test] for p in groups[g]]
+    train = [p for g in ranked[n_test:] for p in groups[g]]
+    by_name = lambda ps: sorted(ps, key=lambda p: p.name)  # noqa: E731
+    return {"train": by_name(train), "test": by_name(test)}
+
+
+def _scene(name: str) -> str:
+    """The scene a photo shows: its name without the extension and a _left / _right suffix."""
+    stem = name.rsplit(".", 1)[0]
+    for side in ("_left", "_right"):
+        stem = stem.removesuffix(side)
+    return stem
+
+
+def photo_patches(photos: list[Photo], geometry: Geometry, n: int, *, seed: int = 0) -> np.ndarray:
+    """``n`` patches [n, H, W, C] uint8 of ``photos``: a photo at random, a square-pixel crop of
+    a random scale (PHOTO_SCALES, at most the photo's size) at a random place, resized to H x W
+    (box filter), flipped left-right half the time. A pure function of (photos, n, seed)."""
+    h, w, c = geometry.height, geometry.width, geometry.channels
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, h, w, c), dtype=np.uint8)
+    for k in range(n):
+        photo = photos[int(rng.integers(len(photos)))].pixels  # [PH, PW, 3]
+        ph, pw = photo.shape[:2]
+        scales = [s for s in PHOTO_SCALES if s * h <= ph and s * w <= pw] or [1.0]
+        s = scales[int(rng.integers(len(scales)))]
+        ch, cw = min(ph, round(s * h)), min(pw, round(s * w))
+        top, left = int(rng.integers(ph - ch + 1)), int(rng.integers(pw - cw + 1))
+        crop = photo[top : top + ch, left : left + cw]  # [ch, cw, 3]
+        if (ch, cw) != (h, w):
+            crop = np.asarray(Image.fromarray(crop).resize((w, h), Image.Resampling.BOX))
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        if c == 1:
+            crop = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).convert("L"))[..., None]
+        out[k] = crop
+    return out
+
+
+def photos_metadata(folder: str | Path | None = None) -> dict:
+    """What the photos source is made of: every photo found (by package), the photos of each
+    split by name, the patches per split, and the note that this is not CIFAR."""
+    photos = find_photos(folder)
+    splits = split_photos(photos)
+    return {
+        "photos": [p.name for p in photos],
+        "train_photos": [p.name for p in splits["train"]],
+        "test_photos": [p.name for p in splits["test"]],
+        "patches": dict(PHOTO_PATCHES),
+        "scales": list(PHOTO_SCALES),
+        "note": PHOTOS_NOTE,
+    }
+
+
+def load_photos(
+    split: str, geometry: Geometry, folder: str | Path | None = None, *, seed: int = 0
+) -> np.ndarray:
+    """PHOTO_PATCHES[split] patches of the split's photos (split_photos): whole photos are held
+    out for "test". Patches of both splits are deterministic (seed, and the split's own stream).
+
+    Not data of CIFAR's breadth: a handful of photographs (see photos_metadata for which)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    photos = split_photos(find_photos(folder))[split]
+    stream = seed * 2 + (split == "test")  # the test split never shares the train's crops
+    return photo_patches(photos, geometry, PHOTO_PATCHES[split], seed=stream)
+
+
+def describe_source(source: str) -> dict | None:
+    """Extra facts a run record keeps about a data source: the photos source lists its photos
+    per split (photos_metadata); None for the others."""
+    kind, _, arg = source.partition(":")
+    if kind != "photos":
+        return None
+    return photos_metadata(arg or None)
+
+
 def load_images(source: str, split: str, geometry: Geometry) -> np.ndarray:
     """Load training images [N, H, W, C] uint8 from a source string, dropping labels.
 
@@ -319,6 +512,9 @@ def load_images(source: str, split: str, geometry: Geometry) -> np.ndarray:
       "cifar10:<folder>"                           -> load_cifar10 (geometry must be 32x32x3)
       "folder:<path>"                              -> load_image_folder, resized to ``geometry``;
                                                       ``split`` is ignored (one folder, one set)
+      "photos" or "photos:<folder>"                -> load_photos: patches of the colour photos
+                                                      installed packages ship (or of a folder's),
+                                                      whole photos held out for "test"
     The fixed-size datasets are not resized on purpose: a mismatched geometry is more likely a
     config mistake than a wish to train on blurry rescaled images.
     """
@@ -343,7 +539,9 @@ def load_images(source: str, split: str, geometry: Geometry) -> np.ndarray:
         if not arg:
             raise DatasetError("folder source needs a path: 'folder:<path>'")
         return load_image_folder(arg, geometry)[0]
+    if kind == "photos":
+        return load_photos(split, geometry, arg or None)
     raise DatasetError(
-        f"unknown image source {source!r}; expected 'fashion-mnist', 'cifar10:<folder>' "
-        "or 'folder:<path>'"
+        f"unknown image source {source!r}; expected 'fashion-mnist', 'cifar10:<folder>', "
+        "'folder:<path>' or 'photos[:<folder>]'"
     )

@@ -45,7 +45,7 @@ from models.checkpoint import (
     model_files,
     write_atomic,
 )
-from models.datasets import load_images
+from models.datasets import describe_source, load_images
 from models.evaluation import device_name, evaluate_bpd
 from models.model import ModelConfig, SparseTransformer
 from models.timeline import TimelineRecorder
@@ -655,6 +655,9 @@ def train(
     if cfg.batch_size % ranks.world:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by {ranks.world} ranks")
     run = start_run(cfg, out, ranks, resume=resume)
+    facts = describe_source(cfg.data)  # the photos source: which photos each split holds
+    if facts is not None:
+        run.record["data_source"] = facts
     if stop_at is not None and run.step >= stop_at:
         raise ValueError(f"--stop-at {stop_at}: the run in {out} is already at step {run.step}")
     if timeline is not None and ranks.is_main:

@@ -56,7 +56,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     d = TrainConfig()
     p.add_argument("--preset", default=d.preset, choices=list(PRESETS))
     p.add_argument("--layout", default=d.layout, help="dense | strided | fixed | a layout spec")
-    p.add_argument("--data", default=d.data, help="fashion-mnist | cifar10:DIR | folder:DIR")
+    p.add_argument(
+        "--data",
+        default=d.data,
+        help="fashion-mnist[:DIR] | cifar10:DIR | folder:DIR | photos[:DIR] (colour patches of the "
+        "photographs installed packages ship; not data of CIFAR's breadth)",
+    )
     counts = {
         "steps": positive_int,
         "batch_size": int_range(1, 65_536),
