@@ -38,6 +38,8 @@ TYPE_COLORS = {
     "global": "#9467bd",
 }
 TRUE_COLOR = "#000000"
+
+
 # colour scales as lists: plotly.js knows neither "Magma" nor "RdBu_r" by name (a name it does
 # not know is drawn with its default scale)
 def _rgb_scale(name: str) -> list[list]:
