@@ -175,3 +175,20 @@ def choose(page, key: str, option: str) -> None:
     """Pick ``option`` in the selectbox ``key`` (not yet waiting for the run it starts)."""
     keyed(page, key).click()
     page.get_by_role("option", name=option, exact=True).click()
+
+
+def shoot(page, path) -> None:
+    """A screenshot of the whole page: the window made as tall as the app's content for the
+    shot (Streamlit scrolls inside its own container, so a full_page screenshot stops at the
+    window's height)."""
+    size = page.viewport_size
+    height = page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll("
+        "'[data-testid=stMain], [data-testid=stAppViewContainer], section')]"
+        ".map(e => e.scrollHeight))"
+    )
+    page.set_viewport_size({"width": size["width"], "height": min(height + 50, 8000)})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(path))
+    page.set_viewport_size(size)
+    page.wait_for_timeout(300)

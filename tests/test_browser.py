@@ -21,6 +21,7 @@ from browser_util import (
     open_page,
     require_browser,
     settle,
+    shoot,
     streamlit_server,
     upload,
 )
@@ -79,7 +80,7 @@ def test_layouts_page_click_and_toggle(page, shots):
     settle(page)
     no_exception(page)
     assert page.locator("[data-testid=stPlotlyChart]").count() == 4
-    page.screenshot(path=str(shots / "layouts.png"), full_page=True)
+    shoot(page, shots / "layouts.png")
     keyed(page, "lay_mode").get_by_text("fixed", exact=True).click()
     settle(page)
     no_exception(page)
@@ -95,7 +96,7 @@ def test_attention_page_head_and_pixel(page, shots):
         choose(page, key, option)
         settle(page)
     assert page.get_by_text("layer 1, head 2: where pixel (10, 12) looks").count() >= 1
-    page.screenshot(path=str(shots / "attention.png"), full_page=True)
+    shoot(page, shots / "attention.png")
     no_exception(page)
 
 
@@ -127,11 +128,11 @@ def test_complete_upload_and_sample(page, shots):
     assert page.get_by_role("heading", name="Where the model looked").count() == 1
     page.get_by_text("4 samples, seed 0").first.scroll_into_view_if_needed()
     page.mouse.wheel(0, -250)  # the kept image above the samples too
-    page.screenshot(path=str(shots / "complete.png"), full_page=True)
+    shoot(page, shots / "complete.png")
 
 
 def test_other_pages_open(page, shots):
     for title in ("Learned vs prescribed", "Export", "Models & speed"):
         open_page(page, title)
         no_exception(page)
-    page.screenshot(path=str(shots / "models.png"), full_page=True)
+    shoot(page, shots / "models.png")

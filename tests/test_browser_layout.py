@@ -16,6 +16,7 @@ from browser_util import (
     open_page,
     require_browser,
     settle,
+    shoot,
     streamlit_server,
 )
 
@@ -54,21 +55,6 @@ def page(request, browser, server):
     pg.width = request.param
     yield pg
     context.close()
-
-
-def shoot(page, path: Path) -> None:
-    """A screenshot of the whole page: the window made as tall as the app's content (Streamlit
-    scrolls inside its own container, so a full_page screenshot stops at the window)."""
-    height = page.evaluate(
-        "() => Math.max(...[...document.querySelectorAll("
-        "'[data-testid=stMain], [data-testid=stAppViewContainer], section')]"
-        ".map(e => e.scrollHeight))"
-    )
-    page.set_viewport_size({"width": page.width, "height": min(height + 50, 8000)})
-    page.wait_for_timeout(800)
-    page.screenshot(path=str(path))
-    page.set_viewport_size({"width": page.width, "height": 1000})
-    page.wait_for_timeout(300)
 
 
 def plot_area(page, key: str, scroll: bool = True) -> dict:
@@ -198,6 +184,11 @@ def test_complete_page(page, shots):
     open_page(page, "Complete")
     no_exception(page)
     not_cut(page, "cmp_run")
+    if page.width == 800:  # the samples, wrapped, in the narrow window
+        keyed(page, "cmp_run").get_by_role("button").click()
+        settle(page)
+        no_exception(page)
+        assert page.get_by_text("4 samples, seed 0").count() == 2
     shoot(page, shots / f"complete_{page.width}.png")
 
 

@@ -430,7 +430,7 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
             zmin=-6,
             zmax=0,
             colorscale="Viridis",
-            colorbar=dict(title="log10 p"),
+            colorbar=dict(title="log10 p", len=0.8, y=1, yanchor="top"),
             name="attention",
             **where,
         )
