@@ -227,34 +227,29 @@ def session_alive() -> Callable[[], bool]:
 def follow(task, *, what: str, on_tick: Callable[[], None] | None = None, bar: bool = True):
     """Wait in this run for ``task`` (an app_pages.jobs.Task in the pool), showing its place
     in the queue and, with ``bar``, its progress; ``on_tick()`` draws more (the Complete page's
-    rows). A rerun (a click) ends this wait and leaves the task to its page; the session's end
-    (Streamlit stops the run) cancels it."""
-    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
-
+    rows). A rerun (a click) ends this wait and leaves the task to its page (Streamlit's fast
+    reruns stop this run with StopException, so a stopped run is no sign that the session
+    ended); the session's end is the pool watcher's to see (session_alive)."""
     from app_pages.jobs import POOL
 
     slot = st.empty()
-    try:
-        while True:
-            ended = task.wait(0.2)
-            place = POOL.position(task)
-            if place is not None and place >= 1:
-                running, waiting = POOL.busy
-                slot.info(
-                    f"{what} is waiting for a worker: number {place} in the queue "
-                    f"({running} running, {waiting} waiting; {task.waited:.0f} s so far)."
-                )
-            elif bar and not ended:
-                slot.progress(task.share, text=as_text(task.text or f"{what}: working..."))
-            else:  # a message each tick: Streamlit checks for a rerun or a stop at each one
-                slot.empty()
-            if on_tick is not None:
-                on_tick()
-            if ended:
-                break
-    except StopException:  # the session ended (or the page stopped): nobody will wait for it
-        task.cancel("the session ended")
-        raise
+    while True:
+        ended = task.wait(0.2)
+        place = POOL.position(task)
+        if place is not None and place >= 1:
+            running, waiting = POOL.busy
+            slot.info(
+                f"{what} is waiting for a worker: number {place} in the queue "
+                f"({running} running, {waiting} waiting; {task.waited:.0f} s so far)."
+            )
+        elif bar and not ended:
+            slot.progress(task.share, text=as_text(task.text or f"{what}: working..."))
+        else:  # a message each tick: Streamlit checks for a rerun or a stop at each one
+            slot.empty()
+        if on_tick is not None:
+            on_tick()
+        if ended:
+            break
     slot.empty()
 
 

@@ -150,7 +150,9 @@ def test_stop_cancels_a_queued_job_before_it_starts(model):
     blocker = threading.Event()
     from app_pages.jobs import Task
 
-    pool.submit(Task(lambda t: blocker.wait(10), label="busy"))
+    started = threading.Event()
+    pool.submit(Task(lambda t: started.set() or blocker.wait(10), label="busy"))
+    assert started.wait(10)  # the worker is busy: the job waits in the queue
     keep = keep_mask(G, keep_rows=27)
     job = CompletionJob(request(keep, models=("a",)))
     job.submit(pool, {"a": model}, IMAGE, keep)
