@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from analysis.metrics import HEAD_TYPES
-from app_pages.common import ROOT, export_panel, models_dir, show_image
+from app_pages.common import ROOT, as_text, export_panel, models_dir, show_image
 from models.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeline
 from viz.export import Exportable, safe_name
 from viz.figures import head_grid_figure
@@ -91,10 +91,10 @@ typed = c2.text_input(
 ).strip()
 folder = ROOT / (typed or folder_name)
 if typed and not allowed(folder):
-    st.error(f"{typed} is outside the project and the models folder: it is not read.")
+    st.error(f"{as_text(typed)} is outside the project and the models folder: it is not read.")
     st.stop()
 if not folder.is_dir():
-    st.warning(f"{typed or folder_name} is not a folder.")
+    st.warning(f"{as_text(typed or folder_name)} is not a folder.")
     st.stop()
 record_path = folder / "run.json"
 record = cached_record(str(folder), record_path.stat().st_mtime if record_path.is_file() else 0)

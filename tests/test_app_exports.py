@@ -118,3 +118,15 @@ def test_capture_memory_counts_the_maps():
     n = 784
     assert capture_memory(config, 2, 2, maps=False) == 2 * 2 * n * 4
     assert capture_memory(config, 2, 2) == 2 * 2 * n * 4 + 4 * n * n * 2 * (2 + 4)
+
+
+def test_a_typed_path_is_shown_as_text(tmp_path, monkeypatch):
+    """The Training page's folder path, typed by a person, is escaped in its warning."""
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/training.py").run()
+    at.text_input(key="trn_path").set_value("runs/**x** [a](http://127.0.0.1:9/)").run()
+    assert not at.exception, at.exception
+    shown = [w.value for w in at.warning] + [e.value for e in at.error]
+    assert any(r"runs/\*\*x\*\* \[a\](http" in t for t in shown), shown
+    assert not any("**x**" in t for t in shown)
