@@ -188,6 +188,7 @@ def render_card(root: Path = ROOT) -> str:
         "",
     ]
     lines += render_analysis(root, n)
+    lines += render_ablation(root)
     return "\n".join(lines)
 
 
@@ -253,6 +254,39 @@ def render_analysis(root: Path, n: int) -> list[str]:
             for r in search
         ]
         lines.append("")
+    return lines
+
+
+def render_ablation(root: Path, top: int = 5) -> list[str]:
+    """Which heads matter: the rankings tools.ablate wrote (analysis/ablation_MODEL_MODE.json)."""
+    files = sorted((root / ANALYSIS_DIR).glob("ablation_*.json"))
+    if not files:
+        return []
+    lines = [
+        "## Which heads matter: head ablation",
+        "",
+        "Each head removed alone, and the rise in test bits/dim without it. *mean* replaces the "
+        "head's output by its mean over reference training images at each position, so later "
+        "layers still get the input they were trained on and the rise measures what the head's "
+        "information adds; *zero* sets it to 0, which also feeds later layers a vector they "
+        "never saw and so overstates a head's importance. Head types are those of "
+        "analysis/metrics.py, measured on the model's own attention.",
+        "",
+        f"| model | mode | images | bits/dim intact | top {top} heads: (layer, head) type, rise "
+        "| command |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in files:
+        r = json.loads(f.read_text())
+        heads = sorted(r["heads"], key=lambda h: -h["rise"])[:top]
+        best = "; ".join(
+            f"({h['layer']}, {h['head']}) {h.get('type') or '?'} +{h['rise']:.3f}" for h in heads
+        )
+        lines.append(
+            f"| {Path(r['model']).name} | {r['mode']} | {r['images']} | {r['bpd_intact']:.4f} "
+            f"| {best} | `{_runnable(r['command'])}` |"
+        )
+    lines.append("")
     return lines
 
 
