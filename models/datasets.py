@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import os
 import pickle
 import struct
 import warnings
@@ -327,8 +328,10 @@ PHOTO_PACKAGES = (
 # files in those folders that are drawings, charts or test patterns, not photographs
 NOT_PHOTOS = ("logo", "color", "phantom", "chessboard", "horse", "text", "page", "checker")
 PHOTO_MIN_SIDE = 64  # pixels: anything smaller is an icon
-# patches per split: random crops of several scales, flipped at random, a function of the seed
+# patches per split: random crops of several scales, flipped at random, a function of the seed;
+# PATCHES_ENV="TRAIN,TEST" sets other counts (dry runs: scripts/gpu_train.sh --dry)
 PHOTO_PATCHES = {"train": 20_000, "test": 2_000}
+PATCHES_ENV = "SPARSE_EXPLORER_PHOTO_PATCHES"
 PHOTO_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # crop side / patch side
 PHOTOS_NOTE = (
     "patches of a handful of photographs: not data of CIFAR's breadth; numbers measured on it "
@@ -466,6 +469,20 @@ def photo_patches(photos: list[Photo], geometry: Geometry, n: int, *, seed: int 
     return out
 
 
+def patch_counts() -> dict[str, int]:
+    """Patches per split: PHOTO_PATCHES, or the counts PATCHES_ENV names ("TRAIN,TEST")."""
+    value = os.environ.get(PATCHES_ENV)
+    if not value:
+        return dict(PHOTO_PATCHES)
+    try:
+        train, test = (int(v) for v in value.split(","))
+    except ValueError:
+        raise DatasetError(f"{PATCHES_ENV} must be 'TRAIN,TEST' counts, got {value!r}") from None
+    if not (1 <= train <= 10**6 and 1 <= test <= 10**6):
+        raise DatasetError(f"{PATCHES_ENV}: counts must be in 1..1000000, got {value!r}")
+    return {"train": train, "test": test}
+
+
 def photos_metadata(folder: str | Path | None = None) -> dict:
     """What the photos source is made of: every photo found (by package), the photos of each
     split by name, the patches per split, and the note that this is not CIFAR."""
@@ -475,7 +492,7 @@ def photos_metadata(folder: str | Path | None = None) -> dict:
         "photos": [p.name for p in photos],
         "train_photos": [p.name for p in splits["train"]],
         "test_photos": [p.name for p in splits["test"]],
-        "patches": dict(PHOTO_PATCHES),
+        "patches": patch_counts(),
         "scales": list(PHOTO_SCALES),
         "note": PHOTOS_NOTE,
     }
@@ -492,7 +509,7 @@ def load_photos(
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     photos = split_photos(find_photos(folder))[split]
     stream = seed * 2 + (split == "test")  # the test split never shares the train's crops
-    return photo_patches(photos, geometry, PHOTO_PATCHES[split], seed=stream)
+    return photo_patches(photos, geometry, patch_counts()[split], seed=stream)
 
 
 def describe_source(source: str) -> dict | None:

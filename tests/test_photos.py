@@ -120,3 +120,13 @@ def test_a_tiny_colour_run_at_cifar_geometry(photo_folder, small_patches, tmp_pa
     assert saved["data_source"]["test_photos"] == photos_metadata(photo_folder)["test_photos"]
     model = load_model(tmp_path / "run")
     assert model.config.block_size == 3072 and repr(model.layouts[0]) == "strided(l=96)"
+
+
+def test_patch_counts_from_the_environment(photo_folder, monkeypatch):
+    monkeypatch.setenv(datasets.PATCHES_ENV, "6,3")
+    assert load_images(f"photos:{photo_folder}", "test", CIFAR).shape == (3, 32, 32, 3)
+    assert photos_metadata(photo_folder)["patches"] == {"train": 6, "test": 3}
+    for bad in ("6", "a,b", "0,3"):
+        monkeypatch.setenv(datasets.PATCHES_ENV, bad)
+        with pytest.raises(DatasetError, match=datasets.PATCHES_ENV):
+            load_images(f"photos:{photo_folder}", "train", CIFAR)
