@@ -15,21 +15,22 @@
 #
 # Options (defaults in brackets):
 #   --concurrent | --sequential  the three runs at once on one GPU [concurrent], or one by one
-#   --minutes M      training time per model, turned into steps by tools.train [5; sequential 2]
+#   --minutes M      training time per model, turned into steps by tools.train [4.5; seq. 1.5]
 #   --steps N        a number of steps per model instead of --minutes (equal steps)
 #   --preset P       [fmnist-deep]   --batch-size B [128]   --lr X [1.5e-3]   --warmup W [200]
 #   --dtype D        bf16 | fp32 [bf16]        --no-compile   leave torch.compile out
 #   --colour         also train the colour model (preset cifar-strided-96, batch 32) on photos
 #   --colour-data S  its data source [photos]  --timeline-probes N  attention timelines [4]
 # Environment: PYTHON [python3], OUT [./gpu_out], WORK (run folders, float32 checkpoints that
-# stay behind) [/tmp/gpu_train].
+# stay behind) [/tmp/gpu_train], TOTAL (seconds by which every step has ended) [570].
 #
 # Steps and limits (seconds): preflight [60] a 3-step compiled bf16 run of a tiny model (if it
-# fails, the runs go without --compile, and the summary says so); train-NAME [minutes * 60 + 150]
-# (concurrent: all at once); ship [60] each run's newest model as bf16 (models/checkpoint.py,
-# checksums of the stored bytes) with its run.json and timeline, all weights <= 60 MB; eval-fmnist
-# and eval-colour [90] test bits/dim on every test image, written as eval.json. A run stopped by
-# its timeout still ships its last checkpoint (its run.json then has no "final").
+# fails, the runs go without --compile, and the summary says so); train-NAME [minutes * 60 + 150,
+# at most what TOTAL leaves after 150 s kept for the rest] (concurrent: all at once); ship [60]
+# each run's newest model as bf16 (models/checkpoint.py, checksums of the stored bytes) with its
+# run.json and timeline, all weights <= 60 MB; eval-fmnist and eval-colour [90] test bits/dim on
+# every test image, written as eval.json. A run stopped by its timeout still ships its last
+# checkpoint (its run.json then has no "final").
 # $OUT holds at most 7 files: summary.txt (steps, status, seconds, sizes, SHA-256), NAME.tar per
 # model (config.json, model.safetensors, run.json, eval.json), timelines.tar.gz, logs.tar.gz.
 # Exit status 1 when a step failed or timed out, 2 on bad arguments or no CUDA without --dry.
@@ -39,12 +40,14 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-./gpu_out}
 WORK=${WORK:-/tmp/gpu_train}
+TOTAL=${TOTAL:-570}  # seconds: every step ends by then (a device command may run 600)
+RESERVE=150          # seconds of TOTAL kept for ship + evaluation after training
 MODE=concurrent MINUTES="" STEPS="" PRESET=fmnist-deep BATCH=128 LR=1.5e-3 WARMUP=200 DTYPE=bf16
 COMPILE=1 COLOUR=0 COLOUR_DATA=photos PROBES=4 COLOUR_PROBES="" DRY=0 DATA=""
 COLOUR_PRESET=cifar-strided-96 COLOUR_BATCH=32 EVAL_EVERY=500 EVAL_IMAGES=500 EVAL_LIMIT=""
 THREADS=()
 
-usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-2}"; }
 
 if [[ ${1:-} == --prepare ]]; then
   dest=${2:-data/fashion-mnist}
@@ -100,7 +103,7 @@ elif ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else
   exit 2
 fi
 if [[ -z $STEPS && -z $MINUTES ]]; then
-  MINUTES=$([[ $MODE == concurrent ]] && echo 5 || echo 2)
+  MINUTES=$([[ $MODE == concurrent ]] && echo 4.5 || echo 1.5)
 fi
 BUDGET=(--steps "$STEPS")
 TRAIN_LIMIT=$((STEPS / 10 + 150))
@@ -120,13 +123,19 @@ NAMES=(dense strided fixed)
 step() {
   local name=$1 limit=$2
   shift 2
-  local start=$SECONDS status
+  local start=$SECONDS status rc left=$((TOTAL - SECONDS))
+  ((limit > left)) && limit=$left  # the whole script ends by TOTAL seconds
   echo "== $name (limit ${limit}s): $*" >"$WORK/logs/$name.log"
-  timeout --signal=TERM --kill-after=15 "$limit" "$@" >>"$WORK/logs/$name.log" 2>&1
-  local rc=$?
+  if ((limit < 5)); then
+    rc=125
+  else
+    timeout --signal=TERM --kill-after=10 "$limit" "$@" >>"$WORK/logs/$name.log" 2>&1
+    rc=$?
+  fi
   case $rc in
     0) status="ok" ;;
     124 | 137) status="TIMED OUT after ${limit}s" ;;
+    125) status="SKIPPED: out of time" ;;
     *) status="FAILED (rc $rc)" ;;
   esac
   printf '%-14s %-26s %4ds\n' "$name" "$status" $((SECONDS - start)) | tee -a "$SUMMARY"
@@ -164,14 +173,20 @@ train_cmd() {  # the tools.train command of run NAME
   fi
 }
 
-pids=()
+pids=() done_runs=()
 for name in "${NAMES[@]}"; do
+  # leave RESERVE seconds of TOTAL for shipping and evaluating: a run stopped early ships its
+  # last checkpoint (sequential runs split what is left)
+  limit=$((TOTAL - SECONDS - RESERVE))
+  [[ $MODE == sequential ]] && limit=$((limit / (${#NAMES[@]} - ${#done_runs[@]})))
+  ((limit > TRAIN_LIMIT)) && limit=$TRAIN_LIMIT
+  done_runs+=("$name")
   # shellcheck disable=SC2046  # train_cmd's words: paths and numbers, no spaces
   if [[ $MODE == concurrent ]]; then
-    step "train-$name" "$TRAIN_LIMIT" $(train_cmd "$name") &
+    step "train-$name" "$limit" $(train_cmd "$name") &
     pids+=($!)
   else
-    step "train-$name" "$TRAIN_LIMIT" $(train_cmd "$name")
+    step "train-$name" "$limit" $(train_cmd "$name")
   fi
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
@@ -249,7 +264,7 @@ done
 du -b "$OUT"/* | tee -a "$SUMMARY"
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs
 
-if grep -qE "FAILED|TIMED OUT" "$SUMMARY"; then
+if grep -qE "FAILED|TIMED OUT|SKIPPED" "$SUMMARY"; then
   echo "a step failed or timed out: see logs.tar.gz" | tee -a "$SUMMARY"
   exit 1
 fi
