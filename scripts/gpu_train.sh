@@ -20,7 +20,9 @@
 #   --preset P       [fmnist-deep]   --batch-size B [128]   --lr X [1.5e-3]   --warmup W [200]
 #   --dtype D        bf16 | fp32 [bf16]        --no-compile   leave torch.compile out
 #   --colour         also train the colour model (preset cifar-strided-96, batch 32) on photos
-#   --colour-data S  its data source [photos]  --timeline-probes N  attention timelines [4]
+#   --colour-data S  its data source [photos]
+#   --timeline-probes N  attention timelines of the Fashion-MNIST runs [2] (colour: COLOUR_PROBES,
+#                    default 0: a snapshot at 3,072 tokens costs minutes)
 # Environment: PYTHON [python3], OUT [./gpu_out], WORK (run folders, float32 checkpoints that
 # stay behind) [/tmp/gpu_train], TOTAL (seconds by which every step has ended) [570].
 #
@@ -43,7 +45,10 @@ WORK=${WORK:-/tmp/gpu_train}
 TOTAL=${TOTAL:-570}  # seconds: every step ends by then (a device command may run 600)
 RESERVE=150          # seconds of TOTAL kept for ship + evaluation after training
 MODE=concurrent MINUTES="" STEPS="" PRESET=fmnist-deep BATCH=128 LR=1.5e-3 WARMUP=200 DTYPE=bf16
-COMPILE=1 COLOUR=0 COLOUR_DATA=photos PROBES=4 COLOUR_PROBES="" DRY=0 DATA=""
+# timeline snapshots (17 per run) are not in --minutes' step count: on a CPU one snapshot of
+# fmnist-deep with 2 probes took 13 s and of cifar-strided-96 with 4 probes 122 s, so the colour
+# run records none unless COLOUR_PROBES says so
+COMPILE=1 COLOUR=0 COLOUR_DATA=photos PROBES=2 COLOUR_PROBES=${COLOUR_PROBES:-0} DRY=0 DATA=""
 COLOUR_PRESET=cifar-strided-96 COLOUR_BATCH=32 EVAL_EVERY=500 EVAL_IMAGES=500 EVAL_LIMIT=""
 THREADS=()
 
@@ -165,7 +170,7 @@ train_cmd() {  # the tools.train command of run NAME
   if [[ $name == colour ]]; then
     echo "$PY" -m tools.train --preset "$COLOUR_PRESET" --layout strided --data "$COLOUR_DATA" \
       --batch-size "$COLOUR_BATCH" "${BUDGET[@]}" "${RECIPE[@]}" \
-      --timeline-probes "${COLOUR_PROBES:-$PROBES}" --out "$WORK/runs/$name"
+      --timeline-probes "$COLOUR_PROBES" --out "$WORK/runs/$name"
   else
     echo "$PY" -m tools.train --preset "$PRESET" --layout "$name" --data "fashion-mnist:$DATA" \
       --batch-size "$BATCH" "${BUDGET[@]}" "${RECIPE[@]}" --timeline-probes "$PROBES" \
