@@ -58,6 +58,31 @@ def color(i: int) -> str:
     return LINE_COLORS[i % len(LINE_COLORS)]
 
 
+def _line_trace(x, y, k: int, name: str, marker_size: int, hovertemplate: str, customdata=None):
+    """One model's or head's curve: lines and markers in colour ``k``."""
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="lines+markers",
+        marker=dict(size=marker_size, color=color(k)),
+        line=dict(color=color(k), width=1.5),
+        name=name,
+        customdata=customdata,
+        hovertemplate=hovertemplate,
+    )
+
+
+def _line_layout(fig: go.Figure, title: str, *, height: int, legend_y: float) -> None:
+    """The line figures' layout: a small title, white plot, legend in a row below."""
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=13)),
+        height=height,
+        margin=dict(l=50, r=10, t=50, b=40),
+        plot_bgcolor="white",
+        legend=dict(orientation="h", y=legend_y),
+    )
+
+
 def mosaic_figure(
     maps: np.ndarray,
     *,
@@ -156,14 +181,8 @@ def distribution_figure(
     for k, (name, p) in enumerate(probs.items()):
         p = np.asarray(p, dtype=np.float64)
         fig.add_trace(
-            go.Scatter(
-                x=values,
-                y=p,
-                mode="lines+markers",
-                marker=dict(size=3, color=color(k)),
-                line=dict(color=color(k), width=1.5),
-                name=name,
-                hovertemplate=f"{name}: value %{{x}}, p = %{{y:.4f}}<extra></extra>",
+            _line_trace(
+                values, p, k, name, 3, f"{name}: value %{{x}}, p = %{{y:.4f}}<extra></extra>"
             )
         )
         if true_value is not None:
@@ -182,13 +201,7 @@ def distribution_figure(
             )
     fig.update_xaxes(title="pixel value", range=[-2, 257])
     fig.update_yaxes(title="probability", rangemode="tozero")
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=13)),
-        height=340,
-        margin=dict(l=50, r=10, t=50, b=40),
-        plot_bgcolor="white",
-        legend=dict(orientation="h", y=-0.25),
-    )
+    _line_layout(fig, title, height=340, legend_y=-0.25)
     return fig
 
 
@@ -215,15 +228,14 @@ def curves_figure(
     for k, (name, ys) in enumerate(series.items()):
         ys = np.asarray(ys, dtype=np.float64)
         fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines+markers",
-                marker=dict(size=4, color=color(k)),
-                line=dict(color=color(k), width=1.5),
-                name=name,
+            _line_trace(
+                xs,
+                ys,
+                k,
+                name,
+                4,
+                f"{name}: step %{{customdata}}, %{{y:.4g}}<extra></extra>",
                 customdata=np.asarray(steps),
-                hovertemplate=f"{name}: step %{{customdata}}, %{{y:.4g}}<extra></extra>",
             )
         )
         if selected is not None and 0 <= selected < len(ys) and np.isfinite(ys[selected]):
@@ -248,13 +260,7 @@ def curves_figure(
         )
     fig.update_xaxes(title=x_title, type="log" if log_x else None)
     fig.update_yaxes(title=y_title)
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=13)),
-        height=height,
-        margin=dict(l=50, r=10, t=50, b=40),
-        plot_bgcolor="white",
-        legend=dict(orientation="h", y=-0.3),
-    )
+    _line_layout(fig, title, height=height, legend_y=-0.3)
     return fig
 
 
@@ -439,11 +445,5 @@ def bpd_figure(
                 )
     fig.update_xaxes(title="step", rangemode="tozero")
     fig.update_yaxes(title="bits/dim")
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=13)),
-        height=340,
-        margin=dict(l=50, r=10, t=50, b=40),
-        plot_bgcolor="white",
-        legend=dict(orientation="h", y=-0.3),
-    )
+    _line_layout(fig, title, height=340, legend_y=-0.3)
     return fig
