@@ -9,6 +9,8 @@ from triton_util import (
     DEVICE,
     HAS_TRITON,
     LOW,
+    assert_larger_head_dim_matches_reference,
+    assert_real_size_matches_reference,
     assert_triton_equals_float64_reference,
     assert_within_low_precision_error,
 )
@@ -72,24 +74,12 @@ def test_real_sizes_on_gpu(layout, dtype, d):
     """Outputs and gradients of q, k, v against the float64 reference at N = 4,089 (not a
     multiple of any tile or of l), B = 1, H = 4: float32 to 1e-5, fp16 and bf16 within twice the
     error of the reference run in their own precision."""
-    n = 4096 - 7
-    g = torch.Generator(device="cuda").manual_seed(d)
-    q, k, v = (
-        torch.randn(1, 4, n, d, device="cuda", generator=g).to(dtype).requires_grad_()
-        for _ in range(3)
-    )
-    dout = torch.randn(1, 4, n, d, device="cuda", generator=g).to(dtype)
-    if dtype == torch.float32:
-        assert_triton_equals_float64_reference(q, k, v, layout, dout)
-    else:
-        assert_within_low_precision_error(q, k, v, dout, layout, torch.float64)
+    assert_real_size_matches_reference(layout, dtype, d)
 
 
 @pytest.mark.parametrize("d", [64, 128])
 def test_larger_head_dims(d):
-    g = torch.Generator().manual_seed(d)
-    q, k, v = (torch.randn(1, 1, 21, d, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
-    assert_triton_equals_float64_reference(q, k, v, L.fixed(5, 2))
+    assert_larger_head_dim_matches_reference(L.fixed(5, 2), d)
 
 
 @pytest.mark.parametrize("blocks", [(32, 16), (16, 32)], ids=lambda b: f"{b[0]}x{b[1]}")

@@ -55,3 +55,27 @@ def assert_triton_equals_float64_reference(q, k, v, layout: Layout, dout=None) -
         ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-5)
+
+
+def assert_real_size_matches_reference(layout: Layout, dtype, d: int) -> None:
+    """Outputs and gradients of q, k, v against the float64 reference at N = 4,089 (not a
+    multiple of any tile or of l), B = 1, H = 4 on CUDA: float32 to 1e-5, fp16 and bf16 within
+    twice the error of the reference run in their own precision."""
+    n = 4096 - 7
+    g = torch.Generator(device="cuda").manual_seed(d)
+    q, k, v = (
+        torch.randn(1, 4, n, d, device="cuda", generator=g).to(dtype).requires_grad_()
+        for _ in range(3)
+    )
+    dout = torch.randn(1, 4, n, d, device="cuda", generator=g).to(dtype)
+    if dtype == torch.float32:
+        assert_triton_equals_float64_reference(q, k, v, layout, dout)
+    else:
+        assert_within_low_precision_error(q, k, v, dout, layout, torch.float64)
+
+
+def assert_larger_head_dim_matches_reference(layout: Layout, d: int) -> None:
+    """float32 q, k, v [1, 1, 21, d] against the float64 reference."""
+    g = torch.Generator().manual_seed(d)
+    q, k, v = (torch.randn(1, 1, 21, d, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
+    assert_triton_equals_float64_reference(q, k, v, layout)
