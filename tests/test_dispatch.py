@@ -5,20 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_util import LAYOUTS
 from triton_util import DEVICE, needs_triton
 
 import kernels
 from kernels import layouts as L
-
-LAYOUTS = [
-    L.dense(),
-    L.local(5),
-    L.column(5),
-    L.strided(6),
-    L.fixed(6, 2),
-    L.fixed(8, 2, num_verts=2),
-    L.multihead(L.local(4), L.column(4)),
-]
 
 
 def rand_qkv(B=2, H=4, N=37, D=8, dtype=torch.float32, seed=None):

@@ -7,19 +7,10 @@ import math
 
 import pytest
 import torch
+from model_util import LAYOUTS
 
 import kernels
 from kernels import layouts as L
-
-LAYOUTS = [
-    L.dense(),
-    L.local(5),
-    L.column(5),
-    L.strided(6),
-    L.fixed(6, 2),
-    L.fixed(8, 2, num_verts=2),
-    L.multihead(L.local(4), L.column(4)),
-]
 
 
 def loop_attention(q, k, v, layout, scale):
