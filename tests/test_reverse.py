@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_util import sharp_tiny
 
 from analysis.reverse import (
     column_from_full,
@@ -19,13 +20,7 @@ N = 42  # 6 x 7 gray; one row = 7 tokens
 
 
 def tiny(layout="dense()") -> SparseTransformer:
-    torch.manual_seed(0)
-    config = ModelConfig(height=6, width=7, n_layer=2, n_head=2, n_embd=16, layout=layout)
-    model = SparseTransformer(config).eval()
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv.weight.mul_(20.0)  # sharp, unequal attention
-    return model
+    return sharp_tiny(6, 7, 2, layout)
 
 
 def tokens(batch=2, seed=0) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_util import sharp_tiny
 
 from analysis.rollout import (
     heads_max,
@@ -15,7 +16,7 @@ from analysis.rollout import (
     rollout_row,
     with_residual,
 )
-from models import ModelConfig, SparseTransformer
+from models import SparseTransformer
 
 
 def T(rows, dtype=torch.float64) -> torch.Tensor:
@@ -23,13 +24,7 @@ def T(rows, dtype=torch.float64) -> torch.Tensor:
 
 
 def tiny(layout="dense()") -> SparseTransformer:
-    torch.manual_seed(0)
-    config = ModelConfig(height=3, width=4, n_layer=3, n_head=2, n_embd=16, layout=layout)
-    model = SparseTransformer(config).eval()
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv.weight.mul_(20.0)  # sharp, unequal attention rather than uniform
-    return model
+    return sharp_tiny(3, 4, 3, layout)
 
 
 def tokens(batch=2, n=12, seed=0) -> torch.Tensor:
