@@ -13,7 +13,13 @@ import torch
 
 from analysis.reverse import column_from_full, heads_total
 from analysis.rollout import RESIDUAL, heads_max, heads_mean, with_residual
-from app_pages.common import choose_model_and_image, clamp_setting, export_panel, get_model
+from app_pages.common import (
+    choose_model_and_image,
+    clamp_setting,
+    export_panel,
+    get_model,
+    pixel_hover,
+)
 from kernels.capture import MAX_FULL_N
 from models.tokens import image_to_tokens, pixel_to_token
 from viz.export import Exportable, content_key, safe_name
@@ -137,14 +143,8 @@ stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}_L{layer}"
 st.subheader(f"Who looks at pixel ({krow}, {kcol}) in layer {layer}")
 a, b = st.columns([1, 1])
 with a:
-    hover = np.array(
-        [
-            [
-                f"row {r}, col {c}: {total_px[r, c]:.4f} (pixel {image[r, c, 0]})"
-                for c in range(geometry.width)
-            ]
-            for r in range(geometry.height)
-        ]
+    hover = pixel_hover(
+        geometry, lambda r, c: f"row {r}, col {c}: {total_px[r, c]:.4f} (pixel {image[r, c, 0]})"
     )
     key_fig = pixel_grid_figure(
         total_px,

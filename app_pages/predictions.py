@@ -15,6 +15,7 @@ from app_pages.common import (
     load_or_explain,
     models_dir,
     pick_image,
+    pixel_hover,
     require_model_names,
     show_image,
 )
@@ -139,14 +140,11 @@ items = []
 
 a, b = st.columns([1, 1])
 with a:
-    hover = np.array(
-        [
-            [
-                f"row {r}, col {c}: value {image[r, c, 0]}, {first} {bits_px[0, r, c]:.2f} bits"
-                for c in range(geometry.width)
-            ]
-            for r in range(geometry.height)
-        ]
+    hover = pixel_hover(
+        geometry,
+        lambda r, c: (
+            f"row {r}, col {c}: value {image[r, c, 0]}, {first} {bits_px[0, r, c]:.2f} bits"
+        ),
     )
     top = float(np.percentile(bits_px, 99.5))
     click_fig = pixel_grid_figure(
