@@ -112,6 +112,22 @@ def mean_bits(path: str, count: int) -> np.ndarray:
     return mean_pixel_bits(get_model(path), spread(count)).numpy()
 
 
+def bits_mosaic(maps: np.ndarray, *, title: str, col_labels, value_name: str, tile_px: int):
+    """Bits-per-pixel maps [M, h, w] side by side, on one scale from 0 to their 99.5th
+    percentile."""
+    return mosaic_figure(
+        maps,
+        title=title,
+        col_labels=col_labels,
+        colorscale=BITS_COLORS,
+        zmin=0,
+        zmax=float(np.percentile(maps, 99.5)),
+        colorbar_title="bits",
+        value_name=value_name,
+        tile_px=tile_px,
+    )
+
+
 picked_px = clicked_pixel(st.session_state.get("prd_pixels"), geometry.width)
 if picked_px is not None and picked_px != st.session_state.get("prd_pixels_last"):
     st.session_state.prd_pixels_last = picked_px
@@ -227,14 +243,10 @@ try:
 except DatasetError as e:
     st.error(str(e))
     st.stop()
-mean_fig = mosaic_figure(
+mean_fig = bits_mosaic(
     means,
     title=f"bits per pixel, mean over {count} test images",
     col_labels=[f"{n}: {means[k].mean():.3f} bits/dim" for k, n in enumerate(models)],
-    colorscale=BITS_COLORS,
-    zmin=0,
-    zmax=float(np.percentile(means, 99.5)),
-    colorbar_title="bits",
     value_name="mean bits",
     tile_px=260,
 )
@@ -324,14 +336,10 @@ else:
     d1, d2 = st.columns(2)
     with d1:
         pair = np.stack([both[0].mean(0), both[1].mean(0)]).reshape(2, *grid)[..., 0]
-        pair_fig = mosaic_figure(
+        pair_fig = bits_mosaic(
             pair,
             title=f"{abl_name}: mean bits per pixel over {abl_count} test images",
             col_labels=["intact", f"without {len(heads)} head(s) ({mode})"],
-            colorscale=BITS_COLORS,
-            zmin=0,
-            zmax=float(np.percentile(pair, 99.5)),
-            colorbar_title="bits",
             value_name="bits",
             tile_px=230,
         )
