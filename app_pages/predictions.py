@@ -213,14 +213,10 @@ items += [
 
 st.subheader("Where each model is surprised")
 labels = [f"{n}: {bpd[n]:.3f} bits/dim" for n in models]
-maps_fig = mosaic_figure(
+maps_fig = bits_mosaic(
     bits_px,
     title=f"bits per pixel on {image_name} (-log2 p of the true value)",
     col_labels=labels,
-    colorscale=BITS_COLORS,
-    zmin=0,
-    zmax=top,
-    colorbar_title="bits",
     value_name="bits",
     tile_px=260,
 )
