@@ -192,3 +192,18 @@ def shoot(page, path) -> None:
     page.screenshot(path=str(path))
     page.set_viewport_size(size)
     page.wait_for_timeout(300)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The app on its default models, one server per test module."""
+    with streamlit_server() as running:
+        yield running.url
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where screenshots go: $SCREENSHOT_DIR, or a temporary folder."""
+    d = Path(os.environ.get("SCREENSHOT_DIR", tmp_path_factory.mktemp("shots")))
+    d.mkdir(parents=True, exist_ok=True)
+    return d

@@ -7,11 +7,9 @@ docs/img/. The server and browser helpers are in tests/browser_util.py.
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 
 import pytest
-from browser_util import (
+from browser_util import (  # noqa: F401  (server and shots are fixtures)
     ROOT,
     chart,
     choose,
@@ -20,9 +18,10 @@ from browser_util import (
     no_exception,
     open_page,
     require_browser,
+    server,
     settle,
     shoot,
-    streamlit_server,
+    shots,
     upload,
 )
 from PIL import Image
@@ -31,20 +30,7 @@ playwright_api = require_browser()
 
 
 @pytest.fixture(scope="module")
-def server():
-    with streamlit_server() as running:
-        yield running.url
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    d = Path(os.environ.get("SCREENSHOT_DIR", tmp_path_factory.mktemp("shots")))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-@pytest.fixture(scope="module")
-def page(server):
+def page(server):  # noqa: F811
     with playwright_api.sync_playwright() as p:
         browser = launch_chromium(p)
         context = browser.new_context(
@@ -69,7 +55,7 @@ def click_pixel(page, key: str, row: int, col: int, size: int = 28) -> None:
     settle(page)
 
 
-def test_layouts_page_click_and_toggle(page, shots):
+def test_layouts_page_click_and_toggle(page, shots):  # noqa: F811
     settle(page)
     no_exception(page)
     assert page.get_by_role("heading", name="Sparse attention layouts").count() == 1
@@ -86,7 +72,7 @@ def test_layouts_page_click_and_toggle(page, shots):
     no_exception(page)
 
 
-def test_attention_page_head_and_pixel(page, shots):
+def test_attention_page_head_and_pixel(page, shots):  # noqa: F811
     open_page(page, "Attention")
     no_exception(page)
     click_pixel(page, "att_pixels", 10, 12)
@@ -100,7 +86,7 @@ def test_attention_page_head_and_pixel(page, shots):
     no_exception(page)
 
 
-def test_download_a_figure(page, shots):
+def test_download_a_figure(page, shots):  # noqa: F811
     plot = chart(page, "att_grid")
     plot.hover()
     with page.expect_download() as info:
@@ -110,7 +96,7 @@ def test_download_a_figure(page, shots):
         assert im.format == "PNG" and im.width > 100
 
 
-def test_complete_upload_and_sample(page, shots):
+def test_complete_upload_and_sample(page, shots):  # noqa: F811
     open_page(page, "Complete")
     keyed(page, "cmp_source").get_by_text("upload", exact=True).click()
     settle(page)
@@ -131,7 +117,7 @@ def test_complete_upload_and_sample(page, shots):
     shoot(page, shots / "complete.png")
 
 
-def test_other_pages_open(page, shots):
+def test_other_pages_open(page, shots):  # noqa: F811
     for title in ("Learned vs prescribed", "Export", "Models & speed"):
         open_page(page, title)
         no_exception(page)

@@ -4,37 +4,22 @@ titles and buttons not cut. Screenshots (PAGE_WIDTH.png) go to $SCREENSHOT_DIR."
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-from browser_util import (
+from browser_util import (  # noqa: F401  (server and shots are fixtures)
     chart,
     keyed,
     launch_chromium,
     no_exception,
     open_page,
     require_browser,
+    server,
     settle,
     shoot,
-    streamlit_server,
+    shots,
 )
 
 playwright_api = require_browser()
 WIDTHS = (800, 1920)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with streamlit_server() as running:
-        yield running.url
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    d = Path(os.environ.get("SCREENSHOT_DIR", tmp_path_factory.mktemp("shots")))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +31,7 @@ def browser():
 
 
 @pytest.fixture(params=WIDTHS, ids=lambda w: f"{w}px")
-def page(request, browser, server):
+def page(request, browser, server):  # noqa: F811
     context = browser.new_context(viewport={"width": request.param, "height": 1000})
     pg = context.new_page()
     pg.set_default_timeout(90_000)
@@ -120,7 +105,7 @@ def not_cut(page, key: str) -> None:
     assert label.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), key
 
 
-def test_layouts_page(page, shots):
+def test_layouts_page(page, shots):  # noqa: F811
     no_exception(page)
     check_pixel_view(page, "lay_pixels_strided")
     click_pixel(page, "lay_pixels_strided", 10, 10)
@@ -149,7 +134,7 @@ def test_layouts_page(page, shots):
     assert query(page) == (12, 3)
 
 
-def test_attention_page(page, shots):
+def test_attention_page(page, shots):  # noqa: F811
     open_page(page, "Attention")
     no_exception(page)
     check_pixel_view(page, "att_pixels")
@@ -180,7 +165,7 @@ def test_attention_page(page, shots):
     shoot(page, shots / f"attention_{page.width}.png")
 
 
-def test_complete_page(page, shots):
+def test_complete_page(page, shots):  # noqa: F811
     open_page(page, "Complete")
     no_exception(page)
     not_cut(page, "cmp_run")
@@ -192,7 +177,7 @@ def test_complete_page(page, shots):
     shoot(page, shots / f"complete_{page.width}.png")
 
 
-def test_other_pages(page, shots):
+def test_other_pages(page, shots):  # noqa: F811
     for title, name in (("Learned vs prescribed", "learned"), ("Models & speed", "models")):
         open_page(page, title)
         no_exception(page)
