@@ -49,15 +49,21 @@ def server(tmp_path_factory):
         yield running.url
 
 
+def click_selects(pg, view: str, row: tuple[str, int], col: tuple[str, int]) -> None:
+    """A click on pixel (row, col) of ``view`` raises nothing and sets the row and column
+    inputs (keys ``row[0]``, ``col[0]``) to it."""
+    click_pixel(pg, view, row[1], col[1])
+    no_exception(pg)
+    assert keyed(pg, row[0]).locator("input").input_value() == str(row[1])
+    assert keyed(pg, col[0]).locator("input").input_value() == str(col[1])
+
+
 def test_who_looks_here_page(page, shots):  # noqa: F811
     open_page(page, "Who looks here")
     no_exception(page)
     for key in ("who_key_view", "who_query_view"):
         check_pixel_view(page, key)
-    click_pixel(page, "who_key_view", 6, 9)
-    no_exception(page)
-    assert keyed(page, "who_krow").locator("input").input_value() == "6"
-    assert keyed(page, "who_kcol").locator("input").input_value() == "9"
+    click_selects(page, "who_key_view", ("who_krow", 6), ("who_kcol", 9))
     shoot(page, shots / f"heads_{page.width}.png")
 
 
@@ -65,10 +71,7 @@ def test_predictions_page(page, shots):  # noqa: F811
     open_page(page, "Predictions & ablation")
     no_exception(page)
     check_pixel_view(page, "prd_pixels")
-    click_pixel(page, "prd_pixels", 12, 11)
-    no_exception(page)
-    assert keyed(page, "prd_row").locator("input").input_value() == "12"
-    assert keyed(page, "prd_col").locator("input").input_value() == "11"
+    click_selects(page, "prd_pixels", ("prd_row", 12), ("prd_col", 11))
     shoot(page, shots / f"predictions_{page.width}.png")
 
 
