@@ -83,7 +83,14 @@ L_, H_, N = rows.shape
 per_pixel = rows.reshape(L_, H_, geometry.height, geometry.width, geometry.channels)
 # no box around the chosen head: the grid then changes only with the query, and a layer or
 # head switch leaves the page's largest chart as it is (not re-sent, not redrawn)
-grid_fig = head_grid_figure(per_pixel[..., channel], f"pixel ({row}, {col}): all heads")
+with right:
+    shared = st.checkbox("one colour scale for all tiles", key="att_shared_scale")
+grid_fig = head_grid_figure(
+    per_pixel[..., channel],
+    f"pixel ({row}, {col}): all heads",
+    query=(row, col),
+    shared_scale=shared,
+)
 with right:
     st.plotly_chart(grid_fig, key="att_grid")
     c1, c2, c3 = st.columns(3)

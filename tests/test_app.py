@@ -130,6 +130,24 @@ def test_attention_page_grid_head_and_pixel(tmp_path, monkeypatch):
     assert not at.exception
 
 
+def test_attention_page_grid_marks_query_and_shares_scale(tmp_path, monkeypatch):
+    at = attention_app(tmp_path, monkeypatch)
+    spec = chart(at, "att_grid")
+    marks = [s for s in spec["layout"].get("shapes", []) if s.get("name") == "query"]
+    assert len(marks) == 4  # 2 layers x 2 heads: the query pixel (14, 14) in every tile
+    assert {(m["x0"] + 0.5, m["y0"] + 0.5) for m in marks} == {
+        (j * 29 + 14, i * 29 + 14) for i in range(2) for j in range(2)
+    }
+    tiles = values(trace(spec, "heads")["z"])
+    peaks = [np.nanmax(tiles[i : i + 28, j : j + 28]) for i in (0, 29) for j in (0, 29)]
+    assert np.allclose(peaks, 1)  # each tile scaled to its own maximum
+    at.checkbox(key="att_shared_scale").check().run()
+    assert not at.exception
+    tiles = values(trace(chart(at, "att_grid"), "heads")["z"])
+    peaks = [np.nanmax(tiles[i : i + 28, j : j + 28]) for i in (0, 29) for j in (0, 29)]
+    assert np.isclose(max(peaks), 1) and min(peaks) < 0.999  # one scale: the tiles differ
+
+
 def test_attention_page_upload_good_and_bad(tmp_path, monkeypatch):
     import io
 

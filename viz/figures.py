@@ -345,6 +345,8 @@ def head_grid_figure(
     selected: tuple[int, int] | None = None,
     layers: list[int] | None = None,
     heads: list[int] | None = None,
+    query: tuple[int, int] | None = None,
+    shared_scale: bool = False,
 ):
     """An overview of every layer x head: maps [L, H, h, w] (e.g. one query's attention over
     the image), each scaled to its own maximum so faint heads stay readable. ``layers`` and
@@ -355,6 +357,8 @@ def head_grid_figure(
     """
     n_layer, n_head, h, w = maps.shape
     peak = maps.reshape(n_layer, n_head, -1).max(-1)[:, :, None, None]
+    if shared_scale:  # one colour scale for all tiles: the sharp heads stand out
+        peak = np.full_like(peak, maps.max())
     scaled = maps / np.where(peak > 0, peak, 1.0)
     mosaic = np.full((n_layer * (h + 1) - 1, n_head * (w + 1) - 1), np.nan)
     raw = np.full(mosaic.shape, np.nan)
@@ -398,6 +402,20 @@ def head_grid_figure(
             y1=i * (h + 1) + h - 0.5,
             line=dict(color="#d62728", width=3),
         )
+    if query is not None:  # the query pixel, outlined in every tile
+        qr, qc = query
+        for i in range(n_layer):
+            for j in range(n_head):
+                x, y = j * (w + 1) + qc, i * (h + 1) + qr
+                fig.add_shape(
+                    type="rect",
+                    x0=x - 0.5,
+                    x1=x + 0.5,
+                    y0=y - 0.5,
+                    y1=y + 0.5,
+                    line=dict(color="#ff7f0e", width=1.5),
+                    name="query",
+                )
     fig.update_layout(
         title=title,
         height=max(300, 130 * n_layer + 80),
