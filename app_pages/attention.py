@@ -16,7 +16,14 @@ from app_pages.jobs import over_budget
 from kernels.layouts import image_layout_spec, parse_layout
 from models.tokens import pixel_to_token, token_coords
 from viz.export import Exportable, content_key, model_items, safe_name
-from viz.figures import attention_map_figure, clicked_pixel, head_grid_figure, pixel_grid_figure
+from viz.figures import (
+    attention_map_figure,
+    clicked_cell,
+    clicked_pixel,
+    grid_tile,
+    head_grid_figure,
+    pixel_grid_figure,
+)
 from viz.layout_view import pixel_view, tile_for
 
 # the N x N map is drawn with at most this many cells a side (tile means above): 196 for the
@@ -50,6 +57,15 @@ picked_px = clicked_pixel(st.session_state.get("att_pixels"), geometry.width)
 if picked_px is not None and picked_px != st.session_state.get("att_pixels_last"):
     st.session_state.att_pixels_last = picked_px
     st.session_state.att_row, st.session_state.att_col = picked_px
+# a click on the N x N map makes the clicked query (row of the map) the query pixel
+map_tile = tile_for(geometry.n_tokens, MAP_SIDE)
+picked_q = clicked_cell(st.session_state.get("att_map"), (map_tile - 1) / 2, map_tile)
+if picked_q is not None and picked_q != st.session_state.get("att_map_last"):
+    st.session_state.att_map_last = picked_q
+    q = min(max(picked_q[0] * map_tile, 0), geometry.n_tokens - 1)
+    st.session_state.att_row, st.session_state.att_col, st.session_state.att_channel = (
+        int(v) for v in token_coords(q, geometry)
+    )
 for key, high in (
     ("att_row", geometry.height - 1),
     ("att_col", geometry.width - 1),
@@ -81,6 +97,14 @@ image_sha1 = content_key(image)
 rows = cached_rows(chosen.path, image_sha1, query, image)  # [L, H, N]
 L_, H_, N = rows.shape
 per_pixel = rows.reshape(L_, H_, geometry.height, geometry.width, geometry.channels)
+# a click on a tile of the grid picks its layer and head (before their selectboxes are drawn)
+picked_tile = grid_tile(
+    clicked_cell(st.session_state.get("att_grid")), geometry.height, geometry.width
+)
+if picked_tile is not None and picked_tile != st.session_state.get("att_grid_last"):
+    st.session_state.att_grid_last = picked_tile
+    if picked_tile[0] < L_ and picked_tile[1] < H_:
+        st.session_state.att_layer, st.session_state.att_head = picked_tile
 # no box around the chosen head: the grid then changes only with the query, and a layer or
 # head switch leaves the page's largest chart as it is (not re-sent, not redrawn)
 with right:
@@ -92,7 +116,7 @@ grid_fig = head_grid_figure(
     shared_scale=shared,
 )
 with right:
-    st.plotly_chart(grid_fig, key="att_grid")
+    st.plotly_chart(grid_fig, key="att_grid", on_select="rerun", selection_mode="points")
     c1, c2, c3 = st.columns(3)
     layer = c1.selectbox("Layer", list(range(L_)), key="att_layer")
     head = c2.selectbox("Head", list(range(H_)), key="att_head")
@@ -151,7 +175,7 @@ with b:
         f" ({tile}x{tile} mean)" if tile > 1 else ""
     )
     map_fig = attention_map_figure(maps, tile, title)
-    st.plotly_chart(map_fig, key="att_map")
+    st.plotly_chart(map_fig, key="att_map", on_select="rerun", selection_mode="points")
     st.caption("Row i is query i's attention over keys j <= i; colour is log10 of the weight.")
 
 # downloads: these three figures, or every layer x head of this model and image as a zip

@@ -148,6 +148,33 @@ def test_attention_page_grid_marks_query_and_shares_scale(tmp_path, monkeypatch)
     assert np.isclose(max(peaks), 1) and min(peaks) < 0.999  # one scale: the tiles differ
 
 
+def test_attention_page_grid_click_picks_layer_and_head(tmp_path, monkeypatch):
+    at = attention_app(tmp_path, monkeypatch)
+    # a click on layer 1, head 1's tile (mosaic cell (29 + 5, 29 + 7)) of the all-heads grid
+    at.session_state["att_grid"] = {
+        "selection": {"points": [{"curve_number": 0, "x": 29 + 7, "y": 29 + 5}]}
+    }
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="att_layer").value == 1
+    assert at.selectbox(key="att_head").value == 1
+    assert title(chart(at, "att_pixels")).startswith("layer 1, head 1")
+
+
+def test_attention_page_map_click_sets_query(tmp_path, monkeypatch):
+    at = attention_app(tmp_path, monkeypatch)
+    tile = 4  # fmnist-tiny: 784 tokens drawn as 196 cells a side
+    # a click on the map's row 50: queries 200..203, the first of them token 200 = (7, 4)
+    y = (tile - 1) / 2 + 50 * tile
+    at.session_state["att_map"] = {
+        "selection": {"points": [{"curve_number": 0, "x": y - 8, "y": y}]}
+    }
+    at.run()
+    assert not at.exception
+    assert at.number_input(key="att_row").value == 7
+    assert at.number_input(key="att_col").value == 4
+
+
 def test_attention_page_upload_good_and_bad(tmp_path, monkeypatch):
     import io
 

@@ -328,6 +328,36 @@ def clicked_pixel(event, width: int) -> tuple[int, int] | None:
     return None
 
 
+def clicked_cell(event, origin: float = 0.0, step: float = 1.0) -> tuple[int, int] | None:
+    """The (row, col) of the z array cell clicked in a heatmap (trace 0) drawn at x, y =
+    origin + step * index, from st.plotly_chart's selection event; None when none was."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points:
+        if p.get("curve_number", p.get("curveNumber", 0)) != 0:
+            continue
+        if p.get("x") is not None and p.get("y") is not None:
+            return (
+                int(round((float(p["y"]) - origin) / step)),
+                int(round((float(p["x"]) - origin) / step)),
+            )
+        idx = p.get("point_index", p.get("pointIndex"))
+        if isinstance(idx, (list, tuple)) and len(idx) == 2:
+            return int(idx[0]), int(idx[1])
+    return None
+
+
+def grid_tile(cell: tuple[int, int] | None, h: int, w: int) -> tuple[int, int] | None:
+    """The (layer row, head column) of the head_grid_figure tile of h x w cells holding
+    mosaic ``cell``; None off the tiles (on the blank lines between them)."""
+    if cell is None:
+        return None
+    (i, r), (j, c) = divmod(cell[0], h + 1), divmod(cell[1], w + 1)
+    return None if r == h or c == w or min(i, j) < 0 else (i, j)
+
+
 def _tile_axis(labels: list[str], size: int) -> dict:
     """An axis of a mosaic of tiles ``size`` cells long with a blank line between them: one
     tick, labelled, at the middle of each tile."""
