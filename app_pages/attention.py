@@ -18,6 +18,7 @@ from models.tokens import pixel_to_token, token_coords
 from viz.export import Exportable, content_key, model_items, safe_name
 from viz.figures import (
     attention_map_figure,
+    attention_overlay_figure,
     clicked_cell,
     clicked_pixel,
     grid_tile,
@@ -140,16 +141,32 @@ for r in range(geometry.height):
     for c in range(geometry.width):
         ws = ", ".join(f"{weights[r, c, k]:.4f}" for k in range(geometry.channels))
         hover[r, c] = f"row {r}, col {c}, weight {ws}"
-pixel_fig = pixel_grid_figure(
-    weights.max(axis=2),
-    title=f"layer {layer}, head {head}: where pixel ({row}, {col}) looks",
-    query=(row, col),
-    hover=hover,
-    colorscale="Viridis",
-    zmin=0,
-    colorbar_title="weight",
-    outline=outline,
+view = st.radio(
+    "Show the head's weights",
+    ["as a heat map", "over the image"],
+    key="att_view",
+    horizontal=True,
 )
+if view == "over the image":
+    pixel_fig = attention_overlay_figure(
+        image.astype(np.float32).mean(axis=2) / 255.0,
+        weights.max(axis=2),
+        title=f"layer {layer}, head {head}: where pixel ({row}, {col}) looks",
+        query=(row, col),
+        hover=hover,
+        outline=outline,
+    )
+else:
+    pixel_fig = pixel_grid_figure(
+        weights.max(axis=2),
+        title=f"layer {layer}, head {head}: where pixel ({row}, {col}) looks",
+        query=(row, col),
+        hover=hover,
+        colorscale="Viridis",
+        zmin=0,
+        colorbar_title="weight",
+        outline=outline,
+    )
 a, b = st.columns(2)
 with a:
     st.plotly_chart(

@@ -175,6 +175,22 @@ def test_attention_page_map_click_sets_query(tmp_path, monkeypatch):
     assert at.number_input(key="att_col").value == 4
 
 
+def test_attention_page_weights_over_the_image(tmp_path, monkeypatch):
+    at = attention_app(tmp_path, monkeypatch)
+    assert [t.get("name") for t in chart(at, "att_pixels")["data"]][:2] == ["pixels", "image"]
+    at.radio(key="att_view").set_value("over the image").run()
+    at.selectbox(key="att_outline").set_value("strided(l=28)").run()
+    assert not at.exception
+    spec = chart(at, "att_pixels")
+    names = [t.get("name") for t in spec["data"]]
+    assert names.index("image") < names.index("weights")  # the weights drawn over the image
+    base = values(trace(spec, "image")["z"])
+    assert base.shape == (28, 28) and 0 <= np.nanmin(base) and np.nanmax(base) <= 1
+    weights = trace(spec, "weights")
+    assert weights["type"] == "heatmap" and 0 < weights["opacity"] < 1
+    trace(spec, "layout")  # the prescribed layout's outline
+
+
 def test_attention_page_upload_good_and_bad(tmp_path, monkeypatch):
     import io
 

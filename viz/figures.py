@@ -328,6 +328,48 @@ def clicked_pixel(event, width: int) -> tuple[int, int] | None:
     return None
 
 
+def attention_overlay_figure(
+    image: np.ndarray,
+    weights: np.ndarray,
+    *,
+    title: str,
+    query: tuple[int, int] | None = None,
+    outline: np.ndarray | None = None,
+    hover: np.ndarray | None = None,
+    opacity: float = 0.6,
+) -> go.Figure:
+    """One head's weights [H, W] drawn translucently over the image itself: the grayscale
+    ``image`` [H, W] in [0, 1] as the base layer (a clickable pixel_grid_figure, its heatmap
+    called "image"), the weights a heatmap called "weights" of ``opacity`` on top (pixels of
+    zero weight left clear), then the ``outline`` of a layout and the ``query`` ring."""
+    fig = pixel_grid_figure(
+        image,
+        title=title,
+        query=query,
+        colorscale=[[0, "black"], [1, "white"]],
+        zmin=0,
+        zmax=1,
+        hover=hover,
+        outline=outline,
+    )
+    z = np.where(weights > 0, weights, np.nan).astype(np.float32)
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            zmin=0,
+            colorscale="Viridis",
+            opacity=opacity,
+            colorbar=dict(title="weight", thickness=12, len=0.8, y=1, yanchor="top"),
+            hoverinfo="skip",
+            name="weights",
+        )
+    )
+    # above the image, under the outline and query rings (trace 0 stays the clickable pixels)
+    data = list(fig.data)
+    fig.data = tuple(data[:2] + data[-1:] + data[2:-1])
+    return fig
+
+
 def clicked_cell(event, origin: float = 0.0, step: float = 1.0) -> tuple[int, int] | None:
     """The (row, col) of the z array cell clicked in a heatmap (trace 0) drawn at x, y =
     origin + step * index, from st.plotly_chart's selection event; None when none was."""
