@@ -36,7 +36,8 @@ st.title("Attention per layer and head")
 st.caption(
     "Where a trained model looks. Pick a model and an image; the grid shows, for the query "
     "pixel, the attention of every layer and head over the image (each map scaled to its own "
-    "maximum). Pick a head to see it whole: click a pixel to make it the query."
+    "maximum unless one colour scale is chosen). Click a tile to pick its layer and head, a "
+    "pixel or a row of the N x N map to make it the query."
 )
 for key, default in {
     "att_row": 14,
