@@ -19,9 +19,9 @@ from viz.export import Exportable, content_key, model_items, safe_name
 from viz.figures import (
     attention_map_figure,
     attention_overlay_figure,
-    clicked_cell,
+    clicked_map_row,
     clicked_pixel,
-    grid_tile,
+    clicked_tile,
     head_grid_figure,
     pixel_grid_figure,
 )
@@ -61,10 +61,10 @@ if picked_px is not None and picked_px != st.session_state.get("att_pixels_last"
     st.session_state.att_row, st.session_state.att_col = picked_px
 # a click on the N x N map makes the clicked query (row of the map) the query pixel
 map_tile = tile_for(geometry.n_tokens, MAP_SIDE)
-picked_q = clicked_cell(st.session_state.get("att_map"), (map_tile - 1) / 2, map_tile)
+picked_q = clicked_map_row(st.session_state.get("att_map"))
 if picked_q is not None and picked_q != st.session_state.get("att_map_last"):
     st.session_state.att_map_last = picked_q
-    q = min(max(picked_q[0] * map_tile, 0), geometry.n_tokens - 1)
+    q = min(max(picked_q * map_tile, 0), geometry.n_tokens - 1)
     st.session_state.att_row, st.session_state.att_col, st.session_state.att_channel = (
         int(v) for v in token_coords(q, geometry)
     )
@@ -100,9 +100,7 @@ rows = cached_rows(chosen.path, image_sha1, query, image)  # [L, H, N]
 L_, H_, N = rows.shape
 per_pixel = rows.reshape(L_, H_, geometry.height, geometry.width, geometry.channels)
 # a click on a tile of the grid picks its layer and head (before their selectboxes are drawn)
-picked_tile = grid_tile(
-    clicked_cell(st.session_state.get("att_grid")), geometry.height, geometry.width
-)
+picked_tile = clicked_tile(st.session_state.get("att_grid"), H_)
 if picked_tile is not None and picked_tile != st.session_state.get("att_grid_last"):
     st.session_state.att_grid_last = picked_tile
     if picked_tile[0] < L_ and picked_tile[1] < H_:

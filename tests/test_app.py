@@ -150,9 +150,10 @@ def test_attention_page_grid_marks_query_and_shares_scale(tmp_path, monkeypatch)
 
 def test_attention_page_grid_click_picks_layer_and_head(tmp_path, monkeypatch):
     at = attention_app(tmp_path, monkeypatch)
-    # a click on layer 1, head 1's tile (mosaic cell (29 + 5, 29 + 7)) of the all-heads grid
+    # a click on layer 1, head 1's tile of the all-heads grid: the browser reports the tile's
+    # click target, point 1 * 2 + 1 of trace 1 (tests/test_browser_layout.py clicks for real)
     at.session_state["att_grid"] = {
-        "selection": {"points": [{"curve_number": 0, "x": 29 + 7, "y": 29 + 5}]}
+        "selection": {"points": [{"curve_number": 1, "point_index": 3, "x": 42.5, "y": 42.5}]}
     }
     at.run()
     assert not at.exception
@@ -164,10 +165,11 @@ def test_attention_page_grid_click_picks_layer_and_head(tmp_path, monkeypatch):
 def test_attention_page_map_click_sets_query(tmp_path, monkeypatch):
     at = attention_app(tmp_path, monkeypatch)
     tile = 4  # fmnist-tiny: 784 tokens drawn as 196 cells a side
-    # a click on the map's row 50: queries 200..203, the first of them token 200 = (7, 4)
+    # a click on the map's row 50: queries 200..203, the first of them token 200 = (7, 4);
+    # the browser reports the row's click target, point 50 of trace 1
     y = (tile - 1) / 2 + 50 * tile
     at.session_state["att_map"] = {
-        "selection": {"points": [{"curve_number": 0, "x": y - 8, "y": y}]}
+        "selection": {"points": [{"curve_number": 1, "point_index": 50, "x": y, "y": y}]}
     }
     at.run()
     assert not at.exception

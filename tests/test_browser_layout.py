@@ -140,7 +140,7 @@ def test_attention_page(page, shots):  # noqa: F811
     check_pixel_view(page, "att_pixels")
     click_pixel(page, "att_pixels", 10, 10)
     assert query(page) == (10, 10)
-    # hover names the pixel under the cursor, in the pixel view and in the all-heads grid
+    # hover names the pixel under the cursor in the pixel view, the tile in the all-heads grid
     box = plot_area(page, "att_pixels")
     page.mouse.move(box["x"] + 12.5 / 28 * box["width"], box["y"] + 10.5 / 28 * box["height"])
     hover = chart(page, "att_pixels").locator(".hovertext").first
@@ -154,12 +154,27 @@ def test_attention_page(page, shots):  # noqa: F811
     page.mouse.move(x, y, steps=5)
     hover = chart(page, "att_grid").locator(".hovertext").first
     hover.wait_for()
-    assert "layer 0, head 1" in hover.text_content() and "row 10, col 12" in hover.text_content()
+    assert "layer 0, head 1" in hover.text_content() and "peak" in hover.text_content()
+    # a click on that tile shows its head; a click on row 300 of the N x N map (pooled 4 x 4:
+    # map row 75, queries 300..303) makes token 300 = pixel (10, 20) the query
+    page.mouse.click(x, y)
+    settle(page)
+    no_exception(page)
+    assert "att_layer=0&att_head=1" in page.url
+    title = chart(page, "att_pixels").locator(".gtitle").first.text_content()
+    assert title.startswith("layer 0, head 1: where"), title
+    chart(page, "att_map").evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    x, y = screen_point(page, "att_map", 100, 301.5)
+    page.mouse.click(x, y)
+    settle(page)
+    no_exception(page)
+    assert query(page) == (10, 20)
     # the view is in the URL: a reload shows the same query pixel
-    assert "att_row=10" in page.url
+    assert "att_row=10&att_col=20" in page.url
     page.reload()
     settle(page)
-    assert query(page) == (10, 10)
+    assert query(page) == (10, 20)
     x, y = axis_ranges(page, "att_map")  # the N x N map: no autorange beyond 0..N
     assert [round(v) for v in x] == [0, 784] and [round(v) for v in y] == [784, 0]
     shoot(page, shots / f"attention_{page.width}.png")

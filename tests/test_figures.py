@@ -2,7 +2,16 @@
 
 import numpy as np
 
-from viz.figures import attention_map_figure, clicked_pixel, head_grid_figure, pixel_grid_figure
+from viz.figures import (
+    GRID_TILES_TRACE,
+    MAP_ROWS_TRACE,
+    attention_map_figure,
+    clicked_map_row,
+    clicked_pixel,
+    clicked_tile,
+    head_grid_figure,
+    pixel_grid_figure,
+)
 
 
 def trace(fig, name: str):
@@ -20,10 +29,18 @@ def test_head_grid_is_a_mosaic_of_maps_each_scaled_to_its_maximum():
     assert np.isnan(z[4]).all() and np.isnan(z[:, 5]).all()  # the blank lines between tiles
     assert list(fig.layout.yaxis.ticktext) == ["layer 3", "layer 5"]  # the layers it shows
     assert list(fig.layout.xaxis.ticktext) == ["head 0", "head 1", "head 2"]
-    # hover: layer, head, pixel row and column, raw weight
-    np.testing.assert_allclose(heads.customdata[6, 14], [5, 2, 1, 2, maps[1, 2, 1, 2]])
-    assert "layer %{customdata[0]}, head %{customdata[1]}" in heads.hovertemplate
-    assert "row %{customdata[2]}, col %{customdata[3]}: %{customdata[4]" in heads.hovertemplate
+    # one click target per tile at its centre, its hover naming the layer, head and peak
+    tiles = trace(fig, "tiles")
+    assert fig.data.index(tiles) == GRID_TILES_TRACE and heads.hoverinfo == "skip"
+    assert (tiles.x[5], tiles.y[5]) == (2 * 6 + 2, 5 + 1.5)  # tile (1, 2) = point 1 * 3 + 2
+    r, c = divmod(int(maps[1, 2].argmax()), 5)
+    assert tiles.text[5].startswith(f"layer 5, head 2<br>peak {maps[1, 2].max():.4f}")
+    assert f"at row {r}, col {c}" in tiles.text[5]
+    assert fig.layout.hoverdistance == -1  # the nearest tile centre, anywhere in the chart
+    event = {"selection": {"points": [{"curve_number": 1, "point_index": 5}]}}
+    assert clicked_tile(event, 3) == (1, 2)
+    assert clicked_tile({"selection": {"points": [{"curve_number": 0, "x": 1}]}}, 3) is None
+    assert clicked_tile(None, 3) is None
     (box,) = fig.layout.shapes  # the selected head
     assert (box.x0, box.y0) == (2 * 6 - 0.5, 5 - 0.5)
 
@@ -32,6 +49,17 @@ def test_attention_map_is_log_scaled_and_blank_without_weight():
     probs = np.array([[1.0, 0.0], [0.01, 0.99]])
     z = np.asarray(trace(attention_map_figure(probs, 1, "map"), "attention").z, dtype=float)
     assert z[0, 0] == 0 and np.isnan(z[0, 1]) and z[1, 0] == np.log10(0.01)
+
+
+def test_attention_map_rows_are_click_targets():
+    fig = attention_map_figure(np.eye(5) / 1.0, 4, "map")  # 5 map rows of 4 queries each
+    rows = trace(fig, "queries")
+    assert fig.data.index(rows) == MAP_ROWS_TRACE and fig.layout.hovermode == "y"
+    np.testing.assert_allclose(rows.y, 1.5 + 4 * np.arange(5))  # each row's centre
+    assert rows.hoverinfo == "none"  # hovered (clickable) but silent: the cell's label shows
+    event = {"selection": {"points": [{"curve_number": 1, "point_index": 3, "y": 13.5}]}}
+    assert clicked_map_row(event) == 3
+    assert clicked_map_row({"selection": {"points": [{"curve_number": 0}]}}) is None
 
 
 def test_pixel_grid_points_are_pixels_and_clicks_map_back():

@@ -88,7 +88,7 @@ class Exportable:
         for tr in self.figure.data:
             if isinstance(tr, go.Heatmap) and tr.z is not None:
                 total += int(np.size(tr.z))
-            elif isinstance(tr, go.Scatter) and tr.x is not None:
+            elif isinstance(tr, go.Scatter) and tr.x is not None and not _click_targets(tr):
                 total += len(tr.x)
         return total
 
@@ -96,6 +96,17 @@ class Exportable:
     def heavy(self) -> bool:
         """An N x N map (or anything as big): its HEAVY_FORMATS are made only on request."""
         return self.cells > HEAVY_CELLS
+
+
+def _click_targets(tr) -> bool:
+    """An invisible scatter that only carries hover and clicks (the grid's tiles, the map's
+    rows): nothing to draw in a static figure. A pixel grid's invisible squares are drawn:
+    they carry the pixels' colours."""
+    return (
+        isinstance(tr, go.Scatter)
+        and tr.marker.opacity == 0
+        and (tr.marker.symbol or "circle") != "square"
+    )
 
 
 def _arr(a) -> np.ndarray | None:
@@ -174,6 +185,8 @@ def _draw(fig: go.Figure):
                 bar = mfig.colorbar(mesh, ax=ax)
                 if tr.colorbar and tr.colorbar.title and tr.colorbar.title.text:
                     bar.set_label(tr.colorbar.title.text)
+        elif _click_targets(tr):
+            continue
         elif isinstance(tr, go.Scatter):
             x, y = _arr(tr.x), _arr(tr.y)
             if x is None or len(x) == 0 or x[0] is None:  # a legend-only entry

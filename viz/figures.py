@@ -2,7 +2,10 @@
 
 Pixel grids are drawn as square scatter markers, one per pixel, not as a heatmap: Streamlit's
 ``on_select`` returns clicked points for scatter traces but not for heatmaps, and a click on a
-pixel is how a person picks a query. Rows grow downwards as in the image.
+pixel is how a person picks a query. Rows grow downwards as in the image. For the same reason
+the all-heads grid and the N x N map, heatmaps for speed, carry an invisible scatter of click
+targets (one point per tile, one per map row) that ``clicked_tile`` and ``clicked_map_row``
+read.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def _png_data_uri(rgb: np.ndarray) -> str:
 
 
 def _unit_heatmap(
-    z: np.ndarray, name: str, colorscale: str, hovertemplate: str, **trace
+    z: np.ndarray, name: str, colorscale: str, hovertemplate: str | None, **trace
 ) -> go.Figure:
     """A figure of one heatmap trace called ``name``, its colour scale over [0, 1]."""
     return go.Figure(
@@ -370,34 +373,37 @@ def attention_overlay_figure(
     return fig
 
 
-def clicked_cell(event, origin: float = 0.0, step: float = 1.0) -> tuple[int, int] | None:
-    """The (row, col) of the z array cell clicked in a heatmap (trace 0) drawn at x, y =
-    origin + step * index, from st.plotly_chart's selection event; None when none was."""
+def _clicked_point(event, trace: int) -> int | None:
+    """The index of the first point of trace number ``trace`` in st.plotly_chart's selection
+    event; None when none of its points was clicked."""
     try:
         points = event["selection"]["points"]
     except (KeyError, TypeError):
         return None
     for p in points:
-        if p.get("curve_number", p.get("curveNumber", 0)) != 0:
-            continue
-        if p.get("x") is not None and p.get("y") is not None:
-            return (
-                int(round((float(p["y"]) - origin) / step)),
-                int(round((float(p["x"]) - origin) / step)),
-            )
-        idx = p.get("point_index", p.get("pointIndex"))
-        if isinstance(idx, (list, tuple)) and len(idx) == 2:
-            return int(idx[0]), int(idx[1])
+        if p.get("curve_number", p.get("curveNumber")) == trace:
+            idx = p.get("point_index", p.get("pointIndex", p.get("point_number")))
+            if isinstance(idx, int):
+                return idx
     return None
 
 
-def grid_tile(cell: tuple[int, int] | None, h: int, w: int) -> tuple[int, int] | None:
-    """The (layer row, head column) of the head_grid_figure tile of h x w cells holding
-    mosaic ``cell``; None off the tiles (on the blank lines between them)."""
-    if cell is None:
-        return None
-    (i, r), (j, c) = divmod(cell[0], h + 1), divmod(cell[1], w + 1)
-    return None if r == h or c == w or min(i, j) < 0 else (i, j)
+# the click targets' trace numbers: each figure draws its heatmap first, its targets second
+GRID_TILES_TRACE = 1
+MAP_ROWS_TRACE = 1
+
+
+def clicked_tile(event, n_head: int) -> tuple[int, int] | None:
+    """The (row, column) of the head_grid_figure tile clicked (its layer and head positions
+    in the grid), from st.plotly_chart's selection event; None when no tile was clicked."""
+    idx = _clicked_point(event, GRID_TILES_TRACE)
+    return None if idx is None else divmod(idx, n_head)
+
+
+def clicked_map_row(event) -> int | None:
+    """The row of the attention_map_figure clicked (a query, or a tile of queries when the
+    map is pooled), from st.plotly_chart's selection event; None when none was."""
+    return _clicked_point(event, MAP_ROWS_TRACE)
 
 
 def _tile_axis(labels: list[str], size: int) -> dict:
@@ -425,7 +431,10 @@ def head_grid_figure(
     ``heads`` name the layers the rows and the heads the columns show (default 0..L-1, 0..H-1).
 
     Drawn as one mosaic heatmap (one trace, not L x H subplots: ten times faster to build),
-    with a blank line between tiles; hover names the layer, head, pixel and raw weight.
+    with a blank line between tiles, under an invisible scatter "tiles" (trace
+    GRID_TILES_TRACE) of one point per tile: the cursor anywhere on a tile is nearest its
+    point, which carries the hover (layer, head, peak weight and where) and the click that
+    clicked_tile reads. Point k is tile divmod(k, H).
     """
     n_layer, n_head, h, w = maps.shape
     peak = maps.reshape(n_layer, n_head, -1).max(-1)[:, :, None, None]
@@ -433,30 +442,44 @@ def head_grid_figure(
         peak = np.full_like(peak, maps.max())
     scaled = maps / np.where(peak > 0, peak, 1.0)
     mosaic = np.full((n_layer * (h + 1) - 1, n_head * (w + 1) - 1), np.nan)
-    raw = np.full(mosaic.shape, np.nan)
     for i in range(n_layer):
         for j in range(n_head):
             r0, c0 = i * (h + 1), j * (w + 1)
             mosaic[r0 : r0 + h, c0 : c0 + w] = scaled[i, j]
-            raw[r0 : r0 + h, c0 : c0 + w] = maps[i, j]
-    rr, cc = np.indices(mosaic.shape)
-    # numbers only: a numeric customdata travels as a typed array, strings would not
-    layer_of = np.asarray(layers or range(n_layer))[rr // (h + 1)]
-    head_of = np.asarray(heads or range(n_head))[cc // (w + 1)]
-    custom = np.stack([layer_of, head_of, rr % (h + 1), cc % (w + 1), raw], axis=-1)
-    # float32: half the bytes of float64 to send and parse at every rerun (exact for indices)
+    # float32: half the bytes of float64 to send and parse at every rerun
     fig = _unit_heatmap(
-        mosaic.astype(np.float32),
-        "heads",
-        "Viridis",
-        "layer %{customdata[0]}, head %{customdata[1]}<br>row %{customdata[2]}, "
-        "col %{customdata[3]}: %{customdata[4]:.4f}<extra></extra>",
-        customdata=custom.astype(np.float32),
-        showscale=False,
+        mosaic.astype(np.float32), "heads", "Viridis", None, hoverinfo="skip", showscale=False
     )
-    columns = [f"head {j}" for j in (heads or range(n_head))]
+    layer_names = list(layers or range(n_layer))
+    head_names = list(heads or range(n_head))
+    ti, tj = np.divmod(np.arange(n_layer * n_head), n_head)
+    argmax = maps.reshape(n_layer * n_head, -1).argmax(-1)
+    at_r, at_c = np.divmod(argmax, w)
+    peaks = maps.reshape(n_layer * n_head, -1).max(-1)
+    hover = [
+        f"layer {layer_names[i]}, head {head_names[j]}<br>peak {v:.4f} at row {r}, col {c}"
+        + (f"<br>at the query: {maps[i, j, query[0], query[1]]:.4f}" if query else "")
+        + "<br>click to show this head"
+        for i, j, r, c, v in zip(ti, tj, at_r, at_c, peaks, strict=True)
+    ]
+    invisible = dict(marker=dict(opacity=0))
+    fig.add_trace(
+        go.Scatter(
+            x=tj * (w + 1) + (w - 1) / 2,
+            y=ti * (h + 1) + (h - 1) / 2,
+            mode="markers",
+            marker=dict(size=8, opacity=0),
+            selected=invisible,
+            unselected=invisible,
+            text=hover,
+            hovertemplate="%{text}<extra></extra>",
+            name="tiles",
+            showlegend=False,
+        )
+    )
+    columns = [f"head {j}" for j in head_names]
     fig.update_xaxes(**_tile_axis(columns, w), side="top", constrain="domain")
-    rows = [f"layer {i}" for i in (layers or range(n_layer))]
+    rows = [f"layer {i}" for i in layer_names]
     fig.update_yaxes(
         **_tile_axis(rows, h),
         autorange="reversed",
@@ -493,12 +516,23 @@ def head_grid_figure(
         height=max(300, 130 * n_layer + 80),
         margin=dict(l=70, r=20, t=80, b=20),
         plot_bgcolor="white",
+        # every point of the chart hovers (and clicks) the tile whose centre is nearest
+        hovermode="closest",
+        hoverdistance=-1,
+        clickmode="event+select",
+        dragmode=False,
+        showlegend=False,
     )
     return fig
 
 
 def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
-    """One head's N x N attention map (pooled by ``tile`` when tile > 1), log-scaled colour."""
+    """One head's N x N attention map (pooled by ``tile`` when tile > 1), log-scaled colour.
+
+    Over the heatmap, an invisible scatter "queries" (trace MAP_ROWS_TRACE) of one point per
+    map row on the diagonal; hovering is by row (hovermode "y"), so a click anywhere on a row
+    also reaches its point, which clicked_map_row reads, while the cell's own label shows.
+    """
     n = probs.shape[0] * tile
     # pairs with no weight (outside the layout, or above the diagonal) are left blank
     z = np.full(probs.shape, np.nan, dtype=np.float32)  # float32: half the bytes to send
@@ -525,8 +559,31 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
             **where,
         )
     )
+    centres = (tile - 1) / 2 + tile * np.arange(probs.shape[0])
+    invisible = dict(marker=dict(opacity=0))
+    fig.add_trace(
+        go.Scatter(
+            x=centres,
+            y=centres,
+            mode="markers",
+            marker=dict(size=4, opacity=0),
+            selected=invisible,
+            unselected=invisible,
+            hoverinfo="none",  # hovered (so clickable) but silent: the cell's label shows
+            name="queries",
+            showlegend=False,
+        )
+    )
     _map_axes(fig, n)
-    fig.update_layout(title=title, height=520, margin=dict(l=40, r=20, t=50, b=40))
+    fig.update_layout(
+        title=title,
+        height=520,
+        margin=dict(l=40, r=20, t=50, b=40),
+        hovermode="y",
+        clickmode="event+select",
+        dragmode=False,
+        showlegend=False,
+    )
     return fig
 
 
