@@ -401,16 +401,22 @@ class Setting:
     """One setting: its type, and the values it may take (a URL can hold anything)."""
 
     kind: type  # int, float, bool, str or list (of str)
-    low: float | None = None
-    high: float | None = None
+    low: float | None = None  # for a list: the fewest items
+    high: float | None = None  # for a list: the most items (a multiselect's max_selections)
     choices: tuple | None = None  # for str and list; None: any (the page checks)
+    pattern: str | None = None  # for str and list: a regular expression each text must match
+    models: bool = False  # model names, checked against model_names() when read
+    besides: tuple = ()  # with models: other values it may take ("none")
 
     def parse(self, texts: list[str]):
         """The value of the URL's texts for this setting, or None when they are not one."""
         try:
             if self.kind is list:
                 value = list(texts)
-                ok = all(v in self.allowed() for v in value)
+                ok = all(v in self.allowed() and self._matches(v) for v in value)
+                ok = ok and len(set(value)) == len(value)  # a multiselect holds each once
+                ok = ok and (self.low is None or len(value) >= self.low)
+                ok = ok and (self.high is None or len(value) <= self.high)
                 return value if ok else None
             (text,) = texts
             if self.kind is bool:
@@ -423,7 +429,7 @@ class Setting:
                 return None
             if self.high is not None and value > self.high:
                 return None
-        if self.kind is str and value not in self.allowed():
+        if self.kind is str and (value not in self.allowed() or not self._matches(value)):
             return None
         return value
 
@@ -431,19 +437,30 @@ class Setting:
         """The values it may take; anything when the page decides (sample names, layouts)."""
         return self.choices if self.choices is not None else _Anything()
 
+    def _matches(self, text: str) -> bool:
+        return self.pattern is None or re.fullmatch(self.pattern, text) is not None
+
+    def known(self, value, names: list[str]) -> bool:
+        """Whether ``value`` (parsed) names models among ``names`` (always, when not models)."""
+        if not self.models:
+            return True
+        values = value if isinstance(value, list) else [value]
+        return all(v in names or v in self.besides for v in values)
+
 
 class _Anything:
     def __contains__(self, item) -> bool:
         return True
 
 
-_MODEL = Setting(str)  # checked against model_names() when read
+_MODEL = Setting(str, models=True)  # checked against model_names() when read
 _IMAGE_SETTINGS = {
     "source": Setting(str, choices=("test image", "upload")),
     "sample": Setting(str),
     "fit": Setting(str, choices=("crop", "letterbox")),
     "invert": Setting(bool),
 }
+PIXEL = Setting(int, 0, 255)  # a row, a column, a layer or a head: the page clamps to its model
 SETTINGS: dict[str, Setting] = {
     "lay_geometry": Setting(str),
     "lay_mode": Setting(str, choices=("strided", "fixed", "side by side")),
@@ -455,31 +472,58 @@ SETTINGS: dict[str, Setting] = {
     "lay_col": Setting(int, 0, 31),
     "lay_channel": Setting(int, 0, 2),
     "att_model": _MODEL,
+    # the Attention page's second model, side by side with the first; "none": no comparison
+    "att_compare": Setting(str, models=True, besides=("none",)),
     **{f"att_{k}": s for k, s in _IMAGE_SETTINGS.items()},
-    "att_row": Setting(int, 0, 255),
-    "att_col": Setting(int, 0, 255),
+    "att_row": PIXEL,
+    "att_col": PIXEL,
     "att_channel": Setting(int, 0, 2),
-    "att_layer": Setting(int, 0, 255),
-    "att_head": Setting(int, 0, 255),
+    "att_layer": PIXEL,
+    "att_head": PIXEL,
     "att_outline": Setting(str),
     "lvp_model": _MODEL,
     "lvp_over": Setting(str, choices=("one image", "many test images")),
     "lvp_count": Setting(int, 2, 64),
     "lvp_search": Setting(bool),
     **{f"lvp_{k}": s for k, s in _IMAGE_SETTINGS.items()},
-    "cmp_models": Setting(list),
+    "cmp_models": Setting(list, 0, limits.MAX_MODELS, models=True),
     **{f"cmp_{k}": s for k, s in _IMAGE_SETTINGS.items()},
     "cmp_keep": Setting(str, choices=("top rows", "rectangle")),
-    "cmp_rows": Setting(int, 0, 255),
-    **{f"cmp_{k}": Setting(int, 0, 255) for k in ("x0", "y0", "x1", "y1")},
+    "cmp_rows": PIXEL,
+    **{f"cmp_{k}": PIXEL for k in ("x0", "y0", "x1", "y1")},
     "cmp_samples": Setting(int, limits.SAMPLES.low, limits.SAMPLES.high),
     "cmp_temperature": Setting(float, limits.TEMPERATURE.low, limits.TEMPERATURE.high),
     "cmp_top_k": Setting(int, limits.TOP_K.low, limits.TOP_K.high),
     "cmp_top_p": Setting(float, limits.TOP_P.low, limits.TOP_P.high),
     "cmp_seed": Setting(int, limits.SEED.low, limits.SEED.high),
     "cmp_look_model": _MODEL,
-    "cmp_look_sample": Setting(int, 0, 255),
-    "cmp_look_layer": Setting(int, 0, 255),
+    "cmp_look_sample": PIXEL,
+    "cmp_look_layer": PIXEL,
+    # Who looks here (app_pages/heads.py): the key and query pixels, the layer
+    "who_model": _MODEL,
+    **{f"who_{k}": s for k, s in _IMAGE_SETTINGS.items()},
+    **{f"who_{k}": PIXEL for k in ("krow", "kcol", "qrow", "qcol", "layer")},
+    # Predictions & ablation (app_pages/predictions.py): its bounds are read there from here
+    "prd_models": Setting(list, 0, limits.MAX_MODELS, models=True),
+    **{f"prd_{k}": s for k, s in _IMAGE_SETTINGS.items()},
+    "prd_row": PIXEL,
+    "prd_col": PIXEL,
+    "prd_mean_count": Setting(int, 1, 64),  # test images in the average bits map
+    "abl_model": _MODEL,  # one of prd_models: the page falls back to the first
+    # the heads to remove, one URL value each as the multiselect shows them
+    # (abl_heads=L0H1&abl_heads=L2H3): the page keeps those its model has
+    "abl_heads": Setting(list, 0, 256, pattern=r"L\d{1,3}H\d{1,3}"),
+    "abl_mode": Setting(str, choices=("zero", "mean")),  # analysis.ablation.MODES (no torch here)
+    "abl_count": Setting(int, 2, 32),  # test images measured
+    "abl_samples": Setting(int, 1, 4),  # completions with the heads removed
+    "abl_rank": Setting(bool),
+    # Training (app_pages/training.py). trn_path, the typed folder, is left out on purpose: it
+    # is free text naming a place on the server's disk, which a link would have every visitor's
+    # server read (the folders listed in trn_folder are checked against what is there)
+    "trn_folder": Setting(str),
+    "trn_step": Setting(int, 0, None),  # a snapshot's step: the page checks the run has it
+    "trn_probe": PIXEL,
+    "trn_metric": Setting(str),  # the page checks the run recorded it
 }
 
 
@@ -488,15 +532,24 @@ def keep_settings() -> None:
     (app.py), before any page draws its widgets. The first run of a session reads the URL."""
     if "_settings_from_url" not in st.session_state:
         st.session_state["_settings_from_url"] = settings_from_url()
+    st.session_state["_url_prefixes"] = ()  # this run's page names its own (url_view)
     for key in SETTINGS:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
+
+
+def url_view(*prefixes: str) -> None:
+    """The page being drawn puts its settings with keys ``prefix``_... in the URL (called at its
+    top): for pages whose settings have several prefixes (Predictions & ablation: prd, abl), or
+    that app.py's page table does not name. Forgotten at the next run (keep_settings)."""
+    st.session_state["_url_prefixes"] = prefixes
 
 
 def settings_from_url() -> list[str]:
     """Put the URL's settings into session state (before any widget exists); values a setting
     cannot take are left out. Returns the keys taken."""
     taken = []
+    names = None  # the models, looked up once and only when a setting names one
     for key in st.query_params:
         setting = SETTINGS.get(key)
         if setting is None:
@@ -504,9 +557,9 @@ def settings_from_url() -> list[str]:
         value = setting.parse(st.query_params.get_all(key))
         if value is None:
             continue
-        if key.endswith("_model") or key == "cmp_models":
-            names = model_names()
-            if not all(v in names for v in (value if isinstance(value, list) else [value])):
+        if setting.models:
+            names = model_names() if names is None else names
+            if not setting.known(value, names):
                 continue
         st.session_state[key] = value
         taken.append(key)
@@ -521,13 +574,17 @@ def _url_text(value) -> str | list[str]:
     return str(value)
 
 
-def share_settings(prefix: str | None) -> None:
-    """Write the settings of the page with keys ``prefix``_... to the URL (only they: a link
-    names one page's view); other pages' settings stay in the session."""
+def share_settings(prefix: str | tuple[str, ...] | None) -> None:
+    """Write the settings of the page with keys ``prefix``_... (and those its run named with
+    url_view) to the URL (only they: a link names one page's view); other pages' settings stay
+    in the session."""
+    prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix or ())
+    prefixes += tuple(st.session_state.get("_url_prefixes", ()))
     wanted = {
         key: _url_text(st.session_state[key])
         for key in SETTINGS
-        if prefix and key.startswith(f"{prefix}_") and key in st.session_state
+        if any(key.startswith(f"{p}_") for p in prefixes if p)
+        and st.session_state.get(key) not in (None, [])  # nothing to write (no models yet)
     }
     current = {k: st.query_params.get_all(k) for k in st.query_params}
     normal = {k: v if isinstance(v, list) else [v] for k, v in wanted.items()}

@@ -10,6 +10,7 @@ from analysis.metrics import default_queries, head_metrics, head_type
 from analysis.prediction import entropy_bits, mean_pixel_bits, predicted_probs, token_bits
 from app_pages import limits
 from app_pages.common import (
+    SETTINGS,
     export_panel,
     get_model,
     load_or_explain,
@@ -18,6 +19,7 @@ from app_pages.common import (
     pixel_hover,
     require_model_names,
     show_image,
+    url_view,
 )
 from models.completion import complete, keep_mask
 from models.datasets import DatasetError, load_images
@@ -35,12 +37,20 @@ from viz.inspect_figures import (
 )
 
 DATA = "fashion-mnist"
-MAX_MODELS = 3
-MEAN_IMAGES = (1, 64)  # the average bits map: test images, bounds
-ABLATE_IMAGES = (2, 32)  # bits/dim under ablation: test images, bounds
-REFERENCE_IMAGES = 32  # mean-ablation's reference batch (other test images than the measured)
-COMPLETION_SAMPLES = (1, 4)
+MAX_MODELS = int(SETTINGS["prd_models"].high)
 
+
+def bounds(key: str) -> tuple[int, int]:
+    """A slider's bounds: those of its setting (a link's value is checked against them)."""
+    return int(SETTINGS[key].low), int(SETTINGS[key].high)
+
+
+MEAN_IMAGES = bounds("prd_mean_count")  # the average bits map: test images
+ABLATE_IMAGES = bounds("abl_count")  # bits/dim under ablation: test images
+REFERENCE_IMAGES = 32  # mean-ablation's reference batch (other test images than the measured)
+COMPLETION_SAMPLES = bounds("abl_samples")
+
+url_view("prd", "abl")  # the models, image, pixel and the ablation's settings: in the URL
 st.title("Predictions & ablation")
 st.caption(
     "Every token's prediction is a distribution over the 256 pixel values given the pixels "
@@ -274,10 +284,14 @@ st.markdown(
 )
 for key, default in {"abl_mode": "mean", "abl_count": 8, "abl_samples": 2}.items():
     st.session_state.setdefault(key, default)
+if st.session_state.get("abl_model") not in models:  # a link's model not picked above
+    st.session_state.pop("abl_model", None)
 x1, x2, x3 = st.columns([1, 2, 1])
 abl_name = x1.selectbox("Model", list(models), key="abl_model")
 abl_model = models[abl_name]
 labels_of = {f"L{i}H{h}": (i, h) for i, h in all_heads(abl_model)}
+if "abl_heads" in st.session_state:  # only heads this model has (a link may name others)
+    st.session_state.abl_heads = [h for h in st.session_state.abl_heads if h in labels_of]
 chosen_labels = x2.multiselect(
     "Heads to remove (layer, head)", list(labels_of), key="abl_heads", placeholder="none"
 )

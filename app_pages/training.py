@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from analysis.metrics import HEAD_TYPES
-from app_pages.common import ROOT, as_text, export_panel, models_dir, show_image
+from app_pages.common import ROOT, as_text, export_panel, models_dir, show_image, url_view
 from models.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeline
 from viz.export import Exportable, safe_name
 from viz.figures import head_grid_figure
@@ -30,6 +30,7 @@ METRIC_HELP = {
     "same_col": "share on keys in the query's column",
 }
 
+url_view("trn")  # the folder picked, the step, the probe and the metric (not a typed path)
 st.title("Training: attention as it forms")
 st.caption(
     "A run trained with `--timeline-probes N` records, at log-spaced steps, a small snapshot "
@@ -82,6 +83,8 @@ def cached_record(path: str, stamp: float) -> dict | None:
 
 
 choices = run_folders()
+if st.session_state.get("trn_folder") not in choices:  # a link from another server, or gone
+    st.session_state.pop("trn_folder", None)
 c1, c2 = st.columns([2, 3])
 folder_name = c1.selectbox(
     "Run folder", choices or ["(none found)"], key="trn_folder", help="runs/ and the models"
@@ -184,7 +187,8 @@ st.caption(
 )
 
 names = [n for n in METRIC_HELP if n in timeline.metrics]
-st.session_state.setdefault("trn_metric", names[0] if names else None)
+if st.session_state.get("trn_metric") not in names:  # not recorded by this run (or a link's)
+    st.session_state.trn_metric = names[0] if names else None
 m1, m2 = st.columns(2)
 with m1:
     metric = st.selectbox(

@@ -52,3 +52,59 @@ def test_training_page_scrubs_a_timeline(tiny_data, tmp_path, monkeypatch):  # n
     at.text_input(key="trn_path").set_value("/etc").run()
     assert not at.exception
     assert "outside the project" in "\n".join(e.value for e in at.error)
+
+
+def test_training_settings_come_from_the_url_and_stay(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    """A link opens the run, step, probe and metric it names; a step the run lacks, a metric it
+    did not record and a typed path are not taken, and a typed path is never written to it."""
+    models = tmp_path / "models"
+    models.mkdir()
+    recorder = TimelineRecorder(2, measure=head_metrics, classify=head_type, points=4)
+    for name in ("a_run", "b_run"):
+        train(cfg(tiny_data, steps=6, eval_every=3), models / name, timeline=recorder)
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(models))
+    at = AppTest.from_file(APP, default_timeout=120)
+    b_run = str(models / "b_run")
+    for key, value in {
+        "trn_folder": b_run,
+        "trn_step": "3",
+        "trn_probe": "1",
+        "trn_metric": "entropy",
+        "trn_path": "/etc",  # not a setting: a typed path is not read from a link
+    }.items():
+        at.query_params[key] = value
+    at.switch_page("app_pages/training.py").run()
+    assert not at.exception, at.exception
+
+    def same() -> None:
+        assert at.selectbox(key="trn_folder").value == b_run
+        assert at.select_slider(key="trn_step").value == 3
+        assert at.selectbox(key="trn_probe").value == 1
+        assert at.selectbox(key="trn_metric").value == "entropy"
+        assert at.text_input(key="trn_path").value == ""
+
+    same()
+    assert at.query_params["trn_folder"] == b_run and at.query_params["trn_step"] == "3"
+    assert at.query_params["trn_metric"] == "entropy"
+    at.text_input(key="trn_path").set_value(str(models / "a_run")).run()
+    assert "trn_path" not in at.query_params
+    at.text_input(key="trn_path").set_value("").run()
+    at.switch_page("app_pages/layouts.py").run()
+    at.switch_page("app_pages/training.py").run()
+    assert not at.exception, at.exception
+    same()
+
+    bad = AppTest.from_file(APP, default_timeout=120)
+    for key, value in {
+        "trn_folder": "/etc",  # not a listed run
+        "trn_step": "5",  # no snapshot at step 5
+        "trn_probe": "-1",
+        "trn_metric": "nonsense",
+    }.items():
+        bad.query_params[key] = value
+    bad.switch_page("app_pages/training.py").run()
+    assert not bad.exception, bad.exception
+    assert bad.selectbox(key="trn_folder").value == str(models / "a_run")
+    assert bad.select_slider(key="trn_step").value == 6  # the last snapshot
+    assert bad.selectbox(key="trn_probe").value == 0
+    assert bad.selectbox(key="trn_metric").value == "coverage_strided"  # the first

@@ -1,0 +1,189 @@
+"""Settings in the URL for Who looks here and Predictions & ablation (the Training page's are in
+tests/test_app_training.py): a link opens the page with its values, values a setting cannot take
+are ignored, and the settings survive a switch to another page and back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_pages.common import SETTINGS, Setting
+from tests.test_app import tiny_models
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def opened(tmp_path, monkeypatch, page: str, params: dict[str, str | list[str]]) -> AppTest:
+    """A new session of ``page`` opened with a link holding ``params``."""
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
+    at = AppTest.from_file(APP, default_timeout=300)
+    for key, value in params.items():
+        at.query_params[key] = value
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def url(at: AppTest, key: str) -> list[str]:
+    """The URL's values of ``key`` (AppTest gives one as a str, several as a list)."""
+    value = at.query_params.get(key, [])
+    return [value] if isinstance(value, str) else list(value)
+
+
+def test_who_looks_here_settings_come_from_the_url_and_stay(tmp_path, monkeypatch):
+    at = opened(
+        tmp_path,
+        monkeypatch,
+        "app_pages/heads.py",
+        {
+            "who_model": "strided",
+            "who_krow": "5",
+            "who_kcol": "-1",  # not a pixel: ignored
+            "who_qrow": "200",  # a pixel of no 28 x 28 image: brought into it
+            "who_qcol": "x",  # not a number: ignored
+            "who_layer": "1",
+        },
+    )
+
+    def same() -> None:
+        assert at.selectbox(key="who_model").value == "strided"
+        assert at.number_input(key="who_krow").value == 5
+        assert at.number_input(key="who_kcol").value == 14  # the default
+        assert at.number_input(key="who_qrow").value == 27
+        assert at.number_input(key="who_qcol").value == 14
+        assert at.selectbox(key="who_layer").value == 1
+
+    same()
+    assert at.query_params["who_krow"] == "5" and at.query_params["who_model"] == "strided"
+    assert at.query_params["who_layer"] == "1" and at.query_params["who_qrow"] == "27"
+    at.switch_page("app_pages/layouts.py").run()
+    assert "who_krow" not in at.query_params  # a link names one page's view
+    at.switch_page("app_pages/heads.py").run()
+    assert not at.exception, at.exception
+    same()
+    assert at.query_params["who_krow"] == "5"
+
+
+def test_a_model_the_server_does_not_have_is_ignored(tmp_path, monkeypatch):
+    at = opened(
+        tmp_path, monkeypatch, "app_pages/heads.py", {"who_model": "nope", "who_layer": "1"}
+    )
+    assert at.selectbox(key="who_model").value == "dense"
+    assert at.selectbox(key="who_layer").value == 1
+
+
+def test_predictions_and_ablation_settings_come_from_the_url_and_stay(tmp_path, monkeypatch):
+    at = opened(
+        tmp_path,
+        monkeypatch,
+        "app_pages/predictions.py",
+        {
+            "prd_models": ["strided", "dense"],
+            "prd_row": "3",
+            "prd_col": "4",
+            "prd_mean_count": "999",  # over the slider: ignored
+            "abl_model": "dense",
+            "abl_heads": ["L1H0", "L0H1"],
+            "abl_mode": "half",  # no such mode: ignored
+            "abl_count": "4",
+            "abl_samples": "1",
+        },
+    )
+
+    def same() -> None:
+        assert at.multiselect(key="prd_models").value == ["strided", "dense"]
+        assert at.number_input(key="prd_row").value == 3
+        assert at.number_input(key="prd_col").value == 4
+        assert at.slider(key="prd_mean_count").value == 8  # the default
+        assert at.selectbox(key="abl_model").value == "dense"
+        assert at.multiselect(key="abl_heads").value == ["L1H0", "L0H1"]
+        assert at.radio(key="abl_mode").value == "mean"  # the default
+        assert at.slider(key="abl_count").value == 4
+        assert at.slider(key="abl_samples").value == 1
+
+    same()
+    assert url(at, "prd_models") == ["strided", "dense"]
+    assert url(at, "abl_heads") == ["L1H0", "L0H1"]
+    assert at.query_params["abl_count"] == "4" and at.query_params["prd_row"] == "3"
+    at.switch_page("app_pages/heads.py").run()
+    assert "abl_heads" not in at.query_params
+    at.switch_page("app_pages/predictions.py").run()
+    assert not at.exception, at.exception
+    same()
+
+
+def test_heads_and_models_a_link_names_but_the_page_lacks_are_left_out(tmp_path, monkeypatch):
+    """L5H0 is a head of no 2-layer model; a model not among those compared is not ablated;
+    five models are more than the page compares."""
+    at = opened(
+        tmp_path,
+        monkeypatch,
+        "app_pages/predictions.py",
+        {"prd_models": ["dense"], "abl_model": "strided", "abl_heads": ["L5H0", "L1H1"]},
+    )
+    assert at.selectbox(key="abl_model").value == "dense"
+    assert at.multiselect(key="abl_heads").value == ["L1H1"]
+    many = opened(
+        tmp_path / "b", monkeypatch, "app_pages/predictions.py", {"prd_models": ["dense"] * 5}
+    )
+    assert many.multiselect(key="prd_models").value == ["dense", "strided"]  # the default
+
+
+@pytest.mark.parametrize(
+    ("setting", "texts", "value"),
+    [
+        (SETTINGS["abl_heads"], ["L0H1", "L12H3"], ["L0H1", "L12H3"]),
+        (SETTINGS["abl_heads"], ["L0H1", "head 2"], None),  # not a head's label
+        (SETTINGS["abl_heads"], ["L0H1", "L0H1"], None),  # twice
+        (SETTINGS["prd_models"], ["a", "b", "c", "d"], None),  # more than the page compares
+        (SETTINGS["cmp_models"], ["a", "b", "c", "d"], None),
+        (SETTINGS["abl_mode"], ["zero"], "zero"),
+        (SETTINGS["trn_step"], ["-1"], None),
+        (SETTINGS["trn_step"], ["1200"], 1200),
+        (Setting(list, 1, 2), [], None),
+        (SETTINGS["who_invert"], ["maybe"], None),
+        (SETTINGS["who_invert"], ["1"], True),
+    ],
+)
+def test_setting_parses_only_values_it_can_take(setting, texts, value):
+    assert setting.parse(texts) == value
+
+
+def test_the_ablation_modes_are_the_analysis_modes():
+    from analysis.ablation import MODES
+
+    assert set(SETTINGS["abl_mode"].choices) == set(MODES)
+
+
+def test_free_text_paths_stay_out_of_the_url():
+    assert "trn_path" not in SETTINGS  # a typed server path is not for links
+
+
+def url_app(monkeypatch, tmp_path, params: dict[str, str]) -> AppTest:
+    """A page that only reads the URL's settings, as the app's first run does."""
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
+
+    def script():
+        import streamlit as st
+
+        from app_pages.common import settings_from_url
+
+        st.session_state.taken = settings_from_url()
+
+    at = AppTest.from_function(script, default_timeout=60)
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+@pytest.mark.parametrize(
+    ("value", "taken"), [("strided", True), ("none", True), ("nope", False), ("None", False)]
+)
+def test_the_attention_comparison_is_a_model_or_none(tmp_path, monkeypatch, value, taken):
+    at = url_app(monkeypatch, tmp_path, {"att_compare": value, "att_model": "none"})
+    assert not at.exception, at.exception
+    assert at.session_state["taken"] == (["att_compare"] if taken else [])
+    if taken:
+        assert at.session_state["att_compare"] == value
