@@ -23,11 +23,14 @@ from PIL import Image
 import models.completion
 import tools.ablate
 import tools.analyze
+import tools.bench_app
+import tools.bench_kernels
 import tools.bench_sampling
 import tools.card
 import tools.complete
 import tools.evaluate
 import tools.export
+import tools.fuzz_uploads
 import tools.train
 from models import ModelConfig, SparseTransformer, save_model
 
@@ -86,6 +89,11 @@ def no_work(monkeypatch):
     monkeypatch.setattr(tools.ablate, "load_model", _no_work)
     monkeypatch.setattr(tools.bench_sampling, "load_model", _no_work)
     monkeypatch.setattr(tools.card, "render_card", _no_work)
+    monkeypatch.setattr(tools.bench_kernels, "attention_rows", _no_work)
+    monkeypatch.setattr(tools.bench_kernels, "capture_rows", _no_work)
+    monkeypatch.setattr(tools.bench_kernels, "training_step_rows", _no_work)
+    monkeypatch.setattr(tools.fuzz_uploads, "run", _no_work)
+    monkeypatch.setattr(tools.bench_app, "measure", _no_work)  # browser, servers, AppTest
 
 
 MAINS = {
@@ -97,6 +105,9 @@ MAINS = {
     "ablate": tools.ablate.main,
     "card": tools.card.main,
     "bench_sampling": tools.bench_sampling.main,
+    "bench_kernels": tools.bench_kernels.main,
+    "fuzz_uploads": tools.fuzz_uploads.main,
+    "bench_app": tools.bench_app.main,
 }
 
 # (cli, arguments with {placeholders}, a phrase the error must hold, the output that must not
@@ -175,6 +186,47 @@ CASES = [
     ("bench_sampling", "--samples 0", "between 1", None),
     ("bench_sampling", "--samples 100000", "between 1", None),
     ("bench_sampling", "--device nonsense", "not a torch device", None),
+    # tools.bench_kernels (refused before the CUDA check: the same on a machine without a GPU)
+    ("bench_kernels", "--sizes 0", "between 1", None),
+    ("bench_kernels", "--sizes -3072", "between 1", None),
+    ("bench_kernels", "--sizes nan", "whole number", None),
+    ("bench_kernels", f"--sizes {HUGE}", "between 1", None),
+    ("bench_kernels", "--sizes 4096", "invalid choice", None),
+    ("bench_kernels", "--heads 0", "between 1", None),
+    ("bench_kernels", "--heads -1", "between 1", None),
+    ("bench_kernels", "--heads nan", "whole number", None),
+    ("bench_kernels", f"--heads {HUGE}", "between 1", None),
+    ("bench_kernels", "--dim 0", "between 1", None),
+    ("bench_kernels", "--dim nan", "whole number", None),
+    ("bench_kernels", f"--dim {HUGE}", "between 1", None),
+    ("bench_kernels", "--dim 48", "invalid choice", None),
+    # tools.fuzz_uploads
+    ("fuzz_uploads", "--cases 0", "between 1", None),
+    ("fuzz_uploads", "--cases -5", "between 1", None),
+    ("fuzz_uploads", "--cases nan", "whole number", None),
+    ("fuzz_uploads", f"--cases {HUGE}", "between 1", None),
+    ("fuzz_uploads", "--seed -1", "between 0", None),
+    ("fuzz_uploads", "--seed nan", "whole number", None),
+    ("fuzz_uploads", f"--seed {HUGE}", "between 0", None),
+    ("fuzz_uploads", "--geometry 0x28x1", "sides 1-", None),
+    ("fuzz_uploads", "--geometry=-28x28x1", "must look like", None),
+    ("fuzz_uploads", f"--geometry {HUGE}x28x1", "sides 1-", None),
+    ("fuzz_uploads", "--geometry 28x28x2", "HxWx1 or HxWx3", None),
+    ("fuzz_uploads", "--geometry nanx28x1", "must look like", None),
+    ("fuzz_uploads", "--save-crashes {file}", "is not a folder", None),
+    ("fuzz_uploads", "--save-crashes {file}/c", "is a file", "{file}/c"),
+    ("fuzz_uploads", "--save-crashes /proc/crashes", "cannot write", "/proc/crashes"),
+    # tools.bench_app (no browser, no server: refused while parsing)
+    ("bench_app", "--repeats 0", "between 1", None),
+    ("bench_app", "--repeats -2", "between 1", None),
+    ("bench_app", "--repeats nan", "whole number", None),
+    ("bench_app", f"--repeats {HUGE}", "between 1", None),
+    ("bench_app", "--servers -1", "between 0", None),
+    ("bench_app", "--servers nan", "whole number", None),
+    ("bench_app", f"--servers {HUGE}", "between 0", None),
+    ("bench_app", "--learned -1", "between 0", None),
+    ("bench_app", "--learned nan", "whole number", None),
+    ("bench_app", f"--learned {HUGE}", "between 0", None),
 ]
 if ROOT_USER:  # root writes into a read-only folder: only a read-only mount stops it
     READ_ONLY = []
@@ -184,6 +236,7 @@ else:
         ("analyze", "--model {model} --out {base}/readonly/a", "cannot write", None),
         ("export", "--model {model} --image {image} --out {base}/readonly/f", "cannot", None),
         ("train", "--out {base}/readonly/r", "cannot write", None),
+        ("fuzz_uploads", "--save-crashes {base}/readonly/c", "cannot write", None),
     ]
 
 
@@ -218,6 +271,8 @@ def test_bad_input_is_one_error_line_before_any_work(case, world, tmp_path, caps
         ("analyze", f"--model {{model}} --layout strided(l={HUGE}) --out {{out}}", "out of range"),
         ("train", "--out {out}/r --grad-clip nan", "finite"),
         ("export", "--model {model} --image {image} --dpi 20000 --out {out}", "between 10"),
+        ("fuzz_uploads", "--cases nan --save-crashes {out}", "whole number"),
+        ("bench_app", "--repeats 0", "between 1"),
     ],
 )
 def test_as_a_person_runs_them(cli, args, phrase, world, tmp_path):

@@ -36,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from browser_util import free_port, launch_chromium, streamlit_command  # noqa: E402
 
+from tools.cli import Parser, int_range, run_main  # noqa: E402
+
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 VIEWPORT = {"width": 1500, "height": 1100}
 
@@ -221,11 +223,21 @@ def line(name: str, seconds: list[float], goal: str, unit: str = "ms") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python tools/bench_app.py", description=__doc__)
-    parser.add_argument("--repeats", type=int, default=12)
-    parser.add_argument("--servers", type=int, default=10)
-    parser.add_argument("--learned", type=int, default=3)
+    """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="python tools/bench_app.py", description=__doc__)
+    parser.add_argument("--repeats", type=int_range(1, 1000), default=12)
+    parser.add_argument("--servers", type=int_range(0, 100), default=10)
+    parser.add_argument("--learned", type=int_range(0, 100), default=3)
     args = parser.parse_args(argv)
+    return measure(args)
+
+
+def measure(args: argparse.Namespace) -> int:
+    """Run the measurements (a browser, servers) and print the table."""
     from playwright.sync_api import sync_playwright
 
     load = os.getloadavg()[0]

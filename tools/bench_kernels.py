@@ -15,7 +15,6 @@ tokens) with strided attention against the same model on dense SDPA.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import date
 
@@ -27,6 +26,7 @@ from kernels.dispatch import attention
 from kernels.layouts import Layout, fixed, strided
 from kernels.triton import band_column, common
 from kernels.triton import fixed as fixed_kernels
+from tools.cli import Parser, int_range, run_main
 from tools.flex_anchors import composed, flex_exact
 
 SIZES = {3072: 96, 16384: 128, 65536: 256}
@@ -181,12 +181,29 @@ def training_step_rows(batch: int = 8) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m tools.bench_kernels", description=__doc__.split("\n")[0]
+    """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python -m tools.bench_kernels", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--sizes",
+        type=int_range(1, max(SIZES)),
+        nargs="+",
+        default=list(SIZES),
+        choices=list(SIZES),
+        help=f"sequence lengths N, of {', '.join(map(str, SIZES))}",
     )
-    p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=list(SIZES))
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--dim", type=int, default=64)
+    # 128 heads at N = 65,536 is ~1 GiB per bf16 tensor: the most one GPU holds comfortably
+    p.add_argument("--heads", type=int_range(1, 128), default=16, help="1-128 (default 16)")
+    p.add_argument(
+        "--dim",
+        type=int_range(1, max(common.HEAD_DIMS)),
+        default=64,
+        choices=list(common.HEAD_DIMS),
+        help="head dimension the Triton kernels take (default 64)",
+    )
     p.add_argument("--no-train", action="store_true", help="skip the training-step table")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():

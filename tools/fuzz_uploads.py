@@ -34,6 +34,7 @@ from PIL import Image
 
 from models.tokens import Geometry
 from models.uploads import ImageInputError, prepare_upload
+from tools.cli import Parser, check_output_dir, int_range, run_main
 from tools.memory import current_rss, peak_rss, reset_peak_rss
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")
@@ -380,27 +381,49 @@ def format_report(report: Report) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+MAX_SIDE = 1024  # the fitted image's side: far above any model here (28, 32)
+
+
+def geometry_arg(text: str) -> Geometry:
+    """An argparse type: HxWxC with sides 1..MAX_SIDE and C 1 or 3."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must look like 28x28x1, got {text!r}")
+    h, w, c = (int(p) for p in parts)
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE) or c not in (1, 3):
+        raise argparse.ArgumentTypeError(
+            f"must be HxWx1 or HxWx3 with sides 1-{MAX_SIDE}, got {text}"
+        )
+    return Geometry(h, w, c)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.fuzz_uploads", description=__doc__.split("\n\n")[0]
-    )
+    """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="python -m tools.fuzz_uploads", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--cases", type=int, default=10_000, help="generated inputs (default 10000)"
+        "--cases",
+        type=int_range(1, 10_000_000),
+        default=10_000,
+        help="generated inputs, 1-10,000,000 (default 10000)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--geometry", default="28x28x1", help="HxWxC the uploads are fitted to")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0)
+    parser.add_argument(
+        "--geometry",
+        type=geometry_arg,
+        default=Geometry(28, 28, 1),
+        help="HxWxC the uploads are fitted to (default 28x28x1)",
+    )
     parser.add_argument("--save-crashes", type=Path, help="write each crashing input here")
     args = parser.parse_args(argv)
+    if args.save_crashes is not None:  # before the run: minutes of fuzzing are not lost to it
+        check_output_dir(args.save_crashes, flag="--save-crashes")
+    geometry = args.geometry
     # Pillow warns (e.g. "Corrupt EXIF data") on many damaged inputs; the table counts outcomes.
     warnings.simplefilter("ignore", UserWarning)
-    try:
-        geometry = Geometry(*(int(v) for v in args.geometry.lower().split("x")))
-    except (TypeError, ValueError):
-        print(f"error: --geometry must look like 28x28x1, got {args.geometry!r}", file=sys.stderr)
-        return 2
-    if args.cases < 1 or geometry.channels not in (1, 3) or min(geometry) < 1:
-        print("error: --cases must be >= 1 and the geometry HxWx1 or HxWx3", file=sys.stderr)
-        return 2
 
     def progress(i: int) -> None:
         if i % 1000 == 0:
