@@ -258,66 +258,114 @@ def follow(task, *, what: str, on_tick: Callable[[], None] | None = None, bar: b
     slot.empty()
 
 
-def export_job(key: str, items, formats, *, dpi: int, heavy: bool, start: bool):
-    """The export of ``items`` kept under ``{key}_job``: started in the pool when ``start``
-    (Refused is explained), followed while it runs (with Cancel), and returned once it has
-    ended and is for these items and settings (else None). Its result is (zip bytes, files)."""
-    from app_pages.jobs import DONE, POOL, Cancelled, Refused, Task, over_budget
-    from viz.export import ExportCancelled, estimate, export_zip
+@dataclass(frozen=True)
+class JobWords:
+    """What a page's pool job is called: ``noun`` ("export": its task's label in the server's
+    log), ``what`` ("The export") in its messages, its ``stop`` button ("Cancel", key
+    ``{key}_{stop.lower()}``, the reason it gives), and ``after`` ("nothing to download.") in
+    the message shown when it was stopped."""
 
-    signature = [(it.name, json.dumps(it.meta, sort_keys=True, default=str)) for it in items]
-    params = (signature, tuple(formats), dpi, heavy)
-    guess = estimate(items, formats, dpi=dpi, heavy=heavy)
-    refusal = over_budget("This export", guess.memory)
-    if start and refusal is None:
-        old = st.session_state.get(f"{key}_job")
-        if old is not None:
-            old[1].cancel("replaced by a new export")
-        total = max(1, guess.files)
+    noun: str
+    what: str
+    stop: str = "Cancel"
+    reason: str = "cancelled"
+    after: str = "nothing to download."
+    hint: str = "Choose fewer items, formats or a lower resolution."  # when over the budget
 
-        def work(task):
-            done = []
 
-            def made(name: str) -> None:
-                done.append(name)
-                task.report(len(done) / total, f"{len(done)} of {total} files: {name}")
+def pool_job(
+    key: str,
+    params,
+    work: Callable | None,
+    *,
+    start: bool,
+    memory: int,
+    words: JobWords,
+    replace_stale: bool = False,
+):
+    """A page's work in the server's worker pool (app_pages/jobs.py), kept under ``{key}_job``
+    with the ``params`` it is for: ``work(task)`` (needed only then) is submitted when
+    ``start`` (over the memory budget or with the queue full: refused and explained), followed
+    while it runs (queue place, progress, the stop button), and returned once it is done and
+    for ``params`` (else None; a stopped or failed one is explained). With ``replace_stale`` a
+    task still running for other params (another image, other settings) is cancelled: nothing
+    would show its result."""
+    from app_pages.jobs import CANCELLED, DONE, POOL, Refused, Task, over_budget
 
+    made = st.session_state.get(f"{key}_job")
+    if replace_stale and made is not None and made[0] != params:
+        made[1].cancel("its settings changed")
+    if start:
+        refusal = over_budget(f"This {words.noun}", memory, words.hint)
+        if refusal is not None:
+            st.error(refusal)
+        else:
+            if made is not None:
+                made[1].cancel(f"replaced by a new {words.noun}")
+            task = Task(work, label=f"{words.noun} {key}", memory=memory, alive=session_alive())
             try:
-                return export_zip(
-                    items,
-                    formats,
-                    dpi=dpi,
-                    heavy=heavy,
-                    on_file=made,
-                    cancelled=lambda: task.cancelled,
-                )
-            except ExportCancelled:
-                raise Cancelled(task.reason or "cancelled") from None
-
-        task = Task(work, label=f"export {key}", memory=guess.memory, alive=session_alive())
-        try:
-            POOL.submit(task)
-            st.session_state[f"{key}_job"] = (params, task)
-        except Refused as e:
-            st.error(as_text(e))
-    elif start:
-        st.error(refusal)
+                POOL.submit(task)
+                st.session_state[f"{key}_job"] = (params, task)
+            except Refused as e:
+                st.error(as_text(e))
     made = st.session_state.get(f"{key}_job")
     if not made or made[0] != params:
         return None
     task = made[1]
     if not task.finished:
-        cancel = st.empty()  # shown only while it runs
-        cancel.button("Cancel", key=f"{key}_cancel", on_click=task.cancel, args=("cancelled",))
-        follow(task, what="The export")
-        cancel.empty()
+        stop = st.empty()  # shown only while it runs
+        stop.button(
+            words.stop,
+            key=f"{key}_{words.stop.lower()}",
+            on_click=task.cancel,
+            args=(words.reason,),
+        )
+        follow(task, what=words.what)
+        stop.empty()
     if task.status == DONE:
         return task
-    if task.status == "cancelled":
-        st.warning(as_text(f"The export was {task.reason or 'cancelled'}; nothing to download."))
+    if task.status == CANCELLED:
+        st.warning(as_text(f"{words.what} was {task.reason or words.reason}; {words.after}"))
     elif task.error:
-        st.error(as_text(f"The export failed: {task.error}"))
+        st.error(as_text(f"{words.what} failed: {task.error}"))
     return None
+
+
+EXPORT_WORDS = JobWords("export", "The export")
+
+
+def export_job(key: str, items, formats, *, dpi: int, heavy: bool, start: bool):
+    """The export of ``items`` kept under ``{key}_job``: started in the pool when ``start``
+    (Refused is explained), followed while it runs (with Cancel), and returned once it has
+    ended and is for these items and settings (else None). Its result is (zip bytes, files)."""
+    from app_pages.jobs import Cancelled
+    from viz.export import ExportCancelled, estimate, export_zip
+
+    signature = [(it.name, json.dumps(it.meta, sort_keys=True, default=str)) for it in items]
+    params = (signature, tuple(formats), dpi, heavy)
+    guess = estimate(items, formats, dpi=dpi, heavy=heavy)
+    total = max(1, guess.files)
+
+    def work(task):
+        done = []
+
+        def made(name: str) -> None:
+            done.append(name)
+            task.report(len(done) / total, f"{len(done)} of {total} files: {name}")
+
+        try:
+            return export_zip(
+                items,
+                formats,
+                dpi=dpi,
+                heavy=heavy,
+                on_file=made,
+                cancelled=lambda: task.cancelled,
+            )
+        except ExportCancelled:
+            raise Cancelled(task.reason or "cancelled") from None
+
+    return pool_job(key, params, work, start=start, memory=guess.memory, words=EXPORT_WORDS)
 
 
 def export_choices(items, key: str, default=("png", "svg", "pdf", "html", "npz")):

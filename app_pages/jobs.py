@@ -46,13 +46,16 @@ class Cancelled(Exception):
     """Raised by Task.check inside a task's work once the task is cancelled."""
 
 
-def over_budget(what: str, memory: int) -> str | None:
-    """The refusal of ``what`` needing ``memory`` bytes, or None when it fits the budget."""
+def over_budget(
+    what: str, memory: int, hint: str = "Choose fewer items, formats or a lower resolution."
+) -> str | None:
+    """The refusal of ``what`` needing ``memory`` bytes, or None when it fits the budget;
+    ``hint`` says what to choose instead."""
     if memory <= MEMORY_BUDGET:
         return None
     return (
         f"{what} would need about {memory / 2**20:,.0f} MB of memory; this server allows "
-        f"{MEMORY_BUDGET_MB:,} MB per task. Choose fewer items, formats or a lower resolution."
+        f"{MEMORY_BUDGET_MB:,} MB per task. {hint}"
     )
 
 

@@ -1,6 +1,8 @@
 """Predictions & ablation: what the models predict at a pixel, where they are surprised (bits
 maps, side by side and averaged over test images), and what they lose without chosen heads."""
 
+import copy
+
 import numpy as np
 import streamlit as st
 import torch
@@ -11,18 +13,23 @@ from analysis.prediction import entropy_bits, mean_pixel_bits, predicted_probs, 
 from app_pages import limits
 from app_pages.common import (
     SETTINGS,
+    JobWords,
     export_panel,
     get_model,
     load_or_explain,
     models_dir,
     pick_image,
     pixel_hover,
+    pool_job,
     require_model_names,
     show_image,
     url_view,
 )
+from app_pages.completion_job import completion_memory, rows_to_sample
+from app_pages.jobs import Cancelled
 from models.completion import complete, keep_mask
 from models.datasets import DatasetError, load_images
+from models.sampling import SamplingCancelled
 from models.tokens import image_to_tokens, images_to_tokens, pixel_to_token
 from viz.export import Exportable, content_key, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
@@ -49,6 +56,14 @@ MEAN_IMAGES = bounds("prd_mean_count")  # the average bits map: test images
 ABLATE_IMAGES = bounds("abl_count")  # bits/dim under ablation: test images
 REFERENCE_IMAGES = 32  # mean-ablation's reference batch (other test images than the measured)
 COMPLETION_SAMPLES = bounds("abl_samples")
+ABLATION_WORDS = JobWords(
+    "ablation completion",
+    "The completion with the heads removed",
+    stop="Stop",
+    reason="stopped",
+    after="press Complete to sample again.",
+    hint="Choose fewer samples.",
+)
 
 url_view("prd", "abl")  # the models, image, pixel and the ablation's settings: in the URL
 st.title("Predictions & ablation")
@@ -301,10 +316,18 @@ heads = tuple(labels_of[label] for label in chosen_labels)
 abl_path = paths[abl_name]
 
 
+def private_copy(model):
+    """A copy of a cached model for this page's hooks alone. ablate_heads and head_means
+    hook the model they are given, and the cached model is shared by every session and by the
+    pool's workers: hooked, their completions and captures would run without the heads too
+    (and their positions would count in the means). 6.6 MB for a shipped model."""
+    return copy.deepcopy(model)
+
+
 @st.cache_data(max_entries=8, show_spinner="Measuring head means...")
 def reference_means(path: str) -> np.ndarray:
     """Every head's output averaged over REFERENCE_IMAGES test images: float32 [L, N, C]."""
-    return head_means(get_model(path), spread(REFERENCE_IMAGES, offset=0.5)).numpy()
+    return head_means(private_copy(get_model(path)), spread(REFERENCE_IMAGES, offset=0.5)).numpy()
 
 
 def means_for(path: str, mode: str) -> torch.Tensor | None:
@@ -315,11 +338,52 @@ def means_for(path: str, mode: str) -> torch.Tensor | None:
 def ablated_bits(path: str, heads: tuple, mode: str, count: int) -> np.ndarray:
     """Per-token bits, intact and with ``heads`` removed, over ``count`` test images:
     float64 [2, count, N]."""
-    m, t = get_model(path), spread(count)
+    m, t = private_copy(get_model(path)), spread(count)
     intact = token_bits(m, t)
     with ablate_heads(m, list(heads), mode=mode, means=means_for(path, mode)):
         ablated = token_bits(m, t)
     return torch.stack([intact, ablated]).numpy()
+
+
+def model_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def completions_work(path: str, heads: tuple, mode: str, image, keep, samples: int):
+    """The pool's work for Complete: ``samples`` completions of ``image`` (``keep`` kept, seed
+    0) with the model intact, then with ``heads`` removed (from a private copy); the rows are
+    reported as they come. Its result: (intact, ablated), uint8 [samples, H, W, C] each."""
+    model = get_model(path)  # the caches are read in this run, not in the pool's thread
+    means = means_for(path, mode)
+    todo = rows_to_sample(keep, model.config.geometry)
+
+    def work(task):
+        def sample(m, phase: int, name: str) -> np.ndarray:
+            done = []
+
+            def row(r: int, tokens) -> None:
+                done.append(r)
+                task.report((phase * todo + len(done)) / (2 * todo), f"{name}: row {r} sampled")
+
+            try:
+                return complete(
+                    m,
+                    image,
+                    keep,
+                    n_samples=samples,
+                    seed=0,
+                    on_row=row,
+                    cancel=lambda: task.cancelled,
+                )
+            except SamplingCancelled:
+                raise Cancelled(task.reason or "stopped") from None
+
+        intact = sample(model, 0, "intact")
+        twin = private_copy(model)
+        with ablate_heads(twin, list(heads), mode=mode, means=means):
+            return intact, sample(twin, 1, "without the heads")
+
+    return work
 
 
 abl_items = []
@@ -383,19 +447,24 @@ else:
     e1, e2 = st.columns([1, 3])
     samples = e1.slider("Samples", *COMPLETION_SAMPLES, key="abl_samples")
     limits_ok = limits.SAMPLES.low <= samples <= limits.SAMPLES.high
-    if e1.button("Complete", key="abl_complete", disabled=not limits_ok):
-        keep = keep_mask(geometry, keep_rows=geometry.height // 2)
-        with st.spinner("Sampling intact and ablated..."):
-            intact_s = complete(abl_model, image, keep, n_samples=samples, seed=0)
-            with ablate_heads(abl_model, list(heads), mode=mode, means=means_for(abl_path, mode)):
-                ablated_s = complete(abl_model, image, keep, n_samples=samples, seed=0)
-        st.session_state.abl_done = (
-            (abl_name, heads, mode, image_sha1, samples),
-            intact_s,
-            ablated_s,
+    start = e1.button("Complete", key="abl_complete", disabled=not limits_ok)
+    params = (abl_name, heads, mode, image_sha1, samples)
+    keep = keep_mask(geometry, keep_rows=geometry.height // 2)
+    with e2:  # sampled in the server's worker pool: its queue place, progress and Stop here
+        task = pool_job(
+            "abl_completion",
+            params,
+            completions_work(abl_path, heads, mode, image, keep, samples) if start else None,
+            start=start,
+            # one completion at a time, and the ablated run's copy of the model
+            memory=completion_memory([abl_model], samples) + model_bytes(abl_model),
+            words=ABLATION_WORDS,
+            replace_stale=True,  # other heads, image or samples: nothing would show it
         )
+    if task is not None:
+        st.session_state.abl_done = (params, *task.result)
     done = st.session_state.get("abl_done")
-    if done and done[0] == (abl_name, heads, mode, image_sha1, samples):
+    if done and done[0] == params:
         picture = np.asarray(
             image_grid([("intact", list(done[1])), ("ablated", list(done[2]))], scale=4)
         )
@@ -428,7 +497,7 @@ def head_types(m, tokens: torch.Tensor) -> dict[tuple[int, int], str]:
 
 @st.cache_data(max_entries=8, show_spinner="Ablating every head in turn...")
 def ranking(path: str, mode: str, count: int) -> list[dict]:
-    m, t = get_model(path), spread(count)
+    m, t = private_copy(get_model(path)), spread(count)
     return rank_heads(m, t, mode=mode, means=means_for(path, mode), head_types=head_types(m, t))
 
 

@@ -94,3 +94,93 @@ def test_predictions_distribution_bits_maps_and_ablation(tmp_path, monkeypatch):
     assert not at.exception, at.exception
     rise = values(trace(chart(at, "abl_rank_fig"), "heads")["z"])
     assert rise.shape == (2, 2)
+
+
+def ablation_ready(tmp_path, monkeypatch) -> tuple[AppTest, list]:
+    """The Predictions page with a head picked for removal and 1 sample; the tasks its runs
+    submit to the worker pool are recorded (and run)."""
+    from app_pages.jobs import POOL
+
+    submitted = []
+    submit = POOL.submit
+
+    def record(task):
+        submitted.append(task)
+        return submit(task)
+
+    monkeypatch.setattr(POOL, "submit", record)
+    at = page(tmp_path, monkeypatch, "app_pages/predictions.py")
+    at.multiselect(key="abl_heads").set_value(["L0H1"]).run()
+    at.slider(key="abl_samples").set_value(1).run()
+    assert not at.exception, at.exception
+    return at, submitted
+
+
+def captions(at: AppTest) -> str:
+    return "\n".join(img.caption for e in at.get("image") for img in e.proto.imgs)
+
+
+def test_ablation_completion_runs_in_the_worker_pool(tmp_path, monkeypatch):
+    from app_pages.jobs import DONE
+
+    at, submitted = ablation_ready(tmp_path, monkeypatch)
+    assert not submitted  # only Complete submits one
+    at.button(key="abl_complete").click().run()
+    assert not at.exception, at.exception
+    (task,) = [t for t in submitted if t.label.startswith("ablation completion")]
+    assert task.status == DONE and task.share == 1.0 and 0 < task.memory
+    assert "without the heads" in task.text  # the progress it reported: the ablated run last
+    key, intact, ablated = at.session_state["abl_done"]
+    assert key[1:3] == (((0, 1),), "mean")
+    assert intact is task.result[0] and ablated is task.result[1]
+    assert intact.shape == (1, 28, 28, 1) and (intact[0, :14] == ablated[0, :14]).all()
+    assert "intact (top)" in captions(at)
+    at.radio(key="abl_mode").set_value("zero").run()  # other settings: the result is not shown
+    assert "intact (top)" not in captions(at)
+    assert len(submitted) == 1
+
+
+def test_ablation_completion_over_the_memory_budget_is_refused(tmp_path, monkeypatch):
+    import app_pages.jobs as jobs
+
+    at, submitted = ablation_ready(tmp_path, monkeypatch)
+    monkeypatch.setattr(jobs, "MEMORY_BUDGET", 2**20)  # 1 MB: less than a copy of the model
+    at.button(key="abl_complete").click().run()
+    assert not at.exception, at.exception
+    error = "\n".join(e.value for e in at.error)
+    assert "This ablation completion would need about" in error
+    assert "MB per task. Choose fewer samples." in error
+    assert not submitted and "abl_done" not in at.session_state
+
+
+def test_a_stopped_ablation_completion_says_so_and_shows_nothing(tmp_path, monkeypatch):
+    """What Stop does (its callback cancels the task): the sampler stops at its next token,
+    and the page says so; nothing stays in the pool's workers."""
+    import threading
+
+    import models.completion
+    from app_pages.jobs import CANCELLED, POOL
+    from models.sampling import SamplingCancelled
+
+    def endless(model, image, keep, *, cancel, **kwargs):
+        while not cancel():
+            threading.Event().wait(0.01)
+        raise SamplingCancelled(None, 0)
+
+    at, submitted = ablation_ready(tmp_path, monkeypatch)
+    monkeypatch.setattr(models.completion, "complete", endless)
+    submit, timers = POOL.submit, []
+
+    def stop_soon(task):  # as if Stop were clicked while the run follows the task
+        timers.append(threading.Timer(0.3, task.cancel, args=("stopped",)))
+        timers[-1].start()
+        return submit(task)
+
+    monkeypatch.setattr(POOL, "submit", stop_soon)
+    at.button(key="abl_complete").click().run()
+    assert not at.exception, at.exception
+    assert len(timers) == 1
+    assert submitted[-1].status == CANCELLED
+    warnings = "\n".join(w.value for w in at.warning)
+    assert "was stopped; press Complete to sample again." in warnings
+    assert "abl_done" not in at.session_state

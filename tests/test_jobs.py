@@ -88,6 +88,8 @@ def test_work_over_the_memory_budget_is_refused_with_the_budget_named():
         pool.submit(Task(lambda t: None, label="big export", memory=MEMORY_BUDGET + 1))
     assert over_budget("x", MEMORY_BUDGET) is None
     assert "about 2,048 MB" in over_budget("This export", 2 * MEMORY_BUDGET)
+    said = over_budget("This completion", 2 * MEMORY_BUDGET, "Choose fewer samples.")
+    assert said.startswith("This completion would need") and said.endswith("fewer samples.")
 
 
 def test_a_full_queue_refuses_and_a_failure_is_one_line():
