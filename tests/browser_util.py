@@ -173,8 +173,21 @@ def upload(page, key: str, name: str, data: bytes, mime: str = "image/png") -> N
 
 def choose(page, key: str, option: str) -> None:
     """Pick ``option`` in the selectbox ``key`` (not yet waiting for the run it starts)."""
-    keyed(page, key).click()
-    page.get_by_role("option", name=option, exact=True).click()
+    # its Open button: a click on the container's centre can fall on the box's text input,
+    # which takes the focus without opening the list (a label with a help icon moves it
+    # there); the box scrolled into view first, as scrolling closes an open list
+    box = keyed(page, key)
+    box.scroll_into_view_if_needed()
+    page.wait_for_timeout(200)
+    item = page.get_by_role("option", name=option, exact=True)
+    for _ in range(5):
+        box.get_by_role("button", name="Open").first.click()
+        for _ in range(10):
+            if item.count():
+                item.click()
+                return
+            page.wait_for_timeout(100)
+    item.click()  # (not open after five tries: fails with playwright's own message)
 
 
 def shoot(page, path) -> None:

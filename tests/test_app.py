@@ -496,3 +496,52 @@ def test_first_page_draws_layouts_without_importing_torch():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_attention_page_two_models_side_by_side(tmp_path, monkeypatch):
+    import torch
+
+    from analysis.attention import query_rows
+    from analysis.metrics import shared_mass
+    from models import ModelConfig, SparseTransformer, load_model, save_model
+    from models.uploads import prepare_image
+
+    root = tiny_models(tmp_path)
+    torch.manual_seed(1)  # a model that reads other images, and one with a single layer
+    save_model(SparseTransformer(ModelConfig.from_name("cifar-tiny")), root / "colour")
+    save_model(SparseTransformer(ModelConfig.from_name("fmnist-tiny", n_layer=1)), root / "short")
+    at = attention_app(tmp_path, monkeypatch)
+    assert at.selectbox(key="att_compare").value == "none"
+    assert "dense" not in at.selectbox(key="att_compare").options  # not the model itself
+    at.selectbox(key="att_compare").set_value("strided").run()
+    assert not at.exception
+    assert len(charts(at)) == 5  # the grid; two pixel views; two N x N maps
+    a, b = chart(at, "att_pixels"), chart(at, "att_pixels_b")
+    assert title(a).startswith("dense: layer 0, head 0") and title(b).startswith("strided:")
+    wa = values(trace(a, "pixels")["marker"]["color"])
+    wb = values(trace(b, "pixels")["marker"]["color"])
+    # the compared model's own row for the same image (the first sample) and pixel (14, 14)
+    first = sorted((Path(APP).parent / "assets" / "samples").glob("*.png"))[0]
+    strided = load_model(root / "strided")
+    image = prepare_image(first.read_bytes(), strided.config.geometry)
+    row = query_rows(strided, image, 14 * 28 + 14)[0, 0]  # layer 0, head 0: [N]
+    np.testing.assert_allclose(wb, row, atol=1e-6)
+    assert not np.allclose(wa, wb)
+    heat_a, heat_b = trace(a, "image"), trace(b, "image")
+    assert heat_a["zmax"] == heat_b["zmax"] == max(wa.max(), wb.max())  # one colour scale
+    said = " ".join(m.value for m in at.markdown)
+    assert f"share {shared_mass(wa, wb):.0%} of their weight" in said
+    # a click on the compared model's pixel view sets the query for both
+    at.session_state["att_pixels_b"] = {
+        "selection": {"points": [{"curve_number": 0, "point_index": 5 * 28 + 9}]}
+    }
+    at.run()
+    assert (at.number_input(key="att_row").value, at.number_input(key="att_col").value) == (5, 9)
+    assert "pixel (5, 9)" in title(chart(at, "att_pixels_b"))
+    # models that cannot show this view are explained, and the page stays
+    at.selectbox(key="att_layer").set_value(1).run()
+    at.selectbox(key="att_compare").set_value("short").run()
+    assert not at.exception and "no layer 1, head 0" in " ".join(i.value for i in at.info)
+    at.selectbox(key="att_compare").set_value("colour").run()
+    assert not at.exception and "32 x 32 x 3" in " ".join(i.value for i in at.info)
+    assert len(charts(at)) == 3

@@ -86,6 +86,25 @@ def test_attention_page_head_and_pixel(page, shots):  # noqa: F811
     no_exception(page)
 
 
+def test_attention_page_two_models_side_by_side(page, shots):  # noqa: F811
+    choose(page, "att_compare", "strided")
+    settle(page)
+    no_exception(page)
+    titles = [
+        chart(page, k).locator(".gtitle").first.text_content()
+        for k in ("att_pixels", "att_pixels_b")
+    ]
+    assert titles == [
+        "dense: layer 1, head 2: where pixel (10, 12) looks",
+        "strided: layer 1, head 2: where pixel (10, 12) looks",
+    ]
+    assert page.get_by_text("of their weight").count() == 1
+    chart(page, "att_pixels").scroll_into_view_if_needed()
+    shoot(page, shots / "attention_compare.png")
+    choose(page, "att_compare", "none")
+    settle(page)
+
+
 def test_download_a_figure(page, shots):  # noqa: F811
     plot = chart(page, "att_grid")
     plot.hover()

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.metrics import aggregate, default_queries, head_metrics, head_type
+from analysis.metrics import aggregate, default_queries, head_metrics, head_type, shared_mass
 from kernels import layouts as L
 from models.tokens import Geometry
 
@@ -76,3 +76,15 @@ def test_aggregate_mean_and_spread():
     np.testing.assert_allclose(std, [0.1, 0.0], atol=1e-12)
     mean, std = aggregate({"coverage": np.array([[0.2, 1.0]])})["coverage"]  # one image
     np.testing.assert_array_equal(std, [0.0, 0.0])
+
+
+def test_shared_mass_of_two_rows_by_hand():
+    p = np.array([0.5, 0.5, 0.0, 0.0])
+    q = np.array([0.0, 0.25, 0.25, 0.5])
+    assert shared_mass(p, q) == pytest.approx(0.25)  # only key 1 is shared, min(0.5, 0.25)
+    assert shared_mass(p, p) == pytest.approx(1.0)
+    assert shared_mass(p, np.array([0, 0, 1.0, 0])) == 0.0  # disjoint keys
+    # 1 minus the total variation distance, over leading dims
+    rng = np.random.default_rng(0)
+    a, b = rng.dirichlet(np.ones(9), size=(2, 3)), rng.dirichlet(np.ones(9), size=(2, 3))
+    np.testing.assert_allclose(shared_mass(a, b), 1 - 0.5 * np.abs(a - b).sum(-1))
