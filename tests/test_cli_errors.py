@@ -227,6 +227,8 @@ CASES = [
     ("bench_app", "--learned -1", "between 0", None),
     ("bench_app", "--learned nan", "whole number", None),
     ("bench_app", f"--learned {HUGE}", "between 0", None),
+    ("bench_app", "--parts attention,nonsense", "unknown part nonsense", None),
+    ("bench_app", "--parts ,", "unknown part", None),
 ]
 if ROOT_USER:  # root writes into a read-only folder: only a read-only mount stops it
     READ_ONLY = []

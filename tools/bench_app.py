@@ -1,28 +1,44 @@
 """Benchmark the app as a person feels it: end to end in headless Chromium, click to drawn.
 
     .venv/bin/python tools/bench_app.py [--repeats 12] [--servers 10] [--learned 3]
+    .venv/bin/python tools/bench_app.py --parts attention,who,predictions --repeats 8
 
 Every time runs from the input (a click, a pick, a page opened) until the script has finished
-its run and the view shows the new state (the chart's title names the new pixel, layer or
-head), on `streamlit run` with the shipped models; each line gives the median and the range.
+its run and the view shows the new state (the chart's title names the new pixel, layer, head or
+step), on `streamlit run` with the shipped models; each line gives the median and the range.
+--parts picks what is measured (default: all of them):
 
-1. First page: `streamlit run` to the Layouts page fully drawn (median of --servers fresh
-   servers).
-2. Attention first open: the menu click to the page's charts drawn, on a fresh server (caches
-   cold, torch not yet imported): median of --servers.
-3. On the Attention page (one server, caches warm as a person's session gets them): click a
-   pixel (a new query: a new capture), switch layer, switch head; --repeats each.
-4. Learned vs prescribed on 8 test images, cold (a fresh server: the capture and the metrics
-   computed) and warm (the same server, the page opened again: cached); --learned servers.
-5. The server's share of 3. (AppTest reruns, no browser): what the script costs, the rest is
-   the transfer and the drawing in the browser.
+- first: `streamlit run` to the Layouts page fully drawn, and the Attention page's first open
+  (the menu click to its charts drawn, caches cold, torch not yet imported), each on --servers
+  fresh servers.
+- attention: on the Attention page (one server, caches warm as a person's session gets them):
+  click a pixel (a new query: a new capture), switch layer, switch head, click a tile of the
+  all-heads grid (its layer and head), click a row of the N x N map (a new query); --repeats
+  each.
+- who: "Who looks here": click a pixel of the key view (a new key pixel); --repeats.
+- predictions: "Predictions & ablation": click a pixel of the bits map (a new pixel: its
+  predicted distributions); --repeats.
+- training: the Training page's step slider moved one step, on a run with a timeline shipped
+  under assets/models (skipped, and said so, when there is none); --repeats.
+- learned: Learned vs prescribed on 8 test images, cold (a fresh server: the capture and the
+  metrics computed) and warm (the same server, the page opened again: cached); --learned
+  servers.
+- server: the server's share of the attention, who and predictions clicks (AppTest reruns with
+  the state the click sets, no browser): what the script costs, the rest is the transfer and
+  the drawing in the browser.
+
+The attention, who, predictions and training parts share one server; the first two rounds of
+each warm the browser and the caches and are not counted. Bad arguments are one ``error:``
+line and exit status 2, before any browser or server starts (tools/cli.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -40,6 +56,9 @@ from tools.cli import Parser, int_range, run_main  # noqa: E402
 
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 VIEWPORT = {"width": 1500, "height": 1100}
+MODELS = ROOT / "assets" / "models"
+PARTS = ("first", "attention", "who", "predictions", "training", "learned", "server")
+SIZE = 28  # the shipped models' images: 28 x 28
 
 
 @contextlib.contextmanager
@@ -84,7 +103,14 @@ def drawn(page, key: str, text: str = "", timeout: float = 120_000) -> None:
 
 
 def open_menu(page, title: str) -> None:
-    page.get_by_role("link", name=title).first.click()
+    """Open a page from the menu; in a window too narrow for every page, the ones that do not
+    fit are behind the menu's "N more" entry."""
+    link = page.get_by_role("link", name=title).first
+    if link.is_visible():
+        link.click()
+    else:
+        page.get_by_text(re.compile(r"^\d+ more$")).first.click()
+        page.get_by_role("menuitem").filter(has_text=title).first.click()
 
 
 def first_page_seconds(browser) -> float:
@@ -111,11 +137,24 @@ def attention_first_open_seconds(browser) -> float:
     return took
 
 
-def pixel_center(page, key: str, row: int, col: int, size: int = 28) -> tuple[float, float]:
+def pixel_center(page, key: str, row: int, col: int, size: int = SIZE) -> tuple[float, float]:
     box = page.locator(f".st-key-{key} .nsewdrag").first.bounding_box()
     return (
         box["x"] + (col + 0.5) / size * box["width"],
         box["y"] + (row + 0.5) / size * box["height"],
+    )
+
+
+def data_point(page, key: str, x: float, y: float) -> tuple[float, float]:
+    """Where data point (x, y) of the chart ``key`` is on the screen (either axis reversed)."""
+    plot = page.locator(f".st-key-{key} .js-plotly-plot").first
+    (x0, x1), (y0, y1) = plot.evaluate(
+        "el => [el._fullLayout.xaxis.range, el._fullLayout.yaxis.range]"
+    )
+    box = page.locator(f".st-key-{key} .nsewdrag").first.bounding_box()
+    return (
+        box["x"] + (x - x0) / (x1 - x0) * box["width"],
+        box["y"] + (1 - (y - y0) / (y1 - y0)) * box["height"],
     )
 
 
@@ -124,39 +163,174 @@ def choose(page, key: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def attention_interactions(browser, repeats: int) -> dict[str, list[float]]:
+def hover_then_click(page, x: float, y: float) -> float:
+    """Rest the pointer on (x, y) (a person's cursor is on the target before the click), then
+    click: the seconds the click started at."""
+    page.mouse.move(x - 2, y - 2)
+    page.mouse.move(x, y, steps=3)
+    page.wait_for_timeout(150)  # plotly's hover is throttled: the target is hovered
+    t = time.perf_counter()
+    page.mouse.click(x, y)
+    return t
+
+
+def scroll_to(page, key: str) -> None:
+    page.locator(f".st-key-{key}").scroll_into_view_if_needed()
+
+
+def attention_interactions(page, repeats: int) -> dict[str, list[float]]:
+    """The Attention page's interactions, on a page of a running server."""
+    out: dict[str, list[float]] = {
+        "click a pixel": [],
+        "switch layer": [],
+        "switch head": [],
+        "click a grid tile": [],
+        "click a row of the N x N map": [],
+    }
+    open_menu(page, "Attention")
+    drawn(page, "att_pixels", "where pixel")
+    drawn(page, "att_map", "N x N")
+    ticks = page.locator(".st-key-att_grid .ytick text").all_text_contents()
+    n_layer = sum(t.startswith("layer") for t in ticks) or 8
+    ticks = page.locator(".st-key-att_grid .xtick text").all_text_contents()
+    n_head = sum(t.startswith("head") for t in ticks) or 4
+    for k in range(repeats + 2):  # the first two rounds warm the browser and the caches
+        times = {}
+        scroll_to(page, "att_pixels")
+        row, col = 4 + k % 20, 3 + (7 * k) % 22
+        x, y = pixel_center(page, "att_pixels", row, col)
+        layer, head = (k + 1) % n_layer, (k + 1) % n_head
+        t = time.perf_counter()
+        page.mouse.click(x, y)
+        drawn(page, "att_pixels", f"where pixel ({row}, {col})")
+        times["click a pixel"] = time.perf_counter() - t
+        t = time.perf_counter()
+        choose(page, "att_layer", str(layer))
+        drawn(page, "att_pixels", f"layer {layer}, head")
+        times["switch layer"] = time.perf_counter() - t
+        t = time.perf_counter()
+        choose(page, "att_head", str(head))
+        drawn(page, "att_pixels", f"layer {layer}, head {head}:")
+        times["switch head"] = time.perf_counter() - t
+        # a tile of the all-heads grid (8 x 4 tiles of 28 x 28, one blank cell between): its
+        # invisible click target sits at the tile's centre; another layer and another head
+        tile_layer, tile_head = (k + 4) % n_layer, (k + 3) % n_head
+        scroll_to(page, "att_grid")
+        x, y = data_point(
+            page,
+            "att_grid",
+            tile_head * (SIZE + 1) + (SIZE - 1) / 2,
+            tile_layer * (SIZE + 1) + (SIZE - 1) / 2,
+        )
+        t = hover_then_click(page, x, y)
+        drawn(page, "att_pixels", f"layer {tile_layer}, head {tile_head}: where pixel ({row},")
+        times["click a grid tile"] = time.perf_counter() - t
+        # a row of the N x N map (pooled 4 x 4: map row m is queries 4m..4m+3, the click makes
+        # query 4m the query pixel): a query not asked before, so a new capture
+        token = (4 * (7 + 23 * k)) % (SIZE * SIZE)
+        if divmod(token, SIZE) == (row, col):
+            token = (token + 4) % (SIZE * SIZE)
+        q_row, q_col = divmod(token, SIZE)
+        scroll_to(page, "att_map")
+        x, y = data_point(page, "att_map", token / 2 + 1, token + 1.5)
+        t = hover_then_click(page, x, y)
+        drawn(page, "att_pixels", f"where pixel ({q_row}, {q_col})")
+        times["click a row of the N x N map"] = time.perf_counter() - t
+        if k >= 2:
+            for name, took in times.items():
+                out[name].append(took)
+    return out
+
+
+def who_interactions(page, repeats: int) -> dict[str, list[float]]:
+    """ "Who looks here": a click on a pixel of the key view makes it the key pixel."""
+    out: dict[str, list[float]] = {"click a key pixel": []}
+    open_menu(page, "Who looks here")
+    drawn(page, "who_key_view", "who reads")
+    for k in range(repeats + 2):
+        row, col = 3 + (5 * k) % 22, 2 + (9 * k) % 24  # never the default (10, 14)
+        scroll_to(page, "who_key_view")
+        x, y = pixel_center(page, "who_key_view", row, col)
+        t = hover_then_click(page, x, y)
+        drawn(page, "who_key_view", f"who reads ({row}, {col})")
+        if k >= 2:
+            out["click a key pixel"].append(time.perf_counter() - t)
+    return out
+
+
+def predictions_interactions(page, repeats: int) -> dict[str, list[float]]:
+    """ "Predictions & ablation": a click on a pixel of the bits map shows that pixel's
+    predicted distributions (chart prd_dist names the pixel)."""
+    out: dict[str, list[float]] = {"click a pixel": []}
+    open_menu(page, "Predictions & ablation")
+    drawn(page, "prd_pixels", "bits per pixel")
+    drawn(page, "prd_dist", "predicted value of pixel")
+    for k in range(repeats + 2):
+        row, col = 2 + (5 * k) % 24, 3 + (11 * k) % 23  # never the default (8, 12)
+        scroll_to(page, "prd_pixels")
+        x, y = pixel_center(page, "prd_pixels", row, col)
+        t = hover_then_click(page, x, y)
+        drawn(page, "prd_dist", f"predicted value of pixel ({row}, {col})")
+        if k >= 2:
+            out["click a pixel"].append(time.perf_counter() - t)
+    return out
+
+
+def shipped_timeline() -> str | None:
+    """A run folder with a timeline under assets/models, relative to the project, or None."""
+    found = sorted({*MODELS.glob("*/timeline.npz"), *MODELS.glob("*/*/timeline.npz")})
+    return str(found[0].parent.relative_to(ROOT)) if found else None
+
+
+def training_interactions(page, repeats: int, folder: str) -> dict[str, list[float]]:
+    """The Training page's step slider moved one step (keyboard on its thumb), on ``folder``
+    (a run with a timeline); chart trn_grid's title names the step."""
+    out: dict[str, list[float]] = {"move the step slider": []}
+    steps = json.loads((ROOT / folder / "timeline.json").read_text())["steps"]
+    open_menu(page, "Training")
+    page.wait_for_selector(".st-key-trn_folder")
+    page.wait_for_selector(IDLE)
+    current = page.locator(".st-key-trn_folder").inner_text()
+    if folder not in current:
+        choose(page, "trn_folder", folder)
+    drawn(page, "trn_grid", f"step {steps[-1]}:")
+    index, direction = len(steps) - 1, -1
+    thumb = page.locator(".st-key-trn_step input[type=range]").first
+    for k in range(repeats + 2):
+        if not 0 <= index + direction < len(steps):
+            direction = -direction
+        index += direction
+        scroll_to(page, "trn_step")
+        thumb.focus()
+        t = time.perf_counter()
+        thumb.press("ArrowLeft" if direction < 0 else "ArrowRight")
+        drawn(page, "trn_grid", f"step {steps[index]}:")
+        if k >= 2:
+            out["move the step slider"].append(time.perf_counter() - t)
+    return out
+
+
+def page_interactions(browser, parts: set[str], repeats: int) -> list[tuple[str, list[float]]]:
+    """The interactive parts asked for, on one server: [(what, seconds)]."""
+    results: list[tuple[str, list[float]]] = []
     page = browser.new_page(viewport=VIEWPORT)
-    out: dict[str, list[float]] = {"click a pixel": [], "switch layer": [], "switch head": []}
     with server() as (url, _):
         goto_when_up(page, url)
         drawn(page, "lay_pixels_strided", "keys of pixel")
-        open_menu(page, "Attention")
-        drawn(page, "att_pixels", "where pixel")
-        ticks = page.locator(".st-key-att_grid .ytick text").all_text_contents()
-        n_layer = sum(t.startswith("layer") for t in ticks) or 8
-        for k in range(repeats + 2):  # the first two rounds warm the browser and the caches
-            page.locator(".st-key-att_pixels").scroll_into_view_if_needed()
-            row, col = 4 + k % 20, 3 + (7 * k) % 22
-            x, y = pixel_center(page, "att_pixels", row, col)
-            layer, head = (k + 1) % n_layer, (k + 1) % 4
-            t = time.perf_counter()
-            page.mouse.click(x, y)
-            drawn(page, "att_pixels", f"where pixel ({row}, {col})")
-            clicked = time.perf_counter() - t
-            t = time.perf_counter()
-            choose(page, "att_layer", str(layer))
-            drawn(page, "att_pixels", f"layer {layer}, head")
-            switched_layer = time.perf_counter() - t
-            t = time.perf_counter()
-            choose(page, "att_head", str(head))
-            drawn(page, "att_pixels", f"layer {layer}, head {head}:")
-            switched_head = time.perf_counter() - t
-            if k >= 2:
-                out["click a pixel"].append(clicked)
-                out["switch layer"].append(switched_layer)
-                out["switch head"].append(switched_head)
+        if "attention" in parts:
+            for name, times in attention_interactions(page, repeats).items():
+                results.append((f"Attention: {name}", times))
+        if "who" in parts:
+            for name, times in who_interactions(page, repeats).items():
+                results.append((f"Who looks here: {name}", times))
+        if "predictions" in parts:
+            for name, times in predictions_interactions(page, repeats).items():
+                results.append((f"Predictions: {name}", times))
+        if "training" in parts and (folder := shipped_timeline()) is not None:
+            for name, times in training_interactions(page, repeats, folder).items():
+                results.append((f"Training ({folder}): {name}", times))
     page.close()
-    return out
+    return results
 
 
 def learned_seconds(browser) -> tuple[float, float]:
@@ -186,29 +360,76 @@ def learned_seconds(browser) -> tuple[float, float]:
     return times[0], times[1]
 
 
-def server_ms(repeats: int) -> dict[str, list[float]]:
-    """Server time of the same interactions: AppTest reruns (no browser), caches warm."""
+def server_ms(repeats: int, parts: set[str]) -> list[tuple[str, list[float]]]:
+    """Server time of the same interactions: AppTest reruns with the state each click sets (no
+    browser), caches warm."""
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.switch_page("app_pages/attention.py").run()
-    out: dict[str, list[float]] = {"click a pixel": [], "switch layer": [], "switch head": []}
-    n_layer = len(at.selectbox(key="att_layer").options)
-    n_head = len(at.selectbox(key="att_head").options)
-    for k in range(repeats + 2):
-        for name, key, value in (
-            ("click a pixel", "att_row", 4 + k % 20),  # a new query row: a new capture
-            ("switch layer", "att_layer", (k + 1) % n_layer),
-            ("switch head", "att_head", (k + 1) % n_head),
-        ):
-            widget = at.number_input(key=key) if key == "att_row" else at.selectbox(key=key)
-            widget.set_value(value)
-            t = time.perf_counter()
-            at.run()
-            if k >= 2:
-                out[name].append(time.perf_counter() - t)
-            assert not at.exception, at.exception
-    return out
+    results: list[tuple[str, list[float]]] = []
+
+    def rounds(page: str, label: str, steps) -> None:
+        """``steps(k)``: [(name, [(widget kind, key, value)])] of round k, each one rerun."""
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+        out: dict[str, list[float]] = {}
+        for k in range(repeats + 2):
+            for name, changes in steps(at, k):
+                for kind, key, value in changes:
+                    widget = at.number_input(key=key) if kind == "n" else at.selectbox(key=key)
+                    widget.set_value(value)
+                t = time.perf_counter()
+                at.run()
+                if k >= 2:
+                    out.setdefault(name, []).append(time.perf_counter() - t)
+                assert not at.exception, at.exception
+        results.extend(
+            (f"{label}: {name}, server time only (AppTest)", v) for name, v in out.items()
+        )
+
+    def attention(at, k):
+        n_layer = len(at.selectbox(key="att_layer").options)
+        n_head = len(at.selectbox(key="att_head").options)
+        token = (4 * (7 + 23 * k)) % (SIZE * SIZE)
+        return [
+            ("click a pixel", [("n", "att_row", 4 + k % 20)]),  # a new query: a new capture
+            ("switch layer", [("s", "att_layer", (k + 1) % n_layer)]),
+            ("switch head", [("s", "att_head", (k + 1) % n_head)]),
+            (
+                "click a grid tile",
+                [("s", "att_layer", (k + 4) % n_layer), ("s", "att_head", (k + 3) % n_head)],
+            ),
+            (
+                "click a row of the N x N map",
+                [("n", "att_row", token // SIZE), ("n", "att_col", token % SIZE)],
+            ),
+        ]
+
+    if "attention" in parts:
+        rounds("app_pages/attention.py", "Attention", attention)
+    if "who" in parts:
+        rounds(
+            "app_pages/heads.py",
+            "Who looks here",
+            lambda at, k: [
+                (
+                    "click a key pixel",
+                    [("n", "who_krow", 3 + (5 * k) % 22), ("n", "who_kcol", 2 + (9 * k) % 24)],
+                )
+            ],
+        )
+    if "predictions" in parts:
+        rounds(
+            "app_pages/predictions.py",
+            "Predictions",
+            lambda at, k: [
+                (
+                    "click a pixel",
+                    [("n", "prd_row", 2 + (5 * k) % 24), ("n", "prd_col", 3 + (11 * k) % 23)],
+                )
+            ],
+        )
+    return results
 
 
 def line(name: str, seconds: list[float], goal: str, unit: str = "ms") -> str:
@@ -222,50 +443,92 @@ def line(name: str, seconds: list[float], goal: str, unit: str = "ms") -> str:
     )
 
 
+def parts_arg(text: str) -> set[str]:
+    """An argparse type: a comma-separated list of PARTS ("all" for every one)."""
+    names = {t.strip() for t in text.split(",") if t.strip()}
+    if names == {"all"}:
+        return set(PARTS)
+    unknown = sorted(names - set(PARTS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown part {', '.join(unknown) or '(none)'}: pick from {', '.join(PARTS)} or all"
+        )
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py)."""
     return run_main(_main, argv)
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python tools/bench_app.py", description=__doc__)
-    parser.add_argument("--repeats", type=int_range(1, 1000), default=12)
-    parser.add_argument("--servers", type=int_range(0, 100), default=10)
-    parser.add_argument("--learned", type=int_range(0, 100), default=3)
+    parser = Parser(
+        prog="python tools/bench_app.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--repeats", type=int_range(1, 1000), default=12, help="timed rounds of each interaction"
+    )
+    parser.add_argument(
+        "--servers", type=int_range(0, 100), default=10, help="fresh servers for first (0: skip)"
+    )
+    parser.add_argument(
+        "--learned", type=int_range(0, 100), default=3, help="servers for learned (0: skip)"
+    )
+    parser.add_argument(
+        "--parts",
+        type=parts_arg,
+        default=set(PARTS),
+        help=f"comma-separated, of {', '.join(PARTS)} (default: all)",
+    )
     args = parser.parse_args(argv)
-    return measure(args)
+    return measure(args.parts, args.repeats, args.servers, args.learned)
 
 
-def measure(args: argparse.Namespace) -> int:
-    """Run the measurements (a browser, servers) and print the table."""
+def measure(parts: set[str], repeats: int, servers: int, learned: int) -> int:
+    """Run the parts asked for and print the table."""
     from playwright.sync_api import sync_playwright
 
     load = os.getloadavg()[0]
     print(
         f"# app responsiveness, {date.today()}, {os.cpu_count()} CPUs (load {load:.1f} at "
-        "start), shipped models, CPU, headless Chromium, end to end (click to drawn)\n"
+        "start), shipped models, CPU, headless Chromium, end to end (click to drawn); parts: "
+        f"{', '.join(p for p in PARTS if p in parts)}\n"
     )
     print("| measurement | result | goal |")
     print("|---|---|---|")
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        if args.servers:  # 0: skip the fresh-server measurements
-            firsts = [first_page_seconds(browser) for _ in range(args.servers)]
-            print(line("first page drawn after `streamlit run`", firsts, "<= 5 s", "s"))
-            opens = [attention_first_open_seconds(browser) for _ in range(args.servers)]
-            print(line("Attention page, first open", opens, "<= 2 s", "s"), flush=True)
-        for name, times in attention_interactions(browser, args.repeats).items():
-            print(line(f"Attention: {name}", times, "<= 400 ms"), flush=True)
-        learned = [learned_seconds(browser) for _ in range(args.learned)] or [(0.0, 0.0)]
-        print(
-            line("Learned vs prescribed, 8 images, cold", [c for c, _ in learned], "<= 10 s", "s")
+    notes = []
+    if "training" in parts and shipped_timeline() is None:
+        notes.append(
+            "Training step slider: not measured, no run with a timeline (timeline.npz) under "
+            "assets/models"
         )
-        print(
-            line("Learned vs prescribed, 8 images, cached", [w for _, w in learned], "<= 10 s", "s")
-        )
-        browser.close()
-    for name, times in server_ms(args.repeats).items():
-        print(line(f"Attention: {name}, server time only (AppTest)", times, "(part of the above)"))
+    browser_parts = {"first", "attention", "who", "predictions", "training", "learned"}
+    if parts & browser_parts:
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            if "first" in parts and servers:
+                firsts = [first_page_seconds(browser) for _ in range(servers)]
+                print(line("first page drawn after `streamlit run`", firsts, "<= 5 s", "s"))
+                opens = [attention_first_open_seconds(browser) for _ in range(servers)]
+                print(line("Attention page, first open", opens, "<= 2 s", "s"), flush=True)
+            if parts & {"attention", "who", "predictions", "training"}:
+                for name, times in page_interactions(browser, parts, repeats):
+                    print(line(name, times, "<= 400 ms"), flush=True)
+            if "learned" in parts and learned:
+                runs = [learned_seconds(browser) for _ in range(learned)]
+                cold, warm = [c for c, _ in runs], [w for _, w in runs]
+                print(line("Learned vs prescribed, 8 images, cold", cold, "<= 10 s", "s"))
+                print(line("Learned vs prescribed, 8 images, cached", warm, "<= 10 s", "s"))
+            browser.close()
+    if "server" in parts:
+        # the clicks of the parts asked for; the Attention page's when none is
+        clicks = parts & {"attention", "who", "predictions"} or {"attention"}
+        for name, times in server_ms(repeats, clicks):
+            print(line(name, times, "(part of the above)"), flush=True)
+    for note in notes:
+        print(f"\n{note}.")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 
