@@ -12,7 +12,7 @@ from app_pages.common import keep_settings, share_settings  # noqa: E402
 
 # every setting made in this session survives page switches (and the first run reads the URL)
 keep_settings()
-pages = {  # each page, and the prefix of its settings' keys (its view in the URL)
+pages = {  # each page, and the prefixes of its settings' keys (its view in the URL)
     st.Page(
         "app_pages/layouts.py", title="Layouts", icon=":material/grid_on:", default=True
     ): "lay",
@@ -21,11 +21,12 @@ pages = {  # each page, and the prefix of its settings' keys (its view in the UR
         "app_pages/learned.py", title="Learned vs prescribed", icon=":material/compare:"
     ): "lvp",
     st.Page("app_pages/complete.py", title="Complete", icon=":material/auto_fix_high:"): "cmp",
-    st.Page("app_pages/heads.py", title="Who looks here", icon=":material/hub:"): None,
-    st.Page(
-        "app_pages/predictions.py", title="Predictions & ablation", icon=":material/casino:"
-    ): None,
-    st.Page("app_pages/training.py", title="Training", icon=":material/timeline:"): None,
+    st.Page("app_pages/heads.py", title="Who looks here", icon=":material/hub:"): "who",
+    st.Page("app_pages/predictions.py", title="Predictions & ablation", icon=":material/casino:"): (
+        "prd",
+        "abl",
+    ),
+    st.Page("app_pages/training.py", title="Training", icon=":material/timeline:"): "trn",
     st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"): None,
     st.Page("app_pages/models_page.py", title="Models & speed", icon=":material/speed:"): None,
 }

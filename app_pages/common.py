@@ -580,17 +580,9 @@ def keep_settings() -> None:
     (app.py), before any page draws its widgets. The first run of a session reads the URL."""
     if "_settings_from_url" not in st.session_state:
         st.session_state["_settings_from_url"] = settings_from_url()
-    st.session_state["_url_prefixes"] = ()  # this run's page names its own (url_view)
     for key in SETTINGS:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
-
-
-def url_view(*prefixes: str) -> None:
-    """The page being drawn puts its settings with keys ``prefix``_... in the URL (called at its
-    top): for pages whose settings have several prefixes (Predictions & ablation: prd, abl), or
-    that app.py's page table does not name. Forgotten at the next run (keep_settings)."""
-    st.session_state["_url_prefixes"] = prefixes
 
 
 def settings_from_url() -> list[str]:
@@ -623,11 +615,9 @@ def _url_text(value) -> str | list[str]:
 
 
 def share_settings(prefix: str | tuple[str, ...] | None) -> None:
-    """Write the settings of the page with keys ``prefix``_... (and those its run named with
-    url_view) to the URL (only they: a link names one page's view); other pages' settings stay
-    in the session."""
+    """Write the settings of the page with keys ``prefix``_... (one prefix or several) to the
+    URL (only they: a link names one page's view); other pages' settings stay in the session."""
     prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix or ())
-    prefixes += tuple(st.session_state.get("_url_prefixes", ()))
     wanted = {
         key: _url_text(st.session_state[key])
         for key in SETTINGS

@@ -19,7 +19,6 @@ from app_pages.common import (
     export_panel,
     get_model,
     pixel_hover,
-    url_view,
 )
 from kernels.capture import MAX_FULL_N
 from models.tokens import image_to_tokens, pixel_to_token
@@ -27,7 +26,6 @@ from viz.export import Exportable, content_key, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.inspect_figures import mosaic_figure
 
-url_view("who")  # the model, the image, the key and query pixels and the layer: in the URL
 st.title("Who looks here, and summaries across heads and layers")
 st.caption(
     "The Attention page shows where one pixel looks. This page turns the question round: "

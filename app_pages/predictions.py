@@ -23,7 +23,6 @@ from app_pages.common import (
     pool_job,
     require_model_names,
     show_image,
-    url_view,
 )
 from app_pages.completion_job import completion_memory, rows_to_sample
 from app_pages.jobs import Cancelled
@@ -65,7 +64,6 @@ ABLATION_WORDS = JobWords(
     hint="Choose fewer samples.",
 )
 
-url_view("prd", "abl")  # the models, image, pixel and the ablation's settings: in the URL
 st.title("Predictions & ablation")
 st.caption(
     "Every token's prediction is a distribution over the 256 pixel values given the pixels "

@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from analysis.metrics import HEAD_TYPES
-from app_pages.common import ROOT, as_text, export_panel, models_dir, show_image, url_view
+from app_pages.common import ROOT, as_text, export_panel, models_dir, show_image
 from models.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeline
 from viz.export import Exportable, safe_name
 from viz.figures import head_grid_figure
@@ -30,7 +30,6 @@ METRIC_HELP = {
     "same_col": "share on keys in the query's column",
 }
 
-url_view("trn")  # the folder picked, the step, the probe and the metric (not a typed path)
 st.title("Training: attention as it forms")
 st.caption(
     "A run trained with `--timeline-probes N` records, at log-spaced steps, a small snapshot "
