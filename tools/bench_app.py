@@ -159,7 +159,11 @@ def data_point(page, key: str, x: float, y: float) -> tuple[float, float]:
 
 
 def choose(page, key: str, option: str) -> None:
-    page.locator(f".st-key-{key}").click()
+    """Pick ``option`` in the selectbox ``key`` by its Open button (a click on the box's centre
+    can land on its text input, which takes the focus without opening the list)."""
+    box = page.locator(f".st-key-{key}")
+    box.scroll_into_view_if_needed()
+    box.get_by_role("button", name="Open").first.click()
     page.get_by_role("option", name=option, exact=True).click()
 
 
