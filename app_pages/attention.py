@@ -180,25 +180,26 @@ def pixel_figure(v: HeadView, zmax: float | None, named: bool):
     title = (f"{v.name}: " if named else "") + (
         f"layer {layer}, head {head}: where pixel ({row}, {col}) looks"
     )
-    hover = np.empty((geometry.height, geometry.width), dtype=object)
-    for r in range(geometry.height):
-        for c in range(geometry.width):
-            ws = ", ".join(f"{v.weights[r, c, k]:.4f}" for k in range(geometry.channels))
-            hover[r, c] = f"row {r}, col {c}, weight {ws}"
+    # numbers, not strings: cheaper to send and to draw (the weight of each channel)
+    hover = dict(
+        hover_values=v.weights,
+        hover_template="row %{y}, col %{x}, weight "
+        + ", ".join(f"%{{customdata[{k}]:.4f}}" for k in range(geometry.channels)),
+    )
     if view == "over the image":
         return attention_overlay_figure(
             image.astype(np.float32).mean(axis=2) / 255.0,
             v.weights.max(axis=2),
             title=title,
             query=(row, col),
-            hover=hover,
+            **hover,
             outline=outline,
         )
     return pixel_grid_figure(
         v.weights.max(axis=2),
         title=title,
         query=(row, col),
-        hover=hover,
+        **hover,
         colorscale="Viridis",
         zmin=0,
         zmax=zmax,

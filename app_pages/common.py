@@ -186,11 +186,6 @@ def show_image(image: np.ndarray, caption: str, width: int = 140) -> None:
     )
 
 
-def pixel_hover(geometry: Geometry, text: Callable[[int, int], str]) -> np.ndarray:
-    """Hover texts [height, width] for a pixel grid: ``text(r, c)`` for each pixel."""
-    return np.array([[text(r, c) for c in range(geometry.width)] for r in range(geometry.height)])
-
-
 def as_text(value: object) -> str:
     """``value`` (a file name, a path, a layout spec, an error about them) as literal text in
     st.markdown, st.error, st.warning, st.info, st.caption: the characters that make Markdown,

@@ -18,7 +18,6 @@ from app_pages.common import (
     clamp_setting,
     export_panel,
     get_model,
-    pixel_hover,
 )
 from kernels.capture import MAX_FULL_N
 from models.tokens import image_to_tokens, pixel_to_token
@@ -143,14 +142,12 @@ stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}_L{layer}"
 st.subheader(f"Who looks at pixel ({krow}, {kcol}) in layer {layer}")
 a, b = st.columns([1, 1])
 with a:
-    hover = pixel_hover(
-        geometry, lambda r, c: f"row {r}, col {c}: {total_px[r, c]:.4f} (pixel {image[r, c, 0]})"
-    )
     key_fig = pixel_grid_figure(
         total_px,
         title=f"who reads ({krow}, {kcol}): sum of {n_head} heads",
         query=(krow, kcol),
-        hover=hover,
+        hover_values=np.stack([total_px, image[..., 0]], axis=-1),
+        hover_template="row %{y}, col %{x}: %{customdata[0]:.4f} (pixel %{customdata[1]})",
         colorscale="Viridis",
         zmin=0,
         colorbar_title="attention",

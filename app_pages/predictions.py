@@ -19,7 +19,6 @@ from app_pages.common import (
     load_or_explain,
     models_dir,
     pick_image,
-    pixel_hover,
     pool_job,
     require_model_names,
     show_image,
@@ -179,18 +178,14 @@ items = []
 
 a, b = st.columns([1, 1])
 with a:
-    hover = pixel_hover(
-        geometry,
-        lambda r, c: (
-            f"row {r}, col {c}: value {image[r, c, 0]}, {first} {bits_px[0, r, c]:.2f} bits"
-        ),
-    )
     top = float(np.percentile(bits_px, 99.5))
     click_fig = pixel_grid_figure(
         bits_px[0],
         title=f"{first}: bits per pixel (click one)",
         query=(row, col),
-        hover=hover,
+        hover_values=np.stack([image[..., 0], bits_px[0]], axis=-1),
+        # (the model is named in the title: no name inside a plotly template)
+        hover_template="row %{y}, col %{x}: value %{customdata[0]}, %{customdata[1]:.2f} bits",
         colorscale=BITS_COLORS,
         zmin=0,
         zmax=top,

@@ -374,10 +374,14 @@ def test_heavy_formats_of_big_maps_are_opt_in_and_estimated():
     data, count = export_zip([big, small], ["png", "html"], heavy=False)
     import zipfile
 
-    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-    assert names == ["map.png", "pixel.png", "pixel.html", "index.md"] and count == 4
-    # the estimate is of the right size: within 3x of the files made
-    assert light.bytes / 3 < len(data) < light.bytes * 3, (light.bytes, len(data))
+    infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    assert [i.filename for i in infos] == ["map.png", "pixel.png", "pixel.html", "index.md"]
+    assert count == 4
+    # the estimate is of the files' size, within 3x (the zip deflates them: its HTML, plotly.js
+    # inlined, shrinks ~3x, which put the zip itself right at the edge of that bound)
+    made = sum(i.file_size for i in infos)
+    assert light.bytes / 3 < made < light.bytes * 3, (light.bytes, made)
+    assert len(data) < made
 
 
 def test_an_export_stops_at_the_next_file_when_cancelled():

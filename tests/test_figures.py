@@ -74,3 +74,17 @@ def test_pixel_grid_points_are_pixels_and_clicks_map_back():
     assert (
         clicked_pixel({"selection": {"points": []}}, 4) is None and clicked_pixel(None, 4) is None
     )
+
+
+def test_pixel_grid_hover_from_numbers():
+    values = np.arange(6, dtype=float).reshape(2, 3)
+    extra = np.stack([values, 10 * values], axis=-1)  # [H, W, 2]
+    fig = pixel_grid_figure(
+        values, title="t", hover_values=extra, hover_template="row %{y}, col %{x}: %{customdata[1]}"
+    )
+    pixels = trace(fig, "pixels")
+    assert pixels.text is None and pixels.hovertemplate.startswith("row %{y}, col %{x}: %{custom")
+    np.testing.assert_array_equal(np.asarray(pixels.customdata)[4], [4, 40])  # pixel (1, 1)
+    assert (pixels.x[4], pixels.y[4]) == (1, 1)  # %{x} is the column, %{y} the row
+    plain = trace(pixel_grid_figure(values, title="t"), "pixels")  # default: the value itself
+    assert plain.text is None and "%{marker.color" in plain.hovertemplate

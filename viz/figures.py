@@ -158,6 +158,8 @@ def pixel_grid_figure(
     zmin: float | None = None,
     zmax: float | None = None,
     hover: np.ndarray | None = None,
+    hover_values: np.ndarray | None = None,
+    hover_template: str | None = None,
     colorbar_title: str | None = None,
     outline: np.ndarray | None = None,
     size_px: int = 420,
@@ -171,7 +173,9 @@ def pixel_grid_figure(
     size in px overlapped once the chart was drawn small and a click picked a neighbour.
     ``query`` (row, col) is ringed in black; ``outline`` [H, W] bool rings those pixels
     (the prescribed layout over a learned map); ``hover`` [H, W] str replaces the default
-    hover text. Point i of the first trace is pixel (i // W, i % W). Both axes are fixed to the
+    hover text; or, cheaper to send and draw (numbers, not 784 strings), ``hover_template``
+    with %{y} the row, %{x} the column and %{customdata[k]} value k of ``hover_values``
+    [H, W, K]. Point i of the first trace is pixel (i // W, i % W). Both axes are fixed to the
     image (no autorange beyond it) with square cells; ``size_px`` is the height of the plot
     area, the width follows the container.
     """
@@ -179,14 +183,13 @@ def pixel_grid_figure(
     rows, cols = np.divmod(np.arange(h * w), w)
     # rings: sized for the smallest chart the pages draw (~260 px a side), inside a cell above
     ring_px = max(3, int(260 / max(h, w) * 0.9))
-    text = (
-        hover.reshape(-1)
-        if hover is not None
-        else [
-            f"row {r}, col {c}: {v:.4g}"
-            for r, c, v in zip(rows, cols, values.reshape(-1), strict=True)
-        ]
-    )
+    if hover is not None:
+        words = dict(text=hover.reshape(-1), hovertemplate="%{text}<extra></extra>")
+    elif hover_template is not None:
+        custom = np.asarray(hover_values, dtype=np.float32).reshape(h * w, -1)
+        words = dict(customdata=custom, hovertemplate=hover_template + "<extra></extra>")
+    else:
+        words = dict(hovertemplate="row %{y}, col %{x}: %{marker.color:.4g}<extra></extra>")
     invisible = dict(marker=dict(opacity=0))
     fig = go.Figure(
         go.Scatter(
@@ -206,9 +209,8 @@ def pixel_grid_figure(
             ),
             selected=invisible,
             unselected=invisible,
-            text=text,
-            hovertemplate="%{text}<extra></extra>",
             name="pixels",
+            **words,
             showlegend=False,
         )
     )
@@ -339,12 +341,15 @@ def attention_overlay_figure(
     query: tuple[int, int] | None = None,
     outline: np.ndarray | None = None,
     hover: np.ndarray | None = None,
+    hover_values: np.ndarray | None = None,
+    hover_template: str | None = None,
     opacity: float = 0.6,
 ) -> go.Figure:
     """One head's weights [H, W] drawn translucently over the image itself: the grayscale
     ``image`` [H, W] in [0, 1] as the base layer (a clickable pixel_grid_figure, its heatmap
     called "image"), the weights a heatmap called "weights" of ``opacity`` on top (pixels of
-    zero weight left clear), then the ``outline`` of a layout and the ``query`` ring."""
+    zero weight left clear), then the ``outline`` of a layout and the ``query`` ring; the
+    hover as in pixel_grid_figure."""
     fig = pixel_grid_figure(
         image,
         title=title,
@@ -353,6 +358,8 @@ def attention_overlay_figure(
         zmin=0,
         zmax=1,
         hover=hover,
+        hover_values=hover_values,
+        hover_template=hover_template,
         outline=outline,
     )
     z = np.where(weights > 0, weights, np.nan).astype(np.float32)
@@ -487,31 +494,37 @@ def head_grid_figure(
         constrain="domain",
         constraintoward="top",
     )
+    shapes = []  # set at once: plotly checks the whole list again at every add_shape
     if selected is not None:
         i, j = selected
-        fig.add_shape(
-            type="rect",
-            x0=j * (w + 1) - 0.5,
-            x1=j * (w + 1) + w - 0.5,
-            y0=i * (h + 1) - 0.5,
-            y1=i * (h + 1) + h - 0.5,
-            line=dict(color="#d62728", width=3),
+        shapes.append(
+            dict(
+                type="rect",
+                x0=j * (w + 1) - 0.5,
+                x1=j * (w + 1) + w - 0.5,
+                y0=i * (h + 1) - 0.5,
+                y1=i * (h + 1) + h - 0.5,
+                line=dict(color="#d62728", width=3),
+            )
         )
     if query is not None:  # the query pixel, outlined in every tile
         qr, qc = query
         for i in range(n_layer):
             for j in range(n_head):
                 x, y = j * (w + 1) + qc, i * (h + 1) + qr
-                fig.add_shape(
-                    type="rect",
-                    x0=x - 0.5,
-                    x1=x + 0.5,
-                    y0=y - 0.5,
-                    y1=y + 0.5,
-                    line=dict(color="#ff7f0e", width=1.5),
-                    name="query",
+                shapes.append(
+                    dict(
+                        type="rect",
+                        x0=x - 0.5,
+                        x1=x + 0.5,
+                        y0=y - 0.5,
+                        y1=y + 0.5,
+                        line=dict(color="#ff7f0e", width=1.5),
+                        name="query",
+                    )
                 )
     fig.update_layout(
+        shapes=shapes,
         title=title,
         height=max(300, 130 * n_layer + 80),
         margin=dict(l=70, r=20, t=80, b=20),
