@@ -190,6 +190,11 @@ def choose(page, key: str, option: str) -> None:
     item.click()  # (not open after five tries: fails with playwright's own message)
 
 
+def pick(page, key: str, option: str) -> None:
+    """Press ``option`` of the segmented control ``key`` (not yet waiting for the run)."""
+    keyed(page, key).get_by_role("radio", name=option, exact=True).click()
+
+
 def shoot(page, path) -> None:
     """A screenshot of the whole page: the window made as tall as the app's content for the
     shot (Streamlit scrolls inside its own container, so a full_page screenshot stops at the

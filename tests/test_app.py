@@ -119,8 +119,8 @@ def test_attention_page_grid_head_and_pixel(tmp_path, monkeypatch):
     pixels = values(trace(chart(at, "att_pixels"), "pixels")["marker"]["color"])
     assert pixels.shape == (784,) and pixels.sum() <= 1.0001  # one softmax row over pixels
     assert pixels.reshape(28, 28)[15:].sum() == 0  # causal: nothing below the query row
-    at.selectbox(key="att_layer").set_value(1).run()
-    at.selectbox(key="att_head").set_value(1).run()
+    at.button_group(key="att_layer").set_value(1).run()
+    at.button_group(key="att_head").set_value(1).run()
     at.selectbox(key="att_outline").set_value("strided(l=28)").run()
     assert not at.exception
     trace(chart(at, "att_pixels"), "layout")  # the outline trace is there
@@ -157,8 +157,8 @@ def test_attention_page_grid_click_picks_layer_and_head(tmp_path, monkeypatch):
     }
     at.run()
     assert not at.exception
-    assert at.selectbox(key="att_layer").value == 1
-    assert at.selectbox(key="att_head").value == 1
+    assert at.button_group(key="att_layer").value == 1
+    assert at.button_group(key="att_head").value == 1
     assert title(chart(at, "att_pixels")).startswith("layer 1, head 1")
 
 
@@ -539,7 +539,7 @@ def test_attention_page_two_models_side_by_side(tmp_path, monkeypatch):
     assert (at.number_input(key="att_row").value, at.number_input(key="att_col").value) == (5, 9)
     assert "pixel (5, 9)" in title(chart(at, "att_pixels_b"))
     # models that cannot show this view are explained, and the page stays
-    at.selectbox(key="att_layer").set_value(1).run()
+    at.button_group(key="att_layer").set_value(1).run()
     at.selectbox(key="att_compare").set_value("short").run()
     assert not at.exception and "no layer 1, head 0" in " ".join(i.value for i in at.info)
     at.selectbox(key="att_compare").set_value("colour").run()

@@ -247,7 +247,7 @@ def test_settings_live_in_the_url_and_come_back_from_it(tmp_path, monkeypatch):
 
     at = attention_app(tmp_path, monkeypatch)
     at.number_input(key="att_row").set_value(3).run()
-    at.selectbox(key="att_head").set_value(1).run()
+    at.button_group(key="att_head").set_value(1).run()
     assert at.query_params["att_row"] == "3" and at.query_params["att_head"] == "1"
     assert at.query_params["att_model"] == "dense"
 
@@ -259,7 +259,7 @@ def test_settings_live_in_the_url_and_come_back_from_it(tmp_path, monkeypatch):
     assert not fresh.exception, fresh.exception
     assert fresh.number_input(key="att_row").value == 3
     assert fresh.number_input(key="att_col").value == 27  # 99: brought into the image
-    assert fresh.selectbox(key="att_head").value == 1
+    assert fresh.button_group(key="att_head").value == 1
     assert fresh.selectbox(key="att_model").value == "dense"  # no such model: the default
 
     lay = AppTest.from_file(APP, default_timeout=60)
@@ -279,8 +279,8 @@ def test_head_switch_leaves_the_all_heads_grid_unchanged(tmp_path, monkeypatch):
 
     at = attention_app(tmp_path, monkeypatch)
     before = at.get_by_key("att_grid").proto.spec
-    at.selectbox(key="att_head").set_value(1).run()
-    at.selectbox(key="att_layer").set_value(1).run()
+    at.button_group(key="att_head").set_value(1).run()
+    at.button_group(key="att_layer").set_value(1).run()
     assert at.get_by_key("att_grid").proto.spec == before
     at.number_input(key="att_row").set_value(5).run()
     assert at.get_by_key("att_grid").proto.spec != before

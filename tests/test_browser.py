@@ -17,6 +17,7 @@ from browser_util import (  # noqa: F401  (server and shots are fixtures)
     launch_chromium,
     no_exception,
     open_page,
+    pick,
     require_browser,
     server,
     settle,
@@ -79,7 +80,7 @@ def test_attention_page_head_and_pixel(page, shots):  # noqa: F811
     assert page.get_by_label("query row").input_value() == "10"
     # pick a head: layer 1, head 2
     for key, option in (("att_layer", "1"), ("att_head", "2")):
-        choose(page, key, option)
+        pick(page, key, option)
         settle(page)
     assert page.get_by_text("layer 1, head 2: where pixel (10, 12) looks").count() >= 1
     shoot(page, shots / "attention.png")

@@ -15,11 +15,11 @@ import time
 import numpy as np
 import pytest
 from browser_util import (
-    choose,
     keyed,
     launch_chromium,
     no_exception,
     open_page,
+    pick,
     require_browser,
     settle,
     streamlit_server,
@@ -113,7 +113,7 @@ def test_seven_sessions_on_one_server(server, record_property):
             keyed(page, "cmp_run").get_by_role("button").click()
         keyed(stopper, "cmp_stop").get_by_role("button").click()  # as soon as it shows
         for page in (attention, uploader):
-            choose(page, "att_layer", "1")
+            pick(page, "att_layer", "1")
         upload(bad, "att_upload", "empty.png", b"")
         keyed(layouts, "lay_mode").get_by_text("fixed", exact=True).click()
         for page in pages:

@@ -147,8 +147,8 @@ def browsing_attention(upload: str | None):
             assert not at.error, [e.value for e in at.error]
         barrier.wait()
         for layer, head, row in ((1, 1, 5), (0, 1, 20), (1, 0, 27)):
-            at.selectbox(key="att_layer").set_value(layer).run()
-            at.selectbox(key="att_head").set_value(head).run()
+            at.button_group(key="att_layer").set_value(layer).run()
+            at.button_group(key="att_head").set_value(head).run()
             at.number_input(key="att_row").set_value(row).run()
             title = f"layer {layer}, head {head}: where pixel ({row}, 14) looks"
             assert title in texts(at) or any(

@@ -50,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from browser_util import free_port, launch_chromium, streamlit_command  # noqa: E402
+from browser_util import choose, free_port, launch_chromium, streamlit_command  # noqa: E402
 
 from tools.cli import Parser, int_range, run_main  # noqa: E402
 
@@ -158,13 +158,16 @@ def data_point(page, key: str, x: float, y: float) -> tuple[float, float]:
     )
 
 
-def choose(page, key: str, option: str) -> None:
-    """Pick ``option`` in the selectbox ``key`` by its Open button (a click on the box's centre
-    can land on its text input, which takes the focus without opening the list)."""
-    box = page.locator(f".st-key-{key}")
-    box.scroll_into_view_if_needed()
-    box.get_by_role("button", name="Open").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
+def pick(page, key: str, option: str) -> float:
+    """Press ``option`` of the segmented control ``key`` (the Attention page's layer and head),
+    the pointer resting on it first as a person's would: the seconds the press started at."""
+    button = page.locator(f".st-key-{key}").get_by_role("radio", name=option, exact=True)
+    button.scroll_into_view_if_needed()
+    button.hover()
+    page.wait_for_timeout(150)
+    t = time.perf_counter()
+    button.click()
+    return t
 
 
 def hover_then_click(page, x: float, y: float) -> float:
@@ -208,12 +211,10 @@ def attention_interactions(page, repeats: int) -> dict[str, list[float]]:
         page.mouse.click(x, y)
         drawn(page, "att_pixels", f"where pixel ({row}, {col})")
         times["click a pixel"] = time.perf_counter() - t
-        t = time.perf_counter()
-        choose(page, "att_layer", str(layer))
+        t = pick(page, "att_layer", str(layer))
         drawn(page, "att_pixels", f"layer {layer}, head")
         times["switch layer"] = time.perf_counter() - t
-        t = time.perf_counter()
-        choose(page, "att_head", str(head))
+        t = pick(page, "att_head", str(head))
         drawn(page, "att_pixels", f"layer {layer}, head {head}:")
         times["switch head"] = time.perf_counter() - t
         # a tile of the all-heads grid (8 x 4 tiles of 28 x 28, one blank cell between): its
@@ -392,8 +393,8 @@ def server_ms(repeats: int, parts: set[str]) -> list[tuple[str, list[float]]]:
         )
 
     def attention(at, k):
-        n_layer = len(at.selectbox(key="att_layer").options)
-        n_head = len(at.selectbox(key="att_head").options)
+        n_layer = len(at.button_group(key="att_layer").options)
+        n_head = len(at.button_group(key="att_head").options)
         token = (4 * (7 + 23 * k)) % (SIZE * SIZE)
         return [
             ("click a pixel", [("n", "att_row", 4 + k % 20)]),  # a new query: a new capture

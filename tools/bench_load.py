@@ -75,12 +75,9 @@ def switch_head(page, head: int, layer: int) -> float:
     """Pick ``head`` on the Attention page; seconds from the pick until the chart of that head
     is drawn in the browser (the server's run plus plotly drawing it)."""
     want = f"layer {layer}, head {head}: where pixel"
+    button = keyed(page, "att_head").get_by_role("radio", name=str(head), exact=True)
     t0 = time.perf_counter()
-    box = keyed(page, "att_head").get_by_role("combobox")
-    box.click()
-    box.fill(str(head))  # the select filters as one types; Enter takes the match
-    page.get_by_role("option", name=str(head), exact=True).wait_for()
-    box.press("Enter")
+    button.click()
     page.wait_for_function(
         """want => [...document.querySelectorAll('.gtitle')]
                    .some(t => t.textContent.startsWith(want))""",
