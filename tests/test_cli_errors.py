@@ -25,6 +25,7 @@ import tools.ablate
 import tools.analyze
 import tools.bench_app
 import tools.bench_kernels
+import tools.bench_load
 import tools.bench_sampling
 import tools.card
 import tools.complete
@@ -94,6 +95,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(tools.bench_kernels, "training_step_rows", _no_work)
     monkeypatch.setattr(tools.fuzz_uploads, "run", _no_work)
     monkeypatch.setattr(tools.bench_app, "measure", _no_work)  # browser, servers, AppTest
+    monkeypatch.setattr(tools.bench_load, "streamlit_server", _no_work)
 
 
 MAINS = {
@@ -108,6 +110,7 @@ MAINS = {
     "bench_kernels": tools.bench_kernels.main,
     "fuzz_uploads": tools.fuzz_uploads.main,
     "bench_app": tools.bench_app.main,
+    "bench_load": tools.bench_load.main,
 }
 
 # (cli, arguments with {placeholders}, a phrase the error must hold, the output that must not
@@ -229,6 +232,15 @@ CASES = [
     ("bench_app", f"--learned {HUGE}", "between 0", None),
     ("bench_app", "--parts attention,nonsense", "unknown part nonsense", None),
     ("bench_app", "--parts ,", "unknown part", None),
+    # tools.bench_load (no server, no browser: refused while parsing)
+    ("bench_load", "--contexts 0", "between 1", None),
+    ("bench_load", "--contexts 17", "between 1", None),
+    ("bench_load", "--samples nan", "whole number", None),
+    ("bench_load", "--switches -1", "between 1", None),
+    ("bench_load", "--seconds nan", "finite", None),
+    ("bench_load", "--seconds inf", "finite", None),
+    ("bench_load", "--seconds 0", "must be in [1, 3600]", None),
+    ("bench_load", "--workers 0", "between 1", None),
 ]
 if ROOT_USER:  # root writes into a read-only folder: only a read-only mount stops it
     READ_ONLY = []

@@ -17,7 +17,6 @@ completion sample at once, as the app did before it had a pool.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import statistics
@@ -35,6 +34,8 @@ from browser_util import (  # noqa: E402
     settle,
     streamlit_server,
 )
+
+from tools.cli import Parser, finite_float, int_range, run_main  # noqa: E402
 
 MODELS = ("dense", "strided", "fixed")
 
@@ -90,15 +91,23 @@ def switch_head(page, head: int, layer: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.bench_load", description=__doc__)
-    p.add_argument("--contexts", type=int, default=4, help="contexts completing (1-16)")
-    p.add_argument("--samples", type=int, default=4, help="samples per completion (1-16)")
-    p.add_argument("--switches", type=int, default=20, help="head switches timed (1-200)")
-    p.add_argument("--seconds", type=float, default=240, help="time limit of the whole run")
-    p.add_argument("--workers", type=int, default=None, help="the pool's size (default: app's)")
+    """The command line: bad input is one ``error:`` line and exit status 2 (tools/cli.py),
+    before a server or a browser starts."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python -m tools.bench_load", description=__doc__)
+    p.add_argument("--contexts", type=int_range(1, 16), default=4, help="contexts completing")
+    p.add_argument("--samples", type=int_range(1, 16), default=4, help="samples a completion")
+    p.add_argument("--switches", type=int_range(1, 200), default=20, help="head switches timed")
+    p.add_argument(
+        "--seconds", type=finite_float(1, 3600), default=240, help="time limit of the whole run"
+    )
+    p.add_argument(
+        "--workers", type=int_range(1, 64), default=None, help="the pool's size (default: app's)"
+    )
     args = p.parse_args(argv)
-    if not (1 <= args.contexts <= 16 and 1 <= args.samples <= 16 and 1 <= args.switches <= 200):
-        p.error("--contexts 1-16, --samples 1-16, --switches 1-200")
     from playwright.sync_api import sync_playwright
 
     env = {"SPARSE_EXPLORER_LOG_TASKS": "1"}
