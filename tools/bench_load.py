@@ -51,7 +51,9 @@ def prepare_completer(page, samples: int) -> None:
     box = keyed(page, "cmp_models")
     for name in MODELS:
         if box.get_by_text(name, exact=True).count() == 0:
-            box.click()
+            field = box.get_by_role("combobox")  # typing filters the list to the model
+            field.click()
+            field.fill(name)
             page.get_by_role("option", name=name, exact=True).click()
             settle(page)
     page.keyboard.press("Escape")
