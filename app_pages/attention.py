@@ -17,7 +17,6 @@ from app_pages.common import (
     load_or_explain,
     model_names,
     models_dir,
-    share_settings,
     show_image,
 )
 from app_pages.jobs import over_budget
@@ -153,265 +152,248 @@ class HeadView:
     maps: np.ndarray  # [n, n], n = ceil(N / tile)
 
 
-@st.fragment
-def head_section() -> None:
-    """The chosen layer and head (of one model, or two side by side) and the downloads: a
-    fragment, so that switching layer, head, outline, comparison or view reruns only this part
-    (the grid above, the page's largest chart, is neither rebuilt nor sent again). A click here
-    on a pixel or a map row changes the query, which the whole page shows: a full rerun."""
-    if any(new_click(key) is not None for key in CLICKS):
-        st.rerun()  # applied at the top of the page's run
-    # one click each (a select box took two, and its list's animation): the page's most
-    # frequent switch
-    for key, count in (("att_layer", L_), ("att_head", H_)):
-        clamp_setting(key, 0, count - 1)  # a value kept from a deeper model or a link
-    c1, c2 = st.columns([2, 1])
-    layer = c1.segmented_control("Layer", list(range(L_)), required=True, key="att_layer")
-    head = c2.segmented_control("Head", list(range(H_)), required=True, key="att_head")
-    c3, c4 = st.columns(2)
-    others = [n for n in model_names() if n != chosen.name]
-    if st.session_state.get("att_compare") not in ["none", *others]:
-        st.session_state.att_compare = "none"  # the model itself, or one that is gone
-    compare_name = c4.selectbox(
-        "Compare with",
-        ["none", *others],
-        key="att_compare",
-        help="Another model's attention for the same image, pixel, layer and head, beside "
-        "this one's on one colour scale.",
+# one click each (a select box took two, and its list's animation): the page's most
+# frequent switch
+for key, count in (("att_layer", L_), ("att_head", H_)):
+    clamp_setting(key, 0, count - 1)  # a value kept from a deeper model or a link
+c1, c2 = st.columns([2, 1])
+layer = c1.segmented_control("Layer", list(range(L_)), required=True, key="att_layer")
+head = c2.segmented_control("Head", list(range(H_)), required=True, key="att_head")
+c3, c4 = st.columns(2)
+others = [n for n in model_names() if n != chosen.name]
+if st.session_state.get("att_compare") not in ["none", *others]:
+    st.session_state.att_compare = "none"  # the model itself, or one that is gone
+compare_name = c4.selectbox(
+    "Compare with",
+    ["none", *others],
+    key="att_compare",
+    help="Another model's attention for the same image, pixel, layer and head, beside "
+    "this one's on one colour scale.",
+)
+own = repr(model.layouts[layer])
+outline_choices = ["none", own] + [
+    s
+    for s in (
+        image_layout_spec("strided", model.config.row_stride, model.config.block_size),
+        image_layout_spec("fixed", model.config.row_stride, model.config.block_size),
     )
-    own = repr(model.layouts[layer])
-    outline_choices = ["none", own] + [
-        s
-        for s in (
-            image_layout_spec("strided", model.config.row_stride, model.config.block_size),
-            image_layout_spec("fixed", model.config.row_stride, model.config.block_size),
-        )
-        if s != own
-    ]
-    outline_spec = c3.selectbox("Outline a layout", outline_choices, key="att_outline")
+    if s != own
+]
+outline_spec = c3.selectbox("Outline a layout", outline_choices, key="att_outline")
 
-    def head_view(chosen_model: ChosenModel, rows_: np.ndarray) -> HeadView:
-        """The chosen layer and head of a model whose rows [L, H, N] are ``rows_``."""
-        m = chosen_model.model
-        return HeadView(
-            chosen_model.name,
-            repr(m.layouts[layer]),
-            rows_[layer, head].reshape(geometry.height, geometry.width, geometry.channels),
-            cached_maps(chosen_model.path, image_sha1, layer, tile, image)[head],
-        )
 
-    def pixel_figure(v: HeadView, zmax: float | None, named: bool):
-        """Where the query pixel looks in one view: a heat map or the weights over the image,
-        with the chosen layout outlined (``named``: the model's name in the title)."""
-        title = (f"{v.name}: " if named else "") + (
-            f"layer {layer}, head {head}: where pixel ({row}, {col}) looks"
-        )
-        # numbers, not strings: cheaper to send and to draw (the weight of each channel)
-        hover = dict(
-            hover_values=v.weights,
-            hover_template="row %{y}, col %{x}, weight "
-            + ", ".join(f"%{{customdata[{k}]:.4f}}" for k in range(geometry.channels)),
-        )
-        if view == "over the image":
-            return attention_overlay_figure(
-                image.astype(np.float32).mean(axis=2) / 255.0,
-                v.weights.max(axis=2),
-                title=title,
-                query=(row, col),
-                **hover,
-                outline=outline,
-            )
-        return pixel_grid_figure(
+def head_view(chosen_model: ChosenModel, rows_: np.ndarray) -> HeadView:
+    """The chosen layer and head of a model whose rows [L, H, N] are ``rows_``."""
+    m = chosen_model.model
+    return HeadView(
+        chosen_model.name,
+        repr(m.layouts[layer]),
+        rows_[layer, head].reshape(geometry.height, geometry.width, geometry.channels),
+        cached_maps(chosen_model.path, image_sha1, layer, tile, image)[head],
+    )
+
+
+def pixel_figure(v: HeadView, zmax: float | None, named: bool):
+    """Where the query pixel looks in one view: a heat map or the weights over the image,
+    with the chosen layout outlined (``named``: the model's name in the title)."""
+    title = (f"{v.name}: " if named else "") + (
+        f"layer {layer}, head {head}: where pixel ({row}, {col}) looks"
+    )
+    # numbers, not strings: cheaper to send and to draw (the weight of each channel)
+    hover = dict(
+        hover_values=v.weights,
+        hover_template="row %{y}, col %{x}, weight "
+        + ", ".join(f"%{{customdata[{k}]:.4f}}" for k in range(geometry.channels)),
+    )
+    if view == "over the image":
+        return attention_overlay_figure(
+            image.astype(np.float32).mean(axis=2) / 255.0,
             v.weights.max(axis=2),
             title=title,
             query=(row, col),
             **hover,
-            colorscale="Viridis",
-            zmin=0,
-            zmax=zmax,
-            colorbar_title="weight",
             outline=outline,
         )
+    return pixel_grid_figure(
+        v.weights.max(axis=2),
+        title=title,
+        query=(row, col),
+        **hover,
+        colorscale="Viridis",
+        zmin=0,
+        zmax=zmax,
+        colorbar_title="weight",
+        outline=outline,
+    )
 
-    def other_model(name: str) -> tuple[ChosenModel, np.ndarray] | None:
-        """The model to compare with and its rows for this query, [L, H, N]; None (explained)
-        when it cannot be loaded or cannot show this image, layer and head."""
-        other = load_or_explain(name)
-        if other is None:
-            return None
-        cfg = other.config
-        if cfg.geometry != geometry:
-            st.info(
-                as_text(
-                    f"'{name}' reads {cfg.geometry.height} x {cfg.geometry.width} x "
-                    f"{cfg.geometry.channels} images, this image is {geometry.height} x "
-                    f"{geometry.width} x {geometry.channels}: pick a model of the same geometry."
-                )
-            )
-            return None
-        if layer >= cfg.n_layer or head >= cfg.n_head:
-            st.info(
-                as_text(
-                    f"'{name}' has {cfg.n_layer} layers of {cfg.n_head} heads: it has no layer "
-                    f"{layer}, head {head}."
-                )
-            )
-            return None
-        path = str(models_dir() / name)
-        return ChosenModel(name, path, other), cached_rows(path, image_sha1, query, image)
 
-    outline = None
-    if outline_spec != "none":
-        outline = pixel_view(parse_layout(outline_spec), geometry, query, head) > 0
-    view = st.radio(
-        "Show the head's weights",
-        ["as a heat map", "over the image"],
-        key="att_view",
-        horizontal=True,
-    )
-    tile = tile_for(N, MAP_SIDE)
-    mine = head_view(chosen, rows)
-    theirs = None
-    if compare_name != "none":
-        found = other_model(compare_name)
-        if found is not None:
-            theirs = head_view(*found)
-    weights = mine.weights
-    maps = mine.maps
-    views = [mine] if theirs is None else [mine, theirs]
-    # two models: one colour scale, so the sharper head looks sharper
-    zmax = max(float(v.weights.max()) for v in views) if theirs is not None else None
-    pixel_figs = [pixel_figure(v, zmax, theirs is not None) for v in views]
-    map_title = f"layer {layer}, head {head}: N x N map" + (
-        f" ({tile}x{tile} mean)" if tile > 1 else ""
-    )
-    map_figs = [
-        attention_map_figure(v.maps, tile, (f"{v.name}: " if theirs else "") + map_title)
-        for v in views
-    ]
-    outlined = (
-        "No layout outlined."
-        if outline_spec == "none"
-        else f"Orange squares: the keys {as_text(outline_spec)} allows."
-    )
-    r_, c_, ch_ = token_coords(query, geometry)
-    about_query = f"Query token {query} (row {r_}, column {c_}, channel {ch_})."
-    map_caption = "Row i is query i's attention over keys j <= i; colour is log10 of the weight."
-    if theirs is None:
-        pixel_fig, map_fig = pixel_figs[0], map_figs[0]
-        a, b = st.columns(2)
-        with a:
-            st.plotly_chart(pixel_fig, key="att_pixels", on_select="rerun", selection_mode="points")
-            st.caption(
-                f"{about_query} {outlined} The model's own layout is {as_text(mine.layout)}."
-            )
-        with b:
-            st.plotly_chart(map_fig, key="att_map", on_select="rerun", selection_mode="points")
-            st.caption(map_caption)
-    else:
-        pixel_fig, map_fig = pixel_figs[0], map_figs[0]
-        stats = [
-            head_metrics(v.weights.reshape(1, 1, -1), np.array([query]), geometry) for v in views
-        ]
-        st.markdown(
+def other_model(name: str) -> tuple[ChosenModel, np.ndarray] | None:
+    """The model to compare with and its rows for this query, [L, H, N]; None (explained)
+    when it cannot be loaded or cannot show this image, layer and head."""
+    other = load_or_explain(name)
+    if other is None:
+        return None
+    cfg = other.config
+    if cfg.geometry != geometry:
+        st.info(
             as_text(
-                f"{mine.name} and {theirs.name}, layer {layer}, head {head}, pixel ({row}, {col}): "
-                f"the two rows share "
-                f"{float(shared_mass(mine.weights.ravel(), theirs.weights.ravel())):.0%} of "
-                "their weight."
+                f"'{name}' reads {cfg.geometry.height} x {cfg.geometry.width} x "
+                f"{cfg.geometry.channels} images, this image is {geometry.height} x "
+                f"{geometry.width} x {geometry.channels}: pick a model of the same geometry."
             )
         )
-        a, b = st.columns(2)
-        for column, v, fig, m, key in (
-            (a, mine, pixel_figs[0], stats[0], "att_pixels"),
-            (b, theirs, pixel_figs[1], stats[1], "att_pixels_b"),
-        ):
-            with column:
-                st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points")
-                st.caption(
-                    as_text(
-                        f"{v.name} ({v.layout}): entropy {float(m['entropy'][0]):.2f} bits, 90% of "
-                        f"the weight on {float(m['k90'][0]):.0f} keys, mean distance "
-                        f"{float(m['distance'][0]):.1f} px."
-                    )
-                    + f" {outlined} One colour scale for both."
-                )
-        a, b = st.columns(2)
-        for column, fig, key in ((a, map_figs[0], "att_map"), (b, map_figs[1], "att_map_b")):
-            with column:
-                st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points")
-        st.caption(f"{about_query} {map_caption}")
+        return None
+    if layer >= cfg.n_layer or head >= cfg.n_head:
+        st.info(
+            as_text(
+                f"'{name}' has {cfg.n_layer} layers of {cfg.n_head} heads: it has no layer "
+                f"{layer}, head {head}."
+            )
+        )
+        return None
+    path = str(models_dir() / name)
+    return ChosenModel(name, path, other), cached_rows(path, image_sha1, query, image)
 
-    # downloads: these three figures, or every layer x head of this model and image as a zip
-    meta = {
-        "model": chosen.name,
-        "image": image_name,
-        "image_sha1": image_sha1,
-        "layer": layer,
-        "head": head,
-        "query_pixel": [row, col],
-        "query_channel": channel,
-        "layout": mine.layout,
-        "outline": outline_spec,
-        "compared_with": compare_name,
+
+outline = None
+if outline_spec != "none":
+    outline = pixel_view(parse_layout(outline_spec), geometry, query, head) > 0
+view = st.radio(
+    "Show the head's weights",
+    ["as a heat map", "over the image"],
+    key="att_view",
+    horizontal=True,
+)
+tile = tile_for(N, MAP_SIDE)
+mine = head_view(chosen, rows)
+theirs = None
+if compare_name != "none":
+    found = other_model(compare_name)
+    if found is not None:
+        theirs = head_view(*found)
+weights = mine.weights
+maps = mine.maps
+views = [mine] if theirs is None else [mine, theirs]
+# two models: one colour scale, so the sharper head looks sharper
+zmax = max(float(v.weights.max()) for v in views) if theirs is not None else None
+pixel_figs = [pixel_figure(v, zmax, theirs is not None) for v in views]
+map_title = f"layer {layer}, head {head}: N x N map" + (
+    f" ({tile}x{tile} mean)" if tile > 1 else ""
+)
+map_figs = [
+    attention_map_figure(v.maps, tile, (f"{v.name}: " if theirs else "") + map_title) for v in views
+]
+outlined = (
+    "No layout outlined."
+    if outline_spec == "none"
+    else f"Orange squares: the keys {as_text(outline_spec)} allows."
+)
+r_, c_, ch_ = token_coords(query, geometry)
+about_query = f"Query token {query} (row {r_}, column {c_}, channel {ch_})."
+map_caption = "Row i is query i's attention over keys j <= i; colour is log10 of the weight."
+if theirs is None:
+    pixel_fig, map_fig = pixel_figs[0], map_figs[0]
+    a, b = st.columns(2)
+    with a:
+        st.plotly_chart(pixel_fig, key="att_pixels", on_select="rerun", selection_mode="points")
+        st.caption(f"{about_query} {outlined} The model's own layout is {as_text(mine.layout)}.")
+    with b:
+        st.plotly_chart(map_fig, key="att_map", on_select="rerun", selection_mode="points")
+        st.caption(map_caption)
+else:
+    pixel_fig, map_fig = pixel_figs[0], map_figs[0]
+    stats = [head_metrics(v.weights.reshape(1, 1, -1), np.array([query]), geometry) for v in views]
+    st.markdown(
+        as_text(
+            f"{mine.name} and {theirs.name}, layer {layer}, head {head}, pixel ({row}, {col}): "
+            f"the two rows share "
+            f"{float(shared_mass(mine.weights.ravel(), theirs.weights.ravel())):.0%} of "
+            "their weight."
+        )
+    )
+    a, b = st.columns(2)
+    for column, v, fig, m, key in (
+        (a, mine, pixel_figs[0], stats[0], "att_pixels"),
+        (b, theirs, pixel_figs[1], stats[1], "att_pixels_b"),
+    ):
+        with column:
+            st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points")
+            st.caption(
+                as_text(
+                    f"{v.name} ({v.layout}): entropy {float(m['entropy'][0]):.2f} bits, 90% of "
+                    f"the weight on {float(m['k90'][0]):.0f} keys, mean distance "
+                    f"{float(m['distance'][0]):.1f} px."
+                )
+                + f" {outlined} One colour scale for both."
+            )
+    a, b = st.columns(2)
+    for column, fig, key in ((a, map_figs[0], "att_map"), (b, map_figs[1], "att_map_b")):
+        with column:
+            st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points")
+    st.caption(f"{about_query} {map_caption}")
+
+# downloads: these three figures, or every layer x head of this model and image as a zip
+meta = {
+    "model": chosen.name,
+    "image": image_name,
+    "image_sha1": image_sha1,
+    "layer": layer,
+    "head": head,
+    "query_pixel": [row, col],
+    "query_channel": channel,
+    "layout": mine.layout,
+    "outline": outline_spec,
+    "compared_with": compare_name,
+}
+stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}"
+items = [
+    Exportable(f"{stem}_r{row}c{col}_grid", grid_fig, {"maps": per_pixel[..., channel]}, meta),
+    Exportable(f"{stem}_L{layer}H{head}_r{row}c{col}_pixel", pixel_fig, {"weights": weights}, meta),
+    Exportable(
+        f"{stem}_L{layer}H{head}_head", map_fig, {"probs": maps, "tile": np.array(tile)}, meta
+    ),
+]
+if theirs is not None:
+    other_stem = f"{safe_name(theirs.name)}_{safe_name(image_name)}"
+    other_meta = {
+        **meta,
+        "model": theirs.name,
+        "layout": theirs.layout,
+        "compared_with": chosen.name,
     }
-    stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}"
-    items = [
-        Exportable(f"{stem}_r{row}c{col}_grid", grid_fig, {"maps": per_pixel[..., channel]}, meta),
+    items += [
         Exportable(
-            f"{stem}_L{layer}H{head}_r{row}c{col}_pixel", pixel_fig, {"weights": weights}, meta
+            f"{other_stem}_L{layer}H{head}_r{row}c{col}_pixel",
+            pixel_figs[1],
+            {"weights": theirs.weights},
+            other_meta,
         ),
         Exportable(
-            f"{stem}_L{layer}H{head}_head", map_fig, {"probs": maps, "tile": np.array(tile)}, meta
+            f"{other_stem}_L{layer}H{head}_head",
+            map_figs[1],
+            {"probs": theirs.maps, "tile": np.array(tile)},
+            other_meta,
         ),
     ]
-    if theirs is not None:
-        other_stem = f"{safe_name(theirs.name)}_{safe_name(image_name)}"
-        other_meta = {
-            **meta,
-            "model": theirs.name,
-            "layout": theirs.layout,
-            "compared_with": chosen.name,
-        }
-        items += [
-            Exportable(
-                f"{other_stem}_L{layer}H{head}_r{row}c{col}_pixel",
-                pixel_figs[1],
-                {"weights": theirs.weights},
-                other_meta,
-            ),
-            Exportable(
-                f"{other_stem}_L{layer}H{head}_head",
-                map_figs[1],
-                {"probs": theirs.maps, "tile": np.array(tile)},
-                other_meta,
-            ),
-        ]
-    e1, e2 = st.columns(2)
-    with e1:
-        export_panel(items, "att_export", "Export these figures")
-    with e2:
-        if st.button("Prepare every layer x head (zip)", key="att_batch"):
-            cfg = model.config
-            refusal = over_budget(  # every N x N map of every layer: refused when too big
-                "Every layer x head", capture_memory(cfg, cfg.n_layer, cfg.n_head)
-            )
-            if refusal:
-                st.error(refusal)
-            else:
-                attention = capture_image(model, image, query=(row, col))
-                batch = model_items(attention, model_name=chosen.name, image_name=image_name)
-                st.session_state.att_batch_items = batch
-        if st.session_state.get("att_batch_items"):
-            export_panel(
-                st.session_state.att_batch_items,
-                "att_batch_export",
-                "Export the whole batch",
-                default=("png", "svg", "pdf", "npz"),  # HTML: 5 MB a figure (plotly.js inlined)
-            )
-
-    # the URL names the view: a fragment's own run does not reach app.py's share_settings
-    share_settings("att")
-
-
-head_section()
+e1, e2 = st.columns(2)
+with e1:
+    export_panel(items, "att_export", "Export these figures")
+with e2:
+    if st.button("Prepare every layer x head (zip)", key="att_batch"):
+        cfg = model.config
+        refusal = over_budget(  # every N x N map of every layer: refused when too big
+            "Every layer x head", capture_memory(cfg, cfg.n_layer, cfg.n_head)
+        )
+        if refusal:
+            st.error(refusal)
+        else:
+            attention = capture_image(model, image, query=(row, col))
+            batch = model_items(attention, model_name=chosen.name, image_name=image_name)
+            st.session_state.att_batch_items = batch
+    if st.session_state.get("att_batch_items"):
+        export_panel(
+            st.session_state.att_batch_items,
+            "att_batch_export",
+            "Export the whole batch",
+            default=("png", "svg", "pdf", "npz"),  # HTML: 5 MB a figure (plotly.js inlined)
+        )
