@@ -35,3 +35,20 @@ def token_map(values: Tensor | np.ndarray, geometry: Geometry) -> Tensor | np.nd
         out = values.new_zeros(*values.shape[:-1], *grid)
     out[..., rows, cols, chans] = values  # [..., N] scattered onto [..., H, W, C]
     return out
+
+
+def pixel_map(
+    values: np.ndarray, geometry: Geometry, channel: int | None, *, combine: str = "sum"
+) -> np.ndarray:
+    """values [..., N] -> [..., H, W]: one number per pixel from its ``geometry.channels``
+    tokens: the token of ``channel``, or, with channel None, all of them combined ("sum": what
+    the pixel holds in all, e.g. bits of its three values or attention its tokens receive;
+    "mean": a pixel's average, e.g. of the rows its three query tokens give)."""
+    grid = token_map(np.asarray(values), geometry)  # [..., H, W, C]
+    if channel is not None:
+        if not 0 <= channel < geometry.channels:
+            raise ValueError(f"channel {channel} outside 0..{geometry.channels - 1}")
+        return grid[..., channel]
+    if combine not in ("sum", "mean"):
+        raise ValueError(f"combine must be 'sum' or 'mean', got {combine!r}")
+    return grid.sum(-1) if combine == "sum" else grid.mean(-1)

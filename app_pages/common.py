@@ -186,6 +186,39 @@ def show_image(image: np.ndarray, caption: str, width: int = 140) -> None:
     )
 
 
+CHANNEL_NAMES = ("red", "green", "blue")
+
+
+def channel_picker(key: str, geometry: Geometry, where=st) -> int | None:
+    """Which of a pixel's tokens a colour model's pixel maps show: one channel (its index) or
+    "all" (None: the pixel's tokens together). A grey model has one token a pixel: 0, and no
+    widget is drawn."""
+    if geometry.channels == 1:
+        return 0
+    names = ["all", *CHANNEL_NAMES[: geometry.channels]]
+    if st.session_state.get(key) not in names:
+        st.session_state[key] = "all"  # a value kept from a link or another model
+    picked = where.radio(
+        "Channel",
+        names,
+        horizontal=True,
+        key=key,
+        help="A colour pixel is three tokens (red, green, blue, in this order). Show one of "
+        "them, or all three together.",
+    )
+    return None if picked == "all" else names.index(picked) - 1
+
+
+def pixel_values_hover(image: np.ndarray, channel: int | None, first: int) -> tuple:
+    """The image's values for a pixel view's hover: numbers [H, W, K] to append to its
+    hover_values, and the words a hover_template shows them with, from customdata[first] on:
+    the shown channel's value, or R, G, B when a colour pixel is shown whole."""
+    if image.shape[2] == 1 or channel is not None:
+        return image[..., [channel or 0]].astype(np.float32), f"pixel %{{customdata[{first}]}}"
+    values = ", ".join(f"%{{customdata[{first + k}]}}" for k in range(image.shape[2]))
+    return image.astype(np.float32), f"pixel {values}"
+
+
 def as_text(value: object) -> str:
     """``value`` (a file name, a path, a layout spec, an error about them) as literal text in
     st.markdown, st.error, st.warning, st.info, st.caption: the characters that make Markdown,
@@ -546,11 +579,13 @@ SETTINGS: dict[str, Setting] = {
     "who_model": _MODEL,
     **{f"who_{k}": s for k, s in _IMAGE_SETTINGS.items()},
     **{f"who_{k}": PIXEL for k in ("krow", "kcol", "qrow", "qcol", "layer")},
+    "who_channel": Setting(str, choices=("all", *CHANNEL_NAMES)),  # colour models only
     # Predictions & ablation (app_pages/predictions.py): its bounds are read there from here
     "prd_models": Setting(list, 0, limits.MAX_MODELS, models=True),
     **{f"prd_{k}": s for k, s in _IMAGE_SETTINGS.items()},
     "prd_row": PIXEL,
     "prd_col": PIXEL,
+    "prd_channel": Setting(str, choices=("all", *CHANNEL_NAMES)),  # colour models only
     "prd_mean_count": Setting(int, 1, 64),  # test images in the average bits map
     "abl_model": _MODEL,  # one of prd_models: the page falls back to the first
     # the heads to remove, one URL value each as the multiselect shows them

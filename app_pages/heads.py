@@ -11,13 +11,16 @@ import numpy as np
 import streamlit as st
 import torch
 
+from analysis.maps import pixel_map
 from analysis.reverse import column_from_full, heads_total
 from analysis.rollout import RESIDUAL, heads_max, heads_mean, with_residual
 from app_pages.common import (
+    channel_picker,
     choose_model_and_image,
     clamp_setting,
     export_panel,
     get_model,
+    pixel_values_hover,
 )
 from kernels.capture import MAX_FULL_N
 from models.tokens import image_to_tokens, pixel_to_token
@@ -123,19 +126,25 @@ with right:
     k1, k2 = st.columns(2)
     krow = k1.number_input("key row", 0, geometry.height - 1, key="who_krow")
     kcol = k2.number_input("key column", 0, geometry.width - 1, key="who_kcol")
-key_token = pixel_to_token(krow, kcol, 0, geometry)
+    # a colour pixel is three tokens: one of them as key and queries, or the pixel whole
+    channel = channel_picker("who_channel", geometry)
+channels = range(geometry.channels) if channel is None else [channel]
+key_tokens = [pixel_to_token(krow, kcol, ch, geometry) for ch in channels]
 
-column = key_column(chosen.path, image_sha1, layer, key_token, image)  # [H, N]
+# the attention each query token gives the key pixel's token(s): summed over them when whole
+column = sum(key_column(chosen.path, image_sha1, layer, t, image) for t in key_tokens)  # [H, N]
 total = heads_total(torch.from_numpy(column)[None])[0].numpy()  # [N]
-grid = (geometry.height, geometry.width, geometry.channels)
-per_head = column.reshape(n_head, *grid)[..., 0]  # [H, h, w]
-total_px = total.reshape(grid)[..., 0]  # [h, w]
+# per pixel: the chosen channel's query token, or the mean over the pixel's query tokens
+per_head = pixel_map(column, geometry, channel, combine="mean")  # [H, h, w]
+total_px = pixel_map(total, geometry, channel, combine="mean")  # [h, w]
+shown, words = pixel_values_hover(image, channel, first=1)
 meta = {
     "model": chosen.name,
     "image": image_name,
     "image_sha1": image_sha1,
     "layer": layer,
     "layout": repr(model.layouts[layer]),
+    "channel": "all" if channel is None else int(channel),
 }
 stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}_L{layer}"
 
@@ -146,8 +155,8 @@ with a:
         total_px,
         title=f"who reads ({krow}, {kcol}): sum of {n_head} heads",
         query=(krow, kcol),
-        hover_values=np.stack([total_px, image[..., 0]], axis=-1),
-        hover_template="row %{y}, col %{x}: %{customdata[0]:.4f} (pixel %{customdata[1]})",
+        hover_values=np.concatenate([total_px[..., None], shown], axis=-1),
+        hover_template="row %{y}, col %{x}: %{customdata[0]:.4f} (" + words + ")",
         colorscale="Viridis",
         zmin=0,
         colorbar_title="attention",
@@ -198,9 +207,14 @@ with s1:
     q1, q2 = st.columns(2)
     qrow = q1.number_input("query row", 0, geometry.height - 1, key="who_qrow")
     qcol = q2.number_input("query column", 0, geometry.width - 1, key="who_qcol")
-query_token = pixel_to_token(qrow, qcol, 0, geometry)
-summary = query_summary(chosen.path, image_sha1, query_token, image)  # [3, L, N]
-rows_q = summary.reshape(3, n_layer, *grid)[..., 0]  # [3, L, h, w]
+query_tokens = [pixel_to_token(qrow, qcol, ch, geometry) for ch in channels]
+# the query pixel's token(s): their rows averaged when the pixel is shown whole ([3, L, N])
+summary = sum(query_summary(chosen.path, image_sha1, t, image) for t in query_tokens) / len(
+    query_tokens
+)
+# per key pixel: the chosen channel's token, or all the pixel's tokens together (the weight it
+# receives)
+rows_q = pixel_map(summary, geometry, channel, combine="sum")  # [3, L, h, w]
 top = rows_q[2, -1]  # rollout through every layer
 with s1:
     query_fig = pixel_grid_figure(

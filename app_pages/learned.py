@@ -10,7 +10,7 @@ from analysis import metrics as M
 from analysis.learned import analyze_model, layout_search, pick_images, search_candidates
 from app_pages.common import choose_model, export_panel, get_model, pick_image
 from kernels.layouts import image_layout_spec, parse_layout
-from models.datasets import DatasetError
+from models.datasets import DatasetError, held_out_source
 from models.tokens import image_to_tokens
 from viz.export import Exportable, content_key, safe_name
 from viz.figures import coverage_figure, search_figure
@@ -52,7 +52,8 @@ else:
     st.session_state.setdefault("lvp_count", 8)
     count = st.slider("Test images (spread over the test set)", 2, 64, key="lvp_count")
     try:
-        tokens = pick_images("fashion-mnist", model.config.geometry, count)
+        geometry = model.config.geometry
+        tokens = pick_images(held_out_source(geometry), geometry, count)
     except DatasetError as e:
         st.error(str(e))
         st.stop()

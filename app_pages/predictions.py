@@ -8,17 +8,21 @@ import streamlit as st
 import torch
 
 from analysis.ablation import MODES, ablate_heads, all_heads, head_means, rank_heads
+from analysis.maps import pixel_map
 from analysis.metrics import default_queries, head_metrics, head_type
 from analysis.prediction import entropy_bits, mean_pixel_bits, predicted_probs, token_bits
 from app_pages import limits
 from app_pages.common import (
+    CHANNEL_NAMES,
     SETTINGS,
     JobWords,
+    channel_picker,
     export_panel,
     get_model,
     load_or_explain,
     models_dir,
     pick_image,
+    pixel_values_hover,
     pool_job,
     require_model_names,
     show_image,
@@ -26,7 +30,7 @@ from app_pages.common import (
 from app_pages.completion_job import completion_memory, rows_to_sample
 from app_pages.jobs import Cancelled
 from models.completion import complete, keep_mask
-from models.datasets import DatasetError, load_images
+from models.datasets import DatasetError, held_out_source, load_images
 from models.sampling import SamplingCancelled
 from models.tokens import image_to_tokens, images_to_tokens, pixel_to_token
 from viz.export import Exportable, content_key, safe_name
@@ -41,7 +45,6 @@ from viz.inspect_figures import (
     mosaic_figure,
 )
 
-DATA = "fashion-mnist"
 MAX_MODELS = int(SETTINGS["prd_models"].high)
 
 
@@ -122,7 +125,7 @@ def test_images(data: str, height: int, width: int, channels: int) -> np.ndarray
 def spread(count: int, offset: float = 0.0) -> torch.Tensor:
     """``count`` test images spread over the test split, as tokens [count, N]; ``offset`` (0..1
     of the spacing) picks other images at the same spread."""
-    images = test_images(DATA, *grid)
+    images = test_images(held_out_source(geometry), *grid)
     step = len(images) / count
     idx = (np.arange(count) * step + offset * step).astype(int) % len(images)
     return images_to_tokens(images[idx])
@@ -160,8 +163,10 @@ with right:
     c1, c2 = st.columns(2)
     row = c1.number_input("pixel row", 0, geometry.height - 1, key="prd_row")
     col = c2.number_input("pixel column", 0, geometry.width - 1, key="prd_col")
-token = pixel_to_token(row, col, 0, geometry)
-true_value = int(image[row, col, 0])
+    # a colour pixel is three tokens: one channel's values and bits, or the pixel whole
+    channel = channel_picker("prd_channel", geometry)
+channels = range(geometry.channels) if channel is None else [channel]
+picked_tokens = {ch: pixel_to_token(row, col, ch, geometry) for ch in channels}
 
 probs = {name: image_probs(paths[name], image_sha1, image) for name in models}  # [N, 256] each
 tokens = image_to_tokens(image).numpy()
@@ -169,13 +174,15 @@ bits = {  # -log2 p(true value) per token: [N]
     name: -np.log2(np.maximum(p[np.arange(len(tokens)), tokens], 1e-300))
     for name, p in probs.items()
 }
-bits_px = np.stack([bits[n].reshape(grid)[..., 0] for n in models])  # [M, h, w]
+# per pixel: the chosen channel's bits, or the pixel's (the sum over its values' tokens)
+bits_px = np.stack([pixel_map(bits[n], geometry, channel) for n in models])  # [M, h, w]
 bpd = {n: float(bits[n].mean()) for n in models}
 first = next(iter(models))
 meta = {"models": list(models), "image": image_name, "image_sha1": image_sha1}
 stem = f"{safe_name(image_name)}"
 items = []
 
+shown, words = pixel_values_hover(image, channel, first=1)
 a, b = st.columns([1, 1])
 with a:
     top = float(np.percentile(bits_px, 99.5))
@@ -183,9 +190,9 @@ with a:
         bits_px[0],
         title=f"{first}: bits per pixel (click one)",
         query=(row, col),
-        hover_values=np.stack([image[..., 0], bits_px[0]], axis=-1),
+        hover_values=np.concatenate([bits_px[0][..., None], shown], axis=-1),
         # (the model is named in the title: no name inside a plotly template)
-        hover_template="row %{y}, col %{x}: value %{customdata[0]}, %{customdata[1]:.2f} bits",
+        hover_template="row %{y}, col %{x}: " + words + ", %{customdata[0]:.2f} bits",
         colorscale=BITS_COLORS,
         zmin=0,
         zmax=top,
@@ -194,21 +201,26 @@ with a:
     )
     st.plotly_chart(click_fig, key="prd_pixels", on_select="rerun", selection_mode="points")
 with b:
-    dist = {n: probs[n][token] for n in models}
+    # one curve per model, per channel of a colour pixel shown whole (its own true value)
+    names = {ch: "" if geometry.channels == 1 else f" {CHANNEL_NAMES[ch]}" for ch in channels}
+    curves = [(f"{n}{names[ch]}", n, t, ch) for n in models for ch, t in picked_tokens.items()]
+    dist = {label: probs[n][t] for label, n, t, _ in curves}
+    truth = {label: int(image[row, col, ch]) for label, _, _, ch in curves}
+    said = ", ".join(str(int(image[row, col, ch])) for ch in channels)
     dist_fig = distribution_figure(
-        dist, true_value, f"predicted value of pixel ({row}, {col}); true value {true_value}"
+        dist, truth, f"predicted value of pixel ({row}, {col}); true value {said}"
     )
     st.plotly_chart(dist_fig, key="prd_dist")
     st.dataframe(
         [
             {
-                "model": n,
-                "p(true value)": float(dist[n][true_value]),
-                "bits": float(bits[n][token]),
-                "entropy (bits)": float(entropy_bits(torch.from_numpy(dist[n]))),
-                "most likely value": int(np.argmax(dist[n])),
+                "model": label,
+                "p(true value)": float(dist[label][truth[label]]),
+                "bits": float(bits[n][t]),
+                "entropy (bits)": float(entropy_bits(torch.from_numpy(dist[label]))),
+                "most likely value": int(np.argmax(dist[label])),
             }
-            for n in models
+            for label, n, t, _ in curves
         ],
         hide_index=True,
         key="prd_dist_table",
@@ -224,8 +236,9 @@ items += [
     Exportable(
         f"{stem}_r{row}c{col}_distribution",
         dist_fig,
-        {f"probs_{safe_name(n)}": dist[n] for n in models} | {"true_value": np.array(true_value)},
-        meta | {"pixel": [row, col], "true_value": true_value},
+        {f"probs_{safe_name(n)}": dist[n] for n in dist}
+        | {"true_value": np.array([truth[n] for n in dist])},
+        meta | {"pixel": [row, col], "true_value": list(truth.values())},
     ),
 ]
 
@@ -248,12 +261,14 @@ items.append(
     )
 )
 count = st.slider(
-    "Average over test images (spread over the Fashion-MNIST test set)",
+    f"Average over test images (spread over the test set: {held_out_source(geometry)})",
     *MEAN_IMAGES,
     key="prd_mean_count",
 )
 try:
-    means = np.stack([mean_bits(paths[n], count)[..., 0] for n in models])  # [M, h, w]
+    means = np.stack(  # [M, h, w]: the chosen channel, or a pixel's values summed
+        [mean_bits(paths[n], count)[..., list(channels)].sum(-1) for n in models]
+    )
 except DatasetError as e:
     st.error(str(e))
     st.stop()
@@ -275,7 +290,7 @@ items.append(
         f"mean{count}_bits_maps",
         mean_fig,
         {f"mean_bits_{safe_name(n)}": means[k] for k, n in enumerate(models)},
-        {"models": list(models), "test_images": count, "data": DATA},
+        {"models": list(models), "test_images": count, "data": held_out_source(geometry)},
     )
 )
 export_panel(items, "prd_export", "Export these figures and data")
@@ -398,11 +413,11 @@ else:
         delta_color="inverse",
     )
     m3.metric("test images", abl_count)
-    diff = (both[1] - both[0]).mean(0).reshape(grid)[..., 0]  # [h, w]
+    diff = pixel_map((both[1] - both[0]).mean(0), geometry, channel)  # [h, w]
     span = diverging_range(diff)
     d1, d2 = st.columns(2)
     with d1:
-        pair = np.stack([both[0].mean(0), both[1].mean(0)]).reshape(2, *grid)[..., 0]
+        pair = pixel_map(both.mean(1), geometry, channel)  # [2, h, w]
         pair_fig = bits_mosaic(
             pair,
             title=f"{abl_name}: mean bits per pixel over {abl_count} test images",

@@ -521,6 +521,13 @@ def describe_source(source: str) -> dict | None:
     return photos_metadata(arg or None)
 
 
+def held_out_source(geometry: Geometry) -> str:
+    """Where the app and the CLIs' defaults take test images for a model of ``geometry``:
+    Fashion-MNIST at its own 28 x 28 x 1, else the colour photos' held-out split, cut to the
+    geometry (no CIFAR-10 is installed here; a user who has it passes ``cifar10:<folder>``)."""
+    return "fashion-mnist" if geometry == Geometry(28, 28, 1) else "photos"
+
+
 def load_images(source: str, split: str, geometry: Geometry) -> np.ndarray:
     """Load training images [N, H, W, C] uint8 from a source string, dropping labels.
 

@@ -4,6 +4,7 @@ rollout) and Predictions & ablation (distributions, bits maps, ablation), on tin
 from pathlib import Path
 
 import numpy as np
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.test_app import chart, errors, tiny_models, title, trace, values
@@ -184,3 +185,82 @@ def test_a_stopped_ablation_completion_says_so_and_shows_nothing(tmp_path, monke
     warnings = "\n".join(w.value for w in at.warning)
     assert "was stopped; press Complete to sample again." in warnings
     assert "abl_done" not in at.session_state
+
+
+def colour_page(tmp_path, monkeypatch, path: str) -> tuple[AppTest, object, np.ndarray]:
+    """A page on one tiny colour model (32 x 32 x 3: three tokens a pixel), with the model and
+    the image the page shows (the first sample, prepared for it)."""
+    import torch
+
+    from models import ModelConfig, SparseTransformer, load_model, save_model
+    from models.uploads import prepare_image
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("cifar-tiny", layout="strided(l=96)")
+    save_model(SparseTransformer(cfg), tmp_path / "colour")
+    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page(path).run()
+    assert not at.exception, at.exception
+    model = load_model(tmp_path / "colour")
+    first = sorted((Path(APP).parent / "assets" / "samples").glob("*.png"))[0]
+    return at, model, prepare_image(first.read_bytes(), model.config.geometry)
+
+
+def test_who_looks_here_is_channel_aware(tmp_path, monkeypatch):
+    from analysis.reverse import column_from_full
+    from models.tokens import image_to_tokens, pixel_to_token
+
+    at, model, image = colour_page(tmp_path, monkeypatch, "app_pages/heads.py")
+    g = model.config.geometry
+    assert at.radio(key="who_channel").value == "all"
+    at.radio(key="who_channel").set_value("green").run()
+    assert not at.exception
+    total = values(trace(chart(at, "who_key_view"), "pixels")["marker"]["color"])
+    # by hand: the green token of key pixel (10, 14); each pixel's green query token
+    probs = model.capture(image_to_tokens(image)[None], layers=[0], form="full")[0].probs
+    column = column_from_full(probs.float(), pixel_to_token(10, 14, 1, g))[0].sum(0)  # [N]
+    want = [column[pixel_to_token(r, c, 1, g)] for r in range(32) for c in range(32)]
+    np.testing.assert_allclose(total, want, atol=1e-5)
+    # the whole pixel: its three key tokens together, the mean over each pixel's query tokens
+    at.radio(key="who_channel").set_value("all").run()
+    total = values(trace(chart(at, "who_key_view"), "pixels")["marker"]["color"])
+    keys = [pixel_to_token(10, 14, ch, g) for ch in range(3)]
+    column = sum(column_from_full(probs.float(), k)[0].sum(0) for k in keys)
+    want = [
+        np.mean([column[pixel_to_token(r, c, ch, g)] for ch in range(3)])
+        for r in range(32)
+        for c in range(32)
+    ]
+    np.testing.assert_allclose(total, want, atol=1e-5)
+    assert (
+        "pixel %{customdata[1]}, %{customdata[2]}, %{customdata[3]}"
+        in (trace(chart(at, "who_key_view"), "pixels")["hovertemplate"])
+    )
+
+
+def test_predictions_are_channel_aware(tmp_path, monkeypatch):
+    from analysis.prediction import predicted_probs
+    from models.tokens import image_to_tokens, pixel_to_token
+
+    at, model, image = colour_page(tmp_path, monkeypatch, "app_pages/predictions.py")
+    assert not errors(at)  # the averaged maps come from the colour photos' test split
+    g = model.config.geometry
+    tokens = image_to_tokens(image)
+    probs = predicted_probs(model, tokens[None])[0].float().numpy()  # [N, 256]
+    bits = -np.log2(probs[np.arange(g.n_tokens), tokens.numpy()])
+    # "all": a pixel's bits are the sum over its three values; one curve per channel
+    shown = values(trace(chart(at, "prd_pixels"), "pixels")["marker"]["color"]).reshape(32, 32)
+    r, c = 5, 7
+    assert shown[r, c] == pytest.approx(
+        sum(bits[pixel_to_token(r, c, ch, g)] for ch in range(3)), rel=1e-4
+    )
+    names = [t["name"] for t in chart(at, "prd_dist")["data"] if "lines" in t.get("mode", "")]
+    assert names == ["colour red", "colour green", "colour blue"]
+    # one channel: its bits, its distribution and its true value
+    at.radio(key="prd_channel").set_value("blue").run()
+    assert not at.exception
+    shown = values(trace(chart(at, "prd_pixels"), "pixels")["marker"]["color"]).reshape(32, 32)
+    assert shown[r, c] == pytest.approx(bits[pixel_to_token(r, c, 2, g)], rel=1e-4)
+    row, col = at.number_input(key="prd_row").value, at.number_input(key="prd_col").value
+    assert f"true value {int(image[row, col, 2])}" in title(chart(at, "prd_dist"))

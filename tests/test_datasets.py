@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from models import datasets
-from models.datasets import DatasetError
+from models.datasets import DatasetError, held_out_source
 from models.tokens import Geometry
 
 rng = np.random.default_rng(0)
@@ -251,3 +251,9 @@ def test_load_images_dispatch(tmp_path):
     assert folder.shape == (1, 8, 6, 1)
     with pytest.raises(DatasetError, match="unknown image source"):
         datasets.load_images("mnist", "train", Geometry(28, 28, 1))
+
+
+def test_test_source_follows_the_geometry():
+    assert held_out_source(Geometry(28, 28, 1)) == "fashion-mnist"
+    assert held_out_source(Geometry(32, 32, 3)) == "photos"  # the held-out colour photos
+    assert held_out_source(Geometry(16, 16, 1)) == "photos"  # cut and greyed to any other size

@@ -83,6 +83,11 @@ def test_distribution_marks_the_true_value():
     fig = distribution_figure({"m": p}, 7, "d")
     (mark,) = [t for t in fig.data if t.name.startswith("true value")]
     assert list(mark.x) == [7] and list(mark.y) == [0.25]
+    # one true value per curve: the three channels of a colour pixel
+    q = np.roll(p, 1)  # 0.25 at 8, 0.75 at 10
+    fig = distribution_figure({"m red": p, "m green": q}, {"m red": 9, "m green": 8}, "d")
+    marks = [t for t in fig.data if t.name.startswith("true value")]
+    assert [(list(t.x), list(t.y)) for t in marks] == [([9], [0.75]), ([8], [0.25])]
 
 
 def test_colour_scales_are_lists_plotly_js_can_read():

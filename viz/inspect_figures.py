@@ -172,24 +172,27 @@ def mosaic_figure(
 
 
 def distribution_figure(
-    probs: Mapping[str, np.ndarray], true_value: int | None, title: str
+    probs: Mapping[str, np.ndarray], true_value: int | Mapping[str, int] | None, title: str
 ) -> go.Figure:
     """Predicted distributions over the 256 values, one curve per model ({name: [256]}), and the
-    true value marked on each curve (a black ring, with its probability in the hover)."""
+    true value marked on each curve (a black ring, with its probability in the hover); one
+    true value for all curves, or one per curve ({name: value}: the three channels of a colour
+    pixel)."""
     fig = go.Figure()
     values = np.arange(256)
     for k, (name, p) in enumerate(probs.items()):
         p = np.asarray(p, dtype=np.float64)
+        truth = true_value.get(name) if isinstance(true_value, Mapping) else true_value
         fig.add_trace(
             _line_trace(
                 values, p, k, name, 3, f"{name}: value %{{x}}, p = %{{y:.4f}}<extra></extra>"
             )
         )
-        if true_value is not None:
+        if truth is not None:
             fig.add_trace(
                 go.Scatter(
-                    x=[true_value],
-                    y=[p[true_value]],
+                    x=[truth],
+                    y=[p[truth]],
                     mode="markers",
                     marker=dict(
                         symbol="circle-open", size=12, color=TRUE_COLOR, line=dict(width=2)
