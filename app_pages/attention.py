@@ -6,10 +6,12 @@ import numpy as np
 import streamlit as st
 
 from analysis.attention import capture_image, capture_memory, head_maps, query_rows
+from analysis.maps import pixel_map, token_map
 from analysis.metrics import head_metrics, shared_mass
 from app_pages.common import (
     ChosenModel,
     as_text,
+    channel_picker,
     choose_model_and_image,
     clamp_setting,
     export_panel,
@@ -100,6 +102,8 @@ with left:
     row = st.number_input("query row", 0, geometry.height - 1, key="att_row")
     col = st.number_input("query column", 0, geometry.width - 1, key="att_col")
     channel = st.number_input("query channel", 0, geometry.channels - 1, key="att_channel")
+    # a colour pixel is three keys: the weight on one channel's, or on the pixel's three
+    key_channel = channel_picker("att_key_channel", geometry, label="Keys: channel")
 query = pixel_to_token(row, col, channel, geometry)
 
 
@@ -120,7 +124,8 @@ def cached_maps(path: str, img_key: str, layer: int, tile: int, _image: np.ndarr
 image_sha1 = content_key(image)
 rows = cached_rows(chosen.path, image_sha1, query, image)  # [L, H, N]
 L_, H_, N = rows.shape
-per_pixel = rows.reshape(L_, H_, geometry.height, geometry.width, geometry.channels)
+# per key pixel: the weight on its token of the chosen channel, or on all of its tokens
+per_pixel = pixel_map(rows, geometry, key_channel)  # [L, H, h, w]
 # a click on a tile of the grid picks its layer and head (before their selectboxes are drawn)
 picked_tile = clicked_tile(st.session_state.get("att_grid"), H_)
 if picked_tile is not None and picked_tile != st.session_state.get("att_grid_last"):
@@ -132,7 +137,7 @@ if picked_tile is not None and picked_tile != st.session_state.get("att_grid_las
 with right:
     shared = st.checkbox("one colour scale for all tiles", key="att_shared_scale")
 grid_fig = head_grid_figure(
-    per_pixel[..., channel],
+    per_pixel,
     f"pixel ({row}, {col}): all heads",
     query=(row, col),
     shared_scale=shared,
@@ -148,7 +153,8 @@ class HeadView:
 
     name: str
     layout: str
-    weights: np.ndarray  # [H, W, C]
+    row: np.ndarray  # [N]: the query's attention over the keys, in token order
+    weights: np.ndarray  # [H, W, C]: the same on the image grid
     maps: np.ndarray  # [n, n], n = ceil(N / tile)
 
 
@@ -188,7 +194,8 @@ def head_view(chosen_model: ChosenModel, rows_: np.ndarray) -> HeadView:
     return HeadView(
         chosen_model.name,
         repr(m.layouts[layer]),
-        rows_[layer, head].reshape(geometry.height, geometry.width, geometry.channels),
+        rows_[layer, head],
+        token_map(rows_[layer, head], geometry),
         cached_maps(chosen_model.path, image_sha1, layer, tile, image)[head],
     )
 
@@ -208,14 +215,14 @@ def pixel_figure(v: HeadView, zmax: float | None, named: bool):
     if view == "over the image":
         return attention_overlay_figure(
             image.astype(np.float32).mean(axis=2) / 255.0,
-            v.weights.max(axis=2),
+            pixel_map(v.row, geometry, key_channel),
             title=title,
             query=(row, col),
             **hover,
             outline=outline,
         )
     return pixel_grid_figure(
-        v.weights.max(axis=2),
+        pixel_map(v.row, geometry, key_channel),
         title=title,
         query=(row, col),
         **hover,
@@ -275,7 +282,11 @@ weights = mine.weights
 maps = mine.maps
 views = [mine] if theirs is None else [mine, theirs]
 # two models: one colour scale, so the sharper head looks sharper
-zmax = max(float(v.weights.max()) for v in views) if theirs is not None else None
+zmax = (
+    max(float(pixel_map(v.row, geometry, key_channel).max()) for v in views)
+    if theirs is not None
+    else None
+)
 pixel_figs = [pixel_figure(v, zmax, theirs is not None) for v in views]
 map_title = f"layer {layer}, head {head}: N x N map" + (
     f" ({tile}x{tile} mean)" if tile > 1 else ""
@@ -302,12 +313,12 @@ if theirs is None:
         st.caption(map_caption)
 else:
     pixel_fig, map_fig = pixel_figs[0], map_figs[0]
-    stats = [head_metrics(v.weights.reshape(1, 1, -1), np.array([query]), geometry) for v in views]
+    stats = [head_metrics(v.row.reshape(1, 1, -1), np.array([query]), geometry) for v in views]
     st.markdown(
         as_text(
             f"{mine.name} and {theirs.name}, layer {layer}, head {head}, pixel ({row}, {col}): "
             f"the two rows share "
-            f"{float(shared_mass(mine.weights.ravel(), theirs.weights.ravel())):.0%} of "
+            f"{float(shared_mass(mine.row, theirs.row)):.0%} of "
             "their weight."
         )
     )
@@ -347,7 +358,7 @@ meta = {
 }
 stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}"
 items = [
-    Exportable(f"{stem}_r{row}c{col}_grid", grid_fig, {"maps": per_pixel[..., channel]}, meta),
+    Exportable(f"{stem}_r{row}c{col}_grid", grid_fig, {"maps": per_pixel}, meta),
     Exportable(f"{stem}_L{layer}H{head}_r{row}c{col}_pixel", pixel_fig, {"weights": weights}, meta),
     Exportable(
         f"{stem}_L{layer}H{head}_head", map_fig, {"probs": maps, "tile": np.array(tile)}, meta

@@ -189,7 +189,7 @@ def show_image(image: np.ndarray, caption: str, width: int = 140) -> None:
 CHANNEL_NAMES = ("red", "green", "blue")
 
 
-def channel_picker(key: str, geometry: Geometry, where=st) -> int | None:
+def channel_picker(key: str, geometry: Geometry, where=st, label: str = "Channel") -> int | None:
     """Which of a pixel's tokens a colour model's pixel maps show: one channel (its index) or
     "all" (None: the pixel's tokens together). A grey model has one token a pixel: 0, and no
     widget is drawn."""
@@ -199,7 +199,7 @@ def channel_picker(key: str, geometry: Geometry, where=st) -> int | None:
     if st.session_state.get(key) not in names:
         st.session_state[key] = "all"  # a value kept from a link or another model
     picked = where.radio(
-        "Channel",
+        label,
         names,
         horizontal=True,
         key=key,
@@ -554,6 +554,7 @@ SETTINGS: dict[str, Setting] = {
     "att_row": PIXEL,
     "att_col": PIXEL,
     "att_channel": Setting(int, 0, 2),
+    "att_key_channel": Setting(str, choices=("all", *CHANNEL_NAMES)),  # colour models only
     "att_layer": PIXEL,
     "att_head": PIXEL,
     "att_outline": Setting(str),

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from analysis.maps import pixel_map, token_map
 from analysis.metrics import HEAD_TYPES
 from app_pages.common import ROOT, as_text, export_panel, models_dir, show_image
 from models.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeline
+from models.tokens import Geometry
 from viz.export import Exportable, safe_name
 from viz.figures import head_grid_figure
 from viz.inspect_figures import bpd_figure, curves_figure, type_timeline_figure
@@ -137,6 +139,7 @@ meta = timeline.meta
 steps = [int(s) for s in timeline.steps]
 S, P, L, H, N = timeline.rows_u8.shape
 height, width, channels = meta.get("geometry", [28, 28, 1])
+geometry = Geometry(height, width, channels)
 st.session_state.setdefault("trn_step", steps[-1])
 if st.session_state.trn_step not in steps:  # another run's step
     st.session_state.trn_step = steps[-1]
@@ -154,7 +157,7 @@ with left:
         format_func=lambda k: f"{k}: test image {meta.get('probe_images', list(range(P)))[k]}",
     )
 with right:
-    image = timeline.probes[probe].reshape(height, width, channels)
+    image = token_map(np.asarray(timeline.probes[probe]), geometry)  # [h, w, c]
     pr, pc = meta.get("probe_pixel", [height // 2, width // 2])
     marked = np.repeat(image, 3, axis=2) if channels == 1 else image.copy()
     marked[pr, pc] = (255, 0, 0)
@@ -166,7 +169,7 @@ with right:
 
 rows = timeline.rows[s, probe]  # [L, H, N]
 grid_fig = head_grid_figure(
-    rows.reshape(L, H, height, width, channels)[..., 0],
+    pixel_map(rows, geometry, None),  # [L, H, h, w]: weight on each key pixel (all tokens)
     f"step {step}: pixel ({pr}, {pc}), every head",
 )
 pooled = timeline.pooled[s].astype(np.float32)  # [L, H, n, n]

@@ -264,3 +264,25 @@ def test_predictions_are_channel_aware(tmp_path, monkeypatch):
     assert shown[r, c] == pytest.approx(bits[pixel_to_token(r, c, 2, g)], rel=1e-4)
     row, col = at.number_input(key="prd_row").value, at.number_input(key="prd_col").value
     assert f"true value {int(image[row, col, 2])}" in title(chart(at, "prd_dist"))
+
+
+def test_attention_page_shows_a_colour_pixels_keys_by_channel_or_whole(tmp_path, monkeypatch):
+    from analysis.attention import query_rows
+    from models.tokens import pixel_to_token
+
+    at, model, image = colour_page(tmp_path, monkeypatch, "app_pages/attention.py")
+    g = model.config.geometry
+    at.number_input(key="att_channel").set_value(2).run()  # the blue token of pixel (14, 14)
+    row = query_rows(model, image, pixel_to_token(14, 14, 2, g))[0, 0]  # layer 0, head 0: [N]
+    by_hand = {
+        ch: np.array([[row[pixel_to_token(r, c, ch, g)] for c in range(32)] for r in range(32)])
+        for ch in range(3)
+    }
+    shown = values(trace(chart(at, "att_pixels"), "pixels")["marker"]["color"]).reshape(32, 32)
+    np.testing.assert_allclose(shown, sum(by_hand.values()), atol=1e-6)  # the keys' pixels
+    at.radio(key="att_key_channel").set_value("green").run()
+    assert not at.exception
+    shown = values(trace(chart(at, "att_pixels"), "pixels")["marker"]["color"]).reshape(32, 32)
+    np.testing.assert_allclose(shown, by_hand[1], atol=1e-6)
+    tiles = values(trace(chart(at, "att_grid"), "heads")["z"])
+    np.testing.assert_allclose(tiles[:32, :32], by_hand[1] / by_hand[1].max(), atol=1e-5)
