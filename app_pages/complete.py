@@ -12,6 +12,7 @@ import numpy as np
 import streamlit as st
 
 from analysis.attention import query_rows
+from analysis.maps import pixel_map
 from app_pages import limits
 from app_pages.common import (
     as_text,
@@ -311,12 +312,15 @@ px = clicked_pixel(st.session_state.get("cmp_look_pixels"), geometry.width)
 if px is not None:
     st.session_state.cmp_look_px = px
 r, c = st.session_state.cmp_look_px
-token = pixel_to_token(r, c, 0, geometry)
+# the pixel's tokens (three for a colour pixel): where it looked is their mean
+tokens_of_px = [pixel_to_token(r, c, ch, geometry) for ch in range(geometry.channels)]
+token = tokens_of_px[0]
 a, b = st.columns(2)
 with a:
     st.plotly_chart(
         pixel_grid_figure(
             sample_img.mean(axis=2),
+            rgb=sample_img if geometry.channels == 3 else None,  # a colour sample in colour
             title="sample: click a pixel",
             query=(r, c),
             colorscale="Greys_r",
@@ -331,10 +335,13 @@ with b:
     if keep[token]:
         st.info(f"Pixel ({r}, {c}) was kept from the image, not generated.")
     else:
-        probs = query_rows(models[name], sample_img, token, layers=[layer])[0]  # [H, N]
-        mean = probs.mean(0).reshape(geometry.height, geometry.width, geometry.channels)
+        probs = np.mean(  # [H, N]: the pixel's query tokens' rows, averaged
+            [query_rows(models[name], sample_img, t, layers=[layer])[0] for t in tokens_of_px],
+            axis=0,
+        )
+        mean = probs.mean(0)  # [N]: mean over heads
         look_fig = pixel_grid_figure(
-            mean.max(axis=2),
+            pixel_map(mean, geometry, None),  # the weight on each key pixel (all its tokens)
             title=f"layer {layer}, mean over heads: where pixel ({r}, {c}) looked",
             query=(r, c),
             colorscale="Viridis",

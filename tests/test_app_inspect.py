@@ -286,3 +286,20 @@ def test_attention_page_shows_a_colour_pixels_keys_by_channel_or_whole(tmp_path,
     np.testing.assert_allclose(shown, by_hand[1], atol=1e-6)
     tiles = values(trace(chart(at, "att_grid"), "heads")["z"])
     np.testing.assert_allclose(tiles[:32, :32], by_hand[1] / by_hand[1].max(), atol=1e-5)
+
+
+def test_a_colour_model_completes_in_colour(tmp_path, monkeypatch):
+    at, model, image = colour_page(tmp_path, monkeypatch, "app_pages/complete.py")
+    at.multiselect(key="cmp_models").set_value(["colour"]).run()
+    at.slider(key="cmp_samples").set_value(1).run()
+    at.slider(key="cmp_rows").set_value(31).run()  # sample only the last row: fast
+    at.button(key="cmp_run").click().run()
+    assert not at.exception, at.exception
+    pick = chart(at, "cmp_look_pixels")
+    picture = trace(pick, "image")
+    assert picture["type"] == "image"  # the sample drawn in colour, not as grey values
+    rgb = values(picture["z"]).astype(np.uint8)
+    assert rgb.shape == (32, 32, 3)
+    np.testing.assert_array_equal(rgb[:31], image[:31])  # the kept rows are the image's
+    look = values(trace(chart(at, "cmp_look_attention"), "pixels")["marker"]["color"])
+    assert look.shape == (1024,) and abs(look.sum() - 1) < 1e-3  # a pixel's mean row, per pixel

@@ -163,8 +163,10 @@ def pixel_grid_figure(
     colorbar_title: str | None = None,
     outline: np.ndarray | None = None,
     size_px: int = 420,
+    rgb: np.ndarray | None = None,
 ) -> go.Figure:
-    """A clickable H x W pixel view coloured by ``values`` [H, W], sized by its container.
+    """A clickable H x W pixel view coloured by ``values`` [H, W], sized by its container (or
+    showing the colour picture ``rgb`` [H, W, 3] uint8, ``values`` then only in the hover).
 
     Drawn as a heatmap (cells that scale with the chart), under a scatter of invisible points
     named "pixels", one at each pixel's centre, which carries the hover text and the click
@@ -214,20 +216,23 @@ def pixel_grid_figure(
             showlegend=False,
         )
     )
-    fig.add_trace(
-        go.Heatmap(
-            z=values,
-            colorscale=colorscale,
-            zmin=zmin,
-            zmax=zmax,
-            showscale=colorbar_title is not None,
-            colorbar=dict(title=colorbar_title, thickness=12, len=0.8, y=1, yanchor="top")
-            if colorbar_title
-            else None,
-            hoverinfo="skip",
-            name="image",
+    if rgb is not None:  # a colour picture: pixel centres at 0..W-1, 0..H-1 as the points
+        fig.add_trace(go.Image(z=np.asarray(rgb, dtype=np.uint8), hoverinfo="skip", name="image"))
+    else:
+        fig.add_trace(
+            go.Heatmap(
+                z=values,
+                colorscale=colorscale,
+                zmin=zmin,
+                zmax=zmax,
+                showscale=colorbar_title is not None,
+                colorbar=dict(title=colorbar_title, thickness=12, len=0.8, y=1, yanchor="top")
+                if colorbar_title
+                else None,
+                hoverinfo="skip",
+                name="image",
+            )
         )
-    )
     keep = dict(marker=dict(opacity=1))  # not dimmed when a click selects a pixel
     if outline is not None and outline.any():
         r, c = np.nonzero(outline)
