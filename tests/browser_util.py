@@ -137,15 +137,20 @@ def settle(page) -> None:
     page.wait_for_timeout(300)
 
 
-def open_page(page, title: str) -> None:
-    """Open a page from the menu at the top; in a narrow window the pages that do not fit
-    are behind its "N more" entry."""
+def click_menu(page, title: str) -> None:
+    """Click a page's entry in the menu at the top (not yet waiting for the page); in a narrow
+    window the pages that do not fit are behind its "N more" entry."""
     link = page.get_by_role("link", name=title).first
     if link.is_visible():
         link.click()
     else:
         page.get_by_text(re.compile(r"^\d+ more$")).first.click()
         page.get_by_role("menuitem").filter(has_text=title).first.click()
+
+
+def open_page(page, title: str) -> None:
+    """Open a page from the menu at the top and wait until it is drawn."""
+    click_menu(page, title)
     settle(page)
     page.get_by_role("heading").first.wait_for()
 

@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from browser_util import choose, free_port, launch_chromium, streamlit_command  # noqa: E402
+from browser_util import (  # noqa: E402
+    choose,
+    click_menu,
+    free_port,
+    launch_chromium,
+    streamlit_command,
+)
 
 from tools.cli import Parser, int_range, run_main  # noqa: E402
 
@@ -102,17 +107,6 @@ def drawn(page, key: str, text: str = "", timeout: float = 120_000) -> None:
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
 
-def open_menu(page, title: str) -> None:
-    """Open a page from the menu; in a window too narrow for every page, the ones that do not
-    fit are behind the menu's "N more" entry."""
-    link = page.get_by_role("link", name=title).first
-    if link.is_visible():
-        link.click()
-    else:
-        page.get_by_text(re.compile(r"^\d+ more$")).first.click()
-        page.get_by_role("menuitem").filter(has_text=title).first.click()
-
-
 def first_page_seconds(browser) -> float:
     page = browser.new_page(viewport=VIEWPORT)
     with server() as (url, t0):
@@ -129,7 +123,7 @@ def attention_first_open_seconds(browser) -> float:
         goto_when_up(page, url)
         drawn(page, "lay_pixels_strided", "keys of pixel")
         t = time.perf_counter()
-        open_menu(page, "Attention")
+        click_menu(page, "Attention")
         drawn(page, "att_pixels", "where pixel")
         drawn(page, "att_map", "N x N")
         took = time.perf_counter() - t
@@ -194,7 +188,7 @@ def attention_interactions(page, repeats: int) -> dict[str, list[float]]:
         "click a grid tile": [],
         "click a row of the N x N map": [],
     }
-    open_menu(page, "Attention")
+    click_menu(page, "Attention")
     drawn(page, "att_pixels", "where pixel")
     drawn(page, "att_map", "N x N")
     ticks = page.locator(".st-key-att_grid .ytick text").all_text_contents()
@@ -247,38 +241,42 @@ def attention_interactions(page, repeats: int) -> dict[str, list[float]]:
     return out
 
 
+def pixel_clicks(page, view: str, shown: str, words: str, place, repeats: int) -> list[float]:
+    """Seconds from a click on pixel ``place(k)`` (row, col) of chart ``view`` until chart
+    ``shown`` names it (``words`` formatted with the row and column), ``repeats`` times after
+    two warm-up clicks."""
+    times = []
+    for k in range(repeats + 2):
+        row, col = place(k)
+        scroll_to(page, view)
+        x, y = pixel_center(page, view, row, col)
+        t = hover_then_click(page, x, y)
+        drawn(page, shown, words.format(row=row, col=col))
+        if k >= 2:
+            times.append(time.perf_counter() - t)
+    return times
+
+
 def who_interactions(page, repeats: int) -> dict[str, list[float]]:
     """ "Who looks here": a click on a pixel of the key view makes it the key pixel."""
-    out: dict[str, list[float]] = {"click a key pixel": []}
-    open_menu(page, "Who looks here")
+    click_menu(page, "Who looks here")
     drawn(page, "who_key_view", "who reads")
-    for k in range(repeats + 2):
-        row, col = 3 + (5 * k) % 22, 2 + (9 * k) % 24  # never the default (10, 14)
-        scroll_to(page, "who_key_view")
-        x, y = pixel_center(page, "who_key_view", row, col)
-        t = hover_then_click(page, x, y)
-        drawn(page, "who_key_view", f"who reads ({row}, {col})")
-        if k >= 2:
-            out["click a key pixel"].append(time.perf_counter() - t)
-    return out
+    place = lambda k: (3 + (5 * k) % 22, 2 + (9 * k) % 24)  # noqa: E731  (never (10, 14))
+    times = pixel_clicks(
+        page, "who_key_view", "who_key_view", "who reads ({row}, {col})", place, repeats
+    )
+    return {"click a key pixel": times}
 
 
 def predictions_interactions(page, repeats: int) -> dict[str, list[float]]:
     """ "Predictions & ablation": a click on a pixel of the bits map shows that pixel's
     predicted distributions (chart prd_dist names the pixel)."""
-    out: dict[str, list[float]] = {"click a pixel": []}
-    open_menu(page, "Predictions & ablation")
+    click_menu(page, "Predictions & ablation")
     drawn(page, "prd_pixels", "bits per pixel")
     drawn(page, "prd_dist", "predicted value of pixel")
-    for k in range(repeats + 2):
-        row, col = 2 + (5 * k) % 24, 3 + (11 * k) % 23  # never the default (8, 12)
-        scroll_to(page, "prd_pixels")
-        x, y = pixel_center(page, "prd_pixels", row, col)
-        t = hover_then_click(page, x, y)
-        drawn(page, "prd_dist", f"predicted value of pixel ({row}, {col})")
-        if k >= 2:
-            out["click a pixel"].append(time.perf_counter() - t)
-    return out
+    place = lambda k: (2 + (5 * k) % 24, 3 + (11 * k) % 23)  # noqa: E731  (never (8, 12))
+    words = "predicted value of pixel ({row}, {col})"
+    return {"click a pixel": pixel_clicks(page, "prd_pixels", "prd_dist", words, place, repeats)}
 
 
 def shipped_timeline() -> str | None:
@@ -292,7 +290,7 @@ def training_interactions(page, repeats: int, folder: str) -> dict[str, list[flo
     (a run with a timeline); chart trn_grid's title names the step."""
     out: dict[str, list[float]] = {"move the step slider": []}
     steps = json.loads((ROOT / folder / "timeline.json").read_text())["steps"]
-    open_menu(page, "Training")
+    click_menu(page, "Training")
     page.wait_for_selector(".st-key-trn_folder")
     page.wait_for_selector(IDLE)
     current = page.locator(".st-key-trn_folder").inner_text()
@@ -346,18 +344,18 @@ def learned_seconds(browser) -> tuple[float, float]:
         goto_when_up(page, url)
         drawn(page, "lay_pixels_strided", "keys of pixel")
         for _ in range(2):
-            open_menu(page, "Learned vs prescribed")
+            click_menu(page, "Learned vs prescribed")
             drawn(page, "lvp_cov_strided", "coverage by")
             page.locator(".st-key-lvp_over").get_by_text("many test images").click()
             t = time.perf_counter()
             page.wait_for_timeout(50)
             drawn(page, "lvp_cov_fixed", "coverage by", timeout=600_000)
             times.append(time.perf_counter() - t)
-            open_menu(page, "Layouts")
+            click_menu(page, "Layouts")
             drawn(page, "lay_pixels_strided", "keys of pixel")
             page.locator(".st-key-lay_mode").get_by_text("strided", exact=True).click()
             # back to one image for the second round: the page keeps its settings
-            open_menu(page, "Learned vs prescribed")
+            click_menu(page, "Learned vs prescribed")
             drawn(page, "lvp_cov_strided", "coverage by", timeout=600_000)
             page.locator(".st-key-lvp_over").get_by_text("one image").click()
             drawn(page, "lvp_cov_strided", "coverage by", timeout=600_000)
