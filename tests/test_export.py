@@ -420,3 +420,14 @@ def test_html_metadata_cannot_end_its_script_tag():
     start = html.index('id="figure-metadata">') + len('id="figure-metadata">')
     text = html[start : html.index("</script>", start)]
     assert json.loads(text)["image"] == "</script><b>x</b>.png"
+
+
+def test_a_colour_bar_of_named_categories_exports_its_names():
+    from analysis.metrics import HEAD_TYPES
+    from viz.inspect_figures import type_timeline_figure
+
+    codes = np.arange(2 * 2 * 2).reshape(2, 2, 2) % len(HEAD_TYPES)  # [steps, layers, heads]
+    item = Exportable("types", type_timeline_figure(codes, [1, 10], title="t"), {}, META)
+    svg = export_bytes(item, "svg").decode()
+    # the page's colour bar names the head types; so does the static figure's
+    assert all(name in svg for name in HEAD_TYPES)

@@ -185,6 +185,9 @@ def _draw(fig: go.Figure):
                 bar = mfig.colorbar(mesh, ax=ax)
                 if tr.colorbar and tr.colorbar.title and tr.colorbar.title.text:
                     bar.set_label(tr.colorbar.title.text)
+                if tr.colorbar and tr.colorbar.tickvals is not None and tr.colorbar.ticktext:
+                    # named categories (head types), as the page's colour bar shows them
+                    bar.set_ticks(list(tr.colorbar.tickvals), labels=list(tr.colorbar.ticktext))
         elif _click_targets(tr):
             continue
         elif isinstance(tr, go.Scatter):
