@@ -7,10 +7,19 @@ layout search scores candidate strided and fixed layouts. The command line is to
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import torch
 
-from analysis.metrics import aggregate, default_queries, head_metrics, head_type
+from analysis.metrics import (
+    aggregate,
+    default_queries,
+    head_metrics,
+    head_type,
+    layout_coverage,
+)
 from kernels.layouts import Layout, fixed, strided
 from models.datasets import load_images
 from models.model import SparseTransformer
@@ -28,28 +37,57 @@ def analyze_model(
     model: SparseTransformer, tokens: torch.Tensor, layout: Layout, *, batch: int = 8
 ) -> list[dict]:
     """One row per (layer, head): each metric's mean and std over the images, and the type."""
+    return analyze_layouts(model, tokens, [layout], batch=batch)[0]
+
+
+def analyze_layouts(
+    model: SparseTransformer,
+    tokens: torch.Tensor,
+    layouts: Sequence[Layout],
+    *,
+    batch: int = 8,
+    workers: int = 1,
+) -> list[list[dict]]:
+    """analyze_model's table for each of ``layouts``, from one capture: the metrics that do not
+    depend on a layout (entropy, k90's sort, distance, shares) are measured once, coverage once
+    per layout. ``workers`` threads measure batches while the next is captured (numpy releases
+    the GIL; the captures stay in this thread)."""
     geometry = model.config.geometry
     queries = default_queries(geometry)
     heads = list(range(model.config.n_head))
-    per_layer: dict[int, dict[str, list[np.ndarray]]] = {}
-    for s in range(0, len(tokens), batch):
-        caps = model.capture(tokens[s : s + batch], form="rows", queries=torch.from_numpy(queries))
-        for layer, rows in caps.items():
-            probs = rows.probs.numpy()
-            m = head_metrics(probs, queries, geometry, layout, heads)  # each [b, H]
-            for k, v in m.items():
-                per_layer.setdefault(layer, {}).setdefault(k, []).append(v)
-    table = []
-    for layer, metrics in per_layer.items():
-        stats = aggregate({k: np.concatenate(v) for k, v in metrics.items()})
-        for h in heads:
-            row = {"layer": layer, "head": h, "layout": repr(layout), "images": len(tokens)}
-            for k, (mean, std) in stats.items():
-                row[k] = round(float(mean[h]), 4)
-                row[f"{k}_std"] = round(float(std[h]), 4)
-            row["type"] = head_type(row)
-            table.append(row)
-    return table
+
+    def measure(probs: np.ndarray) -> list[dict[str, np.ndarray]]:
+        common = head_metrics(probs, queries, geometry, None, heads)  # each [b, H]
+        return [common | layout_coverage(probs, queries, lay, heads) for lay in layouts]
+
+    pending: list[tuple[int, Future]] = []  # (layer, measured batch) in capture order
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for s in range(0, len(tokens), batch):
+            caps = model.capture(
+                tokens[s : s + batch], form="rows", queries=torch.from_numpy(queries)
+            )
+            for layer, rows in caps.items():
+                pending.append((layer, pool.submit(measure, rows.probs.numpy())))
+        # per layout, per layer: each metric's values over all the images
+        per_layer = [{} for _ in layouts]
+        for layer, done in pending:
+            for k, m in enumerate(done.result()):
+                for name, v in m.items():
+                    per_layer[k].setdefault(layer, {}).setdefault(name, []).append(v)
+    tables = []
+    for layout, layers in zip(layouts, per_layer, strict=True):
+        table = []
+        for layer, metrics in layers.items():
+            stats = aggregate({k: np.concatenate(v) for k, v in metrics.items()})
+            for h in heads:
+                row = {"layer": layer, "head": h, "layout": repr(layout), "images": len(tokens)}
+                for k, (mean, std) in stats.items():
+                    row[k] = round(float(mean[h]), 4)
+                    row[f"{k}_std"] = round(float(std[h]), 4)
+                row["type"] = head_type(row)
+                table.append(row)
+        tables.append(table)
+    return tables
 
 
 def search_candidates(geometry) -> list[Layout]:

@@ -108,12 +108,25 @@ def head_metrics(
         "same_channel": (p * same_ch).sum(-1).mean(-1),
     }
     if layout is not None:
-        parts = layout_rows(layout, queries, N, heads)
-        total = 0
-        for name, mask in parts.items():
-            out[f"coverage_{name}"] = (p * mask).sum(-1).mean(-1)
-            total = total + out[f"coverage_{name}"]
-        out["coverage"] = total
+        out.update(layout_coverage(p, queries, layout, heads))
+    return out
+
+
+def layout_coverage(
+    probs: np.ndarray, queries: np.ndarray, layout: Layout, heads: list[int] | None = None
+) -> dict[str, np.ndarray]:
+    """The coverage metrics alone (the only ones that depend on a layout) of rows probs
+    [..., H, Q, N]: the mass on each of the layout's parts and in all, float64 [..., H]; for
+    scoring one capture against several layouts without measuring the rest again."""
+    p = np.asarray(probs, dtype=np.float64)
+    *_, H, _, N = p.shape
+    heads = list(range(H)) if heads is None else heads
+    out = {}
+    total = 0
+    for name, mask in layout_rows(layout, np.asarray(queries, dtype=np.int64), N, heads).items():
+        out[f"coverage_{name}"] = (p * mask).sum(-1).mean(-1)
+        total = total + out[f"coverage_{name}"]
+    out["coverage"] = total
     return out
 
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.learned import analyze_model, layout_search, pick_images, search_candidates
+from analysis.learned import (
+    analyze_layouts,
+    analyze_model,
+    layout_search,
+    pick_images,
+    search_candidates,
+)
 from kernels import layouts as L
 from models import ModelConfig, SparseTransformer
 from models.tokens import Geometry
@@ -42,6 +48,20 @@ def test_a_sparse_model_puts_no_mass_outside_its_layout():
     by = {r["layout"]: r for r in search}
     assert by["strided(l=28)"]["coverage"] == pytest.approx(1)
     assert by["strided(l=14)"]["coverage"] < 1
+
+
+def test_several_layouts_from_one_capture_equal_one_at_a_time():
+    tokens = torch.randint(0, 256, (5, 784), generator=torch.Generator().manual_seed(1))
+    model = tiny_model("dense()")
+    layouts = [L.strided(28), L.fixed(28, 2), L.strided(14)]
+    one_by_one = [analyze_model(model, tokens, lay, batch=2) for lay in layouts]
+    for workers in (1, 3):  # batches of 2, 2, 1 measured in threads: the same tables, in order
+        assert analyze_layouts(model, tokens, layouts, batch=2, workers=workers) == one_by_one
+    # only coverage depends on the layout
+    pairs = list(zip(one_by_one[0], one_by_one[1], strict=True))
+    same = {k for k in one_by_one[0][0] if not k.startswith(("coverage", "layout"))}
+    assert all(r0[k] == r1[k] for r0, r1 in pairs for k in same)
+    assert any(r0["coverage"] != r1["coverage"] for r0, r1 in pairs)
 
 
 def test_pick_images_spreads_over_the_split(tmp_path):
