@@ -47,7 +47,7 @@ from models.checkpoint import (
 )
 from models.datasets import describe_source, load_images
 from models.evaluation import device_name, evaluate_bpd
-from models.model import ModelConfig, SparseTransformer
+from models.model import ModelConfig, SparseTransformer, keep_attention_out_of_graphs
 from models.timeline import TimelineRecorder
 from models.tokens import images_to_tokens
 
@@ -673,6 +673,7 @@ def train(
     if ranks.is_main and run.record["precision"] == "bf16" and not on_cuda:
         _say("--dtype bf16 on the CPU: bf16 autocast works there, but is slower than fp32")
     if cfg.compile:  # compiled on the first step; the weights stay run.model's
+        keep_attention_out_of_graphs()
         ddp_model = torch.compile(ddp_model)
     # --minutes: time steps CALIBRATION of a fresh run, then fix cfg.steps before the warm-up
     # ends, so the schedule is that of a plain --steps run

@@ -243,3 +243,26 @@ def test_missing_directory_and_config_only(tmp_path):
         load_model(tmp_path / "nowhere")
     d = _saved(tmp_path, layout=f"fixed(l={ROW}, c=2)")
     assert load_config(d).layouts[0] == L.fixed(ROW, 2)
+
+
+def test_importing_the_model_does_not_import_the_compiler():
+    """torch._dynamo costs ~0.9 s to import; only compiling needs it (the app never does)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, models.model, analysis.attention; print('torch._dynamo' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_compiling_keeps_the_attention_call_out_of_the_graph(monkeypatch):
+    import models.model as M
+
+    monkeypatch.setattr(M, "_attention_call", M.attention)  # restored after the test
+    M.keep_attention_out_of_graphs()
+    assert M._attention_call is not M.attention
+    assert getattr(M._attention_call, "_torchdynamo_disable", False)  # dynamo's own mark
