@@ -43,6 +43,14 @@ def query_rows(
     return np.stack([caps[i].probs[0, :, 0].float().numpy() for i in order])
 
 
+def every_row(model: SparseTransformer, image: np.ndarray) -> np.ndarray:
+    """Every query's attention in every layer and head, from one forward: float32
+    [L, H, N, N] (row q of [l, h] is query_rows(model, image, q)[l, h]). 4 * L * H * N^2 bytes:
+    for small images only (capture_memory says how much)."""
+    caps = model.capture(_tokens(image), form="full")
+    return np.stack([caps[i].probs[0].float().numpy() for i in sorted(caps)])
+
+
 def head_maps(model: SparseTransformer, image: np.ndarray, layer: int, tile: int = 1) -> np.ndarray:
     """Every head's attention map of ``layer``: float32 [H, N, N] when ``tile`` is 1, else the
     mean of every tile x tile block [H, ceil(N / tile), ceil(N / tile)] (the capture's pooled

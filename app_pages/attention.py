@@ -5,7 +5,13 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from analysis.attention import capture_image, capture_memory, head_maps, query_rows
+from analysis.attention import (
+    capture_image,
+    capture_memory,
+    every_row,
+    head_maps,
+    query_rows,
+)
 from analysis.maps import pixel_map, token_map
 from analysis.metrics import head_metrics, shared_mass
 from app_pages.common import (
@@ -34,7 +40,7 @@ from viz.figures import (
     head_grid_figure,
     pixel_grid_figure,
 )
-from viz.layout_view import pixel_view, tile_for
+from viz.layout_view import pixel_view, pool_tiles, tile_for
 
 # the N x N map is drawn with at most this many cells a side (tile means above): 196 for the
 # 784 tokens of a 28 x 28 image, 38k cells, what a ~450 px chart shows anyway (392 drew 154k
@@ -107,17 +113,42 @@ with left:
 query = pixel_to_token(row, col, channel, geometry)
 
 
+# every query's rows from one forward, when they fit in this many MB (784 tokens, 8 layers of
+# 4 heads: 79 MB): a click then reads a row instead of running the model again
+EVERY_ROW_MB = 128
+
+
+@st.cache_resource(max_entries=2, ttl=3600, show_spinner="Capturing every layer...")
+def every_row_of(path: str, img_key: str, _image: np.ndarray) -> np.ndarray:
+    """[L, H, N, N] float32, read-only: a resource, shared by the sessions and not copied at
+    every hit as cache_data would (bounded: two images)."""
+    rows_ = every_row(get_model(path), _image)
+    rows_.setflags(write=False)
+    return rows_
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def cached_rows(path: str, img_key: str, query: int, _image: np.ndarray) -> np.ndarray:
     """Attention rows of one query in every layer and head: [L, H, N] (cached per model, image
-    and query)."""
+    and query), read from every_row_of when it fits, else from a capture of that row."""
+    if fits_every_row(path):
+        return every_row_of(path, img_key, _image)[:, :, query].copy()
     return query_rows(get_model(path), _image, query)
+
+
+def fits_every_row(path: str) -> bool:
+    cfg = get_model(path).config
+    return 4 * cfg.n_layer * cfg.n_head * cfg.geometry.n_tokens**2 <= EVERY_ROW_MB * 2**20
 
 
 @st.cache_data(max_entries=16, show_spinner="Capturing the layer...")
 def cached_maps(path: str, img_key: str, layer: int, tile: int, _image: np.ndarray) -> np.ndarray:
     """Every head's map of one layer, [H, n, n] with n = ceil(N / tile) (cached per model,
-    image and layer)."""
+    image and layer): pooled from every_row_of when it fits (no forward), else captured in the
+    pooled form (the N x N map never made)."""
+    if fits_every_row(path):
+        full = every_row_of(path, img_key, _image)[layer]  # [H, N, N]
+        return np.stack([pool_tiles(m, tile) for m in full]).astype(np.float32)
     return head_maps(get_model(path), _image, layer, tile)
 
 

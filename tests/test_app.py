@@ -545,3 +545,24 @@ def test_attention_page_two_models_side_by_side(tmp_path, monkeypatch):
     at.selectbox(key="att_compare").set_value("colour").run()
     assert not at.exception and "32 x 32 x 3" in " ".join(i.value for i in at.info)
     assert len(charts(at)) == 3
+
+
+def test_attention_page_reads_rows_and_maps_equal_to_their_own_captures(tmp_path, monkeypatch):
+    """The page reads a query's rows and a layer's pooled maps from one capture of every row
+    (when it fits): equal to a capture of that row and to the capture's own pooled form."""
+    from analysis.attention import head_maps, query_rows
+    from models import load_model
+    from models.uploads import prepare_image
+
+    at = attention_app(tmp_path, monkeypatch)
+    at.button_group(key="att_layer").set_value(1).run()
+    at.button_group(key="att_head").set_value(1).run()
+    model = load_model(tmp_path / "dense")
+    first = sorted((Path(APP).parent / "assets" / "samples").glob("*.png"))[0]
+    image = prepare_image(first.read_bytes(), model.config.geometry)
+    shown = values(trace(chart(at, "att_pixels"), "pixels")["marker"]["color"])
+    np.testing.assert_allclose(shown, query_rows(model, image, 14 * 28 + 14)[1, 1], atol=1e-6)
+    z = values(trace(chart(at, "att_map"), "attention")["z"])  # log10 of the 4 x 4 means
+    want = head_maps(model, image, 1, 4)[1]
+    assert np.array_equal(np.isnan(z), want == 0)  # no weight: left blank
+    np.testing.assert_allclose(z[want > 0], np.log10(want[want > 0]), atol=1e-4)
