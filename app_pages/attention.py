@@ -137,6 +137,7 @@ def cached_rows(path: str, img_key: str, query: int, _image: np.ndarray) -> np.n
 
 
 def fits_every_row(path: str) -> bool:
+    """Whether the model's every_row_of for one image stays within EVERY_ROW_MB."""
     cfg = get_model(path).config
     return 4 * cfg.n_layer * cfg.n_head * cfg.geometry.n_tokens**2 <= EVERY_ROW_MB * 2**20
 
@@ -157,7 +158,7 @@ rows = cached_rows(chosen.path, image_sha1, query, image)  # [L, H, N]
 L_, H_, N = rows.shape
 # per key pixel: the weight on its token of the chosen channel, or on all of its tokens
 per_pixel = pixel_map(rows, geometry, key_channel)  # [L, H, h, w]
-# a click on a tile of the grid picks its layer and head (before their selectboxes are drawn)
+# a click on a tile of the grid picks its layer and head (before their controls are drawn)
 picked_tile = clicked_tile(st.session_state.get("att_grid"), H_)
 if picked_tile is not None and picked_tile != st.session_state.get("att_grid_last"):
     st.session_state.att_grid_last = picked_tile
