@@ -67,7 +67,10 @@ def test_mosaic_tiles_labels_and_scales():
     assert z.shape == (2 * 5 - 1, 3 * 6 - 1)  # a blank line between tiles
     assert np.array_equal(z[5:9, 6:11], maps[1, 1]) and np.isnan(z[4]).all()
     assert list(fig.layout.xaxis.ticktext) == list("abc")
-    assert "r1 b<br>row 0, col 0" in fig.data[0].text[5, 6]
+    tiles = fig.data[0]  # hover: the tile's name, then its pixel and raw value as numbers
+    assert tiles.text[5, 6] == "r1 b" and tiles.text[4, 6] == ""
+    np.testing.assert_array_equal(tiles.customdata[5, 7], [0, 1, maps[1, 1, 0, 1]])
+    assert tiles.hovertemplate.startswith("%{text}<br>row %{customdata[0]}, col %{customdata[1]}")
     scaled = np.asarray(
         mosaic_figure(maps, title="t", col_labels=list("abc"), per_tile=True).data[0].z
     )
