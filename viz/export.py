@@ -21,6 +21,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from html import escape
 from pathlib import Path
 from typing import Protocol
@@ -79,9 +80,10 @@ class Exportable:
         """The formats this item can be written in."""
         return ("png", "npz") if self.figure is None else FORMATS
 
-    @property
+    @cached_property
     def cells(self) -> int:
-        """How many cells (heatmap cells, pixel markers) its figure draws: its weight."""
+        """How many cells (heatmap cells, pixel markers) its figure draws: its weight (counted
+        once: a page's export panel asks for every item and format at every run)."""
         if self.figure is None:
             return 0 if self.picture is None else int(np.prod(self.picture.shape[:2]))
         total = 0
