@@ -88,3 +88,17 @@ def test_pixel_grid_hover_from_numbers():
     assert (pixels.x[4], pixels.y[4]) == (1, 1)  # %{x} is the column, %{y} the row
     plain = trace(pixel_grid_figure(values, title="t"), "pixels")  # default: the value itself
     assert plain.text is None and "%{marker.color" in plain.hovertemplate
+
+
+def test_click_targets_are_data_not_drawn_nodes():
+    """Every invisible click layer is hovered and selected by plotly from its data, but draws
+    one point only (hundreds of SVG nodes were most of a view's redraw in the browser)."""
+    rng = np.random.default_rng(0)
+    figs = {
+        "pixels": pixel_grid_figure(rng.random((4, 5)), title="t"),
+        "tiles": head_grid_figure(rng.random((2, 2, 4, 5)), "g"),
+        "queries": attention_map_figure(np.tril(rng.random((6, 6))), 2, "m"),
+    }
+    for name, fig in figs.items():
+        layer = trace(fig, name)
+        assert layer.marker.opacity == 0 and layer.marker.maxdisplayed == 1, name
