@@ -232,6 +232,8 @@ CASES = [
     ("bench_app", f"--learned {HUGE}", "between 0", None),
     ("bench_app", "--parts attention,nonsense", "unknown part nonsense", None),
     ("bench_app", "--parts ,", "unknown part", None),
+    ("bench_app", "--timeline /tmp", "not inside the project", None),
+    ("bench_app", "--timeline assets", "no timeline.json", None),
     # tools.bench_load (no server, no browser: refused while parsing)
     ("bench_load", "--contexts 0", "between 1", None),
     ("bench_load", "--contexts 17", "between 1", None),

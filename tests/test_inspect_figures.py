@@ -109,3 +109,15 @@ def test_every_figure_exports(fmt):
         assert len(data) > 100, (name, fmt)
         if fmt == "npz":
             assert "metadata" in np.load(io.BytesIO(data)).files
+
+
+def test_curves_keep_markers_and_legend_while_few():
+    steps = list(range(16))
+    few = curves_figure(steps, {"a": np.arange(16.0), "b": np.ones(16)}, title="t", y_title="y")
+    assert few.data[0].mode == "lines+markers" and few.layout.showlegend is not False
+    many = {f"L{i}H{j}": np.arange(16.0) for i in range(8) for j in range(4)}  # 512 points
+    fig = curves_figure(steps, many, title="t", y_title="y", selected=3)
+    lines = [t for t in fig.data if t.name != "selected"]
+    assert {t.mode for t in lines} == {"lines"} and fig.layout.showlegend is False
+    (marks,) = [t for t in fig.data if t.name == "selected"]  # the chosen step still marked
+    assert len(marks.x) == 32 and set(marks.x) == {3.0}

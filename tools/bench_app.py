@@ -313,8 +313,11 @@ def training_interactions(page, repeats: int, folder: str) -> dict[str, list[flo
     return out
 
 
-def page_interactions(browser, parts: set[str], repeats: int) -> list[tuple[str, list[float]]]:
-    """The interactive parts asked for, on one server: [(what, seconds)]."""
+def page_interactions(
+    browser, parts: set[str], repeats: int, timeline: str | None = None
+) -> list[tuple[str, list[float]]]:
+    """The interactive parts asked for, on one server: [(what, seconds)]; the Training part on
+    the run folder ``timeline`` (default: one shipped under assets/models)."""
     results: list[tuple[str, list[float]]] = []
     page = browser.new_page(viewport=VIEWPORT)
     with server() as (url, _):
@@ -329,7 +332,7 @@ def page_interactions(browser, parts: set[str], repeats: int) -> list[tuple[str,
         if "predictions" in parts:
             for name, times in predictions_interactions(page, repeats).items():
                 results.append((f"Predictions: {name}", times))
-        if "training" in parts and (folder := shipped_timeline()) is not None:
+        if "training" in parts and (folder := timeline or shipped_timeline()) is not None:
             for name, times in training_interactions(page, repeats, folder).items():
                 results.append((f"Training ({folder}): {name}", times))
     page.close()
@@ -485,11 +488,31 @@ def _main(argv: list[str] | None = None) -> int:
         default=set(PARTS),
         help=f"comma-separated, of {', '.join(PARTS)} (default: all)",
     )
+    parser.add_argument(
+        "--timeline",
+        type=timeline_arg,
+        default=None,
+        help="a run folder inside the project with a timeline, for the training part "
+        "(default: one shipped under assets/models)",
+    )
     args = parser.parse_args(argv)
-    return measure(args.parts, args.repeats, args.servers, args.learned)
+    return measure(args.parts, args.repeats, args.servers, args.learned, args.timeline)
 
 
-def measure(parts: set[str], repeats: int, servers: int, learned: int) -> int:
+def timeline_arg(text: str) -> str:
+    """A run folder inside the project holding timeline.json (the Training page lists the
+    project's runs/ and models), as a path relative to the project."""
+    path = (ROOT / text).resolve()
+    if not path.is_relative_to(ROOT):
+        raise argparse.ArgumentTypeError(f"{text}: not inside the project ({ROOT})")
+    if not (path / "timeline.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no timeline.json there (train with a timeline)")
+    return str(path.relative_to(ROOT))
+
+
+def measure(
+    parts: set[str], repeats: int, servers: int, learned: int, timeline: str | None = None
+) -> int:
     """Run the parts asked for and print the table."""
     from playwright.sync_api import sync_playwright
 
@@ -502,7 +525,7 @@ def measure(parts: set[str], repeats: int, servers: int, learned: int) -> int:
     print("| measurement | result | goal |")
     print("|---|---|---|")
     notes = []
-    if "training" in parts and shipped_timeline() is None:
+    if "training" in parts and timeline is None and shipped_timeline() is None:
         notes.append(
             "Training step slider: not measured, no run with a timeline (timeline.npz) under "
             "assets/models"
@@ -517,7 +540,7 @@ def measure(parts: set[str], repeats: int, servers: int, learned: int) -> int:
                 opens = [attention_first_open_seconds(browser) for _ in range(servers)]
                 print(line("Attention page, first open", opens, "<= 2 s", "s"), flush=True)
             if parts & {"attention", "who", "predictions", "training"}:
-                for name, times in page_interactions(browser, parts, repeats):
+                for name, times in page_interactions(browser, parts, repeats, timeline):
                     print(line(name, times, "<= 400 ms"), flush=True)
             if "learned" in parts and learned:
                 runs = [learned_seconds(browser) for _ in range(learned)]

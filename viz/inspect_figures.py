@@ -211,6 +211,10 @@ def distribution_figure(
     return fig
 
 
+MAX_MARKERS = 200  # curves_figure draws a marker at each point up to this many points
+MAX_LEGEND = 12  # and a legend up to this many curves
+
+
 def curves_figure(
     steps: Sequence[int],
     series: Mapping[str, np.ndarray],
@@ -231,6 +235,9 @@ def curves_figure(
     xs = np.asarray(list(steps) if x is None else list(x), dtype=np.float64)
     fig = go.Figure()
     marks_x, marks_y = [], []
+    # a marker at each point while they are few; past that the lines alone (every marker is a
+    # node the browser redraws at each step of the slider: 32 heads x 16 snapshots = 512)
+    marker_size = 4 if len(series) * len(xs) <= MAX_MARKERS else 0
     for k, (name, ys) in enumerate(series.items()):
         ys = np.asarray(ys, dtype=np.float64)
         fig.add_trace(
@@ -239,7 +246,7 @@ def curves_figure(
                 ys,
                 k,
                 name,
-                4,
+                marker_size,
                 f"{name}: step %{{customdata}}, %{{y:.4g}}<extra></extra>",
                 customdata=np.asarray(steps),
             )
@@ -267,6 +274,9 @@ def curves_figure(
     fig.update_xaxes(title=x_title, type="log" if log_x else None)
     fig.update_yaxes(title=y_title)
     _line_layout(fig, title, height=height, legend_y=-0.3)
+    # a legend of dozens of curves (every head) repeats ten colours and is redrawn at every
+    # step: the hover names each curve instead
+    fig.update_layout(showlegend=len(series) <= MAX_LEGEND)
     return fig
 
 
