@@ -382,8 +382,9 @@ def server_ms(repeats: int, parts: set[str]) -> list[tuple[str, list[float]]]:
         for k in range(repeats + 2):
             for name, changes in steps(at, k):
                 for kind, key, value in changes:
-                    widget = at.number_input(key=key) if kind == "n" else at.selectbox(key=key)
-                    widget.set_value(value)
+                    # n: a number input, s: a select box, b: a segmented control
+                    kinds = {"n": at.number_input, "s": at.selectbox, "b": at.button_group}
+                    kinds[kind](key=key).set_value(value)
                 t = time.perf_counter()
                 at.run()
                 if k >= 2:
@@ -399,11 +400,11 @@ def server_ms(repeats: int, parts: set[str]) -> list[tuple[str, list[float]]]:
         token = (4 * (7 + 23 * k)) % (SIZE * SIZE)
         return [
             ("click a pixel", [("n", "att_row", 4 + k % 20)]),  # a new query: a new capture
-            ("switch layer", [("s", "att_layer", (k + 1) % n_layer)]),
-            ("switch head", [("s", "att_head", (k + 1) % n_head)]),
+            ("switch layer", [("b", "att_layer", (k + 1) % n_layer)]),
+            ("switch head", [("b", "att_head", (k + 1) % n_head)]),
             (
                 "click a grid tile",
-                [("s", "att_layer", (k + 4) % n_layer), ("s", "att_head", (k + 3) % n_head)],
+                [("b", "att_layer", (k + 4) % n_layer), ("b", "att_head", (k + 3) % n_head)],
             ),
             (
                 "click a row of the N x N map",
