@@ -90,7 +90,9 @@ def items() -> list[Exportable]:
             {},
             META,
         ),
-        Exportable("grid", head_grid_figure(rng.random((2, 2, 6, 7)), "grid", (1, 1)), {}, META),
+        Exportable(
+            "grid", head_grid_figure(rng.random((2, 2, 6, 7)), "grid", query=(1, 1)), {}, META
+        ),
         Exportable("coverage", coverage_figure(rows, "coverage"), {}, META),
         Exportable("search", search_figure(search, "search"), {}, META),
     ]

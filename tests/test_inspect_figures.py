@@ -42,14 +42,13 @@ def figures() -> dict:
             {"L0H0": np.arange(4.0), "L0H1": np.ones(4)},
             title="c",
             y_title="y",
-            selected=2,
             x=list(range(4)),
         ),  # fmt: skip
         "heads": head_table_figure(
             rng.random((2, 2)), title="h", colorbar_title="r", labels=np.full((2, 2), "local")
         ),
         "types": type_timeline_figure(
-            rng.integers(0, len(HEAD_TYPES), (4, 2, 2)), steps, title="t", selected=1
+            rng.integers(0, len(HEAD_TYPES), (4, 2, 2)), steps, title="t"
         ),
         "bpd": bpd_figure(
             train=(np.arange(1, 11), np.linspace(8, 4, 10)),
@@ -116,8 +115,6 @@ def test_curves_keep_markers_and_legend_while_few():
     few = curves_figure(steps, {"a": np.arange(16.0), "b": np.ones(16)}, title="t", y_title="y")
     assert few.data[0].mode == "lines+markers" and few.layout.showlegend is not False
     many = {f"L{i}H{j}": np.arange(16.0) for i in range(8) for j in range(4)}  # 512 points
-    fig = curves_figure(steps, many, title="t", y_title="y", selected=3)
-    lines = [t for t in fig.data if t.name != "selected"]
-    assert {t.mode for t in lines} == {"lines"} and fig.layout.showlegend is False
-    (marks,) = [t for t in fig.data if t.name == "selected"]  # the chosen step still marked
-    assert len(marks.x) == 32 and set(marks.x) == {3.0}
+    fig = curves_figure(steps, many, title="t", y_title="y")
+    assert len(fig.data) == 32 and {t.mode for t in fig.data} == {"lines"}
+    assert fig.layout.showlegend is False

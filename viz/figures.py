@@ -436,7 +436,6 @@ def _tile_axis(labels: list[str], size: int) -> dict:
 def head_grid_figure(
     maps: np.ndarray,
     title: str,
-    selected: tuple[int, int] | None = None,
     layers: list[int] | None = None,
     heads: list[int] | None = None,
     query: tuple[int, int] | None = None,
@@ -504,18 +503,6 @@ def head_grid_figure(
         constraintoward="top",
     )
     shapes = []  # set at once: plotly checks the whole list again at every add_shape
-    if selected is not None:
-        i, j = selected
-        shapes.append(
-            dict(
-                type="rect",
-                x0=j * (w + 1) - 0.5,
-                x1=j * (w + 1) + w - 0.5,
-                y0=i * (h + 1) - 0.5,
-                y1=i * (h + 1) + h - 0.5,
-                line=dict(color="#d62728", width=3),
-            )
-        )
     if query is not None:  # the query pixel, outlined in every tile
         qr, qc = query
         for i in range(n_layer):

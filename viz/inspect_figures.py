@@ -221,22 +221,19 @@ def curves_figure(
     *,
     title: str,
     y_title: str,
-    selected: int | None = None,
     x: Sequence[float] | None = None,
     x_title: str = "step",
     log_x: bool = False,
     height: int = 340,
 ) -> go.Figure:
-    """Curves of values over training steps, one trace per name; the snapshot at index
-    ``selected`` is marked on every curve (a trace called "selected").
+    """Curves of values over training steps, one trace per name.
 
     ``x`` places the points (default: the steps); with the snapshots log-spaced, the pages pass
     their index so every snapshot gets the same room, and ticks name the steps."""
     xs = np.asarray(list(steps) if x is None else list(x), dtype=np.float64)
     fig = go.Figure()
-    marks_x, marks_y = [], []
-    # a marker at each point while they are few; past that the lines alone (every marker is a
-    # node the browser redraws at each step of the slider: 32 heads x 16 snapshots = 512)
+    # a marker at each point while they are few; past that the lines alone (every marker is an
+    # SVG node for the browser to draw: 32 heads x 16 snapshots = 512)
     marker_size = 4 if len(series) * len(xs) <= MAX_MARKERS else 0
     for k, (name, ys) in enumerate(series.items()):
         ys = np.asarray(ys, dtype=np.float64)
@@ -249,21 +246,6 @@ def curves_figure(
                 marker_size,
                 f"{name}: step %{{customdata}}, %{{y:.4g}}<extra></extra>",
                 customdata=np.asarray(steps),
-            )
-        )
-        if selected is not None and 0 <= selected < len(ys) and np.isfinite(ys[selected]):
-            marks_x.append(xs[selected])
-            marks_y.append(ys[selected])
-    if marks_x:
-        fig.add_trace(
-            go.Scatter(
-                x=marks_x,
-                y=marks_y,
-                mode="markers",
-                marker=dict(symbol="circle-open", size=11, color=TRUE_COLOR, line=dict(width=2)),
-                name="selected",
-                hoverinfo="skip",
-                showlegend=False,
             )
         )
     if x is not None:  # ticks name the steps (at most ~10 of them)
@@ -342,9 +324,7 @@ def type_colorscale() -> list[list]:
     return scale
 
 
-def type_timeline_figure(
-    codes: np.ndarray, steps: Sequence[int], *, title: str, selected: int | None = None
-) -> go.Figure:
+def type_timeline_figure(codes: np.ndarray, steps: Sequence[int], *, title: str) -> go.Figure:
     """Each head's type at each snapshot: codes [S, L, H] (indices into HEAD_TYPES) as a
     heatmap called "types", one row per head (layer.head), one column per snapshot."""
     codes = np.asarray(codes)
@@ -378,15 +358,6 @@ def type_timeline_figure(
             name="types",
         )
     )
-    if selected is not None:
-        fig.add_shape(
-            type="rect",
-            x0=selected - 0.5,
-            x1=selected + 0.5,
-            y0=-0.5,
-            y1=len(rows) - 0.5,
-            line=dict(color=TRUE_COLOR, width=2),
-        )
     every = max(1, n_steps // 10)
     fig.update_xaxes(
         tickvals=list(range(0, n_steps, every)),
