@@ -5,13 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from analysis.attention import (
-    capture_image,
-    capture_memory,
-    every_row,
-    head_maps,
-    query_rows,
-)
+from analysis.attention import capture_image, capture_memory, head_maps, query_rows
 from analysis.maps import pixel_map, token_map
 from analysis.metrics import head_metrics, shared_mass
 from app_pages.common import (
@@ -20,7 +14,9 @@ from app_pages.common import (
     channel_picker,
     choose_model_and_image,
     clamp_setting,
+    every_row_of,
     export_panel,
+    fits_every_row,
     get_model,
     load_or_explain,
     model_names,
@@ -113,20 +109,6 @@ with left:
 query = pixel_to_token(row, col, channel, geometry)
 
 
-# every query's rows from one forward, when they fit in this many MB (784 tokens, 8 layers of
-# 4 heads: 79 MB): a click then reads a row instead of running the model again
-EVERY_ROW_MB = 128
-
-
-@st.cache_resource(max_entries=2, ttl=3600, show_spinner="Capturing every layer...")
-def every_row_of(path: str, img_key: str, _image: np.ndarray) -> np.ndarray:
-    """[L, H, N, N] float32, read-only: a resource, shared by the sessions and not copied at
-    every hit as cache_data would (bounded: two images)."""
-    rows_ = every_row(get_model(path), _image)
-    rows_.setflags(write=False)
-    return rows_
-
-
 @st.cache_data(max_entries=64, show_spinner=False)
 def cached_rows(path: str, img_key: str, query: int, _image: np.ndarray) -> np.ndarray:
     """Attention rows of one query in every layer and head: [L, H, N] (cached per model, image
@@ -134,12 +116,6 @@ def cached_rows(path: str, img_key: str, query: int, _image: np.ndarray) -> np.n
     if fits_every_row(path):
         return every_row_of(path, img_key, _image)[:, :, query].copy()
     return query_rows(get_model(path), _image, query)
-
-
-def fits_every_row(path: str) -> bool:
-    """Whether the model's every_row_of for one image stays within EVERY_ROW_MB."""
-    cfg = get_model(path).config
-    return 4 * cfg.n_layer * cfg.n_head * cfg.geometry.n_tokens**2 <= EVERY_ROW_MB * 2**20
 
 
 @st.cache_data(max_entries=16, show_spinner="Capturing the layer...")

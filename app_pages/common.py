@@ -82,6 +82,29 @@ def get_model(path: str) -> SparseTransformer:
     return load_model(path, device=model_device())
 
 
+# every query's rows of one image from one forward, when they fit in this many MB (784 tokens,
+# 8 layers of 4 heads: 79 MB): the Attention page reads a query's rows and a layer's maps from
+# it, Who looks here a key's column and its summaries, with no model run per click
+EVERY_ROW_MB = 128
+
+
+def fits_every_row(path: str) -> bool:
+    """Whether the model's every_row_of for one image stays within EVERY_ROW_MB."""
+    cfg = get_model(path).config
+    return 4 * cfg.n_layer * cfg.n_head * cfg.geometry.n_tokens**2 <= EVERY_ROW_MB * 2**20
+
+
+@st.cache_resource(max_entries=2, ttl=3600, show_spinner="Capturing every layer...")
+def every_row_of(path: str, img_key: str, _image: np.ndarray) -> np.ndarray:
+    """analysis.attention.every_row: [L, H, N, N] float32, read-only; a resource shared by the
+    pages and sessions, not copied at every hit as cache_data would (bounded: two images)."""
+    from analysis.attention import every_row
+
+    rows = every_row(get_model(path), _image)
+    rows.setflags(write=False)
+    return rows
+
+
 @dataclass(frozen=True)
 class ChosenModel:
     """A model picked on a page: its folder name, its path (the cache key of what is computed

@@ -18,7 +18,9 @@ from app_pages.common import (
     channel_picker,
     choose_model_and_image,
     clamp_setting,
+    every_row_of,
     export_panel,
+    fits_every_row,
     get_model,
     pixel_values_hover,
 )
@@ -60,9 +62,16 @@ if geometry.n_tokens > MAX_FULL_N:
 image_sha1 = content_key(image)
 
 
-@st.cache_data(max_entries=8, show_spinner="Capturing the layer...")
 def layer_maps(path: str, img_key: str, layer: int, _image: np.ndarray) -> np.ndarray:
-    """Every head's full map of one layer: float32 [H, N, N] (9.8 MB for 4 heads at 784)."""
+    """Every head's full map of one layer: float32 [H, N, N] (9.8 MB for 4 heads at 784), from
+    the capture of every row the Attention page shares when it fits, else of this layer."""
+    if fits_every_row(path):
+        return every_row_of(path, img_key, _image)[layer]
+    return one_layer_maps(path, img_key, layer, _image)
+
+
+@st.cache_data(max_entries=8, show_spinner="Capturing the layer...")
+def one_layer_maps(path: str, img_key: str, layer: int, _image: np.ndarray) -> np.ndarray:
     cap = get_model(path).capture(image_to_tokens(_image)[None], layers=[layer], form="full")
     return cap[layer].probs[0].float().numpy()
 
@@ -74,12 +83,16 @@ def layer_maps(path: str, img_key: str, layer: int, _image: np.ndarray) -> np.nd
 def summaries(path: str, img_key: str, _image: np.ndarray) -> np.ndarray:
     """Per layer: the head mean, the head max and the rollout from the input up to that layer,
     float16 [3, L, N, N] (the chain's intermediate products, computed once)."""
-    m = get_model(path)
-    caps = m.capture(image_to_tokens(_image)[None], form="full")
+    if fits_every_row(path):  # the capture the Attention page shares
+        layers = (
+            torch.tensor(m[None], dtype=torch.float64) for m in every_row_of(path, img_key, _image)
+        )
+    else:  # one capture of every layer, used once
+        caps = get_model(path).capture(image_to_tokens(_image)[None], form="full")
+        layers = (caps[i].probs.double() for i in sorted(caps))
     out = []
     chain = None
-    for i in sorted(caps):
-        probs = caps[i].probs.double()  # [1, H, N, N]
+    for probs in layers:  # [1, H, N, N]
         mean = heads_mean(probs)  # [1, N, N]
         step = with_residual(mean, RESIDUAL)
         chain = step if chain is None else step @ chain  # A'_i @ ... @ A'_0
@@ -93,8 +106,9 @@ def summaries(path: str, img_key: str, _image: np.ndarray) -> np.ndarray:
 def key_column(path: str, img_key: str, layer: int, key: int, _image: np.ndarray) -> np.ndarray:
     """The attention every query gives token ``key`` in ``layer``, per head: float32 [H, N].
     Cached per key, so a rerun that keeps the key does not copy the layer's maps."""
-    maps = layer_maps(path, img_key, layer, _image)  # [H, N, N]
-    return column_from_full(torch.from_numpy(maps)[None], key)[0].numpy()
+    maps = torch.tensor(layer_maps(path, img_key, layer, _image))  # [H, N, N] (a copy: the
+    # shared capture is read-only)
+    return column_from_full(maps[None], key)[0].numpy()
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
