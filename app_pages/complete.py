@@ -28,7 +28,7 @@ from app_pages.common import (
 from app_pages.completion_job import CANCELLED, DONE, CompletionJob, CompletionRequest, Partial
 from app_pages.jobs import POOL, Refused
 from models.completion import hidden_view, keep_mask
-from models.tokens import pixel_to_token
+from models.tokens import pixel_tokens
 from viz.export import Exportable, export_bytes, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid
@@ -313,7 +313,7 @@ if px is not None:
     st.session_state.cmp_look_px = px
 r, c = st.session_state.cmp_look_px
 # the pixel's tokens (three for a colour pixel): where it looked is their mean
-tokens_of_px = [pixel_to_token(r, c, ch, geometry) for ch in range(geometry.channels)]
+tokens_of_px = list(pixel_tokens(r, c, geometry).values())
 token = tokens_of_px[0]
 a, b = st.columns(2)
 with a:

@@ -25,7 +25,7 @@ from app_pages.common import (
     pixel_values_hover,
 )
 from kernels.capture import MAX_FULL_N
-from models.tokens import image_to_tokens, pixel_to_token
+from models.tokens import image_to_tokens, pixel_tokens
 from viz.export import Exportable, content_key, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.inspect_figures import mosaic_figure
@@ -142,8 +142,7 @@ with right:
     kcol = k2.number_input("key column", 0, geometry.width - 1, key="who_kcol")
     # a colour pixel is three tokens: one of them as key and queries, or the pixel whole
     channel = channel_picker("who_channel", geometry)
-channels = range(geometry.channels) if channel is None else [channel]
-key_tokens = [pixel_to_token(krow, kcol, ch, geometry) for ch in channels]
+key_tokens = pixel_tokens(krow, kcol, geometry, channel).values()
 
 # the attention each query token gives the key pixel's token(s): summed over them when whole
 column = sum(key_column(chosen.path, image_sha1, layer, t, image) for t in key_tokens)  # [H, N]
@@ -221,7 +220,7 @@ with s1:
     q1, q2 = st.columns(2)
     qrow = q1.number_input("query row", 0, geometry.height - 1, key="who_qrow")
     qcol = q2.number_input("query column", 0, geometry.width - 1, key="who_qcol")
-query_tokens = [pixel_to_token(qrow, qcol, ch, geometry) for ch in channels]
+query_tokens = pixel_tokens(qrow, qcol, geometry, channel).values()
 # the query pixel's token(s): their rows averaged when the pixel is shown whole ([3, L, N])
 summary = sum(query_summary(chosen.path, image_sha1, t, image) for t in query_tokens) / len(
     query_tokens

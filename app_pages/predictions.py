@@ -32,7 +32,7 @@ from app_pages.jobs import Cancelled
 from models.completion import complete, keep_mask
 from models.datasets import DatasetError, held_out_source, load_images
 from models.sampling import SamplingCancelled
-from models.tokens import image_to_tokens, images_to_tokens, pixel_to_token
+from models.tokens import image_to_tokens, images_to_tokens, pixel_tokens
 from viz.export import Exportable, content_key, safe_name
 from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid
@@ -165,8 +165,8 @@ with right:
     col = c2.number_input("pixel column", 0, geometry.width - 1, key="prd_col")
     # a colour pixel is three tokens: one channel's values and bits, or the pixel whole
     channel = channel_picker("prd_channel", geometry)
-channels = range(geometry.channels) if channel is None else [channel]
-picked_tokens = {ch: pixel_to_token(row, col, ch, geometry) for ch in channels}
+picked_tokens = pixel_tokens(row, col, geometry, channel)  # {channel: token}
+channels = list(picked_tokens)
 
 probs = {name: image_probs(paths[name], image_sha1, image) for name in models}  # [N, 256] each
 tokens = image_to_tokens(image).numpy()
@@ -267,7 +267,7 @@ count = st.slider(
 )
 try:
     means = np.stack(  # [M, h, w]: the chosen channel, or a pixel's values summed
-        [mean_bits(paths[n], count)[..., list(channels)].sum(-1) for n in models]
+        [mean_bits(paths[n], count)[..., channels].sum(-1) for n in models]
     )
 except DatasetError as e:
     st.error(str(e))

@@ -140,3 +140,12 @@ def pixel_to_token(row: int, col: int, channel: int, geometry: Geometry) -> int:
     if not 0 <= channel < geometry.channels:
         raise ValueError(f"channel {channel} is outside 0..{geometry.channels - 1}")
     return row * geometry.row_stride + col * geometry.channels + channel
+
+
+def pixel_tokens(
+    row: int, col: int, geometry: Geometry, channel: int | None = None
+) -> dict[int, int]:
+    """{channel: token} of pixel (row, col): of the one ``channel`` given, or of all of the
+    pixel's channels (None; a colour pixel is three tokens)."""
+    chans = range(geometry.channels) if channel is None else [channel]
+    return {ch: pixel_to_token(row, col, ch, geometry) for ch in chans}

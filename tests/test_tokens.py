@@ -16,6 +16,7 @@ from models.tokens import (
     image_to_tokens,
     images_to_tokens,
     pixel_to_token,
+    pixel_tokens,
     token_coords,
     tokens_to_image,
 )
@@ -184,3 +185,13 @@ def test_the_mapping_works_without_importing_torch():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
     )
     assert (run.returncode, run.stdout.strip()) == (0, "False"), run.stderr[-2000:]
+
+
+def test_pixel_tokens_are_a_pixels_channels():
+    g = Geometry(4, 5, 3)
+    whole = pixel_tokens(2, 3, g)
+    assert list(whole) == [0, 1, 2]  # red, green, blue, in token order
+    assert list(whole.values()) == [pixel_to_token(2, 3, ch, g) for ch in range(3)]
+    assert [token_coords(t, g) for t in whole.values()] == [(2, 3, ch) for ch in range(3)]
+    assert pixel_tokens(2, 3, g, 1) == {1: whole[1]}
+    assert pixel_tokens(0, 0, Geometry(2, 2, 1)) == {0: 0}
