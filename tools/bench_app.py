@@ -379,11 +379,11 @@ def server_ms(repeats: int, parts: set[str]) -> list[tuple[str, list[float]]]:
         at.switch_page(page).run()
         assert not at.exception, at.exception
         out: dict[str, list[float]] = {}
+        # the widget kinds a step sets: n a number input, s a select box, b a segmented control
+        kinds = {"n": at.number_input, "s": at.selectbox, "b": at.button_group}
         for k in range(repeats + 2):
             for name, changes in steps(at, k):
                 for kind, key, value in changes:
-                    # n: a number input, s: a select box, b: a segmented control
-                    kinds = {"n": at.number_input, "s": at.selectbox, "b": at.button_group}
                     kinds[kind](key=key).set_value(value)
                 t = time.perf_counter()
                 at.run()
