@@ -380,11 +380,12 @@ def server_ms(repeats: int, parts: set[str]) -> list[tuple[str, list[float]]]:
         assert not at.exception, at.exception
         out: dict[str, list[float]] = {}
         # the widget kinds a step sets: n a number input, s a select box, b a segmented control
-        kinds = {"n": at.number_input, "s": at.selectbox, "b": at.button_group}
+        # (looked up in the element tree of the latest run: AppTest rebuilds it at every run)
+        kinds = {"n": "number_input", "s": "selectbox", "b": "button_group"}
         for k in range(repeats + 2):
             for name, changes in steps(at, k):
                 for kind, key, value in changes:
-                    kinds[kind](key=key).set_value(value)
+                    getattr(at, kinds[kind])(key=key).set_value(value)
                 t = time.perf_counter()
                 at.run()
                 if k >= 2:
