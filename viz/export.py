@@ -19,7 +19,7 @@ import io
 import json
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from html import escape
@@ -457,6 +457,25 @@ def _estimate(entries: list[tuple[int, str, float | None]], dpi: int) -> Estimat
     return Estimate(len(entries), int(size), seconds, int(size + drawing))
 
 
+def _made_files(
+    items: list[Exportable],
+    formats: Sequence[str],
+    dpi: int,
+    heavy: bool,
+    on_file: Callable[[str], None] | None,
+    cancelled: Callable[[], bool] | None,
+) -> Iterator[tuple[str, bytes]]:
+    """(file name, bytes) of every planned file, one at a time; ``on_file(name)`` after each;
+    ExportCancelled as soon as ``cancelled()`` is true (checked before each)."""
+    for count, (item, fmt) in enumerate(planned(items, formats, heavy=heavy)):
+        if cancelled is not None and cancelled():
+            raise ExportCancelled(f"cancelled after {count} files")
+        name = f"{item.name}.{fmt}"
+        yield name, export_bytes(item, fmt, dpi=dpi)
+        if on_file is not None:
+            on_file(name)
+
+
 def export_files(
     items: list[Exportable],
     formats: Sequence[str],
@@ -468,15 +487,7 @@ def export_files(
 ) -> dict[str, bytes]:
     """Every format of every item (see planned), {file name: bytes}; ``on_file(name)`` after
     each file; ExportCancelled as soon as ``cancelled()`` is true (checked before each)."""
-    files = {}
-    for item, fmt in planned(items, formats, heavy=heavy):
-        if cancelled is not None and cancelled():
-            raise ExportCancelled(f"cancelled after {len(files)} files")
-        name = f"{item.name}.{fmt}"
-        files[name] = export_bytes(item, fmt, dpi=dpi)
-        if on_file is not None:
-            on_file(name)
-    return files
+    return dict(_made_files(items, formats, dpi, heavy, on_file, cancelled))
 
 
 def export_zip(
@@ -496,14 +507,9 @@ def export_zip(
     buf = io.BytesIO()
     count = 0
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for item, fmt in planned(items, formats, heavy=heavy):
-            if cancelled is not None and cancelled():
-                raise ExportCancelled(f"cancelled after {count} files")
-            name = f"{item.name}.{fmt}"
-            z.writestr(name, export_bytes(item, fmt, dpi=dpi))
+        for name, data in _made_files(items, formats, dpi, heavy, on_file, cancelled):
+            z.writestr(name, data)
             count += 1
-            if on_file is not None:
-                on_file(name)
         z.writestr("index.md", index_markdown(items, formats, heavy=heavy))
     return buf.getvalue(), count + 1
 
