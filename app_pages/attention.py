@@ -21,7 +21,9 @@ from app_pages.common import (
     load_or_explain,
     model_names,
     models_dir,
+    new_click,
     show_image,
+    take_pixel_click,
 )
 from app_pages.jobs import over_budget
 from kernels.layouts import image_layout_spec, parse_layout
@@ -31,7 +33,6 @@ from viz.figures import (
     attention_map_figure,
     attention_overlay_figure,
     clicked_map_row,
-    clicked_pixel,
     clicked_tile,
     head_grid_figure,
     pixel_grid_figure,
@@ -66,30 +67,13 @@ with left:
     geometry = model.config.geometry
     show_image(image, image_name)
 
-# the charts of the head section below whose clicks set the query pixel: a pixel view (this
-# model's, or the compared one's "_b") or an N x N map (the first query of the clicked row)
-CLICKS = ("att_pixels", "att_pixels_b", "att_map", "att_map_b")
-
-
-def new_click(key: str) -> tuple[int, int] | int | None:
-    """What chart ``key`` holds as clicked (a pixel, a map row) when it is not yet applied."""
-    event = st.session_state.get(key)
-    picked = (
-        clicked_pixel(event, geometry.width)
-        if key.startswith("att_pixels")
-        else clicked_map_row(event)
-    )
-    return None if picked == st.session_state.get(f"{key}_last") else picked
-
-
-for key in CLICKS:
-    picked = new_click(key)
-    if picked is None:
-        continue
-    st.session_state[f"{key}_last"] = picked
-    if key.startswith("att_pixels"):
-        st.session_state.att_row, st.session_state.att_col = picked
-    else:
+# a click on a pixel view (this model's, or the compared one's "_b") or on an N x N map (the
+# first query of the clicked row) sets the query pixel, before its inputs are drawn
+for key in ("att_pixels", "att_pixels_b"):
+    take_pixel_click(key, "att_row", "att_col", geometry.width)
+for key in ("att_map", "att_map_b"):
+    picked = new_click(key, clicked_map_row)
+    if picked is not None:
         q = min(picked * tile_for(geometry.n_tokens, MAP_SIDE), geometry.n_tokens - 1)
         st.session_state.att_row, st.session_state.att_col, st.session_state.att_channel = (
             int(v) for v in token_coords(q, geometry)
@@ -135,11 +119,9 @@ L_, H_, N = rows.shape
 # per key pixel: the weight on its token of the chosen channel, or on all of its tokens
 per_pixel = pixel_map(rows, geometry, key_channel)  # [L, H, h, w]
 # a click on a tile of the grid picks its layer and head (before their controls are drawn)
-picked_tile = clicked_tile(st.session_state.get("att_grid"), H_)
-if picked_tile is not None and picked_tile != st.session_state.get("att_grid_last"):
-    st.session_state.att_grid_last = picked_tile
-    if picked_tile[0] < L_ and picked_tile[1] < H_:
-        st.session_state.att_layer, st.session_state.att_head = picked_tile
+picked_tile = new_click("att_grid", lambda event: clicked_tile(event, H_))
+if picked_tile is not None and picked_tile[0] < L_ and picked_tile[1] < H_:
+    st.session_state.att_layer, st.session_state.att_head = picked_tile
 # no box around the chosen head: the grid then changes only with the query, and a layer or
 # head switch leaves the page's largest chart as it is (not re-sent, not redrawn)
 with right:

@@ -209,6 +209,28 @@ def show_image(image: np.ndarray, caption: str, width: int = 140) -> None:
     )
 
 
+def new_click(chart_key: str, read: Callable[[object], object | None]) -> object | None:
+    """What the chart drawn with ``chart_key`` holds as clicked, read from its selection event
+    by ``read`` (viz.figures.clicked_pixel, clicked_tile...), in the first run after the click
+    only: the event stays in the session at every rerun, and applying it again would undo a
+    later change of the inputs it set."""
+    picked = read(st.session_state.get(chart_key))
+    if picked is None or picked == st.session_state.get(f"{chart_key}_last"):
+        return None
+    st.session_state[f"{chart_key}_last"] = picked
+    return picked
+
+
+def take_pixel_click(chart_key: str, row_key: str, col_key: str, width: int) -> None:
+    """A new click on a pixel view (viz.figures.pixel_grid_figure, ``width`` pixels a row)
+    sets the row and column inputs ``row_key`` and ``col_key``, before they are drawn."""
+    from viz.figures import clicked_pixel
+
+    picked = new_click(chart_key, lambda event: clicked_pixel(event, width))
+    if picked is not None:
+        st.session_state[row_key], st.session_state[col_key] = picked
+
+
 CHANNEL_NAMES = ("red", "green", "blue")
 
 

@@ -23,11 +23,12 @@ from app_pages.common import (
     fits_every_row,
     get_model,
     pixel_values_hover,
+    take_pixel_click,
 )
 from kernels.capture import MAX_FULL_N
 from models.tokens import image_to_tokens, pixel_tokens
 from viz.export import Exportable, content_key, safe_name
-from viz.figures import clicked_pixel, pixel_grid_figure
+from viz.figures import pixel_grid_figure
 from viz.inspect_figures import mosaic_figure
 
 st.title("Who looks here, and summaries across heads and layers")
@@ -117,16 +118,8 @@ def query_summary(path: str, img_key: str, query: int, _image: np.ndarray) -> np
     return summaries(path, img_key, _image)[:, :, query].astype(np.float32)
 
 
-def take_click(chart_key: str, row_key: str, col_key: str) -> None:
-    """A click on a pixel view becomes that view's pixel (once per click)."""
-    picked = clicked_pixel(st.session_state.get(chart_key), geometry.width)
-    if picked is not None and picked != st.session_state.get(f"{chart_key}_last"):
-        st.session_state[f"{chart_key}_last"] = picked
-        st.session_state[row_key], st.session_state[col_key] = picked
-
-
-take_click("who_key_view", "who_krow", "who_kcol")
-take_click("who_query_view", "who_qrow", "who_qcol")
+take_pixel_click("who_key_view", "who_krow", "who_kcol", geometry.width)
+take_pixel_click("who_query_view", "who_qrow", "who_qcol", geometry.width)
 for key, high in (
     ("who_krow", geometry.height - 1),
     ("who_kcol", geometry.width - 1),

@@ -3,11 +3,11 @@
 import numpy as np
 import streamlit as st
 
-from app_pages.common import clamp_setting, export_panel
+from app_pages.common import clamp_setting, export_panel, take_pixel_click
 from kernels import layouts as L
 from models.tokens import Geometry, pixel_to_token
 from viz.export import Exportable, safe_name
-from viz.figures import clicked_pixel, layout_pixel_figure, mask_figure
+from viz.figures import layout_pixel_figure, mask_figure
 from viz.layout_view import mask_view, part_codes, part_names, pixel_view
 
 GEOMETRIES = {
@@ -67,10 +67,7 @@ for key, high in (  # a value from a link may not fit this image
 
 # a click on a pixel view (previous run) moves the query before the inputs are drawn
 for chart_key in [f"lay_pixels_{k}{s}" for k in ("strided", "fixed") for s in ("", "_pair")]:
-    picked = clicked_pixel(st.session_state.get(chart_key), geometry.width)
-    if picked is not None and picked != st.session_state.get(f"{chart_key}_last"):
-        st.session_state[f"{chart_key}_last"] = picked
-        st.session_state.lay_row, st.session_state.lay_col = picked
+    take_pixel_click(chart_key, "lay_row", "lay_col", geometry.width)
 
 mode = st.radio("Show", ["strided", "fixed", "side by side"], horizontal=True, key="lay_mode")
 c1, c2, c3, c4 = st.columns(4)

@@ -26,6 +26,7 @@ from app_pages.common import (
     pool_job,
     require_model_names,
     show_image,
+    take_pixel_click,
 )
 from app_pages.completion_job import completion_memory, rows_to_sample
 from app_pages.jobs import Cancelled
@@ -34,7 +35,7 @@ from models.datasets import DatasetError, held_out_source, load_images
 from models.sampling import SamplingCancelled
 from models.tokens import image_to_tokens, images_to_tokens, pixel_tokens
 from viz.export import Exportable, content_key, safe_name
-from viz.figures import clicked_pixel, pixel_grid_figure
+from viz.figures import pixel_grid_figure
 from viz.grid import image_grid
 from viz.inspect_figures import (
     BITS_COLORS,
@@ -153,10 +154,7 @@ def bits_mosaic(maps: np.ndarray, *, title: str, col_labels, value_name: str, ti
     )
 
 
-picked_px = clicked_pixel(st.session_state.get("prd_pixels"), geometry.width)
-if picked_px is not None and picked_px != st.session_state.get("prd_pixels_last"):
-    st.session_state.prd_pixels_last = picked_px
-    st.session_state.prd_row, st.session_state.prd_col = picked_px
+take_pixel_click("prd_pixels", "prd_row", "prd_col", geometry.width)
 st.session_state.prd_row = min(max(st.session_state.prd_row, 0), geometry.height - 1)
 st.session_state.prd_col = min(max(st.session_state.prd_col, 0), geometry.width - 1)
 with right:
