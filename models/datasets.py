@@ -523,33 +523,70 @@ def describe_source(source: str) -> dict | None:
 
 def held_out_source(geometry: Geometry) -> str:
     """Where the app and the CLIs' defaults take test images for a model of ``geometry``:
-    Fashion-MNIST at its own 28 x 28 x 1, else the colour photos' held-out split, cut to the
-    geometry (no CIFAR-10 is installed here; a user who has it passes ``cifar10:<folder>``)."""
-    return "fashion-mnist" if geometry == Geometry(28, 28, 1) else "photos"
+    Fashion-MNIST at its own 28 x 28 x 1 or downsampled by a whole factor (14 x 14, 7 x 7),
+    else the colour photos' held-out split, cut to the geometry (no CIFAR-10 is installed here;
+    a user who has it passes ``cifar10:<folder>``)."""
+    return "fashion-mnist" if fashion_mnist_factor(geometry) is not None else "photos"
+
+
+FASHION_MNIST_SIDE = 28
+
+
+def fashion_mnist_factor(geometry: Geometry) -> int | None:
+    """The whole factor k that turns 28 x 28 Fashion-MNIST into ``geometry`` (28 / k square,
+    gray), or None when no such k exists."""
+    h, w, c = geometry
+    if c != 1 or h != w or FASHION_MNIST_SIDE % h:
+        return None
+    return FASHION_MNIST_SIDE // h
+
+
+def downsample(images: np.ndarray, factor: int) -> np.ndarray:
+    """Images [N, H, W, C] uint8 shrunk by a whole ``factor``: each output pixel is the mean of
+    a ``factor`` x ``factor`` block, rounded half up (a box filter, the same for every image;
+    no interpolation crosses a block). H and W must be multiples of ``factor``."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"downsample factor must be a whole number >= 1, got {factor!r}")
+    n, h, w, c = images.shape
+    if h % factor or w % factor:
+        raise ValueError(f"{h} x {w} images cannot be shrunk by {factor}: not a whole factor")
+    if factor == 1:
+        return images
+    blocks = images.reshape(n, h // factor, factor, w // factor, factor, c)
+    sums = blocks.sum(axis=(2, 4), dtype=np.uint32)  # [N, H/k, W/k, C]
+    area = factor * factor
+    return ((sums + area // 2) // area).astype(np.uint8)
 
 
 def load_images(source: str, split: str, geometry: Geometry) -> np.ndarray:
     """Load training images [N, H, W, C] uint8 from a source string, dropping labels.
 
     Sources:
-      "fashion-mnist" or "fashion-mnist:<folder>"  -> load_fashion_mnist (geometry must be 28x28x1)
+      "fashion-mnist" or "fashion-mnist:<folder>"  -> load_fashion_mnist: geometry 28x28x1, or
+                                                      28/k square (14x14x1: k = 2) for the
+                                                      images downsampled by 2x2 block means
       "cifar10:<folder>"                           -> load_cifar10 (geometry must be 32x32x3)
       "folder:<path>"                              -> load_image_folder, resized to ``geometry``;
                                                       ``split`` is ignored (one folder, one set)
       "photos" or "photos:<folder>"                -> load_photos: patches of the colour photos
                                                       installed packages ship (or of a folder's),
                                                       whole photos held out for "test"
-    The fixed-size datasets are not resized on purpose: a mismatched geometry is more likely a
-    config mistake than a wish to train on blurry rescaled images.
+    The fixed-size datasets are not resized to arbitrary sizes on purpose: a mismatched
+    geometry is more likely a config mistake than a wish to train on blurry rescaled images.
+    Fashion-MNIST shrunk by a whole factor is the one exception: a model asks for it by its
+    geometry (tools.train --size 14), and every pixel is an exact block mean (``downsample``).
     """
     kind, _, arg = source.partition(":")
     if kind == "fashion-mnist":
-        want = Geometry(28, 28, 1)
-        if geometry != want:
+        factor = fashion_mnist_factor(geometry)
+        if factor is None:
+            sides = ", ".join(f"{FASHION_MNIST_SIDE // k}" for k in (1, 2, 4, 7))
             raise DatasetError(
-                f"Fashion-MNIST images are {want}, but geometry is {geometry}; use {want}"
+                f"Fashion-MNIST images are {Geometry(28, 28, 1)}, but geometry is {geometry}; "
+                f"use square gray images of a side that divides 28 ({sides})"
             )
-        return load_fashion_mnist(split, Path(arg) if arg else FASHION_MNIST_DIR)[0]
+        images = load_fashion_mnist(split, Path(arg) if arg else FASHION_MNIST_DIR)[0]
+        return downsample(images, factor)
     if kind == "cifar10":
         if not arg:
             raise DatasetError("cifar10 source needs a folder: 'cifar10:<folder>'")

@@ -19,6 +19,10 @@ snapshots up to its checkpoint and records the rest.
 models/ may not import analysis/ (docs/DESIGN.md, "Layering"): the recorder is handed the
 metric functions (``measure`` = analysis.metrics.head_metrics, ``classify`` =
 analysis.metrics.head_type) by whoever starts the run (tools/train.py, the tests).
+
+The dependency runs one way: models/training.py calls a recorder; this module knows nothing of
+a training run beyond what each call hands it (the folder, the model, the test tokens, the
+step), so the Playground's race (models/race.py) records through the same calls.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,9 +40,6 @@ import torch
 from kernels.layouts import image_layout_spec, parse_layout
 from models.checkpoint import write_atomic
 from models.model import SparseTransformer
-
-if TYPE_CHECKING:
-    from models.training import Run
 
 TIMELINE_NPZ = "timeline.npz"
 TIMELINE_JSON = "timeline.json"
@@ -230,8 +230,9 @@ def snapshot(
 
 
 class TimelineRecorder:
-    """Records a run's timeline: models.training.train calls ``begin(run)`` once the run is
-    set up and ``after_step(run, train_bpd)`` after every optimizer step (rank 0 only)."""
+    """Records a run's timeline: models.training.train calls ``begin(...)`` once the run is
+    set up and ``after_step(...)`` after every optimizer step (rank 0 only); the Playground's
+    race calls ``record`` at the steps it chooses."""
 
     def __init__(
         self,
@@ -257,29 +258,33 @@ class TimelineRecorder:
         self.probes: torch.Tensor | None = None
         self.indices: np.ndarray | None = None
 
-    def begin(self, run: Run) -> None:
-        """Pick the probes, keep a resumed run's snapshots up to its step, record step 0."""
-        self.folder = Path(run.out)
-        geometry = run.model.config.geometry
+    def begin(
+        self, folder: str | Path, model: SparseTransformer, test_tokens: torch.Tensor, step: int
+    ) -> None:
+        """Pick the probes among ``test_tokens`` [M, N], keep the snapshots of a run resumed
+        at ``step`` in ``folder`` up to that step, and record step 0 of a fresh one."""
+        self.folder = Path(folder)
+        geometry = model.config.geometry
         if self.pixel is None:
             self.pixel = (geometry.height // 2, geometry.width // 2)
-        self.indices = probe_indices(len(run.test_tokens), self.count)
-        self.probes = run.test_tokens[torch.from_numpy(self.indices)]  # uint8 [P, N]
+        self.indices = probe_indices(len(test_tokens), self.count)
+        self.probes = test_tokens[torch.from_numpy(self.indices)]  # uint8 [P, N]
         try:
             old = load_timeline(self.folder)
         except TimelineError:
             old = None  # a broken file from an interrupted write: start over
         if old is not None and old.probes.shape == tuple(self.probes.shape):
-            self.timeline = old.keep_until(run.step)
-        if run.step == 0 and (self.timeline is None or 0 not in self.timeline.steps):
-            self.record(run.model, 0, float("nan"))
+            self.timeline = old.keep_until(step)
+        if step == 0 and (self.timeline is None or 0 not in self.timeline.steps):
+            self.record(model, 0, float("nan"))
 
-    def due(self, run: Run) -> bool:
-        return run.step in timeline_steps(run.cfg.steps, self.points)
+    def due(self, step: int, total: int) -> bool:
+        """Whether ``step`` of a run of ``total`` steps is one of the log-spaced snapshots."""
+        return step in timeline_steps(total, self.points)
 
-    def after_step(self, run: Run, train_bpd: float) -> None:
-        if self.due(run):
-            self.record(run.model, run.step, train_bpd)
+    def after_step(self, model: SparseTransformer, step: int, total: int, train_bpd: float) -> None:
+        if self.due(step, total):
+            self.record(model, step, train_bpd)
 
     def record(self, model: SparseTransformer, step: int, train_bpd: float) -> None:
         """Take one snapshot and write the timeline with it."""

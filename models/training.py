@@ -78,6 +78,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     dropout: float | None = None  # None: the preset's
+    # the image side (square), None: the preset's. Fashion-MNIST at a side that divides 28 is
+    # downsampled by block means (models.datasets.downsample): 14 makes a 196-token image, about
+    # 8x cheaper a step than 28 on a CPU (the Playground page's default)
+    size: int | None = None
     eval_every: int = 500
     eval_images: int = 1000  # test images for periodic evaluation; the final one uses all
     seed: int = 0
@@ -131,6 +135,10 @@ def check_train_config(cfg: TrainConfig) -> None:
         problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     if not isinstance(cfg.compile, bool):
         problems.append(f"compile must be true or false, got {cfg.compile!r}")
+    if cfg.size is not None and (
+        isinstance(cfg.size, bool) or not isinstance(cfg.size, int) or not 1 <= cfg.size <= 256
+    ):
+        problems.append(f"size must be a whole number in 1..256 or unset, got {cfg.size!r}")
     if cfg.threads is not None and not (isinstance(cfg.threads, int) and cfg.threads >= 1):
         problems.append(f"threads must be >= 1, got {cfg.threads!r}")
     if cfg.minutes is not None and isinstance(cfg.warmup, int) and cfg.warmup < CALIBRATION[1]:
@@ -223,15 +231,27 @@ class Run:
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
-    """The preset with cfg's dropout, and cfg's layout read against one image row."""
-    overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
+    """The preset with cfg's dropout and image size, and cfg's layout read against one image
+    row (so "strided" is strided(l=14) at --size 14)."""
+    overrides: dict = {} if cfg.dropout is None else {"dropout": cfg.dropout}
+    if cfg.size is not None:
+        overrides |= {"height": cfg.size, "width": cfg.size}
     geometry = ModelConfig.from_name(cfg.preset, **overrides).geometry
     layout = image_layout_spec(cfg.layout, geometry.row_stride, geometry.n_tokens)
     return ModelConfig.from_name(cfg.preset, layout=layout, **overrides)
 
 
-def start_run(cfg: TrainConfig, out: Path, ranks: Ranks, *, resume: bool) -> Run:
+def start_run(
+    cfg: TrainConfig,
+    out: Path,
+    ranks: Ranks,
+    *,
+    resume: bool,
+    tokens: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Run:
     """A fresh run, or with ``resume`` the one saved in ``out``'s newest complete checkpoint.
+    ``tokens`` (train, test: uint8 [N, T]) are cfg.data's, already loaded: runs that race side
+    by side (models/race.py) share one copy.
 
     Refuses (CheckpointError) to train over a model that is not a resumable run's, and to resume
     with settings other than the run's."""
@@ -241,8 +261,13 @@ def start_run(cfg: TrainConfig, out: Path, ranks: Ranks, *, resume: bool) -> Run
         record = read_record(checkpoint / RUN_FILE)
         check_same_settings(cfg, record["train_config"], out)
     geometry = mconfig.geometry
-    train_tokens = images_to_tokens(load_images(cfg.data, "train", geometry), dtype=np.uint8)
-    test_tokens = images_to_tokens(load_images(cfg.data, "test", geometry), dtype=np.uint8)
+    if tokens is None:
+        train_images = load_images(cfg.data, "train", geometry)
+        tokens = (
+            images_to_tokens(train_images, dtype=np.uint8),
+            images_to_tokens(load_images(cfg.data, "test", geometry), dtype=np.uint8),
+        )
+    train_tokens, test_tokens = tokens
     torch.manual_seed(cfg.seed)
     if checkpoint is not None:
         model = load_model(checkpoint, device=ranks.device).train()
@@ -270,6 +295,19 @@ def start_run(cfg: TrainConfig, out: Path, ranks: Ranks, *, resume: bool) -> Run
             publish(out, {name: (checkpoint / name).read_bytes() for name in PUBLISHED})
             prune_checkpoints(out, keep=checkpoint)
     return run
+
+
+def training_memory(config: ModelConfig, batch_size: int) -> int:
+    """Bytes one model's training is estimated to need on a CPU in float32: weights, gradients
+    and AdamW's two moments (16 bytes a parameter), and the activations one step keeps for its
+    backward pass: per token and layer about 24 d floats (the MLP's 4 d hidden values and their
+    GELU, q, k, v, the LayerNorms) and a third of a row of attention (H N / 3), and the
+    logits with their gradient. Fitted to measured peaks (fmnist presets at 14 x 14 and
+    28 x 28, batch 8 to 32): within 10 % of them at 14 x 14, up to 1.4x above them at 28 x 28."""
+    params = sum(p.numel() for p in SparseTransformer(config).parameters())  # ms, a few MB
+    n, d, h = config.block_size, config.n_embd, config.n_head
+    activations = 4 * batch_size * n * (config.n_layer * (24 * d + h * n // 3) + 4 * 256)
+    return 16 * params + activations
 
 
 def precision(cfg: TrainConfig, device: torch.device) -> str:
@@ -661,7 +699,7 @@ def train(
     if stop_at is not None and run.step >= stop_at:
         raise ValueError(f"--stop-at {stop_at}: the run in {out} is already at step {run.step}")
     if timeline is not None and ranks.is_main:
-        timeline.begin(run)
+        timeline.begin(out, run.model, run.test_tokens, run.step)
     run.record["commands"].append(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     ddp_model = run.model
     if ranks.world > 1:
@@ -710,7 +748,7 @@ def train(
                 )
                 save_checkpoint(run)
             if timeline is not None and ranks.is_main:
-                timeline.after_step(run, bpd)
+                timeline.after_step(run.model, run.step, cfg.steps, bpd)
             bar.update(1)
     if save_all_ranks:
         save_file(

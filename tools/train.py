@@ -88,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     )
     p.add_argument("--dropout", type=finite_float(0.0, 0.99), default=None)
     p.add_argument(
+        "--size",
+        type=int_range(1, 256),
+        default=None,
+        help="image side (square), instead of the preset's; Fashion-MNIST at a side that "
+        "divides 28 (14, 7) is downsampled by block means, e.g. --size 14 (196 tokens)",
+    )
+    p.add_argument(
         "--dtype",
         default=d.dtype,
         choices=list(DTYPES),

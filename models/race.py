@@ -1,0 +1,557 @@
+"""The Playground's race: several layouts trained side by side, fairly, with live numbers.
+
+A race trains one model per layout (dense, strided, fixed...) from the same preset, image size,
+seed and schedule. The models start from the same weights (the seed is set before each is
+built, and a layout has no parameters of its own) and see the same batches in the same order
+(models.training.batch_indices is a pure function of seed and step). Their steps are
+interleaved in one thread, one step of each in turn, so at any moment they have taken the same
+number of steps and had the same share of the CPU: a race at equal steps and equal wall-clock.
+Each model's "seconds" are the time of its own optimizer steps only (held-out evaluations,
+attention snapshots and completions are not counted), so the curves against seconds compare
+the layouts' cost and nothing else.
+
+While it runs, ``RaceState`` holds what a page draws: per layout the train and held-out
+bits/dim against steps and seconds, the newest attention snapshot (models/timeline.py), a few
+completions of held-out images every ``complete_every`` steps, the measured seconds per step and
+the attention's nnz. A page reads it from another thread with ``RaceState.view()``.
+
+At the end (done, stopped or cancelled) every model is written as an ordinary run folder in
+``<out>/<layout>/``: model.safetensors + config.json (models/checkpoint.py), run.json (the
+record tools/train.py writes, with the history) and the timeline, which the app's pages open.
+No optimizer state is kept: a race is not resumed.
+
+No streamlit here (docs/DESIGN.md, "Layering"): app_pages/playground_job.py runs a race in the
+server's training pool; the tests run it directly.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kernels.layouts import image_layout_spec, parse_layout
+from models.checkpoint import model_files, write_atomic
+from models.completion import complete, keep_mask
+from models.datasets import load_images
+from models.evaluation import device_name, histogram_baseline_bpd
+from models.model import ModelConfig
+from models.sampling import SamplingCancelled
+from models.timeline import POINTS, Classify, Measure, TimelineRecorder, probe_indices
+from models.tokens import images_to_tokens, tokens_to_image
+from models.training import (
+    CALIBRATION,
+    RUN_FILE,
+    Ranks,
+    Run,
+    TrainConfig,
+    _record_bytes,
+    check_train_config,
+    held_out_bpd,
+    model_config,
+    start_run,
+    train_step,
+    training_memory,
+)
+
+RACE_FILE = "race.json"  # in the race folder: what was raced, and each layout's folder
+LAYOUT_KINDS = ("dense", "strided", "fixed")
+SNAPSHOTS = 32  # about this many attention snapshots a run besides the log-spaced early ones
+EVALS = 24  # about this many held-out points a race (one every EARLY_EVAL steps while timing)
+EARLY_EVAL = 20
+# what each costs on one core (fmnist-mini, 14 x 14): a training step of 16 images ~0.1 s, a
+# snapshot ~0.07 s, a held-out point of 64 images ~0.25 s, one completion ~0.2 s; with these
+# counts about a fifth of a race's wall-clock goes to them, none of it counted as training
+
+
+class RaceStopped(Exception):
+    """Raised inside the race loop when ``cancelled()`` turns true; the race still saves."""
+
+
+@dataclass(frozen=True)
+class RaceConfig:
+    """What a race trains: ``layouts`` as specs ("dense", "strided", "fixed(l=14, c=2)"; the
+    names alone mean l = one image row), and one set of settings they all share."""
+
+    layouts: tuple[str, ...] = LAYOUT_KINDS
+    preset: str = "fmnist-mini"
+    size: int | None = 14  # image side: 14 is Fashion-MNIST downsampled by 2 (None: 28)
+    data: str = "fashion-mnist"
+    seed: int = 0
+    steps: int | None = None  # a budget in steps, or
+    minutes: float | None = 2.0  # in minutes of the whole race (steps set from its speed)
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = CALIBRATION[1]  # the schedule is fixed at the end of the timed steps
+    eval_every: int | None = None  # steps between held-out points; None: about EVALS a race
+    eval_images: int = 64  # test images of each held-out point (12,544 tokens at 14 x 14)
+    complete_every: int | None = None  # steps between completions; None: about 8 a race
+    completions: int = 2  # held-out images completed (the top half kept), one sample each
+    probes: int = 2  # probe images of the attention snapshots
+    pixel: tuple[int, int] | None = None  # the probe pixel; None: the image's centre
+
+    def train_config(self, layout: str) -> TrainConfig:
+        """The TrainConfig of one lane (minutes are the race's, not passed on)."""
+        return TrainConfig(
+            preset=self.preset,
+            layout=layout,
+            data=self.data,
+            steps=self.steps or 1,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup=self.warmup,
+            eval_every=self.eval_every or EARLY_EVAL,
+            eval_images=self.eval_images,
+            seed=self.seed,
+            size=self.size,
+            threads=None,
+        )
+
+
+def check_race(cfg: RaceConfig) -> list[ModelConfig]:
+    """The model config of each layout; ValueError naming what is wrong with ``cfg``."""
+    problems = []
+    if not cfg.layouts:
+        problems.append("choose at least one layout")
+    names = [lane_name(spec) for spec in cfg.layouts]
+    if len(set(names)) != len(names):
+        problems.append(f"each layout kind once, got {', '.join(cfg.layouts)}")
+    if (cfg.steps is None) == (cfg.minutes is None):
+        problems.append("give a budget in steps or in minutes (one of them)")
+    if cfg.minutes is not None and not (isinstance(cfg.minutes, (int, float)) and cfg.minutes > 0):
+        problems.append(f"minutes must be > 0, got {cfg.minutes!r}")
+    for name in ("completions", "probes"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 16:
+            problems.append(f"{name} must be a whole number in 0..16, got {v!r}")
+    if cfg.probes == 0:
+        problems.append("probes must be at least 1 (the head maps are drawn from them)")
+    for name in ("complete_every", "eval_every"):
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            problems.append(f"{name} must be a whole number >= 1, got {v!r}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    configs = []
+    for spec in cfg.layouts:
+        tcfg = cfg.train_config(spec)
+        if cfg.minutes is not None:  # the check of --minutes: the warm-up spans the timed steps
+            tcfg = replace(tcfg, minutes=float(cfg.minutes))
+        check_train_config(tcfg)
+        configs.append(model_config(tcfg))
+    if cfg.pixel is not None:
+        g = configs[0].geometry
+        r, c = cfg.pixel
+        if not (0 <= r < g.height and 0 <= c < g.width):
+            raise ValueError(
+                f"the probe pixel {cfg.pixel} is outside the {g.height} x {g.width} image"
+            )
+    return configs
+
+
+def lane_name(spec: str) -> str:
+    """A layout's short name, also its run folder: "fixed(l=14, c=2)" -> "fixed"."""
+    return spec.split("(", 1)[0].strip() or spec
+
+
+def race_memory(cfg: RaceConfig) -> int:
+    """Bytes the race is estimated to need: every model's weights, gradients and optimizer
+    moments, and one training step's activations at a time (the steps take turns), plus the
+    data (one byte a token)."""
+    configs = check_race(cfg)
+    models = sum(training_memory(c, 0) for c in configs)
+    step = max(training_memory(c, cfg.batch_size) - training_memory(c, 0) for c in configs)
+    g = configs[0].geometry
+    data = 70_000 * g.n_tokens  # Fashion-MNIST's 60,000 + 10,000 images as uint8 tokens
+    return models + step + data
+
+
+def uniform_observed_bpd(train: np.ndarray, test: np.ndarray) -> float:
+    """Bits/dim of a model that gives every pixel value observed in the data (train and
+    test) the same probability: log2 of how many there are (8.0 when all 256 occur)."""
+    seen = np.union1d(np.unique(np.asarray(train)), np.unique(np.asarray(test)))
+    return math.log2(len(seen))
+
+
+@dataclass
+class Lane:
+    """One layout's live numbers (written by the race thread, read through RaceState.view)."""
+
+    name: str
+    spec: str  # as the model runs it, e.g. "strided(l=14)"
+    nnz: int  # allowed (query, key) pairs per layer and head
+    tokens: int  # N, the tokens of an image
+    density: float  # nnz over the N (N + 1) / 2 causal pairs
+    folder: str = ""
+    steps: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # its own training time so far
+    train_bpd: list[float] = field(default_factory=list)
+    test: list[tuple[int, float, float]] = field(default_factory=list)  # (step, seconds, bpd)
+    snapshot_step: int | None = None
+    rows: np.ndarray | None = None  # [L, H, N]: the probe pixel's attention, first probe
+    types: list[list[str]] | None = None  # [L][H] head types of the snapshot
+    completion_step: int | None = None
+    completions: np.ndarray | None = None  # uint8 [k, H, W, C]
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        """Median of its measured step times (the first few, warming up, left out)."""
+        if len(self.seconds) < 4:
+            return None
+        times = np.diff([0.0, *self.seconds])[2:]
+        return float(np.median(times))
+
+    def copy(self) -> Lane:
+        return replace(
+            self,
+            steps=list(self.steps),
+            seconds=list(self.seconds),
+            train_bpd=list(self.train_bpd),
+            test=list(self.test),
+        )
+
+
+@dataclass
+class RaceView:
+    """A consistent copy of a race's state at one moment."""
+
+    lanes: list[Lane]
+    step: int
+    total: int | None  # the steps of the schedule (None while a minutes budget is timed)
+    elapsed: float  # seconds since the race started
+    phase: str  # "loading", "training", "saving", "saved"
+    baselines: dict[str, float]
+    folder: str
+    probe_pixel: tuple[int, int] | None
+    probes: np.ndarray | None  # uint8 [P, H, W, C]: the probe images
+    kept: np.ndarray | None  # uint8 [k, H, W, C]: the completed images, hidden half gray
+    version: int  # grows with every change: a page redraws only when it moved
+
+
+class RaceState:
+    """The live state of one race, shared between the race thread and the pages."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.lanes: list[Lane] = []
+        self.step = 0
+        self.total: int | None = None
+        self.started = time.monotonic()
+        self.phase = "loading"
+        self.baselines: dict[str, float] = {}
+        self.folder = ""
+        self.probe_pixel: tuple[int, int] | None = None
+        self.probes: np.ndarray | None = None
+        self.kept: np.ndarray | None = None
+        self.version = 0
+
+    def change(self, fn: Callable[[RaceState], None]) -> None:
+        """Apply ``fn(self)`` under the lock, and count the change."""
+        with self._lock:
+            fn(self)
+            self.version += 1
+
+    def view(self) -> RaceView:
+        with self._lock:
+            return RaceView(
+                lanes=[lane.copy() for lane in self.lanes],
+                step=self.step,
+                total=self.total,
+                elapsed=time.monotonic() - self.started,
+                phase=self.phase,
+                baselines=dict(self.baselines),
+                folder=self.folder,
+                probe_pixel=self.probe_pixel,
+                probes=self.probes,
+                kept=self.kept,
+                version=self.version,
+            )
+
+
+def snapshot_due(step: int, total: int, points: int = SNAPSHOTS) -> bool:
+    """Whether a race of ``total`` steps records attention at ``step``: log-spaced while the
+    heads form fastest (steps 1, 2, 3, 5, 8, ...), then every total / points steps."""
+    if step in _log_steps(total):
+        return True
+    return step % max(1, total // points) == 0 or step == total
+
+
+def _log_steps(total: int) -> set[int]:
+    spaced = np.geomspace(1, max(total, 1), POINTS)
+    return {int(s) for s in np.unique(np.round(spaced))}
+
+
+def run_race(
+    cfg: RaceConfig,
+    out: Path,
+    *,
+    measure: Measure,
+    classify: Classify,
+    state: RaceState | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Train ``cfg``'s layouts side by side into ``out`` (created; one folder per layout),
+    updating ``state``; returns the race record (also ``out``/race.json). ``cancelled()`` is
+    asked before every step: a stopped race saves what it has, marked as stopped. ``measure``
+    and ``classify`` are analysis.metrics.head_metrics and head_type (models/ may not import
+    analysis/)."""
+    configs = check_race(cfg)
+    state = state or RaceState()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} already holds files: a race writes into a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    ranks = Ranks(0, 1, device)
+    geometry = configs[0].geometry
+    train_tokens = images_to_tokens(load_images(cfg.data, "train", geometry), dtype=np.uint8)
+    test_tokens = images_to_tokens(load_images(cfg.data, "test", geometry), dtype=np.uint8)
+    baselines = {
+        "uniform over observed values": uniform_observed_bpd(train_tokens, test_tokens),
+        "pixel histogram": histogram_baseline_bpd(train_tokens, test_tokens),
+    }
+    runs: list[Run] = []
+    recorders: list[TimelineRecorder] = []
+    lanes: list[Lane] = []
+    for spec, mconfig in zip(cfg.layouts, configs, strict=True):
+        name = lane_name(spec)
+        tcfg = cfg.train_config(spec)
+        run = start_run(
+            tcfg, out / name, ranks, resume=False, tokens=(train_tokens, test_tokens)
+        )  # seeds torch with cfg.seed before building the model: the same initial weights
+        run.out.mkdir()
+        run.record["commands"].append(f"playground race (../{RACE_FILE})")
+        runs.append(run)
+        n = geometry.n_tokens
+        layout = mconfig.layouts[0]
+        lanes.append(
+            Lane(
+                name=name,
+                spec=repr(layout),
+                nnz=layout.nnz(n),
+                tokens=n,
+                density=layout.nnz(n) / (n * (n + 1) / 2),
+                folder=str(out / name),
+            )
+        )
+        recorders.append(
+            TimelineRecorder(cfg.probes, measure=measure, classify=classify, pixel=cfg.pixel)
+        )
+    complete_idx = probe_indices(len(test_tokens), cfg.completions) if cfg.completions else None
+    complete_images = (
+        tokens_to_image(test_tokens[torch.from_numpy(complete_idx)].long(), geometry)
+        if complete_idx is not None
+        else None
+    )
+    keep = keep_mask(geometry)  # the top half kept
+    kept = None
+    if complete_images is not None:
+        hidden = complete_images.copy()
+        hidden[:, geometry.height // 2 :] = 128
+        kept = hidden
+
+    def loaded(s: RaceState) -> None:
+        s.lanes = lanes
+        s.baselines = baselines
+        s.folder = str(out)
+        s.phase = "training"
+        s.kept = kept
+
+    state.change(loaded)
+    for run, recorder, lane in zip(runs, recorders, lanes, strict=True):
+        recorder.begin(run.out, run.model, run.test_tokens, 0)
+        _take_snapshot(state, lane, recorder, 0)
+    state.change(
+        lambda s: (
+            setattr(s, "probe_pixel", tuple(recorders[0].pixel)),
+            setattr(s, "probes", tokens_to_image(recorders[0].probes.long(), geometry)),
+        )
+    )
+    for run, lane in zip(runs, lanes, strict=True):  # step 0: where every layout starts
+        bpd = held_out_bpd(run, cfg.eval_images)
+        state.change(lambda s, lane=lane, bpd=bpd: lane.test.append((0, 0.0, bpd)))
+        run.record["history"].append({"step": 0, "test_bpd": bpd, "seconds": 0.0})
+
+    total = cfg.steps
+    deadline = state.started + cfg.minutes * 60 if cfg.minutes is not None else math.inf
+    state.change(lambda s: setattr(s, "total", total))
+    calibration_start = None
+    stopped = None
+    started = time.monotonic()
+    complete_every = cfg.complete_every
+    try:
+        step = 0
+        while total is None or step < total:
+            if time.monotonic() > deadline:
+                stopped = "the time budget ran out"
+                break
+            if total is None and step == CALIBRATION[0]:
+                calibration_start = time.monotonic()
+            if total is None and step == CALIBRATION[1]:
+                per_round = (time.monotonic() - calibration_start) / (
+                    CALIBRATION[1] - CALIBRATION[0]
+                )
+                left = deadline - time.monotonic()
+                total = max(CALIBRATION[1] + 1, step + int(left / per_round))
+                for run in runs:
+                    run.cfg.steps = total
+                state.change(lambda s, total=total: setattr(s, "total", total))
+            for run, lane in zip(runs, lanes, strict=True):
+                if cancelled():
+                    raise RaceStopped
+                if total is None:  # while timing: the schedule as if it ended far off
+                    run.cfg.steps = 10**9
+                t0 = time.perf_counter()
+                loss = train_step(run, run.model, nullcontext())
+                dt = time.perf_counter() - t0
+                bpd = loss / math.log(2)
+                spent = (lane.seconds[-1] if lane.seconds else 0.0) + dt
+                run.record["history"].append(
+                    {"step": run.step, "train_bpd": round(bpd, 5), "seconds": round(spent, 4)}
+                )
+                state.change(
+                    lambda s, lane=lane, st=run.step, sp=spent, b=bpd: (
+                        lane.steps.append(st),
+                        lane.seconds.append(sp),
+                        lane.train_bpd.append(b),
+                    )
+                )
+            step += 1
+            state.change(lambda s, step=step: setattr(s, "step", step))
+            horizon = total or 10 * CALIBRATION[1]  # while timing: log-spaced over 600
+            eval_every = cfg.eval_every or (max(1, total // EVALS) if total else EARLY_EVAL)
+            if step % eval_every == 0 or step == total:
+                for run, lane in zip(runs, lanes, strict=True):
+                    bpd = held_out_bpd(run, cfg.eval_images)
+                    run.record["history"][-1]["test_bpd"] = bpd
+                    state.change(
+                        lambda s, lane=lane, b=bpd, st=step: lane.test.append(
+                            (st, lane.seconds[-1], b)
+                        )
+                    )
+            if snapshot_due(step, horizon) or step == total:
+                for run, recorder, lane in zip(runs, recorders, lanes, strict=True):
+                    recorder.record(run.model, step, run.record["history"][-1]["train_bpd"])
+                    _take_snapshot(state, lane, recorder, step)
+            if complete_images is not None and total is not None:
+                complete_every = complete_every or max(1, total // 8)
+                if step % complete_every == 0 or step == total:
+                    _complete(state, runs, lanes, complete_images, keep, step, cfg, cancelled)
+    except RaceStopped:
+        stopped = "stopped"
+    trained = time.monotonic() - started
+    state.change(lambda s: setattr(s, "phase", "saving"))
+    record = _save(cfg, out, runs, lanes, baselines, stopped, trained)
+    state.change(lambda s: setattr(s, "phase", "saved"))
+    return record
+
+
+def _take_snapshot(state: RaceState, lane: Lane, recorder: TimelineRecorder, step: int) -> None:
+    t = recorder.timeline
+    rows = t.rows_u8[-1, 0].astype(np.float32) / 255.0 * t.rows_max[-1, 0][..., None]
+    names = t.meta["head_types"]
+    types = [[names[int(c)] for c in layer] for layer in t.types[-1]]
+
+    def put(s: RaceState) -> None:
+        lane.snapshot_step, lane.rows, lane.types = step, rows, types
+
+    state.change(put)
+
+
+def _complete(state, runs, lanes, images, keep, step, cfg, cancelled) -> None:
+    """Each model completes the same held-out images (top half kept), one sample each, with
+    the same seed; a Stop in the middle ends the race as stopped."""
+    for run, lane in zip(runs, lanes, strict=True):
+        run.model.eval()
+        try:
+            out = np.concatenate(
+                [
+                    complete(run.model, image, keep, n_samples=1, seed=cfg.seed, cancel=cancelled)
+                    for image in images
+                ]
+            )
+        except SamplingCancelled:
+            raise RaceStopped from None
+        finally:
+            run.model.train()
+
+        def put(s: RaceState, lane=lane, out=out) -> None:
+            lane.completion_step, lane.completions = step, out
+
+        state.change(put)
+
+
+def _save(cfg, out, runs, lanes, baselines, stopped, trained) -> dict:
+    """Every model as a run folder, and the race record beside them."""
+    results = {}
+    for run, lane in zip(runs, lanes, strict=True):
+        final = {
+            "step": run.step,
+            "train_bpd_last100": _last(run.record["history"], 100),
+            "test_bpd": round(held_out_bpd(run, cfg.eval_images), 4),
+            "test_images": min(cfg.eval_images, len(run.test_tokens)),
+            "seconds": round(lane.seconds[-1], 2) if lane.seconds else 0.0,
+            "seconds_per_step": lane.seconds_per_step,
+        }
+        run.record.update(
+            {
+                "train_config": asdict(run.cfg),
+                "model_config": run.model.config.to_dict(),
+                "params": sum(p.numel() for p in run.model.parameters()),
+                "data": {
+                    "source": cfg.data,
+                    "size": cfg.size,
+                    "train_images": len(run.train_tokens),
+                    "test_images": len(run.test_tokens),
+                },
+                "steps": run.step,
+                "images_seen": run.step * cfg.batch_size,
+                "wall_time_s": round(trained, 2),
+                "device": device_name(run.ranks.device),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "playground": {"race": RACE_FILE, "stopped": stopped, "nnz": lane.nnz},
+                "final": final,
+            }
+        )
+        files = model_files(run.model)
+        for name, data in files.items():
+            write_atomic(run.out / name, data)
+        write_atomic(run.out / RUN_FILE, _record_bytes(run.record))
+        results[lane.name] = final | {"spec": lane.spec, "nnz": lane.nnz, "folder": lane.name}
+    record = {
+        "race": asdict(cfg),
+        "layouts": results,
+        "baselines": baselines,
+        "stopped": stopped,
+        "wall_time_s": round(trained, 2),
+    }
+    write_atomic(out / RACE_FILE, _record_bytes(record))
+    return record
+
+
+def _last(history: list[dict], k: int) -> float | None:
+    values = [h["train_bpd"] for h in history if "train_bpd" in h][-k:]
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def layout_spec_for(kind: str, geometry_row: int, n_tokens: int, **params: int) -> str:
+    """The spec of a layout kind with the page's parameters: ``strided`` with l, ``fixed`` with
+    l and c (defaults: one image row, and the c of image_layout_spec); ``dense`` takes none."""
+    if kind not in LAYOUT_KINDS:
+        raise ValueError(f"layout kind must be one of {', '.join(LAYOUT_KINDS)}, got {kind!r}")
+    if kind == "dense":
+        return "dense"
+    base = parse_layout(image_layout_spec(kind, geometry_row, n_tokens))
+    if kind == "strided":
+        return f"strided(l={params.get('l', base.l)})"
+    return f"fixed(l={params.get('l', base.l)}, c={params.get('c', base.c)})"

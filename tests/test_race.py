@@ -1,0 +1,141 @@
+"""models/race.py: layouts trained side by side, fairly, into ordinary run folders; and the
+14 x 14 Fashion-MNIST the race trains on (models.datasets.downsample), on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.metrics import head_metrics, head_type
+from models import load_model
+from models.datasets import downsample, held_out_source, load_images
+from models.race import (
+    RaceConfig,
+    RaceState,
+    check_race,
+    race_memory,
+    run_race,
+    snapshot_due,
+    uniform_observed_bpd,
+)
+from models.timeline import load_timeline
+from models.tokens import Geometry
+from models.training import Ranks, TrainConfig, model_config, start_run
+from tests.test_training import tiny_data  # noqa: F401  (a fixture)
+
+RANKS = Ranks(0, 1, torch.device("cpu"))
+
+
+def race(data: str, **kw) -> RaceConfig:
+    base = dict(
+        layouts=("dense", "strided", "fixed"),
+        preset="fmnist-tiny",
+        size=14,
+        data=data,
+        steps=6,
+        minutes=None,
+        batch_size=4,
+        warmup=2,
+        eval_every=3,
+        eval_images=4,
+        completions=1,
+        complete_every=3,
+    )
+    return RaceConfig(**(base | kw))
+
+
+def test_downsample_is_a_block_mean_and_a_data_option(tiny_data):  # noqa: F811
+    images = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
+    small = downsample(images, 2)
+    assert small.shape == (1, 2, 2, 1)
+    assert small[0, :, :, 0].tolist() == [[3, 5], [11, 13]]  # (0+1+4+5)/4 = 2.5 -> 3
+    with pytest.raises(ValueError):
+        downsample(images, 3)
+    full = load_images(tiny_data, "train", Geometry(28, 28, 1))
+    half = load_images(tiny_data, "train", Geometry(14, 14, 1))
+    assert half.shape == (len(full), 14, 14, 1)
+    assert np.array_equal(half, downsample(full, 2))
+    assert held_out_source(Geometry(14, 14, 1)) == "fashion-mnist"
+    with pytest.raises(ValueError, match="divides 28"):
+        load_images(tiny_data, "train", Geometry(12, 12, 1))
+    # the training code's option: --size 14 makes the model's geometry and layouts follow
+    mc = model_config(TrainConfig(preset="fmnist-tiny", layout="strided", size=14))
+    assert mc.geometry == Geometry(14, 14, 1) and mc.layout == "strided(l=14)"
+
+
+def test_a_race_is_fair_and_ends_in_run_folders(tiny_data, tmp_path):  # noqa: F811
+    state = RaceState()
+    out = tmp_path / "race"
+    record = run_race(race(tiny_data), out, measure=head_metrics, classify=head_type, state=state)
+    view = state.view()
+    assert view.phase == "saved" and record["stopped"] is None
+    names = [lane.name for lane in view.lanes]
+    assert names == ["dense", "strided", "fixed"]
+    # equal steps, the same start (same seed and weights), the same batches
+    assert all(lane.steps == list(range(1, 7)) for lane in view.lanes)
+    # the same start: same seed, so the same weights (a layout has no parameters)
+    a, b = (
+        start_run(race(tiny_data).train_config(spec), tmp_path / spec, RANKS, resume=False)
+        for spec in ("dense", "strided")
+    )
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+    )
+    for lane in view.lanes:
+        assert lane.seconds == sorted(lane.seconds) and lane.seconds[-1] > 0
+        assert lane.rows.shape == (2, 2, 196) and lane.snapshot_step == 6
+        assert lane.completions.shape == (1, 14, 14, 1)
+        assert [t[0] for t in lane.test] == [0, 3, 6]
+        folder = out / lane.name
+        model = load_model(folder)  # an ordinary run folder
+        assert model.config.geometry == Geometry(14, 14, 1)
+        run = json.loads((folder / "run.json").read_text())
+        assert run["steps"] == 6 and run["final"]["step"] == 6
+        assert any("test_bpd" in h for h in run["history"])
+        timeline = load_timeline(folder)
+        assert timeline.steps[0] == 0 and timeline.steps[-1] == 6
+    assert view.lanes[1].nnz < view.lanes[0].nnz  # strided keeps fewer pairs than dense
+    saved = json.loads((out / "race.json").read_text())
+    assert set(saved["layouts"]) == {"dense", "strided", "fixed"}
+    assert saved["baselines"]["uniform over observed values"] <= 8.0
+
+
+def test_a_stopped_race_saves_what_it_has(tiny_data, tmp_path):  # noqa: F811
+    state = RaceState()
+    calls = []
+
+    def cancelled() -> bool:
+        calls.append(1)
+        return len(calls) > 7  # after two rounds of three layouts and one step more
+
+    record = run_race(
+        race(tiny_data, steps=50),
+        tmp_path / "r",
+        measure=head_metrics,
+        classify=head_type,
+        state=state,
+        cancelled=cancelled,
+    )
+    assert record["stopped"] == "stopped"
+    steps = {name: r["step"] for name, r in record["layouts"].items()}
+    assert steps["dense"] == 3 and steps["strided"] == 2  # stopped mid-round
+    assert load_model(tmp_path / "r" / "dense").config.n_layer == 2
+
+
+def test_race_checks_and_memory(tiny_data):  # noqa: F811
+    with pytest.raises(ValueError, match="at least one layout"):
+        check_race(race(tiny_data, layouts=()))
+    with pytest.raises(ValueError, match="steps or in minutes"):
+        check_race(race(tiny_data, minutes=2.0))
+    with pytest.raises(ValueError, match="each layout kind once"):
+        check_race(race(tiny_data, layouts=("strided(l=14)", "strided(l=7)")))
+    small = race_memory(race(tiny_data))
+    big = race_memory(race(tiny_data, preset="fmnist-small", size=None, batch_size=16))
+    assert 0 < small < big and big > 500 * 2**20  # 28 x 28: attention of 784 tokens
+    assert snapshot_due(1, 1000) and snapshot_due(1000, 1000) and not snapshot_due(999, 1000)
+    assert uniform_observed_bpd(np.array([0, 1, 2, 3]), np.array([1, 2])) == 2.0
+    assert uniform_observed_bpd(np.array([0, 1]), np.array([5, 6])) == 2.0
