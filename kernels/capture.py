@@ -202,8 +202,10 @@ def capture_pooled(
     if block < 1:
         raise ValueError(f"pooling block must be >= 1, got {block}")
     B, H, N, _ = q.shape
-    if resolve_backend(q, layout, backend) == "triton":  # the forward's pooled output
-        return attention(q, k, k, layout, scale=scale, backend="triton", pool=block)[1]
+    if resolve_backend(q, layout, backend) == "triton":
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        _, lse = attention(q, k, k, layout, scale=scale, return_lse=True, backend="triton")
+        return _triton_pooled(q, k, lse, layout, block, scale)
     nb = -(-N // block)
     pad = nb * block - N
     # tile sizes, for the mean over real entries of the partial last row/column of tiles
@@ -221,6 +223,43 @@ def capture_pooled(
         mx[:, :, t0 : t0 + tiles.shape[2]] = tiles.amax(dim=(3, 5))
     mean /= sizes[:, None] * sizes[None, :]
     return PooledMap(block, N, mean, mx)
+
+
+def _triton_pooled(
+    q: Tensor, k: Tensor, lse: Tensor, layout: Layout, block: int, scale: float
+) -> PooledMap:
+    from kernels.triton.capture import triton_pooled
+    from kernels.triton.common import kernel_spec
+
+    spec = kernel_spec(layout, q.shape[2])
+    return PooledMap(block, q.shape[2], *triton_pooled(q, k, lse, spec, block, scale=scale))
+
+
+def attention_pooled(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: Layout,
+    block: int,
+    *,
+    scale: float | None = None,
+    backend: str = "auto",
+    return_lse: bool = False,
+) -> tuple:
+    """kernels.attention's output (and lse with ``return_lse``) plus the PooledMap of P x P
+    tiles, last in the tuple: (out, pooled) or (out, lse, pooled). On the fused kernels the map
+    comes from the forward's own lse and a walk over the layout's pairs (no second forward, no
+    N x N matrix); elsewhere from the reference walk."""
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"pool must be a tile size >= 1, got {block!r}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if resolve_backend(q, layout, backend, return_lse=return_lse) == "triton":
+        out, lse = attention(q, k, v, layout, scale=scale, return_lse=True, backend="triton")
+        pooled = _triton_pooled(q, k, lse, layout, block, scale)
+        return (out, lse, pooled) if return_lse else (out, pooled)
+    res = attention(q, k, v, layout, scale=scale, backend=backend, return_lse=return_lse)
+    pooled = capture_pooled(q, k, layout, block, scale, backend="reference")
+    return (*res, pooled) if return_lse else (res, pooled)
 
 
 @functools.lru_cache(maxsize=16)

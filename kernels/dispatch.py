@@ -2,7 +2,6 @@
 
     out = attention(q, k, v, strided(28))                                  # [B, H, N, D]
     out, lse = attention(q, k, v, fixed(128, 16), return_lse=True)         # lse [B, H, N]
-    out, pooled = attention(q, k, v, strided(28), pool=28)        # + kernels.capture.PooledMap
 
 Backends (one meaning each):
     "reference"  kernels/reference.py: plain masked softmax, O(N^2) memory; the ground truth.
@@ -12,7 +11,12 @@ Backends (one meaning each):
     "triton"     the fused kernels of kernels/triton/ for dense, local, column, strided and
                  fixed (CUDA tensors; on the CPU only under TRITON_INTERPRET=1, slowly, which is
                  how the tests run them).
+    "composed"   kernels/composed.py: the layout's pieces as fused dense attention, merged
+                 through their log-sum-exps: O(N·√N) work for strided on any device, with the
+                 log-sum-exp and a backward (dense, local, column, strided, fixed).
     "auto"       "triton" for CUDA tensors when a kernel fits the layout, dtype and head dim;
+                 on other devices "composed" from the layout's measured crossover length on
+                 (kernels.composed.CROSSOVER_N; dense only when the log-sum-exp is asked);
                  otherwise "sdpa", or "reference" when return_lse is asked.
 
 The choice can be forced for a whole process with the environment variable
@@ -32,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kernels.composed import composed_attention, composed_misfit, crossover
 from kernels.layouts import Dense, Layout
 from kernels.reference import cached_mask, reference_attention
 
-BACKENDS = ("auto", "reference", "sdpa", "triton")
+BACKENDS = ("auto", "reference", "sdpa", "triton", "composed")
 ENV_VAR = "SPARSE_ATTENTION_BACKEND"
 _forced: list[str] = []
 
@@ -119,7 +124,7 @@ def resolve_backend(
 
     A forced backend (use_backend, then SPARSE_ATTENTION_BACKEND) takes the place of "auto".
     ValueError when the backend cannot: "triton" without a kernel for this layout, dtype, head
-    dim or device; "sdpa" asked for the log-sum-exp.
+    dim or device; "composed" for a layout it cannot compose; "sdpa" asked for the log-sum-exp.
     """
     _check_backend(backend)
     if backend == "auto" and _forced:
@@ -130,7 +135,13 @@ def resolve_backend(
         # kernels are looked up for CUDA tensors only: a CPU-only install imports no triton
         if q.is_cuda and _kernel_misfit(q, layout) is None:
             return "triton"
+        if not q.is_cuda and _composed_pays(q, layout, return_lse):
+            return "composed"
         return "reference" if return_lse else "sdpa"
+    if backend == "composed":
+        misfit = composed_misfit(layout)
+        if misfit is not None:
+            raise ValueError(misfit)
     if backend == "triton":
         misfit = _kernel_misfit(q, layout)
         if misfit is not None:
@@ -143,6 +154,14 @@ def resolve_backend(
     return backend
 
 
+def _composed_pays(q: Tensor, layout: Layout, return_lse: bool) -> bool:
+    """Whether "auto" takes "composed": a layout it composes, at a length from which it beats
+    the masked SDPA (dense: only for the log-sum-exp, which SDPA does not give)."""
+    if composed_misfit(layout) is not None or isinstance(layout, Dense) and not return_lse:
+        return False
+    return q.shape[2] >= crossover(layout)
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -152,51 +171,26 @@ def attention(
     scale: float | None = None,
     backend: str = "auto",
     return_lse: bool = False,
-    pool: int | None = None,
-) -> Tensor | tuple:
+) -> Tensor | tuple[Tensor, Tensor]:
     """Exact attention of q, k, v [B, H, N, D] restricted to ``layout``: out [B, H, N, D], and
     with ``return_lse`` also the log-sum-exp of every row, lse [B, H, N] (natural log; float32,
-    float64 for float64 inputs on the reference).
-
-    ``pool=P`` also returns the mean and max of every P x P tile of the probabilities as a
-    kernels.capture.PooledMap, last in the tuple: (out, pooled) or (out, lse, pooled). On the
-    fused kernels it comes from the forward's own lse and a walk over the layout's pairs (no
-    second forward, no N x N matrix); elsewhere from kernels.capture's reference walk."""
+    float64 for float64 inputs on the reference and the composed pieces). The log-sum-exp of
+    the fused backends ("triton", "composed") carries no gradient."""
     check_inputs(q, k, v, layout)
-    if pool is not None and (not isinstance(pool, int) or pool < 1):
-        raise ValueError(f"pool must be a tile size >= 1, got {pool!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     chosen = resolve_backend(q, layout, backend, return_lse=return_lse)
-    pooled = ()
-    if chosen == "triton":
-        out, lse = _triton_attention(q, k, v, layout, scale)
-        if pool is not None:
-            pooled = (_triton_pooled(q, k, lse, layout, pool, scale),)
-        return (out, lse, *pooled) if return_lse else (out, *pooled) if pooled else out
-    if pool is not None:
-        from kernels.capture import capture_pooled
-
-        pooled = (capture_pooled(q, k, layout, pool, scale, backend="reference"),)
+    if chosen in ("triton", "composed"):
+        run = _triton_attention if chosen == "triton" else composed_attention
+        out, lse = run(q, k, v, layout, scale=scale)
+        return (out, lse) if return_lse else out
     if chosen == "reference":
         res = reference_attention(q, k, v, layout, scale=scale, return_lse=return_lse)
-        if return_lse:
-            return (res.out, res.lse, *pooled)
-        return (res.out, *pooled) if pooled else res.out
-    out = _sdpa_attention(q, k, v, layout, scale)
-    return (out, *pooled) if pooled else out
-
-
-def _triton_pooled(q: Tensor, k: Tensor, lse: Tensor, layout: Layout, block: int, scale: float):
-    from kernels.capture import PooledMap
-    from kernels.triton.capture import triton_pooled
-    from kernels.triton.common import kernel_spec
-
-    spec = kernel_spec(layout, q.shape[2])
-    return PooledMap(block, q.shape[2], *triton_pooled(q, k, lse, spec, block, scale=scale))
+        return (res.out, res.lse) if return_lse else res.out
+    return _sdpa_attention(q, k, v, layout, scale)
 
 
 def _triton_attention(
-    q: Tensor, k: Tensor, v: Tensor, layout: Layout, scale: float
+    q: Tensor, k: Tensor, v: Tensor, layout: Layout, *, scale: float
 ) -> tuple[Tensor, Tensor]:
     from kernels.triton.band_column import band_column_attention
     from kernels.triton.common import kernel_spec

@@ -149,19 +149,19 @@ def test_model_through_the_triton_backend(layout):
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 def test_pool_returns_the_pooled_maps_last(backend):
-    """pool=P appends the capture's pooled map: (out, pooled), or (out, lse, pooled)."""
+    """attention_pooled appends the capture's pooled map: (out, pooled), or (out, lse, pooled)."""
     from kernels import capture as C
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 20, 8, generator=g) for _ in range(3))
-    out, pooled = kernels.attention(q, k, v, L.strided(4), backend=backend, pool=6)
+    out, pooled = C.attention_pooled(q, k, v, L.strided(4), 6, backend=backend)
     assert torch.equal(out, kernels.attention(q, k, v, L.strided(4), backend=backend))
     want = C.capture_pooled(q, k, L.strided(4), 6, backend="reference")
     assert torch.equal(pooled.mean, want.mean) and torch.equal(pooled.max, want.max)
     if backend == "reference":
-        out, lse, pooled = kernels.attention(
-            q, k, v, L.strided(4), backend=backend, pool=6, return_lse=True
+        out, lse, pooled = C.attention_pooled(
+            q, k, v, L.strided(4), 6, backend=backend, return_lse=True
         )
         assert lse.shape == (1, 2, 20) and pooled.mean.shape == (1, 2, 4, 4)
     with pytest.raises(ValueError, match="pool must be a tile size"):
-        kernels.attention(q, k, v, L.strided(4), backend=backend, pool=0)
+        C.attention_pooled(q, k, v, L.strided(4), 0, backend=backend)

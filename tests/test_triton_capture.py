@@ -91,7 +91,7 @@ def test_a_layout_without_a_kernel_cannot_be_captured_on_triton():
 )
 @pytest.mark.parametrize("block", [1, 4, 5, 16, 64])
 def test_the_forward_gives_the_pooled_maps(layout, block):
-    """attention(..., pool=P) on the kernels: the same output and lse as without the flag, and
+    """attention_pooled(..., P) on the kernels: the same output and lse as without the flag, and
     the reference's pooled mean and max: P = 1, P not dividing N, P > N, band tiles in one cell
     (P a multiple of the interpreter's 16-wide tiles), residues grouped per cell (P dividing l:
     strided(32) with 4 and 16, column(8) with 4)."""
@@ -99,12 +99,12 @@ def test_the_forward_gives_the_pooled_maps(layout, block):
 
     g = torch.Generator().manual_seed(block)
     q, k, v = (torch.randn(2, 2, 45, 16, generator=g).to(DEVICE) for _ in range(3))
-    out, lse, pooled = attention(q, k, v, layout, backend="triton", return_lse=True, pool=block)
+    out, lse, pooled = C.attention_pooled(q, k, v, layout, block, backend="triton", return_lse=True)
     want_out, want_lse = attention(q, k, v, layout, backend="triton", return_lse=True)
     assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
     want = C.capture_pooled(q, k, layout, block, backend="reference")
     assert (pooled.block, pooled.n) == (block, 45)
     torch.testing.assert_close(pooled.mean, want.mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(pooled.max, want.max, rtol=1e-5, atol=1e-6)
-    out2, pooled2 = attention(q, k, v, layout, backend="triton", pool=block)
+    out2, pooled2 = C.attention_pooled(q, k, v, layout, block, backend="triton")
     assert torch.equal(out2, out) and torch.equal(pooled2.max, pooled.max)

@@ -24,11 +24,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LOW = [torch.float16] + ([torch.bfloat16] if torch.cuda.is_available() else [])
 
 
-def assert_within_low_precision_error(q, k, v, dout, layout: Layout, ref_dtype) -> None:
-    """flash-attention's rule for fp16/bf16: the kernel's output and gradients are no further
-    from a ``ref_dtype`` reference than twice the plain PyTorch reference in the inputs' own
-    dtype is (plus 1e-3)."""
-    out = attention(q, k, v, layout, backend="triton")
+def assert_within_low_precision_error(
+    q, k, v, dout, layout: Layout, ref_dtype, backend: str = "triton"
+) -> None:
+    """flash-attention's rule for fp16/bf16: the kernel's (``backend``'s) output and gradients
+    are no further from a ``ref_dtype`` reference than twice the plain PyTorch reference in the
+    inputs' own dtype is (plus 1e-3)."""
+    out = attention(q, k, v, layout, backend=backend)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     low = reference_attention(q, k, v, layout).out
     low_grads = torch.autograd.grad(low, (q, k, v), dout)

@@ -4,7 +4,7 @@ an N x N matrix").
 
     triton_rows(q, k, lse, spec, queries)            exact rows              [B, H, Q, N]
     triton_pooled(q, k, lse, spec, block)            tile mean and max       [B, H, nb, nb] x 2
-                                                     (kernels.attention(..., pool=P) with the
+                                                     (kernels.capture.attention_pooled with the
                                                      forward, from the lse it just computed)
     triton_support(support, n, device)               CSR pattern of a support (indptr, indices)
     triton_sparse(q, k, lse, spec, support, indptr)  CSR values of a support [B, H, nnz]
