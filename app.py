@@ -27,6 +27,7 @@ pages = {  # each page, and the prefixes of its settings' keys (its view in the 
         "abl",
     ),
     st.Page("app_pages/training.py", title="Training", icon=":material/timeline:"): "trn",
+    st.Page("app_pages/playground.py", title="Playground", icon=":material/sports_score:"): "pg",
     st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"): None,
     st.Page("app_pages/models_page.py", title="Models & speed", icon=":material/speed:"): None,
 }

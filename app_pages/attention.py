@@ -20,7 +20,7 @@ from app_pages.common import (
     get_model,
     load_or_explain,
     model_names,
-    models_dir,
+    model_path,
     new_click,
     show_image,
     take_pixel_click,
@@ -248,7 +248,7 @@ def other_model(name: str) -> tuple[ChosenModel, np.ndarray] | None:
             )
         )
         return None
-    path = str(models_dir() / name)
+    path = str(model_path(name))
     return ChosenModel(name, path, other), cached_rows(path, image_sha1, query, image)
 
 

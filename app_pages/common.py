@@ -37,10 +37,38 @@ def models_dir() -> Path:
     return Path(os.environ.get("SPARSE_EXPLORER_MODELS", ROOT / "assets" / "models"))
 
 
+def runs_dir() -> Path:
+    """Where training runs are: runs/, or $SPARSE_EXPLORER_RUNS (read on every call)."""
+    return Path(os.environ.get("SPARSE_EXPLORER_RUNS", ROOT / "runs"))
+
+
+# the Playground's races: runs_dir()/playground-<time>/<layout>/, each an ordinary run folder
+PLAYGROUND_PREFIX = "playground-"
+
+
+def trained_names() -> list[str]:
+    """The models the Playground has trained and saved, as "playground-<time>/<layout>" names
+    (relative to runs_dir()), the newest race first."""
+    found = [
+        p
+        for p in runs_dir().glob(f"{PLAYGROUND_PREFIX}*/*")
+        if (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+    ]
+    found.sort(key=lambda p: (p.parent.name, p.name))
+    return [f"{p.parent.name}/{p.name}" for p in reversed(found)]
+
+
 def model_names() -> list[str]:
-    """Model directories under models_dir(), the three shipped ones first."""
+    """Model directories under models_dir(), the three shipped ones first, then the models the
+    Playground trained (trained_names: a name with a "/" is a run under runs_dir())."""
     found = sorted(p.name for p in models_dir().glob("*") if (p / "config.json").is_file())
-    return [m for m in PREFERRED if m in found] + [m for m in found if m not in PREFERRED]
+    shipped = [m for m in PREFERRED if m in found] + [m for m in found if m not in PREFERRED]
+    return shipped + trained_names()
+
+
+def model_path(name: str) -> Path:
+    """The folder of model ``name`` (one of model_names())."""
+    return runs_dir() / name if "/" in name else models_dir() / name
 
 
 def require_model_names() -> list[str]:
@@ -122,7 +150,7 @@ def choose_model(key: str, where=st) -> ChosenModel:
     model = load_or_explain(name)
     if model is None:
         st.stop()
-    return ChosenModel(name, str(models_dir() / name), model)
+    return ChosenModel(name, str(model_path(name)), model)
 
 
 def choose_model_and_image(prefix: str) -> tuple[ChosenModel, str, np.ndarray]:
@@ -139,7 +167,7 @@ def load_or_explain(name: str) -> SparseTransformer | None:
     from models.checkpoint import CheckpointError
 
     try:
-        return get_model(str(models_dir() / name))
+        return get_model(str(model_path(name)))
     except CheckpointError as e:
         st.error(as_text(f"Model '{name}' cannot be loaded: {e}"))
         return None
@@ -648,6 +676,17 @@ SETTINGS: dict[str, Setting] = {
     "trn_step": Setting(int, 0, None),  # a snapshot's step: the page checks the run has it
     "trn_probe": PIXEL,
     "trn_metric": Setting(str),  # the page checks the run recorded it
+    # Playground (app_pages/playground.py): what to race; its limits are the page's own
+    "pg_layouts": Setting(list, 0, 3, choices=("dense", "strided", "fixed")),
+    "pg_preset": Setting(str, choices=("fmnist-tiny", "fmnist-mini", "fmnist-small")),
+    "pg_size": Setting(str),  # the page checks it is one of its sizes
+    "pg_budget": Setting(str, choices=("minutes", "steps")),
+    "pg_minutes": Setting(float, 0.5, 30.0),
+    "pg_steps": Setting(int, 1, 20_000),
+    "pg_seed": Setting(int, limits.SEED.low, limits.SEED.high),
+    "pg_strided_l": Setting(int, 1, 784),
+    "pg_fixed_l": Setting(int, 1, 784),
+    "pg_fixed_c": Setting(int, 1, 784),
 }
 
 

@@ -20,7 +20,7 @@ from app_pages.common import (
     export_panel,
     get_model,
     load_or_explain,
-    models_dir,
+    model_path,
     pick_image,
     pixel_values_hover,
     pool_job,
@@ -105,7 +105,7 @@ with left:
         st.stop()
     image_name, image = picked
     show_image(image, image_name)
-paths = {name: str(models_dir() / name) for name in models}
+paths = {name: str(model_path(name)) for name in models}
 image_sha1 = content_key(image)
 grid = (geometry.height, geometry.width, geometry.channels)
 

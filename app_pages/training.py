@@ -1,6 +1,7 @@
 """Training: attention as it forms, from the timeline a run records (models/timeline.py).
 
-Any run folder under runs/ or the models folder; one without timeline.npz is named as such
+Any run folder under runs/ ($SPARSE_EXPLORER_RUNS; the Playground's races are there too), the
+shipped runs (assets/runs/) or the models folder; one without timeline.npz is named as such
 (its bits/dim curve from run.json is still drawn when it has one). A slider scrubs through the
 snapshots: every head's attention of the probe pixel, the row-pooled maps, each head's metric
 and type as curves, and bits/dim.
@@ -14,14 +15,14 @@ import streamlit as st
 
 from analysis.maps import pixel_map, token_map
 from analysis.metrics import HEAD_TYPES
-from app_pages.common import ROOT, as_text, export_panel, models_dir, show_image
+from app_pages.common import ROOT, as_text, export_panel, models_dir, runs_dir, show_image
 from models.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeline
 from models.tokens import Geometry
 from viz.export import Exportable, safe_name
 from viz.figures import head_grid_figure
 from viz.inspect_figures import bpd_figure, curves_figure, type_timeline_figure
 
-RUNS = ROOT / "runs"
+SHIPPED_RUNS = ROOT / "assets" / "runs"  # runs shipped with a timeline (their cards say how)
 METRIC_HELP = {
     "coverage_strided": "share of attention on pairs strided allows",
     "coverage_fixed": "share of attention on pairs fixed allows",
@@ -42,10 +43,10 @@ st.caption(
 
 
 def run_folders() -> list[str]:
-    """Folders under runs/ (two levels) and the models folder that hold a model or a
-    timeline, as paths relative to the project where they are inside it."""
+    """Folders under runs/ (two levels), the shipped runs and the models folder that hold a
+    model or a timeline, as paths relative to the project where they are inside it."""
     found = []
-    for base in (RUNS, models_dir()):
+    for base in (runs_dir(), SHIPPED_RUNS, models_dir()):
         if not base.is_dir():
             continue
         for p in sorted([*base.glob("*"), *base.glob("*/*")]):
@@ -65,7 +66,7 @@ def allowed(path: Path) -> bool:
     """Only folders inside the project or the models folder are read (a visitor's text is
     data, not a licence to browse the server's disk)."""
     path = path.resolve()
-    return any(path.is_relative_to(base.resolve()) for base in (ROOT, models_dir()))
+    return any(path.is_relative_to(base.resolve()) for base in (ROOT, models_dir(), runs_dir()))
 
 
 @st.cache_data(max_entries=8, ttl=3600, show_spinner=False)

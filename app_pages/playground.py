@@ -1,0 +1,340 @@
+"""Playground: train dense, strided and fixed side by side from the browser, and watch them.
+
+The race (models/race.py) runs in the server's training pool (app_pages/playground_job.py);
+this page starts it, shows its place in the queue, and redraws what it has so far every
+REFRESH_SECONDS in a fragment (only this part of the page reruns): bits/dim against steps and
+against seconds, each layout's cost, every head's attention of the probe pixel, and the
+completions. At the end each model is an ordinary run folder that the other pages open.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from analysis.maps import pixel_map
+from app_pages.common import (
+    PLAYGROUND_PREFIX,
+    ROOT,
+    as_text,
+    clamp_setting,
+    export_panel,
+    model_device,
+    runs_dir,
+    session_alive,
+    show_image,
+)
+from app_pages.jobs import Refused, over_budget
+from app_pages.playground_job import (
+    TRAINING_POOL,
+    playground_data,
+    playground_enabled,
+    race_folder,
+    start_race,
+)
+from models.race import LAYOUT_KINDS, RaceConfig, RaceView, check_race, race_memory
+from models.tokens import Geometry
+from viz.export import Exportable
+from viz.figures import head_grid_figure
+from viz.race_figures import Curve, race_curves_figure
+
+REFRESH_SECONDS = 1.0  # how often the live part redraws while a race runs
+PRESETS = ("fmnist-tiny", "fmnist-mini", "fmnist-small")  # small enough for a CPU
+SIZES = {"14 x 14 (Fashion-MNIST downsampled by 2)": 14, "28 x 28 (Fashion-MNIST)": 28}
+STEPS_MAX, MINUTES_MAX = 20_000, 30.0
+
+st.title("Playground: race layouts and watch their heads form")
+st.caption(
+    "Train small models with dense, strided and fixed attention side by side, on this server's "
+    "CPU. They start from the same weights, see the same images in the same order and take "
+    "turns step by step, so at any moment they have had the same steps and the same time. "
+    "Watch bits/dim fall, the attention of a probe pixel sharpen in every head, and the "
+    "models complete held-out images; the result is saved as run folders that the Attention, "
+    "Training and other pages open."
+)
+if not playground_enabled():
+    st.info(
+        "The Playground is switched off on this server (SPARSE_EXPLORER_PLAYGROUND=off): "
+        "training would let every visitor spend its CPU for minutes. Run the app on your own "
+        "machine to use it, or train from the command line: python -m tools.train --size 14 "
+        "--timeline-probes 2 ..."
+    )
+    st.stop()
+
+for key, default in {
+    "pg_layouts": list(LAYOUT_KINDS),
+    "pg_preset": "fmnist-mini",
+    "pg_size": next(iter(SIZES)),
+    "pg_budget": "minutes",
+    "pg_minutes": 2.0,
+    "pg_steps": 300,
+    "pg_seed": 0,
+}.items():
+    st.session_state.setdefault(key, default)
+
+if st.session_state.pg_size not in SIZES:  # a link's
+    st.session_state.pg_size = next(iter(SIZES))
+c1, c2, c3 = st.columns([3, 2, 3])
+kinds = c1.multiselect("Layouts to race", list(LAYOUT_KINDS), key="pg_layouts")
+preset = c2.selectbox(
+    "Preset",
+    PRESETS,
+    key="pg_preset",
+    help="fmnist-tiny: 2 layers x 2 heads, width 32; fmnist-mini: 4 x 4, width 64; "
+    "fmnist-small: 4 x 4, width 128 (about 2x mini's time a step)",
+)
+size = SIZES[c3.radio("Image size", list(SIZES), key="pg_size", horizontal=True)]
+geometry = Geometry(size, size, 1)
+row = geometry.row_stride
+b1, b2, b3 = st.columns([2, 2, 2])
+budget = b1.radio("Budget", ["minutes", "steps"], key="pg_budget", horizontal=True)
+if budget == "minutes":
+    minutes = b2.number_input(
+        "Minutes (the whole race)", 0.5, MINUTES_MAX, step=0.5, key="pg_minutes"
+    )
+    steps = None
+else:
+    steps = int(b2.number_input("Steps (each layout)", 1, STEPS_MAX, step=50, key="pg_steps"))
+    minutes = None
+seed = int(b3.number_input("Seed", 0, 2**31 - 1, key="pg_seed"))
+
+# l and c as on the Layouts page: one image row and the c whose density reaches strided's
+st.session_state.setdefault("pg_strided_l", row)
+st.session_state.setdefault("pg_fixed_l", row)
+st.session_state.setdefault("pg_fixed_c", 2)
+if st.session_state.get("pg_row_for") != row:  # a new image size: l goes back to one row
+    st.session_state.pg_strided_l = st.session_state.pg_fixed_l = row
+    st.session_state.pg_row_for = row
+for key in ("pg_strided_l", "pg_fixed_l", "pg_fixed_c"):  # a link's value may not fit
+    clamp_setting(key, 1, geometry.n_tokens)
+with st.expander("Layout parameters and probe pixel"):
+    p1, p2, p3, p4, p5 = st.columns(5)
+    strided_l = int(p1.number_input("strided l", 1, geometry.n_tokens, key="pg_strided_l"))
+    fixed_l = int(p2.number_input("fixed l", 1, geometry.n_tokens, key="pg_fixed_l"))
+    fixed_c = int(p3.number_input("fixed c", 1, geometry.n_tokens, key="pg_fixed_c"))
+    probe_row = int(p4.number_input("probe row", 0, size - 1, size // 2, key=f"pg_prow{size}"))
+    probe_col = int(p5.number_input("probe column", 0, size - 1, size // 2, key=f"pg_pcol{size}"))
+specs = {
+    "dense": "dense",
+    "strided": f"strided(l={strided_l})",
+    "fixed": f"fixed(l={fixed_l}, c={min(fixed_c, fixed_l)})",
+}
+cfg = RaceConfig(
+    layouts=tuple(specs[k] for k in LAYOUT_KINDS if k in kinds),
+    preset=preset,
+    size=size,
+    data=playground_data(),
+    seed=seed,
+    steps=steps,
+    minutes=minutes,
+    pixel=(probe_row, probe_col),
+)
+problem = None
+try:
+    memory = race_memory(cfg)
+except ValueError as e:
+    problem, memory = str(e), 0
+refusal = problem or over_budget(
+    "This race", memory, "Choose a smaller preset, 14 x 14 images or fewer layouts."
+)
+if not problem:
+    configs = check_race(cfg)
+    n = configs[0].geometry.n_tokens
+    parts = [
+        f"{c.layouts[0]!r}: {c.layouts[0].nnz(n) / n:.1f} keys a query"
+        for c in configs  # the same for every layer: one spec per race lane
+    ]
+    st.caption(
+        as_text(f"{len(configs)} models of {n} tokens; {'; '.join(parts)}; about ")
+        + f"{memory / 2**20:,.0f} MB of memory."
+    )
+
+job = st.session_state.get("pg_job")
+running = job is not None and not job.task.finished
+t1, t2 = st.columns([1, 5])
+if t1.button("Train", key="pg_train", type="primary", disabled=running or bool(refusal)):
+    folder = race_folder(runs_dir(), PLAYGROUND_PREFIX)
+    try:
+        job = start_race(cfg, folder, alive=session_alive(), device=model_device())
+    except (Refused, ValueError) as e:
+        st.error(as_text(e))
+    else:
+        st.session_state.pg_job = job
+        running = True
+if refusal:
+    st.error(as_text(refusal))
+if running:
+    t2.button("Stop", key="pg_stop", on_click=job.task.cancel, args=("stopped",))
+
+
+def curves_of(view: RaceView) -> list[Curve]:
+    return [
+        Curve(
+            name=lane.name,
+            steps=np.asarray(lane.steps),
+            seconds=np.asarray(lane.seconds),
+            train_bpd=np.asarray(lane.train_bpd),
+            test_steps=np.asarray([t[0] for t in lane.test]),
+            test_seconds=np.asarray([t[1] for t in lane.test]),
+            test_bpd=np.asarray([t[2] for t in lane.test]),
+        )
+        for lane in view.lanes
+    ]
+
+
+def cost_table(view: RaceView) -> str:
+    """Markdown: each layout's cost beside its bits/dim (numbers and our own layout specs)."""
+    lines = [
+        "| layout | keys a query (nnz / N) | density | measured ms a step | steps | "
+        "train bits/dim (last 20) | held-out bits/dim |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for lane in view.lanes:
+        per_step = lane.seconds_per_step
+        train = np.mean(lane.train_bpd[-20:]) if lane.train_bpd else float("nan")
+        test = lane.test[-1][2] if lane.test else float("nan")
+        lines.append(
+            f"| {as_text(lane.spec)} | {lane.nnz / lane.tokens:.1f} | {lane.density:.3f} | "
+            f"{'' if per_step is None else f'{per_step * 1e3:.0f}'} | "
+            f"{lane.steps[-1] if lane.steps else 0} | {train:.3f} | {test:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def type_counts(types: list[list[str]] | None) -> str:
+    if not types:
+        return ""
+    flat = [t for layer in types for t in layer]
+    return ", ".join(f"{t} {flat.count(t)}" for t in sorted(set(flat), key=flat.index))
+
+
+def strip(images: np.ndarray) -> np.ndarray:
+    """Images [k, H, W, 1] side by side with a one-pixel gray gap: [H, k (W + 1) - 1, 1]."""
+    k, h, w, c = images.shape
+    out = np.full((h, k * (w + 1) - 1, c), 96, np.uint8)
+    for i in range(k):
+        out[:, i * (w + 1) : i * (w + 1) + w] = images[i]
+    return out
+
+
+def folder_name(path: str) -> str:
+    """A run folder as the Training page lists it (relative to the project where inside)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+@st.fragment(run_every=REFRESH_SECONDS if running else None)
+def live(was_running: bool) -> None:
+    job = st.session_state.get("pg_job")
+    if job is None:
+        st.info("Choose the layouts and a budget, then press Train.")
+        return
+    task = job.task
+    if was_running and task.finished:
+        st.rerun()  # the whole page: Train comes back, Stop goes
+    place = TRAINING_POOL.position(task)
+    if place is not None and place >= 1:
+        running_, waiting = TRAINING_POOL.busy
+        st.info(
+            f"Another playground training is running on this server: yours is number {place} "
+            f"in the queue ({waiting} waiting; {task.waited:.0f} s so far). It starts when "
+            "the one before it ends."
+        )
+        return
+    view = job.state.view()
+    if task.finished and task.error:
+        st.error("The race failed: " + as_text(task.error))
+    total = view.total
+    if view.phase == "loading":
+        st.caption("Loading the images and building the models...")
+        return
+    status = {
+        "training": "training",
+        "saving": "saving",
+        "saved": "saved",
+    }.get(view.phase, view.phase)
+    if task.finished and task.reason:
+        status = f"{status} ({task.reason})"
+    of = f" of {total}" if total else " (timing the first steps to set the schedule)"
+    st.progress(
+        min(1.0, view.step / total) if total else 0.0,
+        text=f"step {view.step}{of} · {view.elapsed:.0f} s · {status}",
+    )
+    curves = curves_of(view)
+    a, b = st.columns(2)
+    by_step = race_curves_figure(curves, against="steps", baselines=view.baselines)
+    by_time = race_curves_figure(curves, against="seconds", baselines=view.baselines)
+    a.plotly_chart(by_step, key="pg_by_step")
+    b.plotly_chart(by_time, key="pg_by_time")
+    st.markdown(cost_table(view))
+    st.caption(
+        "Seconds are each model's own training steps (evaluations, snapshots and completions "
+        "not counted). nnz: the (query, key) pairs a layer's head may use; on a CPU at these "
+        "sizes every layout runs the same dense masked kernel, so fewer pairs need not mean "
+        "fewer seconds."
+    )
+    g = Geometry(*view.probes.shape[1:]) if view.probes is not None else geometry
+    pr, pc = view.probe_pixel or (g.height // 2, g.width // 2)
+    cols = st.columns(len(view.lanes))
+    grids = []
+    for col, lane in zip(cols, view.lanes, strict=True):
+        with col:
+            if lane.rows is None:
+                continue
+            fig = head_grid_figure(
+                pixel_map(lane.rows, g, None),  # [L, H, h, w]
+                f"{lane.name}, step {lane.snapshot_step}: pixel ({pr}, {pc}), every head",
+            )
+            st.plotly_chart(fig, key=f"pg_heads_{lane.name}")
+            st.caption("head types: " + as_text(type_counts(lane.types)))
+            grids.append((lane, fig))
+            if lane.completions is not None and view.kept is not None:
+                show_image(
+                    strip(np.concatenate([view.kept, lane.completions])),
+                    f"step {lane.completion_step}: kept halves, then {lane.name}'s completions",
+                    width=60 * (len(view.kept) + len(lane.completions)),
+                )
+    if view.probes is not None:
+        marked = np.repeat(view.probes[0], 3, axis=2)
+        marked[pr, pc] = (255, 0, 0)
+        show_image(marked, f"probe image, pixel ({pr}, {pc}) in red", width=110)
+    if view.phase == "saved":
+        lanes = ", ".join(lane.name for lane in view.lanes)
+        st.success("Saved: " + as_text(f"{folder_name(view.folder)}/ ({lanes})"))
+        o = st.columns(len(view.lanes) + 1)
+        for k, lane in enumerate(view.lanes):
+            if o[k].button(f"Open {lane.name} on the Training page", key=f"pg_open_{lane.name}"):
+                st.session_state.trn_folder = folder_name(lane.folder)
+                st.switch_page("app_pages/training.py")
+        race = Path(view.folder).name
+        names = ", ".join(f"{race}/{lane.name}" for lane in view.lanes)
+        st.caption("The models are also in every page's model list: " + as_text(names) + ".")
+        items = [
+            Exportable(
+                "race_bpd_steps",
+                by_step,
+                {f"{c.name}_train": c.train_bpd for c in curves},
+                {"race": folder_name(view.folder)},
+            ),
+            Exportable(
+                "race_bpd_seconds",
+                by_time,
+                {f"{c.name}_seconds": c.seconds for c in curves},
+                {"race": folder_name(view.folder)},
+            ),
+        ] + [
+            Exportable(
+                f"race_{lane.name}_heads_step{lane.snapshot_step}",
+                fig,
+                {"rows": lane.rows},
+                {"race": folder_name(view.folder), "layout": lane.spec},
+            )
+            for lane, fig in grids
+        ]
+        export_panel(items, "pg_export", "Export these figures and data")
+
+
+live(running)

@@ -1,0 +1,120 @@
+"""The Playground page through AppTest: a short race on tiny synthetic data, live, saved as run
+folders that the Training page lists and the other pages offer as models; the queue, Stop, the
+memory refusal and the switch that turns the page off."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_pages import playground_job
+from app_pages.jobs import WorkerPool
+from tests.test_app import chart, trace, values
+from tests.test_training import tiny_data  # noqa: F401  (a fixture)
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture
+def playground(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    """The app pointed at tiny data, an empty runs folder and a fresh training pool."""
+    monkeypatch.setenv("SPARSE_EXPLORER_PLAYGROUND_DATA", tiny_data)
+    monkeypatch.setenv("SPARSE_EXPLORER_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(playground_job, "TRAINING_POOL", WorkerPool(1, max_queued=2))
+    import app_pages.playground as _  # noqa: F401  (nothing: the page is a script)
+
+    return tmp_path / "runs"
+
+
+def wait_for(at, done, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        at.run()
+        assert not at.exception, at.exception
+        if done(at):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the race did not get there in time")
+
+
+def texts(at) -> str:
+    return "\n".join(
+        [
+            *(s.value for s in at.success),
+            *(c.value for c in at.caption),
+            *(i.value for i in at.info),
+        ]
+    )
+
+
+def test_a_short_race_runs_live_and_saves_run_folders(playground):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/playground.py").run()
+    assert not at.exception, at.exception
+    at.selectbox(key="pg_preset").set_value("fmnist-tiny")
+    at.radio(key="pg_budget").set_value("steps").run()
+    at.number_input(key="pg_steps").set_value(8).run()
+    assert "MB of memory" in texts(at)
+    at.button(key="pg_train").click().run()
+    assert not at.exception, at.exception
+    wait_for(at, lambda at: "Saved:" in texts(at))
+    curves = chart(at, "pg_by_step")
+    held = values(trace(curves, "strided held-out")["x"])
+    assert held[0] == 0 and len(held) >= 2
+    assert trace(chart(at, "pg_by_time"), "dense train")
+    for name in ("dense", "strided", "fixed"):
+        assert chart(at, f"pg_heads_{name}")
+    races = list(playground.glob("playground-*"))
+    assert len(races) == 1
+    for name in ("dense", "strided", "fixed"):
+        assert (races[0] / name / "model.safetensors").is_file()
+        assert (races[0] / name / "timeline.npz").is_file()
+    # the other pages see the models and the runs
+    at.switch_page("app_pages/attention.py").run()
+    assert not at.exception, at.exception
+    assert f"{races[0].name}/strided" in at.selectbox(key="att_model").options
+    at.switch_page("app_pages/training.py").run()
+    assert not at.exception, at.exception
+    assert any(f.endswith("/strided") for f in at.selectbox(key="trn_folder").options)
+
+
+def test_stop_saves_and_a_second_session_waits_its_turn(playground):
+    first = AppTest.from_file(APP, default_timeout=120)
+    first.switch_page("app_pages/playground.py").run()
+    first.selectbox(key="pg_preset").set_value("fmnist-tiny")
+    first.radio(key="pg_budget").set_value("steps").run()
+    first.number_input(key="pg_steps").set_value(5000).run()
+    first.button(key="pg_train").click().run()
+    wait_for(first, lambda at: "step " in "\n".join(str(p.proto.text) for p in at.get("progress")))
+    second = AppTest.from_file(APP, default_timeout=120)
+    second.switch_page("app_pages/playground.py").run()
+    second.selectbox(key="pg_preset").set_value("fmnist-tiny")
+    second.radio(key="pg_budget").set_value("steps").run()
+    second.button(key="pg_train").click().run()
+    assert not second.exception, second.exception
+    assert "number 1 in the queue" in texts(second)
+    first.button(key="pg_stop").click().run()
+    wait_for(first, lambda at: "Saved:" in texts(at))
+    assert "stopped" in "\n".join(str(p.proto.text) for p in first.get("progress"))
+    job = second.session_state["pg_job"]
+    job.task.cancel("test over")
+    job.task.wait(60)
+
+
+def test_refused_over_budget_and_switched_off(playground, monkeypatch):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/playground.py").run()
+    at.selectbox(key="pg_preset").set_value("fmnist-small")
+    at.radio(key="pg_size").set_value("28 x 28 (Fashion-MNIST)").run()
+    at.multiselect(key="pg_layouts").set_value(["dense", "strided", "fixed"]).run()
+    monkeypatch.setattr("app_pages.jobs.MEMORY_BUDGET", 100 * 2**20)
+    at.run()
+    assert any("would need about" in e.value for e in at.error)
+    assert at.button(key="pg_train").disabled
+    monkeypatch.setenv("SPARSE_EXPLORER_PLAYGROUND", "off")
+    at.run()
+    assert not at.exception
+    assert "switched off" in texts(at)
