@@ -57,7 +57,7 @@ def run_folders() -> list[str]:
         try:
             out.append(str(p.resolve().relative_to(ROOT)))
         except ValueError:
-            out.append(str(p))
+            out.append(str(p.resolve()))
     # runs with a timeline first
     return sorted(dict.fromkeys(out), key=lambda s: (not (ROOT / s / TIMELINE_NPZ).is_file(), s))
 

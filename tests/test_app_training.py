@@ -1,6 +1,7 @@
 """The Training page through AppTest, on a tiny run trained here with a timeline
 (tests/test_training.py's synthetic data), and on a folder without one."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,30 @@ def test_training_settings_come_from_the_url_and_stay(tiny_data, tmp_path, monke
     assert bad.select_slider(key="trn_step").value == 6  # the last snapshot
     assert bad.selectbox(key="trn_probe").value == 0
     assert bad.selectbox(key="trn_metric").value == "coverage_strided"  # the first
+
+
+def test_the_shipped_run_is_shown_out_of_the_box(tmp_path, monkeypatch):
+    """With no runs of one's own, the Training page opens the run shipped in assets/runs/:
+    a CPU-trained 14 x 14 model with its timeline, small, without optimizer state."""
+    shipped = Path(APP).parent / "assets" / "runs" / "mini-dense-14"
+    files = {p.name for p in shipped.iterdir()}
+    assert files == {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "run.json",
+        "timeline.json",
+        "timeline.npz",
+    }
+    assert sum(p.stat().st_size for p in shipped.iterdir()) < 4 * 2**20
+    monkeypatch.setenv("SPARSE_EXPLORER_RUNS", str(tmp_path / "runs"))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/training.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="trn_folder").value == "assets/runs/mini-dense-14"
+    record = json.loads((shipped / "run.json").read_text())
+    assert at.select_slider(key="trn_step").value == record["steps"]  # the last snapshot
+    mosaic = values(trace(chart(at, "trn_grid"), "heads")["z"])
+    assert mosaic.shape == (4 * 15 - 1, 4 * 15 - 1)  # fmnist-mini: 4 x 4 heads of 14 x 14
+    probe = values(trace(chart(at, "trn_bpd"), "probe images (snapshots)")["y"])
+    assert probe[-1] < probe[0] - 3  # it learned: from about 8 bits/dim to about 3
