@@ -170,3 +170,30 @@ def test_kernels_and_viz_import_without_the_layers_above():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_no_two_modules_import_each_other():
+    """The dependency between two modules runs one way (models/timeline.py is handed what it
+    needs by models/training.py and imports nothing of it): no cycle of imports between the
+    project's modules (a package's __init__, which re-exports, is left out)."""
+    modules = {name: path for name, path in project_modules() if path.name != "__init__.py"}
+    graph = {
+        name: {m for _, m in imports_of(path.read_text(), name) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+    cycles, state = [], {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join([*trail[trail.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "\n".join(cycles)
+    assert "models.timeline" in graph["models.training"]  # one way: training uses timeline
