@@ -313,6 +313,9 @@ def capture_sparse(
         spec, lse, scale = fused
         indptr, indices = triton_support(walked, N, q.device)
         values = triton_sparse(q, k, lse, spec, walked, indptr, len(indices), scale=scale)
+    elif resolve_backend(q, layout, backend, return_lse=True) == "composed":
+        indptr, indices = support_pattern(support, N, H)
+        values = _composed_pairs(q, k, layout, indptr, indices, scale)
     else:
         indptr, indices = support_pattern(support, N, H)
         values = q.new_zeros(B, H, len(indices), dtype=_dtype(q))
@@ -329,6 +332,32 @@ def capture_sparse(
         mask = _heads_mask(support, h, rows_of[None, :], indices[None, :])
         values = values * mask.to(values)
     return SparseMap(N, repr(support), indptr, indices, values)
+
+
+PAIR_CHUNK = 1 << 16  # pairs scored at once by _composed_pairs: [B, H, 65,536, D] gathered
+
+
+def _composed_pairs(
+    q: Tensor, k: Tensor, layout: Layout, indptr: Tensor, indices: Tensor, scale: float | None
+) -> Tensor:
+    """The probabilities of the CSR pairs from the composed forward's log-sum-exp:
+    exp(scale q_i . k_j - lse_i) where the layout allows (i, j), else 0; O(nnz D) work, where
+    the reference walk scores every row against all N keys."""
+    B, H, N, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    _, lse = attention(q, k, k, layout, scale=scale, return_lse=True, backend="composed")
+    dt = _dtype(q)
+    rows_of = torch.repeat_interleave(torch.arange(N), indptr.diff(), output_size=len(indices))
+    values = q.new_zeros(B, H, len(indices), dtype=dt)
+    h = torch.arange(H)[:, None]
+    for a in range(0, len(indices), PAIR_CHUNK):
+        i, j = rows_of[a : a + PAIR_CHUNK], indices[a : a + PAIR_CHUNK]
+        dev_i, dev_j = i.to(q.device), j.to(q.device)
+        s = (q[:, :, dev_i].to(dt) * k[:, :, dev_j].to(dt)).sum(-1) * scale  # [B, H, chunk]
+        p = torch.exp(s - lse[:, :, dev_i].to(dt))
+        allowed = _heads_mask(layout, h, i[None, :], j[None, :]).to(q.device)  # [H or 1, chunk]
+        values[:, :, a : a + PAIR_CHUNK] = p * allowed
+    return values
 
 
 CaptureForm = FullMap | Rows | PooledMap | SparseMap

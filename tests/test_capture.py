@@ -62,6 +62,19 @@ def test_sparse_on_another_support_gives_its_coverage():
     assert sparse.support == "strided(l=7)"
 
 
+@pytest.mark.parametrize("layout", LAYOUTS[:4], ids=repr)
+@pytest.mark.parametrize("support", [None, L.dense(), L.strided(5)], ids=repr)
+def test_sparse_from_the_composed_lse_is_the_reference(layout, support, monkeypatch):
+    """The CPU's O(nnz) sparse capture (the composed forward's lse, then only the support's
+    pairs, in chunks) against the reference probabilities; pairs the layout lacks are 0."""
+    monkeypatch.setattr(C, "PAIR_CHUNK", 50)  # several chunks, the last one partial
+    q, k = qk()
+    full = C.capture_full(q, k, layout).probs
+    sparse = C.capture_sparse(q, k, layout, support=support, backend="composed")
+    mask = (support or layout).dense_mask(45, 2)
+    torch.testing.assert_close(sparse.to_dense(), full * mask, rtol=1e-5, atol=1e-6)
+
+
 def test_full_map_refuses_large_n():
     q, k = qk(N=4097, B=1, H=1, D=2)
     with pytest.raises(ValueError, match="rows, pooled or sparse"):
