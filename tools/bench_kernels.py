@@ -1,7 +1,8 @@
-"""Benchmark the sparse kernels against the anchors, all measured in one run (GPU only).
+"""Benchmark the sparse kernels against the anchors, all measured in one run.
 
     python -m tools.bench_kernels                 # N in {3072, 16384, 65536}, B=1, H=16, D=64, bf16
     python -m tools.bench_kernels --sizes 3072    # a quick run
+    python -m tools.bench_kernels --device cpu    # kernels/composed.py: tools/bench_kernels_cpu.py
 
 For each N (l = 96, 128, 256; c = l / 8) it prints forward and forward+backward times of dense
 causal SDPA, FlexAttention with the exact mask, FlexAttention composed as in docs/DESIGN.md,
@@ -24,10 +25,12 @@ import torch.nn.functional as F
 from kernels import capture as C
 from kernels.dispatch import attention
 from kernels.layouts import Layout, fixed, strided
-from kernels.triton import band_column, common
-from kernels.triton import fixed as fixed_kernels
+from tools.bench_kernels_cpu import DEFAULT_JSON, main_cpu
+from tools.bench_kernels_cpu import SIZES as CPU_SIZES
 from tools.cli import Parser, int_range, run_main
 from tools.flex_anchors import composed, flex_exact
+
+HEAD_DIMS = (16, 32, 64, 128)  # kernels.triton.common.HEAD_DIMS, without importing triton
 
 SIZES = {3072: 96, 16384: 128, 65536: 256}
 
@@ -53,6 +56,9 @@ def timed(fn, grad=None) -> tuple[float, float]:
 
 def tuned() -> dict[str, str]:
     """{kernel: the tiles autotune picked for its last launch} of our attention kernels."""
+    from kernels.triton import band_column, common
+    from kernels.triton import fixed as fixed_kernels
+
     return common.tuned_configs(*band_column.KERNELS, *fixed_kernels.KERNELS)
 
 
@@ -188,24 +194,62 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m tools.bench_kernels", description=__doc__.split("\n")[0])
     p.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="cuda (the Triton kernels, default) or cpu (kernels/composed.py: see "
+        "tools/bench_kernels_cpu.py)",
+    )
+    p.add_argument(
         "--sizes",
-        type=int_range(1, max(SIZES)),
+        type=int_range(1, max(CPU_SIZES)),
         nargs="+",
-        default=list(SIZES),
-        choices=list(SIZES),
-        help=f"sequence lengths N, of {', '.join(map(str, SIZES))}",
+        help=f"sequence lengths N: of {', '.join(map(str, SIZES))} on cuda (default all), of "
+        f"{', '.join(map(str, CPU_SIZES))} on cpu (default all)",
     )
     # 128 heads at N = 65,536 is ~1 GiB per bf16 tensor: the most one GPU holds comfortably
-    p.add_argument("--heads", type=int_range(1, 128), default=16, help="1-128 (default 16)")
+    p.add_argument("--heads", type=int_range(1, 128), help="1-128 (default 16 on cuda, 4 on cpu)")
     p.add_argument(
         "--dim",
-        type=int_range(1, max(common.HEAD_DIMS)),
+        type=int_range(1, max(HEAD_DIMS)),
         default=64,
-        choices=list(common.HEAD_DIMS),
+        choices=list(HEAD_DIMS),
         help="head dimension the Triton kernels take (default 64)",
     )
-    p.add_argument("--no-train", action="store_true", help="skip the training-step table")
+    p.add_argument("--no-train", action="store_true", help="skip the training-step table (cuda)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="cpu: default fp32")
+    p.add_argument("--reps", type=int_range(1, 100), default=5, help="cpu: timed calls per case")
+    p.add_argument("--no-flex", action="store_true", help="cpu: skip FlexAttention")
+    p.add_argument(
+        "--no-model", action="store_true", help="cpu: skip the training step and completion"
+    )
+    p.add_argument(
+        "--crossover",
+        action="store_true",
+        help="cpu: measure composed against the masked SDPA near N = 1,024 and write the "
+        "crossover lengths into kernels/composed.py",
+    )
+    p.add_argument(
+        "--json",
+        default=str(DEFAULT_JSON),
+        help="cpu: where to write the rows (default docs/benchmarks/cpu_attention.json; '' for "
+        "none)",
+    )
     args = p.parse_args(argv)
+    sizes = CPU_SIZES if args.device == "cpu" else tuple(SIZES)
+    if args.sizes is None:
+        args.sizes = list(sizes)
+    bad = [n for n in args.sizes if n not in sizes]
+    if bad:
+        p.error(
+            f"--sizes on {args.device}: {', '.join(map(str, bad))} not among "
+            f"{', '.join(map(str, sizes))}"
+        )
+    if args.device == "cpu":
+        args.heads = args.heads or 4
+        args.argv = list(argv if argv is not None else sys.argv[1:])
+        return main_cpu(args)
+    args.heads = args.heads or 16
     if not torch.cuda.is_available():
         print("error: the kernel benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
