@@ -264,6 +264,24 @@ def test_models_page_renders_card_and_benchmarks():
     text = "\n".join(m.value for m in at.markdown)
     assert "# Shipped models" in text and "bits/dim" in text
     assert len(at.get("image")) >= 2  # the card's sample grids
+    # the measured curves, from the benchmark's committed rows: dense against the layouts
+    speed = chart(at, "speed_chart")
+    names = [t["name"] for t in speed["data"]]
+    assert names[:2] == ["N² (slope 2)", "N·√N (slope 1.5)"]
+    assert any(n.startswith("strided, composed (slope") for n in names)
+    assert speed["layout"]["xaxis"]["type"] == "log"
+    at.radio(key="speed_metric").set_value("fwd_bwd_ms").run()
+    assert "forward + backward" in title(chart(at, "speed_chart"))
+
+
+def test_models_page_explains_an_unreadable_benchmark(tmp_path, monkeypatch):
+    bad = tmp_path / "cpu_attention.json"
+    bad.write_text("{not json")
+    monkeypatch.setenv("SPARSE_EXPLORER_CPU_BENCH", str(bad))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page("app_pages/models_page.py").run()
+    assert not at.exception, at.exception
+    assert "cannot be read" in errors(at) and "run the benchmark again" in errors(at)
 
 
 def test_attention_page_exports_figures_and_batch(tmp_path, monkeypatch):

@@ -100,6 +100,10 @@ class Exportable:
         return self.cells > HEAVY_CELLS
 
 
+# plotly's line dashes as matplotlib's line styles
+_DASHES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-.", "longdash": (0, (8, 3))}
+
+
 def _click_targets(tr) -> bool:
     """An invisible scatter that only carries hover and clicks (the grid's tiles, the map's
     rows): nothing to draw in a static figure. A pixel grid's invisible squares are drawn:
@@ -224,6 +228,19 @@ def _draw(fig: go.Figure):
                             (xv - 0.5, yv - 0.5), 1, 1, fill=False, edgecolor=color, linewidth=lw
                         )
                     )
+            elif "lines" in (tr.mode or ""):  # curves (the speed and training figures)
+                line = tr.line or go.scatter.Line()
+                ax.plot(
+                    x,
+                    y,
+                    color=line.color or color,
+                    linestyle=_DASHES.get(line.dash or "solid", "-"),
+                    linewidth=line.width or 1.5,
+                    marker="o" if "markers" in tr.mode else None,
+                    markersize=(tr.marker.size or 6) / 2,
+                    label=tr.name,
+                )
+                legend = legend or bool(tr.name)
             else:
                 ax.scatter(x, y, color=color, s=(tr.marker.size or 6) ** 2 / 2, label=tr.name)
                 legend = legend or bool(tr.name)
@@ -257,7 +274,9 @@ def _draw(fig: go.Figure):
             (setter.set_xticks if is_x else setter.set_yticks)(list(axis.tickvals))
             if axis.ticktext is not None:
                 (setter.set_xticklabels if is_x else setter.set_yticklabels)(list(axis.ticktext))
-        if axis.range is not None:
+        if axis.type == "log":  # (a log axis' plotly range is in decades: left to matplotlib)
+            (setter.set_xscale if is_x else setter.set_yscale)("log")
+        elif axis.range is not None:
             (setter.set_xlim if is_x else setter.set_ylim)(*axis.range)
     if lay.yaxis.autorange == "reversed" and lay.yaxis.range is None:
         ax.invert_yaxis()
