@@ -6,18 +6,18 @@ on some view of the sequence (torch's fused CPU kernel, which returns the log-su
 backward), and the pieces are merged exactly through their log-sum-exps:
 
     dense        one causal piece
-    local(l)     own     each block of l queries against its own block, causal
-                 prev    the same block against the block before it, keys c > a only
-                         (query a of the block, key c of the previous one: i - j < l)
-    column(l)    column  the transposed sequence ([N/l, l] read as [l, N/l]): l residue classes,
-                         each a causal run of length N/l (the key j = i included)
-    strided(l)   own + prev + column with the key j = i left out (it is the band's)
-    fixed(l, c)  own + summary: block b's queries against the summary keys of blocks < b,
-                 gathered into one sequence (b * c keys; per head for num_verts > 1)
+    local(l)     block 0 against itself, causal; every later block of l queries against the
+                 window of the block before and its own (2l keys, an overlapping view), query
+                 a seeing window key e iff a < e <= a + l (i - j < l, causal)
+    column(l)    the transposed sequence ([N/l, l] read as [l, N/l], one contiguous copy): l
+                 residue classes, each a causal run of length N/l (the key j = i included)
+    strided(l)   local(l) + column with the key j = i left out (it is the band's)
+    fixed(l, c)  own block, causal + summary: block b's queries against the summary keys of
+                 blocks < b, gathered into one sequence (b * c keys; per head for num_verts > 1)
 
-Work: strided does N·(l + N/l) pairs, 2·N·√N at l = √N, instead of dense's N²/2; fixed does its
-nnz (~ N² c / 2l). A tail shorter than l is padded with zeros at the end: by causality a padded
-key is seen only by padded queries, which are dropped.
+Work: strided computes N·(2l + N/l) pairs (half the window masked), 3·N·√N at l = √N, instead
+of dense's N²/2; fixed about its nnz (~ N² c / 2l). A tail shorter than l is padded with zeros
+at the end: by causality a padded key is seen only by padded queries, which are dropped.
 
 Backward: the gradients of a softmax over a union of key sets are the sums of each piece's
 flash-attention backward run with the *merged* output and log-sum-exp (delta = rowsum(dO * O)
