@@ -149,3 +149,18 @@ def test_capture_of_a_gpu_model_comes_back_where_the_tokens_were():
     got = model.cuda().capture(tokens, layers=[1], form="rows", queries=[5, 400])[1]
     assert got.probs.device.type == "cpu"
     torch.testing.assert_close(got.probs, want.probs, rtol=2e-3, atol=2e-4)
+
+
+def test_auto_scores_only_the_pairs_where_the_layout_is_sparse_enough():
+    """capture_sparse's pair walk on "auto": strided at 4,096 (2 % of the pairs) yes; strided
+    at 784, fixed at 4,096 (7 %) and dense no (the row walk is faster there: kernels/capture.py,
+    PAIR_DENSITY); backend="composed" always."""
+
+    def pays(n, layout, backend="auto"):
+        return C._pairs_pay(torch.zeros(1, 4, n, 8), layout, layout, backend)
+
+    assert pays(4096, L.strided(64))
+    assert not pays(784, L.strided(28)) and not pays(4096, L.fixed(64, 8))
+    assert not pays(4096, L.dense())
+    assert pays(784, L.strided(28), backend="composed")
+    assert not pays(4096, L.strided(64), backend="reference")
