@@ -9,8 +9,8 @@ backward), and the pieces are merged exactly through their log-sum-exps:
     local(l)     block 0 against itself, causal; every later block of l queries against the
                  window of the block before and its own (2l keys, an overlapping view), query
                  a seeing window key e iff a < e <= a + l (i - j < l, causal)
-    column(l)    the transposed sequence ([N/l, l] read as [l, N/l], one contiguous copy): l
-                 residue classes, each a causal run of length N/l (the key j = i included)
+    column(l)    the transposed sequence ([N/l, l] read as [l, N/l], a view): l residue
+                 classes, each a causal run of length N/l (the key j = i included)
     strided(l)   local(l) + column with the key j = i left out (it is the band's)
     fixed(l, c)  own block, causal + summary: block b's queries against the summary keys of
                  blocks < b, gathered into one sequence (b * c keys; per head for num_verts > 1)
@@ -153,7 +153,7 @@ def _cast(bias: Tensor | None, q: Tensor) -> Tensor | None:
 class _Piece:
     """One piece of a plan. ``frame`` names the order the piece reads the sequence in ("seq"
     [B, H, Np, X] as it is, "blocks" [B*H, T, l, X], "runs" [B*H, l, T, X]: see _framed);
-    ``rows(x)`` views a contiguous frame as the piece's query sequences [B', H', L, X] and
+    ``rows(x)`` views a frame as the piece's query sequences [B', H', L, X] and
     ``keys(x)`` as its key sequences (views, so that results are merged and gradients added
     through them in place; ``add_keys(dst, g)`` adds a key gradient where ``keys`` overlaps
     itself); ``causal`` or an additive ``bias`` [L, Lk] masks it; ``dead`` is the query offset
@@ -282,9 +282,10 @@ class _Plan:
         return _framed(x, frame, self.l)
 
     def inputs(self, frame: str, *xs: Tensor) -> tuple[Tensor, ...]:
-        """Contiguous copies of xs in a frame (a no-op for "seq" and "blocks"): the fused
-        kernel reads a transposed view at half its speed, so "runs" pays one copy each."""
-        return tuple(self.framed(x, frame).contiguous() for x in xs)
+        """xs in a frame, as views: the fused kernel reads the transposed "runs" view directly
+        (measured: a contiguous copy of each input costs more than it saves, forward and
+        backward, N = 1,024..16,384)."""
+        return tuple(self.framed(x, frame) for x in xs)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         acc = torch.promote_types(q.dtype, torch.float32)
