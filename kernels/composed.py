@@ -46,7 +46,7 @@ from kernels.layouts import Column, Dense, Fixed, Layout, Local, Strided, fixed_
 # "auto" takes this backend on the CPU from these sequence lengths on (below, torch's SDPA with
 # the layout's mask is faster); measured by `python -m tools.bench_kernels --device cpu
 # --crossover` (docs/BENCHMARKS.md, "Composed attention on the CPU")
-CROSSOVER_N = {"dense": 784, "local": 784, "column": 784, "strided": 784, "fixed": 784}
+CROSSOVER_N = {"dense": 784, "local": 784, "column": 784, "strided": 784, "fixed": 1024}
 
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
