@@ -13,14 +13,25 @@ server's log, SPARSE_EXPLORER_LOG_TASKS), and the server's peak RSS. Everything 
 
 ``--workers N`` sets the pool's size (SPARSE_EXPLORER_WORKERS); a large N lets every
 completion sample at once, as the app did before it had a pool.
+
+``--playground`` adds one more context that trains a Playground race (app_pages/playground.py
+with its defaults: fmnist-mini at 14 x 14, dense, strided and fixed, on Fashion-MNIST) for the
+whole run, and reports the time from its Train click to the first curve point and head maps
+drawn in that browser; with ``--contexts 0`` the race is the only load:
+
+    .venv/bin/python -m tools.bench_load --playground --contexts 0 --switches 40 --seconds 300
+
+The race's run folders go to a temporary SPARSE_EXPLORER_RUNS, removed at the end.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from browser_util import (  # noqa: E402
     IDLE,
+    chart,
     keyed,
     launch_chromium,
     open_page,
@@ -74,6 +86,35 @@ def completion_running(page) -> bool:
     return keyed(page, "cmp_stop").count() > 0 or page.locator(IDLE).count() == 0
 
 
+def start_race(page, minutes: float) -> float:
+    """The Playground page with its defaults and a budget of ``minutes``: press Train and wait
+    until the race's first curve point and every layout's head maps are drawn in this browser;
+    the seconds from the click to that."""
+    open_page(page, "Playground")
+    field = keyed(page, "pg_minutes").locator("input")
+    field.fill(f"{minutes:g}")
+    field.press("Enter")
+    settle(page)
+    keyed(page, "pg_train").get_by_role("button").click()
+    t0 = time.perf_counter()
+    for name in ("dense", "strided", "fixed"):
+        chart(page, f"pg_heads_{name}").locator(".gtitle").first.wait_for(timeout=120_000)
+    chart(page, "pg_by_step").locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+    page.wait_for_function(
+        """() => { const el = document.querySelector('.st-key-pg_by_step .js-plotly-plot');
+                   const t = el && (el._fullData || []).find(t => t.name === 'dense held-out');
+                   return t && t.x.length > 0; }""",
+        timeout=120_000,
+    )
+    return time.perf_counter() - t0
+
+
+def race_progress(page) -> str:
+    """The race's progress line as drawn ("step N of M · S s · training")."""
+    bar = page.locator("[data-testid=stProgress]")
+    return bar.first.text_content() if bar.count() else "(no progress bar)"
+
+
 def switch_head(page, head: int, layer: int) -> float:
     """Pick ``head`` on the Attention page; seconds from the pick until the chart of that head
     is drawn in the browser (the server's run plus plotly drawing it)."""
@@ -100,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m tools.bench_load", description=__doc__)
-    p.add_argument("--contexts", type=int_range(1, 16), default=4, help="contexts completing")
+    p.add_argument(
+        "--contexts",
+        type=int_range(0, 16),
+        default=4,
+        help="contexts completing (0: only with --playground)",
+    )
     p.add_argument("--samples", type=int_range(1, 16), default=4, help="samples a completion")
     p.add_argument("--switches", type=int_range(1, 200), default=20, help="head switches timed")
     p.add_argument(
@@ -109,26 +155,41 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--workers", type=int_range(1, 64), default=None, help="the pool's size (default: app's)"
     )
+    p.add_argument(
+        "--playground",
+        action="store_true",
+        help="one more context trains a Playground race meanwhile",
+    )
     args = p.parse_args(argv)
+    if args.contexts == 0 and not args.playground:
+        p.error("argument --contexts: 0 contexts completing is no load (add --playground)")
     from playwright.sync_api import sync_playwright
 
     env = {"SPARSE_EXPLORER_LOG_TASKS": "1"}
+    runs = tempfile.TemporaryDirectory(prefix="bench-load-runs-")
+    env["SPARSE_EXPLORER_RUNS"] = runs.name
     if args.workers is not None:
         env["SPARSE_EXPLORER_WORKERS"] = str(args.workers)
     deadline = time.monotonic() + args.seconds
     times: list[float] = []
     completions = 0
+    first_draw = None
+    race_at_end = None
     with streamlit_server(env=env) as server, sync_playwright() as pw:
         browser = launch_chromium(pw)
         pages = []
-        for _ in range(args.contexts + 1):
+        for _ in range(args.contexts + 1 + args.playground):
             page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             page.set_default_timeout(120_000)
             page.goto(server.url)
             pages.append(page)
+        trainer = pages.pop() if args.playground else None
         *completers, browser_page = pages
         for page in pages:
             settle(page)
+        if trainer is not None:  # the race runs for the whole benchmark
+            settle(trainer)
+            first_draw = start_race(trainer, min(30.0, math.ceil(args.seconds / 30) / 2 + 0.5))
         for page in completers:
             prepare_completer(page, args.samples)
         open_page(browser_page, "Attention")
@@ -148,6 +209,9 @@ def _main(argv: list[str] | None = None) -> int:
                 if not completion_running(page):
                     completions += 1
                     start_completion(page)
+        if trainer is not None:
+            race_at_end = race_progress(trainer)
+            trainer.context.close()  # the session ends: the race stops (and saves)
         for page in completers:  # end what still runs (closing the tab cancels it)
             page.context.close()
         peak = server.peak_rss_mb()
@@ -157,10 +221,12 @@ def _main(argv: list[str] | None = None) -> int:
     tasks = re.findall(r"task 'completion \w+' (\w+): waited ([\d.]+) s, ran ([\d.]+) s", log)
     waits = [float(w) for _, w, _ in tasks]
     runs = [float(r) for status, _, r in tasks if status == "done"]
+    runs.cleanup()
     workers = args.workers if args.workers is not None else "default"
+    race = " + 1 training a Playground race" if args.playground else ""
     print(
-        f"# load: {args.contexts} contexts completing ({args.samples} samples x 3 models) + 1 "
-        f"switching heads, pool workers {workers}, {os.cpu_count()} CPUs\n"
+        f"# load: {args.contexts} contexts completing ({args.samples} samples x 3 models){race}"
+        f" + 1 switching heads, pool workers {workers}, {os.cpu_count()} CPUs\n"
     )
     print("| measurement | result |")
     print("|---|---|")
@@ -178,6 +244,11 @@ def _main(argv: list[str] | None = None) -> int:
     if runs:
         median_run = statistics.median(runs)
         print(f"| a completion's run (done: {len(runs)}): median | {median_run:.1f} s |")
+    if first_draw is not None:
+        print(
+            f"| Playground: Train to first curve point and head maps drawn | {first_draw:.1f} s |"
+        )
+        print(f"| Playground: the race when the switches ended | {race_at_end} |")
     print(f"| completions restarted during the switches | {completions} |")
     print(f"| server peak RSS | {peak:.0f} MB |")
     if "Traceback" in log:

@@ -40,10 +40,23 @@ def main(argv: list[str] | None = None) -> int:
     state = RaceState()
     start = time.monotonic()
     report: dict = {"marks": {}}
+    pending = list(marks)
+
+    def row_of(view) -> dict:
+        return {
+            lane.name: {
+                "step": lane.steps[-1] if lane.steps else 0,
+                "held_out_bpd": round(lane.test[-1][2], 4) if lane.test else None,
+                "train_bpd_last20": round(float(np.mean(lane.train_bpd[-20:])), 4)
+                if lane.train_bpd
+                else None,
+                "ms_per_step": round(1e3 * (lane.seconds_per_step or 0), 1),
+            }
+            for lane in view.lanes
+        }
 
     def watch() -> None:
-        pending = list(marks)
-        while state.phase != "saved":
+        while state.phase not in ("saving", "saved"):
             view = state.view()
             now = (time.monotonic() - start) / 60
             if (
@@ -55,17 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"first curve point and head maps: {report['first_point_s']} s", flush=True)
             if pending and now >= pending[0]:
                 m = pending.pop(0)
-                row = {
-                    lane.name: {
-                        "step": lane.steps[-1] if lane.steps else 0,
-                        "held_out_bpd": round(lane.test[-1][2], 4) if lane.test else None,
-                        "train_bpd_last20": round(float(np.mean(lane.train_bpd[-20:])), 4)
-                        if lane.train_bpd
-                        else None,
-                        "ms_per_step": round(1e3 * (lane.seconds_per_step or 0), 1),
-                    }
-                    for lane in view.lanes
-                }
+                row = row_of(view)
                 report["marks"][str(m)] = row
                 print(f"after {m} min: {json.dumps(row)}", flush=True)
             time.sleep(0.2)
@@ -74,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     watcher.start()
     cfg = RaceConfig(preset=args.preset, minutes=args.minutes, seed=args.seed)
     record = run_race(cfg, args.out, measure=head_metrics, classify=head_type, state=state)
+    watcher.join()
     view = state.view()
+    if pending:  # a mark at the budget's end: the race's last numbers (its end comes first)
+        at = (time.monotonic() - start) / 60
+        report["marks"][f"end ({at:.1f} min, for {', '.join(map(str, pending))})"] = row_of(view)
     report["final"] = record["layouts"]
     report["baselines"] = record["baselines"]
     report["head_types"] = {
