@@ -156,16 +156,15 @@ class _Piece:
     ``rows(x)`` views a frame as the piece's query sequences [B', H', L, X] and
     ``keys(x)`` as its key sequences (views, so that results are merged and gradients added
     through them in place; ``add_keys(dst, g)`` adds a key gradient where ``keys`` overlaps
-    itself); ``causal`` or an additive ``bias`` [L, Lk] masks it; ``dead`` is the query offset
-    within each sequence whose keys are all masked (its lse must be -inf), or None; ``first``:
-    the piece writes its rows instead of merging into them (it holds every query's own key)."""
+    itself); ``causal`` or an additive ``bias`` [L, Lk] masks it (every query keeps at least
+    one key: none of these pieces has an empty row); ``first``: the piece writes its rows
+    instead of merging into them (it holds every query's own key)."""
 
     frame: str
     rows: Callable[[Tensor], Tensor]
     keys: Callable[[Tensor], Tensor]
     causal: bool
     bias: Tensor | None = None
-    dead: int | None = None
     first: bool = False
     add_keys: Callable[[Tensor, Tensor], None] | None = None
 
@@ -299,8 +298,6 @@ class _Plan:
             o, lse_p = piece(
                 p.rows(qf), p.keys(kf), p.keys(vf), causal=p.causal, bias=p.bias, scale=self.scale
             )
-            if p.dead is not None:
-                lse_p[..., p.dead] = -math.inf
             rows_lse = p.rows(self.framed(lse.unsqueeze(-1), p.frame))[..., 0]
             _merge_into(p.rows(self.framed(out, p.frame)), rows_lse, o, lse_p, p.first)
         if self.kind == "fixed" and self.blocks > 1:
@@ -346,7 +343,7 @@ class _Plan:
         def chunks(x: Tensor, per: int) -> Tensor:  # [B, H, Tp*per, X] -> [B*H, Tp/m, m*per, X]
             return x.view(BH, T // m, m * per, x.shape[-1])
 
-        # (query rows, key rows, bias, dead query offset) of each call, as views
+        # (query rows, key rows, bias) of each call, as views
         calls = []
         if m > 1:  # within each chunk: its earlier blocks' summary keys
             calls.append((lambda x: chunks(x, l), lambda x: chunks(x, c), _group_bias(m, l, c)))
