@@ -166,8 +166,8 @@ def _main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     env = {"SPARSE_EXPLORER_LOG_TASKS": "1"}
-    runs = tempfile.TemporaryDirectory(prefix="bench-load-runs-")
-    env["SPARSE_EXPLORER_RUNS"] = runs.name
+    runs_dir = tempfile.TemporaryDirectory(prefix="bench-load-runs-")
+    env["SPARSE_EXPLORER_RUNS"] = runs_dir.name
     if args.workers is not None:
         env["SPARSE_EXPLORER_WORKERS"] = str(args.workers)
     deadline = time.monotonic() + args.seconds
@@ -221,7 +221,7 @@ def _main(argv: list[str] | None = None) -> int:
     tasks = re.findall(r"task 'completion \w+' (\w+): waited ([\d.]+) s, ran ([\d.]+) s", log)
     waits = [float(w) for _, w, _ in tasks]
     runs = [float(r) for status, _, r in tasks if status == "done"]
-    runs.cleanup()
+    runs_dir.cleanup()
     workers = args.workers if args.workers is not None else "default"
     race = " + 1 training a Playground race" if args.playground else ""
     print(
