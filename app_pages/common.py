@@ -330,6 +330,19 @@ def session_alive() -> Callable[[], bool]:
     return alive
 
 
+def queue_place(pool, task, what: str) -> str | None:
+    """The line telling a person where ``task`` waits in ``pool`` (an app_pages.jobs.WorkerPool)
+    for a worker, or None once it runs (or ended)."""
+    place = pool.position(task)
+    if place is None or place < 1:
+        return None
+    running, waiting = pool.busy
+    return (
+        f"{what} is waiting for a worker: number {place} in the queue "
+        f"({running} running, {waiting} waiting; {task.waited:.0f} s so far)."
+    )
+
+
 def follow(task, *, what: str, on_tick: Callable[[], None] | None = None, bar: bool = True):
     """Wait in this run for ``task`` (an app_pages.jobs.Task in the pool), showing its place
     in the queue and, with ``bar``, its progress; ``on_tick()`` draws more (the Complete page's
@@ -341,13 +354,9 @@ def follow(task, *, what: str, on_tick: Callable[[], None] | None = None, bar: b
     slot = st.empty()
     while True:
         ended = task.wait(0.2)
-        place = POOL.position(task)
-        if place is not None and place >= 1:
-            running, waiting = POOL.busy
-            slot.info(
-                f"{what} is waiting for a worker: number {place} in the queue "
-                f"({running} running, {waiting} waiting; {task.waited:.0f} s so far)."
-            )
+        waiting = queue_place(POOL, task, what)
+        if waiting is not None:
+            slot.info(waiting)
         elif bar and not ended:
             slot.progress(task.share, text=as_text(task.text or f"{what}: working..."))
         else:  # a message each tick: Streamlit checks for a rerun or a stop at each one

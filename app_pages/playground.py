@@ -20,6 +20,7 @@ from app_pages.common import (
     clamp_setting,
     export_panel,
     model_device,
+    queue_place,
     runs_dir,
     session_alive,
     show_image,
@@ -32,6 +33,7 @@ from app_pages.playground_job import (
     race_folder,
     start_race,
 )
+from kernels.composed import CROSSOVER_N
 from models.race import LAYOUT_KINDS, RaceConfig, RaceView, check_race, race_memory
 from models.tokens import Geometry
 from viz.export import Exportable
@@ -185,9 +187,9 @@ def curves_of(view: RaceView) -> list[Curve]:
 def cost_table(view: RaceView) -> str:
     """Markdown: each layout's cost beside its bits/dim (numbers and our own layout specs)."""
     lines = [
-        "| layout | keys a query (nnz / N) | density | measured ms a step | steps | "
-        "train bits/dim (last 20) | held-out bits/dim |",
-        "|---|---|---|---|---|---|---|",
+        "| layout | keys a query (nnz / N) | density | attention kernel | measured ms a step | "
+        "steps | train bits/dim (last 20) | held-out bits/dim |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for lane in view.lanes:
         per_step = lane.seconds_per_step
@@ -195,7 +197,7 @@ def cost_table(view: RaceView) -> str:
         test = lane.test[-1][2] if lane.test else float("nan")
         lines.append(
             f"| {as_text(lane.spec)} | {lane.nnz / lane.tokens:.1f} | {lane.density:.3f} | "
-            f"{'' if per_step is None else f'{per_step * 1e3:.0f}'} | "
+            f"{lane.backend} | {'' if per_step is None else f'{per_step * 1e3:.0f}'} | "
             f"{lane.steps[-1] if lane.steps else 0} | {train:.3f} | {test:.3f} |"
         )
     return "\n".join(lines)
@@ -235,13 +237,11 @@ def live(was_running: bool) -> None:
     task = job.task
     if was_running and task.finished:
         st.rerun()  # the whole page: Train comes back, Stop goes
-    place = TRAINING_POOL.position(task)
-    if place is not None and place >= 1:
-        running_, waiting = TRAINING_POOL.busy
+    waiting = queue_place(TRAINING_POOL, task, "Your race")
+    if waiting is not None:
         st.info(
-            f"Another playground training is running on this server: yours is number {place} "
-            f"in the queue ({waiting} waiting; {task.waited:.0f} s so far). It starts when "
-            "the one before it ends."
+            waiting + " Another playground training is running on this server (one at a time); "
+            "yours starts when the one before it ends."
         )
         return
     view = job.state.view()
@@ -272,9 +272,12 @@ def live(was_running: bool) -> None:
     st.markdown(cost_table(view))
     st.caption(
         "Seconds are each model's own training steps (evaluations, snapshots and completions "
-        "not counted). nnz: the (query, key) pairs a layer's head may use; on a CPU at these "
-        "sizes every layout runs the same dense masked kernel, so fewer pairs need not mean "
-        "fewer seconds."
+        "not counted). nnz: the (query, key) pairs a layer's head may use. Attention kernel: "
+        "what kernels/dispatch.py runs for the layout at this many tokens. `sdpa` is torch's "
+        "dense attention under a mask: it computes every pair, so there fewer pairs do not mean "
+        "fewer seconds. `composed` computes only the layout's pairs; on a CPU it pays only "
+        f"from a measured length on ({CROSSOVER_N['strided']} tokens for strided; the Models & "
+        "speed page)."
     )
     g = Geometry(*view.probes.shape[1:]) if view.probes is not None else geometry
     pr, pc = view.probe_pixel or (g.height // 2, g.width // 2)

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kernels.dispatch import resolve_backend
 from kernels.layouts import image_layout_spec, parse_layout
 from models.checkpoint import model_files, write_atomic
 from models.completion import complete, keep_mask
@@ -190,6 +191,7 @@ class Lane:
     nnz: int  # allowed (query, key) pairs per layer and head
     tokens: int  # N, the tokens of an image
     density: float  # nnz over the N (N + 1) / 2 causal pairs
+    backend: str = ""  # the attention kernel "auto" runs for it here (kernels/dispatch.py)
     folder: str = ""
     steps: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # its own training time so far
@@ -340,6 +342,9 @@ def run_race(
                 nnz=layout.nnz(n),
                 tokens=n,
                 density=layout.nnz(n) / (n * (n + 1) / 2),
+                backend=resolve_backend(  # a query of the model's shape decides it
+                    torch.empty(1, 1, n, mconfig.n_embd // mconfig.n_head, device=device), layout
+                ),
                 folder=str(out / name),
             )
         )
@@ -527,7 +532,12 @@ def _save(cfg, out, runs, lanes, baselines, stopped, trained) -> dict:
         for name, data in files.items():
             write_atomic(run.out / name, data)
         write_atomic(run.out / RUN_FILE, _record_bytes(run.record))
-        results[lane.name] = final | {"spec": lane.spec, "nnz": lane.nnz, "folder": lane.name}
+        results[lane.name] = final | {
+            "spec": lane.spec,
+            "nnz": lane.nnz,
+            "backend": lane.backend,
+            "folder": lane.name,
+        }
     record = {
         "race": asdict(cfg),
         "layouts": results,

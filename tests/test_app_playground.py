@@ -65,6 +65,9 @@ def test_a_short_race_runs_live_and_saves_run_folders(playground):
     held = values(trace(curves, "strided held-out")["x"])
     assert held[0] == 0 and len(held) >= 2
     assert trace(chart(at, "pg_by_time"), "dense train")
+    # the cost table says which attention kernel each layout trained with (sdpa at 196 tokens)
+    table = next(m.value for m in at.markdown if "attention kernel" in m.value)
+    assert "| 1.000 | sdpa |" in table and table.count("| sdpa |") == 3
     for name in ("dense", "strided", "fixed"):
         assert chart(at, f"pg_heads_{name}")
     races = list(playground.glob("playground-*"))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from analysis.metrics import head_metrics, head_type
+from kernels.composed import CROSSOVER_N
 from models import load_model
 from models.datasets import downsample, held_out_source, load_images
 from models.race import (
@@ -99,8 +100,12 @@ def test_a_race_is_fair_and_ends_in_run_folders(tiny_data, tmp_path):  # noqa: F
         timeline = load_timeline(folder)
         assert timeline.steps[0] == 0 and timeline.steps[-1] == 6
     assert view.lanes[1].nnz < view.lanes[0].nnz  # strided keeps fewer pairs than dense
+    # at 196 tokens on the CPU the masked SDPA beats composing (kernels.composed.CROSSOVER_N)
+    assert min(CROSSOVER_N.values()) > 196
+    assert [lane.backend for lane in view.lanes] == ["sdpa"] * 3
     saved = json.loads((out / "race.json").read_text())
     assert set(saved["layouts"]) == {"dense", "strided", "fixed"}
+    assert saved["layouts"]["strided"]["backend"] == "sdpa"
     assert saved["baselines"]["uniform over observed values"] <= 8.0
 
 
