@@ -197,3 +197,31 @@ def test_other_pages(page, shots):  # noqa: F811
         open_page(page, title)
         no_exception(page)
         page.screenshot(path=str(shots / f"{name}_{page.width}.png"), full_page=True)
+
+
+def chart_title(page, key: str) -> str:
+    return chart(page, key).locator(".gtitle").first.text_content()
+
+
+def test_speed_chart(page, shots):  # noqa: F811
+    """Models & speed, Benchmarks tab: the measured time-against-N chart is drawn inside the
+    window, log-log, and the Measure radio redraws it as forward + backward."""
+    open_page(page, "Models & speed")
+    page.get_by_role("tab", name="Benchmarks").click()
+    no_exception(page)
+    box = plot_area(page, "speed_chart")
+    assert box["width"] > 200 and box["x"] + box["width"] <= page.width
+    assert chart_title(page, "speed_chart").startswith("Attention on the CPU, forward:")
+    axes = chart(page, "speed_chart").locator(".js-plotly-plot").first
+    assert axes.evaluate("e => [e._fullLayout.xaxis.type, e._fullLayout.yaxis.type]") == [
+        "log",
+        "log",
+    ]
+    keyed(page, "speed_metric").get_by_text("forward + backward", exact=True).click()
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.st-key-speed_chart .gtitle')]
+                   .some(t => t.textContent.includes('forward + backward'))"""
+    )
+    settle(page)
+    no_exception(page)
+    chart(page, "speed_chart").screenshot(path=str(shots / f"speed_chart_{page.width}.png"))
