@@ -19,7 +19,9 @@ step), on `streamlit run` with the shipped models; each line gives the median an
 - predictions: "Predictions & ablation": click a pixel of the bits map (a new pixel: its
   predicted distributions); --repeats.
 - training: the Training page's step slider moved one step, on a run with a timeline shipped
-  under assets/models (skipped, and said so, when there is none); --repeats.
+  under assets/runs or assets/models (skipped, and said so, when there is none); --repeats.
+- speed: Models & speed, Benchmarks tab: the Measure choice (forward, forward + backward)
+  switched, until the time-against-N chart's title names it; --repeats.
 - learned: Learned vs prescribed on 8 test images, cold (a fresh server: the capture and the
   metrics computed) and warm (the same server, the page opened again: cached); --learned
   servers.
@@ -62,7 +64,8 @@ from tools.cli import Parser, int_range, run_main  # noqa: E402
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 VIEWPORT = {"width": 1500, "height": 1100}
 MODELS = ROOT / "assets" / "models"
-PARTS = ("first", "attention", "who", "predictions", "training", "learned", "server")
+SHIPPED_RUNS = ROOT / "assets" / "runs"  # as app_pages/training.py lists them
+PARTS = ("first", "attention", "who", "predictions", "training", "speed", "learned", "server")
 SIZE = 28  # the shipped models' images: 28 x 28
 
 
@@ -280,8 +283,12 @@ def predictions_interactions(page, repeats: int) -> dict[str, list[float]]:
 
 
 def shipped_timeline() -> str | None:
-    """A run folder with a timeline under assets/models, relative to the project, or None."""
-    found = sorted({*MODELS.glob("*/timeline.npz"), *MODELS.glob("*/*/timeline.npz")})
+    """A run folder with a timeline shipped under assets/runs or assets/models, relative to
+    the project, or None."""
+    found = [
+        *sorted(SHIPPED_RUNS.glob("*/timeline.npz")),
+        *sorted({*MODELS.glob("*/timeline.npz"), *MODELS.glob("*/*/timeline.npz")}),
+    ]
     return str(found[0].parent.relative_to(ROOT)) if found else None
 
 
@@ -313,11 +320,32 @@ def training_interactions(page, repeats: int, folder: str) -> dict[str, list[flo
     return out
 
 
+def speed_interactions(page, repeats: int) -> dict[str, list[float]]:
+    """Models & speed, Benchmarks tab: the Measure radio switched between forward and
+    forward + backward; chart speed_chart's title names the measure."""
+    out: dict[str, list[float]] = {"switch the measure": []}
+    click_menu(page, "Models & speed")
+    page.get_by_role("tab", name="Benchmarks").click()
+    drawn(page, "speed_chart", "forward:")
+    for k in range(repeats + 2):
+        label = ("forward + backward", "forward")[k % 2]
+        scroll_to(page, "speed_metric")
+        option = page.locator(".st-key-speed_metric").get_by_text(label, exact=True)
+        option.hover()
+        page.wait_for_timeout(150)
+        t = time.perf_counter()
+        option.click()
+        drawn(page, "speed_chart", f"{label}:")
+        if k >= 2:
+            out["switch the measure"].append(time.perf_counter() - t)
+    return out
+
+
 def page_interactions(
     browser, parts: set[str], repeats: int, timeline: str | None = None
 ) -> list[tuple[str, list[float]]]:
     """The interactive parts asked for, on one server: [(what, seconds)]; the Training part on
-    the run folder ``timeline`` (default: one shipped under assets/models)."""
+    the run folder ``timeline`` (default: one shipped, shipped_timeline)."""
     results: list[tuple[str, list[float]]] = []
     page = browser.new_page(viewport=VIEWPORT)
     with server() as (url, _):
@@ -335,6 +363,9 @@ def page_interactions(
         if "training" in parts and (folder := timeline or shipped_timeline()) is not None:
             for name, times in training_interactions(page, repeats, folder).items():
                 results.append((f"Training ({folder}): {name}", times))
+        if "speed" in parts:
+            for name, times in speed_interactions(page, repeats).items():
+                results.append((f"Models & speed: {name}", times))
     page.close()
     return results
 
@@ -530,9 +561,9 @@ def measure(
     if "training" in parts and timeline is None and shipped_timeline() is None:
         notes.append(
             "Training step slider: not measured, no run with a timeline (timeline.npz) under "
-            "assets/models"
+            "assets/runs or assets/models"
         )
-    browser_parts = {"first", "attention", "who", "predictions", "training", "learned"}
+    browser_parts = {"first", "attention", "who", "predictions", "training", "speed", "learned"}
     if parts & browser_parts:
         with sync_playwright() as p:
             browser = launch_chromium(p)
@@ -541,7 +572,7 @@ def measure(
                 print(line("first page drawn after `streamlit run`", firsts, "<= 5 s", "s"))
                 opens = [attention_first_open_seconds(browser) for _ in range(servers)]
                 print(line("Attention page, first open", opens, "<= 2 s", "s"), flush=True)
-            if parts & {"attention", "who", "predictions", "training"}:
+            if parts & {"attention", "who", "predictions", "training", "speed"}:
                 for name, times in page_interactions(browser, parts, repeats, timeline):
                     print(line(name, times, "<= 400 ms"), flush=True)
             if "learned" in parts and learned:
