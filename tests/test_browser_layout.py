@@ -199,10 +199,6 @@ def test_other_pages(page, shots):  # noqa: F811
         page.screenshot(path=str(shots / f"{name}_{page.width}.png"), full_page=True)
 
 
-def chart_title(page, key: str) -> str:
-    return chart(page, key).locator(".gtitle").first.text_content()
-
-
 def test_speed_chart(page, shots):  # noqa: F811
     """Models & speed, Benchmarks tab: the measured time-against-N chart is drawn inside the
     window, log-log, and the Measure radio redraws it as forward + backward."""
@@ -211,7 +207,8 @@ def test_speed_chart(page, shots):  # noqa: F811
     no_exception(page)
     box = plot_area(page, "speed_chart")
     assert box["width"] > 200 and box["x"] + box["width"] <= page.width
-    assert chart_title(page, "speed_chart").startswith("Attention on the CPU, forward:")
+    title = chart(page, "speed_chart").locator(".gtitle").first.text_content()
+    assert title.startswith("Attention on the CPU, forward:")
     axes = chart(page, "speed_chart").locator(".js-plotly-plot").first
     assert axes.evaluate("e => [e._fullLayout.xaxis.type, e._fullLayout.yaxis.type]") == [
         "log",
