@@ -12,6 +12,18 @@ the formulas are those of docs/DESIGN.md, "Layouts":
                    offsets l-(v+1)c <= j mod l <= l-vc-1 (``fixed_summary_offsets``).
     multihead(...) head h uses pattern h mod p (the paper's Eq. 8 arrangement).
 
+and the families people compare today (docs/DESIGN.md, "Other families"; W = tokens a row):
+
+    dilated(w, r)                  j = i - r*t, t = 0..w-1                 (LongNet)
+    sinks(s, w)                    j < s  or  i - j < w                    (StreamingLLM)
+    axial(W)                       same row so far  or  (i - j) mod W == 0 (Axial Transformer)
+    neighborhood(kh, kw, W)        rows i//W - j//W < kh, |i%W - j%W| <= kw//2   (local-2D)
+    block_sparse(b, nl, vs)        blocks u - v < nl  or  (v+1) mod vs == 0      (Phi-3-small)
+    bigbird(b, w, g, r, seed)      blocks u - v < w, v < g, r random past blocks (BigBird)
+
+The content-based selections (top-k, MoBA) depend on the scores, so they are no masks known
+ahead: kernels/selection.py holds them.
+
 Each layout is a small frozen dataclass with the same three views of one predicate:
 
 * ``mask_mod(b, h, q_idx, kv_idx)``: FlexAttention's signature, on integer tensors, so a layout
@@ -32,6 +44,8 @@ import ast
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
 
 if TYPE_CHECKING:
     import torch
@@ -91,6 +105,8 @@ def fixed_summary_offsets(head: Index, l: Index, c: Index, num_verts: Index) -> 
 
 # --- the layouts ------------------------------------------------------------------------------
 
+_SNAKE = {"BlockSparse": "block_sparse", "MultiHead": "multihead"}
+
 
 class Layout:
     """Base of all layouts: the shared views built from each layout's own predicate."""
@@ -102,11 +118,14 @@ class Layout:
     def name(self) -> str:
         return repr(self)
 
+    @property
+    def family(self) -> str:
+        """The constructor's name, as in specs: "strided", "block_sparse", ..."""
+        return _SNAKE.get(type(self).__name__, type(self).__name__.lower())
+
     def __repr__(self) -> str:
         args = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))  # type: ignore[arg-type]
-        return (
-            f"{type(self).__name__.lower()}({args})" if args else f"{type(self).__name__.lower()}()"
-        )
+        return f"{self.family}({args})"
 
     @property
     def mask_mod(self) -> MaskMod:
@@ -324,11 +343,273 @@ class MultiHead(Layout):
         return self.patterns[h % len(self.patterns)]._nnz_head(n, 0)
 
 
+# --- the families users compare today (docs/DESIGN.md, "Layouts": the other families) --------
+
+
+def _count_rows(n: int, row_count: Callable[[np.ndarray], np.ndarray]) -> int:
+    """sum over queries i < n of row_count(i), evaluated in slices of at most 2**16 queries: O(n)
+    time, O(2**16) memory, no mask (for the families with no short closed form)."""
+    total = 0
+    for start in range(0, n, 1 << 16):
+        i = np.arange(start, min(n, start + (1 << 16)), dtype=np.int64)
+        total += int(row_count(i).sum())
+    return total
+
+
+@dataclass(frozen=True, repr=False)
+class Dilated(Layout):
+    """w keys spaced r apart, back from the query: j = i - r*t for t = 0..w-1 (LongNet's dilated
+    segment, Longformer's dilated window; r = 1 is local(w))."""
+
+    w: int
+    r: int
+
+    def __post_init__(self) -> None:
+        _check_int("dilated: w", self.w, 1)
+        _check_int("dilated: r", self.r, 1)
+
+    def parts(self) -> dict[str, MaskMod]:
+        w, r = self.w, self.r
+
+        def dilated(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            return (q >= k) & ((q - k) % r == 0) & (q - k < r * w)
+
+        return {"dilated": dilated}
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        # row i keeps min(w, floor(i / r) + 1) keys: the cap binds from i = r*w on
+        m = min(n, self.r * self.w)
+        return _sum_floor(m, self.r) + m + self.w * (n - m)
+
+
+@dataclass(frozen=True, repr=False)
+class Sinks(Layout):
+    """The first s tokens (attention sinks) + a causal window of w keys: j < s or i - j < w
+    (StreamingLLM)."""
+
+    s: int
+    w: int
+
+    def __post_init__(self) -> None:
+        _check_int("sinks: s", self.s, 1)
+        _check_int("sinks: w", self.w, 1)
+
+    def parts(self) -> dict[str, MaskMod]:
+        s = self.s
+
+        def sink(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            return (q >= k) & (k < s)
+
+        return {"sink": sink, "window": _local_mod(self.w)}
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        # |sinks| + |window| - |both|; both = {j : max(0, i - w + 1) <= j <= min(s - 1, i)},
+        # empty from i = s + w - 1 on
+        s, w = self.s, self.w
+
+        def both(i: np.ndarray) -> np.ndarray:
+            return np.maximum(0, np.minimum(s - 1, i) - np.maximum(0, i - w + 1) + 1)
+
+        return _sum_min(n, s) + _sum_min(n, w) - _count_rows(min(n, s + w - 1), both)
+
+
+@dataclass(frozen=True, repr=False)
+class Axial(Layout):
+    """Masked row + column attention over an image of ``width`` tokens a row (Ho et al. 2019):
+    the row so far (j // width == i // width) and the column above ((i - j) mod width == 0)."""
+
+    width: int
+
+    def __post_init__(self) -> None:
+        _check_int("axial: width", self.width, 1)
+
+    def parts(self) -> dict[str, MaskMod]:
+        return {"row": _row_mod(self.width), "column": _column_mod(self.width)}
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        # the row so far ((i mod width) + 1 keys, i included) + floor(i / width) rows above
+        return _sum_mod(n, self.width) + n + _sum_floor(n, self.width)
+
+
+@dataclass(frozen=True, repr=False)
+class Neighborhood(Layout):
+    """A 2-D neighbourhood over an image of ``width`` tokens a row (Image Transformer local-2D,
+    NATTEN): the kh rows up to the query's own, the columns within kw // 2 of its own, then
+    raster-causal (j <= i: in the query's row, only the columns to its left). NATTEN's causal
+    mode is per axis and would drop the columns to the right in the rows above too."""
+
+    kh: int
+    kw: int
+    width: int
+
+    def __post_init__(self) -> None:
+        _check_int("neighborhood: kh", self.kh, 1)
+        _check_int("neighborhood: kw", self.kw, 1)
+        _check_int("neighborhood: width", self.width, 1)
+
+    def parts(self) -> dict[str, MaskMod]:
+        kh, half, width = self.kh, self.kw // 2, self.width
+
+        def neighborhood(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            dr = q // width - k // width
+            dc = q % width - k % width
+            return (q >= k) & (dr < kh) & (dc <= half) & (-dc <= half)
+
+        return {"neighborhood": neighborhood}
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        kh, half, width = self.kh, self.kw // 2, self.width
+
+        def row_count(i: np.ndarray) -> np.ndarray:
+            r, c = i // width, i % width
+            span = np.minimum(width - 1, c + half) - np.maximum(0, c - half) + 1
+            own = c - np.maximum(0, c - half) + 1
+            return np.minimum(r, kh - 1) * span + own
+
+        return _count_rows(n, row_count)
+
+
+@dataclass(frozen=True, repr=False)
+class BlockSparse(Layout):
+    """Block-causal attention over blocks of ``block`` tokens (onnxruntime's SparseAttention,
+    the Phi-3-small layout): query block u sees key block v <= u when u - v < local_blocks or
+    (v + 1) mod vert_stride == 0, causal (j <= i) inside the diagonal block."""
+
+    block: int
+    local_blocks: int
+    vert_stride: int
+
+    def __post_init__(self) -> None:
+        _check_int("block_sparse: block", self.block, 1)
+        _check_int("block_sparse: local_blocks", self.local_blocks, 1)
+        _check_int("block_sparse: vert_stride", self.vert_stride, 1)
+
+    def parts(self) -> dict[str, MaskMod]:
+        size, nl, vs = self.block, self.local_blocks, self.vert_stride
+
+        def local(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            return (q >= k) & (q // size - k // size < nl)
+
+        def vertical(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            return (q >= k) & ((k // size + 1) % vs == 0)
+
+        return {"local": local, "vertical": vertical}
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        size, nl, vs = self.block, self.local_blocks, self.vert_stride
+
+        def row_count(i: np.ndarray) -> np.ndarray:
+            u = i // size
+            # earlier blocks: the nl - 1 before u, then those of [0, u - nl] with (v+1) % vs == 0
+            vertical = np.maximum(0, u - nl + 1) // vs
+            return size * (np.minimum(u, nl - 1) + vertical) + i % size + 1
+
+        return _count_rows(n, row_count)
+
+
+# the random blocks' draw: integer arithmetic modulo a prime below 2**31, so every product stays
+# under 2**62 and ints, int64 tensors and numpy arrays give the same draw
+_HASH_PRIME = 2_147_483_629
+
+
+def _hash3(seed: Index, u: Index, t: Index) -> Index:
+    x = (seed % _HASH_PRIME * 1_000_003 + u * 7_919 + t * 104_729 + 12_345) % _HASH_PRIME
+    x = (x * x + 2_654_435) % _HASH_PRIME
+    return (x * x + 40_503) % _HASH_PRIME
+
+
+def bigbird_random_block(
+    seed: Index, u: Index, t: Index, random: int, window: int, globals_: int
+) -> Index:
+    """The t-th random key block (t < random) of query block u in bigbird(..., seed): drawn from
+    the candidates [globals_, u - window] (past blocks outside the window and the globals) by
+    stratified sampling, one block from each of ``random`` equal strata, so the draws are
+    distinct; with fewer candidates than ``random`` every candidate is taken (slot t takes
+    candidate t) and a slot past them names block -1, which no key is in."""
+    m = u - window + 1 - globals_  # how many candidates
+    m_pos = m * (m > 0)  # max(m, 0) with plain operators
+    lo = t * m_pos // random
+    hi = (t + 1) * m_pos // random
+    width = hi - lo + (hi == lo)  # avoid % 0 where a stratum is empty (m < random)
+    drawn = lo + _hash3(seed, u, t) % width
+    few = m_pos < random + 0 * t  # few candidates: slot t takes candidate t, if there is one
+    pick = drawn + few * (t - drawn)
+    valid = pick < m_pos
+    return (globals_ + pick + 1) * valid - 1
+
+
+@dataclass(frozen=True, repr=False)
+class BigBird(Layout):
+    """BigBird's block layout made causal (Zaheer et al. 2020) over blocks of ``block`` tokens:
+    query block u sees the window of key blocks u - window + 1 .. u, the first ``globals``
+    blocks, and ``random`` blocks drawn from the rest of its past (bigbird_random_block), fixed
+    by ``seed``; causal (j <= i) inside the diagonal block. The paper's encoder window of 3
+    blocks centred on the query is window=2 here (the future block is dropped)."""
+
+    block: int
+    window: int
+    globals: int
+    random: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("bigbird: block", self.block, 1)
+        _check_int("bigbird: window", self.window, 1)
+        _check_int("bigbird: globals", self.globals, 0)
+        _check_int("bigbird: random", self.random, 0)
+        _check_int("bigbird: seed", self.seed, 0)
+        if self.random > 16:
+            raise ValueError(f"bigbird: random must be <= 16 blocks, got {self.random}")
+
+    def parts(self) -> dict[str, MaskMod]:
+        size, w, g, r, seed = self.block, self.window, self.globals, self.random, self.seed
+
+        def window(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            return (q >= k) & (q // size - k // size < w)
+
+        def global_(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            return (q >= k) & (k // size < g)
+
+        def random(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            u, v = q // size, k // size
+            out = q != q  # all False, as a tensor or an array like q
+            for t in range(r):
+                out = out | (v == bigbird_random_block(seed, u, t, r, w, g))
+            return out
+
+        parts = {"window": window}
+        if g:
+            parts["global"] = global_
+        if r:
+            parts["random"] = random
+        return parts
+
+    def _nnz_head(self, n: int, h: int) -> int:
+        size, w, g, r = self.block, self.window, self.globals, self.random
+
+        def row_count(i: np.ndarray) -> np.ndarray:
+            u = i // size
+            in_window = np.minimum(u, w - 1)  # earlier blocks in the window
+            # globals outside the window: blocks [0, min(g, u - w + 1))
+            extra_globals = np.clip(np.minimum(g, u - w + 1), 0, None)
+            candidates = np.clip(u - w + 1 - g, 0, None)
+            return size * (in_window + extra_globals + np.minimum(candidates, r)) + i % size + 1
+
+        return _count_rows(n, row_count)
+
+
 def _local_mod(l: int) -> MaskMod:
     def local(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
         return (q >= k) & (q - k < l)
 
     return local
+
+
+def _row_mod(width: int) -> MaskMod:
+    def row(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+        return (q >= k) & (q // width == k // width)
+
+    return row
 
 
 def _column_mod(l: int) -> MaskMod:
@@ -365,6 +646,36 @@ def multihead(*patterns: Layout) -> MultiHead:
     return MultiHead(tuple(patterns))
 
 
+def dilated(w: int, r: int) -> Dilated:
+    return Dilated(w, r)
+
+
+def sinks(s: int, w: int) -> Sinks:
+    return Sinks(s, w)
+
+
+def axial(width: int) -> Axial:
+    return Axial(width)
+
+
+def neighborhood(kh: int, kw: int, width: int) -> Neighborhood:
+    return Neighborhood(kh, kw, width)
+
+
+def block_sparse(block: int, local_blocks: int, vert_stride: int) -> BlockSparse:
+    return BlockSparse(block, local_blocks, vert_stride)
+
+
+def bigbird(
+    block: int,
+    window: int,
+    globals: int,  # noqa: A002  (BigBird's own name for the global blocks)
+    random: int,
+    seed: int = 0,
+) -> BigBird:
+    return BigBird(block, window, globals, random, seed)
+
+
 _CONSTRUCTORS: dict[str, Callable[..., Layout]] = {
     "dense": dense,
     "local": local,
@@ -372,7 +683,16 @@ _CONSTRUCTORS: dict[str, Callable[..., Layout]] = {
     "strided": strided,
     "fixed": fixed,
     "multihead": multihead,
+    "dilated": dilated,
+    "sinks": sinks,
+    "axial": axial,
+    "neighborhood": neighborhood,
+    "block_sparse": block_sparse,
+    "bigbird": bigbird,
 }
+
+#: content-based selections: specs of kernels/selection.py, which need the scores (not masks)
+SELECTIONS = ("topk", "moba")
 
 
 def parse_layout(spec: str | Layout) -> Layout:
@@ -397,7 +717,9 @@ MAX_SPEC_INT = 2**20
 
 _SPEC_HELP = (
     "expected one of dense(), local(l=L), column(l=L), strided(l=L), "
-    "fixed(l=L, c=C[, num_verts=K]), multihead(LAYOUT, ...)"
+    "fixed(l=L, c=C[, num_verts=K]), dilated(w=W, r=R), sinks(s=S, w=W), axial(width=W), "
+    "neighborhood(kh=KH, kw=KW, width=W), block_sparse(block=B, local_blocks=L, vert_stride=V), "
+    "bigbird(block=B, window=W, globals=G, random=R[, seed=S]), multihead(LAYOUT, ...)"
 )
 
 
@@ -407,6 +729,12 @@ def _build(node: ast.expr, spec: str) -> Layout:
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
         raise ValueError(f"cannot parse layout spec {spec!r}; {_SPEC_HELP}")
     name = node.func.id
+    if name in SELECTIONS:
+        raise ValueError(
+            f"{name} in {spec!r} is a content-based selection: which keys it keeps depends on "
+            f"the scores, so it is no static layout (no mask_mod, no mask ahead of the run); "
+            f"it runs through kernels.selection (the reference / masked path)"
+        )
     if name not in _CONSTRUCTORS:
         raise ValueError(f"unknown layout {name!r} in {spec!r}; {_SPEC_HELP}")
     if name == "multihead":
