@@ -768,21 +768,64 @@ def _build(node: ast.expr, spec: str) -> Layout:
         raise ValueError(f"bad arguments in layout spec {spec!r} ({e}); {_SPEC_HELP}") from None
 
 
+#: every static family by its constructor's name, with its parameters in spec order
+FAMILY_PARAMS: dict[str, tuple[str, ...]] = {
+    "dense": (),
+    "local": ("l",),
+    "column": ("l",),
+    "strided": ("l",),
+    "fixed": ("l", "c", "num_verts"),
+    "dilated": ("w", "r"),
+    "sinks": ("s", "w"),
+    "axial": ("width",),
+    "neighborhood": ("kh", "kw", "width"),
+    "block_sparse": ("block", "local_blocks", "vert_stride"),
+    "bigbird": ("block", "window", "globals", "random", "seed"),
+}
+#: the parameters that are one image row of tokens (W * C): 2-D families take the image width
+WIDTH_PARAMS = {"axial": "width", "neighborhood": "width"}
+
+
+def image_family_params(name: str, row_stride: int) -> dict[str, int]:
+    """A family's parameters for images of ``row_stride`` tokens a row, at about strided's
+    budget (one row back + the column above: ~41 keys a query on 28 x 28) where the family can
+    be sized; each aligned with the image where it has a period (a row, a column, a block that
+    divides the row). fixed's c is set by image_layout_spec from the length."""
+    w = row_stride
+    block = max(1, w // 4)
+    table: dict[str, dict[str, int]] = {
+        "dense": {},
+        "local": {"l": w + w // 2},
+        "column": {"l": w},
+        "strided": {"l": w},
+        "fixed": {"l": w, "c": 1},
+        "dilated": {"w": w, "r": 2},
+        "sinks": {"s": max(1, w // 7), "w": w + w // 4},
+        "axial": {"width": w},
+        "neighborhood": {"kh": 4, "kw": 2 * max(1, w // 5) + 1, "width": w},
+        "block_sparse": {"block": block, "local_blocks": 5, "vert_stride": 8},
+        "bigbird": {"block": block, "window": 5, "globals": 1, "random": 2, "seed": 0},
+    }
+    if name not in table:
+        raise ValueError(f"unknown layout family {name!r}; choose one of {', '.join(table)}")
+    return table[name]
+
+
 def image_layout_spec(name: str, row_stride: int, n_tokens: int) -> str:
-    """The image layouts by name, with l = one image row: "strided" -> strided(l=row),
-    "fixed" -> fixed(l=row, c), "dense" -> dense(); any other name is returned as a spec.
+    """A family by name, sized for images of ``row_stride`` tokens a row (image_family_params):
+    "strided" -> strided(l=row), "axial" -> axial(width=row), ...; a spec with arguments (or
+    any other text) is returned as it is.
 
     fixed's c is the smallest that gives fixed at least strided's density over ``n_tokens``, so
     both layouts get the same attention budget: c = 2 on 28x28 gray (41.5 vs 41.0 keys per query).
     """
-    if name == "strided":
-        return f"strided(l={row_stride})"
+    if name not in FAMILY_PARAMS:
+        return name
+    params = image_family_params(name, row_stride)
     if name == "fixed":
         target = strided(row_stride).density(n_tokens)
         c = next(
             c for c in range(1, row_stride + 1) if fixed(row_stride, c).density(n_tokens) >= target
         )
         return f"fixed(l={row_stride}, c={c})"
-    if name == "dense":
-        return "dense()"
-    return name
+    return repr(_CONSTRUCTORS[name](**params))
