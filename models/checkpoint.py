@@ -37,6 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from models.files import read_file
 from models.model import ModelConfig, SparseTransformer
 
 CONFIG_FILE = "config.json"
@@ -59,6 +60,11 @@ MAX_TOKENS = 2**20
 # The paper's deepest model has 128 layers; ModelConfig parses one layout per layer, so a config
 # claiming millions of layers would spend minutes before any other check could refuse it.
 MAX_LAYERS = 1024
+# Parameters, counted from the config before anything is allocated (MLP included): 2^30 is 4 GiB
+# of float32 weights, seven times the paper's largest model (152M); the shipped ones have ~1M.
+MAX_PARAMETERS = 2**30
+# A weights file holds at most that many float32 values, plus its JSON header.
+MAX_WEIGHTS_BYTES = 4 * MAX_PARAMETERS + 2**26
 # Files that hold pickles: refused by name, and never opened.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -221,15 +227,13 @@ def load_config(directory: str | Path) -> ModelConfig:
     if not directory.is_dir():
         raise CheckpointError(f"model directory {directory} does not exist")
     path = directory / CONFIG_FILE
+    if not path.exists() and not path.is_symlink():
+        raise CheckpointError(f"{path} is missing: not a model directory")
+    # kind and size before it is opened: a FIFO would block, /dev/zero would never end
+    data = read_file(path, MAX_CONFIG_BYTES, what="model config", error=CheckpointError)
     try:
-        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
-            raise CheckpointError(
-                f"{path} is {path.stat().st_size} bytes, too large to be a model config"
-            )
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: not a model directory") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raw = json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         reason = "nested too deeply" if isinstance(e, RecursionError) else e
         raise CheckpointError(f"{path} is not readable JSON ({reason})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT or "config" not in raw:
@@ -256,14 +260,62 @@ def load_config(directory: str | Path) -> ModelConfig:
             f"{path} describes {config.geometry} images ({config.block_size} tokens); "
             f"this loader accepts at most {MAX_TOKENS}"
         )
+    check_model_size(config, f"{path} holds an invalid model config")
     return config
 
 
+def mlp_width(config: ModelConfig) -> int:
+    """The hidden width of each layer's MLP, as the model computes it."""
+    return int(config.mlp_ratio * config.n_embd)
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """The number of parameters ``SparseTransformer(config)`` has, counted without building it:
+    token, start and position embeddings; per layer two LayerNorms, qkv, the attention's output
+    projection and the MLP; the final LayerNorm and the output head."""
+    d, v, b = config.n_embd, config.vocab_size, int(config.bias)
+    hidden = mlp_width(config)
+    norm = d + b * d
+    layer = (
+        2 * norm
+        + 3 * d * d + b * 3 * d  # qkv
+        + d * d + b * d  # attention output projection
+        + hidden * d + b * hidden  # MLP in
+        + d * hidden + b * d  # MLP out
+    )  # fmt: skip
+    embeddings = v * d + d + (config.height + config.width + config.channels) * d
+    return embeddings + config.n_layer * layer + norm + d * v
+
+
+def check_model_size(config: ModelConfig, where: str = "model config") -> None:
+    """Refuse (CheckpointError) a config whose MLP would have no units, or whose parameters,
+    MLP included, exceed MAX_PARAMETERS: counted before anything is allocated."""
+    width = config.mlp_ratio * config.n_embd  # a float: 1e308 x 128 is inf, int() would raise
+    if not math.isfinite(width) or width > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{where}: mlp_ratio {config.mlp_ratio:g} x n_embd {config.n_embd} asks for an MLP "
+            f"of {width:g} units per layer; this loader accepts at most {MAX_PARAMETERS:,} "
+            "parameters in all"
+        )
+    hidden = mlp_width(config)
+    if hidden < 1:
+        raise CheckpointError(
+            f"{where}: mlp_ratio {config.mlp_ratio:g} x n_embd {config.n_embd} gives an MLP of "
+            f"{hidden} units; it needs at least 1 (mlp_ratio >= {1 / config.n_embd:.3g})"
+        )
+    count = parameter_count(config)
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{where}: it describes a model of {count:,} parameters (MLP of {hidden:,} units "
+            f"per layer, {4 * count / 2**30:,.1f} GiB of float32 weights); this loader accepts "
+            f"at most {MAX_PARAMETERS:,}"
+        )
+
+
 def _min_weight_bytes(config: ModelConfig) -> int:
-    """A lower bound on the float32 weights ``config`` needs: token and output embeddings, row
-    and column embeddings, and each layer's qkv + output projections (4 d^2)."""
-    d = config.n_embd
-    return 4 * d * (2 * config.vocab_size + config.height + config.width + 4 * config.n_layer * d)
+    """The float32 bytes of the weights ``config`` needs, every parameter counted (the MLP's
+    included: leaving it out let an mlp_ratio of 1e5 allocate gigabytes before any check)."""
+    return 4 * parameter_count(config)
 
 
 def _pickle_problem(head: bytes) -> str | None:
@@ -278,7 +330,7 @@ def _read_weights(path: Path, config: ModelConfig) -> tuple[dict[str, torch.Tens
     """The tensors of a weights file, refused unless it is an intact safetensors file that can
     match ``config``. The size check comes before the model is built, so a config claiming a huge
     model allocates nothing."""
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         pickles = sorted(p.name for p in path.parent.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
             raise CheckpointError(
@@ -286,18 +338,14 @@ def _read_weights(path: Path, config: ModelConfig) -> tuple[dict[str, torch.Tens
                 "loaded (unpickling can run code): convert them to safetensors"
             )
         raise CheckpointError(f"{path} is missing: the weights of this model were not saved")
-    try:
-        with path.open("rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise CheckpointError(f"{path} cannot be read ({e})") from None
-    problem = _pickle_problem(head)
+    # kind and size before it is opened (a FIFO, /dev/zero, a folder are refused unread)
+    data = read_file(path, MAX_WEIGHTS_BYTES, what="weights file", error=CheckpointError)
+    problem = _pickle_problem(data[:8])
     if problem:
         raise CheckpointError(
             f"{path} {problem}; pickled weights are never loaded (unpickling can run code)"
         )
     try:
-        data = path.read_bytes()
         state = load(data)
         header_len = int.from_bytes(data[:8], "little")
         meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}

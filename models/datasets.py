@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import io
 import os
 import pickle
 import struct
@@ -23,8 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from models.files import FileInputError, check_file, read_file
 from models.tokens import Geometry
-from models.uploads import ImageInputError, prepare_image
+from models.uploads import MAX_IMAGE_FILE_BYTES, ImageInputError, prepare_image, read_image_file
 
 
 class DatasetError(ValueError):
@@ -59,18 +61,29 @@ CIFAR10_CLASSES = (
 )
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# The largest data file read (and the most a gzipped one may expand to): Fashion-MNIST's training
+# images are 47 MB, a CIFAR-10 batch 30 MB; 512 MiB keeps a wrong path or a gzip bomb bounded.
+MAX_DATA_FILE_BYTES = 2**29
 
 
 def _read_maybe_gzip(path: Path) -> bytes:
-    """Read a file, transparently gunzipping it; decided by content so misnamed files still work."""
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == _GZIP_MAGIC:
-            raw = gzip.decompress(raw)
-    except FileNotFoundError as e:
-        raise DatasetError(f"{path}: file not found") from e
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DatasetError(f"{path}: could not read file ({e})") from e
+    """Read a file, transparently gunzipping it; decided by content so misnamed files still work.
+    Kind and size are checked before it is opened (models/files.py), the unzipped size as it
+    is unzipped."""
+    if not path.exists() and not path.is_symlink():
+        raise DatasetError(f"{path}: file not found")
+    raw = read_file(path, MAX_DATA_FILE_BYTES, what="data file", error=DatasetError)
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+                raw = f.read(MAX_DATA_FILE_BYTES + 1)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise DatasetError(f"{path}: could not read file ({e})") from e
+        if len(raw) > MAX_DATA_FILE_BYTES:
+            raise DatasetError(
+                f"{path}: unzips to more than {MAX_DATA_FILE_BYTES // 2**20} MiB, more than "
+                "a data file here holds"
+            )
     return raw
 
 
@@ -218,9 +231,9 @@ def _load_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_cifar_pickle(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = read_file(path, MAX_DATA_FILE_BYTES, what="data file", error=DatasetError)
     try:
-        with open(path, "rb") as f:
-            batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        batch = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except DatasetError as e:
         raise DatasetError(f"{path}: {e}") from None
     except Exception as e:  # a malformed pickle can fail in many ways; none should escape raw
@@ -272,7 +285,12 @@ def load_cifar10(folder: str | Path, split: str = "train") -> tuple[np.ndarray, 
 
 
 def _looks_like_image(path: Path) -> bool:
-    """True if Pillow recognises the file header (Image.open is lazy: pixels are not decoded)."""
+    """True if Pillow recognises the file header (Image.open is lazy: pixels are not decoded);
+    False, unopened, for what is not a regular file of at most MAX_IMAGE_FILE_BYTES."""
+    try:
+        check_file(path, MAX_IMAGE_FILE_BYTES)
+    except FileInputError:
+        return False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -307,7 +325,7 @@ def load_image_folder(
         if not _looks_like_image(path):
             continue
         try:
-            images.append(prepare_image(path.read_bytes(), geometry, fit=fit))
+            images.append(prepare_image(read_image_file(path), geometry, fit=fit))
         except (ImageInputError, OSError):
             continue
         names.append(path.name)
@@ -368,9 +386,9 @@ def _read_photo(path: Path, name: str) -> Photo | None:
     if not _looks_like_image(path):
         return None
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(read_image_file(path))) as im:
             pixels = np.asarray(im.convert("RGB"))  # [H, W, 3]
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (OSError, ValueError, Image.DecompressionBombError):  # ImageInputError among them
         return None
     if min(pixels.shape[:2]) < PHOTO_MIN_SIDE:
         return None

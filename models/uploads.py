@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from models.files import read_file
 from models.tokens import Geometry
 
 
@@ -29,6 +30,9 @@ FIT_MODES = ("crop", "letterbox")
 # (~89 MP, an error only at twice that) lets a 20 MB upload claim gigabytes of pixels; 25 MP
 # still takes any phone photo or 24 MP camera file and keeps one upload to a few hundred MB.
 MAX_IMAGE_PIXELS = 25_000_000
+# The largest image file read from a path (the CLIs, image folders): the app's upload limit
+# (app_pages/limits.py MAX_UPLOAD_BYTES, 20 MiB), checked before the file is opened.
+MAX_IMAGE_FILE_BYTES = 20 * 2**20
 # Only raster formats with plain decoders: no EPS (runs Ghostscript), no PSD/PDF/ICNS surprises.
 # (JPEG covers MPO, the multi-picture JPEGs some phones write.)
 UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")
@@ -291,3 +295,10 @@ def prepare_image(
 ) -> np.ndarray:
     """prepare_upload without the notes, for callers that only need the pixels."""
     return prepare_upload(data, geometry, fit=fit, background=background).image
+
+
+def read_image_file(path, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes:
+    """The bytes of the image file ``path`` for prepare_upload / prepare_image: ImageInputError
+    unless it is a regular file (symlinks resolved) of at most ``max_bytes``, checked before it
+    is opened, so a FIFO or /dev/zero is refused unread (models/files.py)."""
+    return read_file(path, max_bytes, what="image", error=ImageInputError)

@@ -247,9 +247,15 @@ def with_config(**changes: object) -> dict:
         (with_config(layout=["dense()"] * 3), "one per layer"),
         (with_config(n_embd=15), "divisible by n_head"),
         (with_config(height=10**9), f"at most {MAX_TOKENS}"),
-        (with_config(n_embd=2**20, n_head=1), "they do not match"),
+        (with_config(n_embd=2**20, n_head=1), "parameters"),
+        (with_config(n_embd=4096, n_head=1), "they do not match"),
+        (with_config(mlp_ratio=1e12), "parameters"),
+        (with_config(mlp_ratio=1e5), "they do not match"),
+        (with_config(mlp_ratio=1e300), "units per layer"),
+        (with_config(mlp_ratio=1e-9), "MLP of 0 units"),
         (with_config(n_layer=10**9), "at most 1024"),
-        (with_config(n_layer=1024, n_embd=1024, n_head=1), "they do not match"),
+        (with_config(n_layer=1024, n_embd=1024, n_head=1), "parameters"),
+        (with_config(n_layer=16, n_embd=1024, n_head=1), "they do not match"),
         ([1, 2], "'config' must be an object"),
         (None, "'config' must be an object"),
         ("dense", "'config' must be an object"),
@@ -288,13 +294,13 @@ def test_unreadable_configs(saved, text, message):
 
 def test_an_enormous_config_file_is_not_read(saved):
     (saved / "config.json").write_bytes(b" " * (2**20 + 1))
-    refused(saved, "too large to be a model config", file="config.json")
+    refused(saved, "too large", file="config.json")
 
 
 def test_config_json_that_is_a_directory(saved):
     (saved / "config.json").unlink()
     (saved / "config.json").mkdir()
-    refused(saved, "not readable JSON", file="config.json")
+    refused(saved, "is a folder, not a regular file", file="config.json")
 
 
 # -----------------------------------------------------------------------------
