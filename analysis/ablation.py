@@ -3,11 +3,13 @@
 A head's whole contribution to the residual stream passes through its layer's output
 projection: ``attn.proj`` maps the heads' outputs, concatenated head-major (channels
 [h*D, (h+1)*D) are head h, D = n_embd / n_head), back to the stream. So a head is removed by
-editing its slice of proj's input, with a forward pre-hook on ``block.attn.proj``; nothing else
-in the model changes and the hook goes away when the ``ablate_heads`` context ends, also on an
-exception. Every path through the attention (the forward, capture, prefill and cached decoding
-in models.sampling) calls CausalSelfAttention.forward, hence proj, so completions and attention
-captures run under an ablation too.
+editing its slice of proj's input: ``ablation(...)`` returns a models.model.Intervention whose
+head edits do that, and the caller passes it to the one call that should run without the heads
+(``token_bits(..., intervention=...)``, ``complete``, ``model.capture``). Nothing is hooked or
+stored on the model, so a cached model shared by several sessions and threads is never seen
+ablated by a call that did not ask. Every path through the attention (the forward, capture,
+prefill and cached decoding in models.sampling) takes the intervention, so completions and
+attention captures run under an ablation too.
 
 Two modes:
 
@@ -29,8 +31,7 @@ position whatever else is ablated.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from analysis.maps import token_map
 from analysis.prediction import bits_of, token_bits
-from models.model import SparseTransformer
+from models.model import Intervention, SparseTransformer
 
 MODES = ("zero", "mean")
 Head = tuple[int, int]  # (layer, head)
@@ -84,45 +85,40 @@ def head_means(model: SparseTransformer, tokens: Tensor, *, batch_size: int = 16
     """Every head's output averaged over reference images tokens [R, N], per position:
     [layers, N, n_embd] float32, head h of a layer in channels [h*D, (h+1)*D) (proj's input).
 
-    Collected by forward pre-hooks on every layer's proj (removed afterwards) in a running
-    float64 sum, so memory does not grow with the number of reference images."""
+    Read through an Intervention whose head edits record and return their input unchanged, in a
+    running float64 sum, so memory does not grow with the number of reference images."""
     if tokens.ndim != 2 or len(tokens) == 0:
         raise ValueError(f"reference tokens must be a non-empty [R, N], got {tuple(tokens.shape)}")
     c = model.config
     sums = torch.zeros(c.n_layer, c.block_size, c.n_embd, dtype=torch.float64)
 
     def record(layer: int):
-        def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
-            sums[layer, : args[0].shape[1]] += args[0].double().sum(0).cpu()  # [T, C]
+        def edit(y: Tensor, start: int) -> Tensor:
+            sums[layer, start : start + y.shape[1]] += y.double().sum(0).cpu()  # [T, C]
+            return y
 
-        return hook
+        return edit
 
-    handles = [b.attn.proj.register_forward_pre_hook(record(i)) for i, b in enumerate(model.blocks)]
+    recording = Intervention(head_outputs={i: record(i) for i in range(c.n_layer)})
     was_training = model.training
     model.eval()
     try:
         for s in range(0, len(tokens), batch_size):
-            model(tokens[s : s + batch_size].to(_device(model), torch.long))
+            model(tokens[s : s + batch_size].to(_device(model), torch.long), recording)
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
     return (sums / len(tokens)).float()
 
 
-@contextmanager
-def ablate_heads(
+def ablation(
     model: SparseTransformer,
     heads: Iterable[Head],
     *,
     mode: str = "zero",
     means: Tensor | None = None,
-) -> Iterator[SparseTransformer]:
-    """Within the block, ``model`` runs with the (layer, head) pairs ``heads`` removed.
-
-    ``mode`` "zero" or "mean" (then ``means`` from head_means). The hooks are removed when the
-    block ends, normally or by an exception; the model's parameters are never touched.
-    """
+) -> Intervention:
+    """The Intervention that runs ``model`` with the (layer, head) pairs ``heads`` removed, for
+    the calls it is passed to. ``mode`` "zero" or "mean" (then ``means`` from head_means)."""
     heads = _check_heads(model, heads)
     _check_mode(mode, means, model)
     D = model.config.n_embd // model.config.n_head
@@ -132,43 +128,21 @@ def ablate_heads(
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
 
-    def ablate(layer: int, state: dict[str, int]):
-        def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor]:
-            y = args[0].clone()  # [B, T, C]: the heads' outputs side by side, head-major
-            start, T = state["start"], y.shape[1]
+    def remove(layer: int):
+        def edit(y: Tensor, start: int) -> Tensor:
+            y = y.clone()  # [B, T, C]: the heads' outputs side by side, head-major
+            T = y.shape[1]
             for h in by_layer[layer]:
                 cols = slice(h * D, (h + 1) * D)
                 if mode == "zero":
                     y[..., cols] = 0.0
                 else:  # the positions this call runs: all of them, a prefill, or one decoded
                     y[..., cols] = means[layer, start : start + T, cols].to(y.dtype)  # [T, D]
-            return (y,)
+            return y
 
-        return hook
+        return edit
 
-    def remember_start(state: dict[str, int]):
-        # proj sees only [B, T, C]; the positions come from attn's call (x, cache, start)
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            state["start"] = int(args[2] if len(args) > 2 else kwargs.get("start", 0))
-
-        return hook
-
-    handles = []
-    try:
-        for layer in by_layer:
-            attn = model.blocks[layer].attn
-            state = {"start": 0}
-            handles.append(attn.register_forward_pre_hook(remember_start(state), with_kwargs=True))
-            handles.append(attn.proj.register_forward_pre_hook(ablate(layer, state)))
-        yield model
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _bpd(model: SparseTransformer, tokens: Tensor, batch_size: int) -> float:
-    """Mean bits/dim of tokens [B, N] from float64 per-token bits (analysis.prediction)."""
-    return float(token_bits(model, tokens, batch_size=batch_size).mean())
+    return Intervention(head_outputs={layer: remove(layer) for layer in by_layer})
 
 
 def ablated_bpd(
@@ -181,8 +155,8 @@ def ablated_bpd(
     batch_size: int = 16,
 ) -> float:
     """Bits/dim of tokens [B, N] with ``heads`` removed."""
-    with ablate_heads(model, heads, mode=mode, means=means):
-        return _bpd(model, tokens, batch_size)
+    removed = ablation(model, heads, mode=mode, means=means)
+    return float(token_bits(model, tokens, batch_size=batch_size, intervention=removed).mean())
 
 
 def pixel_bits_change(
@@ -197,8 +171,8 @@ def pixel_bits_change(
     """Per-pixel bits with ``heads`` removed minus intact: float64 [B, H, W, C]; > 0 where the
     removed heads were helping."""
     intact = token_bits(model, tokens, batch_size=batch_size)  # [B, N]
-    with ablate_heads(model, heads, mode=mode, means=means):
-        ablated = token_bits(model, tokens, batch_size=batch_size)  # [B, N]
+    removed = ablation(model, heads, mode=mode, means=means)
+    ablated = token_bits(model, tokens, batch_size=batch_size, intervention=removed)  # [B, N]
     return token_map(ablated - intact, model.config.geometry)
 
 
@@ -219,11 +193,11 @@ def _batch_bits(
     intact = float(bits_of(model.head(model.ln_f(x)), tokens).sum())
     ablated = []
     for layer, head in heads:
-        with ablate_heads(model, [(layer, head)], mode=mode, means=means):
-            y = inputs[layer]
-            for block in model.blocks[layer:]:
-                y = block(y)
-            ablated.append(float(bits_of(model.head(model.ln_f(y)), tokens).sum()))
+        _, edit = ablation(model, [(layer, head)], mode=mode, means=means).layer(layer)
+        y = model.blocks[layer](inputs[layer], None, 0, None, edit)
+        for block in model.blocks[layer + 1 :]:
+            y = block(y)
+        ablated.append(float(bits_of(model.head(model.ln_f(y)), tokens).sum()))
     return intact, ablated
 
 

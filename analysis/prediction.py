@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from analysis.maps import token_map
-from models.model import SparseTransformer
+from models.model import NO_INTERVENTION, Intervention, SparseTransformer
 
 LN2 = math.log(2)
 
@@ -42,13 +42,15 @@ def _batches(tokens: Tensor, batch_size: int) -> Iterator[Tensor]:
 
 
 @torch.no_grad()
-def _logits(model: SparseTransformer, tokens: Tensor) -> Tensor:
+def _logits(
+    model: SparseTransformer, tokens: Tensor, intervention: Intervention = NO_INTERVENTION
+) -> Tensor:
     """logits [b, N, 256] in float64 on the CPU, the model run in eval mode (no dropout)."""
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
-        return model(tokens.to(device=device, dtype=torch.long)).double().cpu()
+        return model(tokens.to(device=device, dtype=torch.long), intervention).double().cpu()
     finally:
         model.train(was_training)
 
@@ -75,27 +77,54 @@ def entropy_bits(probs: Tensor) -> Tensor:
     return -plogp.sum(-1)
 
 
-def predicted_probs(model: SparseTransformer, tokens: Tensor, *, batch_size: int = 16) -> Tensor:
+def predicted_probs(
+    model: SparseTransformer,
+    tokens: Tensor,
+    *,
+    batch_size: int = 16,
+    intervention: Intervention = NO_INTERVENTION,
+) -> Tensor:
     """p(v | tokens < i) for every image, position and value: float64 [B, N, 256] on the CPU."""
-    return torch.cat([log_probs(_logits(model, t)).exp() for t in _batches(tokens, batch_size)])
+    batches = _batches(tokens, batch_size)
+    return torch.cat([log_probs(_logits(model, t, intervention)).exp() for t in batches])
 
 
-def token_bits(model: SparseTransformer, tokens: Tensor, *, batch_size: int = 16) -> Tensor:
+def token_bits(
+    model: SparseTransformer,
+    tokens: Tensor,
+    *,
+    batch_size: int = 16,
+    intervention: Intervention = NO_INTERVENTION,
+) -> Tensor:
     """-log2 p(true value) at every token: float64 [B, N] on the CPU."""
-    return torch.cat([bits_of(_logits(model, t), t) for t in _batches(tokens, batch_size)])
+    batches = _batches(tokens, batch_size)
+    return torch.cat([bits_of(_logits(model, t, intervention), t) for t in batches])
 
 
-def pixel_bits(model: SparseTransformer, tokens: Tensor, *, batch_size: int = 16) -> Tensor:
+def pixel_bits(
+    model: SparseTransformer,
+    tokens: Tensor,
+    *,
+    batch_size: int = 16,
+    intervention: Intervention = NO_INTERVENTION,
+) -> Tensor:
     """token_bits on the image grid: float64 [B, H, W, C]."""
-    return token_map(token_bits(model, tokens, batch_size=batch_size), model.config.geometry)
+    bits = token_bits(model, tokens, batch_size=batch_size, intervention=intervention)
+    return token_map(bits, model.config.geometry)
 
 
-def mean_pixel_bits(model: SparseTransformer, tokens: Tensor, *, batch_size: int = 16) -> Tensor:
+def mean_pixel_bits(
+    model: SparseTransformer,
+    tokens: Tensor,
+    *,
+    batch_size: int = 16,
+    intervention: Intervention = NO_INTERVENTION,
+) -> Tensor:
     """pixel_bits averaged over the images: float64 [H, W, C].
 
     A running sum over batches, so memory is one batch's logits whatever the number of images.
     """
     total = torch.zeros(model.config.block_size, dtype=torch.float64)
     for t in _batches(tokens, batch_size):
-        total += bits_of(_logits(model, t), t).sum(0)  # [N]
+        total += bits_of(_logits(model, t, intervention), t).sum(0)  # [N]
     return token_map(total / len(tokens), model.config.geometry)

@@ -1,13 +1,11 @@
 """Predictions & ablation: what the models predict at a pixel, where they are surprised (bits
 maps, side by side and averaged over test images), and what they lose without chosen heads."""
 
-import copy
-
 import numpy as np
 import streamlit as st
 import torch
 
-from analysis.ablation import MODES, ablate_heads, all_heads, head_means, rank_heads
+from analysis.ablation import MODES, ablation, all_heads, head_means, rank_heads
 from analysis.maps import pixel_map
 from analysis.metrics import default_queries, head_metrics, head_type
 from analysis.prediction import entropy_bits, mean_pixel_bits, predicted_probs, token_bits
@@ -32,6 +30,7 @@ from app_pages.completion_job import completion_memory, rows_to_sample
 from app_pages.jobs import Cancelled
 from models.completion import complete, keep_mask
 from models.datasets import DatasetError, held_out_source, load_images
+from models.model import NO_INTERVENTION
 from models.sampling import SamplingCancelled
 from models.tokens import image_to_tokens, images_to_tokens, pixel_tokens
 from viz.export import Exportable, content_key, safe_name
@@ -322,18 +321,12 @@ heads = tuple(labels_of[label] for label in chosen_labels)
 abl_path = paths[abl_name]
 
 
-def private_copy(model):
-    """A copy of a cached model for this page's hooks alone. ablate_heads and head_means
-    hook the model they are given, and the cached model is shared by every session and by the
-    pool's workers: hooked, their completions and captures would run without the heads too
-    (and their positions would count in the means). 6.6 MB for a shipped model."""
-    return copy.deepcopy(model)
-
-
 @st.cache_data(max_entries=8, show_spinner="Measuring head means...")
 def reference_means(path: str) -> np.ndarray:
     """Every head's output averaged over REFERENCE_IMAGES test images: float32 [L, N, C]."""
-    return head_means(private_copy(get_model(path)), spread(REFERENCE_IMAGES, offset=0.5)).numpy()
+    # the cached model itself: head_means and ablation are arguments of the calls they run in
+    # (models.model.Intervention), so other sessions sharing the model never see them
+    return head_means(get_model(path), spread(REFERENCE_IMAGES, offset=0.5)).numpy()
 
 
 def means_for(path: str, mode: str) -> torch.Tensor | None:
@@ -344,10 +337,10 @@ def means_for(path: str, mode: str) -> torch.Tensor | None:
 def ablated_bits(path: str, heads: tuple, mode: str, count: int) -> np.ndarray:
     """Per-token bits, intact and with ``heads`` removed, over ``count`` test images:
     float64 [2, count, N]."""
-    m, t = private_copy(get_model(path)), spread(count)
+    m, t = get_model(path), spread(count)
     intact = token_bits(m, t)
-    with ablate_heads(m, list(heads), mode=mode, means=means_for(path, mode)):
-        ablated = token_bits(m, t)
+    removed = ablation(m, list(heads), mode=mode, means=means_for(path, mode))
+    ablated = token_bits(m, t, intervention=removed)
     return torch.stack([intact, ablated]).numpy()
 
 
@@ -357,14 +350,15 @@ def model_bytes(model) -> int:
 
 def completions_work(path: str, heads: tuple, mode: str, image, keep, samples: int):
     """The pool's work for Complete: ``samples`` completions of ``image`` (``keep`` kept, seed
-    0) with the model intact, then with ``heads`` removed (from a private copy); the rows are
-    reported as they come. Its result: (intact, ablated), uint8 [samples, H, W, C] each."""
+    0) with the model intact, then with ``heads`` removed (an Intervention passed to those
+    calls alone); the rows are reported as they come. Its result: (intact, ablated), uint8
+    [samples, H, W, C] each."""
     model = get_model(path)  # the caches are read in this run, not in the pool's thread
     means = means_for(path, mode)
     todo = rows_to_sample(keep, model.config.geometry)
 
     def work(task):
-        def sample(m, phase: int, name: str) -> np.ndarray:
+        def sample(intervention, phase: int, name: str) -> np.ndarray:
             done = []
 
             def row(r: int, tokens) -> None:
@@ -373,21 +367,21 @@ def completions_work(path: str, heads: tuple, mode: str, image, keep, samples: i
 
             try:
                 return complete(
-                    m,
+                    model,
                     image,
                     keep,
                     n_samples=samples,
                     seed=0,
                     on_row=row,
                     cancel=lambda: task.cancelled,
+                    intervention=intervention,
                 )
             except SamplingCancelled:
                 raise Cancelled(task.reason or "stopped") from None
 
-        intact = sample(model, 0, "intact")
-        twin = private_copy(model)
-        with ablate_heads(twin, list(heads), mode=mode, means=means):
-            return intact, sample(twin, 1, "without the heads")
+        intact = sample(NO_INTERVENTION, 0, "intact")
+        removed = ablation(model, list(heads), mode=mode, means=means)
+        return intact, sample(removed, 1, "without the heads")
 
     return work
 
@@ -503,7 +497,7 @@ def head_types(m, tokens: torch.Tensor) -> dict[tuple[int, int], str]:
 
 @st.cache_data(max_entries=8, show_spinner="Ablating every head in turn...")
 def ranking(path: str, mode: str, count: int) -> list[dict]:
-    m, t = private_copy(get_model(path)), spread(count)
+    m, t = get_model(path), spread(count)
     return rank_heads(m, t, mode=mode, means=means_for(path, mode), head_types=head_types(m, t))
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from kernels.dispatch import attention, resolve_backend
 from kernels.layouts import Layout
+from kernels.selection import Selection, selection_probs
 
 if TYPE_CHECKING:
     from kernels.triton.common import KernelSpec
@@ -114,12 +115,14 @@ def _heads_mask(layout: Layout, h: Tensor, i: Tensor, j: Tensor) -> Tensor:
 
 
 def row_probs(
-    q: Tensor, k: Tensor, layout: Layout, queries: Tensor, scale: float | None = None
+    q: Tensor, k: Tensor, layout: Layout | Selection, queries: Tensor, scale: float | None = None
 ) -> Tensor:
     """Exact attention probabilities of the given query rows: [B, H, Q, N], float32 (float64
-    for float64 inputs)."""
+    for float64 inputs). A selection (kernels/selection.py) chooses its keys from the scores."""
     B, H, N, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if isinstance(layout, Selection):
+        return selection_probs(q, k, layout, queries, scale)
     queries = queries.to(q.device)
     dt = _dtype(q)
     scores = torch.matmul(q[:, :, queries].to(dt), k.to(dt).transpose(-2, -1)) * scale
@@ -143,7 +146,7 @@ def _fused(
 ) -> tuple[KernelSpec, Tensor, float] | None:
     """(kernel spec, the forward's log-sum-exp, scale) when the fused kernels take this
     capture, else None (the reference walk)."""
-    if resolve_backend(q, layout, backend) != "triton":
+    if isinstance(layout, Selection) or resolve_backend(q, layout, backend) != "triton":
         return None
     from kernels.triton.common import kernel_spec
 
@@ -202,7 +205,7 @@ def capture_pooled(
     if block < 1:
         raise ValueError(f"pooling block must be >= 1, got {block}")
     B, H, N, _ = q.shape
-    if resolve_backend(q, layout, backend) == "triton":
+    if not isinstance(layout, Selection) and resolve_backend(q, layout, backend) == "triton":
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
         _, lse = attention(q, k, k, layout, scale=scale, return_lse=True, backend="triton")
         return _triton_pooled(q, k, lse, layout, block, scale)
@@ -299,11 +302,16 @@ def capture_sparse(
     tensor-core tiles over the support's pairs (kernels/triton/capture.py); otherwise the host
     builds the pattern (``support_pattern``) and the reference walk fills it."""
     B, H, N, _ = q.shape
+    if isinstance(layout, Selection) and support is None:
+        raise ValueError(
+            f"{layout!r} chooses its keys from the scores, so it has no pairs known ahead: give "
+            f"the sparse form a static support layout, or use the full, rows or pooled form"
+        )
     support = layout if support is None else support
     support.check_heads(H)
     fused = _fused(q, k, layout, scale, backend)
     walked = None
-    if fused is not None:
+    if fused is not None and isinstance(support, Layout):
         from kernels.triton.capture import support_spec
 
         walked = support_spec(support, N, H)
@@ -345,6 +353,8 @@ PAIR_DENSITY = 1 / 32
 
 def _pairs_pay(q: Tensor, layout: Layout, support: Layout, backend: str) -> bool:
     """Whether capture_sparse scores only the support's pairs from the composed lse."""
+    if isinstance(layout, Selection):
+        return False
     if resolve_backend(q, layout, backend, return_lse=True) != "composed":
         return False
     n = q.shape[2]

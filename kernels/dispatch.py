@@ -39,6 +39,7 @@ from torch import Tensor
 from kernels.composed import composed_attention, composed_misfit, crossover
 from kernels.layouts import Dense, Layout
 from kernels.reference import cached_mask, reference_attention
+from kernels.selection import Selection, selection_attention
 
 BACKENDS = ("auto", "reference", "sdpa", "triton", "composed")
 ENV_VAR = "SPARSE_ATTENTION_BACKEND"
@@ -63,10 +64,13 @@ def use_backend(name: str) -> Iterator[None]:
         _forced.pop()
 
 
-def check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> None:
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: Layout | Selection) -> None:
     """Raise ValueError / TypeError with what is wrong and what is allowed (every backend)."""
-    if not isinstance(layout, Layout):
-        raise TypeError(f"layout must be a kernels.layouts.Layout, got {type(layout).__name__}")
+    if not isinstance(layout, (Layout, Selection)):
+        raise TypeError(
+            f"layout must be a kernels.layouts.Layout or a kernels.selection.Selection, "
+            f"got {type(layout).__name__}"
+        )
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -166,7 +170,7 @@ def attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    layout: Layout,
+    layout: Layout | Selection,
     *,
     scale: float | None = None,
     backend: str = "auto",
@@ -175,9 +179,13 @@ def attention(
     """Exact attention of q, k, v [B, H, N, D] restricted to ``layout``: out [B, H, N, D], and
     with ``return_lse`` also the log-sum-exp of every row, lse [B, H, N] (natural log; float32,
     float64 for float64 inputs on the reference and the composed pieces). The log-sum-exp of
-    the fused backends ("triton", "composed") carries no gradient."""
+    the fused backends ("triton", "composed") carries no gradient. A content-based selection
+    (kernels/selection.py: topk, moba) runs its exact masked path whatever the backend."""
     check_inputs(q, k, v, layout)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if isinstance(layout, Selection):  # chosen from the scores: the exact masked path only
+        out, lse = selection_attention(q, k, v, layout, scale=scale)
+        return (out, lse) if return_lse else out
     chosen = resolve_backend(q, layout, backend, return_lse=return_lse)
     if chosen in ("triton", "composed"):
         run = _triton_attention if chosen == "triton" else composed_attention

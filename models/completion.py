@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from models.model import SparseTransformer
+from models.model import NO_INTERVENTION, Intervention, SparseTransformer
 from models.sampling import sample
 from models.tokens import Geometry, image_to_tokens, tokens_to_image
 
@@ -61,8 +61,10 @@ def complete(
     seed: int | None = 0,
     on_row: Callable[[int, torch.Tensor], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    intervention: Intervention = NO_INTERVENTION,
 ) -> np.ndarray:
-    """Samples that keep ``image``'s pixels where ``keep``: uint8 [n_samples, H, W, C]."""
+    """Samples that keep ``image``'s pixels where ``keep``: uint8 [n_samples, H, W, C];
+    ``intervention`` (models.model) runs the model with another attention or edited heads."""
     geometry = model.config.geometry
     if image.shape != tuple(geometry):
         raise ValueError(f"image is {image.shape}; the model needs {tuple(geometry)}")
@@ -78,6 +80,7 @@ def complete(
         seed=seed,
         on_row=on_row,
         cancel=cancel,
+        intervention=intervention,
     )
     return tokens_to_image(out, geometry)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.model import SparseTransformer
+from models.model import NO_INTERVENTION, Intervention, SparseTransformer
 
 EVAL_FILE = "eval.json"
 
@@ -27,8 +27,10 @@ def evaluate_bpd(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    intervention: Intervention = NO_INTERVENTION,
 ) -> float:
-    """Mean bits per dimension of ``tokens`` (uint8 or long [N, T]) under ``model``.
+    """Mean bits per dimension of ``tokens`` (uint8 or long [N, T]) under ``model``, run with
+    ``intervention`` (models.model: another attention per layer, edited heads) if given.
 
     Sums the exact per-token NLL in float64 over all N*T tokens, so the result does not depend
     on the batch size.
@@ -43,7 +45,7 @@ def evaluate_bpd(
     batches = range(0, len(tokens), batch_size)
     for s in tqdm(batches, desc="eval", disable=not progress, leave=False):
         x = tokens[s : s + batch_size].to(device=device, dtype=torch.long)  # [b, T]
-        logits = model(x).float()  # [b, T, 256]
+        logits = model(x, intervention).float()  # [b, T, 256]
         # every token of the batch at once: logits [b*T, 256] against targets [b*T]
         nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="sum")
         total += float(nll.double())

@@ -12,7 +12,8 @@ Every layer has its own attention layout (kernels/layouts.py); all attention goe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 import torch.nn as nn
@@ -23,6 +24,7 @@ from torch import Tensor
 from kernels import BACKENDS, Layout, attention, parse_layout
 from kernels.capture import FORMS, CaptureForm, capture, to_device
 from kernels.decode import decode_attention
+from kernels.selection import Attention, Selection, parse_attention, selection_attention
 from models.tokens import Geometry, token_coords
 
 VOCAB_SIZE = 256  # 8-bit pixel values
@@ -179,6 +181,57 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+# (heads' outputs y [B, T, C], head h in channels [h*D, (h+1)*D); the position of y's first row)
+# -> the edited y that the layer's output projection then reads
+HeadEdit = Callable[[Tensor, int], Tensor]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """What one call changes in a model, passed to that call as an argument (``model(tokens,
+    intervention=...)``, ``capture``, ``loss``, and on through models.sampling and the analysis):
+    never stored on the model, so a cached model shared by several app sessions and worker
+    threads runs each call with its own intervention and nothing leaks from one to another.
+
+    ``attention``: layer -> the attention that layer runs with instead of its own layout, a
+    static layout (per head where it is ``multihead(...)``) or a content-based selection
+    (kernels/selection.py); the weights are the model's, so this is the trained model restricted
+    to (or widened to) another pattern, renormalised over the keys it keeps.
+    ``head_outputs``: layer -> a HeadEdit of the heads' outputs before the layer's output
+    projection (head ablation: analysis/ablation.py).
+    """
+
+    attention: Mapping[int, Attention] = field(default_factory=dict)
+    head_outputs: Mapping[int, HeadEdit] = field(default_factory=dict)
+
+    @classmethod
+    def everywhere(cls, attention: Attention | str, n_layer: int) -> Intervention:
+        """Every one of ``n_layer`` layers runs with ``attention`` (a spec or an object)."""
+        chosen = parse_attention(attention)
+        return cls(attention={i: chosen for i in range(n_layer)})
+
+    def check(self, config: ModelConfig) -> None:
+        """ValueError naming a layer outside the model or an attention its heads cannot run."""
+        for what, layers in (("attention", self.attention), ("head_outputs", self.head_outputs)):
+            for i in layers:
+                if not (isinstance(i, int) and 0 <= i < config.n_layer):
+                    raise ValueError(
+                        f"intervention {what}: layer {i!r} is outside 0..{config.n_layer - 1}"
+                    )
+        for chosen in self.attention.values():
+            if not isinstance(chosen, (Layout, Selection)):
+                raise ValueError(
+                    f"intervention attention must be a layout or a selection, got {chosen!r}"
+                )
+            chosen.check_heads(config.n_head)
+
+    def layer(self, i: int) -> tuple[Attention | None, HeadEdit | None]:
+        return self.attention.get(i), self.head_outputs.get(i)
+
+
+NO_INTERVENTION = Intervention()
+
+
 @dataclass
 class KVCache:
     """Keys and values of every position computed so far, for one layer: [B, H, N, D] each."""
@@ -203,21 +256,37 @@ class CausalSelfAttention(nn.Module):
         # split the channels into heads: [B, T, C] -> [B, H, T, C/H]
         return tuple(rearrange(t, "b n (h d) -> b h n d", h=self.n_head) for t in (q, k, v))
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cache: KVCache | None = None,
+        start: int = 0,
+        attend: Attention | None = None,
+        edit: HeadEdit | None = None,
+    ) -> Tensor:
         """x [B, T, C] at positions [start, start + T). With a cache, k and v are stored in it,
-        and a single position (T = 1) attends to the cached keys its layout allows."""
+        and a single position (T = 1) attends to the cached keys its layout allows. ``attend``
+        replaces the layer's layout for this call, ``edit`` edits the heads' outputs
+        (Intervention)."""
         q, k, v = self.heads_qkv(x)  # 3 x [B, H, T, C/H]
         T = x.shape[1]
+        attend = self.layout if attend is None else attend
         if cache is not None:
             cache.k[:, :, start : start + T] = k
             cache.v[:, :, start : start + T] = v
-        if cache is not None and T == 1:
-            y, _, _ = decode_attention(q, cache.k, cache.v, self.layout, start)  # [B, H, 1, C/H]
+        if cache is not None and T == 1 and isinstance(attend, Selection):
+            # the one new query against every cached key so far: its choice needs their scores
+            keys, values = cache.k[:, :, : start + 1], cache.v[:, :, : start + 1]
+            y, _ = selection_attention(q, keys, values, attend, positions=torch.tensor([start]))
+        elif cache is not None and T == 1:
+            y, _, _ = decode_attention(q, cache.k, cache.v, attend, start)  # [B, H, 1, C/H]
         elif start == 0:
-            y = _attention_call(q, k, v, self.layout, backend=self.backend)
+            y = _attention_call(q, k, v, attend, backend=self.backend)
         else:
             raise ValueError("several positions at once must start at position 0 (prefill)")
         y = rearrange(y, "b h n d -> b n (h d)")  # heads side by side again: [B, T, C]
+        if edit is not None:
+            y = edit(y, start)
         return self.dropout(self.proj(y))
 
 
@@ -243,8 +312,15 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cache, start)
+    def forward(
+        self,
+        x: Tensor,
+        cache: KVCache | None = None,
+        start: int = 0,
+        attend: Attention | None = None,
+        edit: HeadEdit | None = None,
+    ) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache, start, attend, edit)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -311,13 +387,21 @@ class SparseTransformer(nn.Module):
         pos = self.row_emb(r) + self.col_emb(c) + self.chan_emb(ch)  # [T, C]
         return self.drop(x + pos)
 
-    def transform(self, x: Tensor, caches: list[KVCache] | None = None, start: int = 0) -> Tensor:
+    def transform(
+        self,
+        x: Tensor,
+        caches: list[KVCache] | None = None,
+        start: int = 0,
+        intervention: Intervention = NO_INTERVENTION,
+    ) -> Tensor:
         """The stack on inputs [B, T, C] at positions [start, start + T) -> logits [B, T, 256].
 
-        With ``caches`` (one per layer, see new_caches) keys and values are kept for decoding.
+        With ``caches`` (one per layer, see new_caches) keys and values are kept for decoding;
+        ``intervention`` changes this call's attention or heads (Intervention).
         """
+        intervention.check(self.config)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i], start)
+            x = block(x, None if caches is None else caches[i], start, *intervention.layer(i))
         return self.head(self.ln_f(x))
 
     def new_caches(self, batch: int) -> list[KVCache]:
@@ -338,13 +422,16 @@ class SparseTransformer(nn.Module):
         queries: list[int] | Tensor | None = None,
         block: int | None = None,
         support: Layout | str | None = None,
+        intervention: Intervention = NO_INTERVENTION,
     ) -> dict[int, CaptureForm]:
         """The attention of tokens [B, n] at the chosen layers and heads, one form per layer
         (kernels/capture.py: "full", "rows" with queries, "pooled" with block, "sparse" with an
         optional support layout), each with tensors [B, len(heads), ...].
 
         Asked for, not hooked: the ordinary forward pays nothing for it. The run stops after
-        the last layer asked for.
+        the last layer asked for. Under an ``intervention`` a layer's attention is captured as
+        it runs in that call (another layout or a selection), and its edited heads feed the
+        layers above.
         """
         n_layer, n_head = self.config.n_layer, self.config.n_head
         layers = list(range(n_layer)) if layers is None else [int(i) for i in layers]
@@ -356,25 +443,26 @@ class SparseTransformer(nn.Module):
         if form not in FORMS:
             raise ValueError(f"unknown capture form {form!r}; choose one of {', '.join(FORMS)}")
         support = parse_layout(support) if support is not None else None
+        intervention.check(self.config)
         home = tokens.device  # results go back where the tokens came from (the app's CPU)
         x = self.embed(tokens.to(self.tok_emb.weight.device))
         out: dict[int, CaptureForm] = {}
         for i, block_ in enumerate(self.blocks[: max(layers) + 1]):
+            attend, edit = intervention.layer(i)
+            attend = block_.attn.layout if attend is None else attend
             if i in layers:
                 q, k, _ = block_.attn.heads_qkv(block_.ln_1(x))  # [B, H, n, C/H] each
                 # all heads, then the chosen ones: per-head layouts index patterns by head
-                full = capture(
-                    q, k, block_.attn.layout, form, queries=queries, block=block, support=support
-                )
+                full = capture(q, k, attend, form, queries=queries, block=block, support=support)
                 out[i] = to_device(full.select(heads), home)
-            x = block_(x)
+            x = block_(x, None, 0, attend, edit)
         return out
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, intervention: Intervention = NO_INTERVENTION) -> Tensor:
         """Token ids [B, n] -> logits [B, n, 256]; logits[:, i] predicts token i from tokens < i."""
-        return self.transform(self.embed(tokens))
+        return self.transform(self.embed(tokens), intervention=intervention)
 
-    def loss(self, tokens: Tensor) -> Tensor:
+    def loss(self, tokens: Tensor, intervention: Intervention = NO_INTERVENTION) -> Tensor:
         """Mean negative log-likelihood per token in nats; divide by ln 2 for bits/dim."""
-        logits = self(tokens)  # [B, n, 256]
+        logits = self(tokens, intervention)  # [B, n, 256]
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())  # [B*n, 256], [B*n]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from models.model import KVCache, ModelConfig, SparseTransformer
+from models.model import NO_INTERVENTION, Intervention, KVCache, ModelConfig, SparseTransformer
 
 
 class SamplingCancelled(Exception):
@@ -82,16 +82,27 @@ def logits_to_probs(
     return probs
 
 
-def prefill(model: SparseTransformer, tokens: Tensor, p: int, caches: list[KVCache]) -> Tensor:
+def prefill(
+    model: SparseTransformer,
+    tokens: Tensor,
+    p: int,
+    caches: list[KVCache],
+    intervention: Intervention = NO_INTERVENTION,
+) -> Tensor:
     """Run positions 0..p (their inputs are tokens < p) in one pass; logits of position p."""
-    return model.transform(model.embed(tokens, 0, p + 1), caches, 0)[:, -1]  # [B, 256]
+    x = model.embed(tokens, 0, p + 1)
+    return model.transform(x, caches, 0, intervention)[:, -1]  # [B, 256]
 
 
 def decode_one_token(
-    model: SparseTransformer, tokens: Tensor, i: int, caches: list[KVCache]
+    model: SparseTransformer,
+    tokens: Tensor,
+    i: int,
+    caches: list[KVCache],
+    intervention: Intervention = NO_INTERVENTION,
 ) -> Tensor:
     """Run position i (its input is token i-1) against the caches; logits [B, 256]."""
-    return model.transform(model.embed(tokens, i, i + 1), caches, i)[:, 0]
+    return model.transform(model.embed(tokens, i, i + 1), caches, i, intervention)[:, 0]
 
 
 @torch.no_grad()
@@ -108,6 +119,7 @@ def sample(
     use_cache: bool = True,
     on_row: Callable[[int, Tensor], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    intervention: Intervention = NO_INTERVENTION,
 ) -> Tensor:
     """Sample ``n_samples`` images as tokens [n_samples, N].
 
@@ -117,6 +129,7 @@ def sample(
     in raster order. ``seed`` makes the result reproducible. ``on_row(row, tokens)`` is called
     once per image row that had tokens drawn, as soon as the row is complete; ``cancel()`` is
     polled before every token and stops the loop by raising SamplingCancelled.
+    ``intervention`` runs every step with another attention or edited heads (models.model).
     """
     n = model.config.block_size
     row_len = model.config.row_stride
@@ -148,11 +161,11 @@ def sample(
         if cancel is not None and cancel():
             raise SamplingCancelled(tokens, i)
         if caches is None:
-            logits = model(tokens[:, : i + 1])[:, i]  # [B, 256]: the whole prefix again
+            logits = model(tokens[:, : i + 1], intervention)[:, i]  # [B, 256]: the prefix again
         elif i == start:
-            logits = prefill(model, tokens, i, caches)
+            logits = prefill(model, tokens, i, caches, intervention)
         else:
-            logits = decode_one_token(model, tokens, i, caches)
+            logits = decode_one_token(model, tokens, i, caches, intervention)
         if not keep[i]:
             probs = logits_to_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
             tokens[:, i] = torch.multinomial(probs, 1, generator=generator)[:, 0]

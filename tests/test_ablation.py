@@ -1,6 +1,7 @@
 """Head ablation (analysis/ablation.py): a whole layer zeroed is its attention branch reduced to
-proj's bias, nothing ablated is nothing changed, the hooks never outlive the block, decoding
-and the ranking see the same ablation as the forward pass."""
+proj's bias, nothing ablated is nothing changed, the ablation is an argument of the call it is
+passed to (no hook, nothing left on the model), decoding and the ranking see the same ablation
+as the forward pass."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from analysis.ablation import (
-    ablate_heads,
     ablated_bpd,
+    ablation,
     all_heads,
     head_means,
     pixel_bits_change,
@@ -41,9 +42,9 @@ def tokens(batch=3, seed=0) -> torch.Tensor:
     return torch.randint(0, 256, (batch, N), generator=torch.Generator().manual_seed(seed))
 
 
-def logits(model: SparseTransformer, x: torch.Tensor) -> torch.Tensor:
+def logits(model: SparseTransformer, x: torch.Tensor, intervention=None) -> torch.Tensor:
     with torch.no_grad():
-        return model(x)
+        return model(x) if intervention is None else model(x, intervention)
 
 
 def no_hooks(model: SparseTransformer) -> bool:
@@ -65,12 +66,11 @@ def test_zeroing_every_head_of_a_layer_leaves_only_proj_bias_of_its_attention(la
     bare = copy.deepcopy(model)
     attn = bare.blocks[layer].attn
 
-    def bias_only(x, cache=None, start=0):
+    def bias_only(x, cache=None, start=0, attend=None, edit=None):
         return attn.dropout(attn.proj.bias.expand(x.shape))  # [B, T, C]
 
     attn.forward = bias_only
-    with ablate_heads(model, [(layer, 0), (layer, 1)], mode="zero"):
-        ablated = logits(model, x)
+    ablated = logits(model, x, ablation(model, [(layer, 0), (layer, 1)], mode="zero"))
     torch.testing.assert_close(ablated, logits(bare, x), rtol=0, atol=0)
     assert not torch.allclose(ablated, logits(model, x))  # the heads did something
 
@@ -79,25 +79,52 @@ def test_ablating_nothing_changes_nothing_and_the_model_is_left_as_it_was():
     model = tiny()
     x = tokens()
     before, state = logits(model, x), copy.deepcopy(model.state_dict())
-    with ablate_heads(model, [], mode="zero"):
-        assert torch.equal(logits(model, x), before)
-    with ablate_heads(model, [(0, 1), (1, 0)], mode="zero"):
-        assert not torch.equal(logits(model, x), before)
+    assert torch.equal(logits(model, x, ablation(model, [], mode="zero")), before)
+    assert not torch.equal(logits(model, x, ablation(model, [(0, 1), (1, 0)])), before)
     assert no_hooks(model)
     assert same_state(model.state_dict(), state)
     assert torch.equal(logits(model, x), before)
 
 
-def test_hooks_are_removed_when_the_block_raises():
+def test_a_call_that_raises_leaves_nothing_behind():
     model = tiny()
     x = tokens()
     before = logits(model, x)
-    with pytest.raises(RuntimeError, match="boom"):
-        with ablate_heads(model, [(1, 1)], mode="zero"):
-            assert not no_hooks(model)
-            raise RuntimeError("boom")
+    removed = ablation(model, [(1, 1)], mode="zero")
+    with pytest.raises(ValueError, match="got 50 tokens"):
+        model(torch.zeros(1, 50, dtype=torch.long), removed)
     assert no_hooks(model)
     assert torch.equal(logits(model, x), before)
+
+
+def test_ablation_in_one_thread_is_not_seen_by_another_using_the_same_model():
+    # two app sessions share one cached model: one ablates while the other browses
+    import threading
+
+    model = tiny()
+    x = tokens()
+    before = logits(model, x)
+    removed = ablation(model, [(0, 0), (1, 1)], mode="zero")
+    ablated = logits(model, x, removed)
+    seen: dict[str, list[bool]] = {"intact": [], "ablated": []}
+    go = threading.Barrier(2)
+
+    def browse() -> None:
+        go.wait()
+        for _ in range(20):
+            seen["intact"].append(torch.equal(logits(model, x), before))
+
+    def ablate() -> None:
+        go.wait()
+        for _ in range(20):
+            seen["ablated"].append(torch.equal(logits(model, x, removed), ablated))
+
+    threads = [threading.Thread(target=browse), threading.Thread(target=ablate)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen["intact"] == [True] * 20 and seen["ablated"] == [True] * 20
 
 
 def test_mean_ablation_with_the_image_itself_as_reference_changes_nothing():
@@ -106,11 +133,11 @@ def test_mean_ablation_with_the_image_itself_as_reference_changes_nothing():
     intact = logits(model, x)
     means = head_means(model, x)  # [2, 42, 16]: each position's own output, exactly
     assert means.shape == (2, N, 16)
-    with ablate_heads(model, all_heads(model), mode="mean", means=means):
-        torch.testing.assert_close(logits(model, x), intact, rtol=0, atol=0)
+    everything = ablation(model, all_heads(model), mode="mean", means=means)
+    torch.testing.assert_close(logits(model, x, everything), intact, rtol=0, atol=0)
     ref = tokens(4, seed=1)  # other images: their mean is not this image's output
-    with ablate_heads(model, [(0, 0)], mode="mean", means=head_means(model, ref)):
-        assert not torch.allclose(logits(model, x), intact)
+    one = ablation(model, [(0, 0)], mode="mean", means=head_means(model, ref))
+    assert not torch.allclose(logits(model, x, one), intact)
 
 
 def test_head_means_average_over_images_whatever_the_batch():
@@ -127,16 +154,18 @@ def test_decoding_under_ablation_matches_the_ablated_forward_pass():
     x = tokens(2)
     means = head_means(model, tokens(4, seed=3))
     for mode in ("zero", "mean"):
-        with ablate_heads(model, [(0, 1), (1, 0)], mode=mode, means=means):
-            full = logits(model, x)  # [2, 42, 256]
-            caches = model.new_caches(2)
-            with torch.no_grad():
-                torch.testing.assert_close(prefill(model, x, 10, caches), full[:, 10])
-                for i in range(11, 16):  # one position at a time, against the caches
-                    torch.testing.assert_close(decode_one_token(model, x, i, caches), full[:, i])
-            cached = sample(model, n_samples=2, seed=5)
-            uncached = sample(model, n_samples=2, seed=5, use_cache=False)
+        removed = ablation(model, [(0, 1), (1, 0)], mode=mode, means=means)
+        full = logits(model, x, removed)  # [2, 42, 256]
+        caches = model.new_caches(2)
+        with torch.no_grad():
+            torch.testing.assert_close(prefill(model, x, 10, caches, removed), full[:, 10])
+            for i in range(11, 16):  # one position at a time, against the caches
+                got = decode_one_token(model, x, i, caches, removed)
+                torch.testing.assert_close(got, full[:, i])
+        cached = sample(model, n_samples=2, seed=5, intervention=removed)
+        uncached = sample(model, n_samples=2, seed=5, use_cache=False, intervention=removed)
         assert torch.equal(cached, uncached)
+        assert not torch.equal(cached, sample(model, n_samples=2, seed=5))
         assert not torch.allclose(full, logits(model, x))
     assert no_hooks(model)
 
@@ -146,8 +175,8 @@ def test_bits_with_heads_removed_and_their_pixel_map():
     x = tokens(2)
     heads = [(1, 1)]
     intact = evaluate_bpd(model, x, progress=False)
-    with ablate_heads(model, heads, mode="zero"):
-        by_evaluator = evaluate_bpd(model, x, progress=False)
+    removed = ablation(model, heads, mode="zero")
+    by_evaluator = evaluate_bpd(model, x, progress=False, intervention=removed)
     assert abs(ablated_bpd(model, x, heads, mode="zero") - by_evaluator) < 1e-6
     change = pixel_bits_change(model, x, heads, mode="zero")  # [2, 6, 7, 1]
     assert change.shape == (2, 6, 7, 1)
@@ -181,18 +210,44 @@ def test_bad_arguments_are_refused():
     model = tiny()
     x = tokens(1)
     with pytest.raises(ValueError, match="outside layers"):
-        with ablate_heads(model, [(2, 0)]):
-            pass
+        ablation(model, [(2, 0)])
     with pytest.raises(ValueError, match="outside layers"):
-        with ablate_heads(model, [(0, -1)]):
-            pass
+        ablation(model, [(0, -1)])
     with pytest.raises(ValueError, match="unknown ablation mode"):
         ablated_bpd(model, x, [(0, 0)], mode="half")
     with pytest.raises(ValueError, match="needs means"):
         rank_heads(model, x, mode="mean")
     with pytest.raises(ValueError, match="means must be"):
-        with ablate_heads(model, [(0, 0)], mode="mean", means=torch.zeros(2, 41, 16)):
-            pass
+        ablation(model, [(0, 0)], mode="mean", means=torch.zeros(2, 41, 16))
     with pytest.raises(ValueError, match="non-empty"):
         head_means(model, x[:0])
     assert no_hooks(model)
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_the_seam_gives_the_numbers_of_a_hook_on_proj(mode):
+    # today's numbers: the ablation as it was measured before the seam, a forward pre-hook on
+    # the layer's proj editing the head's slice (written out here, on a private copy)
+    model = tiny(n_layer=3)
+    x = tokens(3)
+    means = head_means(model, tokens(4, seed=6)) if mode == "mean" else None
+    heads = [(0, 1), (2, 0)]
+    hooked = copy.deepcopy(model)
+    D = 16 // 2
+
+    def hook_for(layer):
+        def hook(module, args):
+            y = args[0].clone()
+            for lay, h in heads:
+                if lay == layer:
+                    cols = slice(h * D, (h + 1) * D)
+                    y[..., cols] = 0.0 if mode == "zero" else means[layer, : y.shape[1], cols]
+            return (y,)
+
+        return hook
+
+    for layer in {lay for lay, _ in heads}:
+        hooked.blocks[layer].attn.proj.register_forward_pre_hook(hook_for(layer))
+    want = float(token_bits(hooked, x).mean())
+    got = ablated_bpd(model, x, heads, mode=mode, means=means)
+    assert abs(got - want) < 1e-12

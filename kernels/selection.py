@@ -1,0 +1,252 @@
+"""Content-based selections: attention that keeps, for each query, the keys its scores choose.
+
+A static layout (kernels/layouts.py) knows its pairs before the run; these do not, so they have
+no ``mask_mod`` and no precomputed mask. They run as exact masked attention: the scores are
+computed, the selection is made from them, and the softmax is taken over the kept keys alone
+(renormalised), which is what "restrict a trained model's attention to k keys" means.
+
+    topk(k)          each query keeps its k highest-scoring causal keys (all of them where it
+                     has fewer than k): the oracle upper bound of any k-key layout
+    moba(block, k)   MoBA (Lu et al. 2025): keys in blocks of ``block``; each complete past
+                     block is scored by the gate q . mean(K_block); the query keeps its own
+                     block (causal inside it) and the k - 1 best past blocks, k blocks in all
+
+Both are causal (a key after the query is never kept) and keep the query's own key, so no row is
+empty. Specs read and write like layouts' ("topk(k=8)", "moba(block=28, topk=3)");
+``parse_attention`` takes either kind.
+
+The work is O(N^2) per head (every score is needed to choose), so this is the path at the
+model's size (N <= 4,096), not a fast kernel.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kernels.layouts import MAX_SPEC_INT, Layout, parse_layout
+
+
+class Selection:
+    """Base of the content-based selections: a spec, and the mask it chooses from the scores."""
+
+    period: int = 1  # the same rule in every head
+
+    @property
+    def family(self) -> str:
+        return type(self).__name__.lower()
+
+    @property
+    def name(self) -> str:
+        return repr(self)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))  # type: ignore[arg-type]
+        return f"{self.family}({args})"
+
+    def check_heads(self, n_heads: int) -> None:
+        """Every number of heads works (the rule is the same in each)."""
+
+    def keys_per_query(self, n: int) -> float:
+        """Mean number of keys a query keeps over a sequence of n tokens (exact)."""
+        return self.nnz(n) / n
+
+    def density(self, n: int) -> float:
+        """Kept pairs as a share of the n(n+1)/2 causal pairs."""
+        return self.nnz(n) / (n * (n + 1) / 2)
+
+    def nnz(self, n: int, n_heads: int = 1) -> int:
+        """Exact number of kept (head, i, j) triples: it depends only on n, not on the scores."""
+        raise NotImplementedError
+
+    def allowed(self, scores: Tensor, q: Tensor, k: Tensor, positions: Tensor) -> Tensor:
+        """bool [B, H, Q, N]: the keys kept by queries at ``positions`` [Q] whose causal scores
+        are ``scores`` [B, H, Q, N] (-inf after the query), from q [B, H, Q, D], k [B, H, N, D]."""
+        raise NotImplementedError
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True, repr=False)
+class TopK(Selection):
+    """Each query keeps its k highest-scoring causal keys."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        _check_int("topk: k", self.k, 1)
+
+    def nnz(self, n: int, n_heads: int = 1) -> int:
+        # row i keeps min(k, i + 1) keys
+        m = min(n, self.k)
+        return n_heads * (m * (m + 1) // 2 + (n - m) * self.k)
+
+    def allowed(self, scores: Tensor, q: Tensor, k: Tensor, positions: Tensor) -> Tensor:
+        kk = min(self.k, scores.shape[-1])
+        top = scores.topk(kk, dim=-1).indices  # [B, H, Q, kk]
+        kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True)
+        # a row with fewer than k causal keys also took some -inf scores: drop them
+        return kept & (scores > -math.inf)
+
+
+@dataclass(frozen=True, repr=False)
+class MoBA(Selection):
+    """MoBA's block selection: own block + the topk - 1 past blocks with the highest gate."""
+
+    block: int
+    topk: int
+
+    def __post_init__(self) -> None:
+        _check_int("moba: block", self.block, 1)
+        _check_int("moba: topk", self.topk, 1)
+
+    def nnz(self, n: int, n_heads: int = 1) -> int:
+        # query i in block u keeps its i mod block + 1 own keys and min(topk - 1, u) full blocks
+        total = 0
+        for u in range(-(-n // self.block)):
+            rows = min(self.block, n - u * self.block)
+            total += rows * (rows + 1) // 2 + rows * self.block * min(self.topk - 1, u)
+        return n_heads * total
+
+    def allowed(self, scores: Tensor, q: Tensor, k: Tensor, positions: Tensor) -> Tensor:
+        B, H, Q, N = scores.shape
+        b = self.block
+        nb = -(-N // b)
+        # the mean key of every block: [B, H, N, D] -> zero-padded [B, H, nb, b, D] -> [B, H, nb, D]
+        padded = F.pad(k, (0, 0, 0, nb * b - N)).view(B, H, nb, b, k.shape[-1])
+        counts = torch.full((nb,), b, device=k.device, dtype=k.dtype)
+        counts[-1] = N - (nb - 1) * b
+        means = padded.sum(3) / counts[:, None]  # [B, H, nb, D]
+        gate = torch.matmul(q, means.transpose(-2, -1))  # [B, H, Q, nb]
+        own = (positions // b).to(k.device)  # [Q]
+        past = torch.arange(nb, device=k.device)[None, :] < own[:, None]  # [Q, nb]
+        gate = gate.masked_fill(~past, -math.inf)
+        chosen = torch.zeros_like(gate, dtype=torch.bool)
+        if self.topk > 1 and nb > 1:
+            top = gate.topk(min(self.topk - 1, nb), dim=-1).indices  # [B, H, Q, k-1]
+            chosen.scatter_(-1, top, True)
+            chosen &= past  # fewer past blocks than topk - 1: the -inf picks are dropped
+        key_block = torch.arange(N, device=k.device) // b  # [N]
+        kept = chosen.gather(-1, key_block.expand(B, H, Q, N))  # [B, H, Q, N]
+        mine = key_block[None, :] == own[:, None]  # [Q, N]: the own block
+        return (kept | mine) & (scores > -math.inf)
+
+
+_SELECTIONS = {"topk": TopK, "moba": MoBA}
+
+
+def topk(k: int) -> TopK:
+    return TopK(k)
+
+
+def moba(block: int, topk: int) -> MoBA:
+    return MoBA(block, topk)
+
+
+Attention = Layout | Selection  # what a layer may attend with
+
+
+def parse_attention(spec: str | Attention) -> Attention:
+    """A static layout spec (kernels.layouts.parse_layout) or a selection's: "topk(k=8)",
+    "moba(block=28, topk=3)". Parsed with ``ast``, never evaluated; ValueError says what is
+    allowed."""
+    if isinstance(spec, (Layout, Selection)):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"an attention spec must be a non-empty string, got {spec!r}")
+    try:
+        node = ast.parse(spec.strip(), mode="eval").body
+    except SyntaxError:
+        node = None
+    name = node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else None
+    if name not in _SELECTIONS:
+        return parse_layout(spec)
+    help_ = "expected topk(k=K) or moba(block=B, topk=K), integer arguments"
+
+    def value(a: ast.expr) -> int:
+        if isinstance(a, ast.UnaryOp) and isinstance(a.op, ast.USub):
+            return -value(a.operand)
+        if not (isinstance(a, ast.Constant) and type(a.value) is int):
+            raise ValueError(f"selection arguments must be integers in {spec!r}; {help_}")
+        if abs(a.value) > MAX_SPEC_INT:
+            raise ValueError(f"selection argument {a.value} in {spec!r} is over {MAX_SPEC_INT:,}")
+        return a.value
+
+    args = [value(a) for a in node.args]
+    kwargs = {kw.arg: value(kw.value) for kw in node.keywords if kw.arg is not None}
+    try:
+        return _SELECTIONS[name](*args, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad arguments in {spec!r} ({e}); {help_}") from None
+
+
+def selection_mask(
+    q: Tensor, k: Tensor, selection: Selection, positions: Tensor, scale: float
+) -> Tensor:
+    """bool [B, H, Q, N]: the keys k [B, H, N, D] that queries q [B, H, Q, D] at ``positions``
+    [Q] keep under ``selection``."""
+    scores = _causal_scores(q, k, positions, scale)
+    return selection.allowed(scores, q, k, positions.to(q.device))
+
+
+def _causal_scores(q: Tensor, k: Tensor, positions: Tensor, scale: float) -> Tensor:
+    acc = torch.promote_types(q.dtype, torch.float32)
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-2, -1)) * scale  # [B, H, Q, N]
+    future = torch.arange(k.shape[2], device=q.device)[None, :] > positions.to(q.device)[:, None]
+    return scores.masked_fill(future, -math.inf)
+
+
+def selection_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    selection: Selection,
+    *,
+    positions: Tensor | None = None,
+    scale: float | None = None,
+    rows: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """Exact attention of queries q [B, H, Q, D] at ``positions`` [Q] (default 0..Q-1) over
+    k, v [B, H, N, D], restricted to the keys ``selection`` keeps and renormalised over them:
+    (out [B, H, Q, D] in q's dtype, lse [B, H, Q] float32, float64 for float64 inputs). Walks
+    ``rows`` queries at a time, so memory is O(rows x N) per head."""
+    B, H, Q, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    positions = torch.arange(Q) if positions is None else torch.as_tensor(positions).flatten()
+    acc = torch.promote_types(q.dtype, torch.float32)
+    outs, lses = [], []
+    for s in range(0, Q, rows):
+        qs, pos = q[:, :, s : s + rows], positions[s : s + rows]
+        scores = _causal_scores(qs, k, pos, scale)  # [B, H, r, N]
+        kept = selection.allowed(scores, qs, k, pos.to(q.device))
+        scores = scores.masked_fill(~kept, -math.inf)
+        lse = torch.logsumexp(scores, dim=-1)  # [B, H, r]
+        probs = torch.exp(scores - lse[..., None])
+        outs.append(torch.matmul(probs, v.to(acc)).to(q.dtype))
+        lses.append(lse)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+def selection_probs(
+    q: Tensor, k: Tensor, selection: Selection, positions: Tensor, scale: float | None = None
+) -> Tensor:
+    """The attention probabilities [B, H, Q, N] of the queries at ``positions`` (q [B, H, N, D]
+    holds every position) under ``selection``: what kernels/capture.py draws."""
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    positions = torch.as_tensor(positions).flatten()
+    qs = q[:, :, positions.to(q.device)]
+    scores = _causal_scores(qs, k, positions, scale)
+    kept = selection.allowed(scores, qs, k, positions.to(q.device))
+    return torch.softmax(scores.masked_fill(~kept, -math.inf), dim=-1)
