@@ -16,6 +16,7 @@ import streamlit as st
 from PIL import Image
 
 from app_pages import limits
+from kernels.layouts import FAMILY_PARAMS, MAX_SPEC_INT
 from models.tokens import Geometry
 from models.uploads import ImageInputError, prepare_image, prepare_upload
 
@@ -618,6 +619,7 @@ _IMAGE_SETTINGS = {
     "fit": Setting(str, choices=("crop", "letterbox")),
     "invert": Setting(bool),
 }
+LAYOUT_FAMILIES = tuple(FAMILY_PARAMS)  # every static family the Layouts page draws
 PIXEL = Setting(int, 0, 255)  # a row, a column, a layer or a head: the page clamps to its model
 SETTINGS: dict[str, Setting] = {
     "lay_geometry": Setting(str),
@@ -629,6 +631,16 @@ SETTINGS: dict[str, Setting] = {
     "lay_row": Setting(int, 0, 31),
     "lay_col": Setting(int, 0, 31),
     "lay_channel": Setting(int, 0, 2),
+    # the families shown side by side, and each one's parameters (lay_FAMILY_PARAM; strided and
+    # fixed keep lay_l, lay_c, lay_verts): the page states and checks each one's own range
+    "lay_families": Setting(list, 0, 4, choices=(*LAYOUT_FAMILIES, "spec")),
+    **{
+        f"lay_{family}_{param}": Setting(int, 0, MAX_SPEC_INT)
+        for family, params in FAMILY_PARAMS.items()
+        if family not in ("strided", "fixed")
+        for param in params
+    },
+    "lay_spec": Setting(str),  # any layout spec (multihead too): the page parses it
     "att_model": _MODEL,
     # the Attention page's second model, side by side with the first; "none": no comparison
     "att_compare": Setting(str, models=True, besides=("none",)),

@@ -1,10 +1,18 @@
 """Layouts page: the prescribed patterns, drawn as an N x N mask and over the image's pixels."""
 
+from __future__ import annotations
+
 import numpy as np
 import streamlit as st
 
-from app_pages.common import clamp_setting, export_panel, take_pixel_click
+from app_pages.common import (
+    LAYOUT_FAMILIES,
+    clamp_setting,
+    export_panel,
+    take_pixel_click,
+)
 from kernels import layouts as L
+from kernels.snippets import mask_mod_source
 from models.tokens import Geometry, pixel_to_token
 from viz.export import Exportable, safe_name
 from viz.figures import layout_pixel_figure, mask_figure
@@ -14,6 +22,74 @@ GEOMETRIES = {
     "28x28 gray (Fashion-MNIST)": Geometry(28, 28, 1),
     "32x32 RGB (CIFAR-10)": Geometry(32, 32, 3),
 }
+SPEC = "spec"  # the multiselect's entry for a typed spec (multihead, or any layout)
+MAX_SHOWN = 4  # families side by side: a fifth column is too narrow for a pixel view
+# strided and fixed share the page's first inputs (as before the other families came)
+SHARED_KEYS = {
+    ("strided", "l"): "lay_l",
+    ("fixed", "l"): "lay_l",
+    ("fixed", "c"): "lay_c",
+    ("fixed", "num_verts"): "lay_verts",
+}
+# what each family keeps (docs/DESIGN.md, "Layouts" and "Other families"); W: tokens a row
+RULES = {
+    "dense": "every earlier key (j <= i)",
+    "local": "a window of the last l keys",
+    "column": "every l-th key back from the query",
+    "strided": "the last l keys + every l-th key before them (the column above)",
+    "fixed": "blocks of l keys + the last c keys of every earlier block",
+    "dilated": "w keys spaced r apart back from the query (LongNet)",
+    "sinks": "the first s keys (attention sinks) + a window of w (StreamingLLM)",
+    "axial": "the row so far + the column above, rows of W tokens (Ho et al.)",
+    "neighborhood": "kh rows up to the query's, columns within kw // 2 of its own (local-2D)",
+    "block_sparse": "blocks: the last local_blocks + every vert_stride-th (Phi-3-small)",
+    "bigbird": "blocks: a window, the first globals, random past ones (BigBird, causal)",
+}
+PARAM_HELP = {
+    "l": "tokens: the stride, window or block length",
+    "c": "summary keys at the end of each block (fixed)",
+    "num_verts": "summary sets: head h uses set h mod num_verts (fixed)",
+    "w": "keys in the window",
+    "r": "spacing between kept keys (dilation)",
+    "s": "sink tokens at the start",
+    "width": "tokens a row (W x C for colour): one image row",
+    "kh": "rows of the neighbourhood, the query's own included",
+    "kw": "columns of the neighbourhood (kw // 2 either side)",
+    "block": "tokens a block",
+    "local_blocks": "blocks in the causal window, the query's own included",
+    "vert_stride": "every vert_stride-th block is kept for all later queries",
+    "window": "blocks in the causal window, the query's own included",
+    "globals": "the first blocks, which every query sees",
+    "random": "random past blocks a query block sees (at most 16)",
+    "seed": "the random blocks' draw",
+}
+
+
+def param_range(family: str, param: str, n: int) -> tuple[int, int]:
+    """The values the page takes for ``param`` of ``family`` on an image of n tokens: the
+    constructor's minimum, and n for a length (longer changes nothing on this image)."""
+    low = 0 if (family, param) in {("bigbird", "globals"), ("bigbird", "random")} else 1
+    high = {"num_verts": 16}.get(param, n)
+    if family == "bigbird" and param == "random":
+        high = 16  # kernels/layouts.py's BigBird limit
+    if param == "seed":
+        low, high = 0, L.MAX_SPEC_INT
+    return low, high
+
+
+def param_key(family: str, param: str) -> str:
+    return SHARED_KEYS.get((family, param), f"lay_{family}_{param}")
+
+
+def default_params(family: str, geometry: Geometry) -> dict[str, int]:
+    """A family sized for this image (kernels.layouts.image_family_params)."""
+    return L.image_family_params(family, geometry.row_stride)
+
+
+def default_spec(geometry: Geometry) -> str:
+    w = geometry.row_stride
+    return f"multihead(strided(l={w}), axial(width={w}))"
+
 
 st.title("Sparse attention layouts")
 st.markdown(
@@ -29,16 +105,27 @@ st.markdown(
 st.caption(
     "An image is a sequence of tokens in raster order, channels interleaved; l is usually "
     "one image row. Strided: a window of the last l tokens plus every l-th token before it "
-    "(the column above). Fixed: blocks of l tokens plus the last c of every earlier block."
+    "(the column above). Fixed: blocks of l tokens plus the last c of every earlier block. "
+    "**Side by side** draws any of the other static families too (dilated, sinks, axial, "
+    "neighborhood, block-sparse, BigBird, or a typed spec such as multihead(...)). Top-k and "
+    "MoBA are content-based: which keys they keep depends on the scores, so they have no mask "
+    "ahead of a run and are shown on the model pages (Attention, Playground), not here."
 )
 
 
 def _new_geometry() -> None:
-    """A new image size: l goes back to one row of it, the query back to its middle."""
+    """A new image size: l goes back to one row of it, the query back to its middle, the other
+    families back to their sizes for it (drawn from their defaults when next shown)."""
     g = GEOMETRIES[st.session_state.lay_geometry]
     st.session_state.lay_l = g.row_stride
     st.session_state.lay_row, st.session_state.lay_col = g.height // 2, g.width // 2
     st.session_state.lay_channel = 0
+    for family, params in L.FAMILY_PARAMS.items():
+        for param in params:
+            key = param_key(family, param)
+            if key not in SHARED_KEYS.values():
+                st.session_state.pop(key, None)
+    st.session_state.pop("lay_spec", None)
 
 
 # session-state defaults, once; the widgets below take their values from here
@@ -50,6 +137,7 @@ for key, default in {
     "lay_row": 14,
     "lay_col": 14,
     "lay_channel": 0,
+    "lay_families": ["strided", "fixed"],
 }.items():
     st.session_state.setdefault(key, default)
 
@@ -65,33 +153,120 @@ for key, high in (  # a value from a link may not fit this image
 ):
     clamp_setting(key, 1 if key in ("lay_l", "lay_c") else 0, high)
 
-# a click on a pixel view (previous run) moves the query before the inputs are drawn
-for chart_key in [f"lay_pixels_{k}{s}" for k in ("strided", "fixed") for s in ("", "_pair")]:
-    take_pixel_click(chart_key, "lay_row", "lay_col", geometry.width)
-
 mode = st.radio("Show", ["strided", "fixed", "side by side"], horizontal=True, key="lay_mode")
+if mode == "side by side":
+    shown = st.multiselect(
+        "Families side by side",
+        [*LAYOUT_FAMILIES, SPEC],
+        key="lay_families",
+        max_selections=MAX_SHOWN,
+        format_func=lambda f: "spec (type any layout, e.g. multihead)" if f == SPEC else f,
+        help="Every static layout of kernels/layouts.py; 'spec' takes any layout spec, "
+        "multihead(...) included. Up to four at once.",
+    )
+else:
+    shown = [mode]
+# a chart drawn alone, one of a pair, or one of k are distinct elements (keys ending "_pair",
+# "_of3", ...): a chart moved from the full width into a narrower column was drawn at a stale,
+# smaller size
+suffix = {1: "", 2: "_pair"}.get(len(shown), f"_of{len(shown)}")
+
+# a click on a pixel view (previous run) moves the query before the inputs are drawn
+for kind in shown:
+    take_pixel_click(f"lay_pixels_{kind}{suffix}", "lay_row", "lay_col", geometry.width)
+
+# the parameters strided and fixed share (and the head, for layouts whose heads differ)
 c1, c2, c3, c4 = st.columns(4)
-l_value = c1.number_input("l (stride / block length)", 1, n, key="lay_l")
-c_value = c2.number_input("c (summary width, fixed)", 1, n, key="lay_c")
-verts = c3.number_input("summary sets (fixed num_verts)", 1, 16, key="lay_verts")
-head = c4.number_input("head (fixed with several sets)", 0, 15, key="lay_head")
+l_value = c1.number_input(f"l (stride / block length) · 1 to {n}", 1, n, key="lay_l")
+c_value = c2.number_input(f"c (summary width, fixed) · 1 to {n}", 1, n, key="lay_c")
+verts = c3.number_input("summary sets (fixed num_verts) · 1 to 16", 1, 16, key="lay_verts")
+head = c4.number_input("head (layouts whose heads differ) · 0 to 15", 0, 15, key="lay_head")
 q1, q2, q3 = st.columns(3)
 row = q1.number_input("query row", 0, geometry.height - 1, key="lay_row")
 col = q2.number_input("query column", 0, geometry.width - 1, key="lay_col")
 channel = q3.number_input("query channel", 0, geometry.channels - 1, key="lay_channel")
-
-chosen = []
-for kind in ("strided", "fixed"):
-    if mode not in (kind, "side by side"):
-        continue
-    try:
-        layout = L.strided(l_value) if kind == "strided" else L.fixed(l_value, c_value, verts)
-    except ValueError as e:
-        st.error(f"{kind}: {e}")
-        continue
-    chosen.append((kind, layout))
-
 query = pixel_to_token(row, col, channel, geometry)
+
+if not shown:
+    st.info("Pick at least one family to draw.")
+table_slot = st.container()  # the numbers of every layout, above their figures
+columns = st.columns(len(shown) or 1)
+
+
+def family_inputs(family: str) -> L.Layout | None:
+    """The family's own parameter inputs (those strided and fixed share are drawn above) and
+    its layout, or None with a message naming what is wrong."""
+    if family == SPEC:
+        st.session_state.setdefault("lay_spec", default_spec(geometry))
+        text = st.text_input(
+            "layout spec",
+            key="lay_spec",
+            help="e.g. multihead(strided(l=28), fixed(l=28, c=2)): head h uses pattern h mod p",
+        )
+        try:
+            return L.parse_layout(text)
+        except ValueError as e:
+            st.error(f"spec: {e}")
+            return None
+    params = L.FAMILY_PARAMS[family]
+    own = [p for p in params if (family, p) not in SHARED_KEYS]
+    defaults = default_params(family, geometry)
+    for p in own:
+        st.session_state.setdefault(param_key(family, p), defaults[p])
+    values = {p: st.session_state[param_key(family, p)] for p in params}
+    for start in range(0, len(own), 3):  # three inputs a row: a column is narrow
+        for p, where in zip(own[start : start + 3], st.columns(3), strict=False):
+            low, high = param_range(family, p, n)
+            # no bounds on the widget: an impossible value is explained below, not refused
+            values[p] = where.number_input(
+                f"{p} · {low} to {high:,}", step=1, key=param_key(family, p), help=PARAM_HELP[p]
+            )
+    bad = []
+    for p in params:
+        low, high = param_range(family, p, n)
+        if not low <= values[p] <= high:
+            bad.append(f"{p} must be between {low} and {high:,} (got {values[p]})")
+    if bad:
+        st.error(f"{family}: " + "; ".join(bad))
+        return None
+    try:
+        return L.parse_layout(f"{family}({', '.join(f'{p}={values[p]}' for p in params)})")
+    except ValueError as e:
+        st.error(f"{family}: {e}")
+        return None
+
+
+chosen: list[tuple[str, L.Layout, st.delta_generator.DeltaGenerator]] = []
+for kind, column in zip(shown, columns, strict=False):
+    with column:
+        st.markdown(f"**{kind}**: {RULES[kind]}" if kind in RULES else "**spec**: any layout")
+        layout = family_inputs(kind)
+        if layout is not None:
+            chosen.append((kind, layout, column))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def layout_numbers(spec: str, n: int) -> dict:
+    layout = L.parse_layout(spec)
+    nnz = layout.nnz(n, layout.period)
+    return {
+        "layout": spec,
+        "allowed pairs (nnz)": nnz,
+        "keys per query (mean)": round(nnz / (n * layout.period), 1),
+        "density vs dense causal": round(layout.density(n), 4),
+    }
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def mask_arrays(spec: str, n: int, head: int) -> tuple[np.ndarray, int]:
+    """The N x N view of a layout (viz.layout_view.mask_view), once per layout and size: the
+    O(N^2) part of a redraw, so a new query or another family's change does not redo it."""
+    return mask_view(L.parse_layout(spec), n, head)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def snippet(spec: str) -> str:
+    return mask_mod_source(L.parse_layout(spec))
 
 
 def query_keys(layout: L.Layout) -> dict[str, int]:
@@ -100,42 +275,30 @@ def query_keys(layout: L.Layout) -> dict[str, int]:
     h = head % layout.period
     out = {f"keys of query {query}": int((part_codes(layout, [query], n, h) > 0).sum())}
     if geometry.channels > 1:
-        shown = int((pixel_view(layout, geometry, query, h) > 0).sum())
-        out[f"of them in channel {channel} (shown)"] = shown
+        shown_keys = int((pixel_view(layout, geometry, query, h) > 0).sum())
+        out[f"of them in channel {channel} (shown)"] = shown_keys
     return out
 
 
 if chosen:
-    st.dataframe(
-        [
-            {
-                "layout": repr(layout),
-                "allowed pairs (nnz)": layout.nnz(n, layout.period),
-                "keys per query (mean)": round(
-                    layout.nnz(n, layout.period) / (n * layout.period), 1
-                ),
-                "density vs dense causal": round(layout.density(n), 4),
-                **query_keys(layout),
-            }
-            for _, layout in chosen
-        ],
-        hide_index=True,
-        key="lay_table",
-    )
-# a chart drawn alone and one of a pair are distinct elements (keys ending "_pair"): a chart
-# moved from the full width into a column of two was drawn at a stale, smaller size
-pair = "_pair" if len(chosen) == 2 else ""
-for (kind, layout), column in zip(chosen, st.columns(len(chosen) or 1), strict=False):
+    with table_slot:
+        st.dataframe(
+            [{**layout_numbers(repr(layout), n), **query_keys(layout)} for _, layout, _ in chosen],
+            hide_index=True,
+            key="lay_table",
+        )
+for kind, layout, column in chosen:
     with column:
         h = head % layout.period
         names = part_names(layout)
         codes = pixel_view(layout, geometry, query, h)
+        head_note = f", head {h}" if layout.period > 1 else ""
         pixel_fig = layout_pixel_figure(
-            codes, names, (row, col), f"{layout!r}: keys of pixel ({row}, {col})"
+            codes, names, (row, col), f"{layout!r}{head_note}: keys of pixel ({row}, {col})"
         )
         st.plotly_chart(
             pixel_fig,
-            key=f"lay_pixels_{kind}{pair}",
+            key=f"lay_pixels_{kind}{suffix}",
             on_select="rerun",
             selection_mode="points",
         )
@@ -143,10 +306,18 @@ for (kind, layout), column in zip(chosen, st.columns(len(chosen) or 1), strict=F
             "Colours: " + ", ".join(names) + ". Black ring: the query. A token never attends "
             "to later tokens, so everything below and right of the query is blank."
         )
-        mask, tile = mask_view(layout, n, h)
-        title = f"{layout!r}: N x N mask" + ("" if tile == 1 else f" (pooled {tile}x{tile})")
+        mask, tile = mask_arrays(repr(layout), n, h)
+        title = f"{layout!r}{head_note}: N x N mask" + (
+            "" if tile == 1 else f" (pooled {tile}x{tile})"
+        )
         mask_fig = mask_figure(mask, names, tile, title)
-        st.plotly_chart(mask_fig, key=f"lay_mask_{kind}{pair}")
+        st.plotly_chart(mask_fig, key=f"lay_mask_{kind}{suffix}")
+        with st.expander("FlexAttention mask_mod (copy)"):
+            st.caption(
+                "Self-contained: paste it next to torch's flex_attention; it allows exactly the "
+                "pairs drawn here."
+            )
+            st.code(snippet(repr(layout)), language="python")
         meta = {
             "layout": repr(layout),
             "head": h,

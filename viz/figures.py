@@ -27,6 +27,15 @@ PART_COLORS = {
     "column": "#ff7f0e",
     "block": "#2ca02c",
     "summary": "#d62728",
+    # the other families' parts (kernels/layouts.py): distinct within each layout
+    "dilated": "#9467bd",
+    "sink": "#d62728",
+    "window": "#1f77b4",
+    "row": "#2ca02c",
+    "neighborhood": "#bcbd22",
+    "vertical": "#8c564b",
+    "global": "#e377c2",
+    "random": "#17becf",
 }
 NOT_ALLOWED = "#f4f4f4"
 OTHER_PART = "#9467bd"
