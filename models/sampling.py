@@ -57,29 +57,38 @@ def logits_to_probs(
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> Tensor:
-    """Next-token distribution [B, 256] from logits [B, 256]; temperature 0 means argmax."""
+    """Next-token distribution [B, 256] (float32) from logits [B, 256]; temperature 0 means
+    argmax.
+
+    Exact at the float edges: the work is done in float64 on logits less their row maximum, so
+    dividing by any positive temperature (1e-300 included, which float32 rounds to 0) gives 0
+    for the most likely token and at most 0 elsewhere: nothing overflows, a tiny temperature is
+    greedy (ties share), and the top token is always kept by top-p (the mass before it is 0,
+    never >= a positive top_p, however small: float32 would round 1e-300 to 0 and drop it)."""
     if not (math.isfinite(temperature) and temperature >= 0):  # NaN fails every comparison
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    logits = logits.float()
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = logits.double()
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = logits / temperature
+    logits = logits - logits.amax(-1, keepdim=True)  # <= 0, the top token(s) exactly 0
+    logits = logits / temperature  # float64: 0 stays 0, the rest may reach -inf, never NaN
     if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if top_p is not None:
-        if not (math.isfinite(top_p) and 0 < top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         sorted_p, order = probs.sort(dim=-1, descending=True)
         # keep the smallest set of tokens whose mass reaches top_p (always at least one)
         drop = sorted_p.cumsum(-1) - sorted_p >= top_p
+        drop[..., 0] = False
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+    return probs.float()  # the top token's probability is >= 1/256: no row underflows to 0
 
 
 def prefill(

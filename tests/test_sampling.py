@@ -137,3 +137,48 @@ def test_one_prefix_per_sample(model):
     assert torch.equal(out[:, :3], prefixes)
     with pytest.raises(ValueError, match="2 prefixes for 3 samples"):
         sample(model, n_samples=3, prefix=prefixes)
+
+
+# --- the float edges: any positive temperature or top-p the CLIs accept samples (issue 33) ----
+
+EDGE_TEMPERATURES = [5e-324, 1e-320, 1e-300, 1e-100, 1e-38, 1e-37, 1e-9, 1e-3, 1.0, 100.0]
+
+
+@pytest.mark.parametrize("temperature", EDGE_TEMPERATURES)
+def test_any_positive_temperature_gives_a_distribution(temperature):
+    torch.manual_seed(0)
+    logits = torch.randn(4, 256) * 30
+    logits[1] = 0.0  # a flat row: every token tied
+    logits[2, :] = -1e30  # one token far above the rest, the others tied far below
+    logits[2, 7] = 1e30
+    probs = logits_to_probs(logits, temperature=temperature)
+    assert probs.dtype == torch.float32 and probs.shape == (4, 256)
+    assert torch.isfinite(probs).all() and (probs >= 0).all()
+    assert torch.allclose(probs.double().sum(-1), torch.ones(4, dtype=torch.float64), atol=1e-5)
+    torch.multinomial(probs, 1)  # what crashed: "probability tensor contains inf, nan or < 0"
+    if temperature <= 1e-9:  # tiny: greedy (the flat row keeps all its tied tokens)
+        assert (probs[[0, 2, 3]].argmax(-1) == logits[[0, 2, 3]].argmax(-1)).all()
+        assert torch.equal(probs[0], torch.nn.functional.one_hot(logits[0].argmax(), 256).float())
+        assert torch.allclose(probs[1], torch.full((256,), 1 / 256))
+
+
+@pytest.mark.parametrize("top_p", [5e-324, 1e-300, 1e-45, 1e-9, 0.3, 1.0])
+@pytest.mark.parametrize("temperature", [1e-300, 1.0])
+def test_any_positive_top_p_keeps_the_top_token(top_p, temperature):
+    torch.manual_seed(1)
+    logits = torch.randn(3, 256)
+    probs = logits_to_probs(logits, temperature=temperature, top_p=top_p, top_k=50)
+    assert torch.isfinite(probs).all() and (probs >= 0).all()
+    assert (probs.argmax(-1) == logits.argmax(-1)).all()
+    if top_p < 1e-9:
+        assert torch.equal(probs, torch.nn.functional.one_hot(logits.argmax(-1), 256).float())
+    torch.multinomial(probs, 1)
+
+
+def test_sampling_a_model_at_a_tiny_temperature_is_greedy(model):
+    """sample() end to end with the settings that crashed it: a temperature far below float32's
+    range behaves like temperature 0, top-p 1e-300 like top-k 1."""
+    greedy = sample(model, n_samples=2, temperature=0.0, seed=0)
+    tiny = sample(model, n_samples=2, temperature=1e-300, seed=3)
+    nucleus = sample(model, n_samples=2, temperature=1.0, top_p=1e-300, seed=4)
+    assert torch.equal(tiny, greedy) and torch.equal(nucleus, greedy)
