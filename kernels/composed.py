@@ -14,6 +14,10 @@ backward), and the pieces are merged exactly through their log-sum-exps:
     strided(l)   local(l) + column with the key j = i left out (it is the band's)
     fixed(l, c)  own block, causal + summary: block b's queries against the summary keys of
                  blocks < b, gathered into one sequence (b * c keys; per head for num_verts > 1)
+    axial(W)     the row so far (fixed's own block of W tokens, causal) + the column above (the
+                 transposed view, the key j = i left out: it is the row's)
+    dilated(w, r) column(r) where w * r >= N (every key of the residue class is within reach),
+                 local(w) where r = 1; otherwise not composed (see composed_misfit)
 
 Work: strided computes N·(2l + N/l) pairs (half the window masked), 3·N·√N at l = √N, instead
 of dense's N²/2; fixed about its nnz (~ N² c / 2l). A tail shorter than l is padded with zeros
@@ -41,12 +45,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels.layouts import Column, Dense, Fixed, Layout, Local, Strided, fixed_summary_offsets
+from kernels.layouts import (
+    Axial,
+    BigBird,
+    BlockSparse,
+    Column,
+    Dense,
+    Dilated,
+    Fixed,
+    Layout,
+    Local,
+    MultiHead,
+    Neighborhood,
+    Sinks,
+    Strided,
+    fixed_summary_offsets,
+)
 
 # "auto" takes this backend on the CPU from these sequence lengths on (below, torch's SDPA with
 # the layout's mask is faster); measured by `python -m tools.bench_kernels --device cpu
-# --crossover` (docs/BENCHMARKS.md, "Composed attention on the CPU")
-CROSSOVER_N = {"dense": 784, "local": 784, "column": 784, "strided": 784, "fixed": 1024}
+# --crossover` (docs/BENCHMARKS.md, "Composed attention on the CPU"); dilated runs column's or
+# local's pieces, so it takes strided's length
+CROSSOVER_N = {
+    "dense": 784,
+    "local": 784,
+    "column": 784,
+    "strided": 784,
+    "fixed": 1024,
+    "axial": 784,
+    "dilated": 784,
+}
 
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -63,14 +91,45 @@ def use_math_pieces() -> Iterator[None]:
         _math_only.pop()
 
 
-def composed_misfit(layout: Layout) -> str | None:
-    """Why ``composed_attention`` cannot take ``layout``, or None when it can."""
-    if isinstance(layout, (Dense, Local, Column, Strided, Fixed)):
+_COMPOSES = (
+    "backend='composed' composes dense, local, column, strided, fixed and axial layouts, and "
+    "dilated(w, r) where w * r >= N (column(r)) or r = 1 (local(w))"
+)
+# why each other static family stays on the masked path (SDPA with its mask on the CPU)
+_NOT_COMPOSED = {
+    Sinks: "its sink keys and its window overlap for the first s + w - 1 queries and the "
+    "sinks are a few keys every query reads (a tiny piece per query): not built here",
+    Neighborhood: "its 2-D window is clipped at the image's left and right edges, so no "
+    "strided view of the sequence holds one query's keys as a dense run",
+    BlockSparse: "its vertical-stride blocks differ from one query block to the next: a block "
+    "mask (a block-sparse kernel's job), no dense view",
+    BigBird: "its random blocks differ for every query block: a block mask (a block-sparse "
+    "kernel's job), no dense view",
+}
+
+
+def composed_misfit(layout: Layout, n: int | None = None) -> str | None:
+    """Why ``composed_attention`` cannot take ``layout`` (at length ``n`` where it depends on
+    it: dilated), or None when it can. With ``n`` None, dilated fits only where it does at
+    every length (w = 1 or r = 1)."""
+    if isinstance(layout, (Dense, Local, Column, Strided, Fixed, Axial)):
         return None
-    return (
-        f"backend='composed' composes dense, local, column, strided and fixed layouts; "
-        f"{layout!r} mixes patterns across heads (use backend='sdpa' or 'reference')"
-    )
+    if isinstance(layout, Dilated):
+        w, r = layout.w, layout.r
+        if w == 1 or r == 1 or (n is not None and w * r >= n):
+            return None
+        at = "" if n is None else f" (N = {n})"
+        return (
+            f"{_COMPOSES}; {layout!r} has w * r = {w * r} < N{at}: a band of w keys on each "
+            f"residue class mod r, which is not composed here (use backend='sdpa' or 'reference')"
+        )
+    if isinstance(layout, MultiHead):
+        return (
+            f"{_COMPOSES}; {layout!r} mixes patterns across heads "
+            f"(use backend='sdpa' or 'reference')"
+        )
+    why = _NOT_COMPOSED.get(type(layout), "it is no layout the composed plan knows")
+    return f"{_COMPOSES}; not {layout!r}: {why} (use backend='sdpa' or 'reference')"
 
 
 def crossover(layout: Layout) -> int:
@@ -269,6 +328,9 @@ class _Plan:
             return [_Piece("blocks", _all, _all, causal=True, first=True)]
         if kind == "column":
             return [_column_piece(with_self=True)]
+        if kind == "axial":  # the row so far + the column above (its key j = i is the row's)
+            own = _Piece("blocks", _all, _all, causal=True, first=True)
+            return [own] + ([_column_piece(with_self=False)] if T > 1 else [])
         band = _band_pieces(l, T)
         if kind == "local":
             return band
@@ -401,9 +463,17 @@ def _reduced(layout: Layout, n: int) -> tuple[str, int]:
     """(kind, l): the pieces a layout needs at length n, after the cases that are simpler
     layouts in disguise (a window or a block of l >= n keys holds every earlier key: dense; a
     column of step 1, and fixed(1, 1), are dense; a window of 1 or a column of step >= n is the
-    key j = i alone)."""
+    key j = i alone; axial of width >= n is its first row, of width 1 its column: dense; dilated
+    is local(w) at r = 1 and column(r) where w * r >= n)."""
     if isinstance(layout, Dense):
         return "dense", 1
+    if isinstance(layout, Dilated):
+        w, r = layout.w, layout.r
+        if w == 1:
+            return "self", 1
+        return _reduced(Local(w) if r == 1 else Column(r), n)
+    if isinstance(layout, Axial):
+        return ("dense", 1) if layout.width >= n or layout.width == 1 else ("axial", layout.width)
     l = layout.l
     if isinstance(layout, (Local, Strided, Fixed)) and l >= n:
         return "dense", 1
@@ -450,10 +520,10 @@ def composed_attention(
     """Exact attention of q, k, v [B, H, N, D] under ``layout`` from dense pieces:
     (out [B, H, N, D], lse [B, H, N] float32). kernels.dispatch.attention checks the inputs
     and calls this for backend="composed"; ValueError names a layout it cannot compose."""
-    misfit = composed_misfit(layout)
+    B, H, N, D = q.shape
+    misfit = composed_misfit(layout, N)
     if misfit is not None:
         raise ValueError(misfit)
-    B, H, N, D = q.shape
     plan = _Plan(layout, N, H, scale)
     pad = plan.n_pad - N
     # contiguous [B, H, Np, D] tensors: the block views need them (the model's q, k, v are

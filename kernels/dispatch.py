@@ -143,7 +143,7 @@ def resolve_backend(
             return "composed"
         return "reference" if return_lse else "sdpa"
     if backend == "composed":
-        misfit = composed_misfit(layout)
+        misfit = composed_misfit(layout, q.shape[2])
         if misfit is not None:
             raise ValueError(misfit)
     if backend == "triton":
@@ -161,9 +161,9 @@ def resolve_backend(
 def _composed_pays(q: Tensor, layout: Layout, return_lse: bool) -> bool:
     """Whether "auto" takes "composed": a layout it composes, at a length from which it beats
     the masked SDPA (dense: only for the log-sum-exp, which SDPA does not give)."""
-    if composed_misfit(layout) is not None or isinstance(layout, Dense) and not return_lse:
+    if isinstance(layout, Dense) and not return_lse:
         return False
-    return q.shape[2] >= crossover(layout)
+    return composed_misfit(layout, q.shape[2]) is None and q.shape[2] >= crossover(layout)
 
 
 def attention(

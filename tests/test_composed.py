@@ -36,6 +36,16 @@ LAYOUTS = [
     L.fixed(6, 2, num_verts=3),
     L.fixed(4, 1, num_verts=4),
     L.fixed(64, 3),
+    # axial: the row so far + the column above; width 1 and width >= N are dense
+    L.axial(1),
+    L.axial(5),
+    L.axial(7),
+    L.axial(64),
+    # dilated: column(r) where w * r >= N (65 >= every length here), local(w) at r = 1, the key
+    # j = i alone at w = 1
+    L.dilated(13, 5),
+    L.dilated(3, 1),
+    L.dilated(1, 4),
 ]
 # 1 token; tails of every length; a whole number of blocks and of fixed's chunks of blocks
 LENGTHS = [1, 23, 30, 37, 64]
@@ -68,7 +78,9 @@ def test_equals_the_float64_reference(layout, n, pieces):
 
 
 @pytest.mark.parametrize(
-    "layout", [L.strided(7), L.fixed(8, 2), L.fixed(8, 2, 3), L.local(9), L.column(6)], ids=repr
+    "layout",
+    [L.strided(7), L.fixed(8, 2), L.fixed(8, 2, 3), L.local(9), L.column(6), L.axial(9)],
+    ids=repr,
 )
 def test_bfloat16_within_the_formats_own_error(layout):
     """bf16 output and gradients no further from float64 than twice the bf16 reference is."""
@@ -84,6 +96,71 @@ def test_float64_runs_on_the_matmul_pieces():
     ref = reference_attention(q, k, v, L.strided(6), return_lse=True)
     assert lse.dtype == torch.float64
     torch.testing.assert_close(out, ref.out, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("width", [6, 14])
+def test_axial_float64_tight_and_float32_within_its_own_error(width):
+    """axial(W) at N = 101 (not a multiple of W): float64 on the matmul pieces to 1e-12 of the
+    float64 reference, outputs and gradients; float32 on the fused pieces no further from it
+    than twice the float32 reference is."""
+    q, k, v, dout = _inputs(101, seed=width, h=3, dtype=torch.float64)
+    layout = L.axial(width)
+    out, lse = kernels.attention(q, k, v, layout, backend="composed", return_lse=True)
+    grads = torch.autograd.grad(out, (q, k, v), dout.detach())
+    ref = reference_attention(q, k, v, layout, return_lse=True)
+    ref_grads = torch.autograd.grad(ref.out, (q, k, v), dout.detach())
+    torch.testing.assert_close(out, ref.out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse, ref.lse, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    low = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    assert_within_low_precision_error(
+        *low, dout.detach().float(), layout, torch.float64, backend="composed"
+    )
+
+
+def test_axial_is_the_row_and_the_column_pieces():
+    """axial(W) runs fixed's own block and strided's column piece (no key j = i), nothing
+    else; dilated(w, r) with w * r >= N runs column(r)'s one piece."""
+    plan = K._Plan(L.axial(8), 100, 1, 1.0)
+    assert (plan.kind, plan.l, plan.n_pad) == ("axial", 8, 104)
+    frames = [(p.frame, p.causal, p.first) for p in plan.pieces()]
+    assert frames == [("blocks", True, True), ("runs", True, False)]
+    assert K._reduced(L.dilated(10, 10), 100) == ("column", 10)
+    assert K._reduced(L.dilated(7, 1), 100) == ("local", 7)
+    assert K._reduced(L.axial(100), 100) == ("dense", 1)
+
+
+@pytest.mark.parametrize(
+    ("layout", "why"),
+    [
+        (L.dilated(4, 3), "w \\* r = 12 < N"),
+        (L.sinks(2, 5), "sink keys"),
+        (L.neighborhood(3, 3, 8), "clipped at the image"),
+        (L.block_sparse(4, 2, 3), "vertical-stride blocks"),
+        (L.bigbird(4, 2, 1, 1), "random blocks"),
+    ],
+    ids=repr,
+)
+def test_the_other_families_stay_on_the_masked_path_and_say_why(layout, why):
+    q, k, v, _ = _inputs(40, seed=2)
+    assert K.composed_misfit(layout, 40) is not None
+    with pytest.raises(ValueError, match=why):
+        kernels.attention(q, k, v, layout, backend="composed")
+    # "auto" takes the masked SDPA for them at any length, and the reference for the lse
+    big = torch.zeros(1, 1, 1 << 14, 8)
+    assert kernels.resolve_backend(big, layout) == "sdpa"
+    assert kernels.resolve_backend(big, layout, return_lse=True) == "reference"
+
+
+def test_dilated_fits_where_it_reaches_every_key_of_its_class():
+    """dilated(w, r) is composed where w * r >= N (column(r)) and refused below that length."""
+    layout = L.dilated(28, 28)
+    assert K.composed_misfit(layout, 784) is None
+    assert "w * r = 784 < N" in K.composed_misfit(layout, 785)
+    at = torch.zeros(1, 1, 784, 8)
+    assert kernels.resolve_backend(at, layout) == "composed"  # at the crossover: 784
+    assert kernels.resolve_backend(torch.zeros(1, 1, 785, 8), layout) == "sdpa"
 
 
 def test_takes_strided_views_like_the_models_projections():
@@ -113,7 +190,7 @@ def test_refuses_a_mixture_of_patterns_with_the_reason():
 
 
 @pytest.mark.parametrize(
-    "layout", [L.strided(32), L.fixed(32, 4), L.local(32), L.column(32)], ids=repr
+    "layout", [L.strided(32), L.fixed(32, 4), L.local(32), L.column(32), L.axial(32)], ids=repr
 )
 def test_auto_takes_it_on_the_cpu_from_the_measured_crossover_on(layout):
     at = K.crossover(layout)
@@ -136,8 +213,12 @@ def test_dense_goes_to_composed_only_for_the_lse():
 
 def test_the_crossovers_are_written_in_one_place():
     """Every layout kind the backend composes has its measured crossover, and nothing else."""
-    assert set(K.CROSSOVER_N) == {"dense", "local", "column", "strided", "fixed"}
-    for layout in (L.dense(), L.local(3), L.column(3), L.strided(3), L.fixed(3, 1)):
+    kinds = {"dense", "local", "column", "strided", "fixed", "axial", "dilated"}
+    assert set(K.CROSSOVER_N) == kinds
+    for layout in (
+        L.dense(), L.local(3), L.column(3), L.strided(3), L.fixed(3, 1), L.axial(3),
+        L.dilated(3, 1),
+    ):  # fmt: skip
         assert K.composed_misfit(layout) is None
         assert K.crossover(layout) >= 1
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from kernels import composed as composed_module
 from kernels.dispatch import _additive_mask, attention
-from kernels.layouts import Layout, fixed, strided
+from kernels.layouts import Layout, axial, fixed, strided
 from kernels.reference import cached_mask
 from tools.memory import current_rss, peak_rss, reset_peak_rss
 
@@ -245,15 +245,27 @@ def attention_rows(
     return rows, notes
 
 
-def crossover_rows(reps: int) -> list[dict]:
+def crossover_layouts(n: int) -> dict[str, Layout]:
+    """The layouts whose crossover is measured at length n, l = round(sqrt(N)) (axial's width:
+    one row of a square image of N tokens)."""
+    l = round(math.sqrt(n))
+    return {"strided": strided(l), "fixed": fixed(l, max(1, l // 8)), "axial": axial(l)}
+
+
+def crossover_rows(
+    reps: int, sizes: tuple[int, ...] = CROSSOVER_SIZES, names: tuple[str, ...] | None = None
+) -> list[dict]:
     """Composed against the masked SDPA at the shipped models' attention shape (batch 8, 4
-    heads of 32 channels, float32, forward as the app runs it), l = round(sqrt(N))."""
+    heads of 32 channels, float32, forward as the app runs it), l = round(sqrt(N)); ``names``
+    picks some of crossover_layouts (default: all)."""
     rows = []
-    for n in CROSSOVER_SIZES:
+    for n in sizes:
         l = round(math.sqrt(n))
         g = torch.Generator().manual_seed(n)
         q, k, v = (torch.randn(8, 4, n, 32, generator=g) for _ in range(3))
-        for name, layout in (("strided", strided(l)), ("fixed", fixed(l, max(1, l // 8)))):
+        for name, layout in crossover_layouts(n).items():
+            if names is not None and name not in names:
+                continue
             times = {}
             for backend in ("sdpa", "composed"):
                 with torch.no_grad():
@@ -268,10 +280,10 @@ def crossover_rows(reps: int) -> list[dict]:
 
 
 def crossover_lengths(rows: list[dict]) -> dict[str, int]:
-    """Per layout: the smallest measured N from which composed is faster at every larger N
-    measured (past the grid's end: never, written as a length no image reaches)."""
+    """Per layout measured: the smallest measured N from which composed is faster at every
+    larger N measured (past the grid's end: never, written as a length no image reaches)."""
     out = {}
-    for name in ("strided", "fixed"):
+    for name in dict.fromkeys(r["layout"] for r in rows):
         mine = sorted((r for r in rows if r["layout"] == name), key=lambda r: r["N"])
         at = 2**31
         for r in reversed(mine):
@@ -283,8 +295,9 @@ def crossover_lengths(rows: list[dict]) -> dict[str, int]:
 
 
 def write_crossover(lengths: dict[str, int], path: Path | None = None) -> str:
-    """Rewrite CROSSOVER_N in kernels/composed.py: strided's length also for local and column
-    (the same pieces), fixed's for fixed, dense only for the log-sum-exp (see dispatch)."""
+    """Rewrite CROSSOVER_N in kernels/composed.py: strided's length also for local, column and
+    dilated (the same pieces), fixed's for fixed, axial's for axial (where not measured: the
+    value there now), dense only for the log-sum-exp (see dispatch)."""
     path = path or Path(composed_module.__file__)
     values = {
         "dense": lengths["strided"],
@@ -292,8 +305,11 @@ def write_crossover(lengths: dict[str, int], path: Path | None = None) -> str:
         "column": lengths["strided"],
         "strided": lengths["strided"],
         "fixed": lengths["fixed"],
+        "axial": lengths.get("axial", composed_module.CROSSOVER_N["axial"]),
+        "dilated": lengths["strided"],
     }
-    line = "CROSSOVER_N = {" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}"
+    # one entry a line, as ruff formats it (the line would pass 100 characters)
+    line = "CROSSOVER_N = {\n" + "".join(f'    "{k}": {v},\n' for k, v in values.items()) + "}"
     text = path.read_text()
     new, count = re.subn(r"^CROSSOVER_N = \{[^}]*\}", line, text, flags=re.M)
     if count != 1:
