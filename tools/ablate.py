@@ -33,7 +33,16 @@ from models.checkpoint import CheckpointError, load_model
 from models.datasets import DatasetError, load_images
 from models.model import SparseTransformer
 from models.tokens import images_to_tokens
-from tools.cli import Parser, UsageError, check_output_file, run_main, write_atomic
+from tools.cli import (
+    Parser,
+    UsageError,
+    check_output_file,
+    read_input,
+    run_main,
+    write_atomic,
+)
+
+MAX_JSON_BYTES = 64 * 2**20  # a tools.analyze JSON is tens of kB
 
 MAX_IMAGES = 10_000  # the size of the Fashion-MNIST and CIFAR-10 test splits
 TYPE_IMAGES = 16  # images whose attention decides the head types with --types auto
@@ -104,9 +113,10 @@ def head_types(model: SparseTransformer, tokens: torch.Tensor, how: str) -> dict
         # dense(): the type depends only on where the head looks, not on a layout's coverage
         rows = analyze_model(model, tokens, dense())
     else:
+        data = read_input(Path(how), MAX_JSON_BYTES, flag="--types")
         try:
-            rows = json.loads(Path(how).read_text())["heads"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            rows = json.loads(data.decode())["heads"]
+        except (ValueError, KeyError, TypeError) as e:
             raise UsageError(f"--types {how}: not a tools.analyze JSON ({e})") from e
     return {(int(r["layer"]), int(r["head"])): r.get("type") for r in rows}
 

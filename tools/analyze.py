@@ -114,7 +114,6 @@ def run(argv: list[str] | None = None) -> int:
             raise UsageError(f"--out {args.out}: {path} exists and is not a file")
     tokens = pick_images(args.data, model.config.geometry, args.images)
     rows = analyze_model(model, tokens, layout)
-    print(format_table(rows, layout))
     result = {
         "model": str(args.model),
         "layout": repr(layout),
@@ -124,15 +123,19 @@ def run(argv: list[str] | None = None) -> int:
     }
     if args.search:
         search = layout_search(model, tokens, search_candidates(model.config.geometry))
-        print("\nlayout search: the share of this model's attention each layout keeps\n")
-        print(format_search(search))
         result["search"] = search
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
+    # the files first: a reader that leaves early (``| head -1``) or Ctrl-C during the printing
+    # cannot lose the analysis
     write_atomic(outputs[0], json.dumps(result, indent=1) + "\n")
     write_atomic(outputs[1], table.getvalue())
+    print(format_table(rows, layout))
+    if args.search:
+        print("\nlayout search: the share of this model's attention each layout keeps\n")
+        print(format_search(search))
     print(f"\nwrote {args.out / stem}.json and .csv")
     return 0
 

@@ -40,9 +40,24 @@ GPT_REFERENCE_BPD = 2.65  # dense GPT, 6.5M params, 7 min on one H100 (the train
 GOAL_BPD = 2.60
 
 
+MAX_RECORD_BYTES = 64 * 2**20  # a run.json, eval.json or analysis JSON is kilobytes
+
+
+def _json(path: Path):
+    """A record the card is drawn from: read only when it is a regular file of at most
+    MAX_RECORD_BYTES (checked before it is opened: a FIFO or /dev/zero is refused), as JSON."""
+    from models.files import read_file
+
+    data = read_file(path, MAX_RECORD_BYTES, what="record", error=UsageError)
+    try:
+        return json.loads(data.decode())
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise UsageError(f"record {path} is not JSON ({e})") from None
+
+
 def _load(root: Path, name: str) -> tuple[dict, dict]:
-    run = json.loads((root / name / "run.json").read_text())
-    ev = json.loads((root / name / "eval.json").read_text())
+    run = _json(root / name / "run.json")
+    ev = _json(root / name / "eval.json")
     return run, ev
 
 
@@ -60,7 +75,7 @@ def _hours(seconds: float) -> str:
 def render_card(root: Path = ROOT) -> str:
     """The card's Markdown, from the records under ``root``."""
     recs = {m: _load(root, m) for m in MODELS}
-    base = json.loads((root / BASELINES_FILE).read_text())
+    base = _json(root / BASELINES_FILE)
     run0 = recs["dense"][0]
     mc = run0["model_config"]
     n = ModelConfig.from_dict(mc).block_size
@@ -197,7 +212,7 @@ def render_analysis(root: Path, n: int) -> list[str]:
     files = {k: root / ANALYSIS_DIR / f"dense_vs_{k}.json" for k in ("strided", "fixed")}
     if not all(f.exists() for f in files.values()):
         return []
-    res = {k: json.loads(f.read_text()) for k, f in files.items()}
+    res = {k: _json(f) for k, f in files.items()}
     st, fx = res["strided"], res["fixed"]
     lines = [
         "## What the dense model learned, against the prescribed layouts",
@@ -277,7 +292,7 @@ def render_ablation(root: Path, top: int = 5) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for f in files:
-        r = json.loads(f.read_text())
+        r = _json(f)
         heads = sorted(r["heads"], key=lambda h: -h["rise"])[:top]
         best = "; ".join(
             f"({h['layer']}, {h['head']}) {h.get('type') or '?'} +{h['rise']:.3f}" for h in heads
@@ -353,7 +368,14 @@ def _main(argv: list[str] | None = None) -> int:
     text = render_card(args.root)
     path = args.root / "README.md"
     if args.check:
-        ok = path.exists() and path.read_text() == text
+        from models.files import read_file
+
+        old = (
+            read_file(path, MAX_RECORD_BYTES, what="card", error=UsageError)
+            if path.exists()
+            else b""
+        )
+        ok = old == text.encode()
         print("model card is up to date" if ok else f"{path} differs from its records")
         return 0 if ok else 1
     write_atomic(path, text)

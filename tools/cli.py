@@ -11,9 +11,20 @@ exit status 2, never a traceback. The pieces that keep that promise live here, o
   must be writable (a file is created there and removed again, which is the only test that holds
   for root, read-only mounts and /proc) and a file must have a suffix the writer knows, so that
   minutes of sampling or analysis are never lost to a typo in ``--out``;
-- ``run_main(main, argv)``: runs a CLI's main and turns the errors bad input can cause
+- ``read_input(path, max_bytes, flag)``: a file the command line names, read only when it is a
+  regular file (symlinks resolved) of at most ``max_bytes``, checked before it is opened, so a
+  FIFO or /dev/zero is refused, never waited on or read for ever (models/files.py, the one
+  check every reader of a path uses: configs, weights, images, data files);
+- ``write_atomic(path, data)``: a file written whole or not at all (a temporary file in the same
+  folder, fsync, rename; removed on failure), its mode following the umask as open() does, an
+  error naming the file asked for;
+- ``run_main(main, argv)``: the one entry of every CLI. It turns the errors bad input can cause
   (UsageError and every other ValueError such as CheckpointError, DatasetError, ImageInputError;
-  OSError with the path it names; OverflowError, MemoryError) into one ``error:`` line, exit 2.
+  OSError with the path it names; OverflowError, MemoryError) into one ``error:`` line, exit 2;
+  Ctrl-C into one ``interrupted`` line, exit 130 (every file is written atomically, so none is
+  left half written; training keeps its last checkpoint); and a closed stdout (``... | head -1``)
+  into silence: what is printed after the reader left is dropped, and the command goes on to
+  write its files.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from pathlib import Path
 from typing import NoReturn
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 class UsageError(ValueError):
@@ -135,8 +147,25 @@ def check_output_dir(path: Path, *, flag: str = "--out") -> None:
     _probe_writable(folder, what)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc), else set and
+    restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``path`` whole or not at all: a temporary file beside it, fsync, then a rename."""
+    """Write ``path`` whole or not at all: a temporary file beside it (same folder, so the rename
+    cannot cross file systems), fsync, then a rename; on any failure the temporary file is
+    removed and the error names ``path``. The mode is what open() would give a new file (0666
+    less the umask), not mkstemp's 0600."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +178,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise OSError(e.errno, f"cannot write it ({e.strerror or e})", str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
@@ -156,9 +186,72 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     except OSError as e:  # named by the path asked for, not the temporary file
         Path(tmp).unlink(missing_ok=True)
         raise OSError(e.errno, f"cannot write it ({e.strerror or e})", str(path)) from None
-    except BaseException:
+    except BaseException:  # Ctrl-C included: nothing half written is left behind
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable, where the OS lets a folder be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_input(path: Path, max_bytes: int, *, flag: str) -> bytes:
+    """The bytes of a file the command line names (``flag``, e.g. "--types"): UsageError unless
+    it is a regular file (symlinks resolved) of at most ``max_bytes``, checked before it is
+    opened (models/files.py)."""
+    from models.files import read_file
+
+    return read_file(path, max_bytes, what=flag, error=UsageError)
+
+
+class _QuietStdout:
+    """sys.stdout that survives its reader leaving (``| head -1``): the first BrokenPipeError
+    points file descriptor 1 at /dev/null, and from then on what is printed is dropped, so the
+    command finishes its work and writes its files instead of dying mid-way."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def _drop(self) -> None:
+        self.broken = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def write(self, text: str) -> int:
+        if self.broken:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        if self.broken:
+            return
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _message(e: BaseException) -> str:
@@ -171,11 +264,21 @@ def _message(e: BaseException) -> str:
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a CLI's ``main``; bad input becomes one ``error: ...`` line and exit status 2."""
+    """Run a CLI's ``main``: bad input becomes one ``error: ...`` line and exit status 2, Ctrl-C
+    one ``interrupted`` line and exit status 130, a closed stdout nothing at all."""
+    stdout = sys.stdout
+    quiet = stdout if isinstance(stdout, _QuietStdout) else _QuietStdout(stdout)
+    sys.stdout = quiet
     try:
         return main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ValueError, OSError, OverflowError, MemoryError) as e:
         # the first line only: the promise is one line, whatever a library's message holds
         line = " ".join(_message(e).split())
         print(f"error: {line}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        quiet.flush()
+        sys.stdout = stdout

@@ -80,7 +80,7 @@ def run(argv: list[str] | None = None) -> int:
     from models.checkpoint import load_config, load_model
     from models.completion import complete, hidden_view, keep_mask
     from models.sampling import SAMPLING_MEMORY_BUDGET, bytes_per_sample, max_samples
-    from models.uploads import ImageInputError, prepare_image
+    from models.uploads import prepare_image, read_image_file
     from viz.grid import image_grid
 
     args = parser().parse_args(argv)
@@ -98,10 +98,8 @@ def run(argv: list[str] | None = None) -> int:
     keep = keep_mask(
         geometry, keep_rows=args.keep_rows, rect=tuple(args.rect) if args.rect else None
     )
-    try:
-        data = args.image.read_bytes()
-    except OSError as e:
-        raise ImageInputError(f"cannot read {args.image}: {e.strerror or e}") from None
+    # a regular file of at most 20 MiB, checked before it is opened (a FIFO, /dev/zero refused)
+    data = read_image_file(args.image)
     bg = (0, 0, 0) if args.background == "black" else (255, 255, 255)
     image = prepare_image(data, geometry, fit=args.fit, background=bg)
     if args.invert:

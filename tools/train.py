@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -40,6 +41,7 @@ from models.training import (
 )
 from tools.cli import (
     Parser,
+    UsageError,
     check_output_dir,
     finite_float,
     int_range,
@@ -49,6 +51,8 @@ from tools.cli import (
 )
 
 INF = float("inf")
+# --minutes at most a week: --steps is bounded (2^31), and a week at 1 ms a step stays far below
+MAX_MINUTES = 7 * 24 * 60.0
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -82,9 +86,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(d, name))
     p.add_argument(
         "--minutes",
-        type=finite_float(0.0, INF, lo_open=True),
+        type=finite_float(0.0, MAX_MINUTES, lo_open=True),
         default=None,
-        help="a time budget that sets --steps (see run.json)",
+        help="a time budget that sets --steps (see run.json); at most a week (10080)",
     )
     p.add_argument("--dropout", type=finite_float(0.0, 0.99), default=None)
     p.add_argument(
@@ -136,7 +140,7 @@ def run(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     # everything checkable before the data is read: the settings, the layout, the folder
     check_train_config(cfg)
-    model_config(cfg)
+    check_memory(cfg, model_config(cfg))
     check_output_dir(args.out)
     try:
         record = train(
@@ -153,6 +157,65 @@ def run(argv: list[str] | None = None) -> int:
     if "final" in record:
         print(json.dumps(record["final"]))
     return 0
+
+
+def memory_available() -> tuple[int, str]:
+    """Bytes this rank's training may use, and where: the GPU's memory (the one torchrun's
+    LOCAL_RANK names) when CUDA is there, as training picks it, else the machine's MemAvailable
+    (/proc/meminfo; where that is missing the physical memory)."""
+    import torch
+
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        props = torch.cuda.get_device_properties(local)
+        return props.total_memory, f"the GPU's {props.total_memory / 2**30:.1f} GiB"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+                    return free, f"the {free / 2**30:.1f} GiB of memory available"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError, AttributeError):
+        return 2**63, "an unknown amount of memory"
+    return total, f"the machine's {total / 2**30:.1f} GiB"
+
+
+def check_memory(cfg: TrainConfig, config, available: tuple[int, str] | None = None) -> int:
+    """Refuse (UsageError) a run whose estimated memory (models.training.training_memory:
+    weights, gradients, AdamW moments and one step's activations, for this rank's share of
+    --batch-size) exceeds what this machine has; returns the estimate. The model's size is
+    bounded first (models.checkpoint.check_model_size), so the estimate allocates little."""
+    from models.checkpoint import CheckpointError, check_model_size
+    from models.training import training_memory
+
+    try:
+        check_model_size(config, f"--preset {cfg.preset}")
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    per_rank = max(1, cfg.batch_size // max(world, 1))
+    need = training_memory(config, per_rank)
+    have, where = memory_available() if available is None else available
+    if need > have:
+        fits = max(
+            (b for b in (2**k for k in range(17)) if training_memory(config, b) <= have),
+            default=0,
+        )
+        hint = (
+            f"; --batch-size {fits * max(world, 1)} would fit"
+            if fits
+            else "; not even a batch of 1 fits"
+        )
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} needs about {need / 2**30:,.1f} GiB to train "
+            f"{config.block_size} tokens an image ({per_rank} images a step on this rank), more "
+            f"than {where}{hint}"
+        )
+    return need
 
 
 def timeline_recorder(probes: int):
