@@ -62,6 +62,17 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (base / "readonly").mkdir()
     (base / "readonly").chmod(0o500)
     (base / "adir.png").mkdir()
+    # issue 33: an MLP far too wide or of no units; a FIFO config.json; /dev/zero as an image
+    mlp = {}
+    for name, ratio in (("wide_mlp", 1e12), ("empty_mlp", 1e-9)):
+        folder = save_model(SparseTransformer(config), base / name)
+        raw = json.loads((folder / "config.json").read_text())
+        raw["config"]["mlp_ratio"] = ratio
+        (folder / "config.json").write_text(json.dumps(raw))
+        mlp[name] = folder
+    fifo = save_model(SparseTransformer(config), base / "fifo")
+    (fifo / "config.json").unlink()
+    os.mkfifo(fifo / "config.json")
     return {
         "base": base,
         "model": model,
@@ -69,6 +80,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
         "evaldir": evaldir,
         "image": image,
         "file": base / "file",
+        "fifo": fifo,
+        **mlp,
     }
 
 
@@ -133,7 +146,14 @@ CASES = [
     ("complete", "{image} --model {model} --out {out}/c.xyz", "must end in", "{out}/c.xyz"),
     ("complete", "{image} --model {model} --out /proc/c.png", "cannot write", "/proc/c.png"),
     ("complete", "{image} --model {model} --samples many", "whole number", None),
+    ("complete", "{image} --model {wide_mlp} --out {out}/c.png", "parameters", "{out}/c.png"),
+    ("complete", "{image} --model {empty_mlp} --out {out}/c.png", "MLP of 0 units", None),
+    ("complete", "{image} --model {fifo} --out {out}/c.png", "named pipe", "{out}/c.png"),
+    ("complete", "/dev/zero --model {model} --out {out}/c.png", "character device", None),
+    ("complete", "{base} --model {model} --out {out}/c.png", "is a folder", None),
     # tools.analyze
+    ("analyze", "--model {wide_mlp} --out {out}", "parameters", "{out}"),
+    ("analyze", "--model {fifo} --out {out}", "named pipe", "{out}"),
     (
         "analyze",
         f"--model {{model}} --layout strided(l={HUGE}) --out {{out}}",
@@ -154,7 +174,12 @@ CASES = [
     ("export", "--model {model} --image {image} --out {file}/f", "is a file", "{file}/f"),
     ("export", "--model {model} --image {image} --out {file}", "is not a folder", None),
     ("export", "--model {model} --image {image} --out /proc/figs", "cannot write", "/proc/figs"),
+    ("export", "--model {empty_mlp} --image {image} --out {out}", "MLP of 0 units", "{out}"),
+    ("export", "--model {model} --image /dev/zero --out {out}", "character device", "{out}"),
+    ("export", "--model {model} --image {image} --query 6 0 --out {out}", "row 0..5", "{out}"),
     # tools.evaluate
+    ("evaluate", "{wide_mlp}", "parameters", None),
+    ("evaluate", "{fifo}", "named pipe", None),
     ("evaluate", "{model} --limit 0", "between 1", None),
     ("evaluate", "{model} --batch-size 0", "between 1", None),
     ("evaluate", "{model} --timing-iters 0", "between 1", None),
@@ -179,6 +204,10 @@ CASES = [
     ("train", "--out {file}/r", "is a file", "{file}/r"),
     ("train", "--out /proc/run", "cannot write", "/proc/run"),
     ("train", "--out {out}/r --preset huge", "invalid choice", "{out}/r"),
+    ("train", "--out {out}/r --minutes 1e300", "must be in (0, 10080]", "{out}/r"),
+    ("train", "--out {out}/r --batch-size 65536", "needs about", "{out}/r"),
+    ("ablate", "--model {fifo}", "named pipe", None),
+    ("ablate", "--model {model} --types /dev/zero", "character device", None),
     # tools.ablate, tools.card, tools.bench_sampling
     ("ablate", "--model {model} --images 0", "between 1", None),
     ("ablate", "--model {model} --threads 0", "between 1", None),

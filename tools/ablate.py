@@ -29,7 +29,7 @@ import torch
 from analysis.ablation import MODES, head_means, rank_heads
 from analysis.learned import analyze_model, pick_images
 from kernels.layouts import dense
-from models.checkpoint import CheckpointError, load_model
+from models.checkpoint import CheckpointError, load_config, load_model
 from models.datasets import DatasetError, load_images
 from models.model import SparseTransformer
 from models.tokens import images_to_tokens
@@ -76,8 +76,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--threads must be between 1 and 1,024, got {args.threads}")
     if not args.model.is_dir():
         raise UsageError(f"--model {args.model}: no such model directory")
-    if args.types not in ("auto", "none") and not Path(args.types).is_file():
-        raise UsageError(f"--types {args.types}: no such file (or say auto or none)")
+    load_config(args.model)  # its kind, size and bounds, before any work (CheckpointError)
+    if args.types not in ("auto", "none"):
+        from models.files import check_file
+
+        if not Path(args.types).exists() and not Path(args.types).is_symlink():
+            raise UsageError(f"--types {args.types}: no such file (or say auto or none)")
+        check_file(Path(args.types), MAX_JSON_BYTES, what="--types", error=UsageError)
     if args.out is not None:
         check_out(args.out)
 
