@@ -698,7 +698,7 @@ SETTINGS: dict[str, Setting] = {
     "trn_probe": PIXEL,
     "trn_metric": Setting(str),  # the page checks the run recorded it
     # Playground (app_pages/playground.py): what to race; its limits are the page's own
-    "pg_layouts": Setting(list, 0, 3, choices=("dense", "strided", "fixed")),
+    "pg_layouts": Setting(list, 0, 4, choices=LAYOUT_FAMILIES),  # models.race.MAX_LANES
     "pg_preset": Setting(str, choices=("fmnist-tiny", "fmnist-mini", "fmnist-small")),
     "pg_size": Setting(str),  # the page checks it is one of its sizes
     "pg_budget": Setting(str, choices=("minutes", "steps")),

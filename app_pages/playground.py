@@ -1,4 +1,8 @@
-"""Playground: train dense, strided and fixed side by side from the browser, and watch them.
+"""Playground: train up to four layout families side by side from the browser, and watch them.
+
+Any static family of kernels/layouts.py can race (dense, strided and fixed by default), each
+with its parameters sized for the image (models.race.family_defaults) and editable within the
+range the page states; a bad value is named in one message and Train waits for a good one.
 
 The race (models/race.py) runs in the server's training pool (app_pages/playground_job.py);
 this page starts it, shows its place in the queue, and redraws what it has so far every
@@ -34,7 +38,18 @@ from app_pages.playground_job import (
     start_race,
 )
 from kernels.composed import CROSSOVER_N
-from models.race import LAYOUT_KINDS, RaceConfig, RaceView, check_race, race_memory
+from models.race import (
+    LAYOUT_KINDS,
+    MAX_LANES,
+    RACE_FAMILIES,
+    RaceConfig,
+    RaceView,
+    check_race,
+    family_defaults,
+    family_param_ranges,
+    layout_spec_for,
+    race_memory,
+)
 from models.tokens import Geometry
 from viz.export import Exportable
 from viz.figures import head_grid_figure
@@ -47,8 +62,10 @@ STEPS_MAX, MINUTES_MAX = 20_000, 30.0
 
 st.title("Playground: race layouts and watch their heads form")
 st.caption(
-    "Train small models with dense, strided and fixed attention side by side, on this server's "
-    "CPU. They start from the same weights, see the same images in the same order and take "
+    f"Train small models with up to {MAX_LANES} attention layouts side by side (dense, strided "
+    "and fixed by default; any static family: axial, neighborhood, sinks, dilated, "
+    "block-sparse, BigBird...), on this server's CPU. They start from the same weights, see "
+    "the same images in the same order and take "
     "turns step by step, so at any moment they have had the same steps and the same time. "
     "Watch bits/dim fall, the attention of a probe pixel sharpen in every head, and the "
     "models complete held-out images; the result is saved as run folders that the Attention, "
@@ -77,7 +94,17 @@ for key, default in {
 if st.session_state.pg_size not in SIZES:  # a link's
     st.session_state.pg_size = next(iter(SIZES))
 c1, c2, c3 = st.columns([3, 2, 3])
-kinds = c1.multiselect("Layouts to race", list(LAYOUT_KINDS), key="pg_layouts")
+st.session_state.pg_layouts = [k for k in st.session_state.pg_layouts if k in RACE_FAMILIES][
+    :MAX_LANES
+]  # a link's list may hold names this page does not race, or too many
+kinds = c1.multiselect(
+    "Layouts to race",
+    list(RACE_FAMILIES),
+    key="pg_layouts",
+    max_selections=MAX_LANES,
+    help=f"Up to {MAX_LANES} families, each once: a lane is named after its family, and so is "
+    "its run folder (race two settings of one family in two races).",
+)
 preset = c2.selectbox(
     "Preset",
     PRESETS,
@@ -100,29 +127,53 @@ else:
     minutes = None
 seed = int(b3.number_input("Seed", 0, 2**31 - 1, key="pg_seed"))
 
-# l and c as on the Layouts page: one image row and the c whose density reaches strided's
-st.session_state.setdefault("pg_strided_l", row)
-st.session_state.setdefault("pg_fixed_l", row)
-st.session_state.setdefault("pg_fixed_c", 2)
-if st.session_state.get("pg_row_for") != row:  # a new image size: l goes back to one row
-    st.session_state.pg_strided_l = st.session_state.pg_fixed_l = row
-    st.session_state.pg_row_for = row
-for key in ("pg_strided_l", "pg_fixed_l", "pg_fixed_c"):  # a link's value may not fit
-    clamp_setting(key, 1, geometry.n_tokens)
+# every family's parameters, sized for the image (one image row where the family has a
+# period; fixed's c the one whose density reaches strided's, as on the Layouts page); a new image
+# size sets them back to its defaults (fixed's c stays: it is no length)
+n_tokens = geometry.n_tokens
+resized = st.session_state.get("pg_row_for") != row
+for kind in RACE_FAMILIES:
+    for name, value in family_defaults(kind, row, n_tokens).items():
+        key = f"pg_{kind}_{name}"
+        if key not in st.session_state or resized and key != "pg_fixed_c":
+            st.session_state[key] = value
+        clamp_setting(key, *family_param_ranges(kind, n_tokens)[name])  # a link's may not fit
+st.session_state.pg_row_for = row
 with st.expander("Layout parameters and probe pixel"):
-    p1, p2, p3, p4, p5 = st.columns(5)
-    strided_l = int(p1.number_input("strided l", 1, geometry.n_tokens, key="pg_strided_l"))
-    fixed_l = int(p2.number_input("fixed l", 1, geometry.n_tokens, key="pg_fixed_l"))
-    fixed_c = int(p3.number_input("fixed c", 1, geometry.n_tokens, key="pg_fixed_c"))
+    params: dict[str, dict[str, int]] = {}
+    for kind in (k for k in RACE_FAMILIES if k in kinds and k != "dense"):
+        ranges = family_param_ranges(kind, n_tokens)
+        cols = st.columns(max(5, len(ranges)))
+        params[kind] = {
+            name: int(
+                col.number_input(
+                    f"{kind} {name}",
+                    lo,
+                    hi,
+                    key=f"pg_{kind}_{name}",
+                    help=f"{lo}..{hi}; default {family_defaults(kind, row, n_tokens)[name]}",
+                )
+            )
+            for col, (name, (lo, hi)) in zip(cols, ranges.items(), strict=False)
+        }
+        st.caption(
+            as_text(
+                f"{kind}: "
+                + ", ".join(f"{name} in {lo}..{hi}" for name, (lo, hi) in ranges.items())
+            )
+        )
+    p4, p5 = st.columns(2)
     probe_row = int(p4.number_input("probe row", 0, size - 1, size // 2, key=f"pg_prow{size}"))
     probe_col = int(p5.number_input("probe column", 0, size - 1, size // 2, key=f"pg_pcol{size}"))
-specs = {
-    "dense": "dense",
-    "strided": f"strided(l={strided_l})",
-    "fixed": f"fixed(l={fixed_l}, c={min(fixed_c, fixed_l)})",
-}
+specs: dict[str, str] = {}
+problem = None
+for kind in (k for k in RACE_FAMILIES if k in kinds):
+    try:
+        specs[kind] = layout_spec_for(kind, row, n_tokens, **params.get(kind, {}))
+    except ValueError as e:
+        problem = problem or str(e)
 cfg = RaceConfig(
-    layouts=tuple(specs[k] for k in LAYOUT_KINDS if k in kinds),
+    layouts=tuple(specs.values()),
     preset=preset,
     size=size,
     data=playground_data(),
@@ -131,11 +182,12 @@ cfg = RaceConfig(
     minutes=minutes,
     pixel=(probe_row, probe_col),
 )
-problem = None
-try:
-    memory = race_memory(cfg)
-except ValueError as e:
-    problem, memory = str(e), 0
+memory = 0
+if problem is None:
+    try:
+        memory = race_memory(cfg)
+    except ValueError as e:
+        problem = str(e)
 refusal = problem or over_budget(
     "This race", memory, "Choose a smaller preset, 14 x 14 images or fewer layouts."
 )
@@ -187,17 +239,22 @@ def curves_of(view: RaceView) -> list[Curve]:
 def cost_table(view: RaceView) -> str:
     """Markdown: each layout's cost beside its bits/dim (numbers and our own layout specs)."""
     lines = [
-        "| layout | keys a query (nnz / N) | density | attention kernel | measured ms a step | "
-        "steps | train bits/dim (last 20) | held-out bits/dim |",
+        "| layout | keys a query (nnz / N) | density | attention kernel | "
+        "ms a step: median (p10-p90) | steps | train bits/dim (last 20) | held-out bits/dim |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for lane in view.lanes:
-        per_step = lane.seconds_per_step
+        per_step, spread = lane.seconds_per_step, lane.step_spread
+        timing = (
+            ""
+            if per_step is None or spread is None
+            else f"{per_step * 1e3:.0f} ({spread[0] * 1e3:.0f}-{spread[1] * 1e3:.0f})"
+        )
         train = np.mean(lane.train_bpd[-20:]) if lane.train_bpd else float("nan")
         test = lane.test[-1][2] if lane.test else float("nan")
         lines.append(
             f"| {as_text(lane.spec)} | {lane.nnz / lane.tokens:.1f} | {lane.density:.3f} | "
-            f"{lane.backend} | {'' if per_step is None else f'{per_step * 1e3:.0f}'} | "
+            f"{lane.backend} | {timing} | "
             f"{lane.steps[-1] if lane.steps else 0} | {train:.3f} | {test:.3f} |"
         )
     return "\n".join(lines)
@@ -272,7 +329,9 @@ def live(was_running: bool) -> None:
     st.markdown(cost_table(view))
     st.caption(
         "Seconds are each model's own training steps (evaluations, snapshots and completions "
-        "not counted). nnz: the (query, key) pairs a layer's head may use. Attention kernel: "
+        "not counted); ms a step is their median, with the 10th-90th percentiles beside it, "
+        "so that one stalled step does not become the number. nnz: the (query, key) pairs a "
+        "layer's head may use. Attention kernel: "
         "what kernels/dispatch.py runs for the layout at this many tokens. `sdpa` is torch's "
         "dense attention under a mask: it computes every pair, so there fewer pairs do not mean "
         "fewer seconds. `composed` computes only the layout's pairs; on a CPU it pays only "

@@ -1,6 +1,7 @@
 """The Playground's race: several layouts trained side by side, fairly, with live numbers.
 
-A race trains one model per layout (dense, strided, fixed...) from the same preset, image size,
+A race trains one model per layout (dense, strided, fixed by default; any static family of
+kernels/layouts.py, one lane a family) from the same preset, image size,
 seed and schedule. The models start from the same weights (the seed is set before each is
 built, and a layout has no parameters of its own) and see the same batches in the same order
 (models.training.batch_indices is a pure function of seed and step). Their steps are
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from kernels.dispatch import resolve_backend
-from kernels.layouts import image_layout_spec, parse_layout
+from kernels.layouts import FAMILY_PARAMS, image_family_params, image_layout_spec, parse_layout
 from models.checkpoint import model_files, write_atomic
 from models.completion import complete, keep_mask
 from models.datasets import load_images
@@ -64,7 +65,10 @@ from models.training import (
 )
 
 RACE_FILE = "race.json"  # in the race folder: what was raced, and each layout's folder
-LAYOUT_KINDS = ("dense", "strided", "fixed")
+LAYOUT_KINDS = ("dense", "strided", "fixed")  # the default race
+#: every static family a race may train (kernels.layouts.FAMILY_PARAMS), one lane each
+RACE_FAMILIES = tuple(FAMILY_PARAMS)
+MAX_LANES = 4  # the Playground's limit: more lanes share one CPU, each gets fewer steps
 SNAPSHOTS = 32  # about this many attention snapshots a run besides the log-spaced early ones
 EVALS = 24  # about this many held-out points a race (one every EARLY_EVAL steps while timing)
 EARLY_EVAL = 20
@@ -123,8 +127,13 @@ def check_race(cfg: RaceConfig) -> list[ModelConfig]:
     if not cfg.layouts:
         problems.append("choose at least one layout")
     names = [lane_name(spec) for spec in cfg.layouts]
-    if len(set(names)) != len(names):
-        problems.append(f"each layout kind once, got {', '.join(cfg.layouts)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        problems.append(
+            f"each layout kind once: {', '.join(twice)} appears more than once in "
+            f"{', '.join(cfg.layouts)} (a lane's name is its family, and its run folder too; "
+            "race two settings of one family in two races)"
+        )
     if (cfg.steps is None) == (cfg.minutes is None):
         problems.append("give a budget in steps or in minutes (one of them)")
     if cfg.minutes is not None and not (isinstance(cfg.minutes, (int, float)) and cfg.minutes > 0):
@@ -203,13 +212,28 @@ class Lane:
     completion_step: int | None = None
     completions: np.ndarray | None = None  # uint8 [k, H, W, C]
 
-    @property
-    def seconds_per_step(self) -> float | None:
-        """Median of its measured step times (the first few, warming up, left out)."""
+    def step_times(self) -> np.ndarray | None:
+        """Its measured step times in seconds, the first two (warming up) left out; None before
+        the fourth step."""
         if len(self.seconds) < 4:
             return None
-        times = np.diff([0.0, *self.seconds])[2:]
-        return float(np.median(times))
+        return np.diff([0.0, *self.seconds])[2:]
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        """Median of its measured step times (the first few, warming up, left out): a stall of
+        one step (another process, a page drawn) moves a median by at most one rank."""
+        times = self.step_times()
+        return None if times is None else float(np.median(times))
+
+    @property
+    def step_spread(self) -> tuple[float, float] | None:
+        """(10th, 90th percentile) of its step times in seconds: the spread around the median."""
+        times = self.step_times()
+        if times is None:
+            return None
+        p10, p90 = np.percentile(times, [10, 90])
+        return float(p10), float(p90)
 
     def copy(self) -> Lane:
         return replace(
@@ -505,7 +529,8 @@ def _save(cfg, out, runs, lanes, baselines, stopped, trained) -> dict:
             "test_bpd": round(held_out_bpd(run, cfg.eval_images), 4),
             "test_images": min(cfg.eval_images, len(run.test_tokens)),
             "seconds": round(lane.seconds[-1], 2) if lane.seconds else 0.0,
-            "seconds_per_step": lane.seconds_per_step,
+            "seconds_per_step": lane.seconds_per_step,  # the median
+            "seconds_per_step_p10_p90": lane.step_spread,
         }
         run.record.update(
             {
@@ -554,14 +579,55 @@ def _last(history: list[dict], k: int) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
 
+def family_param_ranges(kind: str, n_tokens: int) -> dict[str, tuple[int, int]]:
+    """The values each parameter of a family may take in a race of ``n_tokens`` tokens:
+    {name: (lowest, highest)}, the lowest as kernels/layouts.py checks it, the highest the
+    sequence's length (a window, a stride or a block longer than the image means nothing more);
+    bigbird's random blocks at most 16 and its seed any int a spec holds."""
+    if kind not in FAMILY_PARAMS:
+        raise ValueError(f"layout kind must be one of {', '.join(RACE_FAMILIES)}, got {kind!r}")
+    special = {
+        ("bigbird", "globals"): (0, n_tokens),
+        ("bigbird", "random"): (0, 16),
+        ("bigbird", "seed"): (0, 2**20),
+        ("fixed", "num_verts"): (1, n_tokens),
+    }
+    return {p: special.get((kind, p), (1, n_tokens)) for p in FAMILY_PARAMS[kind]}
+
+
+def family_defaults(kind: str, geometry_row: int, n_tokens: int) -> dict[str, int]:
+    """A family's parameters sized for the image (kernels.layouts.image_family_params; fixed's
+    c the one whose density reaches strided's, as image_layout_spec sets it)."""
+    params = dict(image_family_params(kind, geometry_row))
+    if kind == "fixed":
+        params["c"] = parse_layout(image_layout_spec("fixed", geometry_row, n_tokens)).c
+        params.setdefault("num_verts", 1)
+    return params
+
+
 def layout_spec_for(kind: str, geometry_row: int, n_tokens: int, **params: int) -> str:
-    """The spec of a layout kind with the page's parameters: ``strided`` with l, ``fixed`` with
-    l and c (defaults: one image row, and the c of image_layout_spec); ``dense`` takes none."""
-    if kind not in LAYOUT_KINDS:
-        raise ValueError(f"layout kind must be one of {', '.join(LAYOUT_KINDS)}, got {kind!r}")
+    """The spec of a family with the page's parameters, each defaulting to family_defaults
+    (``dense`` takes none): e.g. ``axial(width=14)``. ValueError with the family, the parameter
+    and its valid range when one is wrong (kernels/layouts.py's own check for the rest, such as
+    fixed's c * num_verts <= l)."""
+    if kind not in FAMILY_PARAMS:
+        raise ValueError(f"layout kind must be one of {', '.join(RACE_FAMILIES)}, got {kind!r}")
+    unknown = sorted(set(params) - set(FAMILY_PARAMS[kind]))
+    if unknown:
+        takes = ", ".join(FAMILY_PARAMS[kind]) or "no parameters"
+        raise ValueError(f"{kind} takes {takes}; not {', '.join(unknown)}")
     if kind == "dense":
         return "dense"
-    base = parse_layout(image_layout_spec(kind, geometry_row, n_tokens))
-    if kind == "strided":
-        return f"strided(l={params.get('l', base.l)})"
-    return f"fixed(l={params.get('l', base.l)}, c={params.get('c', base.c)})"
+    values = family_defaults(kind, geometry_row, n_tokens) | params
+    for name, (lo, hi) in family_param_ranges(kind, n_tokens).items():
+        v = values[name]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+            raise ValueError(f"{kind}: {name} must be a whole number in {lo}..{hi}, got {v!r}")
+    if kind == "fixed" and values.get("num_verts") == 1:
+        del values["num_verts"]  # "fixed(l=14, c=2)", as the default race has always named it
+    spec = f"{kind}({', '.join(f'{k}={int(v)}' for k, v in values.items())})"
+    try:
+        parse_layout(spec)
+    except ValueError as e:
+        raise ValueError(f"{kind}: {e}") from None
+    return spec

@@ -121,3 +121,32 @@ def test_refused_over_budget_and_switched_off(playground, monkeypatch):
     at.run()
     assert not at.exception
     assert "switched off" in texts(at)
+
+
+def test_any_family_races_with_its_parameters_and_a_bad_one_is_named(playground):
+    """New families by name, each one's parameters editable within a stated range (defaults
+    sized for the image); a bad combination is one message and Train waits; the cost table
+    gives each family's kernel and its median step time with the spread."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/playground.py").run()
+    at.multiselect(key="pg_layouts").set_value(["dense", "fixed"]).run()
+    at.number_input(key="pg_fixed_l").set_value(5).run()
+    at.number_input(key="pg_fixed_c").set_value(6).run()
+    assert any("c \\* num\\_verts \\<= l" in e.value for e in at.error)
+    assert at.button(key="pg_train").disabled
+    at.multiselect(key="pg_layouts").set_value(["axial", "neighborhood", "sinks"]).run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="pg_axial_width").value == 14  # one image row
+    assert "axial\\: width in 1..196" in texts(at)
+    at.number_input(key="pg_sinks_w").set_value(9).run()
+    assert "sinks(s=2, w=9)" in texts(at)
+    at.selectbox(key="pg_preset").set_value("fmnist-tiny")
+    at.radio(key="pg_budget").set_value("steps").run()
+    at.number_input(key="pg_steps").set_value(6).run()
+    at.button(key="pg_train").click().run()
+    wait_for(at, lambda at: "Saved:" in texts(at))
+    table = next(m.value for m in at.markdown if "attention kernel" in m.value)
+    assert "median (p10-p90)" in table and table.count("| sdpa |") == 3
+    races = list(playground.glob("playground-*"))
+    for name in ("axial", "neighborhood", "sinks"):
+        assert (races[0] / name / "model.safetensors").is_file()

@@ -11,12 +11,18 @@ import torch
 
 from analysis.metrics import head_metrics, head_type
 from kernels.composed import CROSSOVER_N
+from kernels.layouts import parse_layout
 from models import load_model
 from models.datasets import downsample, held_out_source, load_images
 from models.race import (
+    RACE_FAMILIES,
+    Lane,
     RaceConfig,
     RaceState,
     check_race,
+    family_defaults,
+    family_param_ranges,
+    layout_spec_for,
     race_memory,
     run_race,
     snapshot_due,
@@ -136,11 +142,80 @@ def test_race_checks_and_memory(tiny_data):  # noqa: F811
         check_race(race(tiny_data, layouts=()))
     with pytest.raises(ValueError, match="steps or in minutes"):
         check_race(race(tiny_data, minutes=2.0))
-    with pytest.raises(ValueError, match="each layout kind once"):
+    with pytest.raises(ValueError, match="each layout kind once: strided appears more than"):
         check_race(race(tiny_data, layouts=("strided(l=14)", "strided(l=7)")))
+    with pytest.raises(ValueError, match="sinks: s must be >= 1"):
+        check_race(race(tiny_data, layouts=("sinks(s=0, w=3)",)))
     small = race_memory(race(tiny_data))
     big = race_memory(race(tiny_data, preset="fmnist-small", size=None, batch_size=16))
     assert 0 < small < big and big > 500 * 2**20  # 28 x 28: attention of 784 tokens
     assert snapshot_due(1, 1000) and snapshot_due(1000, 1000) and not snapshot_due(999, 1000)
     assert uniform_observed_bpd(np.array([0, 1, 2, 3]), np.array([1, 2])) == 2.0
     assert uniform_observed_bpd(np.array([0, 1]), np.array([5, 6])) == 2.0
+
+
+def test_a_race_of_new_families_reports_kernel_and_median_step(tiny_data, tmp_path):  # noqa: F811
+    """Any static family races: axial, neighborhood and sinks by name, sized for 14 x 14, end
+    in ordinary run folders, and race.json says each one's kernel and median step time."""
+    state = RaceState()
+    out = tmp_path / "race"
+    cfg = race(tiny_data, layouts=("axial", "neighborhood", "sinks"))
+    record = run_race(cfg, out, measure=head_metrics, classify=head_type, state=state)
+    view = state.view()
+    assert [lane.name for lane in view.lanes] == ["axial", "neighborhood", "sinks"]
+    assert [lane.spec for lane in view.lanes] == [
+        "axial(width=14)",
+        "neighborhood(kh=4, kw=5, width=14)",
+        "sinks(s=2, w=17)",
+    ]
+    # at 196 tokens: axial's composed plan pays only from its crossover on; the others are
+    # never composed (kernels.composed.composed_misfit): the masked SDPA
+    assert CROSSOVER_N["axial"] > 196
+    for lane in view.lanes:
+        assert lane.backend == "sdpa" and 0 < lane.density < 1
+        assert load_model(out / lane.name).config.geometry == Geometry(14, 14, 1)
+        final = record["layouts"][lane.name]
+        assert final["backend"] == "sdpa" and final["spec"] == lane.spec
+        p10, p90 = final["seconds_per_step_p10_p90"]
+        assert p10 <= final["seconds_per_step"] <= p90
+    saved = json.loads((out / "race.json").read_text())
+    assert saved["layouts"]["axial"]["seconds_per_step_p10_p90"] is not None
+
+
+def test_step_time_is_the_median_with_its_spread_not_a_mean():
+    """A single 9.6 s stall does not become the number."""
+    steps = [0.5, 0.3] + [0.1] * 20 + [9.6] + [0.1] * 20  # two warm-up steps, then one stall
+    lane = Lane("strided", "strided(l=14)", 1, 196, 0.1, seconds=list(np.cumsum(steps)))
+    assert lane.seconds_per_step == pytest.approx(0.1)
+    p10, p90 = lane.step_spread
+    assert p10 == pytest.approx(0.1) and p90 == pytest.approx(0.1)
+    assert Lane("x", "x", 1, 1, 1.0, seconds=[0.1, 0.2, 0.3]).step_spread is None
+
+
+@pytest.mark.parametrize("kind", RACE_FAMILIES)
+def test_every_family_has_a_spec_with_stated_ranges(kind):
+    """Defaults sized for the image lie in the stated ranges and parse; a value outside is
+    refused naming the family, the parameter and the range."""
+    defaults = family_defaults(kind, 14, 196)
+    ranges = family_param_ranges(kind, 196)
+    assert set(defaults) == set(ranges)
+    assert all(lo <= defaults[p] <= hi for p, (lo, hi) in ranges.items())
+    spec = layout_spec_for(kind, 14, 196)
+    assert parse_layout(spec).family == kind
+    for name, (lo, hi) in ranges.items():
+        with pytest.raises(ValueError, match=f"{kind}: {name} must be a whole number in {lo}"):
+            layout_spec_for(kind, 14, 196, **{name: hi + 1})
+
+
+def test_specs_keep_the_old_defaults_and_name_a_bad_value():
+    assert layout_spec_for("dense", 14, 196) == "dense"
+    assert layout_spec_for("strided", 14, 196) == "strided(l=14)"
+    assert layout_spec_for("fixed", 28, 784) == "fixed(l=28, c=2)"
+    assert layout_spec_for("fixed", 14, 196, l=7, c=3) == "fixed(l=7, c=3)"
+    assert layout_spec_for("axial", 14, 196, width=7) == "axial(width=7)"
+    with pytest.raises(ValueError, match="c \\* num_verts <= l"):
+        layout_spec_for("fixed", 14, 196, l=5, c=6)
+    with pytest.raises(ValueError, match="axial takes width; not l"):
+        layout_spec_for("axial", 14, 196, l=3)
+    with pytest.raises(ValueError, match="layout kind must be one of"):
+        layout_spec_for("topk", 14, 196)
