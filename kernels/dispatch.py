@@ -184,8 +184,7 @@ def attention(
     check_inputs(q, k, v, layout)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if isinstance(layout, Selection):  # chosen from the scores: the exact masked path only
-        out, lse = selection_attention(q, k, v, layout, scale=scale)
-        return (out, lse) if return_lse else out
+        return selection_attention(q, k, v, layout, scale=scale, return_lse=return_lse)
     chosen = resolve_backend(q, layout, backend, return_lse=return_lse)
     if chosen in ("triton", "composed"):
         run = _triton_attention if chosen == "triton" else composed_attention

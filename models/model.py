@@ -277,7 +277,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None and T == 1 and isinstance(attend, Selection):
             # the one new query against every cached key so far: its choice needs their scores
             keys, values = cache.k[:, :, : start + 1], cache.v[:, :, : start + 1]
-            y, _ = selection_attention(q, keys, values, attend, positions=torch.tensor([start]))
+            y = selection_attention(q, keys, values, attend, positions=torch.tensor([start]))
         elif cache is not None and T == 1:
             y, _, _ = decode_attention(q, cache.k, cache.v, attend, start)  # [B, H, 1, C/H]
         elif start == 0:
