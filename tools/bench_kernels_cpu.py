@@ -444,3 +444,86 @@ def main_cpu(args) -> int:
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"\nwrote {path}")
     return 0
+
+
+def interleaved_crossover_rows(
+    sizes: tuple[int, ...], names: tuple[str, ...], reps: int
+) -> list[dict]:
+    """crossover_rows' comparison, timed for a shared machine: after one warm call of each
+    backend (masks, plans), ``reps`` rounds of one masked-SDPA call and one composed call in
+    turn, so that a burst of another process's load hits both alike; the median and the
+    minimum of each."""
+    rows = []
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        q, k, v = (torch.randn(8, 4, n, 32, generator=g) for _ in range(3))
+        for name, layout in crossover_layouts(n).items():
+            if name not in names:
+                continue
+            times: dict[str, list[float]] = {"sdpa": [], "composed": []}
+            with torch.no_grad():
+                for backend in times:
+                    attention(q, k, v, layout, backend=backend)
+                for _ in range(reps):
+                    for backend, got in times.items():
+                        start = time.perf_counter()
+                        attention(q, k, v, layout, backend=backend)
+                        got.append(1e3 * (time.perf_counter() - start))
+            rows.append(
+                {
+                    "N": n, "l": round(math.sqrt(n)), "layout": name,
+                    "masked_ms": statistics.median(times["sdpa"]),
+                    "composed_ms": statistics.median(times["composed"]),
+                    "masked_min_ms": min(times["sdpa"]),
+                    "composed_min_ms": min(times["composed"]),
+                }
+            )  # fmt: skip
+            _forget_masks()
+    return rows
+
+
+def crossover_main(argv: list[str] | None = None) -> int:
+    """python -m tools.bench_kernels_cpu: the crossover table alone, interleaved (nothing is
+    written into kernels/composed.py: `python -m tools.bench_kernels --device cpu --crossover`
+    does that)."""
+    from tools.cli import Parser, int_range
+
+    p = Parser(prog="python -m tools.bench_kernels_cpu", description=crossover_main.__doc__)
+    p.add_argument("--sizes", type=int_range(16, 65_536), nargs="+", default=CROSSOVER_SIZES)
+    p.add_argument("--layouts", default="strided,fixed,axial")
+    p.add_argument("--reps", type=int_range(1, 1000), default=9)
+    p.add_argument("--threads", type=int_range(1, 1024), default=None)
+    args = p.parse_args(argv)
+    names = tuple(x.strip() for x in args.layouts.split(","))
+    unknown = set(names) - set(crossover_layouts(1024))
+    if unknown:
+        raise ValueError(
+            f"--layouts: {', '.join(sorted(unknown))}; choose from strided, fixed, axial"
+        )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"# python -m tools.bench_kernels_cpu {' '.join(argv or [])}, {date.today()}, "
+        f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
+        f"{torch.__version__}; B=8, H=4, D=32, float32, forward, l = round(sqrt(N)); "
+        f"{args.reps} interleaved rounds: median (min) ms\n"
+    )
+    print("| N | l | layout | masked SDPA ms | composed ms | masked / composed |")
+    print("|---|---|---|---|---|---|", flush=True)
+    rows = interleaved_crossover_rows(tuple(args.sizes), names, args.reps)
+    for r in rows:
+        print(
+            f"| {r['N']} | {r['l']} | {r['layout']} | {r['masked_ms']:.2f} "
+            f"({r['masked_min_ms']:.2f}) | {r['composed_ms']:.2f} ({r['composed_min_ms']:.2f}) "
+            f"| {r['masked_ms'] / r['composed_ms']:.2f}x |"
+        )
+    print(f"\nfrom (composed faster at every larger N measured): {crossover_lengths(rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from tools.cli import run_main
+
+    sys.exit(run_main(crossover_main, sys.argv[1:]))
