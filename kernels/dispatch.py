@@ -13,7 +13,9 @@ Backends (one meaning each):
                  how the tests run them).
     "composed"   kernels/composed.py: the layout's pieces as fused dense attention, merged
                  through their log-sum-exps: O(N·√N) work for strided on any device, with the
-                 log-sum-exp and a backward (dense, local, column, strided, fixed).
+                 log-sum-exp and a backward (dense, local, column, strided, fixed, axial;
+                 dilated where w * r >= N or r = 1; kernels.composed.composed_misfit says why
+                 the other families stay on the masked path).
     "auto"       "triton" for CUDA tensors when a kernel fits the layout, dtype and head dim;
                  on other devices "composed" from the layout's measured crossover length on
                  (kernels.composed.CROSSOVER_N; dense only when the log-sum-exp is asked);
