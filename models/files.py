@@ -71,9 +71,9 @@ def check_file(
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise error(f"{what} {path} does not exist") from None
+        raise error(f"cannot read {what} {path}: it does not exist") from None
     except OSError as e:  # a symlink loop, a name too long, no permission on a folder
-        raise error(f"{what} {path} cannot be read ({e.strerror or e})") from None
+        raise error(f"cannot read {what} {path} ({e.strerror or e})") from None
     _check(path, st, max_bytes, what, error)
     return st
 
@@ -93,7 +93,7 @@ def read_file(
     try:
         fd = os.open(path, flags)
     except OSError as e:
-        raise error(f"{what} {path} cannot be read ({e.strerror or e})") from None
+        raise error(f"cannot read {what} {path} ({e.strerror or e})") from None
     try:
         _check(path, os.fstat(fd), max_bytes, what, error)  # the file actually opened
         chunks, total = [], 0
@@ -104,7 +104,7 @@ def read_file(
             chunks.append(chunk)
             total += len(chunk)
     except OSError as e:
-        raise error(f"{what} {path} cannot be read ({e.strerror or e})") from None
+        raise error(f"cannot read {what} {path} ({e.strerror or e})") from None
     finally:
         os.close(fd)
     if total > max_bytes:
