@@ -4,6 +4,11 @@ A model directory holds ``config.json`` ({"format": ..., "config": ModelConfig f
 ``model.safetensors``. Every way a directory can be wrong (missing, unreadable, not JSON, an
 unknown or invalid config, a corrupt, tampered or pickled weights file, missing / unexpected /
 mis-shaped tensors) raises CheckpointError with a message that says which file and what is wrong.
+Both files are checked for kind and size before they are opened (models/files.py: a FIFO or a
+symlink to /dev/zero is refused, never waited on or read without end), and a config's size is
+bounded before anything is allocated: every parameter counted, the MLP included
+(``parameter_count``, at most MAX_PARAMETERS), and an MLP of zero units refused
+(``check_model_size``).
 
 ``save_model`` records a SHA-256 of every tensor (name, dtype, shape, bytes) in the safetensors
 metadata, and ``load_model`` checks it when present: safetensors itself has no checksum, so a
