@@ -126,28 +126,36 @@ class MoBA(Selection):
             total += rows * (rows + 1) // 2 + rows * self.block * min(self.topk - 1, u)
         return n_heads * total
 
-    def allowed(self, scores: Tensor, q: Tensor, k: Tensor, positions: Tensor) -> Tensor:
-        B, H, Q, N = scores.shape
+    def blocks(self, q: Tensor, k: Tensor, positions: Tensor) -> Tensor:
+        """bool [B, H, Q, nb]: the key blocks (of ``block`` keys, nb = ceil(N / block)) that
+        queries q [B, H, Q, D] at ``positions`` keep over keys k [B, H, N, D]: their own block
+        and the topk - 1 complete past blocks with the highest gate q . mean(K_block)."""
+        B, H, N, D = k.shape
         b = self.block
         nb = -(-N // b)
         # the mean key of every block: [B, H, N, D] -> zero-padded [B, H, nb, b, D] -> [B, H, nb, D]
-        padded = F.pad(k, (0, 0, 0, nb * b - N)).view(B, H, nb, b, k.shape[-1])
+        padded = F.pad(k, (0, 0, 0, nb * b - N)).view(B, H, nb, b, D)
         counts = torch.full((nb,), b, device=k.device, dtype=k.dtype)
         counts[-1] = N - (nb - 1) * b
         means = padded.sum(3) / counts[:, None]  # [B, H, nb, D]
         gate = torch.matmul(q, means.transpose(-2, -1))  # [B, H, Q, nb]
         own = (positions // b).to(k.device)  # [Q]
-        past = torch.arange(nb, device=k.device)[None, :] < own[:, None]  # [Q, nb]
+        block_ids = torch.arange(nb, device=k.device)[None, :]
+        past = block_ids < own[:, None]  # [Q, nb]
         gate = gate.masked_fill(~past, -math.inf)
         chosen = torch.zeros_like(gate, dtype=torch.bool)
         if self.topk > 1 and nb > 1:
             top = gate.topk(min(self.topk - 1, nb), dim=-1).indices  # [B, H, Q, k-1]
             chosen.scatter_(-1, top, True)
             chosen &= past  # fewer past blocks than topk - 1: the -inf picks are dropped
-        key_block = torch.arange(N, device=k.device) // b  # [N]
+        return chosen | (block_ids == own[:, None])
+
+    def allowed(self, scores: Tensor, q: Tensor, k: Tensor, positions: Tensor) -> Tensor:
+        B, H, Q, N = scores.shape
+        chosen = self.blocks(q, k, positions)  # [B, H, Q, nb]
+        key_block = torch.arange(N, device=k.device) // self.block  # [N]
         kept = chosen.gather(-1, key_block.expand(B, H, Q, N))  # [B, H, Q, N]
-        mine = key_block[None, :] == own[:, None]  # [Q, N]: the own block
-        return (kept | mine) & (scores > -math.inf)
+        return kept & (scores > -math.inf)
 
 
 _SELECTIONS = {"topk": TopK, "moba": MoBA}
