@@ -13,7 +13,7 @@ from app_pages.common import (
 )
 from kernels import layouts as L
 from kernels.snippets import mask_mod_source
-from models.tokens import Geometry, pixel_to_token
+from models.tokens import Geometry, pixel_to_token, token_coords
 from viz.export import Exportable, safe_name
 from viz.figures import layout_pixel_figure, mask_figure
 from viz.layout_view import mask_view, part_codes, part_names, pixel_view
@@ -166,10 +166,12 @@ if mode == "side by side":
     )
 else:
     shown = [mode]
-# a chart drawn alone, one of a pair, or one of k are distinct elements (keys ending "_pair",
-# "_of3", ...): a chart moved from the full width into a narrower column was drawn at a stale,
-# smaller size
-suffix = {1: "", 2: "_pair"}.get(len(shown), f"_of{len(shown)}")
+# side by side, the families fill a grid two columns wide, so a chart keeps its width (and its
+# key, ending "_pair") when a family is added or removed: the browser keeps a chart whose figure
+# did not change instead of drawing it again. A chart drawn alone at the full width is another
+# element (no suffix): a chart moved from the full width into a column was drawn at a stale,
+# smaller size.
+suffix = "" if mode != "side by side" else "_pair"
 
 # a click on a pixel view (previous run) moves the query before the inputs are drawn
 for kind in shown:
@@ -190,7 +192,11 @@ query = pixel_to_token(row, col, channel, geometry)
 if not shown:
     st.info("Pick at least one family to draw.")
 table_slot = st.container()  # the numbers of every layout, above their figures
-columns = st.columns(len(shown) or 1)
+columns = [
+    column
+    for _ in range(0, len(shown), 2 if suffix else 1)
+    for column in st.columns(2 if suffix else 1)
+][: len(shown)]
 
 
 def family_inputs(family: str) -> L.Layout | None:
@@ -257,11 +263,31 @@ def layout_numbers(spec: str, n: int) -> dict:
     }
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def mask_arrays(spec: str, n: int, head: int) -> tuple[np.ndarray, int]:
-    """The N x N view of a layout (viz.layout_view.mask_view), once per layout and size: the
-    O(N^2) part of a redraw, so a new query or another family's change does not redo it."""
-    return mask_view(L.parse_layout(spec), n, head)
+# The figures are kept across runs and sessions (cache_resource: shared, never copied; nothing
+# changes a figure once built): a change redraws only what it changes, so picking a family or
+# moving the query leaves the other families' N x N masks (O(N^2) to compute, a PNG or a pooled
+# map to build) as they were, and a redraw stays well under a second.
+@st.cache_resource(max_entries=48, show_spinner=False)
+def mask_view_figure(spec: str, n: int, head: int) -> tuple[np.ndarray, int, object]:
+    """(mask, tile, figure): the N x N view of a layout (viz.layout_view.mask_view) drawn."""
+    layout = L.parse_layout(spec)
+    mask, tile = mask_view(layout, n, head)
+    head_note = f", head {head}" if layout.period > 1 else ""
+    title = f"{spec}{head_note}: N x N mask" + ("" if tile == 1 else f" (pooled {tile}x{tile})")
+    return mask, tile, mask_figure(mask, part_names(layout), tile, title)
+
+
+@st.cache_resource(max_entries=96, show_spinner=False)
+def pixel_view_figure(
+    spec: str, geometry_name: str, query: int, head: int
+) -> tuple[np.ndarray, object]:
+    """(part codes [H, W], figure): the keys of one query token over the image's pixels."""
+    layout, geometry = L.parse_layout(spec), GEOMETRIES[geometry_name]
+    codes = pixel_view(layout, geometry, query, head)
+    row, col, _ = token_coords(query, geometry)
+    head_note = f", head {head}" if layout.period > 1 else ""
+    title = f"{spec}{head_note}: keys of pixel ({row}, {col})"
+    return codes, layout_pixel_figure(codes, part_names(layout), (row, col), title)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -291,11 +317,7 @@ for kind, layout, column in chosen:
     with column:
         h = head % layout.period
         names = part_names(layout)
-        codes = pixel_view(layout, geometry, query, h)
-        head_note = f", head {h}" if layout.period > 1 else ""
-        pixel_fig = layout_pixel_figure(
-            codes, names, (row, col), f"{layout!r}{head_note}: keys of pixel ({row}, {col})"
-        )
+        codes, pixel_fig = pixel_view_figure(repr(layout), g_name, query, h)
         st.plotly_chart(
             pixel_fig,
             key=f"lay_pixels_{kind}{suffix}",
@@ -306,11 +328,7 @@ for kind, layout, column in chosen:
             "Colours: " + ", ".join(names) + ". Black ring: the query. A token never attends "
             "to later tokens, so everything below and right of the query is blank."
         )
-        mask, tile = mask_arrays(repr(layout), n, h)
-        title = f"{layout!r}{head_note}: N x N mask" + (
-            "" if tile == 1 else f" (pooled {tile}x{tile})"
-        )
-        mask_fig = mask_figure(mask, names, tile, title)
+        mask, tile, mask_fig = mask_view_figure(repr(layout), n, h)
         st.plotly_chart(mask_fig, key=f"lay_mask_{kind}{suffix}")
         with st.expander("FlexAttention mask_mod (copy)"):
             st.caption(

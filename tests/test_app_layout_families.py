@@ -41,7 +41,7 @@ def png_allowed(source: str) -> np.ndarray:
 def check_drawn(at: AppTest, families: list[str], n: int, width: int, query: int) -> None:
     """Each family's row of the table, its pixel view, its mask and its snippet."""
     rows = table(at, "allowed pairs (nnz)")
-    suffix = {1: "", 2: "_pair"}.get(len(families), f"_of{len(families)}")
+    suffix = "_pair"  # side by side: a grid two columns wide, whatever the count
     assert len(rows) == len(families)
     for family, (_, row) in zip(families, rows.iterrows(), strict=True):
         layout = L.parse_layout(row["layout"])
@@ -127,8 +127,8 @@ def test_a_typed_spec_draws_multihead_and_refuses_content_based_selections():
     assert not at.exception, at.exception
     (layout,) = table(at, "allowed pairs (nnz)")["layout"]
     assert layout == "multihead(strided(l=28), fixed(l=28, c=2))"
-    assert "head 1" in title(chart(at, "lay_mask_spec"))
-    pixels = values(trace(chart(at, "lay_pixels_spec"), "pixels")["marker"]["color"])
+    assert "head 1" in title(chart(at, "lay_mask_spec_pair"))
+    pixels = values(trace(chart(at, "lay_pixels_spec_pair"), "pixels")["marker"]["color"])
     # pixel (14, 14) under fixed(28, 2): its own row so far (15 keys) + 2 summary keys a row above
     assert (pixels > 0).sum() == 15 + 2 * 14
     at.text_input(key="lay_spec").set_value("topk(k=8)").run()

@@ -56,19 +56,42 @@ def pool_tiles(a: np.ndarray, tile: int) -> np.ndarray:
     return sums / (rows[:, None] * cols[None, :])
 
 
+def allowed_pairs(layout: Layout, queries: np.ndarray, n: int, head: int = 0) -> np.ndarray:
+    """Whether each (query, key) pair is allowed: bool [Q, n], the union of the parts (what the
+    pooled view counts; cheaper than part codes, which also say which part)."""
+    queries = np.asarray(queries, dtype=np.int64)
+    h = np.int64(head)
+    j = np.arange(n, dtype=np.int64)[None, :]
+    allowed = np.zeros((len(queries), n), dtype=bool)
+    for part in layout.parts().values():
+        allowed |= part(np.int64(0), h, queries[:, None], j)  # a part may broadcast (e.g. j < s)
+    return allowed
+
+
+POOL_CHUNK = 1 << 21  # pairs evaluated at once for a pooled view: ~2 MB of booleans
+
+
 def mask_view(layout: Layout, n: int, head: int = 0, max_cells: int = MAX_EXACT_CELLS):
     """The N x N picture of a layout: (array, tile) where tile is 1 for exact part codes
     [n, n], or the tile size P for a pooled view of allowed-pair density per P x P tile,
-    computed one row of tiles at a time so memory stays O(P * n)."""
+    computed a band of tile rows at a time so memory stays O(POOL_CHUNK)."""
     if n <= max_cells:
         return part_codes(layout, np.arange(n), n, head), 1
     tile = tile_for(n, MAX_TILES)
     nb = -(-n // tile)
-    density = np.zeros((nb, nb), dtype=np.float32)
-    for a in range(nb):
-        rows = np.arange(a * tile, min((a + 1) * tile, n))
-        density[a] = pool_tiles(part_codes(layout, rows, n, head) > 0, tile)[0]
-    return density, tile
+    band = max(1, POOL_CHUNK // (tile * n))  # tile rows a band
+    counts = np.zeros((nb, nb), dtype=np.int64)
+    padded = np.zeros((band * tile, nb * tile), dtype=bool)  # keys past n stay False
+    for a in range(0, nb, band):
+        rows = np.arange(a * tile, min((a + band) * tile, n))
+        padded[:] = False
+        padded[: len(rows), :n] = allowed_pairs(layout, rows, n, head)
+        tiles = -(-len(rows) // tile)
+        block = padded[: tiles * tile].reshape(tiles, tile, nb, tile)
+        counts[a : a + tiles] = block.sum(axis=(1, 3))
+    # the mean over the entries each tile has (a partial tile at the edge has fewer)
+    sizes = np.minimum(tile, n - tile * np.arange(nb))
+    return (counts / (sizes[:, None] * sizes[None, :])).astype(np.float32), tile
 
 
 def pixel_view(
