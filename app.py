@@ -6,7 +6,9 @@
 import pandas  # noqa: F401
 import streamlit as st
 
-st.set_page_config(page_title="Sparse Transformer Explorer", layout="wide")
+# the tab's icon: an emoji, drawn by the browser (a page's :material/...: icon as the favicon would
+# be fetched from fonts.gstatic.com: a request to an outside host per visitor)
+st.set_page_config(page_title="Sparse Transformer Explorer", page_icon="👕", layout="wide")
 
 from app_pages.common import keep_settings, share_settings  # noqa: E402
 
@@ -14,22 +16,63 @@ from app_pages.common import keep_settings, share_settings  # noqa: E402
 keep_settings()
 pages = {  # each page, and the prefixes of its settings' keys (its view in the URL)
     st.Page(
-        "app_pages/layouts.py", title="Layouts", icon=":material/grid_on:", default=True
+        "app_pages/layouts.py",
+        title="Layouts",
+        url_path="layouts",
+        icon=":material/grid_on:",
+        default=True,
     ): "lay",
-    st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:"): "att",
     st.Page(
-        "app_pages/learned.py", title="Learned vs prescribed", icon=":material/compare:"
+        "app_pages/attention.py",
+        title="Attention",
+        url_path="attention",
+        icon=":material/visibility:",
+    ): "att",
+    st.Page(
+        "app_pages/learned.py",
+        title="Learned vs prescribed",
+        url_path="learned",
+        icon=":material/compare:",
     ): "lvp",
-    st.Page("app_pages/complete.py", title="Complete", icon=":material/auto_fix_high:"): "cmp",
-    st.Page("app_pages/heads.py", title="Who looks here", icon=":material/hub:"): "who",
-    st.Page("app_pages/predictions.py", title="Predictions & ablation", icon=":material/casino:"): (
+    st.Page(
+        "app_pages/complete.py",
+        title="Complete",
+        url_path="complete",
+        icon=":material/auto_fix_high:",
+    ): "cmp",
+    st.Page(
+        "app_pages/heads.py",
+        title="Who looks here",
+        url_path="who-looks-here",
+        icon=":material/hub:",
+    ): "who",
+    st.Page(
+        "app_pages/predictions.py",
+        title="Predictions & ablation",
+        url_path="predictions",
+        icon=":material/casino:",
+    ): (
         "prd",
         "abl",
     ),
-    st.Page("app_pages/training.py", title="Training", icon=":material/timeline:"): "trn",
-    st.Page("app_pages/playground.py", title="Playground", icon=":material/sports_score:"): "pg",
-    st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"): None,
-    st.Page("app_pages/models_page.py", title="Models & speed", icon=":material/speed:"): None,
+    st.Page(
+        "app_pages/training.py", title="Training", url_path="training", icon=":material/timeline:"
+    ): "trn",
+    st.Page(
+        "app_pages/playground.py",
+        title="Playground",
+        url_path="playground",
+        icon=":material/sports_score:",
+    ): "pg",
+    st.Page(
+        "app_pages/export_page.py", title="Export", url_path="export", icon=":material/download:"
+    ): None,
+    st.Page(
+        "app_pages/models_page.py",
+        title="Models & speed",
+        url_path="models",
+        icon=":material/speed:",
+    ): None,
 }
 # the menu at the top: a sidebar took 300 px of an 800 px window
 page = st.navigation(list(pages), position="top")
