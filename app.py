@@ -35,6 +35,9 @@ pages = {  # each page, and the prefixes of its settings' keys (its view in the 
         icon=":material/compare:",
     ): "lvp",
     st.Page(
+        "app_pages/frontier.py", title="Frontier", url_path="frontier", icon=":material/show_chart:"
+    ): "fr",
+    st.Page(
         "app_pages/complete.py",
         title="Complete",
         url_path="complete",

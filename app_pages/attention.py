@@ -5,7 +5,14 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from analysis.attention import capture_image, capture_memory, head_maps, query_rows
+from analysis.attention import (
+    capture_image,
+    capture_memory,
+    head_maps,
+    query_rows,
+    run_under,
+    under_specs,
+)
 from analysis.maps import pixel_map, token_map
 from analysis.metrics import head_metrics, shared_mass
 from app_pages.common import (
@@ -26,7 +33,8 @@ from app_pages.common import (
     take_pixel_click,
 )
 from app_pages.jobs import over_budget
-from kernels.layouts import image_layout_spec, parse_layout
+from kernels.layouts import Layout, image_layout_spec, parse_layout
+from kernels.selection import parse_attention
 from models.tokens import pixel_to_token, token_coords
 from viz.export import Exportable, content_key, model_items, safe_name
 from viz.figures import (
@@ -60,12 +68,61 @@ for key, default in {
 }.items():
     st.session_state.setdefault(key, default)
 
+
+def own_attention() -> None:
+    """Back to the model's own layouts (the button under the banner)."""
+    st.session_state.pop("att_under", None)
+
+
+def apply_under() -> None:
+    """Run the model under the typed spec (the expander's button); empty: its own layouts."""
+    typed = str(st.session_state.get("att_under_input") or "").strip()
+    if typed:
+        st.session_state.att_under = typed
+    else:
+        own_attention()
+
+
 left, right = st.columns([1, 2])
 with left:
     chosen, image_name, image = choose_model_and_image("att")
     model = chosen.model
     geometry = model.config.geometry
     show_image(image, image_name)
+
+# the attention the model runs under (att_under: the Frontier page's points open here, or a
+# link): one spec in every layer, or one per layer; "" = the model's own layouts
+asked = str(st.session_state.get("att_under") or "").strip()
+under, layer_specs = "", [repr(lay) for lay in model.layouts]
+if asked:
+    try:
+        layer_specs = under_specs(asked, model.config.n_layer)
+        run_under(model, layer_specs)  # its heads too (a multihead cycle that does not fit)
+        under = layer_specs[0] if len(set(layer_specs)) == 1 else "; ".join(layer_specs)
+    except ValueError as e:
+        layer_specs = [repr(lay) for lay in model.layouts]
+        st.error(
+            as_text(f"{chosen.name} cannot run under '{asked}': {e}. Shown: its own attention.")
+        )
+        st.button("Back to its own attention", key="att_under_back", on_click=own_attention)
+if under:
+    shown = under if len(set(layer_specs)) == 1 else "per layer: " + under
+    b1, b2 = st.columns([4, 1])
+    b1.info(
+        f"**This model, run under {as_text(shown)}**: {as_text(chosen.name)}'s trained weights "
+        "with that attention in every layer (the softmax renormalised over the keys it keeps, "
+        "no retraining). Every view of this page, and its exports, show it so run.",
+        icon=":material/science:",
+    )
+    b2.button("Back to its own attention", key="att_under_back", on_click=own_attention)
+with st.expander("Run this model under another attention"):
+    st.text_input(
+        "Attention spec (one for every layer, or one per layer separated by ;)",
+        value=under,
+        key="att_under_input",
+        placeholder="e.g. axial(width=28), topk(k=16), strided(l=28); local(l=14)",
+    )
+    st.button("Run under it", key="att_under_apply", on_click=apply_under)
 
 # a click on a pixel view (this model's, or the compared one's "_b") or on an N x N map (the
 # first query of the clicked row) sets the query pixel, before its inputs are drawn
@@ -93,28 +150,42 @@ with left:
 query = pixel_to_token(row, col, channel, geometry)
 
 
+def intervention_of(path: str, under: str):
+    """The Intervention of ``under`` for the model at ``path`` (none when "")."""
+    from models.model import NO_INTERVENTION
+
+    return run_under(get_model(path), under) if under else NO_INTERVENTION
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
-def cached_rows(path: str, img_key: str, query: int, _image: np.ndarray) -> np.ndarray:
-    """Attention rows of one query in every layer and head: [L, H, N] (cached per model, image
-    and query), read from every_row_of when it fits, else from a capture of that row."""
+def cached_rows(
+    path: str, img_key: str, query: int, _image: np.ndarray, under: str = ""
+) -> np.ndarray:
+    """Attention rows of one query in every layer and head: [L, H, N] (cached per model, image,
+    query and the attention it runs under), read from every_row_of when it fits, else from a
+    capture of that row."""
     if fits_every_row(path):
-        return every_row_of(path, img_key, _image)[:, :, query].copy()
-    return query_rows(get_model(path), _image, query)
+        return every_row_of(path, img_key, _image, under)[:, :, query].copy()
+    return query_rows(get_model(path), _image, query, intervention=intervention_of(path, under))
 
 
 @st.cache_data(max_entries=16, show_spinner="Capturing the layer...")
-def cached_maps(path: str, img_key: str, layer: int, tile: int, _image: np.ndarray) -> np.ndarray:
+def cached_maps(
+    path: str, img_key: str, layer: int, tile: int, _image: np.ndarray, under: str = ""
+) -> np.ndarray:
     """Every head's map of one layer, [H, n, n] with n = ceil(N / tile) (cached per model,
-    image and layer): pooled from every_row_of when it fits (no forward), else captured in the
-    pooled form (the N x N map never made)."""
+    image, layer and the attention it runs under): pooled from every_row_of when it fits (no
+    forward), else captured in the pooled form (the N x N map never made)."""
     if fits_every_row(path):
-        full = every_row_of(path, img_key, _image)[layer]  # [H, N, N]
+        full = every_row_of(path, img_key, _image, under)[layer]  # [H, N, N]
         return np.stack([pool_tiles(m, tile) for m in full]).astype(np.float32)
-    return head_maps(get_model(path), _image, layer, tile)
+    return head_maps(
+        get_model(path), _image, layer, tile, intervention=intervention_of(path, under)
+    )
 
 
 image_sha1 = content_key(image)
-rows = cached_rows(chosen.path, image_sha1, query, image)  # [L, H, N]
+rows = cached_rows(chosen.path, image_sha1, query, image, under)  # [L, H, N]
 L_, H_, N = rows.shape
 # per key pixel: the weight on its token of the chosen channel, or on all of its tokens
 per_pixel = pixel_map(rows, geometry, key_channel)  # [L, H, h, w]
@@ -167,26 +238,32 @@ compare_name = c4.selectbox(
     "this one's on one colour scale.",
 )
 own = repr(model.layouts[layer])
-outline_choices = ["none", own] + [
-    s
-    for s in (
-        image_layout_spec("strided", model.config.row_stride, model.config.block_size),
-        image_layout_spec("fixed", model.config.row_stride, model.config.block_size),
+# under another attention, its layout in this layer comes first (a selection such as top-k has
+# none to outline: its keys follow the scores)
+ran = layer_specs[layer]
+ran_static = ran if isinstance(parse_attention(ran), Layout) else None
+outline_choices = list(
+    dict.fromkeys(
+        ["none", *([ran_static] if ran_static else []), own]
+        + [
+            image_layout_spec("strided", model.config.row_stride, model.config.block_size),
+            image_layout_spec("fixed", model.config.row_stride, model.config.block_size),
+        ]
     )
-    if s != own
-]
+)
 outline_spec = c3.selectbox("Outline a layout", outline_choices, key="att_outline")
 
 
-def head_view(chosen_model: ChosenModel, rows_: np.ndarray) -> HeadView:
-    """The chosen layer and head of a model whose rows [L, H, N] are ``rows_``."""
+def head_view(chosen_model: ChosenModel, rows_: np.ndarray, under_: str = "") -> HeadView:
+    """The chosen layer and head of a model whose rows [L, H, N] are ``rows_``, run under
+    ``under_`` ("": its own layouts)."""
     m = chosen_model.model
     return HeadView(
         chosen_model.name,
-        repr(m.layouts[layer]),
+        layer_specs[layer] if under_ else repr(m.layouts[layer]),
         rows_[layer, head],
         token_map(rows_[layer, head], geometry),
-        cached_maps(chosen_model.path, image_sha1, layer, tile, image)[head],
+        cached_maps(chosen_model.path, image_sha1, layer, tile, image, under_)[head],
     )
 
 
@@ -262,7 +339,7 @@ view = st.radio(
     horizontal=True,
 )
 tile = tile_for(N, MAP_SIDE)
-mine = head_view(chosen, rows)
+mine = head_view(chosen, rows, under)
 theirs = None
 if compare_name != "none":
     found = other_model(compare_name)
@@ -297,7 +374,12 @@ if theirs is None:
     a, b = st.columns(2)
     with a:
         st.plotly_chart(pixel_fig, key="att_pixels", on_select="rerun", selection_mode="points")
-        st.caption(f"{about_query} {outlined} The model's own layout is {as_text(mine.layout)}.")
+        layout_words = (
+            f"This layer runs under {as_text(mine.layout)} (its own layout: {as_text(own)})."
+            if under
+            else f"The model's own layout is {as_text(mine.layout)}."
+        )
+        st.caption(f"{about_query} {outlined} {layout_words}")
     with b:
         st.plotly_chart(map_fig, key="att_map", on_select="rerun", selection_mode="points")
         st.caption(map_caption)
@@ -345,8 +427,11 @@ meta = {
     "layout": mine.layout,
     "outline": outline_spec,
     "compared_with": compare_name,
+    "under": under or "its own layouts",
 }
-stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}"
+# under another attention: named in every file, e.g. dense-under-axial-width-28-_...
+model_stem = safe_name(chosen.name) + (f"-under-{safe_name(under)[:80]}" if under else "")
+stem = f"{model_stem}_{safe_name(image_name)}"
 items = [
     Exportable(f"{stem}_r{row}c{col}_grid", grid_fig, {"maps": per_pixel}, meta),
     Exportable(f"{stem}_L{layer}H{head}_r{row}c{col}_pixel", pixel_fig, {"weights": weights}, meta),
@@ -361,6 +446,7 @@ if theirs is not None:
         "model": theirs.name,
         "layout": theirs.layout,
         "compared_with": chosen.name,
+        "under": "its own layouts",
     }
     items += [
         Exportable(
@@ -388,8 +474,14 @@ with e2:
         if refusal:
             st.error(refusal)
         else:
-            attention = capture_image(model, image, query=(row, col))
-            batch = model_items(attention, model_name=chosen.name, image_name=image_name)
+            attention = capture_image(
+                model, image, query=(row, col), intervention=intervention_of(chosen.path, under)
+            )
+            batch = model_items(
+                attention,
+                model_name=f"{chosen.name} under {under}" if under else chosen.name,
+                image_name=image_name,
+            )
             st.session_state.att_batch_items = batch
     if st.session_state.get("att_batch_items"):
         export_panel(

@@ -124,12 +124,17 @@ def fits_every_row(path: str) -> bool:
 
 
 @st.cache_resource(max_entries=2, ttl=3600, show_spinner="Capturing every layer...")
-def every_row_of(path: str, img_key: str, _image: np.ndarray) -> np.ndarray:
+def every_row_of(path: str, img_key: str, _image: np.ndarray, under: str = "") -> np.ndarray:
     """analysis.attention.every_row: [L, H, N, N] float32, read-only; a resource shared by the
-    pages and sessions, not copied at every hit as cache_data would (bounded: two images)."""
-    from analysis.attention import every_row
+    pages and sessions, not copied at every hit as cache_data would (bounded: two images).
+    ``under``: the attention the model runs with (analysis.attention.run_under: a spec, or
+    per-layer specs separated by ";"; "" = its own layouts), part of the cache key."""
+    from analysis.attention import every_row, run_under
+    from models.model import NO_INTERVENTION
 
-    rows = every_row(get_model(path), _image)
+    model = get_model(path)
+    intervention = run_under(model, under) if under else NO_INTERVENTION
+    rows = every_row(model, _image, intervention=intervention)
     rows.setflags(write=False)
     return rows
 
@@ -652,6 +657,13 @@ SETTINGS: dict[str, Setting] = {
     "att_layer": PIXEL,
     "att_head": PIXEL,
     "att_outline": Setting(str),
+    # the attention the model runs under (a spec, or per-layer specs separated by ";"; absent:
+    # its own layouts): the Frontier page's points open here; the page parses and explains it
+    "att_under": Setting(str),
+    # Frontier (app_pages/frontier.py): the model, the test images and the families measured
+    "fr_model": _MODEL,
+    "fr_images": Setting(int, 1, 1024),
+    "fr_families": Setting(list, 1, 16, pattern=r"[a-z_]{1,20}"),
     "lvp_model": _MODEL,
     "lvp_over": Setting(str, choices=("one image", "many test images")),
     "lvp_count": Setting(int, 2, 64),

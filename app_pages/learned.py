@@ -1,6 +1,7 @@
 """Learned vs prescribed: how much of a model's attention the strided and fixed layouts keep."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -8,12 +9,25 @@ import torch
 
 from analysis import metrics as M
 from analysis.learned import analyze_layouts, layout_search, pick_images, search_candidates
-from app_pages.common import choose_model, export_panel, get_model, pick_image
+from app_pages.common import as_text, choose_model, export_panel, get_model, pick_image
 from kernels.layouts import image_layout_spec, parse_layout
 from models.datasets import DatasetError, held_out_source
 from models.tokens import image_to_tokens
 from viz.export import Exportable, content_key, safe_name
 from viz.figures import coverage_figure, search_figure
+from viz.frontier_figure import (
+    FrontierError,
+    at_density,
+    coverage_bars,
+    coverage_sentence,
+    family_label,
+    read_frontier,
+    recorded_model,
+    shipped_frontier_path,
+)
+
+# every family scored at this share of the causal pairs (the point of each nearest it)
+EQUAL_DENSITY = 0.1
 
 METRICS_HELP = f"""
 **What the numbers mean** (each is a head's mean over its query pixels):
@@ -33,6 +47,7 @@ METRICS_HELP = f"""
 """
 
 st.title("Learned vs prescribed attention")
+opening = st.empty()  # the one sentence a newcomer reads first: filled once it is measured
 st.caption(
     "The paper chose its layouts because a dense network's attention looked like them. Here "
     "that is measured: for every layer and head, the share of attention mass (coverage) that "
@@ -81,6 +96,81 @@ def _table_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
+@st.cache_data(max_entries=4, ttl=3600, show_spinner=False)
+def shipped_rows(path: str, stamp: tuple, density: float) -> tuple[list[dict], dict] | str:
+    """at_density of the shipped frontier (and the frontier), or why it cannot be read."""
+    try:
+        result = read_frontier(path)
+    except FrontierError as e:
+        return str(e)
+    return at_density(result, density), result
+
+
+@st.cache_data(max_entries=16, show_spinner="Scoring every family at equal density...")
+def measured_rows(path: str, key: str, density: float, _tokens: torch.Tensor) -> list[dict]:
+    """Each family's point nearest ``density`` (analysis.frontier's candidates in its range)
+    and the share of the model's attention on ``_tokens`` it keeps (attention_mass), the
+    highest first; [] when the model is too long for the mean maps."""
+    from analysis.frontier import FAMILIES, MAX_COVERAGE_N, attention_mass, frontier_specs
+    from kernels.selection import MoBA, TopK, parse_attention
+
+    m = get_model(path)
+    geometry = m.config.geometry
+    n = geometry.n_tokens
+    if n > MAX_COVERAGE_N:
+        return []
+    picks = {}
+    for family, specs in frontier_specs(FAMILIES, geometry).items():
+        if specs:
+            picks[family] = min(specs, key=lambda s: abs(parse_attention(s).density(n) - density))
+    chosen_ = {f: parse_attention(s) for f, s in picks.items()}
+    top = max([a.k for a in chosen_.values() if isinstance(a, TopK)], default=1)
+    mobas = [s for f, s in picks.items() if isinstance(chosen_[f], MoBA)]
+    mass = attention_mass(m, _tokens, mobas, top_k=top)
+    rows = [
+        {
+            "family": f,
+            "label": family_label(f),
+            "spec": picks[f],
+            "density": a.density(n),
+            "keys": a.nnz(n) / n,
+            "bpd": None,
+            "coverage": float(mass.coverage(a).mean()),
+        }
+        for f, a in chosen_.items()
+    ]
+    return sorted(rows, key=lambda r: -r["coverage"])
+
+
+def equal_density_rows() -> tuple[list[dict], str]:
+    """Every family at EQUAL_DENSITY for this model: from the shipped frontier when this is the
+    model it was measured on, else measured on this page's images; and where they come from."""
+    frontier = shipped_frontier_path()
+    try:
+        info = frontier.stat()
+        stamp = (info.st_size, info.st_mtime_ns)
+    except OSError:
+        stamp = ()
+    found = shipped_rows(str(frontier), stamp, EQUAL_DENSITY) if stamp else "absent"
+    if not isinstance(found, str) and recorded_model(found[1]) == Path(chosen.path).resolve():
+        return found[0], (
+            f"from the shipped frontier, {frontier.name}, on {found[1].get('images', '?')} test "
+            "images"
+        )
+    what = "this image" if len(tokens) == 1 else f"these {len(tokens)} test images"
+    return measured_rows(chosen.path, set_key, EQUAL_DENSITY, tokens), f"measured on {what}"
+
+
+density_rows, density_source = equal_density_rows()
+if density_rows:
+    opening.markdown(
+        "**"
+        + as_text(coverage_sentence(density_rows, EQUAL_DENSITY))
+        + f"** ({as_text(density_source)}; top-k is the oracle that keeps each query's "
+        "largest weights. Each family at its choice nearest that density: below.)"
+    )
+else:
+    opening.info("This model is too long to score every family's coverage here.")
 specs = [
     image_layout_spec("strided", model.config.row_stride, model.config.block_size),
     image_layout_spec("fixed", model.config.row_stride, model.config.block_size),
@@ -105,6 +195,28 @@ st.caption(
     "Coverage 1 means the layout allows every key the head uses; each cell names the "
     "head's type (what each type and metric means: below)."
 )
+if density_rows:
+    with st.expander(f"Every family at about {EQUAL_DENSITY:.0%} of the keys"):
+        bars = coverage_bars(
+            density_rows, f"{chosen.name}: attention kept at about {EQUAL_DENSITY:.0%} of the keys"
+        )
+        st.plotly_chart(bars, key="lvp_equal_density")
+        st.dataframe(density_rows, hide_index=True)
+        figures.append(
+            Exportable(
+                safe_name(f"{chosen.name}_coverage_at_{EQUAL_DENSITY:.0%}"),
+                bars,
+                {
+                    "family": np.array([r["family"] for r in density_rows]),
+                    "spec": np.array([r["spec"] for r in density_rows]),
+                    "density": np.array([r["density"] for r in density_rows]),
+                    "coverage": np.array(
+                        [np.nan if r["coverage"] is None else r["coverage"] for r in density_rows]
+                    ),
+                },
+                meta | {"source": density_source},
+            )
+        )
 st.markdown(METRICS_HELP)
 with st.expander("Every metric, per layer and head"):
     st.dataframe(tables[specs[0]], hide_index=True, key="lvp_table")

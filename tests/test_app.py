@@ -219,6 +219,7 @@ def test_learned_vs_prescribed_page(tmp_path, monkeypatch):
     assert [title(s) for s in charts(at)] == [
         "coverage by strided(l=28)",
         "coverage by fixed(l=28, c=2)",
+        "dense: attention kept at about 10% of the keys",  # every family (test_app_frontier.py)
     ]
     strided = chart(at, "lvp_cov_strided")
     assert title(strided) == "coverage by strided(l=28)"
