@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import streamlit as st
 from PIL import Image
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from app_pages import limits
 from kernels.layouts import FAMILY_PARAMS, MAX_SPEC_INT
@@ -725,9 +726,12 @@ SETTINGS: dict[str, Setting] = {
 
 def keep_settings() -> None:
     """Keep every setting this session has made, on every page: called at the top of each run
-    (app.py), before any page draws its widgets. The first run of a session reads the URL."""
+    (app.py), before any page draws its widgets. The first run of a session reads the URL, and
+    so does a run the browser's Back or Forward started: the entry's URL records the view."""
     if "_settings_from_url" not in st.session_state:
         st.session_state["_settings_from_url"] = settings_from_url()
+    elif history_navigation():
+        settings_from_url()
     for key in SETTINGS:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
@@ -762,9 +766,39 @@ def _url_text(value) -> str | list[str]:
     return str(value)
 
 
+def history_navigation() -> bool:
+    """Whether this run was started by the browser's Back or Forward."""
+    ctx = get_script_run_ctx()
+    return bool(getattr(ctx, "is_history_navigation", False))
+
+
+# Streamlit's frontend pushes a history entry whenever the URL's query changes (every setting
+# change), then another when the page changes: Back showed the page's latest state and took three
+# or four presses to leave a page. In this browser tab, a new URL on the same page (same path)
+# replaces the entry instead: one entry per page visited, recording its latest view; Back goes
+# to the previous page in one press and keep_settings restores the settings it records.
+REPLACE_SAME_PAGE_ENTRIES = """<script>
+(() => {
+  const h = window.history;
+  if (h.__sameAddressReplaces) return;
+  const push = h.pushState.bind(h);
+  h.pushState = (state, title, url) => {
+    const next = url == null ? null : new URL(url, window.location.href);
+    if (next === null || next.pathname === window.location.pathname) {
+      return h.replaceState(state, title, url);
+    }
+    return push(state, title, url);
+  };
+  h.__sameAddressReplaces = true;
+})();
+</script>"""
+
+
 def share_settings(prefix: str | tuple[str, ...] | None) -> None:
     """Write the settings of the page with keys ``prefix``_... (one prefix or several) to the
-    URL (only they: a link names one page's view); other pages' settings stay in the session."""
+    URL (only they: a link names one page's view); other pages' settings stay in the session.
+    A change replaces the tab's history entry for this page (REPLACE_SAME_PAGE_ENTRIES)."""
+    st.html(REPLACE_SAME_PAGE_ENTRIES, unsafe_allow_javascript=True)
     prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix or ())
     wanted = {
         key: _url_text(st.session_state[key])

@@ -407,6 +407,9 @@ def server_ms(repeats: int, parts: set[str]) -> list[tuple[str, list[float]]]:
     def rounds(page: str, label: str, steps) -> None:
         """``steps(k)``: [(name, [(widget kind, key, value)])] of round k, each one rerun."""
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        # run once first: before a first run AppTest knows a page by its file name only, and the
+        # pages' addresses are their names (app.py's url_path)
+        at.run()
         at.switch_page(page).run()
         assert not at.exception, at.exception
         out: dict[str, list[float]] = {}
