@@ -7,6 +7,8 @@ model run under that point's attention."""
 
 from __future__ import annotations
 
+import threading
+
 import streamlit as st
 
 from app_pages.common import (
@@ -85,6 +87,29 @@ def measure_memory(config) -> int:
     mass = 8 * layers * heads * n * n + 3 * 4 * BATCH * heads * n * n
     evaluation = 2 * 4 * BATCH * heads * n * n
     return max(mass, evaluation)
+
+
+@st.cache_resource(max_entries=8, ttl=3600, show_spinner=False)
+def warm_attention(path: str) -> threading.Thread:
+    """Once per model and server: load the model a click on a point opens, and import what
+    the Attention page runs with, in a thread, while the frontier is being read (this page
+    itself needs neither torch nor a model: the first click would wait for both)."""
+
+    def warm() -> None:
+        import analysis.attention  # noqa: F401  (torch, the capture)
+        import analysis.maps  # noqa: F401
+        import analysis.metrics  # noqa: F401
+        import viz.figures  # noqa: F401
+        import viz.layout_view  # noqa: F401
+
+        try:
+            get_model(path)
+        except Exception:  # noqa: BLE001  (the click explains a model that cannot be loaded)
+            pass
+
+    thread = threading.Thread(target=warm, name="warm-attention", daemon=True)
+    thread.start()
+    return thread
 
 
 def frontier_work(name: str, images: int, families: list[str]):
@@ -287,3 +312,5 @@ export_panel(
     [Exportable(safe_name(f"{name}_frontier"), fig, frontier_arrays(result), meta)],
     "fr_export",
 )
+# last: the figure is sent first, then the model a click opens is loaded meanwhile
+warm_attention(str(model_path(name)))
