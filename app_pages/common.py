@@ -18,8 +18,9 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from app_pages import limits
 from kernels.layouts import FAMILY_PARAMS, MAX_SPEC_INT
+from models.datasets import DatasetError
 from models.tokens import Geometry
-from models.uploads import ImageInputError, prepare_image, prepare_upload
+from models.uploads import ImageInputError, prepare_image, prepare_upload, read_image_file
 
 if TYPE_CHECKING:  # torch and the model are imported when a page first needs a model: the
     # Layouts page draws with numpy and so the app's first page skips torch's import time
@@ -181,19 +182,38 @@ def load_or_explain(name: str) -> SparseTransformer | None:
 
 
 @st.cache_data(max_entries=4, ttl=3600, show_spinner=False)
+def read_samples(geometry: Geometry, folder: str) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """The sample images in ``folder``, prepared for ``geometry``: ({name: uint8 [H, W, C]}, why
+    each one that cannot be used is left out). Read through models.uploads.read_image_file: a
+    missing, oversized or special file (a FIFO) is refused unread, never a traceback."""
+    out, problems = {}, []
+    for path in sorted(Path(folder).glob("*.png")):
+        try:
+            out[path.stem] = prepare_image(read_image_file(path), geometry)
+        except (ImageInputError, DatasetError) as e:
+            problems.append(f"{path.name} is left out: {e}")
+    return out, tuple(problems)
+
+
 def sample_images(geometry: Geometry) -> dict[str, np.ndarray]:
-    """The shipped sample images, prepared for ``geometry``: {name: uint8 [H, W, C]}."""
-    out = {}
-    for path in sorted(SAMPLES_DIR.glob("*.png")):
-        out[path.stem] = prepare_image(path.read_bytes(), geometry)
-    return out
+    """The shipped sample images that can be used, prepared for ``geometry``."""
+    return read_samples(geometry, str(SAMPLES_DIR))[0]
 
 
 def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None:
     """A sample image or an upload, prepared for the model; explains unusable uploads."""
-    samples = sample_images(geometry)
+    samples, problems = read_samples(geometry, str(SAMPLES_DIR))
     source = st.radio("Image", ["test image", "upload"], horizontal=True, key=f"{prefix}_source")
     if source == "test image":
+        for problem in problems:
+            st.warning(as_text(problem))
+        if not samples:
+            where = SAMPLES_DIR.relative_to(ROOT) if SAMPLES_DIR.is_relative_to(ROOT) else ""
+            st.error(
+                f"No test image can be read from {as_text(str(where or SAMPLES_DIR))}: "
+                "upload an image instead."
+            )
+            return None
         name = st.selectbox("Test image", list(samples), key=f"{prefix}_sample")
         return name, samples[name]
     upload = st.file_uploader("Any image (PNG, JPEG, ...)", key=f"{prefix}_upload")
@@ -219,6 +239,11 @@ def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None
         return None
     for note in notes:  # e.g. an animated GIF: only its first frame is used
         st.info(as_text(f"{upload.name}: {note}"))
+    size = shown_size(data)
+    told = fit_note(size, geometry, fit) if size else None
+    if told:
+        surprising, text = told
+        (st.info if surprising else st.caption)(as_text(f"{upload.name}: {text}"))
     if border >= LIGHT_BORDER and not invert:
         st.warning(
             f"{as_text(upload.name)} has a light background (its border averages {border:.0f} "
@@ -233,6 +258,56 @@ def pick_image(prefix: str, geometry: Geometry) -> tuple[str, np.ndarray] | None
             "of 255): inverted, it is dark on white, unlike the training images."
         )
     return upload.name, 255 - image if invert else image
+
+
+def shown_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an image file as it is shown (EXIF rotation applied), from its header;
+    None when the header cannot be read (prepare_upload has said why by then)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation: 90 degrees
+    except Exception:  # noqa: BLE001  (any unreadable header: nothing to tell)
+        return None
+    return (h, w) if turned else (w, h)
+
+
+def fit_note(size: tuple[int, int], geometry: Geometry, fit: str) -> tuple[bool, str] | None:
+    """What fitting an image of ``size`` (width, height) to ``geometry`` did, as (surprising,
+    text): cropped or padded to the model's shape, or enlarged, is surprising; only reduced is
+    not; the model's own size: None (nothing was done)."""
+    w, h = size
+    tw, th = geometry.width, geometry.height
+    if (w, h) == (tw, th):
+        return None
+    said = [f"{w} x {h} pixels (width x height); the model sees {tw} x {th}"]
+    other_shape = w * th != h * tw
+    if fit == "crop":
+        cw, ch = (h * tw / th, h) if w * th > h * tw else (w, w * th / tw)
+        scale = tw / cw
+        if other_shape:
+            said.append(
+                f"only its centre {cw:.0f} x {ch:.0f} is used, the rest is cropped "
+                "(Fit: letterbox keeps all of it)"
+            )
+    else:
+        scale = min(tw / w, th / h)
+        if other_shape:
+            nw, nh = max(1, min(tw, round(w * scale))), max(1, min(th, round(h * scale)))
+            said.append(
+                f"it fills {nw} x {nh} of it, padded with the background "
+                "(Fit: crop fills the frame)"
+            )
+    if scale > 1:
+        said.append(
+            f"enlarged {scale:.3g} times: each of its pixels becomes a block of about "
+            f"{scale:.0f} x {scale:.0f}"
+            if scale >= 2
+            else f"enlarged {scale:.3g} times"
+        )
+    elif scale < 1:
+        said.append(f"reduced {1 / scale:.3g} times")
+    return other_shape or scale > 1, "; ".join(said) + "."
 
 
 def show_image(image: np.ndarray, caption: str, width: int = 140) -> None:

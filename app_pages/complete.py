@@ -57,6 +57,25 @@ job = st.session_state.cmp_job
 if job is not None:
     job.interrupt()  # still running: this rerun (a click, an upload) cut its run short
 
+
+def samples_caption(n: int, temperature: float, top_k: int, seed: int) -> str:
+    """The caption of a model's samples: greedy sampling (temperature 0, or top-k 1) takes the
+    most likely value at every pixel, so its samples are identical and the seed does nothing."""
+    if n > 1 and (temperature == 0 or top_k == 1):
+        why, fix = (
+            ("temperature 0", "a temperature above 0")
+            if temperature == 0
+            else ("top-k 1", "a top-k of 0 (off) or above 1")
+        )
+        return (
+            f"{n} identical samples: {why} is greedy (every pixel takes its most likely "
+            f"value), so the seed changes nothing; {fix} gives different samples"
+        )
+    if temperature == 0 or top_k == 1:
+        return "1 sample, greedy (every pixel its most likely value)"
+    return f"{n} sample{'s' if n != 1 else ''}, seed {seed}"
+
+
 names = require_model_names()
 st.session_state.setdefault(
     "cmp_models", [m for m in ("strided", "fixed") if m in names] or names[:1]
@@ -258,7 +277,7 @@ with right:
         with col:
             st.markdown(f"**{as_text(name)}**")
             grid = image_grid([("", list(samples))], label_width=0, scale=4, columns=PER_ROW)
-            st.image(grid, caption=f"{len(samples)} samples, seed {seed}")
+            st.image(grid, caption=samples_caption(len(samples), temperature, top_k, seed))
             meta = {
                 "model": name,
                 "image": image_name,
