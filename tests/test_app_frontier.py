@@ -271,3 +271,22 @@ def test_frontier_page_measures_another_model_in_the_pool(monkeypatch, tmp_path,
     )
     at.run()  # kept: drawn again without measuring
     assert chart(at, "fr_chart")["data"][0]["name"] == spec["data"][0]["name"]
+
+
+def test_frontier_is_exported_with_its_points(monkeypatch, small_file):
+    import io
+    import zipfile
+
+    at = frontier_at(monkeypatch, small_file)
+    at.multiselect(key="fr_export_formats").set_value(["svg", "npz"]).run()
+    at.button(key="fr_export_prepare").click().run()
+    assert not at.exception, at.exception
+    data, count = at.session_state["fr_export_job"][1].result
+    z = zipfile.ZipFile(io.BytesIO(data))
+    (npz,) = [n for n in z.namelist() if n.endswith(".npz")]
+    assert npz == "dense_frontier.npz" and "dense_frontier.svg" in z.namelist()
+    arrays = np.load(io.BytesIO(z.read(npz)))
+    result = small_result()
+    assert len(arrays["spec"]) == len(result["points"]) + 2  # + the trained and fitted points
+    assert list(arrays["spec"][:2]) == ["strided(l=28)", "strided(l=14)"]
+    assert np.allclose(arrays["bpd"][: len(result["points"])], [p["bpd"] for p in result["points"]])

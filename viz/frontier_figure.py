@@ -168,10 +168,9 @@ def frontier_figure(result: dict, model: str, title: str | None = None) -> go.Fi
         go.Scatter(
             x=span,
             y=[result["dense_bpd"]] * 2,
-            mode="lines+markers",
+            mode="lines",
             name=f"dense: {result['dense_bpd']:.4f} bits/dim",
             line={"color": "#222222", "dash": "dash", "width": 1.5},
-            marker={"size": [0, 9], "color": "#222222"},
             customdata=[
                 _row("", model, "dense (its own attention)", "dense()", p)
                 for p in ({"density": 1.0, "keys": dense_keys, "bpd": result["dense_bpd"]},) * 2
@@ -256,8 +255,8 @@ def frontier_figure(result: dict, model: str, title: str | None = None) -> go.Fi
                 marker={
                     "symbol": "diamond",
                     "size": 13,
-                    "color": "#ffffff",
-                    "line": {"color": "#111111", "width": 2},
+                    "color": "#111111",
+                    "line": {"color": "#ffffff", "width": 1.5},
                 },
                 customdata=[
                     _row(
@@ -411,14 +410,17 @@ def frontier_summary(result: dict, density: float = 0.1) -> list[str]:
 
 
 def coverage_bars(rows: Sequence[dict], title: str) -> go.Figure:
-    """at_density's rows as bars: the share of the attention each family keeps (its spec and
+    """at_density's rows as dots: the share of the attention each family keeps (its spec and
     density in the hover), top-k in its red."""
     kept = [r for r in rows if r.get("coverage") is not None]
     fig = go.Figure(
-        go.Bar(
+        go.Scatter(  # dots, not bars: every export format draws a scatter (viz/export.py)
             x=[r["label"] for r in kept],
             y=[r["coverage"] for r in kept],
-            marker={"color": [COLORS.get(r["family"], "#555555") for r in kept]},
+            mode="markers+text",
+            text=[f"{r['coverage']:.0%}" for r in kept],
+            textposition="top center",
+            marker={"color": [COLORS.get(r["family"], "#555555") for r in kept], "size": 14},
             customdata=[[r["spec"], r["density"], r["keys"]] for r in kept],
             hovertemplate="<b>%{x}</b><br>%{customdata[0]}<br>density %{customdata[1]:.3f}, "
             "%{customdata[2]:.1f} keys a query<br>keeps %{y:.1%} of the attention<extra></extra>",
@@ -429,7 +431,7 @@ def coverage_bars(rows: Sequence[dict], title: str) -> go.Figure:
         title=title,
         yaxis={
             "title": {"text": "attention kept (coverage)"},
-            "range": [0, 1],
+            "range": [0, 1.08],
             "tickformat": ".0%",
         },
         margin={"l": 60, "r": 20, "t": 50, "b": 80},
