@@ -23,7 +23,7 @@ GEOMETRIES = {
     "32x32 RGB (CIFAR-10)": Geometry(32, 32, 3),
 }
 SPEC = "spec"  # the multiselect's entry for a typed spec (multihead, or any layout)
-MAX_SHOWN = 4  # families side by side: a fifth column is too narrow for a pixel view
+MAX_SHOWN = 4  # families compared at once: more make the page long and each change slow
 # strided and fixed share the page's first inputs (as before the other families came)
 SHARED_KEYS = {
     ("strided", "l"): "lay_l",
@@ -106,10 +106,10 @@ st.caption(
     "An image is a sequence of tokens in raster order, channels interleaved; l is usually "
     "one image row. Strided: a window of the last l tokens plus every l-th token before it "
     "(the column above). Fixed: blocks of l tokens plus the last c of every earlier block. "
-    "**Side by side** draws any of the other static families too (dilated, sinks, axial, "
-    "neighborhood, block-sparse, BigBird, or a typed spec such as multihead(...)). Top-k and "
+    "The third Show choice compares any static families: also dilated, sinks, axial, "
+    "neighborhood, block-sparse, BigBird, or a typed spec such as multihead(...). Top-k and "
     "MoBA are content-based: which keys they keep depends on the scores, so they have no mask "
-    "ahead of a run and are shown on the model pages (Attention, Playground), not here."
+    "ahead of a run; they are shown on the model pages, not here."
 )
 
 
@@ -156,7 +156,7 @@ for key, high in (  # a value from a link may not fit this image
 mode = st.radio("Show", ["strided", "fixed", "side by side"], horizontal=True, key="lay_mode")
 if mode == "side by side":
     shown = st.multiselect(
-        "Families side by side",
+        "Families to compare (up to 4)",
         [*LAYOUT_FAMILIES, SPEC],
         key="lay_families",
         max_selections=MAX_SHOWN,

@@ -149,3 +149,31 @@ def test_families_and_parameters_come_from_a_link():
         "axial(width=14)",
     ]
     assert at.query_params["lay_sinks_s"] == "2" and at.query_params["lay_axial_width"] == "14"
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        *(L.parse_layout(L.image_layout_spec(f, 96, 3072)) for f in L.FAMILY_PARAMS),
+        L.fixed(96, 8, num_verts=3),
+        L.multihead(L.axial(96), L.bigbird(24, 2, 1, 3, seed=4)),
+        L.dilated(2**20, 2**20),  # r * w beyond int32: evaluated in int64
+    ],
+    ids=repr,
+)
+def test_the_views_are_the_layouts_mask(layout):
+    """What the page draws (viz.layout_view, in int32 where exact) is the torch mask, exactly
+    (pixel and N x N part codes) and pooled (the allowed share of every tile)."""
+    from viz.layout_view import mask_view, part_codes
+
+    n = 1001  # 4 x 4 tiles at max_cells below, the last one partial (1 token)
+    for head in range(layout.period):
+        expected = layout.dense_mask(n, layout.period)[head].numpy()
+        np.testing.assert_array_equal(part_codes(layout, np.arange(n), n, head) > 0, expected)
+        pooled, tile = mask_view(layout, n, head, max_cells=300)
+        padded = np.zeros((1004, 1004))
+        padded[:n, :n] = expected
+        sums = padded.reshape(251, 4, 251, 4).sum(axis=(1, 3))
+        sizes = np.minimum(4, n - 4 * np.arange(251))
+        assert tile == 4
+        np.testing.assert_allclose(pooled, sums / np.outer(sizes, sizes), atol=1e-6)
