@@ -1,6 +1,7 @@
 """viz/figures.py: what the figures hold, read back from the figure objects."""
 
 import numpy as np
+import pytest
 
 from viz.figures import (
     GRID_TILES_TRACE,
@@ -101,3 +102,39 @@ def test_click_targets_are_data_not_drawn_nodes():
     for name, fig in figs.items():
         layer = trace(fig, name)
         assert layer.marker.opacity == 0 and layer.marker.maxdisplayed == 1, name
+
+
+def test_head_grid_has_a_colour_bar_and_a_shared_scale_that_keeps_faint_heads_visible():
+    """Each tile on its own scale: a colour bar in shares of its peak. One shared scale: the
+    weights over a robust cap (the 99th percentile of the positive weights), square-rooted,
+    the colour bar labelled in weights and the subtitle saying how; a diffuse head is not
+    drowned by one sharp head as it was on a linear scale to the grid's maximum."""
+    from viz.figures import GRID_PERCENTILE, grid_scale
+
+    rng = np.random.default_rng(1)
+    maps = rng.random((2, 2, 10, 10))
+    maps /= maps.sum((2, 3), keepdims=True)  # diffuse heads: about 0.01 each
+    maps[0, 0] = 0
+    maps[0, 0, 3, 3] = 1.0  # one sharp head
+    own = head_grid_figure(maps, "g")
+    heads = trace(own, "heads")
+    assert heads.showscale and "peak" in heads.colorbar.title.text
+    assert list(heads.colorbar.ticktext) == ["0%", "25%", "50%", "75%", "100%"]
+    assert "own scale" in own.layout.title.subtitle.text
+    shared = head_grid_figure(maps, "g", shared_scale=True)
+    heads = trace(shared, "heads")
+    z = np.asarray(heads.z, dtype=float)
+    cap = np.percentile(maps[maps > 0], GRID_PERCENTILE)
+    np.testing.assert_allclose(z[11:21, 11:21], np.clip(maps[1, 1] / cap, 0, 1) ** 0.5, rtol=1e-5)
+    assert z[3, 3] == 1.0  # the sharp pixel saturates
+    diffuse = z[11:21, 11:21]
+    assert np.median(diffuse) > 0.4  # visible: on a linear scale to the max it was ~0.01
+    assert np.median(maps[1, 1] / maps.max()) < 0.02
+    assert f"{cap:.3g}" in shared.layout.title.subtitle.text
+    assert "square root" in heads.colorbar.title.text
+    # the colour bar's labels are weights: the top one is the cap, a quarter way is cap / 16
+    assert float(heads.colorbar.ticktext[-1]) == pytest.approx(cap, rel=0.05)
+    assert float(heads.colorbar.ticktext[1]) == pytest.approx(cap / 16, rel=0.05)
+    # all zero: no division by zero, black tiles
+    scaled, _, _ = grid_scale(np.zeros((1, 2, 3, 3)), True)
+    assert np.isfinite(scaled).all() and (scaled == 0).all()

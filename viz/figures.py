@@ -442,6 +442,52 @@ def _tile_axis(labels: list[str], size: int) -> dict:
     )
 
 
+# the head grid's one shared colour scale: weights up to this percentile of the grid's positive
+# weights span the colours (the few sharpest pixels above it saturate), drawn on a power scale
+# (weight ** GRID_POWER): a linear scale to the grid's maximum left every diffuse head dark
+GRID_PERCENTILE = 99.0
+GRID_POWER = 0.5
+_GRID_TICKS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+def grid_scale(maps: np.ndarray, shared: bool) -> tuple[np.ndarray, dict, str]:
+    """The head grid's colours of ``maps`` [L, H, h, w] in 0..1, its colour bar, and a line
+    that says how the colours were scaled (the figure's subtitle).
+
+    Each tile on its own scale: a tile's weights over its own maximum (linear), the colour bar
+    in shares of that maximum. One shared scale: every weight over the cap (the GRID_PERCENTILE
+    percentile of the grid's positive weights, the brighter ones saturating), to the power
+    GRID_POWER, the colour bar labelled with the weights themselves."""
+    n_layer, n_head = maps.shape[:2]
+    if not shared:
+        peak = maps.reshape(n_layer, n_head, -1).max(-1)[:, :, None, None]
+        scaled = maps / np.where(peak > 0, peak, 1.0)
+        text = [f"{v:.0%}" for v in _GRID_TICKS]
+        bar = "share of its tile's peak"
+        said = "each tile on its own scale: its weights over its own peak"
+    else:
+        positive = maps[maps > 0]
+        cap = float(np.percentile(positive, GRID_PERCENTILE)) if positive.size else 1.0
+        cap = cap if cap > 0 else 1.0
+        scaled = np.clip(maps / cap, 0.0, 1.0) ** GRID_POWER
+        text = [f"{cap * v ** (1 / GRID_POWER):.2g}" for v in _GRID_TICKS]
+        bar = f"weight (square root, cap {cap:.2g})"
+        said = (
+            f"one scale for all tiles: square root of the weight, capped at {cap:.3g} (the "
+            f"{GRID_PERCENTILE:g}th percentile of the weights; brighter pixels saturate)"
+        )
+    colorbar = dict(
+        title=dict(text=bar, side="right"),
+        tickvals=list(_GRID_TICKS),
+        ticktext=text,
+        thickness=12,
+        len=0.9,
+        y=1,
+        yanchor="top",
+    )
+    return scaled, colorbar, said
+
+
 def head_grid_figure(
     maps: np.ndarray,
     title: str,
@@ -451,7 +497,9 @@ def head_grid_figure(
     shared_scale: bool = False,
 ):
     """An overview of every layer x head: maps [L, H, h, w] (e.g. one query's attention over
-    the image), each scaled to its own maximum so faint heads stay readable. ``layers`` and
+    the image), each scaled to its own maximum so faint heads stay readable, or with
+    ``shared_scale`` on one scale that does not drown the diffuse heads (grid_scale: a robust
+    cap and a square root), with a colour bar that says which. ``layers`` and
     ``heads`` name the layers the rows and the heads the columns show (default 0..L-1, 0..H-1).
 
     Drawn as one mosaic heatmap (one trace, not L x H subplots: ten times faster to build),
@@ -461,10 +509,7 @@ def head_grid_figure(
     clicked_tile reads. Point k is tile divmod(k, H).
     """
     n_layer, n_head, h, w = maps.shape
-    peak = maps.reshape(n_layer, n_head, -1).max(-1)[:, :, None, None]
-    if shared_scale:  # one colour scale for all tiles: the sharp heads stand out
-        peak = np.full_like(peak, maps.max())
-    scaled = maps / np.where(peak > 0, peak, 1.0)
+    scaled, colorbar, said = grid_scale(maps, shared_scale)
     mosaic = np.full((n_layer * (h + 1) - 1, n_head * (w + 1) - 1), np.nan)
     for i in range(n_layer):
         for j in range(n_head):
@@ -472,7 +517,13 @@ def head_grid_figure(
             mosaic[r0 : r0 + h, c0 : c0 + w] = scaled[i, j]
     # float32: half the bytes of float64 to send and parse at every rerun
     fig = _unit_heatmap(
-        mosaic.astype(np.float32), "heads", "Viridis", None, hoverinfo="skip", showscale=False
+        mosaic.astype(np.float32),
+        "heads",
+        "Viridis",
+        None,
+        hoverinfo="skip",
+        showscale=True,
+        colorbar=colorbar,
     )
     layer_names = list(layers or range(n_layer))
     head_names = list(heads or range(n_head))
@@ -530,9 +581,10 @@ def head_grid_figure(
                 )
     fig.update_layout(
         shapes=shapes,
-        title=title,
-        height=max(300, 130 * n_layer + 80),
-        margin=dict(l=70, r=20, t=80, b=20),
+        # the subtitle says how the colours are scaled (the colour bar's title, shorter, too)
+        title=dict(text=title, subtitle=dict(text=said, font=dict(size=11))),
+        height=max(300, 130 * n_layer + 100),
+        margin=dict(l=70, r=20, t=100, b=20),
         plot_bgcolor="white",
         # every point of the chart hovers (and clicks) the tile whose centre is nearest
         hovermode="closest",
