@@ -70,3 +70,32 @@ def test_the_figure_draws_each_path_with_its_slope_and_the_guides():
 def test_an_unknown_metric_is_refused():
     with pytest.raises(ValueError, match="metric must be one of"):
         speed_figure([], "seconds")
+
+
+def test_the_figure_draws_dense_and_composed_and_lists_the_others():
+    """Fewer lines at first: dense and the composed kernels drawn, the other paths in the
+    legend only (a click shows one); guides always drawn."""
+    fig = speed_figure(rows_growing(2, 1.5), "fwd_ms")
+    visible = {t.name.split(" (slope")[0]: t.visible for t in fig.data}
+    assert visible["dense causal SDPA"] is True and visible["strided, composed"] is True
+    assert visible["strided, SDPA + mask"] == "legendonly"
+    assert visible["N²"] is None  # a guide: plotly's default, drawn
+
+
+def test_log_axes_tick_only_clean_values():
+    fig = speed_figure(rows_growing(2, 1.5), "fwd_ms")
+    assert list(fig.layout.xaxis.tickvals) == [1024, 2048, 4096, 8192, 16384]
+    assert list(fig.layout.xaxis.ticktext) == ["1,024", "2,048", "4,096", "8,192", "16,384"]
+    ys = list(fig.layout.yaxis.tickvals)
+    assert all(math.log10(v) == round(math.log10(v)) for v in ys)  # decades only
+    assert fig.layout.yaxis.ticktext[ys.index(1.0)] == "1"
+    assert fig.layout.height >= 600  # drawn 800 px wide with the legend: about square
+
+
+def test_a_recorded_command_says_each_option_once():
+    from viz.speed_figure import command_text
+
+    doubled = "python -m tools.bench_kernels --device cpu --device cpu --crossover"
+    assert command_text(doubled) == "python -m tools.bench_kernels --device cpu --crossover"
+    other = "python -m tools.bench_kernels --device cpu --sizes 1024 --device cuda"
+    assert command_text(other) == other  # another value is kept

@@ -22,6 +22,45 @@ SERIES = {
     ("FlexAttention", "fixed"): ("fixed, FlexAttention", "#d62728", "dot"),
 }
 METRICS = {"fwd_ms": "forward", "fwd_bwd_ms": "forward + backward"}
+# drawn at first: dense and the composed kernels; the other paths are a click on their legend
+# entry away (nine lines at once flattened into one band)
+SHOWN = {("dense causal SDPA", "dense"), ("composed", "strided"), ("composed", "fixed")}
+
+
+def command_text(command: str) -> str:
+    """A recorded command line with an option repeated with the same value said once
+    ("--device cpu --device cpu --crossover" -> "--device cpu --crossover")."""
+    words, out, seen = command.split(), [], set()
+    i = 0
+    while i < len(words):
+        word = words[i]
+        value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("-") else None
+        if word.startswith("--") and value is not None:
+            if (word, value) not in seen:
+                seen.add((word, value))
+                out += [word, value]
+            i += 2
+            continue
+        if not (word.startswith("--") and (word, None) in seen):
+            out.append(word)
+        if word.startswith("--"):
+            seen.add((word, None))
+        i += 1
+    return " ".join(out)
+
+
+def log_ticks(values: list[float], ms: bool = False) -> dict:
+    """Ticks of a log axis at clean values only: powers of two for N (the sizes measured are),
+    decades for times; labelled plainly (1,024; 0.1; 1,000), no minor digits."""
+    lo, hi = min(values), max(values)
+    if ms:
+        ticks = [10.0**k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
+        text = [f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks]
+    else:
+        ticks = [2.0**k for k in range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1)]
+        ticks = ticks if len(ticks) <= 8 else ticks[:: math.ceil(len(ticks) / 8)]
+        text = [f"{t:,.0f}" for t in ticks]
+    return {"tickvals": ticks, "ticktext": text, "minor": {"showgrid": False}}
 
 
 def series(rows: list[dict], metric: str) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
@@ -56,7 +95,9 @@ def fitted_power(ns: list[int], ms: list[float]) -> float | None:
 def speed_figure(rows: list[dict], metric: str = "fwd_ms", title: str | None = None) -> go.Figure:
     """Log-log time against N for every measured path, with N^2 (through dense's first point)
     and N·√N (through composed strided's first point) drawn as grey guides; each legend entry
-    says its fitted slope."""
+    says its fitted slope. The paths in SHOWN are drawn, the others listed in the legend (a
+    click shows one). Ticks at powers of two and decades only; the plot area is about square
+    (the slopes read true)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     fig = go.Figure()
@@ -94,14 +135,26 @@ def speed_figure(rows: list[dict], metric: str = "fwd_ms", title: str | None = N
                 line={"color": color, "dash": dash},
                 marker={"color": color, "size": 6},
                 hovertemplate=f"{name}<br>N = %{{x}}<br>%{{y:.1f}} ms<extra></extra>",
+                visible=True if key in SHOWN else "legendonly",
             )
         )
+    every_ms = [t for _, ms in lines.values() for t in ms]
     fig.update_layout(
-        title=title or f"Attention on the CPU, {METRICS[metric]}: time against sequence length",
-        xaxis={"title": {"text": "sequence length N (tokens)"}, "type": "log"},
-        yaxis={"title": {"text": f"{METRICS[metric]} time (ms)"}, "type": "log"},
+        title=title or f"Attention on the CPU, {METRICS[metric]}: time against N",
+        xaxis={
+            "title": {"text": "sequence length N (tokens)"},
+            "type": "log",
+            **(log_ticks(every_n) if every_n else {}),
+        },
+        yaxis={
+            "title": {"text": f"{METRICS[metric]} time (ms)"},
+            "type": "log",
+            **(log_ticks(every_ms, ms=True) if every_ms else {}),
+        },
         legend={"font": {"size": 11}},
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
-        height=460,
+        # drawn 800 px wide (app_pages/models_page.py), the legend on the right: the plot area
+        # about square, where 3:1 flattened the slopes
+        height=620,
     )
     return fig
