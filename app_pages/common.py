@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -526,6 +527,15 @@ def pool_job(
 EXPORT_WORDS = JobWords("export", "The export")
 
 
+def export_progress(done: int, total: int, name: str, t0: float, now: float | None = None) -> str:
+    """An export's progress line: files made, and the time left at the pace measured so far
+    (this server, its load now), not a guess made before it started."""
+    spent = (time.monotonic() if now is None else now) - t0
+    left = spent / max(1, done) * max(0, total - done)
+    pace = f"{spent:.0f} s so far, about {left:.0f} s left" if done < total else f"{spent:.0f} s"
+    return f"{done} of {total} files ({pace}): {name}"
+
+
 def export_job(key: str, items, formats, *, dpi: int, heavy: bool, start: bool):
     """The export of ``items`` kept under ``{key}_job``: started in the pool when ``start``
     (Refused is explained), followed while it runs (with Cancel), and returned once it has
@@ -540,10 +550,11 @@ def export_job(key: str, items, formats, *, dpi: int, heavy: bool, start: bool):
 
     def work(task):
         done = []
+        t0 = time.monotonic()
 
         def made(name: str) -> None:
             done.append(name)
-            task.report(len(done) / total, f"{len(done)} of {total} files: {name}")
+            task.report(len(done) / total, export_progress(len(done), total, name, t0))
 
         try:
             return export_zip(

@@ -387,7 +387,9 @@ def planned(
 
 @dataclass(frozen=True)
 class Estimate:
-    """What an export will take, told before it starts (rough: measured on a 2-core CPU)."""
+    """What an export will take, told before it starts. ``seconds`` is rough (the costs were
+    measured on an idle 2-core CPU; a busy server took five times as long), so describe() does
+    not state it: the export's progress bar tells the time left from its own measured pace."""
 
     files: int
     bytes: int
@@ -396,15 +398,9 @@ class Estimate:
 
     def describe(self) -> str:
         return (
-            f"{self.files} files, about {self.bytes / 2**20:.1f} MB, "
-            f"{_duration(self.seconds)}, up to {self.memory / 2**20:.0f} MB of memory"
+            f"{self.files} files, about {self.bytes / 2**20:.1f} MB, up to "
+            f"{self.memory / 2**20:.0f} MB of memory; the time left is measured as it runs"
         )
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"~{max(1, round(seconds))} s"
-    return f"~{seconds / 60:.1f} min"
 
 
 # per format: seconds and bytes of a figure, seconds per cell, bytes per cell when drawn as one
