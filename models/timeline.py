@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ import torch
 
 from kernels.layouts import image_layout_spec, parse_layout
 from models.checkpoint import write_atomic
+from models.files import read_file
 from models.model import SparseTransformer
 
 TIMELINE_NPZ = "timeline.npz"
@@ -48,6 +50,11 @@ POINTS = 16  # log-spaced snapshots in 1..steps (plus step 0)
 QUERY_STRIDE = 7  # the metrics read every 7th query from the second row on (7 and 28 coprime)
 METRICS = ("entropy", "k90", "distance", "same_row", "same_col")
 COVERAGE = ("strided", "fixed")  # coverage of these image layouts, as coverage_<name>
+# the most bytes the files are read with (models/files.py: a regular file of at most this size;
+# a FIFO or a device is refused before it is opened); a shipped timeline has ~100 kB
+MAX_TIMELINE_JSON = 4 * 2**20
+MAX_TIMELINE_NPZ = 256 * 2**20
+MAX_TIMELINE_ARRAYS = 2**30  # bytes of its arrays once decompressed
 
 
 class TimelineError(ValueError):
@@ -119,19 +126,50 @@ class Timeline:
         return out | {f"metric_{n}": v for n, v in self.metrics.items()}
 
 
+def load_npz(
+    data: bytes, path: Path, max_arrays: int, error: type[ValueError], what: str = ".npz"
+) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file's ``data`` (no pickles), refused (``error``) when they would
+    decompress to more than ``max_arrays`` bytes: the sizes in the zip directory are checked
+    before anything is inflated, and each member is read at most its stated size."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            total = sum(info.file_size for info in zf.infolist())
+            if total > max_arrays:
+                raise error(
+                    f"{path} holds {total:,} bytes of arrays, more than the {max_arrays:,} "
+                    "this reader accepts"
+                )
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        if isinstance(e, error):
+            raise
+        raise error(f"{path} is not a readable {what} ({type(e).__name__}: {e})") from None
+
+
 def load_timeline(folder: str | Path) -> Timeline | None:
     """The timeline recorded in run folder ``folder``, or None when it has none;
-    TimelineError when its files are there but unreadable or inconsistent."""
+    TimelineError when its files are there but unreadable, not regular files (a FIFO, a
+    device), too large or inconsistent. Both are read through models/files.py, bounded."""
     folder = Path(folder)
     npz, meta_path = folder / TIMELINE_NPZ, folder / TIMELINE_JSON
-    if not npz.is_file():
+    if not npz.exists() and not npz.is_symlink():
         return None
-    try:
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        with np.load(npz, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise TimelineError(f"{npz} is not a readable timeline ({type(e).__name__}: {e})") from None
+    data = load_npz(
+        read_file(npz, MAX_TIMELINE_NPZ, what="timeline", error=TimelineError),
+        npz,
+        MAX_TIMELINE_ARRAYS,
+        TimelineError,
+        "timeline",
+    )
+    meta = {}
+    if meta_path.exists() or meta_path.is_symlink():
+        raw = read_file(meta_path, MAX_TIMELINE_JSON, what="timeline", error=TimelineError)
+        try:
+            meta = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise TimelineError(f"{meta_path} is not readable JSON ({e})") from None
     need = ("steps", "train_bpd", "probe_bpd", "rows_u8", "rows_max", "pooled", "types", "probes")
     missing = [k for k in need if k not in data]
     if missing:

@@ -8,7 +8,11 @@ A run folder is a loadable model folder (config.json, model.safetensors, run.jso
 is there and every file matches it; ``--resume`` takes the newest complete one (saying which
 incomplete ones it passed over), so a crash at any write loses at most the checkpoint being
 written. Only then are the model files beside ``checkpoints/`` replaced (each atomically) and the
-older checkpoints removed.
+older checkpoints removed. A resumed run's record is an uninterrupted run's (its history, and the
+last-100 window of its final numbers reaching back before the checkpoint); ``--resume`` on a
+finished run leaves it alone (no second evaluation, its record untouched). Every file of a run
+is read through models/files.py, each with its bound (FILE_LIMITS): a FIFO or a device there is
+refused, never read.
 
 The command line is tools/train.py (`python -m tools.train`).
 """
@@ -38,6 +42,8 @@ from tqdm import tqdm
 from kernels.layouts import image_layout_spec
 from models.checkpoint import (
     CONFIG_FILE,
+    MAX_CONFIG_BYTES,
+    MAX_WEIGHTS_BYTES,
     WEIGHTS_FILE,
     CheckpointError,
     fsync_dir,
@@ -47,6 +53,7 @@ from models.checkpoint import (
 )
 from models.datasets import describe_source, load_images
 from models.evaluation import device_name, evaluate_bpd
+from models.files import read_file
 from models.model import ModelConfig, SparseTransformer, keep_attention_out_of_graphs
 from models.timeline import TimelineRecorder
 from models.tokens import images_to_tokens
@@ -56,6 +63,11 @@ RUN_FILE = "run.json"
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FORMAT = "sparse-transformer-explorer/checkpoint/1"
+# the most bytes each file of a run is read with (models/files.py: a regular file, this size at
+# most; a FIFO, a device or a huge file is refused before it is opened)
+MAX_MANIFEST_BYTES = 2**20  # a few hundred bytes written
+MAX_RECORD_BYTES = 256 * 2**20  # run.json: ~40 bytes a step of history
+MAX_STATE_BYTES = 2 * MAX_WEIGHTS_BYTES + 2**26  # two moments a parameter, and the RNG state
 # TrainConfig fields a resumed run may change: they touch neither the weights nor the schedule
 RESUMABLE_CHANGES = ("threads",)
 
@@ -292,7 +304,7 @@ def start_run(
         run.record = record
         run.saved_step = run.step
         if ranks.is_main:  # the model beside checkpoints/ may lag the checkpoint by a crash
-            publish(out, {name: (checkpoint / name).read_bytes() for name in PUBLISHED})
+            publish(out, {name: read_run_file(checkpoint / name) for name in PUBLISHED})
             prune_checkpoints(out, keep=checkpoint)
     return run
 
@@ -404,10 +416,12 @@ def load_state(run: Run, path: Path, *, step: int) -> None:
         return CheckpointError(f"cannot resume from {path}: {problem}")
 
     try:
-        data = path.read_bytes()
+        data = read_file(path, MAX_STATE_BYTES, what="train state", error=CheckpointError)
         tensors = load(data)
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
         saved_step = int(header.get("__metadata__", {})["step"])
+    except CheckpointError as e:
+        raise bad(str(e)) from None
     except (OSError, SafetensorError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise bad(f"not a readable train state ({type(e).__name__}: {e})") from None
     if saved_step != step:
@@ -453,6 +467,21 @@ def load_state(run: Run, path: Path, *, step: int) -> None:
 
 PUBLISHED = (WEIGHTS_FILE, CONFIG_FILE, RUN_FILE)  # copied beside checkpoints/: a model folder
 CHECKPOINT_FILES = (*PUBLISHED, STATE_FILE)
+FILE_LIMITS = {  # bytes each file of a checkpoint is read with, at most
+    WEIGHTS_FILE: MAX_WEIGHTS_BYTES,
+    CONFIG_FILE: MAX_CONFIG_BYTES,
+    RUN_FILE: MAX_RECORD_BYTES,
+    STATE_FILE: MAX_STATE_BYTES,
+    MANIFEST_FILE: MAX_MANIFEST_BYTES,
+}
+
+
+def read_run_file(path: Path, what: str = "checkpoint file") -> bytes:
+    """The bytes of one file of a run (a checkpoint's, the manifest, run.json) through
+    models/files.py, bounded by FILE_LIMITS; CheckpointError naming the path otherwise."""
+    return read_file(path, FILE_LIMITS[path.name], what=what, error=CheckpointError)
+
+
 _MODEL_FILES = (*PUBLISHED, STATE_FILE, CHECKPOINTS_DIR)  # any of these: a folder holds a model
 
 
@@ -482,11 +511,13 @@ def checkpoint_problem(folder: Path) -> str | None:
     """None when ``folder`` is a complete checkpoint (its manifest there, every file it names
     intact), else what is wrong: the manifest is written last, so a crash leaves none."""
     path = folder / MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         return f"no {MANIFEST_FILE}: its writing was interrupted"
-    except (OSError, ValueError) as e:
+    try:
+        manifest = json.loads(read_run_file(path, "manifest"))
+    except CheckpointError as e:
+        return str(e)
+    except (ValueError, RecursionError) as e:
         return f"{path} is unreadable ({e})"
     if (
         not isinstance(manifest, dict)
@@ -498,9 +529,9 @@ def checkpoint_problem(folder: Path) -> str | None:
         return f"{path} is not a manifest of this checkpoint"
     for name, digest in manifest["files"].items():
         try:
-            actual = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-        except OSError as e:
-            return f"{folder / name} is unreadable ({e.strerror or e})"
+            actual = hashlib.sha256(read_run_file(folder / name)).hexdigest()
+        except CheckpointError as e:
+            return str(e)
         if actual != digest:
             return f"{folder / name} does not match the SHA-256 in {MANIFEST_FILE}"
     return None
@@ -543,9 +574,10 @@ def find_checkpoint(out: Path, *, resume: bool, say=None) -> Path | None:
 
 def read_record(path: Path) -> dict:
     """A checkpoint's run.json, checked for what resuming relies on; CheckpointError if not."""
+    data = read_run_file(path, "run record")
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as e:
+        record = json.loads(data)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise CheckpointError(f"{path} is not readable JSON ({e})") from None
     want = {
         "history": list,
@@ -685,6 +717,18 @@ def train(
         isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 1
     ):
         raise ValueError(f"stop_at must be a step >= 1, got {stop_at!r}")
+    if resume:
+        done = finished_run(cfg, out)
+        if done is not None and stop_at is not None and done["steps"] >= stop_at:
+            raise ValueError(
+                f"--stop-at {stop_at}: the run in {out} is already at step {done['steps']}"
+            )
+        if done is not None:  # nothing to train: the record and the model stay as they are
+            _say(
+                f"--resume: the run in {out} is finished (step {done['final']['step']}, test "
+                f"{done['final'].get('test_bpd')} bits/dim): left alone"
+            )
+            return done
     ranks = setup_distributed()
     # every rank may write here (--save-all-ranks), before rank 0's first checkpoint makes it
     out.mkdir(parents=True, exist_ok=True)
@@ -720,7 +764,9 @@ def train(
     def last_step() -> int:
         return cfg.steps if stop_at is None else min(cfg.steps, stop_at)
 
-    recent: list[float] = []  # train bits/dim of the last 100 steps
+    # train bits/dim of the last 100 steps, as the history holds them: a resumed run's window
+    # reaches back before its checkpoint, the same numbers an uninterrupted run averages
+    recent = [h["train_bpd"] for h in run.record["history"] if "train_bpd" in h][-100:]
     # closed however the loop ends, so an error is the last thing printed
     with tqdm(initial=run.step, total=cfg.steps, disable=not ranks.is_main) as bar:
         run.clock = time.time()
@@ -733,7 +779,7 @@ def train(
                 seconds = (time.time() - t_calibration) / (CALIBRATION[1] - CALIBRATION[0])
                 cfg.steps = bar.total = steps_for_minutes(run, seconds)
                 calibrating = False
-            recent = (recent + [bpd])[-100:]
+            recent = (recent + [round(bpd, 5)])[-100:]
             lr = lr_at(run.step - 1, cfg)
             bar.set_postfix(loss=f"{loss:.4f}", bpd=f"{bpd:.3f}", lr=f"{lr:.2e}")
             entry = {"step": run.step, "train_bpd": round(bpd, 5)}
@@ -769,6 +815,29 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return run.record
+
+
+def finished_run(cfg: TrainConfig, out: Path) -> dict | None:
+    """The record of the finished resumable run in ``out``: its run.json holds the final
+    evaluation, at the step of its newest complete checkpoint (a model folder without one is
+    refused as find_checkpoint refuses it), checked against ``cfg`` (CheckpointError when the
+    settings differ); None when there is none, or it is not finished."""
+    path = out / RUN_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    checkpoint = find_checkpoint(out, resume=True)
+    if checkpoint is None:
+        return None
+    record = read_record(path)
+    final = record.get("final")
+    if (
+        not isinstance(final, dict)
+        or final.get("step") != record["steps"]
+        or record["steps"] != checkpoint_step(checkpoint)
+    ):
+        return None
+    check_same_settings(cfg, record["train_config"], out)
+    return record
 
 
 def _record_bytes(record: dict) -> bytes:

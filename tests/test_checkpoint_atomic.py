@@ -253,3 +253,48 @@ def test_train_refuses_unusable_settings_before_anything(tiny_data, tmp_path, ba
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="stop_at"):
         train(cfg(tiny_data), tmp_path / "run", stop_at=0)
+
+
+@pytest.mark.parametrize("name", [MANIFEST_FILE, RUN_FILE, STATE_FILE, "model.safetensors"])
+def test_a_fifo_in_a_checkpoint_is_refused_not_read(tiny_data, tmp_path, name):  # noqa: F811
+    """A named pipe where a checkpoint file should be (reading it would block for ever): the
+    checkpoint is not complete, and --resume says why, at once (an alarm fails a hang)."""
+    out = tmp_path / "run"
+    train(cfg(tiny_data, **STEPS), out, stop_at=2)
+    folder = out / CHECKPOINTS_DIR / "step-00000002"
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("reading a FIFO hung"))
+    signal.alarm(60)
+    try:
+        assert training.checkpoint_problem(folder) is not None
+        assert "FIFO" in training.checkpoint_problem(folder)
+        # no complete checkpoint is left beside the model: refused, naming the FIFO
+        with pytest.raises(CheckpointError, match="no complete training checkpoint.*FIFO"):
+            train(cfg(tiny_data, **STEPS), out, resume=True)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_run_files_are_read_with_a_bound(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    """run.json, the manifest and the train state are read through models/files.py: a file
+    larger than its bound is refused by name before it is read."""
+    out = tmp_path / "run"
+    train(cfg(tiny_data, **STEPS), out, stop_at=2)
+    folder = out / CHECKPOINTS_DIR / "step-00000002"
+    monkeypatch.setitem(training.FILE_LIMITS, RUN_FILE, 100)
+    problem = training.checkpoint_problem(folder)
+    assert f"{folder / RUN_FILE}" in problem and "too large" in problem
+    with pytest.raises(CheckpointError, match="too large"):
+        training.read_record(out / RUN_FILE)
+    monkeypatch.setitem(training.FILE_LIMITS, RUN_FILE, training.MAX_RECORD_BYTES)
+    monkeypatch.setattr(training, "MAX_STATE_BYTES", 100)
+    run = training.start_run(
+        cfg(tiny_data, **STEPS),
+        tmp_path / "other",
+        training.Ranks(0, 1, torch.device("cpu")),
+        resume=False,
+    )
+    with pytest.raises(CheckpointError, match="cannot resume from .*too large"):
+        training.load_state(run, folder / STATE_FILE, step=2)

@@ -105,3 +105,39 @@ def test_train_cli_timeline_flag(tiny_data, tmp_path):  # noqa: F811
     t = load_timeline(tmp_path / "cli")
     assert t.probes.shape[0] == 2 and t.steps[0] == 0 and t.steps[-1] == 3
     assert main([*argv[:-2], "--timeline-probes", "-1"]) == 2
+
+
+@pytest.mark.parametrize("name", [TIMELINE_NPZ, TIMELINE_JSON])
+def test_a_fifo_or_a_huge_timeline_is_refused_not_read(tmp_path, name, monkeypatch):
+    """timeline.npz and timeline.json are read through models/files.py: a FIFO there (reading
+    it would block for ever) and a file over its bound are named, at once; an .npz whose
+    arrays would decompress past their bound is refused before it is inflated."""
+    import io
+    import os
+    import signal
+
+    import models.timeline as timeline
+
+    np.savez(tmp_path / TIMELINE_NPZ, steps=np.arange(3))
+    (tmp_path / TIMELINE_JSON).write_text("{}")
+    (tmp_path / name).unlink()
+    os.mkfifo(tmp_path / name)
+    old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("reading a FIFO hung"))
+    signal.alarm(30)
+    try:
+        with pytest.raises(TimelineError, match="FIFO"):
+            load_timeline(tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    (tmp_path / name).unlink()
+    buf = io.BytesIO()
+    np.savez_compressed(buf, steps=np.zeros(2**20, np.uint8))  # 1 MiB of arrays, ~1 kB file
+    (tmp_path / TIMELINE_NPZ).write_bytes(buf.getvalue())
+    (tmp_path / TIMELINE_JSON).write_text("{}")
+    monkeypatch.setattr(timeline, "MAX_TIMELINE_ARRAYS", 2**19)
+    with pytest.raises(TimelineError, match="bytes of arrays, more than"):
+        load_timeline(tmp_path)
+    monkeypatch.setattr(timeline, "MAX_TIMELINE_NPZ", 100)
+    with pytest.raises(TimelineError, match="too large"):
+        load_timeline(tmp_path)

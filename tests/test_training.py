@@ -104,6 +104,50 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert len(parts["commands"]) == 2
 
 
+def test_a_resumed_run_records_what_an_uninterrupted_run_does(tiny_data, tmp_path):
+    """Its history, and its final numbers: the last-100 window reaches back before the
+    checkpoint (not only the steps after resuming), the final evaluation is the same."""
+    whole = train(cfg(tiny_data, steps=8, eval_every=2), tmp_path / "whole")
+    train(cfg(tiny_data, steps=8, eval_every=2), tmp_path / "parts", stop_at=6)
+    parts = train(cfg(tiny_data, steps=8, eval_every=2), tmp_path / "parts", resume=True)
+    assert parts["history"] == whole["history"]
+    assert parts["final"] == whole["final"]
+    window = [h["train_bpd"] for h in whole["history"]][-100:]
+    assert len(window) == 8 and parts["final"]["train_bpd_last100"] == round(np.mean(window), 4)
+    saved = json.loads((tmp_path / "parts" / "run.json").read_text())
+    assert saved["final"] == whole["final"] and saved["history"] == whole["history"]
+
+
+def test_resume_leaves_a_finished_run_alone(tiny_data, tmp_path, monkeypatch, capsys):
+    """--resume on a finished run: no second 10,000-image evaluation, the record untouched
+    (its final numbers kept, not nulled), exit status 0 with one line saying so."""
+    import models.training as training
+    import tools.train
+
+    out = tmp_path / "run"
+    c = cfg(tiny_data, steps=4, eval_every=2)
+    first = train(c, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def no_evaluation(*a, **k):
+        raise AssertionError("a finished run was evaluated again")
+
+    monkeypatch.setattr(training, "evaluate_bpd", no_evaluation)
+    again = train(cfg(tiny_data, steps=4, eval_every=2), out, resume=True)
+    assert again["final"] == first["final"] and again["final"]["train_bpd_last100"] is not None
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert "is finished" in capsys.readouterr().err
+    argv = ["--preset", c.preset, "--layout", c.layout, "--steps", "4", "--batch-size", "4"]
+    argv += ["--warmup", "2", "--eval-every", "2", "--eval-images", "4", "--threads", "1"]
+    argv += ["--lr", str(c.lr)]
+    argv += ["--data", tiny_data, "--out", str(out), "--resume"]
+    assert tools.train.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "is finished" in captured.err and "left alone" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1]) == first["final"]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_schedule_and_batches():
     c = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
     assert lr_at(0, c) == pytest.approx(0.1) and lr_at(9, c) == pytest.approx(1.0)

@@ -15,7 +15,8 @@ The output directory is a loadable model directory (config.json + model.safetens
 models/checkpoint.py, and ``run.json``: the record of the run: command, data, steps, wall time,
 device, train / test bits per dim) plus ``checkpoints/step-N/``, the newest complete checkpoint
 (the model, optimizer moments and RNG state, the record, and a manifest of their SHA-256 written
-last), which ``--resume`` continues from exactly (models/training.py). ``--resume`` refuses a
+last), which ``--resume`` continues from exactly (models/training.py); on a finished run it says
+so and leaves the run alone (exit status 0). ``--resume`` refuses a
 folder no resumable run wrote (a shipped model) and settings other than the run's; training
 without it refuses a folder that already holds a model. A loss or gradient that turns NaN stops
 the run (exit status 1) with its last good checkpoint kept.
