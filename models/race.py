@@ -16,10 +16,20 @@ bits/dim against steps and seconds, the newest attention snapshot (models/timeli
 completions of held-out images every ``complete_every`` steps, the measured seconds per step and
 the attention's nnz. A page reads it from another thread with ``RaceState.view()``.
 
-At the end (done, stopped or cancelled) every model is written as an ordinary run folder in
-``<out>/<layout>/``: model.safetensors + config.json (models/checkpoint.py), run.json (the
-record tools/train.py writes, with the history) and the timeline, which the app's pages open.
-No optimizer state is kept: a race is not resumed.
+At the end (its schedule done, its time budget run out, or stopped) every model is written as
+an ordinary run folder in ``<out>/<layout>/``: model.safetensors + config.json
+(models/checkpoint.py), run.json (the record tools/train.py writes, with the history) and the
+timeline, which the app's pages open; beside them race.json (what was raced, each lane's final
+numbers, and how it ended: END_SCHEDULE, END_BUDGET or the Stop's reason, the one word the page
+shows) and race.npz (probe images, kept halves, completions). ``load_race`` reads the folder
+back as the view a page draws (the Playground's shipped race, assets/races/). No optimizer state
+is kept: a race is not resumed. A race stopped before its first step keeps nothing: the models
+would be untrained, and would fill every page's model list.
+
+Cancellation is asked while the data loads, between the lanes' set-up, before every step and
+between the lanes of every held-out point, snapshot and completion, so a closed tab frees the
+CPU within one lane's piece of work. A minutes budget times its first steps to fix the
+schedule: CALIBRATION's steps, or fewer in a small budget (a fifth of the time left).
 
 No streamlit here (docs/DESIGN.md, "Layering"): app_pages/playground_job.py runs a race in the
 server's training pool; the tests run it directly.
@@ -27,8 +37,11 @@ server's training pool; the tests run it directly.
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import platform
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -45,9 +58,19 @@ from models.checkpoint import model_files, write_atomic
 from models.completion import complete, keep_mask
 from models.datasets import load_images
 from models.evaluation import device_name, histogram_baseline_bpd
+from models.files import read_file
 from models.model import ModelConfig
 from models.sampling import SamplingCancelled
-from models.timeline import POINTS, Classify, Measure, TimelineRecorder, probe_indices
+from models.timeline import (
+    POINTS,
+    Classify,
+    Measure,
+    TimelineError,
+    TimelineRecorder,
+    load_npz,
+    load_timeline,
+    probe_indices,
+)
 from models.tokens import images_to_tokens, tokens_to_image
 from models.training import (
     CALIBRATION,
@@ -65,6 +88,14 @@ from models.training import (
 )
 
 RACE_FILE = "race.json"  # in the race folder: what was raced, and each layout's folder
+RACE_NPZ = "race.npz"  # beside it: the probe images, the kept halves and every completion
+MAX_RACE_JSON = 2**20  # bytes a race.json may have when read back (a few kilobytes written)
+MAX_RACE_NPZ = 8 * 2**20  # bytes of a race.npz (kilobytes written)
+MAX_RUN_JSON = 64 * 2**20  # bytes of a lane's run.json (its history: ~40 bytes a step)
+#: how a race ended, as race.json and the page both say it (one truth)
+END_SCHEDULE = "finished: every step of its schedule"
+END_BUDGET = "the time budget ran out"
+END_STOPPED = "stopped"
 LAYOUT_KINDS = ("dense", "strided", "fixed")  # the default race
 #: every static family a race may train (kernels.layouts.FAMILY_PARAMS), one lane each
 RACE_FAMILIES = tuple(FAMILY_PARAMS)
@@ -253,7 +284,8 @@ class RaceView:
     step: int
     total: int | None  # the steps of the schedule (None while a minutes budget is timed)
     elapsed: float  # seconds since the race started
-    phase: str  # "loading", "training", "saving", "saved"
+    phase: str  # "loading", "training", "saving", "saved"; "discarded": stopped before step 1
+    end: str | None  # how it ended (END_SCHEDULE, END_BUDGET, "stopped"...): race.json's word
     baselines: dict[str, float]
     folder: str
     probe_pixel: tuple[int, int] | None
@@ -272,6 +304,7 @@ class RaceState:
         self.total: int | None = None
         self.started = time.monotonic()
         self.phase = "loading"
+        self.end: str | None = None
         self.baselines: dict[str, float] = {}
         self.folder = ""
         self.probe_pixel: tuple[int, int] | None = None
@@ -293,6 +326,7 @@ class RaceState:
                 total=self.total,
                 elapsed=time.monotonic() - self.started,
                 phase=self.phase,
+                end=self.end,
                 baselines=dict(self.baselines),
                 folder=self.folder,
                 probe_pixel=self.probe_pixel,
@@ -323,40 +357,81 @@ def run_race(
     classify: Classify,
     state: RaceState | None = None,
     cancelled: Callable[[], bool] = lambda: False,
+    reason: Callable[[], str | None] = lambda: None,
     device: torch.device | str = "cpu",
 ) -> dict:
-    """Train ``cfg``'s layouts side by side into ``out`` (created; one folder per layout),
-    updating ``state``; returns the race record (also ``out``/race.json). ``cancelled()`` is
-    asked before every step: a stopped race saves what it has, marked as stopped. ``measure``
-    and ``classify`` are analysis.metrics.head_metrics and head_type (models/ may not import
-    analysis/)."""
+    """Train ``cfg``'s layouts side by side into ``out`` (a new or empty folder, e.g. one
+    reserved by the page when the race was queued; one folder per layout), updating ``state``;
+    returns the race record (also ``out``/race.json). ``cancelled()`` is asked while the data
+    loads, between the lanes' set-up, before every step and between the lanes of every held-out
+    point, snapshot and completion: a race stopped after its first step saves what it has,
+    marked with ``reason()`` (or "stopped"); one stopped before it leaves nothing behind (the
+    lanes' folders and ``out`` itself are removed) and returns a record with ``"saved": False``.
+    ``measure`` and ``classify`` are analysis.metrics.head_metrics and head_type (models/ may
+    not import analysis/)."""
     configs = check_race(cfg)
     state = state or RaceState()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already holds files: a race writes into a new folder")
+    made_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    runs: list[Run] = []
+    try:
+        return _race(cfg, configs, out, runs, measure, classify, state, cancelled, reason, device)
+    except RaceStopped:  # before the first step: nothing was trained, nothing is kept
+        _discard(out, runs, made_out)
+        why = reason() or END_STOPPED
+        state.change(lambda s: (setattr(s, "end", why), setattr(s, "phase", "discarded")))
+        return {"race": asdict(cfg), "stopped": why, "end": why, "saved": False}
+    except BaseException:
+        if not any(run.step for run in runs):
+            _discard(out, runs, made_out)
+        raise
+
+
+def _discard(out: Path, runs: list[Run], made_out: bool) -> None:
+    """Remove what a race made before its first step: the lanes' folders (each made by the
+    race), then ``out`` when it is left empty (a folder reserved for the race is the race's)."""
+    for run in runs:
+        shutil.rmtree(run.out, ignore_errors=True)
+    for name in (RACE_FILE, RACE_NPZ):
+        (out / name).unlink(missing_ok=True)
+    try:
+        out.rmdir()  # only when empty: never anything of someone else's
+    except OSError:
+        pass
+
+
+def _race(cfg, configs, out, runs, measure, classify, state, cancelled, reason, device) -> dict:
+    def check() -> None:
+        if cancelled():
+            raise RaceStopped
+
     device = torch.device(device)
     ranks = Ranks(0, 1, device)
     geometry = configs[0].geometry
+    check()
     train_tokens = images_to_tokens(load_images(cfg.data, "train", geometry), dtype=np.uint8)
+    check()
     test_tokens = images_to_tokens(load_images(cfg.data, "test", geometry), dtype=np.uint8)
+    check()
     baselines = {
         "uniform over observed values": uniform_observed_bpd(train_tokens, test_tokens),
         "pixel histogram": histogram_baseline_bpd(train_tokens, test_tokens),
     }
-    runs: list[Run] = []
     recorders: list[TimelineRecorder] = []
     lanes: list[Lane] = []
     for spec, mconfig in zip(cfg.layouts, configs, strict=True):
+        check()
         name = lane_name(spec)
         tcfg = cfg.train_config(spec)
         run = start_run(
             tcfg, out / name, ranks, resume=False, tokens=(train_tokens, test_tokens)
         )  # seeds torch with cfg.seed before building the model: the same initial weights
         run.out.mkdir()
-        run.record["commands"].append(f"playground race (../{RACE_FILE})")
         runs.append(run)
+        run.record["commands"].append(f"playground race (../{RACE_FILE})")
         n = geometry.n_tokens
         layout = mconfig.layouts[0]
         lanes.append(
@@ -397,6 +472,7 @@ def run_race(
 
     state.change(loaded)
     for run, recorder, lane in zip(runs, recorders, lanes, strict=True):
+        check()
         recorder.begin(run.out, run.model, run.test_tokens, 0)
         _take_snapshot(state, lane, recorder, 0)
     state.change(
@@ -406,6 +482,7 @@ def run_race(
         )
     )
     for run, lane in zip(runs, lanes, strict=True):  # step 0: where every layout starts
+        check()
         bpd = held_out_bpd(run, cfg.eval_images)
         state.change(lambda s, lane=lane, bpd=bpd: lane.test.append((0, 0.0, bpd)))
         run.record["history"].append({"step": 0, "test_bpd": bpd, "seconds": 0.0})
@@ -414,28 +491,37 @@ def run_race(
     deadline = state.started + cfg.minutes * 60 if cfg.minutes is not None else math.inf
     state.change(lambda s: setattr(s, "total", total))
     calibration_start = None
-    stopped = None
+    end = END_SCHEDULE
     started = time.monotonic()
     complete_every = cfg.complete_every
+    step = 0
     try:
-        step = 0
         while total is None or step < total:
-            if time.monotonic() > deadline:
-                stopped = "the time budget ran out"
+            now = time.monotonic()
+            if step > 0 and now > deadline:  # at least one step, however small the budget
+                end = END_BUDGET
                 break
             if total is None and step == CALIBRATION[0]:
-                calibration_start = time.monotonic()
-            if total is None and step == CALIBRATION[1]:
-                per_round = (time.monotonic() - calibration_start) / (
-                    CALIBRATION[1] - CALIBRATION[0]
+                calibration_start = now
+            # the timing ends after CALIBRATION[1] steps, or sooner in a small budget: once it
+            # has taken a fifth of the time left when it began (0.5 min: a few seconds)
+            if (
+                total is None
+                and calibration_start is not None
+                and step > CALIBRATION[0]
+                and (
+                    step == CALIBRATION[1]
+                    or now - calibration_start > (deadline - calibration_start) / 5
                 )
-                left = deadline - time.monotonic()
-                total = max(CALIBRATION[1] + 1, step + int(left / per_round))
+            ):
+                per_round = (now - calibration_start) / (step - CALIBRATION[0])
+                left = deadline - now
+                total = max(step + 1, step + int(left / per_round))
                 for run in runs:
                     run.cfg.steps = total
                 state.change(lambda s, total=total: setattr(s, "total", total))
             for run, lane in zip(runs, lanes, strict=True):
-                if cancelled():
+                if cancelled():  # between lanes too: every lane has taken `step` steps
                     raise RaceStopped
                 if total is None:  # while timing: the schedule as if it ended far off
                     run.cfg.steps = 10**9
@@ -460,6 +546,7 @@ def run_race(
             eval_every = cfg.eval_every or (max(1, total // EVALS) if total else EARLY_EVAL)
             if step % eval_every == 0 or step == total:
                 for run, lane in zip(runs, lanes, strict=True):
+                    check()
                     bpd = held_out_bpd(run, cfg.eval_images)
                     run.record["history"][-1]["test_bpd"] = bpd
                     state.change(
@@ -469,6 +556,7 @@ def run_race(
                     )
             if snapshot_due(step, horizon) or step == total:
                 for run, recorder, lane in zip(runs, recorders, lanes, strict=True):
+                    check()
                     recorder.record(run.model, step, run.record["history"][-1]["train_bpd"])
                     _take_snapshot(state, lane, recorder, step)
             if complete_images is not None and total is not None:
@@ -476,10 +564,16 @@ def run_race(
                 if step % complete_every == 0 or step == total:
                     _complete(state, runs, lanes, complete_images, keep, step, cfg, cancelled)
     except RaceStopped:
-        stopped = "stopped"
+        if step == 0 and not any(run.step for run in runs):
+            raise  # nothing trained: run_race removes the folders
+        end = reason() or END_STOPPED
+    if total is None:  # ended while timing (a small budget, or stopped): the steps it ran
+        total = step
+        state.change(lambda s, total=total: setattr(s, "total", total))
     trained = time.monotonic() - started
-    state.change(lambda s: setattr(s, "phase", "saving"))
-    record = _save(cfg, out, runs, lanes, baselines, stopped, trained)
+    state.change(lambda s: (setattr(s, "phase", "saving"), setattr(s, "end", end)))
+    stopped = None if end == END_SCHEDULE else end
+    record = _save(cfg, out, runs, lanes, baselines, stopped, trained, state, end)
     state.change(lambda s: setattr(s, "phase", "saved"))
     return record
 
@@ -519,14 +613,27 @@ def _complete(state, runs, lanes, images, keep, step, cfg, cancelled) -> None:
         state.change(put)
 
 
-def _save(cfg, out, runs, lanes, baselines, stopped, trained) -> dict:
-    """Every model as a run folder, and the race record beside them."""
+def _save(cfg, out, runs, lanes, baselines, stopped, trained, state, end) -> dict:
+    """Every model as a run folder (weights and config, no optimizer state), and the race
+    record (race.json) with its arrays (race.npz: probe images, kept halves, completions)
+    beside them: everything load_race needs to show the race again."""
     results = {}
     for run, lane in zip(runs, lanes, strict=True):
+        test_bpd = held_out_bpd(run, cfg.eval_images)
+        last = run.record["history"][-1]
+        if "test_bpd" not in last and last.get("step") == run.step and lane.seconds:
+            # ended between held-out points (a budget, a Stop): its last step gets one, so
+            # every curve ends where its model does
+            last["test_bpd"] = test_bpd
+            state.change(
+                lambda s, lane=lane, st=run.step, b=test_bpd: lane.test.append(
+                    (st, lane.seconds[-1], b)
+                )
+            )
         final = {
             "step": run.step,
             "train_bpd_last100": _last(run.record["history"], 100),
-            "test_bpd": round(held_out_bpd(run, cfg.eval_images), 4),
+            "test_bpd": round(test_bpd, 4),
             "test_images": min(cfg.eval_images, len(run.test_tokens)),
             "seconds": round(lane.seconds[-1], 2) if lane.seconds else 0.0,
             "seconds_per_step": lane.seconds_per_step,  # the median
@@ -549,7 +656,7 @@ def _save(cfg, out, runs, lanes, baselines, stopped, trained) -> dict:
                 "device": device_name(run.ranks.device),
                 "torch": torch.__version__,
                 "python": platform.python_version(),
-                "playground": {"race": RACE_FILE, "stopped": stopped, "nnz": lane.nnz},
+                "playground": {"race": RACE_FILE, "stopped": stopped, "end": end, "nnz": lane.nnz},
                 "final": final,
             }
         )
@@ -560,18 +667,128 @@ def _save(cfg, out, runs, lanes, baselines, stopped, trained) -> dict:
         results[lane.name] = final | {
             "spec": lane.spec,
             "nnz": lane.nnz,
+            "density": lane.density,
+            "tokens": lane.tokens,
             "backend": lane.backend,
             "folder": lane.name,
+            "snapshot_step": lane.snapshot_step,
+            "completion_step": lane.completion_step,
         }
+    view = state.view()
+    arrays = {}
+    if view.probes is not None:
+        arrays["probes"] = view.probes
+    if view.kept is not None:
+        arrays["kept"] = view.kept
+    for lane in lanes:
+        if lane.completions is not None:
+            arrays[f"completions_{lane.name}"] = lane.completions
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_atomic(out / RACE_NPZ, buf.getvalue())
     record = {
         "race": asdict(cfg),
         "layouts": results,
         "baselines": baselines,
         "stopped": stopped,
+        "end": end,
+        "steps": view.step,
+        "total": view.total,
+        "probe_pixel": list(view.probe_pixel) if view.probe_pixel else None,
         "wall_time_s": round(trained, 2),
+        "saved": True,
     }
-    write_atomic(out / RACE_FILE, _record_bytes(record))
+    write_atomic(out / RACE_FILE, _record_bytes(record))  # last: a race.json means a whole race
     return record
+
+
+class RaceFileError(ValueError):
+    """A saved race that cannot be shown: named, with the problem."""
+
+
+def load_race(folder: str | Path) -> RaceView:
+    """A finished race's folder (race.json, race.npz, each lane's run.json and timeline) as
+    the RaceView a page draws, the same as it was at the race's end. Every file is read through
+    models/files.py (a regular file, bounded in size); RaceFileError names what is wrong."""
+    folder = Path(folder)
+
+    def read_json(path: Path, limit: int) -> dict:
+        data = read_file(path, limit, what="race file", error=RaceFileError)
+        try:
+            value = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise RaceFileError(f"{path} is not JSON ({e})") from None
+        if not isinstance(value, dict):
+            raise RaceFileError(f"{path} is not a race record")
+        return value
+
+    record = read_json(folder / RACE_FILE, MAX_RACE_JSON)
+    try:
+        arrays = load_npz(
+            read_file(folder / RACE_NPZ, MAX_RACE_NPZ, what="race file", error=RaceFileError),
+            folder / RACE_NPZ,
+            8 * MAX_RACE_NPZ,
+            RaceFileError,
+        )
+        lanes = []
+        for name, info in record["layouts"].items():
+            sub = folder / str(info["folder"])
+            if Path(str(info["folder"])).name != str(info["folder"]):
+                raise RaceFileError(f"{folder / RACE_FILE}: lane folder {info['folder']!r}")
+            history = read_json(sub / RUN_FILE, MAX_RUN_JSON)["history"]
+            trained = [h for h in history if "train_bpd" in h]
+            timeline = load_timeline(sub)
+            rows = types = None
+            if timeline is not None and len(timeline.steps):
+                rows = timeline.rows[-1, 0]
+                names = timeline.meta.get("head_types", [])
+                types = [[str(names[int(c)]) for c in layer] for layer in timeline.types[-1]]
+            lanes.append(
+                Lane(
+                    name=str(name),
+                    spec=str(info["spec"]),
+                    nnz=int(info["nnz"]),
+                    tokens=int(info["tokens"]),
+                    density=float(info["density"]),
+                    backend=str(info.get("backend", "")),
+                    folder=str(sub),
+                    steps=[int(h["step"]) for h in trained],
+                    seconds=[float(h["seconds"]) for h in trained],
+                    train_bpd=[float(h["train_bpd"]) for h in trained],
+                    test=[
+                        (int(h["step"]), float(h["seconds"]), float(h["test_bpd"]))
+                        for h in history
+                        if "test_bpd" in h
+                    ],
+                    snapshot_step=int(timeline.steps[-1]) if rows is not None else None,
+                    rows=rows,
+                    types=types,
+                    completion_step=info.get("completion_step"),
+                    completions=arrays.get(f"completions_{name}"),
+                )
+            )
+        pixel = record.get("probe_pixel")
+        return RaceView(
+            lanes=lanes,
+            step=int(
+                record.get("steps")
+                or max((lane.steps[-1] for lane in lanes if lane.steps), default=0)
+            ),
+            total=record.get("total"),
+            elapsed=float(record.get("wall_time_s", 0.0)),
+            phase="saved",
+            end=record.get("end") or record.get("stopped") or END_SCHEDULE,
+            baselines={str(k): float(v) for k, v in record.get("baselines", {}).items()},
+            folder=str(folder),
+            probe_pixel=tuple(pixel) if pixel else None,
+            probes=arrays.get("probes"),
+            kept=arrays.get("kept"),
+            version=0,
+        )
+    except RaceFileError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, OSError, EOFError, TimelineError) as e:
+        raise RaceFileError(f"{folder} is not a readable race ({type(e).__name__}: {e})") from None
 
 
 def _last(history: list[dict], k: int) -> float | None:

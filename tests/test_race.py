@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -15,14 +17,18 @@ from kernels.layouts import parse_layout
 from models import load_model
 from models.datasets import downsample, held_out_source, load_images
 from models.race import (
+    END_BUDGET,
+    END_SCHEDULE,
     RACE_FAMILIES,
     Lane,
     RaceConfig,
+    RaceFileError,
     RaceState,
     check_race,
     family_defaults,
     family_param_ranges,
     layout_spec_for,
+    load_race,
     race_memory,
     run_race,
     snapshot_due,
@@ -113,6 +119,39 @@ def test_a_race_is_fair_and_ends_in_run_folders(tiny_data, tmp_path):  # noqa: F
     assert set(saved["layouts"]) == {"dense", "strided", "fixed"}
     assert saved["layouts"]["strided"]["backend"] == "sdpa"
     assert saved["baselines"]["uniform over observed values"] <= 8.0
+    assert saved["end"] == view.end == END_SCHEDULE and saved["stopped"] is None
+    # weights only: no optimizer state, nothing but the run folder's files
+    for lane in view.lanes:
+        assert sorted(p.name for p in (out / lane.name).iterdir()) == [
+            "config.json",
+            "model.safetensors",
+            "run.json",
+            "timeline.json",
+            "timeline.npz",
+        ]
+    # the saved folder reads back as the view the page drew at the end (curves, head maps,
+    # completions, probes and how it ended): what the Playground shows of a shipped race
+    back = load_race(out)
+    assert back.end == view.end and back.step == view.step == 6 and back.total == 6
+    assert back.probe_pixel == view.probe_pixel and back.baselines == view.baselines
+    assert np.array_equal(back.probes, view.probes) and np.array_equal(back.kept, view.kept)
+    for a, b in zip(back.lanes, view.lanes, strict=True):
+        assert (a.name, a.spec, a.nnz, a.backend) == (b.name, b.spec, b.nnz, b.backend)
+        assert a.steps == b.steps and [t[::2] for t in a.test] == [t[::2] for t in b.test]
+        assert [t[1] for t in a.test] == pytest.approx([t[1] for t in b.test], abs=1e-4)
+        assert a.train_bpd == pytest.approx(b.train_bpd, abs=1e-5)
+        assert a.seconds == pytest.approx(b.seconds, abs=1e-4)
+        assert a.snapshot_step == b.snapshot_step and a.types == b.types
+        assert np.allclose(a.rows, b.rows, atol=b.rows.max() / 255)
+        assert a.completion_step == b.completion_step
+        assert np.array_equal(a.completions, b.completions)
+    (out / "race.json").write_text("[1]")
+    with pytest.raises(RaceFileError, match="not a race record"):
+        load_race(out)
+    (out / "race.json").unlink()
+    os.mkfifo(out / "race.json")  # a FIFO is refused, not read (reading it would block)
+    with pytest.raises(RaceFileError, match="FIFO"):
+        load_race(out)
 
 
 def test_a_stopped_race_saves_what_it_has(tiny_data, tmp_path):  # noqa: F811
@@ -120,8 +159,8 @@ def test_a_stopped_race_saves_what_it_has(tiny_data, tmp_path):  # noqa: F811
     calls = []
 
     def cancelled() -> bool:
-        calls.append(1)
-        return len(calls) > 7  # after two rounds of three layouts and one step more
+        calls.append(1)  # after two rounds of three layouts and one step more
+        return sum(len(lane.steps) for lane in state.lanes) >= 7
 
     record = run_race(
         race(tiny_data, steps=50),
@@ -131,10 +170,104 @@ def test_a_stopped_race_saves_what_it_has(tiny_data, tmp_path):  # noqa: F811
         state=state,
         cancelled=cancelled,
     )
-    assert record["stopped"] == "stopped"
+    assert record["stopped"] == "stopped" == record["end"] == state.view().end
     steps = {name: r["step"] for name, r in record["layouts"].items()}
     assert steps["dense"] == 3 and steps["strided"] == 2  # stopped mid-round
     assert load_model(tmp_path / "r" / "dense").config.n_layer == 2
+
+
+@pytest.mark.parametrize("after", [0, 1, 2, 4, 6, 9, 12])
+def test_a_race_stopped_before_its_first_step_leaves_nothing(tiny_data, tmp_path, after):  # noqa: F811
+    """Stopped while it loads the data, builds the lanes or takes their first snapshots and
+    held-out points: no model is saved (none would be trained), and the folder reserved for it
+    goes too; cancellation is asked during loading and set-up, not only once a step."""
+    state = RaceState()
+    phases = []
+
+    def cancelled() -> bool:
+        phases.append(state.phase)
+        return len(phases) > after
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    out = runs / "playground-1"
+    out.mkdir()  # reserved when it was queued
+    record = run_race(
+        race(tiny_data),
+        out,
+        measure=head_metrics,
+        classify=head_type,
+        state=state,
+        cancelled=cancelled,
+        reason=lambda: "the session ended",
+    )
+    assert record["saved"] is False and record["end"] == "the session ended"
+    assert state.view().phase == "discarded" and state.view().end == "the session ended"
+    assert list(runs.iterdir()) == []  # nothing behind: no models, no folder
+    assert state.view().step == 0
+    if after == 0:
+        assert phases == ["loading"]  # asked before the data is read
+
+
+def test_cancellation_is_asked_while_loading_and_setting_up(tiny_data, tmp_path):  # noqa: F811
+    state = RaceState()
+    phases = []
+
+    def cancelled() -> bool:
+        phases.append((state.phase, state.step))
+        return False
+
+    run_race(
+        race(tiny_data, steps=1, completions=0),
+        tmp_path / "r",
+        measure=head_metrics,
+        classify=head_type,
+        state=state,
+        cancelled=cancelled,
+    )
+    before_first_step = [p for p in phases if p[1] == 0]
+    assert sum(phase == "loading" for phase, _ in before_first_step) >= 5  # data, 3 lanes
+    assert sum(phase == "training" for phase, _ in before_first_step) >= 6  # snapshots, evals
+
+
+def test_a_small_minutes_budget_sets_its_schedule_and_ends_by_its_budget(tiny_data, tmp_path):  # noqa: F811
+    """The smallest budgets (the page's 0.5 minutes) cannot time 60 rounds: the timing ends
+    after a fifth of the budget, the schedule is set while the race trains (the page leaves
+    "timing the first steps"), and the race ends by its budget or its schedule, saying which."""
+    state = RaceState()
+    totals = []
+
+    def cancelled() -> bool:
+        if state.phase == "training" and state.step > 0:
+            totals.append(state.total)
+        return False
+
+    slow = 0.05  # seconds a step of each lane: 60 rounds of three take 9 s of a 30 s race
+    from models import race as race_module
+
+    real = race_module.train_step
+
+    def train_step(*a, **k):
+        time.sleep(slow)
+        return real(*a, **k)
+
+    race_module.train_step = train_step
+    try:
+        record = run_race(
+            race(tiny_data, steps=None, minutes=0.5, warmup=60, completions=0),
+            tmp_path / "r",
+            measure=head_metrics,
+            classify=head_type,
+            state=state,
+            cancelled=cancelled,
+        )
+    finally:
+        race_module.train_step = real
+    assert any(t is not None for t in totals), (len(totals), record["total"], record["steps"])
+    assert record["total"] is not None and record["total"] < 60
+    assert record["end"] in (END_BUDGET, END_SCHEDULE) and record["end"] == state.view().end
+    assert record["stopped"] == (None if record["end"] == END_SCHEDULE else END_BUDGET)
+    assert load_race(tmp_path / "r").end == record["end"]
 
 
 def test_race_checks_and_memory(tiny_data):  # noqa: F811
@@ -219,3 +352,32 @@ def test_specs_keep_the_old_defaults_and_name_a_bad_value():
         layout_spec_for("axial", 14, 196, l=3)
     with pytest.raises(ValueError, match="layout kind must be one of"):
         layout_spec_for("topk", 14, 196)
+
+
+def test_curves_that_coincide_are_named_and_a_difference_is_dated():
+    from viz.race_figures import Curve, coinciding, separation
+
+    def curve(name, train, test):
+        n = len(train)
+        return Curve(
+            name,
+            np.arange(1, n + 1),
+            np.arange(1, n + 1) * 0.5,
+            np.asarray(train, float),
+            np.array([0, 2, 4]),
+            np.array([0.0, 1.0, 2.0]),
+            np.asarray(test, float),
+        )
+
+    a = curve("dense", [5, 4, 3, 2], [8, 5, 3])
+    b = curve("strided", [5, 4, 3, 2], [8, 5, 3])
+    c = curve("fixed", [5, 4, 3, 2.5], [8, 5.01, 3.5])
+    assert coinciding([a, b, c]) == [["dense", "strided"]]
+    assert coinciding([a, c]) == [] and coinciding([a]) == []
+    assert coinciding([a, b, curve("local", [5, 4, 3, 2], [8, 5, 3])]) == [
+        ["dense", "strided", "local"]
+    ]
+    # held-out spreads 0, 0.01, 0.5: at least 0.1 apart from step 4 (2 s) on; never 1.0
+    assert separation([a, c], 0.1) == (4, 2.0)
+    assert separation([a, c], 0.005) == (2, 1.0)
+    assert separation([a, c], 1.0) is None and separation([a], 0.1) is None

@@ -10,8 +10,10 @@ The race is models/race.py's, with RaceConfig's defaults (fmnist-mini at 14 x 14
 dense, strided and fixed unless --layouts names others: any static family of kernels/layouts.py
 by name, sized for the image, or a spec, each family once); one torch thread, as in the app. At
 the end a table gives each layout's attention kernel (as kernels/dispatch.py resolves it) and
-its step time as the median with the 10th-90th percentiles. Bad input is one ``error:`` line
-and exit status 2 (tools/cli.py).
+its step time as the median with the 10th-90th percentiles; the report is also written as
+bench_race.json beside race.json in --out (the race folder models.race.load_race reads: the
+Playground's shipped race in assets/races/ is one). Bad input is one ``error:`` line and exit
+status 2 (tools/cli.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.checkpoint import write_atomic
 from models.model import PRESETS
 from models.race import LAYOUT_KINDS, RACE_FAMILIES, RaceConfig, RaceState, check_race, run_race
 from tools.cli import (
@@ -38,6 +41,7 @@ from tools.cli import (
 )
 
 MINUTES_MAX = 24 * 60.0
+BENCH_FILE = "bench_race.json"  # the report, beside race.json in --out
 
 
 def split_layouts(text: str) -> tuple[str, ...]:
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     def watch() -> None:
-        while state.phase not in ("saving", "saved"):
+        while state.phase not in ("saving", "saved", "discarded"):
             view = state.view()
             now = (time.monotonic() - start) / 60
             if (
@@ -167,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         below = [s for (_, s, b) in lane.test if b < uniform]
         first_below[lane.name] = None if not below else round(below[0], 1)
     report["first_below_uniform_training_s"] = first_below
-    print(json.dumps(report, indent=1))
+    report["race"] = {k: record[k] for k in ("end", "steps", "total", "wall_time_s")}
+    text = json.dumps(report, indent=1)
+    write_atomic(args.out / BENCH_FILE, (text + "\n").encode())
+    print(text)
     print(cost_table(record, view))
     return 0
 

@@ -111,3 +111,55 @@ def race_curves_figure(
     fig.update_yaxes(title="bits/dim")
     _line_layout(fig, title or f"bits/dim against {against}", height=height, legend_y=-0.28)
     return fig
+
+
+def coinciding(curves: Sequence[Curve], tol: float = 1e-6) -> list[list[str]]:
+    """Groups (two or more names) of curves with the same train and held-out bits/dim at every
+    step they share, to ``tol``: drawn, they are one line, and a page has to say why."""
+    groups: list[list[int]] = []
+    for i, c in enumerate(curves):
+        for group in groups:
+            if _same(curves[group[0]], c, tol):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return [[curves[i].name for i in g] for g in groups if len(g) > 1]
+
+
+def _same(a: Curve, b: Curve, tol: float) -> bool:
+    n = min(len(a.train_bpd), len(b.train_bpd))
+    m = min(len(a.test_bpd), len(b.test_bpd))
+    if n == 0 and m == 0:
+        return False
+    ya, yb = np.asarray(a.train_bpd[:n], float), np.asarray(b.train_bpd[:n], float)
+    ta, tb = np.asarray(a.test_bpd[:m], float), np.asarray(b.test_bpd[:m], float)
+    return bool(np.allclose(ya, yb, rtol=0, atol=tol) and np.allclose(ta, tb, rtol=0, atol=tol))
+
+
+def separation(curves: Sequence[Curve], gap: float) -> tuple[int, float] | None:
+    """(step, seconds) of the first held-out point from which on the layouts' held-out
+    bits/dim stay at least ``gap`` apart (best to worst, at the steps they all have); None
+    when they never do (or fewer than two curves)."""
+    if len(curves) < 2:
+        return None
+    common = set(int(s) for s in curves[0].test_steps)
+    for c in curves[1:]:
+        common &= set(int(s) for s in c.test_steps)
+    steps = sorted(common)
+    if not steps:
+        return None
+    spread = []
+    for s in steps:
+        values = [float(c.test_bpd[list(c.test_steps).index(s)]) for c in curves]
+        spread.append(max(values) - min(values))
+    first = None
+    for k in range(len(steps)):
+        if all(v >= gap for v in spread[k:]):
+            first = k
+            break
+    if first is None:
+        return None
+    c0 = curves[0]
+    seconds = float(c0.test_seconds[list(c0.test_steps).index(steps[first])])
+    return steps[first], seconds
