@@ -8,21 +8,34 @@ meanwhile. The worker runs at the pool's lower priority and torch on one thread,
 for other visitors get the CPU first.
 
 A public server switches the page off: SPARSE_EXPLORER_PLAYGROUND=off (README, "Security and
-limits"); every visitor could otherwise spend the server's CPU for minutes at a time.
+limits"); every visitor could otherwise spend the server's CPU for minutes at a time. The words
+it takes (any case, spaces around ignored) are ON_WORDS and OFF_WORDS; unset means on. Any other
+value, the empty one included, fails closed: the Playground is off, and the server log says so
+once for that value (a typo such as "disabled" or "of" never opens training to every visitor).
+
+A race's folder is reserved (created, empty) when it is queued, not when it starts: two races
+queued in the same second get two folders, and a race cancelled in the queue or stopped before
+its first step leaves none behind (models.race.run_race removes what it made).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app_pages.jobs import Task, WorkerPool
+from app_pages.jobs import QUEUED, Task, WorkerPool
 from models.race import RaceConfig, RaceState, race_memory, run_race
 
 PLAYGROUND_ENV = "SPARSE_EXPLORER_PLAYGROUND"
-OFF = ("0", "off", "false", "no")
+ON_WORDS = ("on", "1", "true", "yes", "y", "enable", "enabled")
+OFF_WORDS = ("off", "0", "false", "no", "n", "none", "disable", "disabled")
+OFF = OFF_WORDS  # the older name
+_warned: set[str] = set()  # the unknown values already named in the server log
+_warn_lock = threading.Lock()
 TRAINING_QUEUE = 4  # races waiting for the one training worker; one more is refused
 TRAINING_POOL = WorkerPool(workers=1, max_queued=TRAINING_QUEUE)
 
@@ -36,20 +49,60 @@ def playground_data() -> str:
     return os.environ.get(DATA_ENV, "fashion-mnist")
 
 
+def playground_setting() -> tuple[bool, str | None]:
+    """(on, the unknown value or None) from $SPARSE_EXPLORER_PLAYGROUND, read on every call:
+    unset or one of ON_WORDS is on, one of OFF_WORDS off; anything else (the empty value too)
+    is off, and named once in the server log."""
+    raw = os.environ.get(PLAYGROUND_ENV)
+    if raw is None:
+        return True, None
+    word = raw.strip().lower()
+    if word in ON_WORDS:
+        return True, None
+    if word in OFF_WORDS:
+        return False, None
+    with _warn_lock:
+        first = raw not in _warned
+        _warned.add(raw)
+    if first:
+        print(
+            f"{PLAYGROUND_ENV}={raw!r} is not one of {', '.join(ON_WORDS)} (on) or "
+            f"{', '.join(OFF_WORDS)} (off): the Playground stays off",
+            file=sys.stderr,
+            flush=True,
+        )
+    return False, raw
+
+
 def playground_enabled() -> bool:
-    """False when $SPARSE_EXPLORER_PLAYGROUND says off (read on every call)."""
-    return os.environ.get(PLAYGROUND_ENV, "on").strip().lower() not in OFF
+    """False unless $SPARSE_EXPLORER_PLAYGROUND is unset or says on (playground_setting)."""
+    return playground_setting()[0]
 
 
 def race_folder(runs: Path, prefix: str, now: float | None = None) -> Path:
-    """A new folder for a race: ``runs``/``prefix``YYYYMMDD-HHMMSS, with -2, -3... when taken."""
+    """A new folder for a race, reserved (created empty) at once: ``runs``/``prefix``
+    YYYYMMDD-HHMMSS, with -2, -3... when taken (mkdir decides: two pages asking in the same
+    second, or two servers on one runs folder, get two folders)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    runs.mkdir(parents=True, exist_ok=True)
     folder = runs / f"{prefix}{stamp}"
     k = 2
-    while folder.exists():
-        folder = runs / f"{prefix}{stamp}-{k}"
-        k += 1
-    return folder
+    while True:
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            folder = runs / f"{prefix}{stamp}-{k}"
+            k += 1
+        else:
+            return folder
+
+
+def release_folder(folder: Path) -> None:
+    """Remove a reserved race folder that is still empty (a race that never ran)."""
+    try:
+        folder.rmdir()
+    except OSError:  # not empty, or gone: not ours to remove
+        pass
 
 
 @dataclass
@@ -71,11 +124,17 @@ def start_race(
     device: str = "cpu",
     pool: WorkerPool | None = None,
 ) -> RaceJob:
-    """Submit a race of ``cfg`` into ``folder`` to the training pool (Refused when it is over
-    the memory budget or the queue is full; ValueError when ``cfg`` is impossible). The task is
-    cancelled by Stop (task.cancel) or when ``alive()`` turns false; either way the race saves
-    what it has trained."""
-    memory = race_memory(cfg)  # checks cfg first
+    """Submit a race of ``cfg`` into ``folder`` (new, or reserved by race_folder) to the
+    training pool (Refused when it is over the memory budget or the queue is full; ValueError
+    when ``cfg`` is impossible: either way an empty ``folder`` is released). The task is
+    cancelled by Stop (task.cancel) or when ``alive()`` turns false; a race that has taken a
+    step saves what it has trained, one cancelled in the queue or before its first step leaves
+    no folder."""
+    try:
+        memory = race_memory(cfg)  # checks cfg first
+    except ValueError:
+        release_folder(folder)
+        raise
     state = RaceState()
 
     def work(task: Task) -> dict:
@@ -93,9 +152,19 @@ def start_race(
             classify=head_type,
             state=state,
             cancelled=lambda: task.cancelled,
+            reason=lambda: task.reason,
             device=device,
         )
 
-    task = Task(work, label=f"race {folder.name}", memory=memory, alive=alive)
-    (pool or TRAINING_POOL).submit(task)
+    def on_cancel(reason: str) -> None:
+        if task.status == QUEUED:  # cancelled in the queue: its work never runs
+            release_folder(folder)
+            state.change(lambda s: (setattr(s, "end", reason), setattr(s, "phase", "discarded")))
+
+    task = Task(work, label=f"race {folder.name}", memory=memory, alive=alive, on_cancel=on_cancel)
+    try:
+        (pool or TRAINING_POOL).submit(task)
+    except Exception:
+        release_folder(folder)
+        raise
     return RaceJob(task, state, cfg, folder)
