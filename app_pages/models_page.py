@@ -4,6 +4,7 @@ the benchmark's own rows), and the benchmark tables, as the repository has them.
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,14 @@ def read_bench(path: Path) -> dict | None:
     return data
 
 
+def show_kernel_notes() -> None:
+    """What kernels.dispatch's first-use checks found wrong in this server process (nothing to
+    say when no model has run attention here: then it is not even imported, nor torch)."""
+    dispatch = sys.modules.get("kernels.dispatch")
+    for note in dispatch.kernel_notes() if dispatch is not None else []:
+        st.warning(as_text(note))
+
+
 def show_speed_curves() -> None:
     """Time against N, log-log, as measured: dense against strided and fixed. The chart has
     its own width (SPEED_WIDTH, less in a narrower window): about square, the slopes read true,
@@ -124,6 +133,9 @@ st.caption(
     "The shipped models' card (data, architecture, bits/dim, samples, what the dense "
     "model learned) and the measured speed of kernels and sampling."
 )
+# a Triton kernel family that failed its first-use check on this server's GPU
+# (kernels/dispatch.py): "auto" runs the composed path instead, and says so here
+show_kernel_notes()
 # the measured speed first, where a newcomer looks; the card and the full tables below it
 show_speed_curves()
 card, bench = st.tabs(["Model card", "Benchmarks"])

@@ -16,7 +16,8 @@ Backends (one meaning each):
                  log-sum-exp and a backward (dense, local, column, strided, fixed, axial;
                  dilated where w * r >= N or r = 1; kernels.composed.composed_misfit says why
                  the other families stay on the masked path).
-    "auto"       "triton" for CUDA tensors when a kernel fits the layout, dtype and head dim;
+    "auto"       "triton" for CUDA tensors when a kernel fits the layout, dtype and head dim
+                 and its family passed the first-use check (below; else "composed");
                  on other devices "composed" from the layout's measured crossover length on
                  (kernels.composed.CROSSOVER_N; dense only when the log-sum-exp is asked);
                  otherwise "sdpa", or "reference" when return_lse is asked.
@@ -24,28 +25,50 @@ Backends (one meaning each):
 The choice can be forced for a whole process with the environment variable
 SPARSE_ATTENTION_BACKEND, or for a block of code with ``with use_backend("reference"):``;
 both replace what "auto" means, and an explicit ``backend=`` other than "auto" wins over both.
+
+The first-use check: before "auto" first runs a Triton kernel family ("band": dense, local,
+column, strided; "fixed") for a dtype on a device, it runs that family on a small case
+(CHECK_LAYOUTS) and compares its output and log-sum-exp with the composed path within the dtype's
+tolerance (CHECK_TOLERANCE). A family that raises or differs is not used by "auto" in this
+process: it falls back to "composed" and says so once (a warning in the log, and kernel_notes(),
+which the Models & speed page shows). check_kernel is that comparison for any kernel function,
+so the tests run it on the CPU with a wrong kernel, or the real ones under TRITON_INTERPRET=1.
+An explicit backend="triton" is not checked: it runs the kernel asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from kernels.composed import composed_attention, composed_misfit, crossover
-from kernels.layouts import Dense, Layout
+from kernels.layouts import Dense, Layout, fixed, strided
 from kernels.reference import cached_mask, reference_attention
 from kernels.selection import Selection, selection_attention
 
 BACKENDS = ("auto", "reference", "sdpa", "triton", "composed")
 ENV_VAR = "SPARSE_ATTENTION_BACKEND"
 _forced: list[str] = []
+log = logging.getLogger(__name__)
+
+# the first-use check of each kernel family: a small case with every part of the family (a band,
+# its column part; fixed's own block and summaries), ragged against the kernels' tiles
+CHECK_LAYOUTS: dict[str, Layout] = {"band": strided(8), "fixed": fixed(8, 2, num_verts=2)}
+CHECK_SHAPE = (1, 2, 88)  # B, H, N (D is the caller's head dim)
+# |kernel - composed| <= atol + rtol * |composed| for out and lse, per dtype
+CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+_verdicts: dict[tuple[str, torch.dtype, str], str | None] = {}  # (family, dtype, device): why not
+_notes: list[str] = []
+_check_lock = threading.Lock()
 
 
 def _check_backend(name: str) -> str:
@@ -139,9 +162,12 @@ def resolve_backend(
         backend = _check_backend(os.environ[ENV_VAR])
     if backend == "auto":
         # kernels are looked up for CUDA tensors only: a CPU-only install imports no triton
-        if q.is_cuda and _kernel_misfit(q, layout) is None:
-            return "triton"
-        if not q.is_cuda and _composed_pays(q, layout, return_lse):
+        if _on_gpu(q) and _kernel_misfit(q, layout) is None:
+            if kernel_verdict(q, layout) is None:
+                return "triton"
+            if composed_misfit(layout, q.shape[2]) is None:  # the family failed its check
+                return "composed"
+        elif not _on_gpu(q) and _composed_pays(q, layout, return_lse):
             return "composed"
         return "reference" if return_lse else "sdpa"
     if backend == "composed":
@@ -158,6 +184,92 @@ def resolve_backend(
             "use backend='reference', 'triton' or 'auto'"
         )
     return backend
+
+
+def _on_gpu(q: Tensor) -> bool:
+    """Whether "auto" treats q as on a GPU (the tests make a CPU tensor one)."""
+    return q.is_cuda
+
+
+def _kernel_function(family: str) -> Callable:
+    """The fused kernel of a family: (q, k, v, spec, *, scale) -> (out, lse)."""
+    if family == "fixed":
+        from kernels.triton.fixed import fixed_attention
+
+        return fixed_attention
+    from kernels.triton.band_column import band_column_attention
+
+    return band_column_attention
+
+
+def _family(layout: Layout, n: int) -> str:
+    from kernels.triton.common import kernel_spec
+
+    return kernel_spec(layout, n).kind
+
+
+def check_kernel(
+    family: str, run: Callable, dtype: torch.dtype, device: torch.device | str, head_dim: int
+) -> str | None:
+    """Run the kernel ``run`` of ``family`` on its small case (CHECK_LAYOUTS, CHECK_SHAPE) and
+    compare its output and log-sum-exp with the composed path: None when they agree within
+    CHECK_TOLERANCE[dtype], else what went wrong (the exception, or the largest difference)."""
+    from kernels.triton.common import kernel_spec
+
+    layout = CHECK_LAYOUTS[family]
+    b, h, n = CHECK_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(b, h, n, head_dim, generator=gen).to(device=device, dtype=dtype)
+        for _ in range(3)
+    )
+    scale = 1.0 / math.sqrt(head_dim)
+    tol = CHECK_TOLERANCE.get(dtype, 1e-4)
+    try:
+        with torch.no_grad():
+            want_out, want_lse = composed_attention(q, k, v, layout, scale=scale)
+            got_out, got_lse = run(q, k, v, kernel_spec(layout, n), scale=scale)
+        for what, got, want in (("output", got_out, want_out), ("lse", got_lse, want_lse)):
+            got, want = got.double(), want.double()
+            if got.shape != want.shape:
+                return f"its {what} has shape {tuple(got.shape)}, not {tuple(want.shape)}"
+            bad = ~torch.isclose(got, want, rtol=tol, atol=tol)
+            if bad.any():
+                worst = float((got - want).abs().nan_to_num(math.inf).max())
+                return (
+                    f"its {what} differs from the composed path by up to {worst:.3g} "
+                    f"(tolerance {tol:g} for {str(dtype).removeprefix('torch.')})"
+                )
+    except Exception as e:  # noqa: BLE001  (any failure of the kernel is a verdict)
+        return f"it raised {type(e).__name__}: {e}"
+    return None
+
+
+def kernel_verdict(q: Tensor, layout: Layout) -> str | None:
+    """None when the Triton kernel family of ``layout`` passed its first-use check for q's
+    dtype and device (run now if it has not been), else why it did not."""
+    family = _family(layout, q.shape[2])
+    key = (family, q.dtype, str(q.device))
+    if key in _verdicts:
+        return _verdicts[key]
+    with _check_lock:
+        if key not in _verdicts:
+            why = check_kernel(family, _kernel_function(family), q.dtype, q.device, q.shape[-1])
+            _verdicts[key] = why
+            if why is not None:
+                note = (
+                    f"The Triton {family} kernel ({str(q.dtype).removeprefix('torch.')}, "
+                    f"{q.device}) failed its check against the composed path: {why}. "
+                    'backend="auto" uses the composed path instead.'
+                )
+                _notes.append(note)
+                log.warning(note)
+    return _verdicts[key]
+
+
+def kernel_notes() -> list[str]:
+    """What the first-use checks found wrong in this process, one line each (none: [])."""
+    return list(_notes)
 
 
 def _composed_pays(q: Tensor, layout: Layout, return_lse: bool) -> bool:

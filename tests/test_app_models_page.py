@@ -71,3 +71,18 @@ def test_no_use_container_width_in_these_pages():
     for name in ("models_page.py", "complete.py", "export_page.py", "common.py"):
         text = (ROOT / "app_pages" / name).read_text()
         assert not re.search(r"use_container_width", text), name
+
+
+def test_a_kernel_that_failed_its_check_is_noted(monkeypatch):
+    from kernels import dispatch
+
+    note = (
+        "The Triton band kernel (float16, cuda:0) failed its check against the composed path: "
+        'it raised RuntimeError: boom. backend="auto" uses the composed path instead.'
+    )
+    monkeypatch.setattr(dispatch, "_notes", [note])
+    at = models_page(monkeypatch)
+    assert "Triton band kernel (float16, cuda:0) failed its check" in said(warnings(at))
+    monkeypatch.setattr(dispatch, "_notes", [])
+    at.run()
+    assert "Triton" not in said(warnings(at))
