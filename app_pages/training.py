@@ -16,13 +16,16 @@ import streamlit as st
 from analysis.maps import pixel_map, token_map
 from analysis.metrics import HEAD_TYPES
 from app_pages.common import ROOT, as_text, export_panel, models_dir, runs_dir, show_image
+from models.files import FileInputError, read_file
 from models.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeline
 from models.tokens import Geometry
+from models.training import MAX_RECORD_BYTES
 from viz.export import Exportable, safe_name
 from viz.figures import head_grid_figure
 from viz.inspect_figures import bpd_figure, curves_figure, type_timeline_figure
 
 SHIPPED_RUNS = ROOT / "assets" / "runs"  # runs shipped with a timeline (their cards say how)
+SHIPPED_RACES = ROOT / "assets" / "races"  # the Playground's shipped race: <race>/<layout>/
 METRIC_HELP = {
     "coverage_strided": "share of attention on pairs strided allows",
     "coverage_fixed": "share of attention on pairs fixed allows",
@@ -43,10 +46,10 @@ st.caption(
 
 
 def run_folders() -> list[str]:
-    """Folders under runs/ (two levels), the shipped runs and the models folder that hold a
-    model or a timeline, as paths relative to the project where they are inside it."""
+    """Folders under runs/ (two levels), the shipped runs and race, and the models folder that
+    hold a model or a timeline, as paths relative to the project where they are inside it."""
     found = []
-    for base in (runs_dir(), SHIPPED_RUNS, models_dir()):
+    for base in (runs_dir(), SHIPPED_RUNS, SHIPPED_RACES, models_dir()):
         if not base.is_dir():
             continue
         for p in sorted([*base.glob("*"), *base.glob("*/*")]):
@@ -58,8 +61,15 @@ def run_folders() -> list[str]:
             out.append(str(p.resolve().relative_to(ROOT)))
         except ValueError:
             out.append(str(p.resolve()))
-    # runs with a timeline first
-    return sorted(dict.fromkeys(out), key=lambda s: (not (ROOT / s / TIMELINE_NPZ).is_file(), s))
+    # runs with a timeline first; the Playground's shipped race after the shipped run
+    races = str(SHIPPED_RACES.relative_to(ROOT))
+    return sorted(
+        dict.fromkeys(out),
+        key=lambda s: (not (ROOT / s / TIMELINE_NPZ).is_file(), s.startswith(races), s),
+    )
+
+
+MAX_PATH_CHARS = 1024  # a typed path longer than this is no folder of a run
 
 
 def allowed(path: Path) -> bool:
@@ -67,6 +77,31 @@ def allowed(path: Path) -> bool:
     data, not a licence to browse the server's disk)."""
     path = path.resolve()
     return any(path.is_relative_to(base.resolve()) for base in (ROOT, models_dir(), runs_dir()))
+
+
+def path_problem(text: str) -> str | None:
+    """Why a typed folder path cannot be a folder (a NUL byte, too long, a name longer than
+    the file system allows), as a message; None when it may be looked up."""
+    if "\x00" in text:
+        return "holds a NUL character: no file name can"
+    if len(text) > MAX_PATH_CHARS:
+        return (
+            f"is {len(text):,} characters long: this page reads paths of at most {MAX_PATH_CHARS:,}"
+        )
+    longest = max(
+        (len(part.encode("utf-8", "surrogatepass")) for part in Path(text).parts), default=0
+    )
+    if longest > 255:
+        return f"has a name of {longest} bytes: a file name has at most 255"
+    return None
+
+
+def mtime(path: Path) -> float:
+    """The modification time of ``path``, 0.0 when it cannot be read (missing, unreadable)."""
+    try:
+        return path.stat().st_mtime
+    except (OSError, ValueError):
+        return 0.0
 
 
 @st.cache_data(max_entries=8, ttl=3600, show_spinner=False)
@@ -77,11 +112,26 @@ def cached_timeline(path: str, stamp: float) -> Timeline | None:
 
 @st.cache_data(max_entries=8, ttl=3600, show_spinner=False)
 def cached_record(path: str, stamp: float) -> dict | None:
-    try:
-        record = json.loads((Path(path) / "run.json").read_text())
-    except (OSError, ValueError):
+    """run.json of a folder (read through models/files.py: a regular file, bounded), its
+    history kept to the entries a curve can use; None when there is none or it is unreadable."""
+    file = Path(path) / "run.json"
+    if not file.exists():
         return None
-    return record if isinstance(record, dict) else None
+    try:
+        record = json.loads(read_file(file, MAX_RECORD_BYTES, what="run record"))
+    except (FileInputError, ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    history = record.get("history") if isinstance(record.get("history"), list) else []
+    record["history"] = [
+        h
+        for h in history
+        if isinstance(h, dict)
+        and isinstance(h.get("step"), int)
+        and all(isinstance(h.get(k, 0.0), (int, float)) for k in ("train_bpd", "test_bpd"))
+    ]
+    return record
 
 
 choices = run_folders()
@@ -94,20 +144,28 @@ folder_name = c1.selectbox(
 typed = c2.text_input(
     "or a folder path (inside the project)", key="trn_path", placeholder="runs/my_run"
 ).strip()
-folder = ROOT / (typed or folder_name)
-if typed and not allowed(folder):
-    st.error(f"{as_text(typed)} is outside the project and the models folder: it is not read.")
+problem = path_problem(typed) if typed else None
+if problem:
+    st.error(f"{as_text(typed[:80])}{'...' if len(typed) > 80 else ''} {problem}: it is not read.")
     st.stop()
-if not folder.is_dir():
+folder = ROOT / (typed or folder_name)
+try:
+    if typed and not allowed(folder):
+        st.error(f"{as_text(typed)} is outside the project and the models folder: it is not read.")
+        st.stop()
+    is_folder = folder.is_dir()
+except (OSError, ValueError) as e:  # what the checks above cannot foresee (a loop of links)
+    st.error(f"{as_text(typed or folder_name)} cannot be looked up: {as_text(e)}")
+    st.stop()
+if not is_folder:
     st.warning(f"{as_text(typed or folder_name)} is not a folder.")
     st.stop()
-record_path = folder / "run.json"
-record = cached_record(str(folder), record_path.stat().st_mtime if record_path.is_file() else 0)
+record = cached_record(str(folder), mtime(folder / "run.json"))
 npz = folder / TIMELINE_NPZ
 try:
-    timeline = cached_timeline(str(folder), npz.stat().st_mtime if npz.is_file() else 0.0)
+    timeline = cached_timeline(str(folder), mtime(npz))
 except TimelineError as e:
-    st.error(str(e))
+    st.error(as_text(e))
     st.stop()
 
 history = (record or {}).get("history") or []
@@ -126,7 +184,7 @@ if history:
 
 if timeline is None:
     st.info(
-        f"{typed or folder_name} has no timeline ({TIMELINE_NPZ}): it was trained without "
+        f"{as_text(typed or folder_name)} has no timeline ({TIMELINE_NPZ}): it was trained without "
         "`--timeline-probes N`. Train with it (e.g. `python -m tools.train --preset "
         "fmnist-small --layout strided --steps 300 --out runs/demo --timeline-probes 4`) to "
         "see its attention form."

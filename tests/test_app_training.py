@@ -136,3 +136,31 @@ def test_the_shipped_run_is_shown_out_of_the_box(tmp_path, monkeypatch):
     assert mosaic.shape == (4 * 15 - 1, 4 * 15 - 1)  # fmnist-mini: 4 x 4 heads of 14 x 14
     probe = values(trace(chart(at, "trn_bpd"), "probe images (snapshots)")["y"])
     assert probe[-1] < probe[0] - 3  # it learned: from about 8 bits/dim to about 3
+
+
+def test_a_typed_path_that_cannot_be_a_folder_is_named_not_raised(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    """A 300-character name (OSError: File name too long), a NUL byte (ValueError) and a path
+    of 5,000 characters are each one message; a folder whose name is Markdown and that has no
+    timeline is named as typed (escaped), not rendered."""
+    monkeypatch.setenv("SPARSE_EXPLORER_RUNS", str(tmp_path / "runs"))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/training.py").run()
+    assert not at.exception, at.exception
+    for typed, says in [
+        ("runs/" + "x" * 300, "a file name has at most 255"),
+        ("runs/a\x00b", "NUL"),
+        ("runs/" + "a/" * 2500, "this page reads paths of at most"),
+    ]:
+        at.text_input(key="trn_path").set_value(typed).run()
+        assert not at.exception, (typed[:20], at.exception)
+        errors = "\n".join(e.value for e in at.error)
+        assert says in errors and "it is not read" in errors, errors
+    name = "**bold** [x](y)"
+    folder = tmp_path / "runs" / name  # inside runs/: a folder the page may read
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    at.text_input(key="trn_path").set_value(str(folder)).run()
+    assert not at.exception, at.exception
+    info = "\n".join(i.value for i in at.info)
+    assert "has no timeline" in info
+    assert "\\*\\*bold\\*\\*" in info and "\\[x\\]" in info  # escaped: shown as typed
