@@ -8,6 +8,7 @@ model run under that point's attention."""
 from __future__ import annotations
 
 import threading
+import time
 
 import streamlit as st
 
@@ -34,6 +35,8 @@ from viz.frontier_figure import (
     shipped_frontier_path,
 )
 
+# the model a point opens is loaded this long after the page is sent (warm_attention)
+WARM_AFTER_S = 1.0
 # measured here: the batch of images a forward takes (the attention's [B, H, N, N] scores)
 BATCH = 16
 FRONTIER_WORDS = JobWords(
@@ -96,6 +99,7 @@ def warm_attention(path: str) -> threading.Thread:
     itself needs neither torch nor a model: the first click would wait for both)."""
 
     def warm() -> None:
+        time.sleep(WARM_AFTER_S)  # the figure drawn first: torch's import takes the GIL
         import analysis.attention  # noqa: F401  (torch, the capture)
         import analysis.maps  # noqa: F401
         import analysis.metrics  # noqa: F401
@@ -126,8 +130,6 @@ def frontier_work(name: str, images: int, families: list[str]):
     trained = {k: m for k, m in trained.items() if m.config.geometry == model.config.geometry}
 
     def work(task):
-        import time
-
         from analysis.frontier import measure_frontier
         from app_pages.jobs import Cancelled
         from models.datasets import held_out_source, load_images
