@@ -83,6 +83,7 @@ def apply_under() -> None:
         own_attention()
 
 
+banner = st.container()  # above the columns: the attention the model runs under, when not its own
 left, right = st.columns([1, 2])
 with left:
     chosen, image_name, image = choose_model_and_image("att")
@@ -101,13 +102,13 @@ if asked:
         under = layer_specs[0] if len(set(layer_specs)) == 1 else "; ".join(layer_specs)
     except ValueError as e:
         layer_specs = [repr(lay) for lay in model.layouts]
-        st.error(
+        banner.error(
             as_text(f"{chosen.name} cannot run under '{asked}': {e}. Shown: its own attention.")
         )
-        st.button("Back to its own attention", key="att_under_back", on_click=own_attention)
+        banner.button("Back to its own attention", key="att_under_back", on_click=own_attention)
 if under:
     shown = under if len(set(layer_specs)) == 1 else "per layer: " + under
-    b1, b2 = st.columns([4, 1])
+    b1, b2 = banner.columns([4, 1], vertical_alignment="center")
     b1.info(
         f"**This model, run under {as_text(shown)}**: {as_text(chosen.name)}'s trained weights "
         "with that attention in every layer (the softmax renormalised over the keys it keeps, "
@@ -115,7 +116,7 @@ if under:
         icon=":material/science:",
     )
     b2.button("Back to its own attention", key="att_under_back", on_click=own_attention)
-with st.expander("Run this model under another attention"):
+with left.expander("Run it under another attention"):
     st.text_input(
         "Attention spec (one for every layer, or one per layer separated by ;)",
         value=under,
@@ -251,6 +252,13 @@ outline_choices = list(
         ]
     )
 )
+if st.session_state.get("att_under_outlined") != (under, layer):
+    # a new attention to run under (a Frontier click, a link): its layout outlined at first
+    st.session_state.att_under_outlined = (under, layer)
+    if under:
+        st.session_state.att_outline = ran_static or "none"
+if st.session_state.get("att_outline") not in outline_choices:
+    st.session_state.att_outline = "none"  # kept from another layer, model or link
 outline_spec = c3.selectbox("Outline a layout", outline_choices, key="att_outline")
 
 
