@@ -290,3 +290,19 @@ def test_frontier_is_exported_with_its_points(monkeypatch, small_file):
     assert len(arrays["spec"]) == len(result["points"]) + 2  # + the trained and fitted points
     assert list(arrays["spec"][:2]) == ["strided(l=28)", "strided(l=14)"]
     assert np.allclose(arrays["bpd"][: len(result["points"])], [p["bpd"] for p in result["points"]])
+
+
+def test_frontier_settings_come_from_the_url(monkeypatch, small_file):
+    monkeypatch.setenv("SPARSE_EXPLORER_FRONTIER", str(small_file))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params["fr_images"] = "4"
+    at.query_params["fr_families"] = ["axial", "topk"]
+    at.query_params["fr_model"] = "nope"  # not a model of this server: ignored
+    at.switch_page("app_pages/frontier.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="fr_model").value == "dense"
+    assert at.number_input(key="fr_images").value == 4
+    assert at.multiselect(key="fr_families").value == ["axial", "topk"]
+    assert at.query_params["fr_images"] == "4"
+    # the shipped result is still drawn for the shipped model (Measure: on 4 images)
+    assert chart(at, "fr_chart")
