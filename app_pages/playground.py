@@ -9,6 +9,10 @@ this page starts it, shows its place in the queue, and redraws what it has so fa
 REFRESH_SECONDS in a fragment (only this part of the page reruns): bits/dim against steps and
 against seconds, each layout's cost, every head's attention of the probe pixel, and the
 completions. At the end each model is an ordinary run folder that the other pages open.
+
+Before anyone trains, the page shows a finished race shipped with the project (SHIPPED_RACE:
+dense, strided and fixed at 14 x 14, trained with python -m tools.bench_race on a CPU; its
+README says how), drawn by the same code from its saved folder (models.race.load_race).
 """
 
 from pathlib import Path
@@ -31,9 +35,12 @@ from app_pages.common import (
 )
 from app_pages.jobs import Refused, over_budget
 from app_pages.playground_job import (
+    OFF_WORDS,
+    ON_WORDS,
+    PLAYGROUND_ENV,
     TRAINING_POOL,
     playground_data,
-    playground_enabled,
+    playground_setting,
     race_folder,
     start_race,
 )
@@ -43,22 +50,26 @@ from models.race import (
     MAX_LANES,
     RACE_FAMILIES,
     RaceConfig,
+    RaceFileError,
     RaceView,
     check_race,
     family_defaults,
     family_param_ranges,
     layout_spec_for,
+    load_race,
     race_memory,
 )
 from models.tokens import Geometry
 from viz.export import Exportable
 from viz.figures import head_grid_figure
-from viz.race_figures import Curve, race_curves_figure
+from viz.race_figures import Curve, coinciding, race_curves_figure, separation
 
 REFRESH_SECONDS = 1.0  # how often the live part redraws while a race runs
 PRESETS = ("fmnist-tiny", "fmnist-mini", "fmnist-small")  # small enough for a CPU
 SIZES = {"14 x 14 (Fashion-MNIST downsampled by 2)": 14, "28 x 28 (Fashion-MNIST)": 28}
 STEPS_MAX, MINUTES_MAX = 20_000, 30.0
+SHIPPED_RACE = ROOT / "assets" / "races" / "fmnist14-dense-strided-fixed"
+GAP = 0.1  # bits/dim: held-out curves this far apart (best to worst) count as a difference
 
 st.title("Playground: race layouts and watch their heads form")
 st.caption(
@@ -71,10 +82,17 @@ st.caption(
     "models complete held-out images; the result is saved as run folders that the Attention, "
     "Training and other pages open."
 )
-if not playground_enabled():
+_on, _unknown = playground_setting()
+if not _on:
+    why = (
+        f"{PLAYGROUND_ENV} is {_unknown!r}, which is not one of its words, so it stays off "
+        f"(on: {', '.join(ON_WORDS)}; off: {', '.join(OFF_WORDS)})"
+        if _unknown is not None
+        else f"{PLAYGROUND_ENV}=off"
+    )
     st.info(
-        "The Playground is switched off on this server (SPARSE_EXPLORER_PLAYGROUND=off): "
-        "training would let every visitor spend its CPU for minutes. Run the app on your own "
+        as_text(f"The Playground is switched off on this server ({why}): ")
+        + "training would let every visitor spend its CPU for minutes. Run the app on your own "
         "machine to use it, or train from the command line: python -m tools.train --size 14 "
         "--timeline-probes 2 ..."
     )
@@ -207,10 +225,10 @@ job = st.session_state.get("pg_job")
 running = job is not None and not job.task.finished
 t1, t2 = st.columns([1, 5])
 if t1.button("Train", key="pg_train", type="primary", disabled=running or bool(refusal)):
-    folder = race_folder(runs_dir(), PLAYGROUND_PREFIX)
-    try:
+    try:  # the folder is reserved now: two races queued in one second get two
+        folder = race_folder(runs_dir(), PLAYGROUND_PREFIX)
         job = start_race(cfg, folder, alive=session_alive(), device=model_device())
-    except (Refused, ValueError) as e:
+    except (Refused, ValueError, OSError) as e:  # start_race released the empty folder
         st.error(as_text(e))
     else:
         st.session_state.pg_job = job
@@ -285,11 +303,45 @@ def folder_name(path: str) -> str:
         return str(p)
 
 
+@st.cache_resource(show_spinner=False, max_entries=2)
+def shipped_race(path: str, stamp: float) -> RaceView:
+    """The shipped race's folder as a RaceView (kept while race.json's time stays)."""
+    return load_race(path)
+
+
+def shipped_view() -> RaceView | str:
+    """The shipped race, or a message saying why it cannot be shown."""
+    try:
+        stamp = (SHIPPED_RACE / "race.json").stat().st_mtime
+        return shipped_race(str(SHIPPED_RACE), stamp)
+    except (OSError, RaceFileError) as e:
+        return f"The shipped race cannot be shown: {e}"
+
+
 @st.fragment(run_every=REFRESH_SECONDS if running else None)
 def live(was_running: bool) -> None:
     job = st.session_state.get("pg_job")
     if job is None:
-        st.info("Choose the layouts and a budget, then press Train.")
+        view = shipped_view()
+        if isinstance(view, str):
+            st.info("Choose the layouts and a budget, then press Train.")
+            st.warning(as_text(view))
+            return
+        st.info(
+            "Choose the layouts and a budget, then press Train. Until then, here is a finished "
+            "race shipped with the project: "
+            + as_text(
+                f"{', '.join(lane.name for lane in view.lanes)} at "
+                f"{view.probes.shape[1]} x {view.probes.shape[2]}, {view.step} steps each in "
+                f"{view.elapsed / 60:.1f} minutes on a CPU ({folder_name(view.folder)}/README.md "
+                "says how it was trained)."
+            )
+        )
+        st.progress(
+            min(1.0, view.step / view.total) if view.total else 1.0,
+            text=f"shipped race: step {view.step} · {view.elapsed:.0f} s · {view.end}",
+        )
+        draw_race(view, shipped=True)
         return
     task = job.task
     if was_running and task.finished:
@@ -304,28 +356,94 @@ def live(was_running: bool) -> None:
     view = job.state.view()
     if task.finished and task.error:
         st.error("The race failed: " + as_text(task.error))
+    if view.phase == "discarded" or (task.finished and not view.lanes and not task.error):
+        st.info(
+            as_text(
+                f"The race ended before its first step ({view.end or task.reason or 'stopped'}): "
+                "nothing was trained, so nothing was saved."
+            )
+        )
+        return
     total = view.total
     if view.phase == "loading":
         st.caption("Loading the images and building the models...")
         return
-    status = {
-        "training": "training",
-        "saving": "saving",
-        "saved": "saved",
-    }.get(view.phase, view.phase)
-    if task.finished and task.reason:
-        status = f"{status} ({task.reason})"
-    of = f" of {total}" if total else " (timing the first steps to set the schedule)"
+    # one truth: how the race ended is the word race.json holds (models.race END_*)
+    if view.end is not None:
+        status = f"{view.phase} ({view.end})"
+    elif task.cancelled and not task.finished:
+        status = "stopping"
+    else:
+        status = view.phase
+    if total:
+        of = f" of {total}"
+    elif view.phase == "training":
+        of = " (timing the first steps to set the schedule)"
+    else:
+        of = ""
     st.progress(
         min(1.0, view.step / total) if total else 0.0,
-        text=f"step {view.step}{of} · {view.elapsed:.0f} s · {status}",
+        text=f"step {view.step}{of} · {view.elapsed:.0f} s · {status}",  # our own words
     )
+    draw_race(view, shipped=False)
+
+
+def difference_note(view: RaceView, curves: list[Curve]) -> str:
+    """How long a live race needs to show a difference, read off a finished race: from which
+    step the held-out curves stay GAP apart (best to worst), in each model's training seconds
+    and in minutes of the race at its pace; and how close the closest two ended."""
+    apart = separation(curves, GAP)
+    steps = max(view.step, 1)
+    if apart is None:
+        when = (
+            f"the layouts' held-out bits/dim never stay {GAP} apart in its "
+            f"{view.elapsed / 60:.0f} minutes: a live race shows them learning together"
+        )
+    else:
+        when = (
+            f"the layouts' held-out bits/dim stay at least {GAP} apart (best to worst) from step "
+            f"{apart[0]} on: {apart[1]:.0f} s of each model's own training, about "
+            f"{view.elapsed * apart[0] / steps / 60:.1f} minutes of this race "
+            f"(evaluations and snapshots included); a live race needs at least that"
+        )
+    ends = sorted((lane.test[-1][2], lane.name) for lane in view.lanes if lane.test)
+    close = ""
+    if len(ends) >= 2:
+        gap, a, b = min((y[0] - x[0], x[1], y[1]) for x, y in zip(ends, ends[1:], strict=False))
+        close = (
+            f". The closest two, {a} and {b}, end {gap:.3f} bits/dim apart after "
+            f"{view.elapsed / 60:.0f} minutes: a gap that small needs a longer race (and more "
+            "than a few dozen held-out images) to tell from noise"
+        )
+    return f"How long a live race needs to show a difference: in this race {when}{close}."
+
+
+def draw_race(view: RaceView, *, shipped: bool) -> None:
+    """Curves, costs, head maps and completions of a race (live or saved), and once saved its
+    folders, links to the Training page and exports."""
     curves = curves_of(view)
     a, b = st.columns(2)
     by_step = race_curves_figure(curves, against="steps", baselines=view.baselines)
     by_time = race_curves_figure(curves, against="seconds", baselines=view.baselines)
     a.plotly_chart(by_step, key="pg_by_step")
     b.plotly_chart(by_time, key="pg_by_time")
+    for group in coinciding(curves):
+        nnz = {lane.nnz for lane in view.lanes if lane.name in group}
+        why = (
+            "their layouts allow the same (query, key) pairs at this image size, so the models "
+            "compute the same numbers"
+            if len(nnz) == 1
+            else "their layouts differ, but have not yet changed any number the curves show "
+            "(the same start, the same batches)"
+        )
+        st.caption(
+            as_text(
+                f"{' and '.join(group)}: the same bits/dim at every step so far, so their curves "
+                f"are drawn on top of each other and look like one line ({why})."
+            )
+        )
+    if shipped:
+        st.caption(as_text(difference_note(view, curves)))
     st.markdown(cost_table(view))
     st.caption(
         "Seconds are each model's own training steps (evaluations, snapshots and completions "
@@ -365,15 +483,17 @@ def live(was_running: bool) -> None:
         show_image(marked, f"probe image, pixel ({pr}, {pc}) in red", width=110)
     if view.phase == "saved":
         lanes = ", ".join(lane.name for lane in view.lanes)
-        st.success("Saved: " + as_text(f"{folder_name(view.folder)}/ ({lanes})"))
+        word = "Shipped" if shipped else "Saved"
+        st.success(f"{word}: " + as_text(f"{folder_name(view.folder)}/ ({lanes})"))
         o = st.columns(len(view.lanes) + 1)
         for k, lane in enumerate(view.lanes):
             if o[k].button(f"Open {lane.name} on the Training page", key=f"pg_open_{lane.name}"):
                 st.session_state.trn_folder = folder_name(lane.folder)
                 st.switch_page("app_pages/training.py")
-        race = Path(view.folder).name
-        names = ", ".join(f"{race}/{lane.name}" for lane in view.lanes)
-        st.caption("The models are also in every page's model list: " + as_text(names) + ".")
+        if not shipped:
+            race = Path(view.folder).name
+            names = ", ".join(f"{race}/{lane.name}" for lane in view.lanes)
+            st.caption("The models are also in every page's model list: " + as_text(names) + ".")
         items = [
             Exportable(
                 "race_bpd_steps",

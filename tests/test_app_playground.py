@@ -4,6 +4,7 @@ memory refusal and the switch that turns the page off."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -150,3 +151,53 @@ def test_any_family_races_with_its_parameters_and_a_bad_one_is_named(playground)
     races = list(playground.glob("playground-*"))
     for name in ("axial", "neighborhood", "sinks"):
         assert (races[0] / name / "model.safetensors").is_file()
+
+
+SHIPPED = Path(APP).parent / "assets" / "races" / "fmnist14-dense-strided-fixed"
+
+
+def test_the_shipped_race_is_shown_before_anyone_trains(playground):
+    """A finished race of dense, strided and fixed at 14 x 14, trained by tools.bench_race on a
+    CPU for ten minutes or more, small (weights only, each model well under 2 MB): its curves,
+    head maps and completions, before Train is pressed, with how long a live race needs."""
+    record = json.loads((SHIPPED / "race.json").read_text())
+    assert set(record["layouts"]) == {"dense", "strided", "fixed"}
+    assert record["race"]["size"] == 14 and record["wall_time_s"] >= 10 * 60
+    assert record["end"] and record["saved"]
+    for name in ("dense", "strided", "fixed"):
+        files = {p.name: p.stat().st_size for p in (SHIPPED / name).iterdir()}
+        assert set(files) == {
+            "config.json",
+            "model.safetensors",
+            "run.json",
+            "timeline.json",
+            "timeline.npz",
+        }  # no optimizer state
+        assert files["model.safetensors"] < 2 * 2**20
+    total = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert total < 5 * 2**20
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/playground.py").run()
+    assert not at.exception, at.exception
+    said = texts(at)
+    assert "finished race shipped with the project" in said
+    assert "How long a live race needs to show a difference" in said
+    assert "Shipped:" in said and record["end"] in str(at.get("progress")[0].proto.text)
+    for name in ("dense", "strided", "fixed"):
+        steps = values(trace(chart(at, "pg_by_step"), f"{name} held-out")["x"])
+        assert steps[0] == 0 and steps[-1] == record["layouts"][name]["step"]
+        assert chart(at, f"pg_heads_{name}")
+    assert len(at.get("image")) >= 4  # three lanes' completions and the probe image
+    assert not list(playground.glob("*"))  # showing it trains and writes nothing
+
+
+def test_an_unknown_switch_value_keeps_the_page_off(playground, monkeypatch):
+    monkeypatch.setattr(playground_job, "_warned", set())
+    for word in ("disbled", ""):
+        monkeypatch.setenv("SPARSE_EXPLORER_PLAYGROUND", word)
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.switch_page("app_pages/playground.py").run()
+        assert not at.exception, at.exception
+        said = texts(at)
+        assert "switched off" in said and f"is '{word}'" in said and "not one of its words" in said
+        assert not [b for b in at.button if b.key == "pg_train"]  # no Train button
