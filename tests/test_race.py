@@ -242,7 +242,7 @@ def test_a_small_minutes_budget_sets_its_schedule_and_ends_by_its_budget(tiny_da
             totals.append(state.total)
         return False
 
-    slow = 0.05  # seconds a step of each lane: 60 rounds of three take 9 s of a 30 s race
+    slow = 0.15  # seconds a step of each lane: 60 rounds of three would take 27 s of a 30 s race
     from models import race as race_module
 
     real = race_module.train_step
@@ -264,7 +264,7 @@ def test_a_small_minutes_budget_sets_its_schedule_and_ends_by_its_budget(tiny_da
     finally:
         race_module.train_step = real
     assert any(t is not None for t in totals), (len(totals), record["total"], record["steps"])
-    assert record["total"] is not None and record["total"] < 60
+    assert record["total"] is not None and record["steps"] < 60  # never 60 rounds: timed fewer
     assert record["end"] in (END_BUDGET, END_SCHEDULE) and record["end"] == state.view().end
     assert record["stopped"] == (None if record["end"] == END_SCHEDULE else END_BUDGET)
     assert load_race(tmp_path / "r").end == record["end"]
