@@ -356,6 +356,8 @@ def live(was_running: bool) -> None:
     view = job.state.view()
     if task.finished and task.error:
         st.error("The race failed: " + as_text(task.error))
+        if not view.lanes:  # before its first step: nothing was kept
+            return
     if view.phase == "discarded" or (task.finished and not view.lanes and not task.error):
         st.info(
             as_text(

@@ -201,3 +201,18 @@ def test_an_unknown_switch_value_keeps_the_page_off(playground, monkeypatch):
         said = texts(at)
         assert "switched off" in said and f"is '{word}'" in said and "not one of its words" in said
         assert not [b for b in at.button if b.key == "pg_train"]  # no Train button
+
+
+def test_a_race_that_fails_while_loading_says_so_and_leaves_nothing(
+    playground, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("SPARSE_EXPLORER_PLAYGROUND_DATA", f"fashion-mnist:{tmp_path / 'none'}")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/playground.py").run()
+    at.selectbox(key="pg_preset").set_value("fmnist-tiny")
+    at.radio(key="pg_budget").set_value("steps").run()
+    at.button(key="pg_train").click().run()
+    assert not at.exception, at.exception
+    wait_for(at, lambda at: any("The race failed" in e.value for e in at.error))
+    assert "Loading the images" not in texts(at)
+    assert not list(playground.glob("playground-*"))  # its reserved folder went with it
