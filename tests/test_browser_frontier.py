@@ -82,9 +82,10 @@ def wait_idle_with(page, selector: str, text: str) -> None:
     painted(page)
 
 
-# the point to click: of the families' points, the one farthest from every other point drawn
-# (so the click lands on it alone), as page coordinates, with its customdata
-FARTHEST_POINT = """(skip) => {
+# the point to click: of the families' points (or those of the trace named ``only``...), the
+# one farthest from every other point drawn (so the click lands on it alone), as page
+# coordinates, with its customdata
+FARTHEST_POINT = """([skip, only]) => {
     const gd = document.querySelector('.st-key-fr_chart .js-plotly-plot');
     const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
     const box = gd.getBoundingClientRect();
@@ -99,8 +100,8 @@ FARTHEST_POINT = """(skip) => {
         });
     });
     const families = all.filter(p => p.data && p.data[0] && p.data[0] !== skip
-        && !p.name.startsWith('dense')
-        && !p.name.startsWith('fitted') && !p.name.startsWith('trained'));
+        && (only ? p.name.startsWith(only) : !p.name.startsWith('dense')
+            && !p.name.startsWith('fitted') && !p.name.startsWith('trained')));
     let best = null, far = -1;
     for (const p of families) {
         let near = Infinity;
@@ -123,7 +124,7 @@ def test_frontier_opens_and_a_point_opens_the_attention_page(page, shots):  # no
     assert "bits/dim under each sparse attention" in title
     shoot(page, shots / "frontier.png")
 
-    target = page.evaluate(FARTHEST_POINT, "")
+    target = page.evaluate(FARTHEST_POINT, ["", ""])
     assert target["gap"] > 4, target  # a point that a click hits alone
     start = time.perf_counter()
     page.mouse.click(target["x"], target["y"])
@@ -145,7 +146,7 @@ def test_frontier_opens_and_a_point_opens_the_attention_page(page, shots):  # no
     click_menu(page, "Frontier")
     wait_idle_with(page, ".st-key-fr_chart [data-testid=stPlotlyChart] .gtitle", "What it says")
     TIMES.append(("menu click -> Frontier drawn (again)", time.perf_counter() - start))
-    target = page.evaluate(FARTHEST_POINT, target["spec"])  # another attention: captured anew
+    target = page.evaluate(FARTHEST_POINT, [target["spec"], ""])  # another: captured anew
     start = time.perf_counter()
     page.mouse.click(target["x"], target["y"])
     wait_idle_with(
@@ -160,5 +161,23 @@ def test_frontier_opens_and_a_point_opens_the_attention_page(page, shots):  # no
         )
     )
     no_exception(page)
+
+    # a content-based selection (top-k: the slowest to run) and a fitted per-layer layout
+    for only, what in (("top-k", "top-k point"), ("fitted", "fitted point (per layer)")):
+        click_menu(page, "Frontier")
+        wait_idle_with(page, ".st-key-fr_chart [data-testid=stPlotlyChart] .gtitle", "What it says")
+        target = page.evaluate(FARTHEST_POINT, ["", only])
+        spec = target["spec"]
+        shown = spec if ";" not in spec else f"per layer: {spec}"
+        start = time.perf_counter()
+        page.mouse.click(target["x"], target["y"])
+        wait_idle_with(
+            page,
+            ".st-key-att_pixels [data-testid=stPlotlyChart] .gtitle",
+            f"This model, run under {shown}",
+        )
+        label = spec if len(spec) < 40 else spec[:37] + "..."
+        TIMES.append((f"{what} click ({label}) -> Attention drawn", time.perf_counter() - start))
+        no_exception(page)
     slow = [(label, round(s, 2)) for label, s in TIMES if s > LIMIT_S]
     assert not slow, f"drawn in more than {LIMIT_S} s: {slow}"
