@@ -302,16 +302,28 @@ def measure_frontier(
         if progress is not None:
             progress(done, todo, label)
 
+    device = next(model.parameters()).device
+
     def bpd(intervention: Intervention) -> float:
         return evaluate_bpd(
-            model, tokens, batch_size=batch, progress=False, intervention=intervention
+            model,
+            tokens,
+            batch_size=batch,
+            device=device,
+            progress=False,
+            intervention=intervention,
         )
 
     mass = None
     if n <= MAX_COVERAGE_N:
         ks = [parse_attention(s).k for s in specs.get("topk", [])]
         mass = attention_mass(
-            model, tokens, specs.get("moba", []), top_k=max(ks, default=1), cancel=cancel
+            model,
+            tokens,
+            specs.get("moba", []),
+            top_k=max(ks, default=1),
+            progress=None if progress is None else lambda d, t, what: progress(0, todo, what),
+            cancel=cancel,
         )
     dense_bpd = bpd(Intervention())
     step("dense")
