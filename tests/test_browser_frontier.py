@@ -1,7 +1,8 @@
-"""The Frontier page in Chromium: opened from the menu, it is drawn from the shipped result within
-two seconds; a click on one of its points opens the Attention page with the model run under that
-point's attention (the banner names the spec, the URL holds it), also within two seconds. Each
-time runs from the click to the result drawn (the script idle, the chart's title there, two
+"""The Frontier page in Chromium: opened from the menu, it is drawn from the shipped result; a
+click on one of its points opens the Attention page with the model run under that point's
+attention (the banner names the spec, the URL holds it). The goal, two seconds each, is asserted
+with BENCH_GOALS=1 on a machine at rest (a benchmark, not a CI check). Each time runs from the
+click to the result drawn (the script idle, the chart's title there, two
 animation frames painted). The times are printed (pytest -s) and written to
 $SCREENSHOT_DIR/frontier_timings.txt when that is set.
 
