@@ -67,7 +67,7 @@ def _png_data_uri(rgb: np.ndarray) -> str:
 
 
 def _unit_heatmap(
-    z: np.ndarray, name: str, colorscale: str, hovertemplate: str | None, **trace
+    z: np.ndarray, name: str, colorscale: str | list, hovertemplate: str | None, **trace
 ) -> go.Figure:
     """A figure of one heatmap trace called ``name``, its colour scale over [0, 1]."""
     return go.Figure(
@@ -96,6 +96,18 @@ def _tile_ranges(shape: tuple[int, int], tile: int, n: int) -> np.ndarray:
 
 
 TILE_HOVER = "queries %{customdata[0]}-%{customdata[1]}, keys %{customdata[2]}-%{customdata[3]}"
+
+# a pooled mask's allowed share per tile, white (none) to black (all), with the small shares
+# pulled apart from 0: a column part is one key in l per row (1/12 of a 12 x 12 tile at 32 x 32
+# x 3), which a linear grey scale draws all but white
+MASK_SHARE_SCALE = [
+    [0.0, "#ffffff"],
+    [0.001, "#d0d0d0"],
+    [0.05, "#a0a0a0"],
+    [0.2, "#606060"],
+    [0.5, "#303030"],
+    [1.0, "#000000"],
+]
 
 
 def _map_axes(fig: go.Figure, n: int) -> None:
@@ -141,7 +153,7 @@ def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> g
         fig = _unit_heatmap(
             codes,
             "mask",
-            "Greys",
+            MASK_SHARE_SCALE,
             TILE_HOVER + ": %{z:.3f} allowed<extra></extra>",
             x0=tile / 2,
             dx=tile,
