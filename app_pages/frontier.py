@@ -84,11 +84,13 @@ def model_of(result: dict, names: list[str]) -> str | None:
 
 def measure_memory(config) -> int:
     """Bytes measure_frontier takes at its peak for a model: the intact attention's mean
-    [L, H, N, N] float64 with a batch's probabilities (three copies), or the evaluation's
-    scores of a batch (two copies)."""
+    [L, H, N, N] float64 with a batch's scores, masked scores, probabilities and their
+    top-k / block sums (five [B, H, N, N] float32 copies), or the evaluation's scores of a batch
+    (three copies). Measured by tools.bench_load --frontier: the server grew by 757-825 MB for
+    the shipped dense model, which this puts at 944 MB (docs/BENCHMARKS.md)."""
     n, layers, heads = config.geometry.n_tokens, config.n_layer, config.n_head
-    mass = 8 * layers * heads * n * n + 3 * 4 * BATCH * heads * n * n
-    evaluation = 2 * 4 * BATCH * heads * n * n
+    mass = 8 * layers * heads * n * n + 5 * 4 * BATCH * heads * n * n
+    evaluation = 3 * 4 * BATCH * heads * n * n
     return max(mass, evaluation)
 
 
@@ -214,8 +216,9 @@ else:  # no shipped file to list them: analysis.frontier's families
     from analysis.frontier import FAMILIES
 
     all_families = list(FAMILIES)
-kept = [f for f in st.session_state.get("fr_families", all_families) if f in all_families]
-st.session_state.fr_families = kept or list(all_families)
+if "fr_families" not in st.session_state:  # every family at first; an empty choice stays empty
+    st.session_state.fr_families = list(all_families)
+st.session_state.fr_families = [f for f in st.session_state.fr_families if f in all_families]
 families = c3.multiselect("Families", all_families, key="fr_families")
 params = (str(model_path(name)), int(images), tuple(families))
 
