@@ -21,6 +21,7 @@ from viz.frontier_figure import (
     coverage_bars,
     coverage_sentence,
     family_label,
+    pick_at_density,
     read_frontier,
     recorded_model,
     shipped_frontier_path,
@@ -108,9 +109,9 @@ def shipped_rows(path: str, stamp: tuple, density: float) -> tuple[list[dict], d
 
 @st.cache_data(max_entries=16, show_spinner="Scoring every family at equal density...")
 def measured_rows(path: str, key: str, density: float, _tokens: torch.Tensor) -> list[dict]:
-    """Each family's point nearest ``density`` (analysis.frontier's candidates in its range)
-    and the share of the model's attention on ``_tokens`` it keeps (attention_mass), the
-    highest first; [] when the model is too long for the mean maps."""
+    """Each family's choice at ``density`` (viz.frontier_figure.pick_at_density of analysis.
+    frontier's candidates) and the share of the model's attention on ``_tokens`` it keeps
+    (attention_mass), the highest first; [] when the model is too long for the mean maps."""
     from analysis.frontier import FAMILIES, MAX_COVERAGE_N, attention_mass, frontier_specs
     from kernels.selection import MoBA, TopK, parse_attention
 
@@ -119,26 +120,24 @@ def measured_rows(path: str, key: str, density: float, _tokens: torch.Tensor) ->
     n = geometry.n_tokens
     if n > MAX_COVERAGE_N:
         return []
-    picks = {}
-    for family, specs in frontier_specs(FAMILIES, geometry).items():
-        if specs:
-            picks[family] = min(specs, key=lambda s: abs(parse_attention(s).density(n) - density))
-    chosen_ = {f: parse_attention(s) for f, s in picks.items()}
-    top = max([a.k for a in chosen_.values() if isinstance(a, TopK)], default=1)
-    mobas = [s for f, s in picks.items() if isinstance(chosen_[f], MoBA)]
+    candidates = {f: v for f, v in frontier_specs(FAMILIES, geometry).items() if v}
+    every = {s: parse_attention(s) for specs in candidates.values() for s in specs}
+    top = max([a.k for a in every.values() if isinstance(a, TopK)], default=1)
+    mobas = [s for s, a in every.items() if isinstance(a, MoBA)]
     mass = attention_mass(m, _tokens, mobas, top_k=top)
-    rows = [
-        {
-            "family": f,
-            "label": family_label(f),
-            "spec": picks[f],
-            "density": a.density(n),
-            "keys": a.nnz(n) / n,
-            "bpd": None,
-            "coverage": float(mass.coverage(a).mean()),
-        }
-        for f, a in chosen_.items()
-    ]
+    rows = []
+    for f, specs in candidates.items():
+        points = [
+            {
+                "spec": s,
+                "density": every[s].density(n),
+                "keys": every[s].nnz(n) / n,
+                "bpd": None,
+                "coverage": float(mass.coverage(every[s]).mean()),
+            }
+            for s in specs
+        ]
+        rows.append({"family": f, "label": family_label(f), **pick_at_density(points, density)})
     return sorted(rows, key=lambda r: -r["coverage"])
 
 
@@ -167,7 +166,7 @@ if density_rows:
         "**"
         + as_text(coverage_sentence(density_rows, EQUAL_DENSITY))
         + f"** ({as_text(density_source)}; top-k is the oracle that keeps each query's "
-        "largest weights. Each family at its choice nearest that density: below.)"
+        "largest weights. Each family at its best choice about that density: below.)"
     )
 else:
     opening.info("This model is too long to score every family's coverage here.")

@@ -213,3 +213,19 @@ def test_read_frontier_explains_files(tmp_path):
         read_frontier(tmp_path / "other.json")
     (tmp_path / "good.json").write_text(json.dumps(small_result()))
     assert read_frontier(tmp_path / "good.json")["dense_bpd"] == 2.74
+
+
+def test_a_family_is_taken_at_its_best_choice_about_the_budget():
+    from viz.frontier_figure import pick_at_density
+
+    strided = [
+        {"spec": "strided(l=21)", "density": 0.099, "coverage": 0.287, "bpd": 4.20},
+        {"spec": "strided(l=28)", "density": 0.105, "coverage": 0.459, "bpd": 2.99},
+        {"spec": "strided(l=56)", "density": 0.154, "coverage": 0.583, "bpd": 2.85},
+    ]
+    # the nearest to 10 % is the misaligned l = 21; the family is its best within the band
+    assert pick_at_density(strided, 0.1)["spec"] == "strided(l=28)"
+    # no coverage: the lowest bits/dim; nothing in the band: the nearest
+    no_cov = [dict(p, coverage=None) for p in strided]
+    assert pick_at_density(no_cov, 0.1)["spec"] == "strided(l=28)"
+    assert pick_at_density(strided, 0.3)["spec"] == "strided(l=56)"

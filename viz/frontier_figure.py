@@ -332,14 +332,37 @@ def frontier_arrays(result: dict) -> dict[str, np.ndarray]:
     }
 
 
+# "at a budget" means from this share of it to a little over it (a layout's density moves in
+# steps; strided(l=28) keeps 10.5 % of the pairs on 28 x 28)
+BUDGET_BAND = (0.7, 1.15)
+
+
+def pick_at_density(points: Sequence[dict], density: float) -> dict:
+    """A family's choice at a budget: of its points whose density lies in BUDGET_BAND times
+    ``density``, the one that keeps the most attention (coverage; the lowest bits/dim where no
+    coverage was measured), so a badly aligned choice does not stand for the family; with none
+    in the band, the point nearest the budget."""
+    lo, hi = (f * density for f in BUDGET_BAND)
+    band = [p for p in points if lo <= p["density"] <= hi]
+    if not band:
+        return min(points, key=lambda p: (abs(p["density"] - density), p["density"]))
+
+    def merit(p: dict) -> float:
+        if p.get("coverage") is not None:
+            return -float(p["coverage"])
+        return float(p["bpd"]) if p.get("bpd") is not None else math.inf
+
+    return min(band, key=merit)
+
+
 def at_density(result: dict, density: float = 0.1) -> list[dict]:
-    """Each family's point nearest ``density`` (of all its points, on its envelope or not):
-    {family, label, spec, density, keys, bpd, coverage}, the highest coverage first (a family
-    without coverage last)."""
+    """Each family's choice at ``density`` (pick_at_density, of all its points, on its envelope
+    or not): {family, label, spec, density, keys, bpd, coverage}, the highest coverage first
+    (a family without coverage last)."""
     out = []
     for family in families_of(result):
         mine = [p for p in result["points"] if p["family"] == family]
-        p = min(mine, key=lambda p: (abs(p["density"] - density), p["density"]))
+        p = pick_at_density(mine, density)
         out.append({"family": family, "label": family_label(family), **_fields(p)})
     return sorted(out, key=lambda r: -1.0 if r["coverage"] is None else -r["coverage"])
 
