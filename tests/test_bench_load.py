@@ -78,3 +78,11 @@ def test_a_frontier_that_ends_badly_says_why():
     f = Frontier(FakePage("Measure"))  # not seen queued or running yet
     poll_frontier(f)
     assert frontier_outcome(f) == "not over when the run ended (pressed)"
+
+
+def test_the_budget_it_reports_is_the_apps():
+    from app_pages import jobs
+    from tools import bench_load
+
+    assert bench_load.TASK_BUDGET_MB == jobs.MEMORY_BUDGET_MB
+    assert bench_load.default_workers() == jobs.WORKERS

@@ -266,7 +266,7 @@ CASES = [
     ("bench_app", "--timeline /tmp", "not inside the project", None),
     ("bench_app", "--timeline assets", "no timeline.json", None),
     # tools.bench_load (no server, no browser: refused while parsing)
-    ("bench_load", "--contexts 0", "is no load (add --playground)", None),
+    ("bench_load", "--contexts 0", "is no load (add --playground or --frontier)", None),
     ("bench_load", "--contexts 17", "between 0", None),
     ("bench_load", "--samples nan", "whole number", None),
     ("bench_load", "--switches -1", "between 1", None),

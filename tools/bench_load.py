@@ -69,6 +69,17 @@ FRONTIER_FAMILIES = ("local", "strided", "fixed")
 FRONTIER_LABEL = "frontier fr_measure"  # its task's label in the server's log (pool_job)
 
 
+# the app's bound on one task's estimated memory and its default pool size, as
+# app_pages/jobs.py sets them (a benchmark may not import the app; tests/test_bench_load.py
+# checks that these agree with it)
+TASK_BUDGET_MB = 1024
+
+
+def default_workers() -> int:
+    """The server's pool size without --workers: $SPARSE_EXPLORER_WORKERS, else cores - 1."""
+    return int(os.environ.get("SPARSE_EXPLORER_WORKERS", max(1, (os.cpu_count() or 2) - 1)))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -412,14 +423,12 @@ def _main(argv: list[str] | None = None) -> int:
     if args.contexts:
         print(f"| completions restarted during the switches | {completions} |")
     if frontiers:
-        from app_pages.jobs import MEMORY_BUDGET_MB, WORKERS
-
-        n = args.workers if args.workers is not None else WORKERS
+        n = args.workers if args.workers is not None else default_workers()
         print(f"| server RSS with every page open, before the work | {rest_mb:.0f} MB |")
         print(
             f"| server peak RSS: above that, against the pool's bound ({n} worker(s) x "
-            f"{MEMORY_BUDGET_MB} MB) | {peak:.0f} MB: +{peak - rest_mb:.0f} MB of "
-            f"{n * MEMORY_BUDGET_MB} MB |"
+            f"{TASK_BUDGET_MB} MB) | {peak:.0f} MB: +{peak - rest_mb:.0f} MB of "
+            f"{n * TASK_BUDGET_MB} MB |"
         )
     else:
         print(f"| server peak RSS | {peak:.0f} MB |")
