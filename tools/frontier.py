@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
         help="models evaluated under their own layout, comma-separated folders, or auto / none",
     )
     p.add_argument("--out", type=Path, default=None, help="write the result: .json or .csv")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
     return p
 
