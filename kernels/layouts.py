@@ -509,13 +509,13 @@ class BlockSparse(Layout):
 
 # the random blocks' draw: integer arithmetic modulo a prime below 2**31, so every product stays
 # under 2**62 and ints, int64 tensors and numpy arrays give the same draw
-_HASH_PRIME = 2_147_483_629
+HASH_PRIME = 2_147_483_629
 
 
 def _hash3(seed: Index, u: Index, t: Index) -> Index:
-    x = (seed % _HASH_PRIME * 1_000_003 + u * 7_919 + t * 104_729 + 12_345) % _HASH_PRIME
-    x = (x * x + 2_654_435) % _HASH_PRIME
-    return (x * x + 40_503) % _HASH_PRIME
+    x = (seed % HASH_PRIME * 1_000_003 + u * 7_919 + t * 104_729 + 12_345) % HASH_PRIME
+    x = (x * x + 2_654_435) % HASH_PRIME
+    return (x * x + 40_503) % HASH_PRIME
 
 
 def bigbird_random_block(

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels.layouts import MAX_SPEC_INT, Layout, parse_layout
+from kernels.layouts import MAX_SPEC_INT, Layout, _check_int, parse_layout
 
 
 class Selection:
@@ -72,14 +72,6 @@ class Selection:
     def restrict(self, scores: Tensor, q: Tensor, k: Tensor, positions: Tensor) -> Tensor:
         """``scores`` with -inf where a key is not kept (in place where it can be)."""
         return scores.masked_fill_(~self.allowed(scores, q, k, positions), -math.inf)
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 @dataclass(frozen=True, repr=False)

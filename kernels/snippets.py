@@ -13,7 +13,7 @@ snippet reads like the layout's table row in docs/DESIGN.md.
 from __future__ import annotations
 
 from kernels.layouts import (
-    _HASH_PRIME,
+    HASH_PRIME,
     Axial,
     BigBird,
     BlockSparse,
@@ -178,7 +178,7 @@ def mask_mod_source(layout: Layout) -> str:
     terms = _terms(layout)
     lines = [_HEADER, _USAGE.format(heads=layout.period)]
     if _has_bigbird(layout):
-        lines += [_BIGBIRD_HELPERS.replace("{prime}", f"{_HASH_PRIME:_}"), ""]
+        lines += [_BIGBIRD_HELPERS.replace("{prime}", f"{HASH_PRIME:_}"), ""]
     lines.append("def mask_mod(b, h, q_idx, kv_idx):")
     lines.append(f'    """{layout!r}: {" | ".join(name for name, _ in terms)}."""')
     for name, expr in terms:

@@ -189,21 +189,9 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     except BaseException:  # Ctrl-C included: nothing half written is left behind
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    from models.checkpoint import fsync_dir  # the one copy (models/ writes checkpoints with it)
 
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable, where the OS lets a folder be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def read_input(path: Path, max_bytes: int, *, flag: str) -> bytes:
