@@ -742,30 +742,32 @@ def _build(node: ast.expr, spec: str) -> Layout:
             raise ValueError(f"multihead takes layouts as positional arguments: {spec!r}")
         return multihead(*(_build(a, spec) for a in node.args))
 
+    return call_spec(node, spec, _CONSTRUCTORS[name], "layout", _SPEC_HELP)
+
+
+def call_spec(node: ast.Call, spec: str, make: Callable, what: str, help_: str):
+    """``make(*args, **kwargs)`` with a parsed spec call's integer arguments, each bounded by
+    MAX_SPEC_INT before any arithmetic (a 23-digit l would overflow the first int64 it meets);
+    ValueError naming what is wrong. Shared with kernels/selection.py's specs."""
+
     def value(a: ast.expr) -> int:
-        if (
-            isinstance(a, ast.Constant)
-            and isinstance(a.value, int)
-            and not isinstance(a.value, bool)
-        ):
-            # bounded before any arithmetic: no sequence here is longer than MAX_SPEC_INT
-            # tokens, and a 23-digit l would overflow the first int64 it meets
-            if abs(a.value) > MAX_SPEC_INT:
-                raise ValueError(
-                    f"layout argument {a.value} in {spec!r} is out of range: "
-                    f"every argument must be at most {MAX_SPEC_INT:,} (2**20, the longest sequence)"
-                )
-            return a.value
         if isinstance(a, ast.UnaryOp) and isinstance(a.op, ast.USub):
             return -value(a.operand)
-        raise ValueError(f"layout arguments must be integers in {spec!r}; {_SPEC_HELP}")
+        if not (isinstance(a, ast.Constant) and type(a.value) is int):
+            raise ValueError(f"{what} arguments must be integers in {spec!r}; {help_}")
+        if abs(a.value) > MAX_SPEC_INT:
+            raise ValueError(
+                f"{what} argument {a.value} in {spec!r} is out of range: it is over "
+                f"{MAX_SPEC_INT:,} (2**20, the longest sequence)"
+            )
+        return a.value
 
     args = [value(a) for a in node.args]
     kwargs = {k.arg: value(k.value) for k in node.keywords if k.arg is not None}
     try:
-        return _CONSTRUCTORS[name](*args, **kwargs)
+        return make(*args, **kwargs)
     except TypeError as e:
-        raise ValueError(f"bad arguments in layout spec {spec!r} ({e}); {_SPEC_HELP}") from None
+        raise ValueError(f"bad arguments in {what} spec {spec!r} ({e}); {help_}") from None
 
 
 #: every static family by its constructor's name, with its parameters in spec order

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels.layouts import MAX_SPEC_INT, Layout, _check_int, parse_layout
+from kernels.layouts import Layout, _check_int, call_spec, parse_layout
 
 
 class Selection:
@@ -180,22 +180,7 @@ def parse_attention(spec: str | Attention) -> Attention:
     if name not in _SELECTIONS:
         return parse_layout(spec)
     help_ = "expected topk(k=K) or moba(block=B, topk=K), integer arguments"
-
-    def value(a: ast.expr) -> int:
-        if isinstance(a, ast.UnaryOp) and isinstance(a.op, ast.USub):
-            return -value(a.operand)
-        if not (isinstance(a, ast.Constant) and type(a.value) is int):
-            raise ValueError(f"selection arguments must be integers in {spec!r}; {help_}")
-        if abs(a.value) > MAX_SPEC_INT:
-            raise ValueError(f"selection argument {a.value} in {spec!r} is over {MAX_SPEC_INT:,}")
-        return a.value
-
-    args = [value(a) for a in node.args]
-    kwargs = {kw.arg: value(kw.value) for kw in node.keywords if kw.arg is not None}
-    try:
-        return _SELECTIONS[name](*args, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"bad arguments in {spec!r} ({e}); {help_}") from None
+    return call_spec(node, spec, _SELECTIONS[name], "selection", help_)
 
 
 def selection_mask(
