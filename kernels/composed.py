@@ -29,17 +29,17 @@ and exp(s - lse) are then the union's), so each piece's backward is the fused ke
 The log-sum-exp returned is not differentiable (as for the Triton kernels).
 
 ``piece`` runs torch's fused CPU kernel on CPU tensors and an exact float32 matmul elsewhere
-(CUDA tensors, where "auto" takes the Triton kernels anyway); ``use_math_pieces()`` forces the
-matmul pieces so that tests check both.
+(CUDA tensors, where "auto" takes the Triton kernels anyway; ``_fused`` says which).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -63,32 +63,20 @@ from kernels.layouts import (
 )
 
 # "auto" takes this backend on the CPU from these sequence lengths on (below, torch's SDPA with
-# the layout's mask is faster); measured by `python -m tools.bench_kernels --device cpu
-# --crossover` (docs/BENCHMARKS.md, "Composed attention on the CPU"); dilated runs column's or
-# local's pieces, so it takes strided's length
-CROSSOVER_N = {
-    "dense": 784,
-    "local": 784,
-    "column": 784,
-    "strided": 784,
-    "fixed": 1024,
-    "axial": 784,
-    "dilated": 784,
-}
+# the layout's mask is faster), per layout kind: data that `python -m tools.bench_kernels
+# --device cpu --crossover` measures and writes (docs/BENCHMARKS.md, "Composed attention on the
+# CPU"); dilated runs column's or local's pieces, so it takes strided's length
+CROSSOVER_FILE = Path(__file__).with_name("crossover.json")
+CROSSOVER_N: dict[str, int] = json.loads(CROSSOVER_FILE.read_text())
 
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-_math_only: list[bool] = []
 
 
-@contextlib.contextmanager
-def use_math_pieces() -> Iterator[None]:
-    """Run every piece as a float32 matmul (what non-CPU tensors get) inside the block."""
-    _math_only.append(True)
-    try:
-        yield
-    finally:
-        _math_only.pop()
+def _fused(q: Tensor) -> bool:
+    """Whether torch's fused CPU kernel runs a piece of q: CPU tensors of its dtypes (it has no
+    float64); the rest get the exact float32 (or float64) matmul pieces."""
+    return q.device.type == "cpu" and q.dtype != torch.float64
 
 
 _COMPOSES = (
@@ -155,7 +143,7 @@ def piece(
     c <= a), under an additive ``bias`` [Lq, Lk], or full. -> (out [B, H', Lq, D] in q's dtype,
     lse [B, H', Lq] float32). A row without keys (a bias row of -inf) gets out 0 and a
     meaningless lse: the caller knows those rows and sets their lse to -inf."""
-    if q.device.type == "cpu" and not _math_only and q.dtype != torch.float64:
+    if _fused(q):
         out, lse = _FLASH_CPU(q, k, v, 0.0, causal, attn_mask=_cast(bias, q), scale=scale)
         return out, lse
     acc = torch.promote_types(q.dtype, torch.float32)
@@ -183,7 +171,7 @@ def piece_backward(
     """The flash-attention backward of ``piece`` run with the given (merged) out and lse:
     (dq, dk, dv) of this piece's keys' share of the union softmax. A row with lse = +inf takes
     no part (its probabilities are 0)."""
-    if q.device.type == "cpu" and not _math_only and q.dtype != torch.float64:
+    if _fused(q):
         return _FLASH_CPU_BACKWARD(
             dout, q, k, v, out, lse, 0.0, causal, attn_mask=_cast(bias, q), scale=scale
         )

@@ -1,5 +1,5 @@
 """tools/bench_kernels_cpu.py: `python -m tools.bench_kernels --device cpu` at a small size, and
-the crossover it writes into kernels/composed.py."""
+the crossover it writes into kernels/crossover.json."""
 
 import json
 
@@ -32,19 +32,20 @@ def test_the_crossover_is_where_composed_stays_faster():
     assert crossover_lengths(rows) == {"strided": 2048, "fixed": 2**31}
 
 
-def test_write_crossover_rewrites_the_one_line(tmp_path):
-    src = tmp_path / "composed.py"
-    src.write_text(open(composed.__file__).read())
-    line = write_crossover({"strided": 1536, "fixed": 2048}, src)
-    text = src.read_text()
-    assert line in text and text.count("CROSSOVER_N = {") == 1
-    assert '"strided": 1536' in line and '"fixed": 2048' in line and '"local": 1536' in line
-    namespace: dict = {}
-    exec(line, namespace)  # the line is Python that kernels/composed.py can hold
-    assert set(namespace["CROSSOVER_N"]) == set(composed.CROSSOVER_N)
-    src.write_text("nothing here\n")
-    with pytest.raises(RuntimeError, match="no CROSSOVER_N"):
-        write_crossover({"strided": 1, "fixed": 1}, src)
+def test_write_crossover_writes_the_data_composed_reads(tmp_path):
+    path = tmp_path / "crossover.json"
+    path.write_text(composed.CROSSOVER_FILE.read_text())
+    wrote = write_crossover({"strided": 1536, "fixed": 2048}, path)
+    assert json.loads(path.read_text()) == wrote
+    assert wrote["strided"] == wrote["local"] == wrote["dilated"] == 1536 and wrote["fixed"] == 2048
+    assert wrote["axial"] == composed.CROSSOVER_N["axial"]  # not measured: kept
+    assert set(wrote) == set(composed.CROSSOVER_N)
+    assert write_crossover({"strided": 1, "fixed": 1, "axial": 5}, path)["axial"] == 5
+
+
+def test_the_shipped_crossover_is_what_composed_loads():
+    assert composed.CROSSOVER_FILE.parent.name == "kernels"
+    assert json.loads(composed.CROSSOVER_FILE.read_text()) == composed.CROSSOVER_N
 
 
 def test_a_small_run_prints_every_case_and_writes_its_rows(tmp_path, capsys):
@@ -63,6 +64,7 @@ def test_a_small_run_prints_every_case_and_writes_its_rows(tmp_path, capsys):
     for r in data["attention"]:
         assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_mib"] >= 0
     assert data["shape"] == {"B": 1, "H": 4, "D": 64, "dtype": "fp32"}
+    assert data["command"].count("--device cpu") == 1  # as given, once
 
 
 def test_sizes_not_measured_on_the_device_are_refused(capsys):

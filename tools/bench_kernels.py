@@ -227,7 +227,7 @@ def _main(argv: list[str] | None = None) -> int:
         "--crossover",
         action="store_true",
         help="cpu: measure composed against the masked SDPA near N = 1,024 and write the "
-        "crossover lengths into kernels/composed.py",
+        "crossover lengths into kernels/crossover.json",
     )
     p.add_argument(
         "--json",

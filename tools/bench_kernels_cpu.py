@@ -15,8 +15,8 @@ and says so. Then what a person feels: a training step of the colour preset (3,0
 
 ``--crossover`` times composed against the masked SDPA at the shipped models' shapes around
 N = 1,024 and writes, per layout, the length from which composed is faster into the one place
-"auto" reads it (kernels/composed.py, CROSSOVER_N). ``--json PATH`` writes every row for the
-"Models & speed" page (default docs/benchmarks/cpu_attention.json).
+"auto" reads it (kernels/crossover.json, loaded as kernels.composed.CROSSOVER_N). ``--json PATH``
+writes every row for the "Models & speed" page (default docs/benchmarks/cpu_attention.json).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -294,28 +293,23 @@ def crossover_lengths(rows: list[dict]) -> dict[str, int]:
     return out
 
 
-def write_crossover(lengths: dict[str, int], path: Path | None = None) -> str:
-    """Rewrite CROSSOVER_N in kernels/composed.py: strided's length also for local, column and
-    dilated (the same pieces), fixed's for fixed, axial's for axial (where not measured: the
-    value there now), dense only for the log-sum-exp (see dispatch)."""
-    path = path or Path(composed_module.__file__)
+def write_crossover(lengths: dict[str, int], path: Path | None = None) -> dict[str, int]:
+    """Write the crossover lengths "auto" reads (kernels/crossover.json, loaded by
+    kernels/composed.py as CROSSOVER_N): strided's length also for local, column and dilated
+    (the same pieces), fixed's for fixed, axial's for axial (where not measured: the value
+    there now), dense only for the log-sum-exp (see dispatch). Returns what it wrote."""
+    path = path or composed_module.CROSSOVER_FILE
     values = {
         "dense": lengths["strided"],
         "local": lengths["strided"],
         "column": lengths["strided"],
         "strided": lengths["strided"],
         "fixed": lengths["fixed"],
-        "axial": lengths.get("axial", composed_module.CROSSOVER_N["axial"]),
+        "axial": lengths.get("axial", json.loads(path.read_text())["axial"]),
         "dilated": lengths["strided"],
     }
-    # one entry a line, as ruff formats it (the line would pass 100 characters)
-    line = "CROSSOVER_N = {\n" + "".join(f'    "{k}": {v},\n' for k, v in values.items()) + "}"
-    text = path.read_text()
-    new, count = re.subn(r"^CROSSOVER_N = \{[^}]*\}", line, text, flags=re.M)
-    if count != 1:
-        raise RuntimeError(f"no CROSSOVER_N line in {path}")
-    path.write_text(new)
-    return line
+    path.write_text(json.dumps(values, indent=1) + "\n")
+    return values
 
 
 def model_rows(reps: int) -> list[dict]:
@@ -407,7 +401,7 @@ def main_cpu(args) -> int:
         print(f"\n{line}", end="")
     print()
     result: dict = {
-        "command": "python -m tools.bench_kernels --device cpu " + " ".join(args.argv),
+        "command": " ".join(["python -m tools.bench_kernels", *args.argv]),  # argv has --device
         "date": str(date.today()),
         "machine": f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})",
         "torch": torch.__version__,
@@ -425,7 +419,7 @@ def main_cpu(args) -> int:
                 f"| {r['N']} | {r['l']} | {r['layout']} | {r['masked_ms']:.2f} "
                 f"| {r['composed_ms']:.2f} | {r['masked_ms'] / r['composed_ms']:.2f}x |"
             )
-        print(f"\nwrote {write_crossover(lengths)} into kernels/composed.py")
+        print(f"\nwrote {write_crossover(lengths)} into kernels/crossover.json")
         result["crossover"] = {"rows": cross, "lengths": lengths}
     if not args.no_model:
         models = model_rows(args.reps)
@@ -484,7 +478,7 @@ def interleaved_crossover_rows(
 
 def crossover_main(argv: list[str] | None = None) -> int:
     """python -m tools.bench_kernels_cpu: the crossover table alone, interleaved (nothing is
-    written into kernels/composed.py: `python -m tools.bench_kernels --device cpu --crossover`
+    written into kernels/crossover.json: `python -m tools.bench_kernels --device cpu --crossover`
     does that)."""
     from tools.cli import Parser, int_range
 
