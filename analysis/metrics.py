@@ -25,8 +25,6 @@ tests/test_metrics.py):
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from kernels.layouts import Layout
@@ -157,8 +155,3 @@ def shared_mass(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """The attention mass two rows p, q [..., N] have in common, sum_j min(p_j, q_j): 1 for
     identical rows, 0 for rows on disjoint keys; 1 minus their total variation distance."""
     return np.minimum(np.asarray(p, np.float64), np.asarray(q, np.float64)).sum(-1)
-
-
-def uniform_entropy_bits(k: int) -> float:
-    """Entropy of a head spread evenly over k keys."""
-    return math.log2(k)

@@ -784,8 +784,6 @@ FAMILY_PARAMS: dict[str, tuple[str, ...]] = {
     "block_sparse": ("block", "local_blocks", "vert_stride"),
     "bigbird": ("block", "window", "globals", "random", "seed"),
 }
-#: the parameters that are one image row of tokens (W * C): 2-D families take the image width
-WIDTH_PARAMS = {"axial": "width", "neighborhood": "width"}
 
 
 def image_family_params(name: str, row_stride: int) -> dict[str, int]:

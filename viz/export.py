@@ -351,17 +351,6 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
-def zip_bytes(files: dict[str, bytes]) -> bytes:
-    """Files {name: bytes} as one zip archive (what the app offers for a batch)."""
-    import zipfile
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in files.items():
-            z.writestr(name, data)
-    return buf.getvalue()
-
-
 def content_key(array: np.ndarray) -> str:
     """A short hash of an array's bytes and shape: the cache key of everything computed from an
     image (or a set of them) and the ``image_sha1`` in the figures' metadata."""
