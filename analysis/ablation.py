@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from analysis.maps import token_map
 from analysis.prediction import bits_of, token_bits
-from models.model import Intervention, SparseTransformer
+from models.model import Intervention, SparseTransformer, evaluating
 
 MODES = ("zero", "mean")
 Head = tuple[int, int]  # (layer, head)
@@ -100,13 +100,9 @@ def head_means(model: SparseTransformer, tokens: Tensor, *, batch_size: int = 16
         return edit
 
     recording = Intervention(head_outputs={i: record(i) for i in range(c.n_layer)})
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for s in range(0, len(tokens), batch_size):
             model(tokens[s : s + batch_size].to(_device(model), torch.long), recording)
-    finally:
-        model.train(was_training)
     return (sums / len(tokens)).float()
 
 
@@ -222,17 +218,13 @@ def rank_heads(
     heads = all_heads(model)
     device = _device(model)
     intact, ablated = 0.0, [0.0] * len(heads)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         batches = range(0, len(tokens), batch_size)
         for s in tqdm(batches, desc="ablate", disable=not progress, leave=False):
             t = tokens[s : s + batch_size].to(device, torch.long)  # [b, N]
             i, a = _batch_bits(model, t, heads, mode, means)
             intact += i
             ablated = [x + y for x, y in zip(ablated, a, strict=True)]
-    finally:
-        model.train(was_training)
     count = tokens.numel()
     base = intact / count
     rows = [

@@ -39,7 +39,7 @@ from kernels.capture import row_probs
 from kernels.layouts import Layout, multihead, parse_layout
 from kernels.selection import MoBA, Selection, TopK, parse_attention
 from models.evaluation import evaluate_bpd
-from models.model import Intervention, SparseTransformer
+from models.model import Intervention, SparseTransformer, evaluating
 from models.tokens import Geometry
 
 #: the families a frontier measures by default, static first, then the content-based ones
@@ -203,9 +203,7 @@ def attention_mass(
     top = np.zeros((c.n_layer, c.n_head, top_k))
     mobas = {s: parse_attention(s) for s in moba_specs}
     moba = {s: np.zeros((c.n_layer, c.n_head)) for s in mobas}
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for s in range(0, len(tokens), batch):
             if cancel is not None and cancel():
                 raise InterruptedError("stopped")
@@ -221,8 +219,6 @@ def attention_mass(
                     moba[spec][layer] += kept.sum(-1).mean(-1).sum(0).double().cpu().numpy()
             if progress is not None:
                 progress(min(s + batch, len(tokens)), len(tokens), "the intact attention")
-    finally:
-        model.train(was_training)
     count = len(tokens)
     return AttentionMass(mean / count, top / count, {s: v / count for s, v in moba.items()}, count)
 

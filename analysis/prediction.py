@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from analysis.maps import token_map
-from models.model import NO_INTERVENTION, Intervention, SparseTransformer
+from models.model import NO_INTERVENTION, Intervention, SparseTransformer, evaluating
 
 LN2 = math.log(2)
 
@@ -46,13 +46,9 @@ def _logits(
     model: SparseTransformer, tokens: Tensor, intervention: Intervention = NO_INTERVENTION
 ) -> Tensor:
     """logits [b, N, 256] in float64 on the CPU, the model run in eval mode (no dropout)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         device = next(model.parameters()).device
         return model(tokens.to(device=device, dtype=torch.long), intervention).double().cpu()
-    finally:
-        model.train(was_training)
 
 
 def log_probs(logits: Tensor) -> Tensor:

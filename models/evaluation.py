@@ -12,9 +12,10 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.model import NO_INTERVENTION, Intervention, SparseTransformer
+from models.model import NO_INTERVENTION, Intervention, SparseTransformer, evaluating
 
 EVAL_FILE = "eval.json"
 
@@ -39,18 +40,16 @@ def evaluate_bpd(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(tokens) == 0:
         raise ValueError("no test images to evaluate on")
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
     batches = range(0, len(tokens), batch_size)
-    for s in tqdm(batches, desc="eval", disable=not progress, leave=False):
-        x = tokens[s : s + batch_size].to(device=device, dtype=torch.long)  # [b, T]
-        logits = model(x, intervention).float()  # [b, T, 256]
-        # every token of the batch at once: logits [b*T, 256] against targets [b*T]
-        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="sum")
-        total += float(nll.double())
-        count += x.numel()
-    model.train(was_training)
+    with evaluating(model):
+        for s in tqdm(batches, desc="eval", disable=not progress, leave=False):
+            x = tokens[s : s + batch_size].to(device=device, dtype=torch.long)  # [b, T]
+            logits = model(x, intervention).float()  # [b, T, 256]
+            # every token of the batch at once: logits [b*T, 256] against targets [b*T]
+            nll = F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="sum")
+            total += float(nll.double())
+            count += x.numel()
     return total / count / math.log(2)
 
 

@@ -12,7 +12,8 @@ Every layer has its own attention layout (kernels/layouts.py); all attention goe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
@@ -41,6 +42,18 @@ def keep_attention_out_of_graphs() -> None:
     """Make every model's attention call opaque to torch.compile (call before compiling)."""
     global _attention_call
     _attention_call = torch.compiler.disable(attention)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (no dropout) for the block, its mode restored however the block
+    ends: the one way the project runs a model that may be training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @dataclass
