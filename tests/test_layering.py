@@ -32,6 +32,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 HARNESS = "streamlit.testing"
 # viz draws arrays: of the layers below it, only these modules (pure data, no model)
 VIZ_MAY_IMPORT = ("kernels.layouts", "models.tokens", "analysis.metrics")
+# the tests sit above everything: no module of the project imports them (nor their helpers,
+# importable by their bare names when tests/ is on sys.path, e.g. browser_util)
+TEST_MODULES = ("tests", *sorted(p.stem for p in (ROOT / "tests").glob("*.py")))
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -63,6 +66,8 @@ def violations(source: str, module: str) -> list[str]:
         bad = [p for p in FORBIDDEN.get(layer, ()) if _under(name, p)]
         if layer == "tools" and _under(name, HARNESS):
             bad = []
+        if any(_under(name, t) for t in TEST_MODULES):
+            bad.append("tests")
         if layer == "viz" and any(_under(name, p) for p in ("kernels", "models", "analysis")):
             # `from models import tokens` reads as models + models.tokens: judge the longest
             if not any(_under(name, ok) or _under(ok, name) for ok in VIZ_MAY_IMPORT):
@@ -127,6 +132,9 @@ def test_only_the_app_imports_streamlit():
         ("viz.grid", "import torch", "torch"),
         ("tools.train", "from app_pages import common", "app_pages"),
         ("tools.bench_app", "import streamlit as st", "streamlit"),
+        ("tools.bench_app", "from browser_util import choose", "tests"),
+        ("tools.bench_load", "import tests.browser_util", "tests"),
+        ("models.checkpoint", "from conftest import x", "tests"),
         ("app_pages.learned", "from tools.analyze import main", "tools"),
         ("kernels.triton.fixed", "from ..layouts import fixed\nfrom ...models import x", "models"),
     ],

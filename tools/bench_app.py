@@ -50,15 +50,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-from browser_util import (  # noqa: E402
+from tools.browser import (  # noqa: E402
     choose,
     click_menu,
     free_port,
     launch_chromium,
     streamlit_command,
 )
-
 from tools.cli import Parser, int_range, run_main  # noqa: E402
 
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"

@@ -49,8 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from browser_util import (  # noqa: E402
+from tools.browser import (  # noqa: E402
     IDLE,
     keyed,
     launch_chromium,
@@ -58,7 +57,6 @@ from browser_util import (  # noqa: E402
     settle,
     streamlit_server,
 )
-
 from tools.cli import Parser, finite_float, int_range, run_main  # noqa: E402
 from tools.memory import current_rss  # noqa: E402
 
