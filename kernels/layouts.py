@@ -97,7 +97,10 @@ def fixed_summary_offsets(head: Index, l: Index, c: Index, num_verts: Index) -> 
     l - (v+1)c <= j mod l <= l - vc - 1 (set 0 is the last c keys of a block).
 
     The one statement of the rule: plain operators, so it takes ints, tensors and numpy arrays
-    alike; kernels/triton/common.py has its @triton.jit twin (tested equal).
+    alike. Triton cannot compile a function of this module, so kernels/triton/common.py holds
+    its one @triton.jit twin, ``_fixed_summary_offsets``, which every kernel uses (the fixed
+    kernels, the capture kernels, whose union over heads is head 0 of fixed(l, c')); the two
+    are tested equal (tests/test_triton_common.py).
     """
     v = head % num_verts
     return l - (v + 1) * c, l - v * c - 1

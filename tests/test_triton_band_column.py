@@ -6,6 +6,7 @@ Runs under TRITON_INTERPRET=1 on the CPU (scripts/test.sh sets it) and natively 
 
 import pytest
 import torch
+from triton_tiles import pin_tiles
 from triton_util import (
     DEVICE,
     HAS_TRITON,
@@ -22,7 +23,7 @@ from kernels import reference_attention
 if not HAS_TRITON:
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-from kernels.triton import common  # noqa: E402
+from kernels.triton import band_column as family  # noqa: E402
 from kernels.triton.band_column import band_column_attention  # noqa: E402
 from kernels.triton.common import kernel_spec  # noqa: E402
 
@@ -120,11 +121,13 @@ def test_larger_head_dims(d):
 
 @pytest.mark.parametrize("blocks", [(32, 16), (16, 32)], ids=lambda b: f"{b[0]}x{b[1]}")
 @pytest.mark.parametrize("layout", [L.strided(7), L.dense()], ids=repr)
-def test_unequal_tiles(blocks, layout):
+def test_unequal_tiles(blocks, layout, monkeypatch):
     """BLOCK_M != BLOCK_N, as on the GPU (64 x 32): the dK/dV kernel walks query tiles of
     BLOCK_M from key blocks of BLOCK_N, and tile edges fall inside rows."""
     g = torch.Generator().manual_seed(sum(blocks))
     q, k, v = (torch.randn(1, 2, 83, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
     dout = torch.randn(1, 2, 83, 16, generator=g).to(DEVICE)
-    with common.pinned_tiles(*blocks):
-        assert_triton_equals_float64_reference(q, k, v, layout, dout)
+    pin_tiles(monkeypatch, family.KERNELS, *blocks)
+    assert_triton_equals_float64_reference(q, k, v, layout, dout)
+    for kernel in family.KERNELS:  # and ran on those tiles
+        assert kernel.best_config.kwargs == {"BLOCK_M": blocks[0], "BLOCK_N": blocks[1]}

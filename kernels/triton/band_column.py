@@ -34,18 +34,18 @@ import triton
 import triton.language as tl
 
 from kernels.triton.common import (
+    BAND_KEYS,
     FusedAttention,
     KernelFamily,
     KernelSpec,
-    _attend_tile,
     _dkdv_tile,
-    _dq_tile,
     _finish_forward,
     _in_band,
     _load_grad_rows,
     _load_rows,
     _program,
     _store_grad,
+    _walk_keys,
     grad_buffers,
     launch,
     tile_configs,
@@ -85,16 +85,10 @@ def _band_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    lo = tl.maximum(start_m - BAND + 1, 0)
-    hi = tl.minimum(start_m + BLOCK_M - LO, T)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < T
-        allowed = _in_band(offs_m[:, None], offs_n[None, :], LO, BAND) & col_ok[None, :]
-        m_i, l_i, acc = _attend_tile(
-            q, K, V, base, r + offs_n * STRIDE, offs_d, stride_n, col_ok, allowed, m_i, l_i, acc,
-            sm_scale, DOT,
-        )  # fmt: skip
+    m_i, l_i, acc = _walk_keys(
+        q, q, q, q, K, V, base, offs_d, stride_n, sm_scale, start_m, r, T, 0, LO, BAND, STRIDE,
+        1, 1, m_i, l_i, acc, BAND_KEYS, False, DOT, BLOCK_M, BLOCK_N,
+    )  # fmt: skip
 
     _finish_forward(O, LSE, base, stats, rows, offs_d, stride_n, row_ok, m_i, l_i, acc, MERGE)
 
@@ -120,17 +114,10 @@ def _band_bwd_dq_kernel(
     )
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    lo = tl.maximum(start_m - BAND + 1, 0)
-    hi = tl.minimum(start_m + BLOCK_M - LO, T)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < T
-        allowed = _in_band(offs_m[:, None], offs_n[None, :], LO, BAND)
-        allowed = allowed & col_ok[None, :] & row_ok[:, None]
-        dq = _dq_tile(
-            q, do, lse, delta, K, V, base, r + offs_n * STRIDE, offs_d, stride_n, col_ok,
-            allowed, dq, sm_scale, DOT,
-        )  # fmt: skip
+    dq, _, _ = _walk_keys(
+        q, do, lse, delta, K, V, base, offs_d, stride_n, sm_scale, start_m, r, T, 0, LO, BAND,
+        STRIDE, 1, 1, dq, dq, dq, BAND_KEYS, True, DOT, BLOCK_M, BLOCK_N,
+    )  # fmt: skip
 
     _store_grad(DQ, base, rows, offs_d, stride_n, row_ok, dq, ACCUMULATE)
 

@@ -10,9 +10,8 @@ kernels.dispatch.attention is the entry point that checks the inputs and calls t
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,9 +32,9 @@ TILES_ENV = "SPARSE_ATTENTION_TILES"
 
 def tile_configs() -> list[triton.Config]:
     """The (BLOCK_M, BLOCK_N) tiles @triton.autotune picks from, per kernel and per (N, D,
-    dtype): on a GPU a short list around the 64 x 32 that was fastest or within 10 % of it on an
-    H100 for the old kernels (docs/BENCHMARKS.md); under the interpreter one 16 x 16 config,
-    the smallest tile tl.dot takes, which the CPU runs fastest (one config: no benchmarking).
+    dtype): on a GPU a short list around 64 x 32, the tile an H100 measured fastest or near it
+    (docs/BENCHMARKS.md); under the interpreter one 16 x 16 config, the smallest tile tl.dot
+    takes, which the CPU runs fastest (one config: no benchmarking).
     SPARSE_ATTENTION_TILES=64x32 (read at import) pins one GPU config: correctness runs over
     many sizes and dtypes then compile one kernel each instead of benchmarking five."""
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -53,20 +52,6 @@ def tile_configs() -> list[triton.Config]:
             (32, 32, 4, 2),
         ]
     ]
-
-
-_pinned: list[tuple[int, int]] = []
-
-
-@contextlib.contextmanager
-def pinned_tiles(block_m: int, block_n: int) -> Iterator[None]:
-    """Run every kernel launched inside the block with these tiles instead of autotune's pick:
-    the tests use it to put tile edges where autotune's single interpreter config would not."""
-    _pinned.append((block_m, block_n))
-    try:
-        yield
-    finally:
-        _pinned.pop()
 
 
 def _describe(config: triton.Config) -> str:
@@ -142,10 +127,18 @@ def dot_precision(q: torch.Tensor) -> str:
 
 @triton.jit
 def _fixed_summary_offsets(h, L, C, NUM_VERTS):
-    """Inclusive [lo, hi] of head h's summary offsets (j mod L) in fixed(L, C, NUM_VERTS): the
-    twin of kernels.layouts.fixed_summary_offsets, which states the rule (tested equal)."""
+    """kernels.layouts.fixed_summary_offsets for the kernels (its docstring states the rule and
+    this pair; tests/test_triton_common.py checks they agree). Every kernel takes a fixed
+    layout's summary keys from here."""
     v = h % NUM_VERTS
     return L - (v + 1) * C, L - v * C - 1
+
+
+@triton.jit
+def _summary_tokens(g, first, L, C):
+    """The token of gathered summary index g, for a head whose summary offsets start at
+    ``first``: the summary keys of fixed(L, C) read as one sequence of C keys per block."""
+    return (g // C) * L + first + g % C
 
 
 # the parts of the layouts on broadcast query indices i and key indices j, as in
@@ -231,6 +224,78 @@ def _attend_tile(
     s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
     s = tl.where(allowed, s, float("-inf"))
     return _online_update(m_i, l_i, acc, s, v, DOT)
+
+
+# --- the key walk: which keys a query tile visits, shared by every kernel that walks keys ------
+# A query tile [start_m, start_m + BLOCK_M) of a run of T tokens (token = r + STRIDE t) walks one
+# part of a layout in key tiles of BLOCK_N:
+BAND_KEYS = tl.constexpr(0)  # LO <= t - s < WIDTH: a band (STRIDE 1) or the columns (STRIDE l)
+OWN_BLOCK = tl.constexpr(1)  # fixed: j <= i in i's l-block (r = 0, STRIDE 1)
+SUMMARY = tl.constexpr(2)  # fixed: the gathered summary prefix g < (i // L) C of earlier blocks
+
+
+@triton.jit
+def _key_range(start_m, T, LO, WIDTH, L, C, PART: tl.constexpr, BLOCK_M: tl.constexpr):
+    """[lo, hi) of the walk indices of PART's keys that some query of the tile may see."""
+    if PART == BAND_KEYS:
+        lo = tl.maximum(start_m - WIDTH + 1, 0)
+        hi = tl.minimum(start_m + BLOCK_M - LO, T)
+    elif PART == OWN_BLOCK:
+        lo = (start_m // L) * L  # the first query's block start, up to the last query
+        hi = tl.minimum(start_m + BLOCK_M, T)
+    else:
+        lo = 0  # the summary keys of the blocks before the last query's
+        hi = ((tl.minimum(start_m + BLOCK_M, T) - 1) // L) * C
+    return lo, hi
+
+
+@triton.jit
+def _key_tile(
+    start_n, offs_m, hi, r, T, first, LO, WIDTH, STRIDE, L, C,
+    PART: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """(tokens [BLOCK_N], real keys [BLOCK_N], the pairs PART allows [BLOCK_M, BLOCK_N], not
+    yet masked to real rows and keys) of the key tile at walk index start_n; ``hi`` is
+    _key_range's, ``first`` the head's first summary offset (_fixed_summary_offsets)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    if PART == BAND_KEYS:
+        pairs = _in_band(offs_m[:, None], offs_n[None, :], LO, WIDTH)
+        return r + offs_n * STRIDE, offs_n < T, pairs
+    elif PART == OWN_BLOCK:
+        return offs_n, offs_n < T, _in_own_block(offs_m[:, None], offs_n[None, :], L)
+    else:
+        pairs = offs_n[None, :] < (offs_m[:, None] // L) * C
+        return _summary_tokens(offs_n, first, L, C), offs_n < hi, pairs
+
+
+@triton.jit
+def _walk_keys(
+    q, do, lse, delta, K, V, base, offs_d, stride_n, sm_scale,
+    start_m, r, T, first, LO, WIDTH, STRIDE, L, C, s0, s1, s2,
+    PART: tl.constexpr, GRAD: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Walk PART's keys for the query tile at start_m (rows r + STRIDE t of a run of T) and
+    return the running state: the forward's online softmax (s0, s1, s2) = (m, l, acc), or with
+    GRAD its dQ (s0 = dq; s1, s2 pass through; do, lse, delta are read only then)."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    lo, hi = _key_range(start_m, T, LO, WIDTH, L, C, PART, BLOCK_M)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols, col_ok, pairs = _key_tile(
+            start_n, offs_m, hi, r, T, first, LO, WIDTH, STRIDE, L, C, PART, BLOCK_N
+        )
+        allowed = pairs & col_ok[None, :]
+        if GRAD:
+            allowed = allowed & (offs_m < T)[:, None]
+            s0 = _dq_tile(
+                q, do, lse, delta, K, V, base, cols, offs_d, stride_n, col_ok, allowed, s0,
+                sm_scale, DOT,
+            )  # fmt: skip
+        else:
+            s0, s1, s2 = _attend_tile(
+                q, K, V, base, cols, offs_d, stride_n, col_ok, allowed, s0, s1, s2, sm_scale, DOT
+            )
+    return s0, s1, s2
 
 
 @triton.jit
@@ -334,20 +399,16 @@ def launch(
     its [B, H, N, D] tensors share q's strides, its [B, H, N] ones lse's) over the grid
     (tiles of ``rows``, ``subsequences``, B * H): a program per BLOCK_M query rows, or per
     BLOCK_N keys for dK/dV (``by_keys``), of each subsequence (the column part's residues) of
-    each (batch, head). The tile sizes come from autotune, or from ``pinned_tiles``."""
+    each (batch, head). The tile sizes come from autotune."""
     q, lse = tensors[0], tensors[4]
     B, H, N, D = q.shape
 
     def grid(meta):
         return (triton.cdiv(rows, meta["BLOCK_N" if by_keys else "BLOCK_M"]), subsequences, B * H)
 
-    extra = {}
-    if _pinned:
-        kernel = kernel.fn  # the jit function under @triton.autotune
-        extra = dict(BLOCK_M=_pinned[-1][0], BLOCK_N=_pinned[-1][1], num_warps=4)
     kernel[grid](
         *tensors, q.stride(0), q.stride(1), q.stride(2), lse.stride(0), lse.stride(1), H, N,
-        sm_scale=scale, HEAD_DIM=D, DOT=dot_precision(q), **args, **extra,
+        sm_scale=scale, HEAD_DIM=D, DOT=dot_precision(q), **args,
     )  # fmt: skip
 
 

@@ -26,12 +26,12 @@ import triton
 import triton.language as tl
 
 from kernels.triton.common import (
+    OWN_BLOCK,
+    SUMMARY,
     FusedAttention,
     KernelFamily,
     KernelSpec,
-    _attend_tile,
     _dkdv_tile,
-    _dq_tile,
     _finish_forward,
     _fixed_summary_offsets,
     _in_own_block,
@@ -39,17 +39,12 @@ from kernels.triton.common import (
     _load_rows,
     _program,
     _store_grad,
+    _summary_tokens,
+    _walk_keys,
     grad_buffers,
     launch,
     tile_configs,
 )
-
-
-@triton.jit
-def _summary_tokens(g, first, L, C):
-    """The token of gathered summary index g, for a head whose summary offsets start at
-    ``first``."""
-    return (g // C) * L + first + g % C
 
 
 @triton.autotune(configs=tile_configs(), key=["N", "HEAD_DIM", "L", "C"])
@@ -71,27 +66,11 @@ def _fixed_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    # own block: [start of the first query's block, last query]
-    lo = (start_m // L) * L
-    hi = tl.minimum(start_m + BLOCK_M, N)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < N
-        allowed = _in_own_block(offs_m[:, None], offs_n[None, :], L) & col_ok[None, :]
-        m_i, l_i, acc = _attend_tile(
-            q, K, V, base, offs_n, offs_d, stride_n, col_ok, allowed, m_i, l_i, acc, sm_scale, DOT
-        )
-
-    # the summary prefix: g < (i // L) * C, up to the last query's
     first, _ = _fixed_summary_offsets(h, L, C, NUM_VERTS)
-    n_summary = ((hi - 1) // L) * C
-    for start_g in range(0, n_summary, BLOCK_N):
-        offs_g = start_g + tl.arange(0, BLOCK_N)
-        col_ok = offs_g < n_summary
-        allowed = (offs_g[None, :] < (offs_m[:, None] // L) * C) & col_ok[None, :]
-        m_i, l_i, acc = _attend_tile(
-            q, K, V, base, _summary_tokens(offs_g, first, L, C), offs_d, stride_n, col_ok,
-            allowed, m_i, l_i, acc, sm_scale, DOT,
+    for part in tl.static_range(OWN_BLOCK, SUMMARY + 1):  # the own block, then the summaries
+        m_i, l_i, acc = _walk_keys(
+            q, q, q, q, K, V, base, offs_d, stride_n, sm_scale, start_m, 0, N, first, 0, 1, 1, L,
+            C, m_i, l_i, acc, part, False, DOT, BLOCK_M, BLOCK_N,
         )  # fmt: skip
 
     _finish_forward(O, LSE, base, stats, offs_m, offs_d, stride_n, row_ok, m_i, l_i, acc, False)
@@ -117,28 +96,11 @@ def _fixed_bwd_dq_kernel(
     )
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    lo = (start_m // L) * L
-    hi = tl.minimum(start_m + BLOCK_M, N)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < N
-        allowed = _in_own_block(offs_m[:, None], offs_n[None, :], L)
-        allowed = allowed & col_ok[None, :] & row_ok[:, None]
-        dq = _dq_tile(
-            q, do, lse, delta, K, V, base, offs_n, offs_d, stride_n, col_ok, allowed, dq,
-            sm_scale, DOT,
-        )  # fmt: skip
-
     first, _ = _fixed_summary_offsets(h, L, C, NUM_VERTS)
-    n_summary = ((hi - 1) // L) * C
-    for start_g in range(0, n_summary, BLOCK_N):
-        offs_g = start_g + tl.arange(0, BLOCK_N)
-        col_ok = offs_g < n_summary
-        allowed = (offs_g[None, :] < (offs_m[:, None] // L) * C) & col_ok[None, :]
-        allowed = allowed & row_ok[:, None]
-        dq = _dq_tile(
-            q, do, lse, delta, K, V, base, _summary_tokens(offs_g, first, L, C), offs_d,
-            stride_n, col_ok, allowed, dq, sm_scale, DOT,
+    for part in tl.static_range(OWN_BLOCK, SUMMARY + 1):  # the own block, then the summaries
+        dq, _, _ = _walk_keys(
+            q, do, lse, delta, K, V, base, offs_d, stride_n, sm_scale, start_m, 0, N, first, 0,
+            1, 1, L, C, dq, dq, dq, part, True, DOT, BLOCK_M, BLOCK_N,
         )  # fmt: skip
 
     _store_grad(DQ, base, offs_m, offs_d, stride_n, row_ok, dq, False)
