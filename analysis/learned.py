@@ -7,7 +7,7 @@ layout search scores candidate strided and fixed layouts. The command line is to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -84,10 +84,42 @@ def analyze_layouts(
                 for k, (mean, std) in stats.items():
                     row[k] = round(float(mean[h]), 4)
                     row[f"{k}_std"] = round(float(std[h]), 4)
-                row["type"] = head_type(row)
                 table.append(row)
+            rows = table[-len(heads) :]  # this layer's, typed from their (rounded) means
+            kinds = head_types({k: [r[k] for r in rows] for k in stats})
+            for row, kind in zip(rows, kinds, strict=True):
+                row["type"] = kind
         tables.append(table)
     return tables
+
+
+def head_types(metrics: Mapping[str, np.ndarray]) -> list[str]:
+    """The type of every head (analysis.metrics.head_type) from its metrics, {name: [..., H]}:
+    each metric's mean over all but the last (head) axis; the one rule the timeline, the
+    ablation ranking and the tables of this module type heads by."""
+    values = {k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()}
+    count = next(iter(values.values())).shape[-1]
+    return [
+        head_type({k: float(v[..., h].mean()) for k, v in values.items()}) for h in range(count)
+    ]
+
+
+def model_head_types(
+    model: SparseTransformer, tokens: torch.Tensor, *, query_stride: int = 7
+) -> dict[tuple[int, int], str]:
+    """Each (layer, head)'s type on ``tokens`` [B, N], from its rows at every
+    ``query_stride``-th query from the second image row on (the timeline's queries; reading
+    every query takes that many times longer, and gives the same types to within the
+    thresholds)."""
+    geometry = model.config.geometry
+    queries = default_queries(geometry)[::query_stride]
+    caps = model.capture(tokens, form="rows", queries=torch.from_numpy(queries))
+    out = {}
+    for layer, cap in caps.items():
+        metrics = head_metrics(cap.probs.float().numpy(), queries, geometry)  # each [B, H]
+        for h, kind in enumerate(head_types(metrics)):
+            out[(layer, h)] = kind
+    return out
 
 
 def search_candidates(geometry) -> list[Layout]:

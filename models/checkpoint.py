@@ -35,7 +35,6 @@ import hashlib
 import json
 import math
 import os
-import signal
 from pathlib import Path
 
 import torch
@@ -55,9 +54,6 @@ LAYOUTS_KEY = "layouts"
 STORED_DTYPE_KEY = "stored_dtype"  # "bfloat16" when save_model stored the weights as bf16
 # what weights may be stored as; float32 is the model's own, bf16 is upcast to it on load
 STORAGE_DTYPES = (torch.float32, torch.bfloat16)
-# Testing hook: with this set to N, the N-th write point of this process (see fault_point) kills
-# it with SIGKILL, as a power cut would, so tests can stop a checkpoint at every step of its write
-FAULT_ENV = "SPARSE_EXPLORER_KILL_AT_WRITE"
 MAX_CONFIG_BYTES = 2**20  # a config is ~300 bytes; anything near this is not one
 # Tokens per image: 1M is 590x590 RGB, far beyond the paper's 64x64x3. The model allocates
 # position buffers of this length before any weight is read, so a config may not ask for more.
@@ -88,42 +84,18 @@ def tensors_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-_fault_count = 0  # write points passed in this process (FAULT_ENV)
-
-
-def _kill_self(label: str) -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-_fault_action = _kill_self  # tests replace it to stop in-process at the same point
-
-
-def fault_point(label: str) -> None:
-    """One point in a write where a crash could happen; dies there when FAULT_ENV names it."""
-    global _fault_count
-    at = os.environ.get(FAULT_ENV)
-    if not at:
-        return
-    _fault_count += 1
-    if _fault_count == int(at):
-        _fault_action(label)
-
-
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Write ``path`` whole or not at all: ``NAME.tmp`` beside it, fsync, rename, fsync the
-    folder. A crash at any point leaves the old file (or none) and at worst a stray .tmp."""
+    folder. A crash at any point leaves the old file (or none) and at worst a stray .tmp
+    (tests/faults.py crashes a process half-way through the data, before and after the
+    rename, at every write of a checkpoint)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            half = len(data) // 2
-            f.write(data[:half])
-            f.flush()
-            fault_point(f"{tmp} half written")
-            f.write(data[half:])
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        fault_point(f"{tmp} written")
         os.replace(tmp, path)
     except OSError as e:  # named by the path asked for, not the temporary file
         tmp.unlink(missing_ok=True)
@@ -131,7 +103,6 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     except Exception:  # not on a simulated crash (a BaseException): a crash cleans nothing
         tmp.unlink(missing_ok=True)
         raise
-    fault_point(f"{path} renamed")
     fsync_dir(path.parent)
 
 

@@ -1,73 +1,62 @@
 """Training: AdamW with warm-up and cosine decay, gradient clipping, periodic evaluation,
-checkpoints that resume exactly, and DDP over several GPUs.
+checkpoints that resume exactly, and DDP over several GPUs. ``train`` reads top to bottom as
+the loop it runs: set up the ranks, start (or resume) the run, wrap the model, then step,
+log, evaluate and checkpoint until the schedule (or ``stop_at``) is reached.
 
-A run folder is a loadable model folder (config.json, model.safetensors, run.json) plus
-``checkpoints/step-NNNNNNNN/``: one folder per checkpoint holding the model's two files,
-``train_state.safetensors`` (optimizer moments, RNG state), ``run.json`` and, written last,
-``manifest.json`` naming every file with its SHA-256. A checkpoint is complete when its manifest
-is there and every file matches it; ``--resume`` takes the newest complete one (saying which
-incomplete ones it passed over), so a crash at any write loses at most the checkpoint being
-written. Only then are the model files beside ``checkpoints/`` replaced (each atomically) and the
-older checkpoints removed. A resumed run's record is an uninterrupted run's (its history, and the
-last-100 window of its final numbers reaching back before the checkpoint); ``--resume`` on a
-finished run leaves it alone (no second evaluation, its record untouched). Every file of a run
-is read through models/files.py, each with its bound (FILE_LIMITS): a FIFO or a device there is
-refused, never read.
+What a run leaves on disk, and how it is resumed, is models/run_folder.py: the model folder,
+run.json (``RunRecord``), the checkpoints and their manifests. A resumed run's record is an
+uninterrupted run's (its history, and the last-100 window of its final numbers reaching back
+before the checkpoint); ``--resume`` on a finished run leaves it alone (no second evaluation, its
+record untouched).
 
 The command line is tools/train.py (`python -m tools.train`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError
-from safetensors.torch import load, save, save_file
 from tqdm import tqdm
 
 from kernels.layouts import image_layout_spec
 from models.checkpoint import (
     CONFIG_FILE,
-    MAX_CONFIG_BYTES,
-    MAX_WEIGHTS_BYTES,
-    WEIGHTS_FILE,
     CheckpointError,
-    fsync_dir,
     load_model,
     model_files,
     write_atomic,
 )
 from models.datasets import describe_source, load_images
 from models.evaluation import device_name, evaluate_bpd
-from models.files import read_file
 from models.model import ModelConfig, SparseTransformer, keep_attention_out_of_graphs
-from models.timeline import TimelineRecorder
+from models.run_folder import (
+    RUN_FILE,
+    STATE_FILE,
+    RunRecord,
+    checkpoint_step,
+    find_checkpoint,
+    finished_record,
+    load_state,
+    read_record,
+    recover,
+    say,
+    state_bytes,
+    write_checkpoint,
+)
 from models.tokens import images_to_tokens
 
-STATE_FILE = "train_state.safetensors"
-RUN_FILE = "run.json"
-CHECKPOINTS_DIR = "checkpoints"
-MANIFEST_FILE = "manifest.json"
-CHECKPOINT_FORMAT = "sparse-transformer-explorer/checkpoint/1"
-# the most bytes each file of a run is read with (models/files.py: a regular file, this size at
-# most; a FIFO, a device or a huge file is refused before it is opened)
-MAX_MANIFEST_BYTES = 2**20  # a few hundred bytes written
-MAX_RECORD_BYTES = 256 * 2**20  # run.json: ~40 bytes a step of history
-MAX_STATE_BYTES = 2 * MAX_WEIGHTS_BYTES + 2**26  # two moments a parameter, and the RNG state
 # TrainConfig fields a resumed run may change: they touch neither the weights nor the schedule
 RESUMABLE_CHANGES = ("threads",)
 
@@ -111,7 +100,7 @@ class TrainConfig:
     compile: bool = False
 
 
-CALIBRATION = (10, 60)  # steps [a, b) timed to turn --minutes into --steps
+CALIBRATION = (10, 60)  # steps [a, b) timed to turn a time budget (--minutes) into steps
 DTYPES = ("auto", "bf16", "fp32")  # TrainConfig.dtype
 
 
@@ -230,10 +219,10 @@ class Run:
     optimizer: torch.optim.AdamW
     train_tokens: torch.Tensor  # uint8 [N, T]: one byte per token until a batch is cast
     test_tokens: torch.Tensor  # uint8 [M, T]
-    record: dict  # what run.json holds: history, commands, wall time, data, device...
+    record: RunRecord  # what run.json holds: history, commands, wall time, data, device...
     step: int = 0  # optimizer steps taken
     saved_step: int | None = None  # the step of the newest complete checkpoint
-    clock: float = field(default_factory=time.time)  # when record["wall_time_s"] was last added to
+    clock: float = field(default_factory=time.time)  # when record.wall_time_s was last added to
 
     def lap(self) -> float:
         """Seconds since the last lap (or the start), for the record's wall time."""
@@ -253,6 +242,14 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
     return ModelConfig.from_name(cfg.preset, layout=layout, **overrides)
 
 
+def load_tokens(data: str, geometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train and test images of ``data`` as tokens, uint8 [N, T] (one byte a token)."""
+    return tuple(
+        images_to_tokens(load_images(data, split, geometry), dtype=np.uint8)
+        for split in ("train", "test")
+    )
+
+
 def start_run(
     cfg: TrainConfig,
     out: Path,
@@ -263,23 +260,16 @@ def start_run(
 ) -> Run:
     """A fresh run, or with ``resume`` the one saved in ``out``'s newest complete checkpoint.
     ``tokens`` (train, test: uint8 [N, T]) are cfg.data's, already loaded: runs that race side
-    by side (models/race.py) share one copy.
+    by side (analysis/race.py) share one copy.
 
     Refuses (CheckpointError) to train over a model that is not a resumable run's, and to resume
     with settings other than the run's."""
     mconfig = model_config(cfg)
-    checkpoint = find_checkpoint(out, resume=resume, say=_say if ranks.is_main else None)
+    checkpoint = find_checkpoint(out, resume=resume, tell=say if ranks.is_main else None)
     if checkpoint is not None:
         record = read_record(checkpoint / RUN_FILE)
-        check_same_settings(cfg, record["train_config"], out)
-    geometry = mconfig.geometry
-    if tokens is None:
-        train_images = load_images(cfg.data, "train", geometry)
-        tokens = (
-            images_to_tokens(train_images, dtype=np.uint8),
-            images_to_tokens(load_images(cfg.data, "test", geometry), dtype=np.uint8),
-        )
-    train_tokens, test_tokens = tokens
+        check_same_settings(cfg, record.train_config, out)
+    train_tokens, test_tokens = tokens or load_tokens(cfg.data, mconfig.geometry)
     torch.manual_seed(cfg.seed)
     if checkpoint is not None:
         model = load_model(checkpoint, device=ranks.device).train()
@@ -297,15 +287,15 @@ def start_run(
         optimizer=make_optimizer(model, cfg),
         train_tokens=train_tokens,
         test_tokens=test_tokens,
-        record={"history": [], "wall_time_s": 0.0, "commands": []},
+        record=RunRecord(),
     )
     if checkpoint is not None:
-        load_state(run, checkpoint / STATE_FILE, step=checkpoint_step(checkpoint))
+        step = checkpoint_step(checkpoint)
+        load_state(checkpoint / STATE_FILE, model, run.optimizer, step=step, device=ranks.device)
+        run.step = run.saved_step = step
         run.record = record
-        run.saved_step = run.step
         if ranks.is_main:  # the model beside checkpoints/ may lag the checkpoint by a crash
-            publish(out, {name: read_run_file(checkpoint / name) for name in PUBLISHED})
-            prune_checkpoints(out, keep=checkpoint)
+            recover(out, checkpoint)
     return run
 
 
@@ -366,6 +356,34 @@ def train_step(run: Run, ddp_model: torch.nn.Module, autocast: AbstractContextMa
     return value
 
 
+@dataclass
+class StepTimer:
+    """Times a run's steps CALIBRATION[0] .. CALIBRATION[1] to turn a time budget into steps
+    (--minutes here, a race's minutes in analysis/race.py). Call ``at(done, now)`` whenever
+    ``done`` steps have been taken: the timing starts at the last call with CALIBRATION[0]
+    done, and ends at CALIBRATION[1] done, or sooner with a ``deadline`` once it has taken a
+    fifth of the time that was left when it began; that call returns the seconds a step took
+    (every other call None)."""
+
+    deadline: float | None = None
+    start: float | None = None
+    finished: bool = False
+
+    def at(self, done: int, now: float) -> float | None:
+        if self.finished:
+            return None
+        if done == CALIBRATION[0]:
+            self.start = now
+            return None
+        if self.start is None or done < CALIBRATION[0]:
+            return None
+        soon = self.deadline is not None and now - self.start > (self.deadline - self.start) / 5
+        if done != CALIBRATION[1] and not soon:
+            return None
+        self.finished = True
+        return (now - self.start) / (done - CALIBRATION[0])
+
+
 def steps_for_minutes(run: Run, seconds_per_step: float) -> int:
     """--minutes as a number of steps, at the slowest rank's pace (all ranks must agree)."""
     if run.ranks.world > 1:
@@ -380,230 +398,12 @@ def steps_for_minutes(run: Run, seconds_per_step: float) -> int:
 
 def held_out_bpd(run: Run, images: int | None = None) -> float:
     """Bits/dim of the first ``images`` test images (all of them when None)."""
-    run.model.eval()
-    bpd = evaluate_bpd(
+    return evaluate_bpd(
         run.model,
         run.test_tokens[:images],
         device=run.ranks.device,
         progress=images is None,
     )
-    run.model.train()
-    return bpd
-
-
-def state_bytes(run: Run) -> bytes:
-    """Optimizer moments (by parameter name) and RNG state, as safetensors: no pickle."""
-    names = {id(p): n for n, p in run.model.named_parameters()}
-    tensors = {"rng.cpu": torch.get_rng_state()}
-    for group in run.optimizer.param_groups:
-        for p in group["params"]:
-            st = run.optimizer.state.get(p, {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in st:
-                    tensors[f"{key}.{names[id(p)]}"] = st[key].detach().cpu().contiguous()
-            if "step" in st:
-                step = torch.as_tensor(st["step"]).reshape(1).float()  # scalar -> [1]: safetensors
-                tensors[f"step.{names[id(p)]}"] = step
-    meta = {"step": str(run.step), "train_config": json.dumps(asdict(run.cfg))}
-    return save(tensors, metadata=meta)
-
-
-def load_state(run: Run, path: Path, *, step: int) -> None:
-    """Restore what state_bytes wrote into ``run``: optimizer moments, RNG state and step.
-    CheckpointError naming ``path`` when anything is missing, misshapen or not for ``step``."""
-
-    def bad(problem: str) -> CheckpointError:
-        return CheckpointError(f"cannot resume from {path}: {problem}")
-
-    try:
-        data = read_file(path, MAX_STATE_BYTES, what="train state", error=CheckpointError)
-        tensors = load(data)
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-        saved_step = int(header.get("__metadata__", {})["step"])
-    except CheckpointError as e:
-        raise bad(str(e)) from None
-    except (OSError, SafetensorError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise bad(f"not a readable train state ({type(e).__name__}: {e})") from None
-    if saved_step != step:
-        raise bad(f"it is the state of step {saved_step}, its checkpoint is of step {step}")
-    rng = tensors.get("rng.cpu")
-    if rng is None or rng.dtype != torch.uint8 or rng.ndim != 1:
-        raise bad("the RNG state (rng.cpu, uint8) is missing or misshapen")
-    device = run.ranks.device
-    state, used = {}, {"rng.cpu"}
-    for name, p in run.model.named_parameters():
-        keys = {k: f"{k}.{name}" for k in ("step", "exp_avg", "exp_avg_sq")}
-        present = [k for k, key in keys.items() if key in tensors]
-        if not present:
-            continue  # a parameter the optimizer never stepped
-        if len(present) != len(keys):
-            missing = ", ".join(key for key in keys.values() if key not in tensors)
-            raise bad(f"the optimizer moments are incomplete: {missing} missing")
-        for k in ("exp_avg", "exp_avg_sq"):
-            t = tensors[keys[k]]
-            if t.shape != p.shape or not t.is_floating_point():
-                raise bad(f"{keys[k]} is {tuple(t.shape)} {t.dtype}, expected {tuple(p.shape)}")
-        if tensors[keys["step"]].shape != (1,):
-            raise bad(f"{keys['step']} must hold one number")
-        used.update(keys.values())
-        state[p] = {
-            "step": tensors[keys["step"]][0].clone(),
-            "exp_avg": tensors[keys["exp_avg"]].to(device),
-            "exp_avg_sq": tensors[keys["exp_avg_sq"]].to(device),
-        }
-    unknown = sorted(set(tensors) - used)
-    if unknown:
-        raise bad(f"unexpected tensors {', '.join(unknown[:5])}: a state of another model?")
-    if not state and step > 0:
-        raise bad("it holds no optimizer moments")
-    if any(not torch.isfinite(t).all() for st in state.values() for t in st.values()):
-        raise bad("it holds NaN or infinite optimizer moments")
-    run.optimizer.state.update(state)
-    torch.set_rng_state(tensors["rng.cpu"])
-    run.step = step
-
-
-# --- checkpoints: a folder per checkpoint, complete once its manifest is written --------------
-
-PUBLISHED = (WEIGHTS_FILE, CONFIG_FILE, RUN_FILE)  # copied beside checkpoints/: a model folder
-CHECKPOINT_FILES = (*PUBLISHED, STATE_FILE)
-FILE_LIMITS = {  # bytes each file of a checkpoint is read with, at most
-    WEIGHTS_FILE: MAX_WEIGHTS_BYTES,
-    CONFIG_FILE: MAX_CONFIG_BYTES,
-    RUN_FILE: MAX_RECORD_BYTES,
-    STATE_FILE: MAX_STATE_BYTES,
-    MANIFEST_FILE: MAX_MANIFEST_BYTES,
-}
-
-
-def read_run_file(path: Path, what: str = "checkpoint file") -> bytes:
-    """The bytes of one file of a run (a checkpoint's, the manifest, run.json) through
-    models/files.py, bounded by FILE_LIMITS; CheckpointError naming the path otherwise."""
-    return read_file(path, FILE_LIMITS[path.name], what=what, error=CheckpointError)
-
-
-_MODEL_FILES = (*PUBLISHED, STATE_FILE, CHECKPOINTS_DIR)  # any of these: a folder holds a model
-
-
-def _say(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
-
-
-def checkpoint_step(folder: Path) -> int:
-    """The step of a checkpoint folder ``step-NNNNNNNN``."""
-    return int(folder.name.removeprefix("step-"))
-
-
-def checkpoint_folders(out: Path) -> list[Path]:
-    """The checkpoint folders of run folder ``out``, newest first (complete or not)."""
-    root = out / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()
-    ]
-    return sorted(found, key=checkpoint_step, reverse=True)
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """None when ``folder`` is a complete checkpoint (its manifest there, every file it names
-    intact), else what is wrong: the manifest is written last, so a crash leaves none."""
-    path = folder / MANIFEST_FILE
-    if not path.exists() and not path.is_symlink():
-        return f"no {MANIFEST_FILE}: its writing was interrupted"
-    try:
-        manifest = json.loads(read_run_file(path, "manifest"))
-    except CheckpointError as e:
-        return str(e)
-    except (ValueError, RecursionError) as e:
-        return f"{path} is unreadable ({e})"
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("format") != CHECKPOINT_FORMAT
-        or manifest.get("step") != checkpoint_step(folder)
-        or not isinstance(manifest.get("files"), dict)
-        or set(manifest["files"]) != set(CHECKPOINT_FILES)
-    ):
-        return f"{path} is not a manifest of this checkpoint"
-    for name, digest in manifest["files"].items():
-        try:
-            actual = hashlib.sha256(read_run_file(folder / name)).hexdigest()
-        except CheckpointError as e:
-            return str(e)
-        if actual != digest:
-            return f"{folder / name} does not match the SHA-256 in {MANIFEST_FILE}"
-    return None
-
-
-def find_checkpoint(out: Path, *, resume: bool, say=None) -> Path | None:
-    """The checkpoint a run in ``out`` starts from: the newest complete one with ``resume``,
-    None for a fresh start. Refuses to start over a model, and to resume one that was not
-    written by a resumable run (a shipped model folder has no checkpoints/)."""
-    holds = [name for name in _MODEL_FILES if (out / name).exists()]
-    if not resume:
-        if holds:
-            raise CheckpointError(
-                f"{out} already holds a model or a run ({', '.join(holds)}): pass --resume to "
-                "continue its run, or choose another --out"
-            )
-        return None
-    passed = []
-    for folder in checkpoint_folders(out):
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            if passed and say is not None:
-                say(
-                    f"resuming from {folder} (step {checkpoint_step(folder)}); passed over "
-                    + "; ".join(passed)
-                )
-            return folder
-        passed.append(f"{folder.name}: {problem}")
-    if any(name in holds for name in (*PUBLISHED, STATE_FILE)):
-        why = f" ({'; '.join(passed)})" if passed else ""
-        raise CheckpointError(
-            f"--resume: {out} holds a model but no complete training checkpoint "
-            f"({CHECKPOINTS_DIR}/step-*/{MANIFEST_FILE}){why}: it was not written by a resumable "
-            "run, and training would overwrite it; copy it elsewhere or choose another --out"
-        )
-    if passed and say is not None:
-        say(f"no complete checkpoint in {out} ({'; '.join(passed)}): starting from step 0")
-    return None
-
-
-def read_record(path: Path) -> dict:
-    """A checkpoint's run.json, checked for what resuming relies on; CheckpointError if not."""
-    data = read_run_file(path, "run record")
-    try:
-        record = json.loads(data)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        raise CheckpointError(f"{path} is not readable JSON ({e})") from None
-    want = {
-        "history": list,
-        "commands": list,
-        "wall_time_s": (int, float),
-        "train_config": dict,
-        "steps": int,
-    }
-    if not isinstance(record, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(record).__name__}")
-    wrong = [
-        f"{k} must be {t.__name__ if isinstance(t, type) else 'a number'}, got {record.get(k)!r}"
-        for k, t in want.items()
-        if not isinstance(record.get(k), t) or isinstance(record.get(k), bool)
-    ]
-    if not wrong and not all(
-        isinstance(h, dict) and isinstance(h.get("step"), int) for h in record["history"]
-    ):
-        wrong.append("history must be a list of {step: ...} entries")
-    if not wrong and not all(isinstance(c, str) for c in record["commands"]):
-        wrong.append("commands must be a list of strings")
-    if not wrong and not math.isfinite(record["wall_time_s"]):
-        wrong.append("wall_time_s must be finite")
-    if wrong:
-        raise CheckpointError(f"{path} is not a run record: {'; '.join(wrong)}")
-    return record
 
 
 _DEFAULTS = asdict(TrainConfig())
@@ -628,67 +428,42 @@ def check_same_settings(cfg: TrainConfig, saved: dict, out: Path) -> None:
         )
 
 
-def publish(out: Path, files: dict[str, bytes]) -> None:
-    """Replace the model files beside checkpoints/, each atomically: weights, config, record."""
-    for name in PUBLISHED:
-        write_atomic(out / name, files[name])
+def describe(run: Run, **data) -> None:
+    """The record's account of the run at its step: settings, model, data (``data``'s keys
+    between the source and the image counts) and machine; training and the race write it."""
+    r, cfg = run.record, run.cfg
+    r.train_config = asdict(cfg)
+    r.model_config = run.model.config.to_dict()
+    r.params = sum(p.numel() for p in run.model.parameters())
+    r.data = {
+        "source": cfg.data,
+        **data,
+        "train_images": len(run.train_tokens),
+        "test_images": len(run.test_tokens),
+    }
+    r.steps = run.step
+    r.images_seen = run.step * cfg.batch_size
+    r.device = device_name(run.ranks.device)
+    r.torch = torch.__version__
+    r.python = platform.python_version()
 
 
 def save_checkpoint(run: Run) -> None:
-    """Weights, optimizer state and run.json as one checkpoint folder, its manifest last; then
-    the model beside it, then older checkpoints go. Everything --resume needs to continue
-    exactly."""
+    """Weights, optimizer state and run.json as one checkpoint (models/run_folder.py):
+    everything --resume needs to continue exactly."""
     if any(not torch.isfinite(p).all() for p in run.model.parameters()):
         raise TrainingDiverged(
             f"the weights hold NaN or infinite values at step {run.step}: training stopped "
             f"without saving them; {_kept(run)}"
         )
-    run.record["wall_time_s"] += run.lap()
-    cfg = run.cfg
-    run.record.update(
-        {
-            "train_config": asdict(cfg),
-            "model_config": run.model.config.to_dict(),
-            "params": sum(p.numel() for p in run.model.parameters()),
-            "data": {
-                "source": cfg.data,
-                "train_images": len(run.train_tokens),
-                "test_images": len(run.test_tokens),
-            },
-            "steps": run.step,
-            "images_seen": run.step * cfg.batch_size,
-            "device": device_name(run.ranks.device),
-            "world_size": run.ranks.world,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        }
-    )
+    run.record.wall_time_s += run.lap()
+    describe(run)
+    run.record.world_size = run.ranks.world
     files = model_files(run.model)
-    files[STATE_FILE] = state_bytes(run)
-    files[RUN_FILE] = _record_bytes(run.record)
-    folder = run.out / CHECKPOINTS_DIR / f"step-{run.step:08d}"
-    if folder.exists():  # an interrupted attempt at this step (complete ones are resumed from)
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    for name in CHECKPOINT_FILES:
-        write_atomic(folder / name, files[name])
-    manifest = {
-        "format": CHECKPOINT_FORMAT,
-        "step": run.step,
-        "files": {name: hashlib.sha256(files[name]).hexdigest() for name in CHECKPOINT_FILES},
-    }
-    write_atomic(folder / MANIFEST_FILE, (json.dumps(manifest, indent=1) + "\n").encode())
-    fsync_dir(folder.parent)
+    files[STATE_FILE] = state_bytes(run.model, run.optimizer, run.step, asdict(run.cfg))
+    files[RUN_FILE] = run.record.to_bytes()
+    write_checkpoint(run.out, run.step, files)
     run.saved_step = run.step
-    publish(run.out, files)
-    prune_checkpoints(run.out, keep=folder)
-
-
-def prune_checkpoints(out: Path, *, keep: Path) -> None:
-    """Remove every checkpoint folder but ``keep`` (older ones, and newer incomplete ones)."""
-    for old in checkpoint_folders(out):
-        if old != keep:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _kept(run: Run) -> str:
@@ -697,41 +472,70 @@ def _kept(run: Run) -> str:
     return f"{run.out} keeps its last good checkpoint (step {run.saved_step})"
 
 
+class StepRecorder(Protocol):
+    """What ``train`` tells of the run as it goes (analysis.timeline.TimelineRecorder)."""
+
+    def begin(self, folder: Path, model: SparseTransformer, test: torch.Tensor, step: int) -> None:
+        """Once the run is set up, at its first step (0, or the checkpoint's)."""
+
+    def after_step(self, model: SparseTransformer, step: int, total: int, bpd: float) -> None:
+        """After every optimizer step, with the step's training bits/dim."""
+
+
 def train(
     cfg: TrainConfig,
     out: Path,
     *,
     resume: bool = False,
     stop_at: int | None = None,
-    save_all_ranks: bool = False,
-    timeline: TimelineRecorder | None = None,
-) -> dict:
+    timeline: StepRecorder | None = None,
+) -> RunRecord:
     """Run (or continue) a training run into ``out``; returns the run record.
 
     ``stop_at`` ends this process at that step with a checkpoint (the schedule still spans
     cfg.steps), so a long run can be done in pieces with ``resume``. ``timeline`` records
-    attention snapshots at log-spaced steps beside the run (models/timeline.py; rank 0).
+    attention snapshots at log-spaced steps beside the run (analysis/timeline.py; rank 0).
     """
     check_train_config(cfg)
     if stop_at is not None and (
         isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 1
     ):
         raise ValueError(f"stop_at must be a step >= 1, got {stop_at!r}")
-    if resume:
-        done = finished_run(cfg, out)
-        if done is not None and stop_at is not None and done["steps"] >= stop_at:
-            raise ValueError(
-                f"--stop-at {stop_at}: the run in {out} is already at step {done['steps']}"
-            )
-        if done is not None:  # nothing to train: the record and the model stay as they are
-            _say(
-                f"--resume: the run in {out} is finished (step {done['final']['step']}, test "
-                f"{done['final'].get('test_bpd')} bits/dim): left alone"
-            )
-            return done
+    if resume and (done := finished_run(cfg, out, stop_at)) is not None:
+        return done  # nothing to train: the record and the model stay as they are
     ranks = setup_distributed()
-    # every rank may write here (--save-all-ranks), before rank 0's first checkpoint makes it
-    out.mkdir(parents=True, exist_ok=True)
+    run = begin(cfg, out, ranks, resume=resume, stop_at=stop_at)
+    if timeline is not None and ranks.is_main:
+        timeline.begin(out, run.model, run.test_tokens, run.step)
+    model, autocast = wrap_model(run)
+    # --minutes: time the first steps of a fresh run, then fix cfg.steps before the warm-up
+    # ends, so the schedule is that of a plain --steps run
+    timer = StepTimer() if cfg.minutes is not None and run.step == 0 else None
+    # closed however the loop ends, so an error is the last thing printed
+    with tqdm(initial=run.step, total=cfg.steps, disable=not ranks.is_main) as bar:
+        run.clock = time.time()
+        while run.step < last_step(cfg, stop_at):
+            loss = timed_step(run, model, autocast, timer, bar)
+            log_step(run, loss, bar, last_step(cfg, stop_at))
+            if timeline is not None and ranks.is_main:
+                timeline.after_step(run.model, run.step, cfg.steps, loss / math.log(2))
+            bar.update(1)
+    if ranks.is_main and last_step(cfg, stop_at) == cfg.steps:
+        finish(run)
+    if ranks.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return run.record
+
+
+def last_step(cfg: TrainConfig, stop_at: int | None) -> int:
+    """The step this process trains to: the schedule's end, or ``stop_at`` before it."""
+    return cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+
+
+def begin(cfg: TrainConfig, out: Path, ranks: Ranks, *, resume: bool, stop_at: int | None) -> Run:
+    """The run this process trains (start_run), its command and data recorded."""
+    out.mkdir(parents=True, exist_ok=True)  # every rank, before rank 0's first checkpoint
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.batch_size % ranks.world:
@@ -739,106 +543,95 @@ def train(
     run = start_run(cfg, out, ranks, resume=resume)
     facts = describe_source(cfg.data)  # the photos source: which photos each split holds
     if facts is not None:
-        run.record["data_source"] = facts
+        run.record.data_source = facts
     if stop_at is not None and run.step >= stop_at:
         raise ValueError(f"--stop-at {stop_at}: the run in {out} is already at step {run.step}")
-    if timeline is not None and ranks.is_main:
-        timeline.begin(out, run.model, run.test_tokens, run.step)
-    run.record["commands"].append(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
-    ddp_model = run.model
+    run.record.commands.append(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    return run
+
+
+def wrap_model(run: Run) -> tuple[torch.nn.Module, AbstractContextManager]:
+    """What the steps call, and the autocast they run under: run.model, under DDP over several
+    ranks and compiled with --compile (the weights stay run.model's); --dtype's autocast."""
+    cfg, ranks = run.cfg, run.ranks
+    model = run.model
     if ranks.world > 1:
         ids = [ranks.device.index] if ranks.device.type == "cuda" else None
-        ddp_model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
-    on_cuda = ranks.device.type == "cuda"
-    autocast = autocast_for(cfg, ranks.device)
-    run.record["precision"] = precision(cfg, ranks.device)
-    if ranks.is_main and run.record["precision"] == "bf16" and not on_cuda:
-        _say("--dtype bf16 on the CPU: bf16 autocast works there, but is slower than fp32")
-    if cfg.compile:  # compiled on the first step; the weights stay run.model's
+        model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+    run.record.precision = precision(cfg, ranks.device)
+    if ranks.is_main and run.record.precision == "bf16" and ranks.device.type != "cuda":
+        say("--dtype bf16 on the CPU: bf16 autocast works there, but is slower than fp32")
+    if cfg.compile:  # compiled on the first step
         keep_attention_out_of_graphs()
-        ddp_model = torch.compile(ddp_model)
-    # --minutes: time steps CALIBRATION of a fresh run, then fix cfg.steps before the warm-up
-    # ends, so the schedule is that of a plain --steps run
-    calibrating = cfg.minutes is not None and run.step == 0
+        model = torch.compile(model)
+    return model, autocast_for(cfg, ranks.device)
 
-    def last_step() -> int:
-        return cfg.steps if stop_at is None else min(cfg.steps, stop_at)
 
-    # train bits/dim of the last 100 steps, as the history holds them: a resumed run's window
-    # reaches back before its checkpoint, the same numbers an uninterrupted run averages
-    recent = [h["train_bpd"] for h in run.record["history"] if "train_bpd" in h][-100:]
-    # closed however the loop ends, so an error is the last thing printed
-    with tqdm(initial=run.step, total=cfg.steps, disable=not ranks.is_main) as bar:
-        run.clock = time.time()
-        while run.step < last_step():
-            if calibrating and run.step == CALIBRATION[0]:
-                t_calibration = time.time()
-            loss = train_step(run, ddp_model, autocast)
-            bpd = loss / math.log(2)
-            if calibrating and run.step == CALIBRATION[1]:
-                seconds = (time.time() - t_calibration) / (CALIBRATION[1] - CALIBRATION[0])
-                cfg.steps = bar.total = steps_for_minutes(run, seconds)
-                calibrating = False
-            recent = (recent + [round(bpd, 5)])[-100:]
-            lr = lr_at(run.step - 1, cfg)
-            bar.set_postfix(loss=f"{loss:.4f}", bpd=f"{bpd:.3f}", lr=f"{lr:.2e}")
-            entry = {"step": run.step, "train_bpd": round(bpd, 5)}
-            due = run.step % cfg.eval_every == 0 or run.step == last_step()
-            if due:
-                entry["test_bpd"] = held_out_bpd(run, cfg.eval_images)
-            run.record["history"].append(entry)
-            if due and ranks.is_main:
-                tqdm.write(
-                    f"step {run.step}: train {np.mean(recent):.4f} test "
-                    f"{entry['test_bpd']:.4f} bits/dim ({cfg.eval_images} images)"
-                )
-                save_checkpoint(run)
-            if timeline is not None and ranks.is_main:
-                timeline.after_step(run.model, run.step, cfg.steps, bpd)
-            bar.update(1)
-    if save_all_ranks:
-        save_file(
-            {k: v.cpu().contiguous() for k, v in run.model.state_dict().items()},
-            out / f"rank{ranks.rank}.safetensors",
+def timed_step(
+    run: Run,
+    model: torch.nn.Module,
+    autocast: AbstractContextManager,
+    timer: StepTimer | None,
+    bar: tqdm,
+) -> float:
+    """One train_step (its loss in nats); with --minutes, its time counted, and cfg.steps set
+    from the pace once the timing ends."""
+    if timer is not None:
+        timer.at(run.step, time.time())
+    loss = train_step(run, model, autocast)
+    if timer is not None and (seconds := timer.at(run.step, time.time())) is not None:
+        run.cfg.steps = bar.total = steps_for_minutes(run, seconds)
+    return loss
+
+
+def log_step(run: Run, loss: float, bar: tqdm, last: int) -> None:
+    """The step's history entry; a held-out evaluation and a checkpoint every eval_every
+    steps and at the ``last``."""
+    cfg = run.cfg
+    bpd = loss / math.log(2)
+    lr = lr_at(run.step - 1, cfg)
+    bar.set_postfix(loss=f"{loss:.4f}", bpd=f"{bpd:.3f}", lr=f"{lr:.2e}")
+    entry = {"step": run.step, "train_bpd": round(bpd, 5)}
+    due = run.step % cfg.eval_every == 0 or run.step == last
+    if due:
+        entry["test_bpd"] = held_out_bpd(run, cfg.eval_images)
+    run.record.history.append(entry)
+    if due and run.ranks.is_main:
+        # train bits/dim of the last 100 steps: a resumed run's window reaches back before its
+        # checkpoint, the same numbers an uninterrupted run averages
+        recent = run.record.train_bpds()[-100:]
+        tqdm.write(
+            f"step {run.step}: train {np.mean(recent):.4f} test "
+            f"{entry['test_bpd']:.4f} bits/dim ({cfg.eval_images} images)"
         )
-
-    if ranks.is_main and last_step() == cfg.steps:
-        run.record["final"] = {
-            "step": cfg.steps,
-            "train_bpd_last100": round(float(np.mean(recent)), 4) if recent else None,
-            "test_bpd": round(held_out_bpd(run), 4),
-            "test_images": len(run.test_tokens),
-        }
-        run.record["wall_time_s"] += run.lap()
-        write_atomic(out / RUN_FILE, _record_bytes(run.record))
-    if ranks.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return run.record
+        save_checkpoint(run)
 
 
-def finished_run(cfg: TrainConfig, out: Path) -> dict | None:
-    """The record of the finished resumable run in ``out``: its run.json holds the final
-    evaluation, at the step of its newest complete checkpoint (a model folder without one is
-    refused as find_checkpoint refuses it), checked against ``cfg`` (CheckpointError when the
-    settings differ); None when there is none, or it is not finished."""
-    path = out / RUN_FILE
-    if not path.exists() and not path.is_symlink():
+def finish(run: Run) -> None:
+    """The final evaluation, on every test image, into the record and run.json."""
+    recent = run.record.train_bpds()[-100:]
+    run.record.final = {
+        "step": run.cfg.steps,
+        "train_bpd_last100": round(float(np.mean(recent)), 4) if recent else None,
+        "test_bpd": round(held_out_bpd(run), 4),
+        "test_images": len(run.test_tokens),
+    }
+    run.record.wall_time_s += run.lap()
+    write_atomic(run.out / RUN_FILE, run.record.to_bytes())
+
+
+def finished_run(cfg: TrainConfig, out: Path, stop_at: int | None = None) -> RunRecord | None:
+    """The record of the finished run in ``out`` (models.run_folder.finished_record), checked
+    against ``cfg`` (CheckpointError when the settings differ) and said to be left alone;
+    None when there is none, or it is not finished."""
+    done = finished_record(out)
+    if done is None:
         return None
-    checkpoint = find_checkpoint(out, resume=True)
-    if checkpoint is None:
-        return None
-    record = read_record(path)
-    final = record.get("final")
-    if (
-        not isinstance(final, dict)
-        or final.get("step") != record["steps"]
-        or record["steps"] != checkpoint_step(checkpoint)
-    ):
-        return None
-    check_same_settings(cfg, record["train_config"], out)
-    return record
-
-
-def _record_bytes(record: dict) -> bytes:
-    return (json.dumps(record, indent=1) + "\n").encode()
+    check_same_settings(cfg, done.train_config, out)
+    if stop_at is not None and done.steps >= stop_at:
+        raise ValueError(f"--stop-at {stop_at}: the run in {out} is already at step {done.steps}")
+    say(
+        f"--resume: the run in {out} is finished (step {done.final['step']}, test "
+        f"{done.final.get('test_bpd')} bits/dim): left alone"
+    )
+    return done

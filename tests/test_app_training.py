@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from analysis.metrics import head_metrics, head_type
-from models.timeline import TimelineRecorder
+from analysis.timeline import TimelineRecorder
 from models.training import train
 from tests.test_app import chart, title, trace, values
 from tests.test_training import cfg, tiny_data  # noqa: F401  (a fixture)
@@ -19,7 +18,7 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 def test_training_page_scrubs_a_timeline(tiny_data, tmp_path, monkeypatch):  # noqa: F811
     models = tmp_path / "models"
     models.mkdir()
-    recorder = TimelineRecorder(2, measure=head_metrics, classify=head_type, points=4)
+    recorder = TimelineRecorder(2, points=4)
     train(cfg(tiny_data, steps=6, eval_every=3), models / "run", timeline=recorder)
     (models / "plain").mkdir()
     (models / "plain" / "config.json").write_text("{}")
@@ -60,7 +59,7 @@ def test_training_settings_come_from_the_url_and_stay(tiny_data, tmp_path, monke
     did not record and a typed path are not taken, and a typed path is never written to it."""
     models = tmp_path / "models"
     models.mkdir()
-    recorder = TimelineRecorder(2, measure=head_metrics, classify=head_type, points=4)
+    recorder = TimelineRecorder(2, points=4)
     for name in ("a_run", "b_run"):
         train(cfg(tiny_data, steps=6, eval_every=3), models / name, timeline=recorder)
     monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(models))

@@ -25,8 +25,7 @@ def server(tmp_path_factory):
     import numpy as np
     from test_training import cfg, write_idx
 
-    from analysis.metrics import head_metrics, head_type
-    from models.timeline import TimelineRecorder
+    from analysis.timeline import TimelineRecorder
     from models.training import train
 
     root = tmp_path_factory.mktemp("inspect")
@@ -41,7 +40,7 @@ def server(tmp_path_factory):
     shipped = os.path.join(os.path.dirname(__file__), "..", "assets", "models")
     for name in ("dense", "strided", "fixed"):
         (models / name).symlink_to(os.path.abspath(os.path.join(shipped, name)))
-    recorder = TimelineRecorder(2, measure=head_metrics, classify=head_type, points=4)
+    recorder = TimelineRecorder(2, points=4)
     train(
         cfg(f"fashion-mnist:{data}", steps=4, eval_every=4), models / "tiny_run", timeline=recorder
     )

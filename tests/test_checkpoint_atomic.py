@@ -1,4 +1,4 @@
-"""A training checkpoint is one atomic unit (models/training.py): a crash at any write resumes
+"""A training checkpoint is one atomic unit (models/run_folder.py): a crash at any write resumes
 from the last complete checkpoint and ends with the weights of an uninterrupted run; --resume
 refuses what it cannot continue exactly; a NaN loss stops the run and keeps the last good
 checkpoint. On tiny synthetic data (tests/test_training.py's fixture)."""
@@ -13,23 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faults
 import pytest
 import torch
 from safetensors.torch import load, load_file, save
 from test_training import ROOT, cfg, tiny_data  # noqa: F401 - tiny_data is a fixture
 
-import models.checkpoint as checkpoint
+import models.run_folder as run_folder
 import models.training as training
 import tools.train
 from models import CheckpointError, load_model, save_model
-from models.training import (
-    CHECKPOINTS_DIR,
-    MANIFEST_FILE,
-    RUN_FILE,
-    STATE_FILE,
-    TrainingDiverged,
-    train,
-)
+from models.run_folder import CHECKPOINTS_DIR, MANIFEST_FILE, RUN_FILE, STATE_FILE
+from models.training import TrainingDiverged, train
 
 STEPS = dict(steps=4, eval_every=2)
 
@@ -56,13 +51,12 @@ def whole(tiny_data, tmp_path_factory) -> dict[str, torch.Tensor]:  # noqa: F811
 
 
 def crash_at(n: int, monkeypatch) -> None:
-    monkeypatch.setenv(checkpoint.FAULT_ENV, str(n))
-    monkeypatch.setattr(checkpoint, "_fault_count", 0)
+    """A Crash at write point n of this process (tests/faults.py: three points a file)."""
 
     def crash(label: str) -> None:
         raise Crash(label)
 
-    monkeypatch.setattr(checkpoint, "_fault_action", crash)
+    faults.install(n, crash, monkeypatch)
 
 
 def test_a_crash_at_every_write_resumes_to_the_same_weights(
@@ -84,7 +78,7 @@ def test_a_crash_at_every_write_resumes_to_the_same_weights(
             labels.append(str(e))
         else:
             break  # n is past the last write point of a whole run
-        monkeypatch.delenv(checkpoint.FAULT_ENV)
+        monkeypatch.undo()
         # whatever a crash left beside checkpoints/ is a model that loads, or no model at all
         if (out / "model.safetensors").exists() and (out / "config.json").exists():
             load_model(out)
@@ -93,7 +87,7 @@ def test_a_crash_at_every_write_resumes_to_the_same_weights(
         said.append(capsys.readouterr().err)
         assert_same_weights(weights(out), whole)
         assert_same_weights(weights(out / CHECKPOINTS_DIR / "step-00000004"), whole)
-        assert json.loads((out / RUN_FILE).read_text())["final"]["test_images"] == 12
+        assert run_folder.read_run_record(out).final["test_images"] == 12
         assert [p.name for p in (out / CHECKPOINTS_DIR).iterdir()] == ["step-00000004"]
     # every file of both checkpoints was interrupted half-written, before and after its rename
     assert len(labels) >= 2 * 3 * 8
@@ -105,15 +99,16 @@ def test_a_crash_at_every_write_resumes_to_the_same_weights(
 
 @pytest.mark.parametrize("at", [4, 30])
 def test_sigkill_while_a_checkpoint_is_written(tiny_data, whole, tmp_path, at):  # noqa: F811
-    """The real thing: the training process kills itself (SIGKILL) at write ``at``."""
+    """The real thing: the training process is killed (SIGKILL) at write ``at``
+    (tests/faults.py runs tools.train)."""
     out = tmp_path / "run"
     c = cfg(tiny_data, **STEPS)
     args = f"--preset {c.preset} --layout {c.layout} --steps {c.steps} --batch-size {c.batch_size}"
     args += f" --warmup {c.warmup} --eval-every {c.eval_every} --eval-images {c.eval_images}"
     args += f" --lr {c.lr} --threads 1"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env[checkpoint.FAULT_ENV] = str(at)
-    cmd = [sys.executable, "-m", "tools.train", *args.split(), "--data", tiny_data]
+    cmd = [sys.executable, str(ROOT / "tests" / "faults.py"), str(at), *args.split()]
+    cmd += ["--data", tiny_data]
     cmd += ["--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
@@ -267,8 +262,8 @@ def test_a_fifo_in_a_checkpoint_is_refused_not_read(tiny_data, tmp_path, name): 
     old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("reading a FIFO hung"))
     signal.alarm(60)
     try:
-        assert training.checkpoint_problem(folder) is not None
-        assert "FIFO" in training.checkpoint_problem(folder)
+        assert run_folder.checkpoint_problem(folder) is not None
+        assert "FIFO" in run_folder.checkpoint_problem(folder)
         # no complete checkpoint is left beside the model: refused, naming the FIFO
         with pytest.raises(CheckpointError, match="no complete training checkpoint.*FIFO"):
             train(cfg(tiny_data, **STEPS), out, resume=True)
@@ -283,13 +278,15 @@ def test_run_files_are_read_with_a_bound(tiny_data, tmp_path, monkeypatch):  # n
     out = tmp_path / "run"
     train(cfg(tiny_data, **STEPS), out, stop_at=2)
     folder = out / CHECKPOINTS_DIR / "step-00000002"
-    monkeypatch.setitem(training.FILE_LIMITS, RUN_FILE, 100)
-    problem = training.checkpoint_problem(folder)
+    monkeypatch.setitem(run_folder.FILE_LIMITS, RUN_FILE, 100)
+    problem = run_folder.checkpoint_problem(folder)
     assert f"{folder / RUN_FILE}" in problem and "too large" in problem
     with pytest.raises(CheckpointError, match="too large"):
-        training.read_record(out / RUN_FILE)
-    monkeypatch.setitem(training.FILE_LIMITS, RUN_FILE, training.MAX_RECORD_BYTES)
-    monkeypatch.setattr(training, "MAX_STATE_BYTES", 100)
+        run_folder.read_record(out / RUN_FILE)
+    with pytest.raises(CheckpointError, match="too large"):
+        run_folder.read_run_record(out)  # every reader of run.json: the same bound
+    monkeypatch.setitem(run_folder.FILE_LIMITS, RUN_FILE, run_folder.MAX_RECORD_BYTES)
+    monkeypatch.setattr(run_folder, "MAX_STATE_BYTES", 100)
     run = training.start_run(
         cfg(tiny_data, **STEPS),
         tmp_path / "other",
@@ -297,4 +294,6 @@ def test_run_files_are_read_with_a_bound(tiny_data, tmp_path, monkeypatch):  # n
         resume=False,
     )
     with pytest.raises(CheckpointError, match="cannot resume from .*too large"):
-        training.load_state(run, folder / STATE_FILE, step=2)
+        run_folder.load_state(
+            folder / STATE_FILE, run.model, run.optimizer, step=2, device=torch.device("cpu")
+        )

@@ -115,7 +115,7 @@ def test_a_tiny_colour_run_at_cifar_geometry(photo_folder, small_patches, tmp_pa
         threads=1,
     )
     record = train(cfg, tmp_path / "run")
-    assert np.isfinite(record["final"]["test_bpd"]) and record["final"]["test_images"] == 16
+    assert np.isfinite(record.final["test_bpd"]) and record.final["test_images"] == 16
     saved = json.loads((tmp_path / "run" / "run.json").read_text())
     assert saved["data_source"]["test_photos"] == photos_metadata(photo_folder)["test_photos"]
     model = load_model(tmp_path / "run")

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from analysis.race import RaceConfig
 from app_pages import playground_job
 from app_pages.jobs import Task, WorkerPool
 from app_pages.playground_job import (
@@ -19,7 +20,6 @@ from app_pages.playground_job import (
     race_folder,
     start_race,
 )
-from models.race import RaceConfig
 from tests.test_training import tiny_data  # noqa: F401  (a fixture)
 
 

@@ -1,4 +1,4 @@
-"""models/race.py: layouts trained side by side, fairly, into ordinary run folders; and the
+"""analysis/race.py: layouts trained side by side, fairly, into ordinary run folders; and the
 14 x 14 Fashion-MNIST the race trains on (models.datasets.downsample), on tiny synthetic data."""
 
 from __future__ import annotations
@@ -11,12 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.metrics import head_metrics, head_type
-from kernels.composed import CROSSOVER_N
-from kernels.layouts import parse_layout
-from models import load_model
-from models.datasets import downsample, held_out_source, load_images
-from models.race import (
+from analysis.race import (
     END_BUDGET,
     END_SCHEDULE,
     RACE_FAMILIES,
@@ -34,7 +29,11 @@ from models.race import (
     snapshot_due,
     uniform_observed_bpd,
 )
-from models.timeline import load_timeline
+from analysis.timeline import load_timeline
+from kernels.composed import CROSSOVER_N
+from kernels.layouts import parse_layout
+from models import load_model
+from models.datasets import downsample, held_out_source, load_images
 from models.tokens import Geometry
 from models.training import Ranks, TrainConfig, model_config, start_run
 from tests.test_training import tiny_data  # noqa: F401  (a fixture)
@@ -82,7 +81,7 @@ def test_downsample_is_a_block_mean_and_a_data_option(tiny_data):  # noqa: F811
 def test_a_race_is_fair_and_ends_in_run_folders(tiny_data, tmp_path):  # noqa: F811
     state = RaceState()
     out = tmp_path / "race"
-    record = run_race(race(tiny_data), out, measure=head_metrics, classify=head_type, state=state)
+    record = run_race(race(tiny_data), out, state=state)
     view = state.view()
     assert view.phase == "saved" and record["stopped"] is None
     names = [lane.name for lane in view.lanes]
@@ -165,8 +164,6 @@ def test_a_stopped_race_saves_what_it_has(tiny_data, tmp_path):  # noqa: F811
     record = run_race(
         race(tiny_data, steps=50),
         tmp_path / "r",
-        measure=head_metrics,
-        classify=head_type,
         state=state,
         cancelled=cancelled,
     )
@@ -195,8 +192,6 @@ def test_a_race_stopped_before_its_first_step_leaves_nothing(tiny_data, tmp_path
     record = run_race(
         race(tiny_data),
         out,
-        measure=head_metrics,
-        classify=head_type,
         state=state,
         cancelled=cancelled,
         reason=lambda: "the session ended",
@@ -220,8 +215,6 @@ def test_cancellation_is_asked_while_loading_and_setting_up(tiny_data, tmp_path)
     run_race(
         race(tiny_data, steps=1, completions=0),
         tmp_path / "r",
-        measure=head_metrics,
-        classify=head_type,
         state=state,
         cancelled=cancelled,
     )
@@ -243,7 +236,7 @@ def test_a_small_minutes_budget_sets_its_schedule_and_ends_by_its_budget(tiny_da
         return False
 
     slow = 0.15  # seconds a step of each lane: 60 rounds of three would take 27 s of a 30 s race
-    from models import race as race_module
+    from analysis import race as race_module
 
     real = race_module.train_step
 
@@ -256,8 +249,6 @@ def test_a_small_minutes_budget_sets_its_schedule_and_ends_by_its_budget(tiny_da
         record = run_race(
             race(tiny_data, steps=None, minutes=0.5, warmup=60, completions=0),
             tmp_path / "r",
-            measure=head_metrics,
-            classify=head_type,
             state=state,
             cancelled=cancelled,
         )
@@ -293,7 +284,7 @@ def test_a_race_of_new_families_reports_kernel_and_median_step(tiny_data, tmp_pa
     state = RaceState()
     out = tmp_path / "race"
     cfg = race(tiny_data, layouts=("axial", "neighborhood", "sinks"))
-    record = run_race(cfg, out, measure=head_metrics, classify=head_type, state=state)
+    record = run_race(cfg, out, state=state)
     view = state.view()
     assert [lane.name for lane in view.lanes] == ["axial", "neighborhood", "sinks"]
     assert [lane.spec for lane in view.lanes] == [

@@ -1,4 +1,4 @@
-"""models/timeline.py: attention snapshots at log-spaced steps during training, on a tiny run
+"""analysis/timeline.py: attention snapshots at log-spaced steps during training, on a tiny run
 (tests/test_training.py's synthetic data), and the --timeline-probes flag."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from analysis.metrics import HEAD_TYPES, head_metrics, head_type
-from models.timeline import (
+from analysis.metrics import HEAD_TYPES
+from analysis.timeline import (
     TIMELINE_JSON,
     TIMELINE_NPZ,
     TimelineError,
@@ -25,7 +25,7 @@ from tests.test_training import cfg, tiny_data  # noqa: F401  (a fixture)
 
 
 def recorder(probes: int = 3, points: int = 4) -> TimelineRecorder:
-    return TimelineRecorder(probes, measure=head_metrics, classify=head_type, points=points)
+    return TimelineRecorder(probes, points=points)
 
 
 def test_timeline_steps_are_log_spaced_and_end_at_the_last():
@@ -116,7 +116,7 @@ def test_a_fifo_or_a_huge_timeline_is_refused_not_read(tmp_path, name, monkeypat
     import os
     import signal
 
-    import models.timeline as timeline
+    import analysis.timeline as timeline
 
     np.savez(tmp_path / TIMELINE_NPZ, steps=np.arange(3))
     (tmp_path / TIMELINE_JSON).write_text("{}")

@@ -1,4 +1,5 @@
-"""models/training.py (and its command line, tools/train.py): training, resuming exactly and DDP,
+"""models/training.py and models/run_folder.py (and the command line, tools/train.py): training,
+resuming exactly and DDP,
 on tiny synthetic Fashion-MNIST-shaped data."""
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ def cfg(data: str, **kw) -> TrainConfig:
 
 def test_training_decreases_the_loss(tiny_data, tmp_path):
     record = train(cfg(tiny_data, steps=40, eval_every=20), tmp_path / "run")
-    curve = [h["train_bpd"] for h in record["history"]]
+    curve = [h["train_bpd"] for h in record.history]
     assert np.mean(curve[-5:]) < np.mean(curve[:5]) - 1.0
-    tests = [h["test_bpd"] for h in record["history"] if "test_bpd" in h]
+    tests = [h["test_bpd"] for h in record.history if "test_bpd" in h]
     assert tests[-1] < tests[0]
     # the run directory is a loadable model with a complete record
     model = load_model(tmp_path / "run")
@@ -96,12 +97,12 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     train(cfg(tiny_data), tmp_path / "parts", stop_at=3)
     assert not (tmp_path / "parts" / "run.json").read_text().count('"final"')
     parts = train(cfg(tiny_data), tmp_path / "parts", resume=True)
-    assert [h["train_bpd"] for h in parts["history"]] == [h["train_bpd"] for h in whole["history"]]
+    assert parts.train_bpds() == whole.train_bpds()
     a = load_file(tmp_path / "whole" / "model.safetensors")
     b = load_file(tmp_path / "parts" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
-    assert len(parts["commands"]) == 2
+    assert len(parts.commands) == 2
 
 
 def test_a_resumed_run_records_what_an_uninterrupted_run_does(tiny_data, tmp_path):
@@ -110,12 +111,12 @@ def test_a_resumed_run_records_what_an_uninterrupted_run_does(tiny_data, tmp_pat
     whole = train(cfg(tiny_data, steps=8, eval_every=2), tmp_path / "whole")
     train(cfg(tiny_data, steps=8, eval_every=2), tmp_path / "parts", stop_at=6)
     parts = train(cfg(tiny_data, steps=8, eval_every=2), tmp_path / "parts", resume=True)
-    assert parts["history"] == whole["history"]
-    assert parts["final"] == whole["final"]
-    window = [h["train_bpd"] for h in whole["history"]][-100:]
-    assert len(window) == 8 and parts["final"]["train_bpd_last100"] == round(np.mean(window), 4)
+    assert parts.history == whole.history
+    assert parts.final == whole.final
+    window = [h["train_bpd"] for h in whole.history][-100:]
+    assert len(window) == 8 and parts.final["train_bpd_last100"] == round(np.mean(window), 4)
     saved = json.loads((tmp_path / "parts" / "run.json").read_text())
-    assert saved["final"] == whole["final"] and saved["history"] == whole["history"]
+    assert saved["final"] == whole.final and saved["history"] == whole.history
 
 
 def test_resume_leaves_a_finished_run_alone(tiny_data, tmp_path, monkeypatch, capsys):
@@ -134,7 +135,7 @@ def test_resume_leaves_a_finished_run_alone(tiny_data, tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(training, "evaluate_bpd", no_evaluation)
     again = train(cfg(tiny_data, steps=4, eval_every=2), out, resume=True)
-    assert again["final"] == first["final"] and again["final"]["train_bpd_last100"] is not None
+    assert again.final == first.final and again.final["train_bpd_last100"] is not None
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert "is finished" in capsys.readouterr().err
     argv = ["--preset", c.preset, "--layout", c.layout, "--steps", "4", "--batch-size", "4"]
@@ -144,7 +145,7 @@ def test_resume_leaves_a_finished_run_alone(tiny_data, tmp_path, monkeypatch, ca
     assert tools.train.main(argv) == 0
     captured = capsys.readouterr()
     assert "is finished" in captured.err and "left alone" in captured.err
-    assert json.loads(captured.out.strip().splitlines()[-1]) == first["final"]
+    assert json.loads(captured.out.strip().splitlines()[-1]) == first.final
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
@@ -182,9 +183,11 @@ def test_ddp_two_ranks_end_with_identical_weights(tiny_data, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     train_args = "--preset fmnist-tiny --layout strided --steps 4 --batch-size 4 --warmup 2"
-    train_args += " --eval-every 4 --eval-images 4 --threads 1 --lr 3e-3 --save-all-ranks"
+    train_args += " --eval-every 4 --eval-images 4 --threads 1 --lr 3e-3"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    cmd += ["-m", "tools.train", *train_args.split(), "--data", tiny_data, "--out", str(out)]
+    # tools.train, each rank's final weights saved beside the run (tests/train_ranks.py)
+    cmd += [str(ROOT / "tests" / "train_ranks.py"), *train_args.split(), "--data", tiny_data]
+    cmd += ["--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     w0 = load_file(out / "rank0.safetensors")
@@ -207,13 +210,13 @@ def test_ddp_two_ranks_end_with_identical_weights(tiny_data, tmp_path):
 def test_bf16_autocast_trains_on_the_cpu(tiny_data, tmp_path, capsys):
     record = train(cfg(tiny_data, dtype="bf16", steps=3, eval_every=3), tmp_path / "bf16")
     assert "slower than fp32" in capsys.readouterr().err  # allowed on a CPU, and said to be slow
-    assert record["precision"] == "bf16" and record["train_config"]["dtype"] == "bf16"
-    assert all(np.isfinite(h["train_bpd"]) for h in record["history"])
+    assert record.precision == "bf16" and record.train_config["dtype"] == "bf16"
+    assert all(np.isfinite(h["train_bpd"]) for h in record.history)
     # the weights and the optimizer stay float32: only the products ran in bf16
     model = load_model(tmp_path / "bf16")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     # auto is fp32 on the CPU (bf16 on CUDA), what runs did before the setting existed
-    assert train(cfg(tiny_data, steps=1, eval_every=1), tmp_path / "auto")["precision"] == "fp32"
+    assert train(cfg(tiny_data, steps=1, eval_every=1), tmp_path / "auto").precision == "fp32"
 
 
 def test_compile_trains_the_same_model(tiny_data, tmp_path):
@@ -221,10 +224,10 @@ def test_compile_trains_the_same_model(tiny_data, tmp_path):
     20 s on a CPU core): the same losses as eager, to float32 rounding."""
     eager = train(cfg(tiny_data, steps=2, eval_every=2), tmp_path / "eager")
     compiled = train(cfg(tiny_data, steps=2, eval_every=2, compile=True), tmp_path / "compiled")
-    a = [h["train_bpd"] for h in eager["history"]]
-    b = [h["train_bpd"] for h in compiled["history"]]
+    a = eager.train_bpds()
+    b = compiled.train_bpds()
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-3)
-    assert compiled["train_config"]["compile"] is True
+    assert compiled.train_config["compile"] is True
     # the saved weights are the plain model's (no "_orig_mod." prefix): it loads as any other
     assert load_model(tmp_path / "compiled").config == load_model(tmp_path / "eager").config
 

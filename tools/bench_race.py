@@ -6,12 +6,12 @@ wall-clock, the time to the first curve point and head maps, and the head types 
         --out runs/bench-race-new
     python -m tools.bench_race --layouts "strided(l=7), fixed(l=14, c=3)" ...
 
-The race is models/race.py's, with RaceConfig's defaults (fmnist-mini at 14 x 14, batch 16,
+The race is analysis/race.py's, with RaceConfig's defaults (fmnist-mini at 14 x 14, batch 16,
 dense, strided and fixed unless --layouts names others: any static family of kernels/layouts.py
 by name, sized for the image, or a spec, each family once); one torch thread, as in the app. At
 the end a table gives each layout's attention kernel (as kernels/dispatch.py resolves it) and
 its step time as the median with the 10th-90th percentiles; the report is also written as
-bench_race.json beside race.json in --out (the race folder models.race.load_race reads: the
+bench_race.json beside race.json in --out (the race folder analysis.race.load_race reads: the
 Playground's shipped race in assets/races/ is one). Bad input is one ``error:`` line and exit
 status 2 (tools/cli.py).
 """
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from analysis.race import LAYOUT_KINDS, RACE_FAMILIES, RaceConfig, RaceState, check_race, run_race
 from models.checkpoint import write_atomic
 from models.model import PRESETS
-from models.race import LAYOUT_KINDS, RACE_FAMILIES, RaceConfig, RaceState, check_race, run_race
 from tools.cli import (
     Parser,
     UsageError,
@@ -111,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     check_output_dir(args.out)
     if args.out.is_dir() and any(args.out.iterdir()):
         raise UsageError(f"--out {args.out} already holds files: a race writes into a new folder")
-    from analysis.metrics import head_metrics, head_type
-
     torch.set_num_threads(1)
     state = RaceState()
     start = time.monotonic()
@@ -154,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    record = run_race(cfg, args.out, measure=head_metrics, classify=head_type, state=state)
+    record = run_race(cfg, args.out, state=state)
     watcher.join()
     view = state.view()
     if pending:  # a mark at the budget's end: the race's last numbers (its end comes first)

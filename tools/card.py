@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from kernels import parse_layout
-from models.checkpoint import load_model
+from models.checkpoint import CheckpointError, load_model
 from models.datasets import load_fashion_mnist
 from models.evaluation import histogram_baseline_bpd
 from models.model import ModelConfig
+from models.run_folder import RUN_FILE, read_run_record
 from models.sampling import sample
 from models.tokens import images_to_tokens, tokens_to_image
 from tools.cli import Parser, UsageError, check_output_file, run_main, write_atomic
@@ -40,7 +41,7 @@ GPT_REFERENCE_BPD = 2.65  # dense GPT, 6.5M params, 7 min on one H100 (the train
 GOAL_BPD = 2.60
 
 
-MAX_RECORD_BYTES = 64 * 2**20  # a run.json, eval.json or analysis JSON is kilobytes
+MAX_RECORD_BYTES = 64 * 2**20  # an eval.json or analysis JSON is kilobytes
 
 
 def _json(path: Path):
@@ -56,7 +57,10 @@ def _json(path: Path):
 
 
 def _load(root: Path, name: str) -> tuple[dict, dict]:
-    run = _json(root / name / "run.json")
+    try:
+        run = read_run_record(root / name / RUN_FILE).to_dict()
+    except CheckpointError as e:  # not a regular file within its bound, not a JSON object
+        raise UsageError(str(e)) from None
     ev = _json(root / name / "eval.json")
     return run, ev
 

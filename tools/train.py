@@ -15,7 +15,7 @@ The output directory is a loadable model directory (config.json + model.safetens
 models/checkpoint.py, and ``run.json``: the record of the run: command, data, steps, wall time,
 device, train / test bits per dim) plus ``checkpoints/step-N/``, the newest complete checkpoint
 (the model, optimizer moments and RNG state, the record, and a manifest of their SHA-256 written
-last), which ``--resume`` continues from exactly (models/training.py); on a finished run it says
+last), which ``--resume`` continues from exactly (models/run_folder.py); on a finished run it says
 so and leaves the run alone (exit status 0). ``--resume`` refuses a
 folder no resumable run wrote (a shipped model) and settings other than the run's; training
 without it refuses a folder that already holds a model. A loss or gradient that turns NaN stops
@@ -118,13 +118,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     p.add_argument(
         "--stop-at", type=positive_int, default=None, help="stop (with a checkpoint) at this step"
     )
-    p.add_argument("--save-all-ranks", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--timeline-probes",
         type=int_range(0, 64),
         default=0,
         help="record attention snapshots on N probe test images at log-spaced steps "
-        "(timeline.npz + timeline.json in --out; models/timeline.py); 0: none",
+        "(timeline.npz + timeline.json in --out; analysis/timeline.py); 0: none",
     )
     args = p.parse_args(argv)
     fields = {k: v for k, v in vars(args).items() if k in asdict(d)}
@@ -149,14 +148,13 @@ def run(argv: list[str] | None = None) -> int:
             args.out,
             resume=args.resume,
             stop_at=args.stop_at,
-            save_all_ranks=args.save_all_ranks,
             timeline=timeline_recorder(args.timeline_probes),
         )
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if "final" in record:
-        print(json.dumps(record["final"]))
+    if record.final is not None:
+        print(json.dumps(record.final))
     return 0
 
 
@@ -220,13 +218,12 @@ def check_memory(cfg: TrainConfig, config, available: tuple[int, str] | None = N
 
 
 def timeline_recorder(probes: int):
-    """The recorder of --timeline-probes, measuring heads with analysis.metrics; None for 0."""
+    """The recorder of --timeline-probes (analysis/timeline.py); None for 0."""
     if not probes:
         return None
-    from analysis.metrics import head_metrics, head_type
-    from models.timeline import TimelineRecorder
+    from analysis.timeline import TimelineRecorder
 
-    return TimelineRecorder(probes, measure=head_metrics, classify=head_type)
+    return TimelineRecorder(probes)
 
 
 if __name__ == "__main__":

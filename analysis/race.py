@@ -12,27 +12,29 @@ attention snapshots and completions are not counted), so the curves against seco
 the layouts' cost and nothing else.
 
 While it runs, ``RaceState`` holds what a page draws: per layout the train and held-out
-bits/dim against steps and seconds, the newest attention snapshot (models/timeline.py), a few
+bits/dim against steps and seconds, the newest attention snapshot (analysis/timeline.py), a few
 completions of held-out images every ``complete_every`` steps, the measured seconds per step and
 the attention's nnz. A page reads it from another thread with ``RaceState.view()``.
 
 At the end (its schedule done, its time budget run out, or stopped) every model is written as
 an ordinary run folder in ``<out>/<layout>/``: model.safetensors + config.json
-(models/checkpoint.py), run.json (the record tools/train.py writes, with the history) and the
-timeline, which the app's pages open; beside them race.json (what was raced, each lane's final
-numbers, and how it ended: END_SCHEDULE, END_BUDGET or the Stop's reason, the one word the page
-shows) and race.npz (probe images, kept halves, completions). ``load_race`` reads the folder
-back as the view a page draws (the Playground's shipped race, assets/races/). No optimizer state
-is kept: a race is not resumed. A race stopped before its first step keeps nothing: the models
-would be untrained, and would fill every page's model list.
+(models/checkpoint.py), run.json (models.run_folder.RunRecord, as training writes it, with
+the history) and the timeline, which the app's pages open; beside them race.json (what was
+raced, each lane's final numbers, and how it ended: END_SCHEDULE, END_BUDGET or the Stop's
+reason, the one word the page shows) and race.npz (probe images, kept halves, completions).
+``load_race`` reads the folder back as the view a page draws (the Playground's shipped race,
+assets/races/). No optimizer state is kept: a race is not resumed. A race stopped before its
+first step keeps nothing: the models would be untrained, and would fill every page's model list.
 
 Cancellation is asked while the data loads, between the lanes' set-up, before every step and
 between the lanes of every held-out point, snapshot and completion, so a closed tab frees the
 CPU within one lane's piece of work. A minutes budget times its first steps to fix the
 schedule: CALIBRATION's steps, or fewer in a small budget (a fifth of the time left).
 
-No streamlit here (docs/DESIGN.md, "Layering"): app_pages/playground_job.py runs a race in the
-server's training pool; the tests run it directly.
+It lives in analysis/, above models/training.py and beside the timeline and the metrics it
+records with, and imports no streamlit (docs/DESIGN.md, "Layering"): app_pages/playground_job.py
+runs a race in the server's training pool; the tests run it directly. Each phase of a race
+(load, train, save) is a method of ``_Race``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import platform
 import shutil
 import threading
 import time
@@ -52,34 +53,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kernels.dispatch import resolve_backend
-from kernels.layouts import FAMILY_PARAMS, image_family_params, image_layout_spec, parse_layout
-from models.checkpoint import model_files, write_atomic
-from models.completion import complete, keep_mask
-from models.datasets import load_images
-from models.evaluation import device_name, histogram_baseline_bpd
-from models.files import read_file
-from models.model import ModelConfig
-from models.sampling import SamplingCancelled
-from models.timeline import (
+from analysis.timeline import (
     POINTS,
-    Classify,
-    Measure,
     TimelineError,
     TimelineRecorder,
     load_npz,
     load_timeline,
     probe_indices,
 )
+from kernels.dispatch import resolve_backend
+from kernels.layouts import FAMILY_PARAMS, image_family_params, image_layout_spec, parse_layout
+from models.checkpoint import CheckpointError, model_files, write_atomic
+from models.completion import complete, keep_mask
+from models.datasets import load_images
+from models.evaluation import histogram_baseline_bpd
+from models.files import read_file
+from models.model import ModelConfig, evaluating
+from models.run_folder import RUN_FILE, json_bytes, publish, read_run_record
+from models.sampling import SamplingCancelled
 from models.tokens import images_to_tokens, tokens_to_image
 from models.training import (
     CALIBRATION,
-    RUN_FILE,
     Ranks,
     Run,
+    StepTimer,
     TrainConfig,
-    _record_bytes,
     check_train_config,
+    describe,
     held_out_bpd,
     model_config,
     start_run,
@@ -91,7 +91,6 @@ RACE_FILE = "race.json"  # in the race folder: what was raced, and each layout's
 RACE_NPZ = "race.npz"  # beside it: the probe images, the kept halves and every completion
 MAX_RACE_JSON = 2**20  # bytes a race.json may have when read back (a few kilobytes written)
 MAX_RACE_NPZ = 8 * 2**20  # bytes of a race.npz (kilobytes written)
-MAX_RUN_JSON = 64 * 2**20  # bytes of a lane's run.json (its history: ~40 bytes a step)
 #: how a race ended, as race.json and the page both say it (one truth)
 END_SCHEDULE = "finished: every step of its schedule"
 END_BUDGET = "the time budget ran out"
@@ -353,8 +352,6 @@ def run_race(
     cfg: RaceConfig,
     out: Path,
     *,
-    measure: Measure,
-    classify: Classify,
     state: RaceState | None = None,
     cancelled: Callable[[], bool] = lambda: False,
     reason: Callable[[], str | None] = lambda: None,
@@ -367,215 +364,335 @@ def run_race(
     point, snapshot and completion: a race stopped after its first step saves what it has,
     marked with ``reason()`` (or "stopped"); one stopped before it leaves nothing behind (the
     lanes' folders and ``out`` itself are removed) and returns a record with ``"saved": False``.
-    ``measure`` and ``classify`` are analysis.metrics.head_metrics and head_type (models/ may
-    not import analysis/)."""
+    """
     configs = check_race(cfg)
-    state = state or RaceState()
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already holds files: a race writes into a new folder")
     made_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    runs: list[Run] = []
+    race = _Race(cfg, out, state or RaceState(), cancelled, reason, torch.device(device))
     try:
-        return _race(cfg, configs, out, runs, measure, classify, state, cancelled, reason, device)
+        race.load(configs)
+        race.train()
+        return race.save()
     except RaceStopped:  # before the first step: nothing was trained, nothing is kept
-        _discard(out, runs, made_out)
+        race.discard(made_out)
         why = reason() or END_STOPPED
-        state.change(lambda s: (setattr(s, "end", why), setattr(s, "phase", "discarded")))
+        race.state.change(lambda s: (setattr(s, "end", why), setattr(s, "phase", "discarded")))
         return {"race": asdict(cfg), "stopped": why, "end": why, "saved": False}
     except BaseException:
-        if not any(run.step for run in runs):
-            _discard(out, runs, made_out)
+        if not any(run.step for run in race.runs):
+            race.discard(made_out)
         raise
 
 
-def _discard(out: Path, runs: list[Run], made_out: bool) -> None:
-    """Remove what a race made before its first step: the lanes' folders (each made by the
-    race), then ``out`` when it is left empty (a folder reserved for the race is the race's)."""
-    for run in runs:
-        shutil.rmtree(run.out, ignore_errors=True)
-    for name in (RACE_FILE, RACE_NPZ):
-        (out / name).unlink(missing_ok=True)
-    try:
-        out.rmdir()  # only when empty: never anything of someone else's
-    except OSError:
-        pass
+@dataclass
+class _Race:
+    """One race as it runs: its settings, its lanes (a run, a timeline recorder and the live
+    numbers each) and the race-wide pieces; each phase of run_race is a method."""
 
+    cfg: RaceConfig
+    out: Path
+    state: RaceState
+    cancelled: Callable[[], bool]
+    reason: Callable[[], str | None]
+    device: torch.device
+    runs: list[Run] = field(default_factory=list)
+    recorders: list[TimelineRecorder] = field(default_factory=list)
+    lanes: list[Lane] = field(default_factory=list)
+    baselines: dict[str, float] = field(default_factory=dict)
+    images: np.ndarray | None = None  # uint8 [k, H, W, C]: the held-out images completed
+    step: int = 0  # rounds taken: every lane has taken this many steps
+    total: int | None = None  # the schedule; None while a minutes budget is timed
+    end: str = END_SCHEDULE
+    trained: float = 0.0  # seconds the training loop ran
 
-def _race(cfg, configs, out, runs, measure, classify, state, cancelled, reason, device) -> dict:
-    def check() -> None:
-        if cancelled():
+    def check(self) -> None:
+        if self.cancelled():
             raise RaceStopped
 
-    device = torch.device(device)
-    ranks = Ranks(0, 1, device)
-    geometry = configs[0].geometry
-    check()
-    train_tokens = images_to_tokens(load_images(cfg.data, "train", geometry), dtype=np.uint8)
-    check()
-    test_tokens = images_to_tokens(load_images(cfg.data, "test", geometry), dtype=np.uint8)
-    check()
-    baselines = {
-        "uniform over observed values": uniform_observed_bpd(train_tokens, test_tokens),
-        "pixel histogram": histogram_baseline_bpd(train_tokens, test_tokens),
-    }
-    recorders: list[TimelineRecorder] = []
-    lanes: list[Lane] = []
-    for spec, mconfig in zip(cfg.layouts, configs, strict=True):
-        check()
+    def lanes_of(self):
+        return zip(self.runs, self.recorders, self.lanes, strict=True)
+
+    def load(self, configs: list[ModelConfig]) -> None:
+        """The data and its baselines, one run per layout from the same weights, the images to
+        complete, and every lane's starting point (a snapshot and a held-out point at step 0)."""
+        geometry = configs[0].geometry
+        tokens = []
+        for split in ("train", "test"):
+            self.check()
+            images = load_images(self.cfg.data, split, geometry)
+            tokens.append(images_to_tokens(images, dtype=np.uint8))
+        self.check()
+        self.baselines = {
+            "uniform over observed values": uniform_observed_bpd(*tokens),
+            "pixel histogram": histogram_baseline_bpd(*tokens),
+        }
+        for spec, mconfig in zip(self.cfg.layouts, configs, strict=True):
+            self.check()
+            self.add_lane(spec, mconfig, tuple(tokens))
+        kept = self.pick_images(tokens[1], geometry)
+        self.state.change(
+            lambda s: (
+                setattr(s, "lanes", self.lanes),
+                setattr(s, "baselines", self.baselines),
+                setattr(s, "folder", str(self.out)),
+                setattr(s, "phase", "training"),
+                setattr(s, "kept", kept),
+            )
+        )
+        self.start_points(geometry)
+
+    def add_lane(self, spec: str, mconfig: ModelConfig, tokens: tuple) -> None:
+        """One layout's run (start_run seeds torch with the race's seed before building the
+        model: the same initial weights), its recorder and its live numbers."""
         name = lane_name(spec)
-        tcfg = cfg.train_config(spec)
         run = start_run(
-            tcfg, out / name, ranks, resume=False, tokens=(train_tokens, test_tokens)
-        )  # seeds torch with cfg.seed before building the model: the same initial weights
+            self.cfg.train_config(spec), self.out / name, Ranks(0, 1, self.device),
+            resume=False, tokens=tokens,
+        )  # fmt: skip
         run.out.mkdir()
-        runs.append(run)
-        run.record["commands"].append(f"playground race (../{RACE_FILE})")
-        n = geometry.n_tokens
+        self.runs.append(run)
+        run.record.commands.append(f"playground race (../{RACE_FILE})")
+        n = mconfig.geometry.n_tokens
         layout = mconfig.layouts[0]
-        lanes.append(
+        query = torch.empty(1, 1, n, mconfig.n_embd // mconfig.n_head, device=self.device)
+        self.lanes.append(
             Lane(
                 name=name,
                 spec=repr(layout),
                 nnz=layout.nnz(n),
                 tokens=n,
                 density=layout.nnz(n) / (n * (n + 1) / 2),
-                backend=resolve_backend(  # a query of the model's shape decides it
-                    torch.empty(1, 1, n, mconfig.n_embd // mconfig.n_head, device=device), layout
-                ),
-                folder=str(out / name),
+                backend=resolve_backend(query, layout),  # a query of the model's shape decides
+                folder=str(run.out),
             )
         )
-        recorders.append(
-            TimelineRecorder(cfg.probes, measure=measure, classify=classify, pixel=cfg.pixel)
+        self.recorders.append(TimelineRecorder(self.cfg.probes, pixel=self.cfg.pixel))
+
+    def pick_images(self, test_tokens: torch.Tensor, geometry) -> np.ndarray | None:
+        """The held-out images every lane completes (self.images), and the same with their
+        hidden bottom half gray (what the page shows as kept); None without completions."""
+        if not self.cfg.completions:
+            return None
+        picked = probe_indices(len(test_tokens), self.cfg.completions)
+        self.images = tokens_to_image(test_tokens[torch.from_numpy(picked)].long(), geometry)
+        kept = self.images.copy()
+        kept[:, geometry.height // 2 :] = 128
+        return kept
+
+    def start_points(self, geometry) -> None:
+        """Step 0, where every layout starts: a snapshot, and a held-out point."""
+        for run, recorder, lane in self.lanes_of():
+            self.check()
+            recorder.begin(run.out, run.model, run.test_tokens, 0)
+            _take_snapshot(self.state, lane, recorder, 0)
+        first = self.recorders[0]
+        probes = tokens_to_image(first.probes.long(), geometry)
+        self.state.change(
+            lambda s: (setattr(s, "probe_pixel", tuple(first.pixel)), setattr(s, "probes", probes))
         )
-    complete_idx = probe_indices(len(test_tokens), cfg.completions) if cfg.completions else None
-    complete_images = (
-        tokens_to_image(test_tokens[torch.from_numpy(complete_idx)].long(), geometry)
-        if complete_idx is not None
-        else None
-    )
-    keep = keep_mask(geometry)  # the top half kept
-    kept = None
-    if complete_images is not None:
-        hidden = complete_images.copy()
-        hidden[:, geometry.height // 2 :] = 128
-        kept = hidden
+        for run, lane in zip(self.runs, self.lanes, strict=True):
+            self.check()
+            bpd = held_out_bpd(run, self.cfg.eval_images)
+            self.state.change(lambda s, lane=lane, bpd=bpd: lane.test.append((0, 0.0, bpd)))
+            run.record.history.append({"step": 0, "test_bpd": bpd, "seconds": 0.0})
 
-    def loaded(s: RaceState) -> None:
-        s.lanes = lanes
-        s.baselines = baselines
-        s.folder = str(out)
-        s.phase = "training"
-        s.kept = kept
+    def train(self) -> None:
+        """Rounds of one step of every lane until the schedule or the budget ends (or a Stop
+        after the first step), each followed by the held-out points, snapshots and completions
+        that fall due."""
+        cfg = self.cfg
+        self.total = cfg.steps
+        deadline = self.state.started + cfg.minutes * 60 if cfg.minutes is not None else math.inf
+        self.state.change(lambda s: setattr(s, "total", self.total))
+        timer = StepTimer(deadline=deadline)  # timing for a minutes budget
+        started = time.monotonic()
+        try:
+            while self.total is None or self.step < self.total:
+                now = time.monotonic()
+                if self.step > 0 and now > deadline:  # at least one step, however small
+                    self.end = END_BUDGET
+                    break
+                if self.total is None and (per_round := timer.at(self.step, now)) is not None:
+                    left = int((deadline - now) / per_round)
+                    self.set_total(max(self.step + 1, self.step + left))
+                self.round()
+                self.after_round()
+        except RaceStopped:
+            if self.step == 0 and not any(run.step for run in self.runs):
+                raise  # nothing trained: run_race removes the folders
+            self.end = self.reason() or END_STOPPED
+        if self.total is None:  # ended while timing (a small budget, or stopped): its steps
+            self.total = self.step
+            self.state.change(lambda s: setattr(s, "total", self.total))
+        self.trained = time.monotonic() - started
 
-    state.change(loaded)
-    for run, recorder, lane in zip(runs, recorders, lanes, strict=True):
-        check()
-        recorder.begin(run.out, run.model, run.test_tokens, 0)
-        _take_snapshot(state, lane, recorder, 0)
-    state.change(
-        lambda s: (
-            setattr(s, "probe_pixel", tuple(recorders[0].pixel)),
-            setattr(s, "probes", tokens_to_image(recorders[0].probes.long(), geometry)),
-        )
-    )
-    for run, lane in zip(runs, lanes, strict=True):  # step 0: where every layout starts
-        check()
-        bpd = held_out_bpd(run, cfg.eval_images)
-        state.change(lambda s, lane=lane, bpd=bpd: lane.test.append((0, 0.0, bpd)))
-        run.record["history"].append({"step": 0, "test_bpd": bpd, "seconds": 0.0})
+    def set_total(self, total: int) -> None:
+        """The schedule, fixed once the first steps are timed: every lane's too."""
+        self.total = total
+        for run in self.runs:
+            run.cfg.steps = total
+        self.state.change(lambda s: setattr(s, "total", total))
 
-    total = cfg.steps
-    deadline = state.started + cfg.minutes * 60 if cfg.minutes is not None else math.inf
-    state.change(lambda s: setattr(s, "total", total))
-    calibration_start = None
-    end = END_SCHEDULE
-    started = time.monotonic()
-    complete_every = cfg.complete_every
-    step = 0
-    try:
-        while total is None or step < total:
-            now = time.monotonic()
-            if step > 0 and now > deadline:  # at least one step, however small the budget
-                end = END_BUDGET
-                break
-            if total is None and step == CALIBRATION[0]:
-                calibration_start = now
-            # the timing ends after CALIBRATION[1] steps, or sooner in a small budget: once it
-            # has taken a fifth of the time left when it began (0.5 min: a few seconds)
-            if (
-                total is None
-                and calibration_start is not None
-                and step > CALIBRATION[0]
-                and (
-                    step == CALIBRATION[1]
-                    or now - calibration_start > (deadline - calibration_start) / 5
+    def round(self) -> None:
+        """One step of every lane in turn, each timed on its own."""
+        for run, lane in zip(self.runs, self.lanes, strict=True):
+            self.check()  # between lanes too: every lane has taken `step` steps
+            if self.total is None:  # while timing: the schedule as if it ended far off
+                run.cfg.steps = 10**9
+            t0 = time.perf_counter()
+            loss = train_step(run, run.model, nullcontext())
+            dt = time.perf_counter() - t0
+            spent = (lane.seconds[-1] if lane.seconds else 0.0) + dt
+            bpd = loss / math.log(2)
+            entry = {"step": run.step, "train_bpd": round(bpd, 5), "seconds": round(spent, 4)}
+            run.record.history.append(entry)
+            self.state.change(
+                lambda s, lane=lane, st=run.step, sp=spent, b=bpd: (
+                    lane.steps.append(st),
+                    lane.seconds.append(sp),
+                    lane.train_bpd.append(b),
                 )
-            ):
-                per_round = (now - calibration_start) / (step - CALIBRATION[0])
-                left = deadline - now
-                total = max(step + 1, step + int(left / per_round))
-                for run in runs:
-                    run.cfg.steps = total
-                state.change(lambda s, total=total: setattr(s, "total", total))
-            for run, lane in zip(runs, lanes, strict=True):
-                if cancelled():  # between lanes too: every lane has taken `step` steps
-                    raise RaceStopped
-                if total is None:  # while timing: the schedule as if it ended far off
-                    run.cfg.steps = 10**9
-                t0 = time.perf_counter()
-                loss = train_step(run, run.model, nullcontext())
-                dt = time.perf_counter() - t0
-                bpd = loss / math.log(2)
-                spent = (lane.seconds[-1] if lane.seconds else 0.0) + dt
-                run.record["history"].append(
-                    {"step": run.step, "train_bpd": round(bpd, 5), "seconds": round(spent, 4)}
-                )
-                state.change(
-                    lambda s, lane=lane, st=run.step, sp=spent, b=bpd: (
-                        lane.steps.append(st),
-                        lane.seconds.append(sp),
-                        lane.train_bpd.append(b),
+            )
+        self.step += 1
+        self.state.change(lambda s, step=self.step: setattr(s, "step", step))
+
+    def after_round(self) -> None:
+        """The held-out points, snapshots and completions due at this step."""
+        cfg, step, total = self.cfg, self.step, self.total
+        eval_every = cfg.eval_every or (max(1, total // EVALS) if total else EARLY_EVAL)
+        if step % eval_every == 0 or step == total:
+            for run, lane in zip(self.runs, self.lanes, strict=True):
+                self.check()
+                self.held_out(run, lane)
+        horizon = total or 10 * CALIBRATION[1]  # while timing: log-spaced over 600
+        if snapshot_due(step, horizon) or step == total:
+            for run, recorder, lane in self.lanes_of():
+                self.check()
+                recorder.record(run.model, step, run.record.history[-1]["train_bpd"])
+                _take_snapshot(self.state, lane, recorder, step)
+        if self.images is not None and total is not None:
+            every = cfg.complete_every or max(1, total // 8)
+            if step % every == 0 or step == total:
+                self.complete()
+
+    def held_out(self, run: Run, lane: Lane) -> float:
+        """A held-out point of one lane at its step, on its history and its curve."""
+        bpd = held_out_bpd(run, self.cfg.eval_images)
+        run.record.history[-1]["test_bpd"] = bpd
+        self.state.change(lambda s: lane.test.append((run.step, lane.seconds[-1], bpd)))
+        return bpd
+
+    def complete(self) -> None:
+        """Each model completes the same held-out images (top half kept), one sample each, with
+        the same seed; a Stop in the middle ends the race as stopped."""
+        keep = keep_mask(self.runs[0].model.config.geometry)  # the top half kept
+        for run, lane in zip(self.runs, self.lanes, strict=True):
+            try:
+                with evaluating(run.model):
+                    done = np.concatenate(
+                        [
+                            complete(
+                                run.model,
+                                image,
+                                keep,
+                                n_samples=1,
+                                seed=self.cfg.seed,
+                                cancel=self.cancelled,
+                            )  # fmt: skip
+                            for image in self.images
+                        ]
                     )
-                )
-            step += 1
-            state.change(lambda s, step=step: setattr(s, "step", step))
-            horizon = total or 10 * CALIBRATION[1]  # while timing: log-spaced over 600
-            eval_every = cfg.eval_every or (max(1, total // EVALS) if total else EARLY_EVAL)
-            if step % eval_every == 0 or step == total:
-                for run, lane in zip(runs, lanes, strict=True):
-                    check()
-                    bpd = held_out_bpd(run, cfg.eval_images)
-                    run.record["history"][-1]["test_bpd"] = bpd
-                    state.change(
-                        lambda s, lane=lane, b=bpd, st=step: lane.test.append(
-                            (st, lane.seconds[-1], b)
-                        )
-                    )
-            if snapshot_due(step, horizon) or step == total:
-                for run, recorder, lane in zip(runs, recorders, lanes, strict=True):
-                    check()
-                    recorder.record(run.model, step, run.record["history"][-1]["train_bpd"])
-                    _take_snapshot(state, lane, recorder, step)
-            if complete_images is not None and total is not None:
-                complete_every = complete_every or max(1, total // 8)
-                if step % complete_every == 0 or step == total:
-                    _complete(state, runs, lanes, complete_images, keep, step, cfg, cancelled)
-    except RaceStopped:
-        if step == 0 and not any(run.step for run in runs):
-            raise  # nothing trained: run_race removes the folders
-        end = reason() or END_STOPPED
-    if total is None:  # ended while timing (a small budget, or stopped): the steps it ran
-        total = step
-        state.change(lambda s, total=total: setattr(s, "total", total))
-    trained = time.monotonic() - started
-    state.change(lambda s: (setattr(s, "phase", "saving"), setattr(s, "end", end)))
-    stopped = None if end == END_SCHEDULE else end
-    record = _save(cfg, out, runs, lanes, baselines, stopped, trained, state, end)
-    state.change(lambda s: setattr(s, "phase", "saved"))
-    return record
+            except SamplingCancelled:
+                raise RaceStopped from None
+
+            def put(s: RaceState, lane=lane, done=done, step=self.step) -> None:
+                lane.completion_step, lane.completions = step, done
+
+            self.state.change(put)
+
+    def save(self) -> dict:
+        """Every model as a run folder (weights, config and run.json; no optimizer state), then
+        the race's arrays (race.npz: probe images, kept halves, completions) and, last, its
+        record (race.json): everything load_race needs to show the race again."""
+        self.state.change(lambda s: (setattr(s, "phase", "saving"), setattr(s, "end", self.end)))
+        stopped = None if self.end == END_SCHEDULE else self.end
+        results = {
+            lane.name: self.save_lane(run, lane, stopped)
+            for run, lane in zip(self.runs, self.lanes, strict=True)
+        }
+        view = self.state.view()
+        arrays = {"probes": view.probes, "kept": view.kept}
+        arrays |= {f"completions_{lane.name}": lane.completions for lane in self.lanes}
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: v for k, v in arrays.items() if v is not None})
+        write_atomic(self.out / RACE_NPZ, buf.getvalue())
+        record = {
+            "race": asdict(self.cfg),
+            "layouts": results,
+            "baselines": self.baselines,
+            "stopped": stopped,
+            "end": self.end,
+            "steps": view.step,
+            "total": view.total,
+            "probe_pixel": list(view.probe_pixel) if view.probe_pixel else None,
+            "wall_time_s": round(self.trained, 2),
+            "saved": True,
+        }
+        write_atomic(self.out / RACE_FILE, json_bytes(record))  # last: a race.json means a race
+        self.state.change(lambda s: setattr(s, "phase", "saved"))
+        return record
+
+    def save_lane(self, run: Run, lane: Lane, stopped: str | None) -> dict:
+        """One lane's run folder, and its line of race.json."""
+        last = run.record.history[-1]
+        if "test_bpd" not in last and last.get("step") == run.step and lane.seconds:
+            # ended between held-out points (a budget, a Stop): its last step gets one, so
+            # every curve ends where its model does
+            test_bpd = self.held_out(run, lane)
+        else:
+            test_bpd = held_out_bpd(run, self.cfg.eval_images)
+        final = {
+            "step": run.step,
+            "train_bpd_last100": _last(run.record.history, 100),
+            "test_bpd": round(test_bpd, 4),
+            "test_images": min(self.cfg.eval_images, len(run.test_tokens)),
+            "seconds": round(lane.seconds[-1], 2) if lane.seconds else 0.0,
+            "seconds_per_step": lane.seconds_per_step,  # the median
+            "seconds_per_step_p10_p90": lane.step_spread,
+        }
+        describe(run, size=self.cfg.size)
+        run.record.wall_time_s = round(self.trained, 2)
+        run.record.playground = {
+            "race": RACE_FILE, "stopped": stopped, "end": self.end, "nnz": lane.nnz
+        }  # fmt: skip
+        run.record.final = final
+        publish(run.out, model_files(run.model) | {RUN_FILE: run.record.to_bytes()})
+        return final | {
+            "spec": lane.spec,
+            "nnz": lane.nnz,
+            "density": lane.density,
+            "tokens": lane.tokens,
+            "backend": lane.backend,
+            "folder": lane.name,
+            "snapshot_step": lane.snapshot_step,
+            "completion_step": lane.completion_step,
+        }
+
+    def discard(self, made_out: bool) -> None:
+        """Remove what a race made before its first step: the lanes' folders (each made by
+        the race), then ``out`` when it is left empty (a folder reserved for the race is the
+        race's)."""
+        for run in self.runs:
+            shutil.rmtree(run.out, ignore_errors=True)
+        for name in (RACE_FILE, RACE_NPZ):
+            (self.out / name).unlink(missing_ok=True)
+        try:
+            self.out.rmdir()  # only when empty: never anything of someone else's
+        except OSError:
+            pass
 
 
 def _take_snapshot(state: RaceState, lane: Lane, recorder: TimelineRecorder, step: int) -> None:
@@ -590,118 +707,6 @@ def _take_snapshot(state: RaceState, lane: Lane, recorder: TimelineRecorder, ste
     state.change(put)
 
 
-def _complete(state, runs, lanes, images, keep, step, cfg, cancelled) -> None:
-    """Each model completes the same held-out images (top half kept), one sample each, with
-    the same seed; a Stop in the middle ends the race as stopped."""
-    for run, lane in zip(runs, lanes, strict=True):
-        run.model.eval()
-        try:
-            out = np.concatenate(
-                [
-                    complete(run.model, image, keep, n_samples=1, seed=cfg.seed, cancel=cancelled)
-                    for image in images
-                ]
-            )
-        except SamplingCancelled:
-            raise RaceStopped from None
-        finally:
-            run.model.train()
-
-        def put(s: RaceState, lane=lane, out=out) -> None:
-            lane.completion_step, lane.completions = step, out
-
-        state.change(put)
-
-
-def _save(cfg, out, runs, lanes, baselines, stopped, trained, state, end) -> dict:
-    """Every model as a run folder (weights and config, no optimizer state), and the race
-    record (race.json) with its arrays (race.npz: probe images, kept halves, completions)
-    beside them: everything load_race needs to show the race again."""
-    results = {}
-    for run, lane in zip(runs, lanes, strict=True):
-        test_bpd = held_out_bpd(run, cfg.eval_images)
-        last = run.record["history"][-1]
-        if "test_bpd" not in last and last.get("step") == run.step and lane.seconds:
-            # ended between held-out points (a budget, a Stop): its last step gets one, so
-            # every curve ends where its model does
-            last["test_bpd"] = test_bpd
-            state.change(
-                lambda s, lane=lane, st=run.step, b=test_bpd: lane.test.append(
-                    (st, lane.seconds[-1], b)
-                )
-            )
-        final = {
-            "step": run.step,
-            "train_bpd_last100": _last(run.record["history"], 100),
-            "test_bpd": round(test_bpd, 4),
-            "test_images": min(cfg.eval_images, len(run.test_tokens)),
-            "seconds": round(lane.seconds[-1], 2) if lane.seconds else 0.0,
-            "seconds_per_step": lane.seconds_per_step,  # the median
-            "seconds_per_step_p10_p90": lane.step_spread,
-        }
-        run.record.update(
-            {
-                "train_config": asdict(run.cfg),
-                "model_config": run.model.config.to_dict(),
-                "params": sum(p.numel() for p in run.model.parameters()),
-                "data": {
-                    "source": cfg.data,
-                    "size": cfg.size,
-                    "train_images": len(run.train_tokens),
-                    "test_images": len(run.test_tokens),
-                },
-                "steps": run.step,
-                "images_seen": run.step * cfg.batch_size,
-                "wall_time_s": round(trained, 2),
-                "device": device_name(run.ranks.device),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "playground": {"race": RACE_FILE, "stopped": stopped, "end": end, "nnz": lane.nnz},
-                "final": final,
-            }
-        )
-        files = model_files(run.model)
-        for name, data in files.items():
-            write_atomic(run.out / name, data)
-        write_atomic(run.out / RUN_FILE, _record_bytes(run.record))
-        results[lane.name] = final | {
-            "spec": lane.spec,
-            "nnz": lane.nnz,
-            "density": lane.density,
-            "tokens": lane.tokens,
-            "backend": lane.backend,
-            "folder": lane.name,
-            "snapshot_step": lane.snapshot_step,
-            "completion_step": lane.completion_step,
-        }
-    view = state.view()
-    arrays = {}
-    if view.probes is not None:
-        arrays["probes"] = view.probes
-    if view.kept is not None:
-        arrays["kept"] = view.kept
-    for lane in lanes:
-        if lane.completions is not None:
-            arrays[f"completions_{lane.name}"] = lane.completions
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    write_atomic(out / RACE_NPZ, buf.getvalue())
-    record = {
-        "race": asdict(cfg),
-        "layouts": results,
-        "baselines": baselines,
-        "stopped": stopped,
-        "end": end,
-        "steps": view.step,
-        "total": view.total,
-        "probe_pixel": list(view.probe_pixel) if view.probe_pixel else None,
-        "wall_time_s": round(trained, 2),
-        "saved": True,
-    }
-    write_atomic(out / RACE_FILE, _record_bytes(record))  # last: a race.json means a whole race
-    return record
-
-
 class RaceFileError(ValueError):
     """A saved race that cannot be shown: named, with the problem."""
 
@@ -711,18 +716,13 @@ def load_race(folder: str | Path) -> RaceView:
     the RaceView a page draws, the same as it was at the race's end. Every file is read through
     models/files.py (a regular file, bounded in size); RaceFileError names what is wrong."""
     folder = Path(folder)
-
-    def read_json(path: Path, limit: int) -> dict:
-        data = read_file(path, limit, what="race file", error=RaceFileError)
-        try:
-            value = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise RaceFileError(f"{path} is not JSON ({e})") from None
-        if not isinstance(value, dict):
-            raise RaceFileError(f"{path} is not a race record")
-        return value
-
-    record = read_json(folder / RACE_FILE, MAX_RACE_JSON)
+    data = read_file(folder / RACE_FILE, MAX_RACE_JSON, what="race file", error=RaceFileError)
+    try:
+        record = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise RaceFileError(f"{folder / RACE_FILE} is not JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise RaceFileError(f"{folder / RACE_FILE} is not a race record")
     try:
         arrays = load_npz(
             read_file(folder / RACE_NPZ, MAX_RACE_NPZ, what="race file", error=RaceFileError),
@@ -730,43 +730,7 @@ def load_race(folder: str | Path) -> RaceView:
             8 * MAX_RACE_NPZ,
             RaceFileError,
         )
-        lanes = []
-        for name, info in record["layouts"].items():
-            sub = folder / str(info["folder"])
-            if Path(str(info["folder"])).name != str(info["folder"]):
-                raise RaceFileError(f"{folder / RACE_FILE}: lane folder {info['folder']!r}")
-            history = read_json(sub / RUN_FILE, MAX_RUN_JSON)["history"]
-            trained = [h for h in history if "train_bpd" in h]
-            timeline = load_timeline(sub)
-            rows = types = None
-            if timeline is not None and len(timeline.steps):
-                rows = timeline.rows[-1, 0]
-                names = timeline.meta.get("head_types", [])
-                types = [[str(names[int(c)]) for c in layer] for layer in timeline.types[-1]]
-            lanes.append(
-                Lane(
-                    name=str(name),
-                    spec=str(info["spec"]),
-                    nnz=int(info["nnz"]),
-                    tokens=int(info["tokens"]),
-                    density=float(info["density"]),
-                    backend=str(info.get("backend", "")),
-                    folder=str(sub),
-                    steps=[int(h["step"]) for h in trained],
-                    seconds=[float(h["seconds"]) for h in trained],
-                    train_bpd=[float(h["train_bpd"]) for h in trained],
-                    test=[
-                        (int(h["step"]), float(h["seconds"]), float(h["test_bpd"]))
-                        for h in history
-                        if "test_bpd" in h
-                    ],
-                    snapshot_step=int(timeline.steps[-1]) if rows is not None else None,
-                    rows=rows,
-                    types=types,
-                    completion_step=info.get("completion_step"),
-                    completions=arrays.get(f"completions_{name}"),
-                )
-            )
+        lanes = [_load_lane(folder, str(n), info, arrays) for n, info in record["layouts"].items()]
         pixel = record.get("probe_pixel")
         return RaceView(
             lanes=lanes,
@@ -789,6 +753,46 @@ def load_race(folder: str | Path) -> RaceView:
         raise
     except (KeyError, TypeError, ValueError, IndexError, OSError, EOFError, TimelineError) as e:
         raise RaceFileError(f"{folder} is not a readable race ({type(e).__name__}: {e})") from None
+
+
+def _load_lane(folder: Path, name: str, info: dict, arrays: dict[str, np.ndarray]) -> Lane:
+    """One lane of a saved race: its line of race.json, its run.json and its timeline."""
+    sub = folder / str(info["folder"])
+    if Path(str(info["folder"])).name != str(info["folder"]):
+        raise RaceFileError(f"{folder / RACE_FILE}: lane folder {info['folder']!r}")
+    try:
+        history = read_run_record(sub / RUN_FILE).history
+    except CheckpointError as e:
+        raise RaceFileError(str(e)) from None
+    trained = [h for h in history if "train_bpd" in h]
+    timeline = load_timeline(sub)
+    rows = types = None
+    if timeline is not None and len(timeline.steps):
+        rows = timeline.rows[-1, 0]
+        names = timeline.meta.get("head_types", [])
+        types = [[str(names[int(c)]) for c in layer] for layer in timeline.types[-1]]
+    return Lane(
+        name=name,
+        spec=str(info["spec"]),
+        nnz=int(info["nnz"]),
+        tokens=int(info["tokens"]),
+        density=float(info["density"]),
+        backend=str(info.get("backend", "")),
+        folder=str(sub),
+        steps=[int(h["step"]) for h in trained],
+        seconds=[float(h["seconds"]) for h in trained],
+        train_bpd=[float(h["train_bpd"]) for h in trained],
+        test=[
+            (int(h["step"]), float(h["seconds"]), float(h["test_bpd"]))
+            for h in history
+            if "test_bpd" in h
+        ],
+        snapshot_step=int(timeline.steps[-1]) if rows is not None else None,
+        rows=rows,
+        types=types,
+        completion_step=info.get("completion_step"),
+        completions=arrays.get(f"completions_{name}"),
+    )
 
 
 def _last(history: list[dict], k: int) -> float | None:

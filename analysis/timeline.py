@@ -16,13 +16,13 @@ the file is compressed. They are written after every snapshot (atomically) as ``
 with ``timeline.json`` (what was recorded, and how) in the run folder; a resumed run keeps the
 snapshots up to its checkpoint and records the rest.
 
-models/ may not import analysis/ (docs/DESIGN.md, "Layering"): the recorder is handed the
-metric functions (``measure`` = analysis.metrics.head_metrics, ``classify`` =
-analysis.metrics.head_type) by whoever starts the run (tools/train.py, the tests).
+The heads are measured with analysis.metrics (head_metrics) and typed with
+analysis.learned.head_types, the rules every page uses.
 
-The dependency runs one way: models/training.py calls a recorder; this module knows nothing of
-a training run beyond what each call hands it (the folder, the model, the test tokens, the
-step), so the Playground's race (models/race.py) records through the same calls.
+The dependency runs one way: models/training.py calls a recorder (``begin``, ``after_step``);
+this module knows nothing of a training run beyond what each call hands it (the folder, the
+model, the test tokens, the step), so the Playground's race (analysis/race.py) records through
+the same calls.
 """
 
 from __future__ import annotations
@@ -31,17 +31,18 @@ import io
 import json
 import math
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from analysis.learned import head_types
+from analysis.metrics import head_metrics
 from kernels.layouts import image_layout_spec, parse_layout
 from models.checkpoint import write_atomic
 from models.files import read_file
-from models.model import SparseTransformer
+from models.model import SparseTransformer, evaluating
 
 TIMELINE_NPZ = "timeline.npz"
 TIMELINE_JSON = "timeline.json"
@@ -202,18 +203,12 @@ def save_timeline(folder: str | Path, timeline: Timeline) -> None:
     write_atomic(folder / TIMELINE_JSON, (json.dumps(meta, indent=1) + "\n").encode())
 
 
-Measure = Callable[..., dict]  # head_metrics(probs, queries, geometry, layout, heads)
-Classify = Callable[[dict], str]  # head_type(metrics of one head)
-
-
 @torch.no_grad()
 def snapshot(
     model: SparseTransformer,
     probes: torch.Tensor,
     *,
     pixel_token: int,
-    measure: Measure,
-    classify: Classify,
     query_stride: int = QUERY_STRIDE,
 ) -> dict:
     """One snapshot of ``model`` on probe tokens [P, N]: a dict of arrays for one step
@@ -223,9 +218,7 @@ def snapshot(
     config = model.config
     geometry = config.geometry
     n = geometry.n_tokens
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         device = next(model.parameters()).device
         tokens = probes.to(device=device, dtype=torch.long)  # [P, N]
         queries = np.arange(geometry.row_stride, n, query_stride, dtype=np.int64)
@@ -234,8 +227,6 @@ def snapshot(
         pooled = model.capture(tokens, form="pooled", block=geometry.row_stride)
         logits = model(tokens)  # [P, N, 256]
         nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
-    finally:
-        model.train(was_training)
     at = {int(q): k for k, q in enumerate(asked)}
     pick = [at[int(q)] for q in queries]
     heads = list(range(config.n_head))
@@ -249,13 +240,13 @@ def snapshot(
         q_probs = probs[:, :, pick]  # [P, H, Q, N]
         per = {}
         for k, (name, layout) in enumerate(layouts.items()):
-            m = measure(q_probs, queries, geometry, layout, heads)  # each [P, H]
+            m = head_metrics(q_probs, queries, geometry, layout, heads)  # each [P, H]
             per[f"coverage_{name}"] = m["coverage"].mean(0)
             if k == 0:
                 per.update({name_: m[name_].mean(0) for name_ in METRICS})
         for name, v in per.items():
             metrics.setdefault(name, []).append(v)
-        types.append([classify({k: float(v[h]) for k, v in per.items()}) for h in heads])
+        types.append(head_types(per))
     return {
         "rows": np.stack(out_rows, axis=1),  # [P, L, H, N]
         "pooled": np.stack(
@@ -276,8 +267,6 @@ class TimelineRecorder:
         self,
         probes: int,
         *,
-        measure: Measure,
-        classify: Classify,
         points: int = POINTS,
         pixel: tuple[int, int] | None = None,
         query_stride: int = QUERY_STRIDE,
@@ -287,7 +276,6 @@ class TimelineRecorder:
         if points < 1:
             raise ValueError(f"timeline points must be >= 1, got {points}")
         self.count = probes
-        self.measure, self.classify = measure, classify
         self.points = points
         self.pixel = pixel
         self.query_stride = query_stride
@@ -333,8 +321,6 @@ class TimelineRecorder:
             model,
             self.probes,
             pixel_token=pixel_token,
-            measure=self.measure,
-            classify=self.classify,
             query_stride=self.query_stride,
         )
         rows = snap["rows"]  # [P, L, H, N]
