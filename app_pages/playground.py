@@ -1,10 +1,10 @@
 """Playground: train up to four layout families side by side from the browser, and watch them.
 
 Any static family of kernels/layouts.py can race (dense, strided and fixed by default), each
-with its parameters sized for the image (models.race.family_defaults) and editable within the
+with its parameters sized for the image (analysis.race.family_defaults) and editable within the
 range the page states; a bad value is named in one message and Train waits for a good one.
 
-The race (models/race.py) runs in the server's training pool (app_pages/playground_job.py);
+The race (analysis/race.py) runs in the server's training pool (app_pages/playground_job.py);
 this page starts it, shows its place in the queue, and redraws what it has so far every
 REFRESH_SECONDS in a fragment (only this part of the page reruns): bits/dim against steps and
 against seconds, each layout's cost, every head's attention of the probe pixel, and the
@@ -12,7 +12,7 @@ completions. At the end each model is an ordinary run folder that the other page
 
 Before anyone trains, the page shows a finished race shipped with the project (SHIPPED_RACE:
 dense, strided and fixed at 14 x 14, trained with python -m tools.bench_race on a CPU; its
-README says how), drawn by the same code from its saved folder (models.race.load_race).
+README says how), drawn by the same code from its saved folder (analysis.race.load_race).
 """
 
 from pathlib import Path
@@ -21,6 +21,20 @@ import numpy as np
 import streamlit as st
 
 from analysis.maps import pixel_map
+from analysis.race import (
+    LAYOUT_KINDS,
+    MAX_LANES,
+    RACE_FAMILIES,
+    RaceConfig,
+    RaceFileError,
+    RaceView,
+    check_race,
+    family_defaults,
+    family_param_ranges,
+    layout_spec_for,
+    load_race,
+    race_memory,
+)
 from app_pages.common import (
     PLAYGROUND_PREFIX,
     ROOT,
@@ -45,20 +59,6 @@ from app_pages.playground_job import (
     start_race,
 )
 from kernels.composed import CROSSOVER_N
-from models.race import (
-    LAYOUT_KINDS,
-    MAX_LANES,
-    RACE_FAMILIES,
-    RaceConfig,
-    RaceFileError,
-    RaceView,
-    check_race,
-    family_defaults,
-    family_param_ranges,
-    layout_spec_for,
-    load_race,
-    race_memory,
-)
 from models.tokens import Geometry
 from viz.export import Exportable
 from viz.figures import head_grid_figure
@@ -370,7 +370,7 @@ def live(was_running: bool) -> None:
     if view.phase == "loading":
         st.caption("Loading the images and building the models...")
         return
-    # one truth: how the race ended is the word race.json holds (models.race END_*)
+    # one truth: how the race ended is the word race.json holds (analysis.race END_*)
     if view.end is not None:
         status = f"{view.phase} ({view.end})"
     elif task.cancelled and not task.finished:

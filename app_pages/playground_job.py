@@ -1,4 +1,4 @@
-"""The Playground's training job: a race (models/race.py) in the server's training pool.
+"""The Playground's training job: a race (analysis/race.py) in the server's training pool.
 
 Training takes minutes, so it gets a pool of its own (TRAINING_POOL: one worker, the same Task,
 queue, Stop, memory refusal and session watch as app_pages/jobs.py) instead of a worker of the
@@ -15,7 +15,7 @@ once for that value (a typo such as "disabled" or "of" never opens training to e
 
 A race's folder is reserved (created, empty) when it is queued, not when it starts: two races
 queued in the same second get two folders, and a race cancelled in the queue or stopped before
-its first step leaves none behind (models.race.run_race removes what it made).
+its first step leaves none behind (analysis.race.run_race removes what it made).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.race import RaceConfig, RaceState, race_memory, run_race
 from app_pages.jobs import QUEUED, Task, WorkerPool
-from models.race import RaceConfig, RaceState, race_memory, run_race
 
 PLAYGROUND_ENV = "SPARSE_EXPLORER_PLAYGROUND"
 ON_WORDS = ("on", "1", "true", "yes", "y", "enable", "enabled")
@@ -140,16 +140,12 @@ def start_race(
     def work(task: Task) -> dict:
         import torch
 
-        from analysis.metrics import head_metrics, head_type
-
         # one core: the pages' threads keep the other (get_model sets the same, process-wide)
         torch.set_num_threads(1)
         state.change(lambda s: setattr(s, "started", time.monotonic()))
         return run_race(
             cfg,
             folder,
-            measure=head_metrics,
-            classify=head_type,
             state=state,
             cancelled=lambda: task.cancelled,
             reason=lambda: task.reason,

@@ -1,4 +1,4 @@
-"""Training: attention as it forms, from the timeline a run records (models/timeline.py).
+"""Training: attention as it forms, from the timeline a run records (analysis/timeline.py).
 
 Any run folder under runs/ ($SPARSE_EXPLORER_RUNS; the Playground's races are there too), the
 shipped runs (assets/runs/) or the models folder; one without timeline.npz is named as such
@@ -7,7 +7,6 @@ snapshots: every head's attention of the probe pixel, the row-pooled maps, each 
 and type as curves, and bits/dim.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,11 @@ import streamlit as st
 
 from analysis.maps import pixel_map, token_map
 from analysis.metrics import HEAD_TYPES
+from analysis.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeline
 from app_pages.common import ROOT, as_text, export_panel, models_dir, runs_dir, show_image
-from models.files import FileInputError, read_file
-from models.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeline
+from models.checkpoint import CheckpointError
+from models.run_folder import RUN_FILE, RunRecord, read_run_record
 from models.tokens import Geometry
-from models.training import MAX_RECORD_BYTES
 from viz.export import Exportable, safe_name
 from viz.figures import head_grid_figure
 from viz.inspect_figures import bpd_figure, curves_figure, type_timeline_figure
@@ -111,20 +110,18 @@ def cached_timeline(path: str, stamp: float) -> Timeline | None:
 
 
 @st.cache_data(max_entries=8, ttl=3600, show_spinner=False)
-def cached_record(path: str, stamp: float) -> dict | None:
+def cached_record(path: str, stamp: float) -> RunRecord | None:
     """run.json of a folder (read through models/files.py: a regular file, bounded), its
     history kept to the entries a curve can use; None when there is none or it is unreadable."""
-    file = Path(path) / "run.json"
+    file = Path(path) / RUN_FILE
     if not file.exists():
         return None
     try:
-        record = json.loads(read_file(file, MAX_RECORD_BYTES, what="run record"))
-    except (FileInputError, ValueError, RecursionError):
+        record = read_run_record(file)
+    except CheckpointError:
         return None
-    if not isinstance(record, dict):
-        return None
-    history = record.get("history") if isinstance(record.get("history"), list) else []
-    record["history"] = [
+    history = record.history if isinstance(record.history, list) else []
+    record.history = [
         h
         for h in history
         if isinstance(h, dict)
@@ -160,7 +157,7 @@ except (OSError, ValueError) as e:  # what the checks above cannot foresee (a lo
 if not is_folder:
     st.warning(f"{as_text(typed or folder_name)} is not a folder.")
     st.stop()
-record = cached_record(str(folder), mtime(folder / "run.json"))
+record = cached_record(str(folder), mtime(folder / RUN_FILE))
 npz = folder / TIMELINE_NPZ
 try:
     timeline = cached_timeline(str(folder), mtime(npz))
@@ -168,7 +165,7 @@ except TimelineError as e:
     st.error(as_text(e))
     st.stop()
 
-history = (record or {}).get("history") or []
+history = record.history if record is not None else []
 train_xy = test_xy = None
 if history:
     steps_h = np.array([h["step"] for h in history if "train_bpd" in h])
