@@ -117,21 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"marks": {}}
     pending = list(marks)
 
-    def row_of(view) -> dict:
-        return {
-            lane.name: {
-                "step": lane.steps[-1] if lane.steps else 0,
-                "held_out_bpd": round(lane.test[-1][2], 4) if lane.test else None,
-                "train_bpd_last20": round(float(np.mean(lane.train_bpd[-20:])), 4)
-                if lane.train_bpd
-                else None,
-                "backend": lane.backend,
-                "ms_per_step_median": round(1e3 * (lane.seconds_per_step or 0), 1),
-                "ms_per_step_p10_p90": [round(1e3 * t, 1) for t in lane.step_spread or ()],
-            }
-            for lane in view.lanes
-        }
-
     def watch() -> None:
         while state.phase not in ("saving", "saved", "discarded"):
             view = state.view()
@@ -158,6 +143,34 @@ def main(argv: list[str] | None = None) -> int:
     if pending:  # a mark at the budget's end: the race's last numbers (its end comes first)
         at = (time.monotonic() - start) / 60
         report["marks"][f"end ({at:.1f} min, for {', '.join(map(str, pending))})"] = row_of(view)
+    summarise(report, record, view)
+    text = json.dumps(report, indent=1)
+    write_atomic(args.out / BENCH_FILE, (text + "\n").encode())
+    print(text)
+    print(cost_table(record, view))
+    return 0
+
+
+def row_of(view) -> dict:
+    """Each lane's numbers at a mark: step, held-out and train bits/dim, kernel, step time."""
+    return {
+        lane.name: {
+            "step": lane.steps[-1] if lane.steps else 0,
+            "held_out_bpd": round(lane.test[-1][2], 4) if lane.test else None,
+            "train_bpd_last20": round(float(np.mean(lane.train_bpd[-20:])), 4)
+            if lane.train_bpd
+            else None,
+            "backend": lane.backend,
+            "ms_per_step_median": round(1e3 * (lane.seconds_per_step or 0), 1),
+            "ms_per_step_p10_p90": [round(1e3 * t, 1) for t in lane.step_spread or ()],
+        }
+        for lane in view.lanes
+    }
+
+
+def summarise(report: dict, record: dict, view) -> None:
+    """The race's end into ``report``: final numbers, baselines, head types, when each lane's
+    held-out curve first fell below the uniform baseline, and how the race ended."""
     report["final"] = record["layouts"]
     report["baselines"] = record["baselines"]
     report["head_types"] = {
@@ -170,11 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         first_below[lane.name] = None if not below else round(below[0], 1)
     report["first_below_uniform_training_s"] = first_below
     report["race"] = {k: record[k] for k in ("end", "steps", "total", "wall_time_s")}
-    text = json.dumps(report, indent=1)
-    write_atomic(args.out / BENCH_FILE, (text + "\n").encode())
-    print(text)
-    print(cost_table(record, view))
-    return 0
 
 
 def cost_table(record: dict, view) -> str:
