@@ -40,10 +40,13 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -68,12 +71,13 @@ SIZE = 28  # the shipped models' images: 28 x 28
 
 
 @contextlib.contextmanager
-def server() -> Iterator[tuple[str, float]]:
-    """A fresh `streamlit run` on a free port: (url, the time it was started)."""
+def server(root: Path = ROOT) -> Iterator[tuple[str, float]]:
+    """A fresh `streamlit run` of ``root``'s app on a free port: (url, the time it was
+    started)."""
     port = free_port()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        streamlit_command(port), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        streamlit_command(port), cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         yield f"http://127.0.0.1:{port}", t0
@@ -108,19 +112,41 @@ def drawn(page, key: str, text: str = "", timeout: float = 120_000) -> None:
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
 
-def first_page_seconds(browser) -> float:
+def wait_until_up(url: str) -> None:
+    """Until the server answers its health check (it listens, its first page can be asked)."""
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return
+        except OSError:
+            time.sleep(0.05)
+
+
+def no_skeletons(page) -> None:
+    """Until no element of the page is a grey skeleton (a chart whose code is still loading)."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=stSkeleton]')", polling="raf"
+    )
+
+
+def first_page_seconds(browser, root: Path = ROOT) -> tuple[float, float]:
+    """The Layouts page fully drawn (its chart titled, no skeleton left): seconds after
+    `streamlit run` and after the browser's request (the server listening)."""
     page = browser.new_page(viewport=VIEWPORT)
-    with server() as (url, t0):
-        goto_when_up(page, url)
+    with server(root) as (url, t0):
+        wait_until_up(url)
+        asked = time.perf_counter()
+        page.goto(url)
         drawn(page, "lay_pixels_strided", "keys of pixel")
-        took = time.perf_counter() - t0
+        no_skeletons(page)
+        now = time.perf_counter()
     page.close()
-    return took
+    return now - t0, now - asked
 
 
-def attention_first_open_seconds(browser) -> float:
+def attention_first_open_seconds(browser, root: Path = ROOT) -> float:
     page = browser.new_page(viewport=VIEWPORT)
-    with server() as (url, _):
+    with server(root) as (url, _):
         goto_when_up(page, url)
         drawn(page, "lay_pixels_strided", "keys of pixel")
         t = time.perf_counter()
@@ -290,11 +316,13 @@ def shipped_timeline() -> str | None:
     return str(found[0].parent.relative_to(ROOT)) if found else None
 
 
-def training_interactions(page, repeats: int, folder: str) -> dict[str, list[float]]:
+def training_interactions(
+    page, repeats: int, folder: str, root: Path = ROOT
+) -> dict[str, list[float]]:
     """The Training page's step slider moved one step (keyboard on its thumb), on ``folder``
     (a run with a timeline); chart trn_grid's title names the step."""
     out: dict[str, list[float]] = {"move the step slider": []}
-    steps = json.loads((ROOT / folder / "timeline.json").read_text())["steps"]
+    steps = json.loads((root / folder / "timeline.json").read_text())["steps"]
     click_menu(page, "Training")
     page.wait_for_selector(".st-key-trn_folder")
     page.wait_for_selector(IDLE)
@@ -340,13 +368,14 @@ def speed_interactions(page, repeats: int) -> dict[str, list[float]]:
 
 
 def page_interactions(
-    browser, parts: set[str], repeats: int, timeline: str | None = None
+    browser, parts: set[str], repeats: int, timeline: str | None = None, root: Path = ROOT
 ) -> list[tuple[str, list[float]]]:
-    """The interactive parts asked for, on one server: [(what, seconds)]; the Training part on
-    the run folder ``timeline`` (default: one shipped, shipped_timeline)."""
+    """The interactive parts asked for, on one server of ``root``'s app: [(what, seconds)];
+    the Training part on the run folder ``timeline`` (default: one shipped,
+    shipped_timeline)."""
     results: list[tuple[str, list[float]]] = []
     page = browser.new_page(viewport=VIEWPORT)
-    with server() as (url, _):
+    with server(root) as (url, _):
         goto_when_up(page, url)
         drawn(page, "lay_pixels_strided", "keys of pixel")
         if "attention" in parts:
@@ -359,7 +388,7 @@ def page_interactions(
             for name, times in predictions_interactions(page, repeats).items():
                 results.append((f"Predictions: {name}", times))
         if "training" in parts and (folder := timeline or shipped_timeline()) is not None:
-            for name, times in training_interactions(page, repeats, folder).items():
+            for name, times in training_interactions(page, repeats, folder, root).items():
                 results.append((f"Training ({folder}): {name}", times))
         if "speed" in parts:
             for name, times in speed_interactions(page, repeats).items():
@@ -368,11 +397,11 @@ def page_interactions(
     return results
 
 
-def learned_seconds(browser) -> tuple[float, float]:
+def learned_seconds(browser, root: Path = ROOT) -> tuple[float, float]:
     """Learned vs prescribed on 8 test images: cold (fresh server) and warm (opened again)."""
     page = browser.new_page(viewport=VIEWPORT)
     times = []
-    with server() as (url, _):
+    with server(root) as (url, _):
         goto_when_up(page, url)
         drawn(page, "lay_pixels_strided", "keys of pixel")
         for _ in range(2):
@@ -472,15 +501,54 @@ def server_ms(repeats: int, parts: set[str]) -> list[tuple[str, list[float]]]:
     return results
 
 
-def line(name: str, seconds: list[float], goal: str, unit: str = "ms") -> str:
-    scale = 1000 if unit == "ms" else 1
+def summary(seconds: list[float], unit: str) -> str:
+    """The median and the range: "326 ms (279-381)" or "2.41 s (2.30-2.62)"."""
+    scale, digits = (1000, 0) if unit == "ms" else (1, 2)
     med = statistics.median(seconds) * scale
     lo, hi = min(seconds) * scale, max(seconds) * scale
-    digits = 0 if unit == "ms" else 2
+    return f"{med:.{digits}f} {unit} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+def line(name: str, seconds: list[float], goal: str, unit: str = "ms") -> str:
+    return f"| {name} (median of {len(seconds)}; range) | {summary(seconds, unit)} | {goal} |"
+
+
+def compared_line(
+    name: str, ours: list[float], theirs: list[float] | None, goal: str, unit: str = "ms"
+) -> str:
+    """A row with the baseline's times beside ours and the speed-up (their median / ours)."""
+    if theirs is None:
+        return line(name, ours, goal, unit)
+    speedup = statistics.median(theirs) / statistics.median(ours)
     return (
-        f"| {name} (median of {len(seconds)}; range) | {med:.{digits}f} {unit} "
-        f"({lo:.{digits}f}-{hi:.{digits}f}) | {goal} |"
+        f"| {name} (medians of {len(ours)} and {len(theirs)}; range) | {summary(ours, unit)} | "
+        f"{summary(theirs, unit)} | {speedup:.2f}x | {goal} |"
     )
+
+
+def baseline_tree(rev: str) -> Path:
+    """A checkout of commit ``rev`` beside this one (a git worktree in the temporary folder,
+    made once and reused), whose app the baseline measurements run."""
+    sha = commit_arg(rev)
+    tree = Path(tempfile.gettempdir()) / f"sparse-explorer-baseline-{sha[:12]}"
+    if not (tree / "app.py").is_file():
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, check=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), sha],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+    return tree
+
+
+def baseline_timeline(tree: Path, folder: str) -> str:
+    """``folder`` (a run with a timeline in this checkout) copied under the baseline's runs/,
+    where an older Training page looks: its path there."""
+    target = tree / "runs" / Path(folder).name
+    if not target.exists():
+        shutil.copytree(ROOT / folder, target)
+    return str(target.relative_to(tree))
 
 
 def parts_arg(text: str) -> set[str]:
@@ -529,8 +597,31 @@ def _main(argv: list[str] | None = None) -> int:
         help="a run folder inside the project with a timeline, for the training part "
         "(default: one shipped under assets/models)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=commit_arg,
+        default=None,
+        metavar="REV",
+        help="also measure this commit's app (a git worktree of it), taking turns with this "
+        "tree's, and print the speed-up (e.g. 2eea64a)",
+    )
     args = parser.parse_args(argv)
-    return measure(args.parts, args.repeats, args.servers, args.learned, args.timeline)
+    return measure(
+        args.parts, args.repeats, args.servers, args.learned, args.timeline, args.baseline
+    )
+
+
+def commit_arg(text: str) -> str:
+    """An argparse type: a commit of this repository, as its full hash."""
+    found = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{text}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode != 0 or not text.strip() or text.startswith("-"):
+        raise argparse.ArgumentTypeError(f"{text!r}: not a commit of this repository")
+    return found.stdout.strip()
 
 
 def timeline_arg(text: str) -> str:
@@ -544,43 +635,77 @@ def timeline_arg(text: str) -> str:
     return str(path.relative_to(ROOT))
 
 
+INTERACTION_GOAL = "<= 400 ms"
+FASTER = 1.6  # the speed-up over --baseline each interaction is to reach (issue 34)
+
+
 def measure(
-    parts: set[str], repeats: int, servers: int, learned: int, timeline: str | None = None
+    parts: set[str],
+    repeats: int,
+    servers: int,
+    learned: int,
+    timeline: str | None = None,
+    baseline: str | None = None,
 ) -> int:
-    """Run the parts asked for and print the table."""
+    """Run the parts asked for and print the table; with ``baseline`` (a commit), the same
+    measurements of that commit's app in the same run, alternating with this tree's."""
     from playwright.sync_api import sync_playwright
 
     load = os.getloadavg()[0]
+    trees = {"ours": ROOT}
+    if baseline:
+        trees["theirs"] = baseline_tree(baseline)
     print(
         f"# app responsiveness, {date.today()}, {os.cpu_count()} CPUs (load {load:.1f} at "
         "start), shipped models, CPU, headless Chromium, end to end (click to drawn); parts: "
-        f"{', '.join(p for p in PARTS if p in parts)}\n"
+        f"{', '.join(p for p in PARTS if p in parts)}"
+        + (
+            f"; baseline: commit {baseline[:7]} ({trees['theirs']}), alternating"
+            if baseline
+            else ""
+        )
+        + "\n"
     )
-    print("| measurement | result | goal |")
-    print("|---|---|---|")
+    if baseline:
+        print(f"| measurement | this tree | {baseline[:7]} | speed-up | goal |")
+        print("|---|---|---|---|---|")
+    else:
+        print("| measurement | result | goal |")
+        print("|---|---|---|")
     notes = []
     if "training" in parts and timeline is None and shipped_timeline() is None:
         notes.append(
             "Training step slider: not measured, no run with a timeline (timeline.npz) under "
             "assets/runs or assets/models"
         )
+
+    def row(name: str, times: dict[str, list[float]], goal: str, unit: str = "ms") -> None:
+        print(compared_line(name, times["ours"], times.get("theirs"), goal, unit), flush=True)
+
     browser_parts = {"first", "attention", "who", "predictions", "training", "speed", "learned"}
     if parts & browser_parts:
         with sync_playwright() as p:
             browser = launch_chromium(p)
             if "first" in parts and servers:
-                firsts = [first_page_seconds(browser) for _ in range(servers)]
-                print(line("first page drawn after `streamlit run`", firsts, "<= 5 s", "s"))
-                opens = [attention_first_open_seconds(browser) for _ in range(servers)]
-                print(line("Attention page, first open", opens, "<= 2 s", "s"), flush=True)
+                firsts = alternate(trees, servers, lambda root: first_page_seconds(browser, root))
+                started = {t: [a for a, _ in v] for t, v in firsts.items()}
+                asked = {t: [b for _, b in v] for t, v in firsts.items()}
+                row("first page drawn after the browser's request", asked, "<= 3 s", "s")
+                row("first page drawn after `streamlit run`", started, "(server start too)", "s")
+                opens = alternate(
+                    trees, servers, lambda root: attention_first_open_seconds(browser, root)
+                )
+                row("Attention page, first open", opens, "<= 2 s", "s")
             if parts & {"attention", "who", "predictions", "training", "speed"}:
-                for name, times in page_interactions(browser, parts, repeats, timeline):
-                    print(line(name, times, "<= 400 ms"), flush=True)
+                goal = INTERACTION_GOAL + (f", >= {FASTER}x" if baseline else "")
+                for name, times in interactions(browser, parts, repeats, timeline, trees):
+                    row(name, times, goal)
             if "learned" in parts and learned:
-                runs = [learned_seconds(browser) for _ in range(learned)]
-                cold, warm = [c for c, _ in runs], [w for _, w in runs]
-                print(line("Learned vs prescribed, 8 images, cold", cold, "<= 10 s", "s"))
-                print(line("Learned vs prescribed, 8 images, cached", warm, "<= 10 s", "s"))
+                runs = alternate(trees, learned, lambda root: learned_seconds(browser, root))
+                cold = {t: [c for c, _ in v] for t, v in runs.items()}
+                warm = {t: [w for _, w in v] for t, v in runs.items()}
+                row("Learned vs prescribed, 8 images, cold", cold, "<= 10 s", "s")
+                row("Learned vs prescribed, 8 images, cached", warm, "<= 10 s", "s")
             browser.close()
     if "server" in parts:
         # the clicks of the parts asked for; the Attention page's when none is
@@ -591,6 +716,35 @@ def measure(
         print(f"\n{note}.")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     return 0
+
+
+def alternate(trees: dict[str, Path], count: int, run) -> dict[str, list]:
+    """``run(root)`` ``count`` times for each tree, the trees taking turns (so a change in the
+    machine's load falls on both): {tree: [results]}."""
+    out: dict[str, list] = {name: [] for name in trees}
+    for _ in range(count):
+        for name, root in trees.items():
+            out[name].append(run(root))
+    return out
+
+
+def interactions(
+    browser, parts: set[str], repeats: int, timeline: str | None, trees: dict[str, Path]
+) -> list[tuple[str, dict[str, list[float]]]]:
+    """page_interactions of each tree, in halves that take turns (ours, theirs, ours,
+    theirs): [(what, {tree: seconds})]."""
+    halves = [repeats - repeats // 2, repeats // 2] if len(trees) > 1 else [repeats]
+    merged: dict[str, dict[str, list[float]]] = {}
+    for count in (c for c in halves if c):
+        for name, root in trees.items():
+            folder = timeline or shipped_timeline()
+            if root != ROOT and folder is not None and "training" in parts:
+                folder = baseline_timeline(root, folder)
+            for what, times in page_interactions(browser, parts, count, folder, root):
+                # the baseline's run folder is named by its own path: one row for both
+                what = what.split(" (")[0] + what[what.index(")") + 1 :] if "(" in what else what
+                merged.setdefault(what, {}).setdefault(name, []).extend(times)
+    return list(merged.items())
 
 
 if __name__ == "__main__":
