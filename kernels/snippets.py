@@ -27,6 +27,7 @@ from kernels.layouts import (
     Neighborhood,
     Sinks,
     Strided,
+    fixed_summary_offsets,
 )
 
 CAUSAL = "(q_idx >= kv_idx)"
@@ -92,7 +93,8 @@ def _terms(layout: Layout) -> list[tuple[str, str]]:
     if isinstance(layout, Fixed):
         l, c, k = layout.l, layout.c, layout.num_verts
         if k == 1:
-            summary = f"{CAUSAL} & (kv_idx % {l} >= {l - c})"
+            first, _ = fixed_summary_offsets(0, l, c, 1)
+            summary = f"{CAUSAL} & (kv_idx % {l} >= {first})"
         else:
             # head h takes summary set v = h mod k: offsets l-(v+1)c .. l-vc-1 of each block
             summary = (
@@ -133,20 +135,7 @@ def _terms(layout: Layout) -> list[tuple[str, str]]:
             ("vertical", f"{CAUSAL} & ((kv_idx // {size} + 1) % {layout.vert_stride} == 0)"),
         ]
     if isinstance(layout, BigBird):
-        size = layout.block
-        terms = [("window", f"{CAUSAL} & (q_idx // {size} - kv_idx // {size} < {layout.window})")]
-        if layout.globals:
-            terms.append(("global", f"{CAUSAL} & (kv_idx // {size} < {layout.globals})"))
-        if layout.random:
-            # a drawn block lies before the window, so it is causal without a check
-            draws = [
-                f"(kv_idx // {size} == random_block("
-                f"{layout.seed}, q_idx // {size}, {t}, {layout.random}, {layout.window}, "
-                f"{layout.globals}))"
-                for t in range(layout.random)
-            ]
-            terms.append(("random", _any(draws)))
-        return terms
+        return _bigbird_terms(layout)
     if isinstance(layout, MultiHead):
         p = len(layout.patterns)
         by_name: dict[str, list[str]] = {}
@@ -158,6 +147,24 @@ def _terms(layout: Layout) -> list[tuple[str, str]]:
         f"{layout!r} has no static mask_mod to write out (only the layouts of kernels/layouts.py "
         "do; top-k and MoBA select keys from the scores)"
     )
+
+
+def _bigbird_terms(layout: BigBird) -> list[tuple[str, str]]:
+    """_terms of BigBird: its window, global and random blocks."""
+    size = layout.block
+    terms = [("window", f"{CAUSAL} & (q_idx // {size} - kv_idx // {size} < {layout.window})")]
+    if layout.globals:
+        terms.append(("global", f"{CAUSAL} & (kv_idx // {size} < {layout.globals})"))
+    if layout.random:
+        # a drawn block lies before the window, so it is causal without a check
+        draws = [
+            f"(kv_idx // {size} == random_block("
+            f"{layout.seed}, q_idx // {size}, {t}, {layout.random}, {layout.window}, "
+            f"{layout.globals}))"
+            for t in range(layout.random)
+        ]
+        terms.append(("random", _any(draws)))
+    return terms
 
 
 def _has_bigbird(layout: Layout) -> bool:

@@ -17,8 +17,8 @@ stride costs no copy. Two uses:
 Why two passes joined through the log-sum-exp rather than one fused launch: a band program's
 queries are consecutive tokens and a column program's are one residue's column, so no tiling
 makes both parts dense for the same program; a fused program would walk one of the parts one key
-per query (what this file did before, on CUDA cores: 6.1 ms for strided at N = 65,536 against
-3.7 ms for FlexAttention composed). The second pass reads (o1, lse1) of its rows and writes the
+per query, a row-wise product on the CUDA cores instead of tensor-core tiles (docs/BENCHMARKS.md,
+"Kernels (GPU)", has what that cost). The second pass reads (o1, lse1) of its rows and writes the
 merged softmax over the union in its epilogue (``_finish_forward`` with MERGE), so the merge
 costs no launch and no extra buffer. The key j = i belongs to the band only, so it counts once.
 

@@ -11,11 +11,12 @@ an N x N matrix").
 
 The layout predicate is evaluated inside the kernels (``_allowed``) for both kernel families,
 with the same formulas as kernels/layouts.py. The sparse and pooled forms walk only the pairs
-they need (the support's, the layout's) in tensor-core tiles, as the forward walks a layout
-(``_walk_kernel``): about a forward's cost without its P V product, rather than scoring all
-N^2 / 2 causal pairs. The sparse form never leaves the device: its pattern comes from
-closed-form row counts (cumsum) and a kernel that writes each row's keys. kernels/capture.py is
-the reference these are tested against, and the entry point that calls them.
+they need (the support's, the layout's) in tensor-core tiles, with the forward's own key walk
+(``_walk_kernel`` over kernels/triton/common.py's ``_key_range`` and ``_key_tile``): about a
+forward's cost without its P V product, rather than scoring all N^2 / 2 causal pairs. The
+sparse form never leaves the device: its pattern comes from closed-form row counts (cumsum) and
+a kernel that writes each row's keys. kernels/capture.py is the reference these are tested
+against, and the entry point that calls them.
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ import triton.language as tl
 
 from kernels.layouts import Layout
 from kernels.triton.common import (
+    BAND_KEYS,
     KernelSpec,
     _fixed_summary_offsets,
     _in_band,
     _in_own_block,
+    _key_range,
+    _key_tile,
     _load_rows,
-    _program,
+    _summary_tokens,
     dot_precision,
     kernel_spec,
 )
@@ -42,6 +46,27 @@ from kernels.triton.common import (
 # the capture kernels' tile (both sides): a tensor-core tile on a GPU, the smallest tl.dot
 # operand under the interpreter, where the CPU runs it fastest
 CAPTURE_TILE = 16 if os.environ.get("TRITON_INTERPRET") == "1" else 64
+
+# how _walk_kernel walks a support (its PASS), the way the forward walks a layout
+FIXED_WALK = tl.constexpr(0)  # a fixed support: the own block, then the summary prefix
+BAND_WALK = tl.constexpr(1)  # a band support's band
+# the band, pooled, P a multiple of the tile: key tiles start on multiples of BLOCK, so each lies
+# in one P x P cell (one atomic per tile)
+CELL_WALK = tl.constexpr(2)
+COLUMN_WALK = tl.constexpr(3)  # the column part on the transposed sequence, a residue a row
+# the column part, pooled, P dividing the step: a program takes the residues r0 .. r0 + P - 1,
+# whose pairs (r + S t, r + S s) share the cell of (r0 + S t, r0 + S s), sums their tiles in
+# registers and adds them with one atomic per (t, s)
+GROUP_WALK = tl.constexpr(4)
+
+
+@triton.jit
+def _head_program(H, N, HEAD_DIM: tl.constexpr, PER_HEAD):
+    """(axis-0 program id, head, offset of this (batch, head) in q/k, in lse, in an output of
+    PER_HEAD elements per head) for the grid (., ., B * H) over contiguous tensors; 64-bit, as
+    common._head_offsets says why."""
+    bh = tl.program_id(2).to(tl.int64)
+    return tl.program_id(0), bh % H, bh * N * HEAD_DIM, bh * N, bh * PER_HEAD
 
 
 @triton.jit
@@ -64,26 +89,22 @@ def _allowed(i, j, h, BAND, STEP, L, C, NUM_VERTS, FIXED: tl.constexpr, COLUMNS:
 
 @triton.jit
 def _rows_kernel(
-    Q, K, LSE,
-    stride_b, stride_h, stride_n,  # q, k [B, H, N, D]
-    stride_lb, stride_lh,  # lse [B, H, N]
-    QUERIES, OUT,
-    stride_ob, stride_oh, stride_oq,  # out [B, H, Q, N]
+    Q, K, LSE, QUERIES, OUT,  # q, k [B, H, N, D], lse [B, H, N], out [B, H, Q, N], contiguous
     H, N, sm_scale, BAND, STEP, L, C, NUM_VERTS,
     FIXED: tl.constexpr, COLUMNS: tl.constexpr, HEAD_DIM: tl.constexpr, DOT: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Row r of OUT: the probabilities of query QUERIES[r] over all N keys, BLOCK_N at a time."""
-    r, b, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
-    out = b * stride_ob + h * stride_oh + r * stride_oq
+    r, h, base, stats, out = _head_program(H, N, HEAD_DIM, tl.num_programs(0).to(tl.int64) * N)
+    out += r.to(tl.int64) * N
     i = tl.load(QUERIES + r)
     offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + base + i * stride_n + offs_d).to(tl.float32)
+    q = tl.load(Q + base + i * HEAD_DIM + offs_d).to(tl.float32)
     lse = tl.load(LSE + stats + i)
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < N
-        k = _load_rows(K, base, offs_n, offs_d, stride_n, col_ok).to(tl.float32)
+        k = _load_rows(K, base, offs_n, offs_d, HEAD_DIM, col_ok).to(tl.float32)
         s = tl.sum(k * q[None, :], 1) * sm_scale
         ok = _allowed(i, offs_n, h, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS) & col_ok
         p = tl.where(ok, tl.exp(s - lse), 0.0)
@@ -99,11 +120,13 @@ def _rows_kernel(
 
 @triton.jit
 def _support_key(i, p, BAND, STEP, L, C, FIXED: tl.constexpr, COLUMNS: tl.constexpr):
-    """Key j of the p-th entry of row i of a support (a fixed one with summary offsets
-    [L - C, L))."""
+    """Key j of the p-th entry of row i of a support (a fixed one is head 0's: support_spec)."""
     if FIXED:
         n_summary = (i // L) * C
-        return tl.where(p < n_summary, (p // C) * L + L - C + p % C, (i // L) * L + p - n_summary)
+        first, _ = _fixed_summary_offsets(0, L, C, 1)
+        return tl.where(
+            p < n_summary, _summary_tokens(p, first, L, C), (i // L) * L + p - n_summary
+        )
     else:
         n_cols = i * 0
         if COLUMNS:
@@ -117,7 +140,8 @@ def _support_rank(i, j, BAND, STEP, L, C, FIXED: tl.constexpr, COLUMNS: tl.const
     """Where the pair (i, j) of a support sits in row i: the inverse of _support_key."""
     if FIXED:
         own = (i // L) * L
-        return tl.where(j >= own, (i // L) * C + j - own, (j // L) * C + j % L - (L - C))
+        first, _ = _fixed_summary_offsets(0, L, C, 1)
+        return tl.where(j >= own, (i // L) * C + j - own, (j // L) * C + j % L - first)
     else:
         n_cols = i * 0
         if COLUMNS:
@@ -143,12 +167,13 @@ def _support_indices_kernel(
 
 @triton.jit
 def _tile_probs(
-    q, K, base, stats, LSE, rows, cols, row_ok, col_ok, pair, h, offs_d, stride_n, sm_scale,
-    BAND, STEP, L, C, NUM_VERTS, FIXED: tl.constexpr, COLUMNS: tl.constexpr, DOT: tl.constexpr,
+    q, K, base, stats, LSE, rows, cols, row_ok, col_ok, pair, h, offs_d, sm_scale,
+    BAND, STEP, L, C, NUM_VERTS, FIXED: tl.constexpr, COLUMNS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
     """(probabilities under the layout of the pairs ``pair`` of query rows ``rows`` and keys
     ``cols``, 0 elsewhere; the pairs that are real) for a tensor-core tile."""
-    k = _load_rows(K, base, cols, offs_d, stride_n, col_ok)
+    k = _load_rows(K, base, cols, offs_d, HEAD_DIM, col_ok)
     s = tl.dot(q, tl.trans(k), input_precision=DOT) * sm_scale
     lse = tl.load(LSE + stats + rows, mask=row_ok, other=0.0)
     pair = pair & row_ok[:, None] & col_ok[None, :]
@@ -158,137 +183,106 @@ def _tile_probs(
 
 @triton.jit
 def _emit_tile(
-    q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows, cols, row_ok, col_ok, pair, h,
-    offs_d, stride_n, stride_mr, P, sm_scale, BAND, STEP, L, C, NUM_VERTS,
-    FIXED: tl.constexpr, COLUMNS: tl.constexpr, S_BAND, S_STEP, S_L, S_C,
-    S_FIXED: tl.constexpr, S_COLUMNS: tl.constexpr, POOLED: tl.constexpr,
-    ONE_CELL: tl.constexpr, DOT: tl.constexpr,
+    p, pair, rows, cols, row_ok, OUT, OUT2, out, NB, P, S_BAND, S_STEP, S_L, S_C,
+    S_FIXED: tl.constexpr, S_COLUMNS: tl.constexpr, POOLED: tl.constexpr, ONE_CELL: tl.constexpr,
 ):  # fmt: skip
-    """The probabilities of one tile's pairs: stored at their CSR places, or with POOLED added
-    to and maxed into their P x P cells with atomics (a cell's pairs come from many programs):
-    one atomic per tile where the whole tile lies in one cell (ONE_CELL), else one per pair."""
-    p, pair = _tile_probs(
-        q, K, base, stats, LSE, rows, cols, row_ok, col_ok, pair, h, offs_d, stride_n, sm_scale,
-        BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS, DOT,
-    )  # fmt: skip
+    """Store the probabilities p of one tile's pairs: at their CSR places in OUT2 (OUT the
+    indptr), or with POOLED added into OUT (mean) and maxed into OUT2 (max) at their P x P cells
+    with atomics (a cell's pairs come from many programs): one atomic per tile where the whole
+    tile lies in one cell (ONE_CELL), else one per pair; a row of the pooled map holds NB."""
     i, j = rows[:, None], cols[None, :]
     if POOLED:
         if ONE_CELL:
-            cell = out + (tl.min(rows, 0) // P) * stride_mr + tl.min(cols, 0) // P
-            tl.atomic_add(MEAN + cell, tl.sum(tl.sum(p, 1), 0))
-            tl.atomic_max(MAX + cell, tl.max(tl.max(p, 1), 0))  # p >= 0; cells start at 0
+            cell = out + (tl.min(rows, 0) // P) * NB + tl.min(cols, 0) // P
+            tl.atomic_add(OUT + cell, tl.sum(tl.sum(p, 1), 0))
+            tl.atomic_max(OUT2 + cell, tl.max(tl.max(p, 1), 0))  # p >= 0; cells start at 0
         else:
-            cell = out + (i // P) * stride_mr + j // P
-            tl.atomic_add(MEAN + cell, p, mask=pair)
-            tl.atomic_max(MAX + cell, p, mask=pair)
+            cell = out + (i // P) * NB + j // P
+            tl.atomic_add(OUT + cell, p, mask=pair)
+            tl.atomic_max(OUT2 + cell, p, mask=pair)
     else:
-        start = tl.load(INDPTR + rows, mask=row_ok, other=0)
+        start = tl.load(OUT + rows, mask=row_ok, other=0)
         rank = _support_rank(i, j, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS)
-        tl.store(VALUES + out + start[:, None] + rank, p, mask=pair)
+        tl.store(OUT2 + out + start[:, None] + rank, p, mask=pair)
 
 
 @triton.jit
 def _walk_kernel(
-    Q, K, LSE,
-    stride_b, stride_h, stride_n,  # q, k [B, H, N, D]
-    stride_lb, stride_lh,  # lse [B, H, N]
-    INDPTR, VALUES, MEAN, MAX,
-    stride_ob, stride_oh,  # values [B, H, nnz], or mean and max [B, H, NB, NB]
-    stride_mr,  # a row of mean and max
-    H, N, P, sm_scale, BAND, STEP, L, C, NUM_VERTS,
-    S_BAND, S_STEP, S_L, S_C, STRIDE, LO, WALK,
-    FIXED: tl.constexpr, COLUMNS: tl.constexpr, S_FIXED: tl.constexpr, S_COLUMNS: tl.constexpr,
-    POOLED: tl.constexpr, ONE_CELL: tl.constexpr, GROUPED: tl.constexpr,
-    HEAD_DIM: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q, K, LSE,  # q, k [B, H, N, D], lse [B, H, N], contiguous
+    OUT, OUT2, PER_HEAD,  # (indptr [N + 1], values [B, H, PER_HEAD]), or (mean, max) [B, H, NB, NB]
+    H, N, P, sm_scale,
+    BAND, STEP, L, C, NUM_VERTS,  # the layout whose probabilities are written (KernelSpec)
+    S_BAND, S_STEP, S_L, S_C,  # the support walked: its pairs are the ones written
+    FIXED: tl.constexpr, COLUMNS: tl.constexpr, S_COLUMNS: tl.constexpr, POOLED: tl.constexpr,
+    PASS: tl.constexpr, HEAD_DIM: tl.constexpr, DOT: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """One query tile's pairs of a support, walked the way the forward walks a layout: a band
-    support in passes over strided subsequences (token = r + STRIDE t, the keys
-    LO <= t - s < WALK; the band, then the column part on the transposed sequence), a fixed
-    support over the own block and then the gathered summary prefix. Each pair's probability is
-    written once to its CSR place (a zero where the layout does not allow it), or with POOLED
-    (the support is then the layout itself) summed and maxed into its P x P cell.
-
-    Pooled, two ways to spend fewer atomics than pairs: ONE_CELL (the band, P a multiple of the
-    tiles) starts key tiles on multiples of BLOCK_N so that every tile lies in one cell;
-    GROUPED (the column part, P dividing STRIDE) gives a program the P residues
-    r0 .. r0 + P - 1, whose pairs (r + S t, r + S s) share the cell of (r0 + S t, r0 + S s), and
-    sums their tiles in registers before one atomic per (t, s)."""
-    pid_m, b, h, base, stats = _program(H, stride_b, stride_h, stride_lb, stride_lh)
-    out = b * stride_ob + h * stride_oh
+    """One query tile's pairs of a support, walked as the forward walks a layout
+    (common._key_range, _key_tile): a fixed support over the own block and then the gathered
+    summary prefix, a band support in passes over strided runs (token = r + stride t; the band,
+    then the column part on the transposed sequence). Each pair's probability is written once
+    to its CSR place (a zero where the layout does not allow it), or with POOLED (the support is
+    then the layout itself) summed and maxed into its P x P cell. PASS says which walk (the
+    *_WALK constants); two of them spend fewer atomics than pairs."""
+    pid_m, h, base, stats, out = _head_program(H, N, HEAD_DIM, PER_HEAD)
     offs_d = tl.arange(0, HEAD_DIM)
-    if S_FIXED:
-        start_m = pid_m * BLOCK_M
-        rows = start_m + tl.arange(0, BLOCK_M)
-        row_ok = rows < N
-        q = _load_rows(Q, base, rows, offs_d, stride_n, row_ok)
-        hi = tl.minimum(start_m + BLOCK_M, N)
-        for start_n in range(((start_m // S_L) * S_L), hi, BLOCK_N):
-            cols = start_n + tl.arange(0, BLOCK_N)
-            pair = _in_own_block(rows[:, None], cols[None, :], S_L)
-            _emit_tile(
-                q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows, cols, row_ok,
-                cols < N, pair, h, offs_d, stride_n, stride_mr, P, sm_scale, BAND, STEP, L, C,
-                NUM_VERTS, FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS, POOLED,
-                False, DOT,
-            )  # fmt: skip
-        n_summary = ((hi - 1) // S_L) * S_C
-        for start_g in range(0, n_summary, BLOCK_N):
-            g = start_g + tl.arange(0, BLOCK_N)
-            cols = (g // S_C) * S_L + S_L - S_C + g % S_C
-            pair = g[None, :] < (rows[:, None] // S_L) * S_C
-            _emit_tile(
-                q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows, cols, row_ok,
-                g < n_summary, pair, h, offs_d, stride_n, stride_mr, P, sm_scale, BAND, STEP, L,
-                C, NUM_VERTS, FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C, S_FIXED, S_COLUMNS,
-                POOLED, False, DOT,
-            )  # fmt: skip
-    elif GROUPED:
+    start_m = pid_m * BLOCK
+    offs_m = start_m + tl.arange(0, BLOCK)
+    NB = tl.cdiv(N, P)
+    if PASS == GROUP_WALK:
         r0 = tl.program_id(1) * P
-        T0 = tl.cdiv(N - r0, STRIDE)  # the group's longest residue
-        start_m = pid_m * BLOCK_M
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        for start_n in range(0, tl.minimum(start_m + BLOCK_M - LO, T0), BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            walked = _in_band(offs_m[:, None], offs_n[None, :], LO, WALK)
-            total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            most = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        T0 = tl.cdiv(N - r0, S_STEP)  # the group's longest residue
+        lo, hi = _key_range(start_m, T0, 1, tl.cdiv(N, S_STEP), 1, 1, BAND_KEYS, BLOCK)
+        for start_n in range(lo, hi, BLOCK):
+            offs_n = start_n + tl.arange(0, BLOCK)
+            walked = _in_band(offs_m[:, None], offs_n[None, :], 1, tl.cdiv(N, S_STEP))
+            total = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
+            most = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
             for r in range(r0, r0 + P):
-                T = tl.cdiv(N - r, STRIDE)
+                T = tl.cdiv(N - r, S_STEP)
                 row_ok = offs_m < T
-                rows = r + offs_m * STRIDE
-                q = _load_rows(Q, base, rows, offs_d, stride_n, row_ok)
+                rows = r + offs_m * S_STEP
+                q = _load_rows(Q, base, rows, offs_d, HEAD_DIM, row_ok)
                 p, _ = _tile_probs(
-                    q, K, base, stats, LSE, rows, r + offs_n * STRIDE, row_ok, offs_n < T,
-                    walked, h, offs_d, stride_n, sm_scale, BAND, STEP, L, C, NUM_VERTS, FIXED,
-                    COLUMNS, DOT,
+                    q, K, base, stats, LSE, rows, r + offs_n * S_STEP, row_ok, offs_n < T,
+                    walked, h, offs_d, sm_scale, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS,
+                    HEAD_DIM, DOT,
                 )  # fmt: skip
                 total += p
                 most = tl.maximum(most, p)
-            cell = out + ((r0 + offs_m * STRIDE) // P)[:, None] * stride_mr
-            cell += ((r0 + offs_n * STRIDE) // P)[None, :]
+            cell = out + ((r0 + offs_m * S_STEP) // P)[:, None] * NB
+            cell += ((r0 + offs_n * S_STEP) // P)[None, :]
             real = walked & (offs_m < T0)[:, None] & (offs_n < T0)[None, :]
-            tl.atomic_add(MEAN + cell, total, mask=real)
-            tl.atomic_max(MAX + cell, most, mask=real)
+            tl.atomic_add(OUT + cell, total, mask=real)
+            tl.atomic_max(OUT2 + cell, most, mask=real)
     else:
-        r = tl.program_id(1)
-        T = tl.cdiv(N - r, STRIDE)
-        start_m = pid_m * BLOCK_M
-        offs_m = start_m + tl.arange(0, BLOCK_M)
+        r = tl.program_id(1)  # the residue of a column pass; 0 otherwise
+        if PASS == COLUMN_WALK:
+            stride, lo_d, width = S_STEP, 1, tl.cdiv(N, S_STEP)  # s = t is the band's
+        else:
+            stride, lo_d, width = 1, 0, S_BAND
+        T = tl.cdiv(N - r, stride)
         row_ok = offs_m < T
-        rows = r + offs_m * STRIDE
-        q = _load_rows(Q, base, rows, offs_d, stride_n, row_ok)
-        lo = tl.maximum(start_m - WALK + 1, 0)
-        if ONE_CELL:
-            lo = (lo // BLOCK_N) * BLOCK_N  # tiles on multiples of BLOCK_N: each in one cell
-        for start_n in range(lo, tl.minimum(start_m + BLOCK_M - LO, T), BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            pair = _in_band(offs_m[:, None], offs_n[None, :], LO, WALK)
-            _emit_tile(
-                q, K, base, stats, LSE, INDPTR, VALUES, MEAN, MAX, out, rows,
-                r + offs_n * STRIDE, row_ok, offs_n < T, pair, h, offs_d, stride_n, stride_mr, P,
-                sm_scale, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS, S_BAND, S_STEP, S_L, S_C,
-                S_FIXED, S_COLUMNS, POOLED, ONE_CELL, DOT,
-            )  # fmt: skip
+        rows = r + offs_m * stride
+        q = _load_rows(Q, base, rows, offs_d, HEAD_DIM, row_ok)
+        first, _ = _fixed_summary_offsets(0, S_L, S_C, 1)  # support_spec: head 0's offsets
+        for part in tl.static_range(3):  # a fixed support's OWN_BLOCK, SUMMARY; else BAND_KEYS
+            if (part == BAND_KEYS) != (PASS == FIXED_WALK):
+                lo, hi = _key_range(start_m, T, lo_d, width, S_L, S_C, part, BLOCK)
+                if PASS == CELL_WALK:
+                    lo = (lo // BLOCK) * BLOCK  # tiles on multiples of BLOCK: each in one cell
+                for start_n in range(lo, hi, BLOCK):
+                    cols, col_ok, pair = _key_tile(
+                        start_n, offs_m, hi, r, T, first, lo_d, width, stride, S_L, S_C, part,
+                        BLOCK,
+                    )  # fmt: skip
+                    p, pair = _tile_probs(
+                        q, K, base, stats, LSE, rows, cols, row_ok, col_ok, pair, h, offs_d,
+                        sm_scale, BAND, STEP, L, C, NUM_VERTS, FIXED, COLUMNS, HEAD_DIM, DOT,
+                    )  # fmt: skip
+                    _emit_tile(
+                        p, pair, rows, cols, row_ok, OUT, OUT2, out, NB, P, S_BAND, S_STEP, S_L,
+                        S_C, PASS == FIXED_WALK, S_COLUMNS, POOLED, PASS == CELL_WALK,
+                    )  # fmt: skip
 
 
 def _launch(
@@ -302,12 +296,12 @@ def _launch(
     scale: float,
     **meta: int,
 ) -> None:
-    """Run a capture kernel: q, k, lse and their strides, the kernel's ``own_args`` (its other
-    tensors and their strides, in its order), the layout, and ``meta`` (H, N, tile sizes)."""
+    """Run a capture kernel: q, k, lse (made contiguous: the kernels compute their offsets from
+    the shape), the kernel's ``own_args`` (its other arguments, in its order, on contiguous
+    tensors), the layout, and ``meta`` (H, N, tile sizes)."""
     q, k, lse = q.contiguous(), k.contiguous(), lse.float().contiguous()
     kernel[grid](
-        q, k, lse, q.stride(0), q.stride(1), q.stride(2), lse.stride(0), lse.stride(1),
-        *own_args,
+        q, k, lse, *own_args,
         sm_scale=scale, BAND=spec.band, STEP=spec.step or 1, L=spec.l, C=spec.c,
         NUM_VERTS=spec.num_verts, FIXED=spec.kind == "fixed", COLUMNS=spec.columns,
         HEAD_DIM=q.shape[-1], DOT=dot_precision(q), **meta,
@@ -329,8 +323,7 @@ def triton_rows(
     out = torch.empty(B, H, len(queries), N, device=q.device, dtype=torch.float32)
     _launch(
         _rows_kernel, (len(queries), 1, B * H), q, k, lse,
-        queries, out, out.stride(0), out.stride(1), out.stride(2),
-        spec=spec, scale=scale, H=H, N=N, BLOCK_N=64,
+        queries, out, spec=spec, scale=scale, H=H, N=N, BLOCK_N=64,
     )  # fmt: skip
     return out
 
@@ -397,35 +390,24 @@ def _walk(
     """Launch _walk_kernel over the support's passes; ``outputs`` are (indptr, values) for the
     sparse form, (mean, max) for the pooled one (with ``pooled`` = P)."""
     B, H, N, D = q.shape
-    if pooled:
-        mean, mx = outputs
-        own = (mean, mean, mean, mx, mean.stride(0), mean.stride(1), mean.stride(2))
-    else:
-        indptr, values = outputs
-        own = (indptr, values, values, values, values.stride(0), values.stride(1), 0)
-    meta = dict(
-        S_BAND=support.band, S_STEP=support.step or 1, S_L=support.l, S_C=support.c,
-        S_FIXED=support.kind == "fixed", S_COLUMNS=support.columns, POOLED=bool(pooled),
-        BLOCK_M=CAPTURE_TILE, BLOCK_N=CAPTURE_TILE,
-    )  # fmt: skip
-    one = dict(ONE_CELL=False, GROUPED=False)
+    per_head = outputs[1][0, 0].numel()  # values of a head, or cells of a pooled map
     if support.kind == "fixed":
-        walks = [dict(STRIDE=1, LO=0, WALK=1, **one)]  # the own block, then the summaries
+        passes = [(FIXED_WALK, 1)]  # the own block, then the summaries: one walk
     else:
-        # the band: tiles in one cell when P is a multiple of the tile
-        walks = [dict(STRIDE=1, LO=0, WALK=support.band, **one)]
-        walks[0]["ONE_CELL"] = bool(pooled) and pooled % CAPTURE_TILE == 0
-        if support.columns:
-            # the columns: P residues per program when P divides the step
+        # the band, with tiles in one cell when P is a multiple of the tile
+        cells = bool(pooled) and pooled % CAPTURE_TILE == 0
+        passes = [(CELL_WALK if cells else BAND_WALK, 1)]
+        if support.columns:  # the columns, P residues per program when P divides the step
             grouped = bool(pooled) and support.step % pooled == 0
-            walks.append(dict(STRIDE=support.step, LO=1, WALK=triton.cdiv(N, support.step), **one))
-            walks[1]["GROUPED"] = grouped
-    for w in walks:
-        programs = w["STRIDE"] // pooled if w["GROUPED"] else w["STRIDE"]
-        grid = (triton.cdiv(triton.cdiv(N, w["STRIDE"]), CAPTURE_TILE), programs, B * H)
+            passes.append((GROUP_WALK if grouped else COLUMN_WALK, support.step))
+    for walk, stride in passes:
+        programs = stride // pooled if walk == GROUP_WALK else stride
+        grid = (triton.cdiv(triton.cdiv(N, stride), CAPTURE_TILE), programs, B * H)
         _launch(
-            _walk_kernel, grid, q, k, lse, *own, spec=spec, scale=scale, H=H, N=N,
-            P=max(pooled, 1), **w, **meta,
+            _walk_kernel, grid, q, k, lse, *outputs, per_head, spec=spec, scale=scale, H=H, N=N,
+            P=max(pooled, 1), S_BAND=support.band, S_STEP=support.step or 1, S_L=support.l,
+            S_C=support.c, S_COLUMNS=support.columns, POOLED=bool(pooled), PASS=walk.value,
+            BLOCK=CAPTURE_TILE,
         )  # fmt: skip
 
 
