@@ -24,6 +24,7 @@ from kernels.triton.common import (  # noqa: E402
     KernelSpec,
     _fixed_summary_offsets,
     _head_offsets,
+    _summary_tokens,
     kernel_spec,
     tuned_configs,
 )
@@ -155,3 +156,23 @@ def test_tuned_configs_list_every_key_autotune_tuned():
         "fwd (N=65536, HEAD_DIM=64, LO=0, STRIDE=1)": "128x64 w8 s3",
         "fwd (N=65536, HEAD_DIM=64, LO=1, STRIDE=256)": "64x32 w4 s3",
     }
+
+
+@triton.jit
+def _summary_tokens_kernel(OUT, H, LL, CC, NV, COUNT, BLOCK: tl.constexpr):
+    g = tl.arange(0, BLOCK)
+    first, _ = _fixed_summary_offsets(H, LL, CC, NV)
+    tl.store(OUT + g, _summary_tokens(g, first, LL, CC), mask=g < COUNT)
+
+
+@pytest.mark.parametrize("l, c, nv", [(8, 2, 1), (8, 2, 3), (7, 3, 2), (5, 5, 1)])
+def test_the_gathered_summary_tokens_are_the_layouts_summary_keys(l, c, nv):
+    """_summary_tokens over g < blocks * c is every key of fixed(l, c, nv)'s summary part for
+    head h, in order: the kernels' gathered sequence is the layout's rule."""
+    n = 6 * l
+    layout = L.fixed(l, c, nv)
+    for h in range(nv):
+        want = [j for j in range(n) if bool(layout.parts()["summary"](0, h, n - 1 + l, j))]
+        got = torch.empty(len(want), dtype=torch.int32, device=DEVICE)
+        _summary_tokens_kernel[(1,)](got, h, l, c, nv, len(want), BLOCK=64)
+        assert got.tolist() == want
