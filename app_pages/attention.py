@@ -29,6 +29,8 @@ from app_pages.common import (
     model_names,
     model_path,
     new_click,
+    pending_click,
+    share_settings,
     show_image,
     take_pixel_click,
 )
@@ -41,6 +43,7 @@ from viz.figures import (
     attention_map_figure,
     attention_overlay_figure,
     clicked_map_row,
+    clicked_pixel,
     clicked_tile,
     head_grid_figure,
     pixel_grid_figure,
@@ -220,52 +223,67 @@ class HeadView:
     maps: np.ndarray  # [n, n], n = ceil(N / tile)
 
 
-# one click each (a select box took two, and its list's animation): the page's most
-# frequent switch
-for key, count in (("att_layer", L_), ("att_head", H_)):
-    clamp_setting(key, 0, count - 1)  # a value kept from a deeper model or a link
-c1, c2 = st.columns([2, 1])
-layer = c1.segmented_control("Layer", list(range(L_)), required=True, key="att_layer")
-head = c2.segmented_control("Head", list(range(H_)), required=True, key="att_head")
-c3, c4 = st.columns(2)
-others = [n for n in model_names() if n != chosen.name]
-if st.session_state.get("att_compare") not in ["none", *others]:
-    st.session_state.att_compare = "none"  # the model itself, or one that is gone
-compare_name = c4.selectbox(
-    "Compare with",
-    ["none", *others],
-    key="att_compare",
-    help="Another model's attention for the same image, pixel, layer and head, beside "
-    "this one's on one colour scale.",
-)
-own = repr(model.layouts[layer])
-# under another attention, its layout in this layer comes first (a selection such as top-k has
-# none to outline: its keys follow the scores)
-ran = layer_specs[layer]
-ran_static = ran if isinstance(parse_attention(ran), Layout) else None
-outline_choices = list(
-    dict.fromkeys(
-        ["none", *([ran_static] if ran_static else []), own]
-        + [
-            image_layout_spec("strided", model.config.row_stride, model.config.block_size),
-            image_layout_spec("fixed", model.config.row_stride, model.config.block_size),
-        ]
+# the charts in the head views whose click moves the query: a change of the whole page
+QUERY_CLICKS = {
+    "att_pixels": lambda event: clicked_pixel(event, geometry.width),
+    "att_pixels_b": lambda event: clicked_pixel(event, geometry.width),
+    "att_map": clicked_map_row,
+    "att_map_b": clicked_map_row,
+}
+
+
+def layer_and_head() -> tuple[int, int]:
+    """The layer and head controls (one click each: a select box took two, and its list's
+    animation), their values clamped first (kept from a deeper model or a link)."""
+    for key, count in (("att_layer", L_), ("att_head", H_)):
+        clamp_setting(key, 0, count - 1)
+    c1, c2 = st.columns([2, 1])
+    layer = c1.segmented_control("Layer", list(range(L_)), required=True, key="att_layer")
+    head = c2.segmented_control("Head", list(range(H_)), required=True, key="att_head")
+    return layer, head
+
+
+def compare_and_outline(layer: int) -> tuple[str, str]:
+    """The model to compare with ("none") and the layout to outline ("none") in ``layer``."""
+    c3, c4 = st.columns(2)
+    others = [n for n in model_names() if n != chosen.name]
+    if st.session_state.get("att_compare") not in ["none", *others]:
+        st.session_state.att_compare = "none"  # the model itself, or one that is gone
+    compare_name = c4.selectbox(
+        "Compare with",
+        ["none", *others],
+        key="att_compare",
+        help="Another model's attention for the same image, pixel, layer and head, beside "
+        "this one's on one colour scale.",
     )
-)
-if st.session_state.get("att_under_outlined") != (under, layer):
-    # a new attention to run under (a Frontier click, a link): its layout outlined at first
-    st.session_state.att_under_outlined = (under, layer)
-    if under:
-        st.session_state.att_outline = ran_static or "none"
-if st.session_state.get("att_outline") not in outline_choices:
-    st.session_state.att_outline = "none"  # kept from another layer, model or link
-outline_spec = c3.selectbox("Outline a layout", outline_choices, key="att_outline")
+    # under another attention, its layout in this layer comes first (a selection such as
+    # top-k has none to outline: its keys follow the scores)
+    ran = layer_specs[layer]
+    ran_static = ran if isinstance(parse_attention(ran), Layout) else None
+    cfg = model.config
+    outline_choices = list(
+        dict.fromkeys(
+            ["none", *([ran_static] if ran_static else []), repr(model.layouts[layer])]
+            + [image_layout_spec(k, cfg.row_stride, cfg.block_size) for k in ("strided", "fixed")]
+        )
+    )
+    if st.session_state.get("att_under_outlined") != (under, layer):
+        # a new attention to run under (a Frontier click, a link): its layout outlined at first
+        st.session_state.att_under_outlined = (under, layer)
+        if under:
+            st.session_state.att_outline = ran_static or "none"
+    if st.session_state.get("att_outline") not in outline_choices:
+        st.session_state.att_outline = "none"  # kept from another layer, model or link
+    return compare_name, c3.selectbox("Outline a layout", outline_choices, key="att_outline")
 
 
-def head_view(chosen_model: ChosenModel, rows_: np.ndarray, under_: str = "") -> HeadView:
+def head_view(
+    chosen_model: ChosenModel, rows_: np.ndarray, layer: int, head: int, under_: str = ""
+) -> HeadView:
     """The chosen layer and head of a model whose rows [L, H, N] are ``rows_``, run under
     ``under_`` ("": its own layouts)."""
     m = chosen_model.model
+    tile = tile_for(N, MAP_SIDE)
     return HeadView(
         chosen_model.name,
         layer_specs[layer] if under_ else repr(m.layouts[layer]),
@@ -275,10 +293,11 @@ def head_view(chosen_model: ChosenModel, rows_: np.ndarray, under_: str = "") ->
     )
 
 
-def pixel_figure(v: HeadView, zmax: float | None, named: bool):
+def pixel_figure(v: HeadView, layer: int, head: int, how: dict):
     """Where the query pixel looks in one view: a heat map or the weights over the image,
-    with the chosen layout outlined (``named``: the model's name in the title)."""
-    title = (f"{v.name}: " if named else "") + (
+    with the chosen layout outlined. ``how``: view, zmax (one scale for two models), outline,
+    named (the model's name in the title)."""
+    title = (f"{v.name}: " if how["named"] else "") + (
         f"layer {layer}, head {head}: where pixel ({row}, {col}) looks"
     )
     # numbers, not strings: cheaper to send and to draw (the weight of each channel)
@@ -287,29 +306,30 @@ def pixel_figure(v: HeadView, zmax: float | None, named: bool):
         hover_template="row %{y}, col %{x}, weight "
         + ", ".join(f"%{{customdata[{k}]:.4f}}" for k in range(geometry.channels)),
     )
-    if view == "over the image":
+    weights = pixel_map(v.row, geometry, key_channel)
+    if how["view"] == "over the image":
         return attention_overlay_figure(
             image.astype(np.float32).mean(axis=2) / 255.0,
-            pixel_map(v.row, geometry, key_channel),
+            weights,
             title=title,
             query=(row, col),
             **hover,
-            outline=outline,
+            outline=how["outline"],
         )
     return pixel_grid_figure(
-        pixel_map(v.row, geometry, key_channel),
+        weights,
         title=title,
         query=(row, col),
         **hover,
         colorscale="Viridis",
         zmin=0,
-        zmax=zmax,
+        zmax=how["zmax"],
         colorbar_title="weight",
-        outline=outline,
+        outline=how["outline"],
     )
 
 
-def other_model(name: str) -> tuple[ChosenModel, np.ndarray] | None:
+def other_model(name: str, layer: int, head: int) -> tuple[ChosenModel, np.ndarray] | None:
     """The model to compare with and its rows for this query, [L, H, N]; None (explained)
     when it cannot be loaded or cannot show this image, layer and head."""
     other = load_or_explain(name)
@@ -337,69 +357,32 @@ def other_model(name: str) -> tuple[ChosenModel, np.ndarray] | None:
     return ChosenModel(name, path, other), cached_rows(path, image_sha1, query, image)
 
 
-outline = None
-if outline_spec != "none":
-    outline = pixel_view(parse_layout(outline_spec), geometry, query, head) > 0
-view = st.radio(
-    "Show the head's weights",
-    ["as a heat map", "over the image"],
-    key="att_view",
-    horizontal=True,
-)
-tile = tile_for(N, MAP_SIDE)
-mine = head_view(chosen, rows, under)
-theirs = None
-if compare_name != "none":
-    found = other_model(compare_name)
-    if found is not None:
-        theirs = head_view(*found)
-weights = mine.weights
-maps = mine.maps
-views = [mine] if theirs is None else [mine, theirs]
-# two models: one colour scale, so the sharper head looks sharper
-zmax = (
-    max(float(pixel_map(v.row, geometry, key_channel).max()) for v in views)
-    if theirs is not None
-    else None
-)
-pixel_figs = [pixel_figure(v, zmax, theirs is not None) for v in views]
-map_title = f"layer {layer}, head {head}: N x N map" + (
-    f" ({tile}x{tile} mean)" if tile > 1 else ""
-)
-map_figs = [
-    attention_map_figure(v.maps, tile, (f"{v.name}: " if theirs else "") + map_title) for v in views
-]
-outlined = (
-    "No layout outlined."
-    if outline_spec == "none"
-    else f"Orange squares: the keys {as_text(outline_spec)} allows."
-)
-r_, c_, ch_ = token_coords(query, geometry)
-about_query = f"Query token {query} (row {r_}, column {c_}, channel {ch_})."
-map_caption = "Row i is query i's attention over keys j <= i; colour is log10 of the weight."
-if theirs is None:
-    pixel_fig, map_fig = pixel_figs[0], map_figs[0]
+def draw_one(mine: HeadView, pixel_fig, map_fig, words: dict) -> None:
+    """One model's pixel view and N x N map side by side, with their captions."""
     a, b = st.columns(2)
     with a:
         st.plotly_chart(pixel_fig, key="att_pixels", on_select="rerun", selection_mode="points")
+        own = repr(model.layouts[words["layer"]])
         layout_words = (
             f"This layer runs under {as_text(mine.layout)} (its own layout: {as_text(own)})."
             if under
             else f"The model's own layout is {as_text(mine.layout)}."
         )
-        st.caption(f"{about_query} {outlined} {layout_words}")
+        st.caption(f"{words['query']} {words['outlined']} {layout_words}")
     with b:
         st.plotly_chart(map_fig, key="att_map", on_select="rerun", selection_mode="points")
-        st.caption(map_caption)
-else:
-    pixel_fig, map_fig = pixel_figs[0], map_figs[0]
+        st.caption(words["map"])
+
+
+def draw_two(views: list[HeadView], pixel_figs: list, map_figs: list, words: dict) -> None:
+    """Two models' pixel views and maps, their shared weight and each one's statistics."""
+    mine, theirs = views
     stats = [head_metrics(v.row.reshape(1, 1, -1), np.array([query]), geometry) for v in views]
     st.markdown(
         as_text(
-            f"{mine.name} and {theirs.name}, layer {layer}, head {head}, pixel ({row}, {col}): "
-            f"the two rows share "
-            f"{float(shared_mass(mine.row, theirs.row)):.0%} of "
-            "their weight."
+            f"{mine.name} and {theirs.name}, layer {words['layer']}, head {words['head']}, "
+            f"pixel ({row}, {col}): the two rows share "
+            f"{float(shared_mass(mine.row, theirs.row)):.0%} of their weight."
         )
     )
     a, b = st.columns(2)
@@ -415,65 +398,71 @@ else:
                     f"the weight on {float(m['k90'][0]):.0f} keys, mean distance "
                     f"{float(m['distance'][0]):.1f} px."
                 )
-                + f" {outlined} One colour scale for both."
+                + f" {words['outlined']} One colour scale for both."
             )
     a, b = st.columns(2)
     for column, fig, key in ((a, map_figs[0], "att_map"), (b, map_figs[1], "att_map_b")):
         with column:
             st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points")
-    st.caption(f"{about_query} {map_caption}")
+    st.caption(f"{words['query']} {words['map']}")
 
-# downloads: these three figures, or every layer x head of this model and image as a zip
-meta = {
-    "model": chosen.name,
-    "image": image_name,
-    "image_sha1": image_sha1,
-    "layer": layer,
-    "head": head,
-    "query_pixel": [row, col],
-    "query_channel": channel,
-    "layout": mine.layout,
-    "outline": outline_spec,
-    "compared_with": compare_name,
-    "under": under or "its own layouts",
-}
-# under another attention: named in every file, e.g. dense-under-axial-width-28-_...
-model_stem = safe_name(chosen.name) + (f"-under-{safe_name(under)[:80]}" if under else "")
-stem = f"{model_stem}_{safe_name(image_name)}"
-items = [
-    Exportable(f"{stem}_r{row}c{col}_grid", grid_fig, {"maps": per_pixel}, meta),
-    Exportable(f"{stem}_L{layer}H{head}_r{row}c{col}_pixel", pixel_fig, {"weights": weights}, meta),
-    Exportable(
-        f"{stem}_L{layer}H{head}_head", map_fig, {"probs": maps, "tile": np.array(tile)}, meta
-    ),
-]
-if theirs is not None:
-    other_stem = f"{safe_name(theirs.name)}_{safe_name(image_name)}"
-    other_meta = {
-        **meta,
-        "model": theirs.name,
-        "layout": theirs.layout,
-        "compared_with": chosen.name,
-        "under": "its own layouts",
+
+def export_items(views: list[HeadView], pixel_figs, map_figs, words: dict) -> list[Exportable]:
+    """The downloads: the grid and each view's pixel figure and map, with their data."""
+    layer, head, tile = words["layer"], words["head"], tile_for(N, MAP_SIDE)
+    meta = {
+        "model": chosen.name,
+        "image": image_name,
+        "image_sha1": image_sha1,
+        "layer": layer,
+        "head": head,
+        "query_pixel": [row, col],
+        "query_channel": channel,
+        "layout": views[0].layout,
+        "outline": words["outline_spec"],
+        "compared_with": words["compare_name"],
+        "under": under or "its own layouts",
     }
-    items += [
+    # under another attention: named in every file, e.g. dense-under-axial-width-28-_...
+    model_stem = safe_name(chosen.name) + (f"-under-{safe_name(under)[:80]}" if under else "")
+    items = [
         Exportable(
-            f"{other_stem}_L{layer}H{head}_r{row}c{col}_pixel",
-            pixel_figs[1],
-            {"weights": theirs.weights},
-            other_meta,
-        ),
-        Exportable(
-            f"{other_stem}_L{layer}H{head}_head",
-            map_figs[1],
-            {"probs": theirs.maps, "tile": np.array(tile)},
-            other_meta,
-        ),
+            f"{model_stem}_{safe_name(image_name)}_r{row}c{col}_grid",
+            grid_fig,
+            {"maps": per_pixel},
+            meta,
+        )
     ]
-e1, e2 = st.columns(2)
-with e1:
-    export_panel(items, "att_export", "Export these figures")
-with e2:
+    for k, (v, pixel_fig, map_fig) in enumerate(zip(views, pixel_figs, map_figs, strict=True)):
+        stem = f"{model_stem if k == 0 else safe_name(v.name)}_{safe_name(image_name)}"
+        m = (
+            meta
+            if k == 0
+            else {
+                **meta,
+                "model": v.name,
+                "layout": v.layout,
+                "compared_with": chosen.name,
+                "under": "its own layouts",
+            }
+        )
+        items += [
+            Exportable(
+                f"{stem}_L{layer}H{head}_r{row}c{col}_pixel", pixel_fig, {"weights": v.weights}, m
+            ),
+            Exportable(
+                f"{stem}_L{layer}H{head}_head",
+                map_fig,
+                {"probs": v.maps, "tile": np.array(tile)},
+                m,
+            ),
+        ]
+    return items
+
+
+def every_layer_and_head() -> None:
+    """The button that prepares every layer x head of this model and image as files, and
+    their export once prepared."""
     if st.button("Prepare every layer x head (zip)", key="att_batch"):
         cfg = model.config
         refusal = over_budget(  # every N x N map of every layer: refused when too big
@@ -485,12 +474,11 @@ with e2:
             attention = capture_image(
                 model, image, query=(row, col), intervention=intervention_of(chosen.path, under)
             )
-            batch = model_items(
+            st.session_state.att_batch_items = model_items(
                 attention,
                 model_name=f"{chosen.name} under {under}" if under else chosen.name,
                 image_name=image_name,
             )
-            st.session_state.att_batch_items = batch
     if st.session_state.get("att_batch_items"):
         export_panel(
             st.session_state.att_batch_items,
@@ -498,3 +486,66 @@ with e2:
             "Export the whole batch",
             default=("png", "svg", "pdf", "npz"),  # HTML: 5 MB a figure (plotly.js inlined)
         )
+
+
+@st.fragment
+def head_views() -> None:
+    """Everything that follows the layer and head: a switch of either reruns only this part
+    (the grid and the inputs above are not rebuilt, sent or drawn again). A click that moves
+    the query (a pixel, a row of the map) reruns the whole page, before anything is drawn."""
+    if any(pending_click(key, read) for key, read in QUERY_CLICKS.items()):
+        st.rerun()
+    layer, head = layer_and_head()
+    compare_name, outline_spec = compare_and_outline(layer)
+    outline = None
+    if outline_spec != "none":
+        outline = pixel_view(parse_layout(outline_spec), geometry, query, head) > 0
+    view = st.radio(
+        "Show the head's weights",
+        ["as a heat map", "over the image"],
+        key="att_view",
+        horizontal=True,
+    )
+    views = [head_view(chosen, rows, layer, head, under)]
+    if compare_name != "none" and (found := other_model(compare_name, layer, head)):
+        views.append(head_view(*found, layer, head))
+    two = len(views) > 1
+    # two models: one colour scale, so the sharper head looks sharper
+    zmax = max(float(pixel_map(v.row, geometry, key_channel).max()) for v in views) if two else None
+    how = dict(view=view, zmax=zmax, outline=outline, named=two)
+    pixel_figs = [pixel_figure(v, layer, head, how) for v in views]
+    tile = tile_for(N, MAP_SIDE)
+    map_title = f"layer {layer}, head {head}: N x N map" + (
+        f" ({tile}x{tile} mean)" if tile > 1 else ""
+    )
+    map_figs = [
+        attention_map_figure(v.maps, tile, (f"{v.name}: " if two else "") + map_title)
+        for v in views
+    ]
+    r_, c_, ch_ = token_coords(query, geometry)
+    words = dict(
+        layer=layer,
+        head=head,
+        outline_spec=outline_spec,
+        compare_name=compare_name,
+        outlined="No layout outlined."
+        if outline_spec == "none"
+        else f"Orange squares: the keys {as_text(outline_spec)} allows.",
+        query=f"Query token {query} (row {r_}, column {c_}, channel {ch_}).",
+        map="Row i is query i's attention over keys j <= i; colour is log10 of the weight.",
+    )
+    if two:
+        draw_two(views, pixel_figs, map_figs, words)
+    else:
+        draw_one(views[0], pixel_figs[0], map_figs[0], words)
+    e1, e2 = st.columns(2)
+    with e1:
+        export_panel(
+            export_items(views, pixel_figs, map_figs, words), "att_export", "Export these figures"
+        )
+    with e2:
+        every_layer_and_head()
+    share_settings("att", script=False)  # a switch here runs no app.py: the URL follows it
+
+
+head_views()

@@ -332,6 +332,13 @@ def new_click(chart_key: str, read: Callable[[object], object | None]) -> object
     return picked
 
 
+def pending_click(chart_key: str, read: Callable[[object], object | None]) -> bool:
+    """Whether the chart ``chart_key`` holds a click that new_click has not yet taken: a
+    fragment's rerun hands such a click to a run of the whole page."""
+    picked = read(st.session_state.get(chart_key))
+    return picked is not None and picked != st.session_state.get(f"{chart_key}_last")
+
+
 def take_pixel_click(chart_key: str, row_key: str, col_key: str, width: int) -> None:
     """A new click on a pixel view (viz.figures.pixel_grid_figure, ``width`` pixels a row)
     sets the row and column inputs ``row_key`` and ``col_key``, before they are drawn."""
@@ -880,11 +887,13 @@ REPLACE_SAME_PAGE_ENTRIES = """<script>
 </script>"""
 
 
-def share_settings(prefix: str | tuple[str, ...] | None) -> None:
+def share_settings(prefix: str | tuple[str, ...] | None, script: bool = True) -> None:
     """Write the settings of the page with keys ``prefix``_... (one prefix or several) to the
     URL (only they: a link names one page's view); other pages' settings stay in the session.
-    A change replaces the tab's history entry for this page (REPLACE_SAME_PAGE_ENTRIES)."""
-    st.html(REPLACE_SAME_PAGE_ENTRIES, unsafe_allow_javascript=True)
+    A change replaces the tab's history entry for this page (REPLACE_SAME_PAGE_ENTRIES, drawn
+    unless ``script`` is False: a fragment's rerun, whose page has it already)."""
+    if script:
+        st.html(REPLACE_SAME_PAGE_ENTRIES, unsafe_allow_javascript=True)
     prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix or ())
     wanted = {
         key: _url_text(st.session_state[key])
