@@ -196,7 +196,7 @@ def pixel_grid_figure(
     named "pixels", one at each pixel's centre, which carries the hover text and the click
     (Streamlit's ``on_select`` reports scatter points, not heatmap cells): the point nearest
     the cursor is the pixel under it at any chart size, where visible square markers of a fixed
-    size in px overlapped once the chart was drawn small and a click picked a neighbour.
+    size in px would overlap on a small chart and a click would pick a neighbour.
     ``query`` (row, col) is ringed in black; ``outline`` [H, W] bool rings those pixels
     (the prescribed layout over a learned map); ``hover`` [H, W] str replaces the default
     hover text; or, cheaper to send and draw (numbers, not 784 strings), ``hover_template``
@@ -206,90 +206,120 @@ def pixel_grid_figure(
     area, the width follows the container.
     """
     h, w = values.shape
-    rows, cols = np.divmod(np.arange(h * w), w)
-    # rings: sized for the smallest chart the pages draw (~260 px a side), inside a cell above
-    ring_px = max(3, int(260 / max(h, w) * 0.9))
-    if hover is not None:
-        words = dict(text=hover.reshape(-1), hovertemplate="%{text}<extra></extra>")
-    elif hover_template is not None:
-        custom = np.asarray(hover_values, dtype=np.float32).reshape(h * w, -1)
-        words = dict(customdata=custom, hovertemplate=hover_template + "<extra></extra>")
-    else:
-        words = dict(hovertemplate="row %{y}, col %{x}: %{marker.color:.4g}<extra></extra>")
-    invisible = dict(marker=dict(opacity=0))
-    fig = go.Figure(
-        go.Scatter(
-            x=cols,
-            y=rows,
-            mode="markers",
-            marker=dict(
-                symbol="square",
-                size=4,
-                opacity=0,
-                maxdisplayed=1,  # see the module docstring: hovered and clicked, not drawn
-                color=values.reshape(-1),
-                colorscale=colorscale,
-                cmin=zmin,
-                cmax=zmax,
-                showscale=False,
-                line=dict(width=0),
-            ),
-            selected=invisible,
-            unselected=invisible,
-            name="pixels",
-            **words,
-            showlegend=False,
-        )
-    )
+    words = _pixel_hover(h, w, hover, hover_values, hover_template)
+    fig = go.Figure(_pixel_points(values, colorscale, zmin, zmax, words))
     if rgb is not None:  # a colour picture: pixel centres at 0..W-1, 0..H-1 as the points
         fig.add_trace(go.Image(z=np.asarray(rgb, dtype=np.uint8), hoverinfo="skip", name="image"))
     else:
-        fig.add_trace(
-            go.Heatmap(
-                z=values,
-                colorscale=colorscale,
-                zmin=zmin,
-                zmax=zmax,
-                showscale=colorbar_title is not None,
-                colorbar=dict(title=colorbar_title, thickness=12, len=0.8, y=1, yanchor="top")
-                if colorbar_title
-                else None,
-                hoverinfo="skip",
-                name="image",
-            )
-        )
-    keep = dict(marker=dict(opacity=1))  # not dimmed when a click selects a pixel
+        fig.add_trace(_pixel_heatmap(values, colorscale, zmin, zmax, colorbar_title))
+    # rings: sized for the smallest chart the pages draw (~260 px a side), inside a cell above
+    ring_px = max(3, int(260 / max(h, w) * 0.9))
     if outline is not None and outline.any():
         r, c = np.nonzero(outline)
-        fig.add_trace(
-            go.Scatter(
-                x=c,
-                y=r,
-                mode="markers",
-                hoverinfo="skip",
-                name="layout",
-                marker=dict(
-                    symbol="square-open", size=ring_px, color="#ff7f0e", line=dict(width=1.5)
-                ),
-                selected=keep,
-                unselected=keep,
-            )
-        )
+        fig.add_trace(_ring_trace(c, r, "layout", "#ff7f0e", 1.5, ring_px))
     if query is not None:
-        fig.add_trace(
-            go.Scatter(
-                x=[query[1]],
-                y=[query[0]],
-                mode="markers",
-                hoverinfo="skip",
-                name="query",
-                marker=dict(
-                    symbol="square-open", size=ring_px, color=QUERY_COLOR, line=dict(width=3)
-                ),
-                selected=keep,
-                unselected=keep,
-            )
-        )
+        fig.add_trace(_ring_trace([query[1]], [query[0]], "query", QUERY_COLOR, 3, ring_px))
+    _pixel_axes(fig, h, w)
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=13)),
+        height=size_px + 80,
+        margin=dict(l=45, r=10, t=40, b=40),
+        plot_bgcolor="white",
+        clickmode="event+select",
+        dragmode=False,
+        hovermode="closest",
+        showlegend=False,
+    )
+    return fig
+
+
+def _pixel_hover(
+    h: int,
+    w: int,
+    hover: np.ndarray | None,
+    hover_values: np.ndarray | None,
+    hover_template: str | None,
+) -> dict:
+    """The hover arguments of the pixel points: given strings, a template over numbers, or the
+    pixel's value."""
+    if hover is not None:
+        return dict(text=hover.reshape(-1), hovertemplate="%{text}<extra></extra>")
+    if hover_template is not None:
+        custom = np.asarray(hover_values, dtype=np.float32).reshape(h * w, -1)
+        return dict(customdata=custom, hovertemplate=hover_template + "<extra></extra>")
+    return dict(hovertemplate="row %{y}, col %{x}: %{marker.color:.4g}<extra></extra>")
+
+
+def _pixel_points(
+    values: np.ndarray, colorscale: str | list, zmin: float | None, zmax: float | None, words: dict
+) -> go.Scatter:
+    """The invisible points "pixels", one at each pixel's centre: the hover and the click."""
+    h, w = values.shape
+    rows, cols = np.divmod(np.arange(h * w), w)
+    invisible = dict(marker=dict(opacity=0))
+    return go.Scatter(
+        x=cols,
+        y=rows,
+        mode="markers",
+        marker=dict(
+            symbol="square",
+            size=4,
+            opacity=0,
+            maxdisplayed=1,  # see the module docstring: hovered and clicked, not drawn
+            color=values.reshape(-1),
+            colorscale=colorscale,
+            cmin=zmin,
+            cmax=zmax,
+            showscale=False,
+            line=dict(width=0),
+        ),
+        selected=invisible,
+        unselected=invisible,
+        name="pixels",
+        **words,
+        showlegend=False,
+    )
+
+
+def _pixel_heatmap(
+    values: np.ndarray,
+    colorscale: str | list,
+    zmin: float | None,
+    zmax: float | None,
+    colorbar_title: str | None,
+) -> go.Heatmap:
+    """The pixels' colours, a heatmap called "image" (with a colour bar when it has a title)."""
+    return go.Heatmap(
+        z=values,
+        colorscale=colorscale,
+        zmin=zmin,
+        zmax=zmax,
+        showscale=colorbar_title is not None,
+        colorbar=dict(title=colorbar_title, thickness=12, len=0.8, y=1, yanchor="top")
+        if colorbar_title
+        else None,
+        hoverinfo="skip",
+        name="image",
+    )
+
+
+def _ring_trace(x, y, name: str, color: str, width: float, size_px: int) -> go.Scatter:
+    """Square rings around pixels (the query, a layout's keys), never dimmed by a selection."""
+    keep = dict(marker=dict(opacity=1))
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="markers",
+        hoverinfo="skip",
+        name=name,
+        marker=dict(symbol="square-open", size=size_px, color=color, line=dict(width=width)),
+        selected=keep,
+        unselected=keep,
+    )
+
+
+def _pixel_axes(fig: go.Figure, h: int, w: int) -> None:
+    """Axes fixed to the image, rows downwards, square cells at the top of the chart."""
     fig.update_xaxes(
         range=[-0.5, w - 0.5],
         autorange=False,
@@ -309,17 +339,6 @@ def pixel_grid_figure(
         constrain="domain",
         constraintoward="top",  # a narrow chart: the blank band goes below, not above
     )
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=13)),
-        height=size_px + 80,
-        margin=dict(l=45, r=10, t=40, b=40),
-        plot_bgcolor="white",
-        clickmode="event+select",
-        dragmode=False,
-        hovermode="closest",
-        showlegend=False,
-    )
-    return fig
 
 
 def layout_pixel_figure(
@@ -522,14 +541,9 @@ def head_grid_figure(
     """
     n_layer, n_head, h, w = maps.shape
     scaled, colorbar, said = grid_scale(maps, shared_scale)
-    mosaic = np.full((n_layer * (h + 1) - 1, n_head * (w + 1) - 1), np.nan)
-    for i in range(n_layer):
-        for j in range(n_head):
-            r0, c0 = i * (h + 1), j * (w + 1)
-            mosaic[r0 : r0 + h, c0 : c0 + w] = scaled[i, j]
     # float32: half the bytes of float64 to send and parse at every rerun
     fig = _unit_heatmap(
-        mosaic.astype(np.float32),
+        mosaic(scaled, np.nan, np.float64).astype(np.float32),
         "heads",
         "Viridis",
         None,
@@ -539,31 +553,7 @@ def head_grid_figure(
     )
     layer_names = list(layers or range(n_layer))
     head_names = list(heads or range(n_head))
-    ti, tj = np.divmod(np.arange(n_layer * n_head), n_head)
-    argmax = maps.reshape(n_layer * n_head, -1).argmax(-1)
-    at_r, at_c = np.divmod(argmax, w)
-    peaks = maps.reshape(n_layer * n_head, -1).max(-1)
-    hover = [
-        f"layer {layer_names[i]}, head {head_names[j]}<br>peak {v:.4f} at row {r}, col {c}"
-        + (f"<br>at the query: {maps[i, j, query[0], query[1]]:.4f}" if query else "")
-        + "<br>click to show this head"
-        for i, j, r, c, v in zip(ti, tj, at_r, at_c, peaks, strict=True)
-    ]
-    invisible = dict(marker=dict(opacity=0))
-    fig.add_trace(
-        go.Scatter(
-            x=tj * (w + 1) + (w - 1) / 2,
-            y=ti * (h + 1) + (h - 1) / 2,
-            mode="markers",
-            marker=dict(size=8, opacity=0, maxdisplayed=1),  # hovered, clicked, not drawn
-            selected=invisible,
-            unselected=invisible,
-            text=hover,
-            hovertemplate="%{text}<extra></extra>",
-            name="tiles",
-            showlegend=False,
-        )
-    )
+    fig.add_trace(_tile_targets(maps, _tile_hover(maps, layer_names, head_names, query)))
     columns = [f"head {j}" for j in head_names]
     fig.update_xaxes(**_tile_axis(columns, w), side="top", constrain="domain")
     rows = [f"layer {i}" for i in layer_names]
@@ -574,25 +564,8 @@ def head_grid_figure(
         constrain="domain",
         constraintoward="top",
     )
-    shapes = []  # set at once: plotly checks the whole list again at every add_shape
-    if query is not None:  # the query pixel, outlined in every tile
-        qr, qc = query
-        for i in range(n_layer):
-            for j in range(n_head):
-                x, y = j * (w + 1) + qc, i * (h + 1) + qr
-                shapes.append(
-                    dict(
-                        type="rect",
-                        x0=x - 0.5,
-                        x1=x + 0.5,
-                        y0=y - 0.5,
-                        y1=y + 0.5,
-                        line=dict(color="#ff7f0e", width=1.5),
-                        name="query",
-                    )
-                )
     fig.update_layout(
-        shapes=shapes,
+        shapes=[] if query is None else _query_in_every_tile(maps.shape, query),
         # the subtitle says how the colours are scaled (the colour bar's title, shorter, too)
         title=dict(text=title, subtitle=dict(text=said, font=dict(size=11))),
         height=max(300, 130 * n_layer + 100),
@@ -606,6 +579,76 @@ def head_grid_figure(
         showlegend=False,
     )
     return fig
+
+
+def mosaic(tiles: np.ndarray, fill, dtype) -> np.ndarray:
+    """Tiles [R, C, h, w, ...] laid out as one array [R (h + 1) - 1, C (w + 1) - 1, ...] of
+    ``dtype``, a line of ``fill`` between tiles."""
+    n_r, n_c, h, w = tiles.shape[:4]
+    out = np.full((n_r * (h + 1) - 1, n_c * (w + 1) - 1, *tiles.shape[4:]), fill, dtype=dtype)
+    for i in range(n_r):
+        for j in range(n_c):
+            r0, c0 = i * (h + 1), j * (w + 1)
+            out[r0 : r0 + h, c0 : c0 + w] = tiles[i, j]
+    return out
+
+
+def _tile_hover(
+    maps: np.ndarray, layer_names: list, head_names: list, query: tuple[int, int] | None
+) -> list[str]:
+    """Each tile's hover: its layer and head, its peak weight and where, the query's weight."""
+    n_layer, n_head, _, w = maps.shape
+    ti, tj = np.divmod(np.arange(n_layer * n_head), n_head)
+    at_r, at_c = np.divmod(maps.reshape(n_layer * n_head, -1).argmax(-1), w)
+    peaks = maps.reshape(n_layer * n_head, -1).max(-1)
+    return [
+        f"layer {layer_names[i]}, head {head_names[j]}<br>peak {v:.4f} at row {r}, col {c}"
+        + (f"<br>at the query: {maps[i, j, query[0], query[1]]:.4f}" if query else "")
+        + "<br>click to show this head"
+        for i, j, r, c, v in zip(ti, tj, at_r, at_c, peaks, strict=True)
+    ]
+
+
+def _tile_targets(maps: np.ndarray, hover: list[str]) -> go.Scatter:
+    """The invisible points "tiles", one at each tile's centre: the hover and the click."""
+    n_layer, n_head, h, w = maps.shape
+    ti, tj = np.divmod(np.arange(n_layer * n_head), n_head)
+    invisible = dict(marker=dict(opacity=0))
+    return go.Scatter(
+        x=tj * (w + 1) + (w - 1) / 2,
+        y=ti * (h + 1) + (h - 1) / 2,
+        mode="markers",
+        marker=dict(size=8, opacity=0, maxdisplayed=1),  # hovered, clicked, not drawn
+        selected=invisible,
+        unselected=invisible,
+        text=hover,
+        hovertemplate="%{text}<extra></extra>",
+        name="tiles",
+        showlegend=False,
+    )
+
+
+def _query_in_every_tile(shape: tuple[int, ...], query: tuple[int, int]) -> list[dict]:
+    """A square around the query pixel in every tile of a mosaic of ``shape`` [L, H, h, w],
+    as layout shapes (set at once: plotly checks the whole list again at every add_shape)."""
+    n_layer, n_head, h, w = shape
+    qr, qc = query
+    shapes = []
+    for i in range(n_layer):
+        for j in range(n_head):
+            x, y = j * (w + 1) + qc, i * (h + 1) + qr
+            shapes.append(
+                dict(
+                    type="rect",
+                    x0=x - 0.5,
+                    x1=x + 0.5,
+                    y0=y - 0.5,
+                    y1=y + 0.5,
+                    line=dict(color="#ff7f0e", width=1.5),
+                    name="query",
+                )
+            )
+    return shapes
 
 
 def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:

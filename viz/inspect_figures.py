@@ -16,6 +16,7 @@ import plotly.colors as pc
 import plotly.graph_objects as go
 
 from analysis.metrics import HEAD_TYPES
+from viz.figures import _tile_axis, mosaic
 
 # one colour per model or head line, the same in every figure (plotly's default cycle)
 LINE_COLORS = (
@@ -114,31 +115,12 @@ def mosaic_figure(
         raise ValueError(f"need {n_c} column and {n_r} row labels for maps {maps.shape}")
     shown = maps
     if per_tile:
-        peak = np.nanmax(np.abs(maps).reshape(n_r, n_c, -1), axis=-1)[:, :, None, None]
-        shown = maps / np.where(peak > 0, peak, 1.0)
+        shown = _over_own_peak(maps)
         zmin, zmax = (0.0, 1.0) if zmin is None else (zmin, 1.0)
-    z = np.full((n_r * (h + 1) - 1, n_c * (w + 1) - 1), np.nan)
-    # hover: the tile's name as text, the pixel and the raw value as numbers (customdata): no
-    # string formatted per cell (18,816 of them for 8 layers x 3 summaries of 28 x 28)
-    text = np.full(z.shape, "", dtype=object)
-    custom = np.full((*z.shape, 3), np.nan, dtype=np.float32)  # row, col, raw value
-    rr, cc = np.indices((h, w))
-    for i in range(n_r):
-        for j in range(n_c):
-            r0, c0 = i * (h + 1), j * (w + 1)
-            z[r0 : r0 + h, c0 : c0 + w] = shown[i, j]
-            text[r0 : r0 + h, c0 : c0 + w] = " ".join(
-                x for x in (row_labels[i], col_labels[j]) if x
-            )
-            custom[r0 : r0 + h, c0 : c0 + w] = np.stack([rr, cc, maps[i, j]], axis=-1)
     fig = go.Figure(
         go.Heatmap(
-            z=z,
-            text=text,
-            customdata=custom,
-            hovertemplate="%{text}<br>row %{customdata[0]}, col %{customdata[1]}: "
-            + value_name
-            + " %{customdata[2]:.4g}<extra></extra>",
+            z=mosaic(shown, np.nan, np.float64),
+            **_mosaic_hover(maps, col_labels, row_labels, value_name),
             colorscale=colorscale,
             zmin=zmin,
             zmax=zmax,
@@ -149,7 +131,7 @@ def mosaic_figure(
         )
     )
     fig.update_xaxes(
-        tickvals=[k * (w + 1) + (w - 1) / 2 for k in range(n_c)],
+        tickvals=_tile_axis(col_labels, w)["tickvals"],
         ticktext=list(col_labels),
         side="top",
         showgrid=False,
@@ -157,13 +139,7 @@ def mosaic_figure(
         constrain="domain",
     )
     fig.update_yaxes(
-        tickvals=[k * (h + 1) + (h - 1) / 2 for k in range(n_r)],
-        ticktext=row_labels,
-        showgrid=False,
-        zeroline=False,
-        autorange="reversed",
-        scaleanchor="x",
-        constrain="domain",
+        **_tile_axis(row_labels, h), autorange="reversed", scaleanchor="x", constrain="domain"
     )
     fig.update_layout(
         title=dict(text=title, font=dict(size=13)),
@@ -172,6 +148,37 @@ def mosaic_figure(
         plot_bgcolor="white",
     )
     return fig
+
+
+def _over_own_peak(maps: np.ndarray) -> np.ndarray:
+    """Maps [R, C, h, w], each over its own largest magnitude (an all-zero map left as it is)."""
+    n_r, n_c = maps.shape[:2]
+    peak = np.nanmax(np.abs(maps).reshape(n_r, n_c, -1), axis=-1)[:, :, None, None]
+    return maps / np.where(peak > 0, peak, 1.0)
+
+
+def _mosaic_hover(
+    maps: np.ndarray, col_labels: Sequence[str], row_labels: list[str], value_name: str
+) -> dict:
+    """The mosaic's hover: the tile's name as text, the pixel and the raw value as numbers
+    (customdata), so that no string is formatted per cell (18,816 of them for 8 layers x 3
+    summaries of 28 x 28)."""
+    n_r, n_c, h, w = maps.shape
+    names = np.array(
+        [[" ".join(x for x in (row, col) if x) for col in col_labels] for row in row_labels],
+        dtype=object,
+    )
+    text = mosaic(np.broadcast_to(names[:, :, None, None], maps.shape), "", object)
+    rr, cc = np.indices((h, w))
+    pixels = np.broadcast_to(np.stack([rr, cc], -1), (n_r, n_c, h, w, 2))
+    custom = mosaic(np.concatenate([pixels, maps[..., None]], -1), np.nan, np.float32)
+    return dict(
+        text=text,
+        customdata=custom,
+        hovertemplate="%{text}<br>row %{customdata[0]}, col %{customdata[1]}: "
+        + value_name
+        + " %{customdata[2]:.4g}<extra></extra>",
+    )
 
 
 def distribution_figure(
