@@ -152,7 +152,6 @@ def _image_pixels(trace: go.Image) -> np.ndarray:
 def _draw(fig: go.Figure):
     """A matplotlib figure drawing what the plotly figure shows (the trace kinds viz/ uses)."""
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
 
     lay = fig.layout
     width = (lay.width or 700) / CSS_DPI
@@ -162,99 +161,148 @@ def _draw(fig: go.Figure):
     ax = mfig.subplots()
     legend = False
     for tr in fig.data:
-        if isinstance(tr, go.Image):  # an RGB picture: a PNG data URI (mask_figure) or z
-            rgb = _image_pixels(tr)
-            ny, nx = rgb.shape[:2]
-            x0, y0 = float(tr.x0 or 0), float(tr.y0 or 0)
-            dx, dy = float(tr.dx or 1), float(tr.dy or 1)
-            extent = (x0 - dx / 2, x0 + dx * (nx - 0.5), y0 + dy * (ny - 0.5), y0 - dy / 2)
-            ax.imshow(rgb, extent=extent, interpolation="nearest", aspect="auto")
+        if isinstance(tr, go.Image):
+            _draw_image(ax, tr)
         elif isinstance(tr, go.Heatmap):
-            z = np.asarray(tr.z, dtype=float)
-            ny, nx = z.shape
-            xe, ye = _edges(tr.x0, tr.dx, nx), _edges(tr.y0, tr.dy, ny)
-            style = dict(cmap=_cmap(tr.colorscale or "Viridis"), vmin=tr.zmin, vmax=tr.zmax)
-            if nx * ny > RASTER_CELLS:  # one embedded image, at the map's own resolution
-                mesh = ax.imshow(
-                    np.ma.masked_invalid(z),
-                    extent=(xe[0], xe[-1], ye[-1], ye[0]),
-                    origin="upper",
-                    interpolation="none",  # unresampled in SVG/PDF; nearest in PNG
-                    aspect="auto",
-                    **style,
-                )
-                ax.set_xlim(xe[0], xe[-1])  # as pcolormesh leaves them (imshow flips y)
-                ax.set_ylim(ye[0], ye[-1])
-            else:
-                mesh = ax.pcolormesh(xe, ye, np.ma.masked_invalid(z), shading="flat", **style)
-            if tr.showscale is not False:
-                bar = mfig.colorbar(mesh, ax=ax)
-                if tr.colorbar and tr.colorbar.title and tr.colorbar.title.text:
-                    bar.set_label(tr.colorbar.title.text)
-                if tr.colorbar and tr.colorbar.tickvals is not None and tr.colorbar.ticktext:
-                    # named categories (head types), as the page's colour bar shows them
-                    bar.set_ticks(list(tr.colorbar.tickvals), labels=list(tr.colorbar.ticktext))
-        elif _click_targets(tr):
-            continue
-        elif isinstance(tr, go.Scatter):
-            x, y = _arr(tr.x), _arr(tr.y)
-            if x is None or len(x) == 0 or x[0] is None:  # a legend-only entry
-                ax.scatter([], [], marker="s", color=tr.marker.color, label=tr.name)
-                legend = True
-                continue
-            symbol = tr.marker.symbol or "circle"
-            color = tr.marker.color
-            if symbol == "square" and np.ndim(color) == 1:  # a pixel grid: draw it as cells
-                xi, yi = x.astype(int), y.astype(int)
-                grid = np.full((yi.max() + 1, xi.max() + 1), np.nan)
-                grid[yi, xi] = np.asarray(color, dtype=float)
-                mesh = ax.pcolormesh(
-                    np.arange(grid.shape[1] + 1) - 0.5,
-                    np.arange(grid.shape[0] + 1) - 0.5,
-                    grid,
-                    cmap=_cmap(tr.marker.colorscale or "Viridis"),
-                    vmin=tr.marker.cmin,
-                    vmax=tr.marker.cmax,
-                )
-                if tr.marker.showscale:
-                    bar = mfig.colorbar(mesh, ax=ax)
-                    if tr.marker.colorbar and tr.marker.colorbar.title:
-                        bar.set_label(tr.marker.colorbar.title.text or "")
-            elif symbol == "square-open":  # outlines around pixels
-                lw = (tr.marker.line.width or 1) if tr.marker.line else 1
-                for xv, yv in zip(x, y, strict=True):
-                    ax.add_patch(
-                        Rectangle(
-                            (xv - 0.5, yv - 0.5), 1, 1, fill=False, edgecolor=color, linewidth=lw
-                        )
-                    )
-            elif "lines" in (tr.mode or ""):  # curves (the speed and training figures)
-                line = tr.line or go.scatter.Line()
-                ax.plot(
-                    x,
-                    y,
-                    color=line.color or color,
-                    linestyle=_DASHES.get(line.dash or "solid", "-"),
-                    linewidth=line.width or 1.5,
-                    marker="o" if "markers" in tr.mode else None,
-                    markersize=(tr.marker.size or 6) / 2,
-                    label=tr.name,
-                )
-                legend = legend or bool(tr.name)
-            else:
-                ax.scatter(x, y, color=color, s=(tr.marker.size or 6) ** 2 / 2, label=tr.name)
-                legend = legend or bool(tr.name)
-                if tr.text is not None and "text" in (tr.mode or ""):
-                    for xv, yv, t in zip(x, y, tr.text, strict=True):
-                        ax.annotate(
-                            str(t),
-                            (xv, yv),
-                            textcoords="offset points",
-                            xytext=(0, 5),
-                            ha="center",
-                            fontsize=7,
-                        )
-    for shape in lay.shapes or ():
+            _draw_heatmap(mfig, ax, tr)
+        elif isinstance(tr, go.Scatter) and not _click_targets(tr):
+            legend = _draw_scatter(mfig, ax, tr) or legend
+    _draw_rectangles(ax, lay.shapes or ())
+    _set_axes(ax, lay)
+    if lay.title and lay.title.text:
+        ax.set_title(lay.title.text, fontsize=10)
+    if legend:
+        ax.legend(fontsize=7, loc="best")
+    mfig.tight_layout()
+    return mfig
+
+
+def _draw_image(ax, tr: go.Image) -> None:
+    """An RGB picture: a PNG data URI (mask_figure) or z."""
+    rgb = _image_pixels(tr)
+    ny, nx = rgb.shape[:2]
+    x0, y0 = float(tr.x0 or 0), float(tr.y0 or 0)
+    dx, dy = float(tr.dx or 1), float(tr.dy or 1)
+    extent = (x0 - dx / 2, x0 + dx * (nx - 0.5), y0 + dy * (ny - 0.5), y0 - dy / 2)
+    ax.imshow(rgb, extent=extent, interpolation="nearest", aspect="auto")
+
+
+def _draw_heatmap(mfig, ax, tr: go.Heatmap) -> None:
+    """A heatmap as cells (vector), or as one raster image past RASTER_CELLS, and its bar."""
+    z = np.asarray(tr.z, dtype=float)
+    ny, nx = z.shape
+    xe, ye = _edges(tr.x0, tr.dx, nx), _edges(tr.y0, tr.dy, ny)
+    style = dict(cmap=_cmap(tr.colorscale or "Viridis"), vmin=tr.zmin, vmax=tr.zmax)
+    if nx * ny > RASTER_CELLS:  # one embedded image, at the map's own resolution
+        mesh = ax.imshow(
+            np.ma.masked_invalid(z),
+            extent=(xe[0], xe[-1], ye[-1], ye[0]),
+            origin="upper",
+            interpolation="none",  # unresampled in SVG/PDF; nearest in PNG
+            aspect="auto",
+            **style,
+        )
+        ax.set_xlim(xe[0], xe[-1])  # as pcolormesh leaves them (imshow flips y)
+        ax.set_ylim(ye[0], ye[-1])
+    else:
+        mesh = ax.pcolormesh(xe, ye, np.ma.masked_invalid(z), shading="flat", **style)
+    if tr.showscale is not False:
+        bar = mfig.colorbar(mesh, ax=ax)
+        if tr.colorbar and tr.colorbar.title and tr.colorbar.title.text:
+            bar.set_label(tr.colorbar.title.text)
+        if tr.colorbar and tr.colorbar.tickvals is not None and tr.colorbar.ticktext:
+            # named categories (head types), as the page's colour bar shows them
+            bar.set_ticks(list(tr.colorbar.tickvals), labels=list(tr.colorbar.ticktext))
+
+
+def _draw_scatter(mfig, ax, tr: go.Scatter) -> bool:
+    """A scatter as what it stands for: pixel cells, rings, curves or labelled points;
+    whether it adds a legend entry."""
+    x, y = _arr(tr.x), _arr(tr.y)
+    if x is None or len(x) == 0 or x[0] is None:  # a legend-only entry
+        ax.scatter([], [], marker="s", color=tr.marker.color, label=tr.name)
+        return True
+    symbol = tr.marker.symbol or "circle"
+    if symbol == "square" and np.ndim(tr.marker.color) == 1:  # a pixel grid: draw it as cells
+        _draw_pixel_cells(mfig, ax, tr, x, y)
+        return False
+    if symbol == "square-open":  # outlines around pixels
+        _draw_rings(ax, tr, x, y)
+        return False
+    if "lines" in (tr.mode or ""):  # curves (the speed and training figures)
+        _draw_curve(ax, tr, x, y)
+    else:
+        _draw_points(ax, tr, x, y)
+    return bool(tr.name)
+
+
+def _draw_pixel_cells(mfig, ax, tr: go.Scatter, x: np.ndarray, y: np.ndarray) -> None:
+    """A pixel grid's points as coloured cells, with its colour bar when it shows one."""
+    xi, yi = x.astype(int), y.astype(int)
+    grid = np.full((yi.max() + 1, xi.max() + 1), np.nan)
+    grid[yi, xi] = np.asarray(tr.marker.color, dtype=float)
+    mesh = ax.pcolormesh(
+        np.arange(grid.shape[1] + 1) - 0.5,
+        np.arange(grid.shape[0] + 1) - 0.5,
+        grid,
+        cmap=_cmap(tr.marker.colorscale or "Viridis"),
+        vmin=tr.marker.cmin,
+        vmax=tr.marker.cmax,
+    )
+    if tr.marker.showscale:
+        bar = mfig.colorbar(mesh, ax=ax)
+        if tr.marker.colorbar and tr.marker.colorbar.title:
+            bar.set_label(tr.marker.colorbar.title.text or "")
+
+
+def _draw_rings(ax, tr: go.Scatter, x: np.ndarray, y: np.ndarray) -> None:
+    """Square rings around pixels (the query, a layout's keys)."""
+    from matplotlib.patches import Rectangle
+
+    lw = (tr.marker.line.width or 1) if tr.marker.line else 1
+    for xv, yv in zip(x, y, strict=True):
+        ax.add_patch(
+            Rectangle(
+                (xv - 0.5, yv - 0.5), 1, 1, fill=False, edgecolor=tr.marker.color, linewidth=lw
+            )
+        )
+
+
+def _draw_curve(ax, tr: go.Scatter, x: np.ndarray, y: np.ndarray) -> None:
+    """A line, with markers where the trace has them, in its colour and dash."""
+    line = tr.line or go.scatter.Line()
+    ax.plot(
+        x,
+        y,
+        color=line.color or tr.marker.color,
+        linestyle=_DASHES.get(line.dash or "solid", "-"),
+        linewidth=line.width or 1.5,
+        marker="o" if "markers" in tr.mode else None,
+        markersize=(tr.marker.size or 6) / 2,
+        label=tr.name,
+    )
+
+
+def _draw_points(ax, tr: go.Scatter, x: np.ndarray, y: np.ndarray) -> None:
+    """Markers, each with its text above it where the trace shows text."""
+    ax.scatter(x, y, color=tr.marker.color, s=(tr.marker.size or 6) ** 2 / 2, label=tr.name)
+    if tr.text is not None and "text" in (tr.mode or ""):
+        for xv, yv, t in zip(x, y, tr.text, strict=True):
+            ax.annotate(
+                str(t),
+                (xv, yv),
+                textcoords="offset points",
+                xytext=(0, 5),
+                ha="center",
+                fontsize=7,
+            )
+
+
+def _draw_rectangles(ax, shapes) -> None:
+    """The layout's rectangles in data coordinates (the head grid's query squares)."""
+    from matplotlib.patches import Rectangle
+
+    for shape in shapes:
         if shape.type == "rect" and (shape.xref in (None, "x")):
             ax.add_patch(
                 Rectangle(
@@ -266,28 +314,25 @@ def _draw(fig: go.Figure):
                     linewidth=shape.line.width or 1,
                 )
             )
-    for axis, setter in ((lay.xaxis, ax), (lay.yaxis, ax)):
-        is_x = axis is lay.xaxis
+
+
+def _set_axes(ax, lay) -> None:
+    """Titles, ticks, log scales, ranges, a reversed y and square cells as the layout says."""
+    for axis, is_x in ((lay.xaxis, True), (lay.yaxis, False)):
         if axis.title and axis.title.text:
-            (setter.set_xlabel if is_x else setter.set_ylabel)(axis.title.text)
+            (ax.set_xlabel if is_x else ax.set_ylabel)(axis.title.text)
         if axis.tickvals is not None:
-            (setter.set_xticks if is_x else setter.set_yticks)(list(axis.tickvals))
+            (ax.set_xticks if is_x else ax.set_yticks)(list(axis.tickvals))
             if axis.ticktext is not None:
-                (setter.set_xticklabels if is_x else setter.set_yticklabels)(list(axis.ticktext))
+                (ax.set_xticklabels if is_x else ax.set_yticklabels)(list(axis.ticktext))
         if axis.type == "log":  # (a log axis' plotly range is in decades: left to matplotlib)
-            (setter.set_xscale if is_x else setter.set_yscale)("log")
+            (ax.set_xscale if is_x else ax.set_yscale)("log")
         elif axis.range is not None:
-            (setter.set_xlim if is_x else setter.set_ylim)(*axis.range)
+            (ax.set_xlim if is_x else ax.set_ylim)(*axis.range)
     if lay.yaxis.autorange == "reversed" and lay.yaxis.range is None:
         ax.invert_yaxis()
     if lay.yaxis.scaleanchor == "x":
         ax.set_aspect("equal", adjustable="box")
-    if lay.title and lay.title.text:
-        ax.set_title(lay.title.text, fontsize=10)
-    if legend:
-        ax.legend(fontsize=7, loc="best")
-    mfig.tight_layout()
-    return mfig
 
 
 def _meta_text(meta: dict) -> str:
@@ -590,20 +635,8 @@ def model_items(
     stem = f"{safe_name(Path(model_name).name)}_{safe_name(Path(image_name).stem)}"
     per_pixel = att.rows.reshape(len(att.layers), -1, g.height, g.width, g.channels)
     items = []
-    if "grid" in views:  # the chosen layers x the chosen heads, labelled with their numbers
-        maps = per_pixel[..., 0][:, att.heads]  # [len(layers), len(heads), H, W]
-        some = ("head " if len(att.heads) == 1 else "heads ") + ", ".join(map(str, att.heads))
-        shown = "all heads" if len(att.heads) == per_pixel.shape[1] else some
-        items.append(
-            Exportable(
-                f"{stem}_r{row}c{col}_grid",
-                head_grid_figure(
-                    maps, f"pixel ({row}, {col}): {shown}", layers=att.layers, heads=att.heads
-                ),
-                {"maps": maps, "layers": np.array(att.layers), "heads": np.array(att.heads)},
-                {**base, "view": "grid", "layers": att.layers, "heads": att.heads},
-            )
-        )
+    if "grid" in views:
+        items.append(_grid_item(att, per_pixel, stem, base))
     for li, (layer, layout) in enumerate(zip(att.layers, att.layouts, strict=True)):
         lmeta = {**base, "layer": layer, "layout": repr(layout)}
         for hi, h in enumerate(att.heads):
@@ -619,34 +652,58 @@ def model_items(
                     )
                 )
             if "pixel" in views:
-                w = per_pixel[li, h].max(axis=2)
-                items.append(
-                    Exportable(
-                        f"{stem}_L{layer}H{h}_r{row}c{col}_pixel",
-                        pixel_grid_figure(
-                            w,
-                            title=f"layer {layer}, head {h}: where pixel ({row}, {col}) looks",
-                            query=(row, col),
-                            zmin=0,
-                            colorbar_title="weight",
-                        ),
-                        {"weights": w},
-                        {**hmeta, "view": "pixel"},
-                    )
-                )
+                items.append(_pixel_item(per_pixel[li, h].max(axis=2), att.query, stem, hmeta))
         if "layout" in views:
-            codes = pixel_view(layout, g, att.query_token, 0)
-            items.append(
-                Exportable(
-                    f"{stem}_L{layer}_r{row}c{col}_layout",
-                    layout_pixel_figure(
-                        codes,
-                        part_names(layout),
-                        (row, col),
-                        f"{layout!r}: keys of pixel ({row}, {col})",
-                    ),
-                    {"part_codes": codes},
-                    {**lmeta, "view": "layout"},
-                )
-            )
+            items.append(_layout_item(att, layout, stem, lmeta))
     return items
+
+
+def _grid_item(att: AttentionArrays, per_pixel: np.ndarray, stem: str, base: dict) -> Exportable:
+    """The chosen layers x the chosen heads as one grid, labelled with their numbers."""
+    row, col = att.query
+    maps = per_pixel[..., 0][:, att.heads]  # [len(layers), len(heads), H, W]
+    some = ("head " if len(att.heads) == 1 else "heads ") + ", ".join(map(str, att.heads))
+    shown = "all heads" if len(att.heads) == per_pixel.shape[1] else some
+    return Exportable(
+        f"{stem}_r{row}c{col}_grid",
+        head_grid_figure(
+            maps, f"pixel ({row}, {col}): {shown}", layers=att.layers, heads=att.heads
+        ),
+        {"maps": maps, "layers": np.array(att.layers), "heads": np.array(att.heads)},
+        {**base, "view": "grid", "layers": att.layers, "heads": att.heads},
+    )
+
+
+def _pixel_item(weights: np.ndarray, query: tuple[int, int], stem: str, hmeta: dict) -> Exportable:
+    """Where the query pixel looks in one head: its weights [H, W] over the image."""
+    row, col = query
+    layer, h = hmeta["layer"], hmeta["head"]
+    return Exportable(
+        f"{stem}_L{layer}H{h}_r{row}c{col}_pixel",
+        pixel_grid_figure(
+            weights,
+            title=f"layer {layer}, head {h}: where pixel ({row}, {col}) looks",
+            query=(row, col),
+            zmin=0,
+            colorbar_title="weight",
+        ),
+        {"weights": weights},
+        {**hmeta, "view": "pixel"},
+    )
+
+
+def _layout_item(att: AttentionArrays, layout: Layout, stem: str, lmeta: dict) -> Exportable:
+    """A layer's layout around the query pixel: which pixels it may attend to, by part."""
+    row, col = att.query
+    codes = pixel_view(layout, att.geometry, att.query_token, 0)
+    return Exportable(
+        f"{stem}_L{lmeta['layer']}_r{row}c{col}_layout",
+        layout_pixel_figure(
+            codes,
+            part_names(layout),
+            (row, col),
+            f"{layout!r}: keys of pixel ({row}, {col})",
+        ),
+        {"part_codes": codes},
+        {**lmeta, "view": "layout"},
+    )

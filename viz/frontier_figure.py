@@ -158,119 +158,15 @@ def frontier_figure(result: dict, model: str, title: str | None = None) -> go.Fi
     a click on a point opens is that model under the point's spec (a trained point: that
     trained model, as it is)."""
     check_frontier(result)
-    fig = go.Figure()
-    points = result["points"]
-    keys = [float(p["keys"]) for p in points]
-    n = int(result["n_tokens"])
-    dense_keys = (n + 1) / 2  # a causal query keeps every earlier key: (N + 1) / 2 on average
-    span = [min(keys) * 0.85, dense_keys]
-    fig.add_trace(
-        go.Scatter(
-            x=span,
-            y=[result["dense_bpd"]] * 2,
-            mode="lines",
-            name=f"dense: {result['dense_bpd']:.4f} bits/dim",
-            line={"color": "#222222", "dash": "dash", "width": 1.5},
-            customdata=[
-                _row("", model, "dense (its own attention)", "dense()", p)
-                for p in ({"density": 1.0, "keys": dense_keys, "bpd": result["dense_bpd"]},) * 2
-            ],
-            hovertemplate=HOVER,
-        )
-    )
-    envelopes = result["envelopes"]
+    fig = go.Figure(_dense_trace(result, model))
     for family in families_of(result):
-        mine = [p for p in points if p["family"] == family]
-        on = set(envelopes.get(family, []))
-        line = sorted((p for p in mine if p["spec"] in on), key=lambda p: p["keys"])
-        off = [p for p in mine if p["spec"] not in on]
-        color = COLORS.get(family, "#555555")
-        oracle = family == "topk"
-        label = family_label(family)
-        fig.add_trace(
-            go.Scatter(
-                x=[p["keys"] for p in line],
-                y=[p["bpd"] for p in line],
-                mode="lines+markers",
-                name=label,
-                legendgroup=family,
-                line={"color": color, "width": 4 if oracle else 2},
-                marker={"color": color, "size": 10 if oracle else 7},
-                customdata=[_row(p["spec"], model, label, p["spec"], p) for p in line],
-                hovertemplate=HOVER,
-            )
-        )
-        if off:
-            fig.add_trace(
-                go.Scatter(
-                    x=[p["keys"] for p in off],
-                    y=[p["bpd"] for p in off],
-                    mode="markers",
-                    name=f"{label}: off its envelope",
-                    legendgroup=family,
-                    showlegend=False,
-                    opacity=0.35,
-                    marker={"color": color, "size": 6, "symbol": "circle-open"},
-                    customdata=[_row(p["spec"], model, label, p["spec"], p) for p in off],
-                    hovertemplate=HOVER,
-                )
-            )
+        fig.add_traces(_family_traces(result, family, model))
     trained = result.get("trained", [])
     if trained:
-        fig.add_trace(
-            go.Scatter(
-                x=[t["keys"] for t in trained],
-                y=[t["bpd"] for t in trained],
-                mode="markers+text",
-                name="trained under its layout",
-                text=[Path(str(t.get("model", "?"))).name for t in trained],
-                textposition="top center",
-                marker={
-                    "symbol": "star",
-                    "size": 17,
-                    "color": "#ffd700",
-                    "line": {"color": "#222222", "width": 1.5},
-                },
-                customdata=[
-                    _row(
-                        "",
-                        Path(str(t.get("model", "?"))).name,
-                        f"trained: the {Path(str(t.get('model', '?'))).name} model",
-                        str(t.get("spec", "?")),
-                        t,
-                    )
-                    for t in trained
-                ],
-                hovertemplate=HOVER,
-            )
-        )
+        fig.add_trace(_trained_trace(trained))
     fitted = result.get("fitted", [])
     if fitted:
-        fig.add_trace(
-            go.Scatter(
-                x=[f["keys"] for f in fitted],
-                y=[f["bpd"] for f in fitted],
-                mode="markers",
-                name="fitted per head",
-                marker={
-                    "symbol": "diamond",
-                    "size": 13,
-                    "color": "#111111",
-                    "line": {"color": "#ffffff", "width": 1.5},
-                },
-                customdata=[
-                    _row(
-                        fitted_spec(f),
-                        model,
-                        f"fitted per head, budget {float(f.get('budget', 0)):.0%}",
-                        _short(fitted_spec(f)),
-                        f,
-                    )
-                    for f in fitted
-                ],
-                hovertemplate=HOVER,
-            )
-        )
+        fig.add_trace(_fitted_trace(fitted, model))
     images = result.get("images")
     fig.update_layout(
         title=title
@@ -285,6 +181,113 @@ def frontier_figure(result: dict, model: str, title: str | None = None) -> go.Fi
         clickmode="event+select",
     )
     return fig
+
+
+def _dense_trace(result: dict, model: str) -> go.Scatter:
+    """Dense attention's bits/dim as a flat dashed line across the keys of every point."""
+    keys = [float(p["keys"]) for p in result["points"]]
+    dense_keys = (int(result["n_tokens"]) + 1) / 2  # a causal query keeps (N + 1) / 2 on average
+    dense = {"density": 1.0, "keys": dense_keys, "bpd": result["dense_bpd"]}
+    return go.Scatter(
+        x=[min(keys) * 0.85, dense_keys],
+        y=[result["dense_bpd"]] * 2,
+        mode="lines",
+        name=f"dense: {result['dense_bpd']:.4f} bits/dim",
+        line={"color": "#222222", "dash": "dash", "width": 1.5},
+        customdata=[_row("", model, "dense (its own attention)", "dense()", dense)] * 2,
+        hovertemplate=HOVER,
+    )
+
+
+def _family_traces(result: dict, family: str, model: str) -> list[go.Scatter]:
+    """A family's lower envelope as a line (top-k thicker) and, faint, its other points."""
+    mine = [p for p in result["points"] if p["family"] == family]
+    on = set(result["envelopes"].get(family, []))
+    line = sorted((p for p in mine if p["spec"] in on), key=lambda p: p["keys"])
+    off = [p for p in mine if p["spec"] not in on]
+    color = COLORS.get(family, "#555555")
+    oracle = family == "topk"
+    label = family_label(family)
+    traces = [
+        go.Scatter(
+            x=[p["keys"] for p in line],
+            y=[p["bpd"] for p in line],
+            mode="lines+markers",
+            name=label,
+            legendgroup=family,
+            line={"color": color, "width": 4 if oracle else 2},
+            marker={"color": color, "size": 10 if oracle else 7},
+            customdata=[_row(p["spec"], model, label, p["spec"], p) for p in line],
+            hovertemplate=HOVER,
+        )
+    ]
+    if off:
+        traces.append(
+            go.Scatter(
+                x=[p["keys"] for p in off],
+                y=[p["bpd"] for p in off],
+                mode="markers",
+                name=f"{label}: off its envelope",
+                legendgroup=family,
+                showlegend=False,
+                opacity=0.35,
+                marker={"color": color, "size": 6, "symbol": "circle-open"},
+                customdata=[_row(p["spec"], model, label, p["spec"], p) for p in off],
+                hovertemplate=HOVER,
+            )
+        )
+    return traces
+
+
+def _trained_trace(trained: list[dict]) -> go.Scatter:
+    """The models trained under a layout as gold stars, named; a click opens that model."""
+    names = [Path(str(t.get("model", "?"))).name for t in trained]
+    return go.Scatter(
+        x=[t["keys"] for t in trained],
+        y=[t["bpd"] for t in trained],
+        mode="markers+text",
+        name="trained under its layout",
+        text=names,
+        textposition="top center",
+        marker={
+            "symbol": "star",
+            "size": 17,
+            "color": "#ffd700",
+            "line": {"color": "#222222", "width": 1.5},
+        },
+        customdata=[
+            _row("", name, f"trained: the {name} model", str(t.get("spec", "?")), t)
+            for name, t in zip(names, trained, strict=True)
+        ],
+        hovertemplate=HOVER,
+    )
+
+
+def _fitted_trace(fitted: list[dict], model: str) -> go.Scatter:
+    """The fitted per-head layouts as black diamonds; a click opens the model under one."""
+    return go.Scatter(
+        x=[f["keys"] for f in fitted],
+        y=[f["bpd"] for f in fitted],
+        mode="markers",
+        name="fitted per head",
+        marker={
+            "symbol": "diamond",
+            "size": 13,
+            "color": "#111111",
+            "line": {"color": "#ffffff", "width": 1.5},
+        },
+        customdata=[
+            _row(
+                fitted_spec(f),
+                model,
+                f"fitted per head, budget {float(f.get('budget', 0)):.0%}",
+                _short(fitted_spec(f)),
+                f,
+            )
+            for f in fitted
+        ],
+        hovertemplate=HOVER,
+    )
 
 
 def _short(spec: str, limit: int = 160) -> str:
