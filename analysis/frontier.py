@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kernels.capture import row_probs
+from kernels.capture import capture_full
 from kernels.layouts import Layout, multihead, parse_layout
 from kernels.selection import MoBA, Selection, TopK, parse_attention
 from models.evaluation import evaluate_bpd
@@ -168,12 +168,13 @@ def _layer_attention(
 ) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
     """(layer, q, k, probs) of every layer on tokens [B, N]: q, k [B, H, N, D] and the layer's
     attention probabilities [B, H, N, N] under its own layout, walking the blocks as
-    SparseTransformer.capture does."""
+    SparseTransformer.capture does (which keeps no q and k, and MoBA's coverage needs them).
+    The probabilities are the capture's full map on its reference walk: the numbers the
+    frontier was measured with, on every device."""
     x = model.embed(tokens)
-    n = tokens.shape[1]
     for i, block in enumerate(model.blocks):
         q, k, _ = block.attn.heads_qkv(block.ln_1(x))  # [B, H, N, D] each
-        yield i, q, k, row_probs(q, k, block.attn.layout, torch.arange(n))
+        yield i, q, k, capture_full(q, k, block.attn.layout, backend="reference").probs
         x = block(x)
 
 
@@ -269,6 +270,28 @@ def _per_layer(specs: Sequence[str]) -> Intervention:
     return Intervention(attention={i: parse_attention(s) for i, s in enumerate(specs)})
 
 
+class _Steps:
+    """The frontier's progress: ``step(label)`` after each measurement tells ``progress``
+    (done, total, label), and stops with InterruptedError once ``cancel()`` is true."""
+
+    def __init__(self, total: int, progress: Progress | None, cancel: Callable[[], bool] | None):
+        self.total, self.done = total, 0
+        self.progress, self.cancel = progress, cancel
+
+    def step(self, label: str) -> None:
+        if self.cancel is not None and self.cancel():
+            raise InterruptedError("stopped")
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, label)
+
+    def before(self) -> Progress | None:
+        """A progress for the work before the first step (the intact attention): done 0."""
+        if self.progress is None:
+            return None
+        return lambda done, total, what: self.progress(0, self.total, what)
+
+
 def measure_frontier(
     model: SparseTransformer,
     tokens: Tensor,
@@ -283,21 +306,10 @@ def measure_frontier(
     bpd, density, keys and coverage, each family's envelope, and the fitted layouts. ``progress``
     is told (done, total, label) after each step; ``cancel()`` stops between steps
     (InterruptedError)."""
-    geometry = model.config.geometry
-    n, n_layer = geometry.n_tokens, model.config.n_layer
-    specs = frontier_specs(families, geometry)
-    todo = sum(len(v) for v in specs.values()) + 1 + len(fit_budgets)
-    done = 0
     started = time.perf_counter()
-
-    def step(label: str) -> None:
-        nonlocal done
-        if cancel is not None and cancel():
-            raise InterruptedError("stopped")
-        done += 1
-        if progress is not None:
-            progress(done, todo, label)
-
+    geometry = model.config.geometry
+    specs = frontier_specs(families, geometry)
+    steps = _Steps(sum(len(v) for v in specs.values()) + 1 + len(fit_budgets), progress, cancel)
     device = next(model.parameters()).device
 
     def bpd(intervention: Intervention) -> float:
@@ -311,18 +323,45 @@ def measure_frontier(
         )
 
     mass = None
-    if n <= MAX_COVERAGE_N:
+    if geometry.n_tokens <= MAX_COVERAGE_N:
         ks = [parse_attention(s).k for s in specs.get("topk", [])]
         mass = attention_mass(
             model,
             tokens,
             specs.get("moba", []),
             top_k=max(ks, default=1),
-            progress=None if progress is None else lambda d, t, what: progress(0, todo, what),
+            progress=steps.before(),
             cancel=cancel,
         )
     dense_bpd = bpd(Intervention())
-    step("dense")
+    steps.step("dense")
+    points = _family_points(specs, geometry.n_tokens, model.config.n_layer, mass, bpd, steps)
+    fitted = [] if mass is None else _fitted_points(specs, fit_budgets, geometry, mass, bpd, steps)
+    return {
+        "n_tokens": geometry.n_tokens,
+        "geometry": list(geometry),
+        "images": len(tokens),
+        "dense_bpd": dense_bpd,
+        "points": points,
+        "envelopes": {
+            f: [p["spec"] for p in lower_envelope([p for p in points if p["family"] == f])]
+            for f in specs
+        },
+        "fitted": fitted,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _family_points(
+    specs: dict[str, list[str]],
+    n: int,
+    n_layer: int,
+    mass: AttentionMass | None,
+    bpd: Callable[[Intervention], float],
+    steps: _Steps,
+) -> list[dict]:
+    """Every family's points: each spec run in every layer, its density, keys, bits/dim and
+    coverage (None without the intact attention)."""
     points = []
     for family, family_specs in specs.items():
         for spec in family_specs:
@@ -338,14 +377,29 @@ def measure_frontier(
                     "coverage": coverage,
                 }
             )
-            step(spec)
-    fitted = []
+            steps.step(spec)
+    return points
+
+
+def _fitted_points(
+    specs: dict[str, list[str]],
+    budgets: Sequence[float],
+    geometry: Geometry,
+    mass: AttentionMass,
+    bpd: Callable[[Intervention], float],
+    steps: _Steps,
+) -> list[dict]:
+    """At each budget, the fitted per-head layout of the static candidates (fitted_layers) and
+    its bits/dim and coverage; a budget no static candidate fits is skipped."""
+    n = geometry.n_tokens
     static = [s for f, v in specs.items() if f not in ("topk", "moba") for s in v]
-    for budget in fit_budgets if mass is not None else ():
+    fitted = []
+    for budget in budgets:
         if not any(parse_layout(s).density(n) <= budget for s in static):
-            step(f"fitted at {budget:.0%}: no static candidate that small")
+            steps.step(f"fitted at {budget:.0%}: no static candidate that small")
             continue
         layers, choices, density = fitted_layers(mass, static, budget, n)
+        coverage = [mass.coverage(parse_layout(s))[i].mean() for i, s in enumerate(layers)]
         fitted.append(
             {
                 "budget": budget,
@@ -354,24 +408,8 @@ def measure_frontier(
                 "density": density,
                 "keys": density * (n + 1) / 2,
                 "bpd": bpd(_per_layer(layers)),
-                "coverage": float(
-                    np.mean(
-                        [mass.coverage(parse_layout(s))[i].mean() for i, s in enumerate(layers)]
-                    )
-                ),
+                "coverage": float(np.mean(coverage)),
             }
         )
-        step(f"fitted at {budget:.0%}")
-    return {
-        "n_tokens": n,
-        "geometry": list(geometry),
-        "images": len(tokens),
-        "dense_bpd": dense_bpd,
-        "points": points,
-        "envelopes": {
-            f: [p["spec"] for p in lower_envelope([p for p in points if p["family"] == f])]
-            for f in specs
-        },
-        "fitted": fitted,
-        "seconds": time.perf_counter() - started,
-    }
+        steps.step(f"fitted at {budget:.0%}")
+    return fitted
