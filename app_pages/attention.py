@@ -39,16 +39,10 @@ from kernels.layouts import Layout, image_layout_spec, parse_layout
 from kernels.selection import parse_attention
 from models.tokens import pixel_to_token, token_coords
 from viz.export import Exportable, content_key, model_items, safe_name
-from viz.figures import (
-    attention_map_figure,
-    attention_overlay_figure,
-    clicked_map_row,
-    clicked_pixel,
-    clicked_tile,
-    head_grid_figure,
-    pixel_grid_figure,
-)
 from viz.layout_view import pixel_view, pool_tiles, tile_for
+from viz.maps import attention_map_figure, clicked_map_row
+from viz.mosaics import clicked_tile, head_grid_figure
+from viz.pixels import attention_overlay_figure, clicked_pixel, pixel_grid_figure
 
 # the N x N map is drawn with at most this many cells a side (tile means above): 196 for the
 # 784 tokens of a 28 x 28 image, 38k cells, what a ~450 px chart shows anyway (392 drew 154k

@@ -342,7 +342,7 @@ def pending_click(chart_key: str, read: Callable[[object], object | None]) -> bo
 def take_pixel_click(chart_key: str, row_key: str, col_key: str, width: int) -> None:
     """A new click on a pixel view (viz.figures.pixel_grid_figure, ``width`` pixels a row)
     sets the row and column inputs ``row_key`` and ``col_key``, before they are drawn."""
-    from viz.figures import clicked_pixel
+    from viz.pixels import clicked_pixel
 
     picked = new_click(chart_key, lambda event: clicked_pixel(event, width))
     if picked is not None:

@@ -30,8 +30,8 @@ from app_pages.jobs import POOL, Refused
 from models.completion import hidden_view, keep_mask
 from models.tokens import pixel_tokens
 from viz.export import Exportable, export_bytes, safe_name
-from viz.figures import clicked_pixel, pixel_grid_figure
 from viz.grid import image_grid
+from viz.pixels import clicked_pixel, pixel_grid_figure
 
 PER_ROW = 4  # samples per line of a model's grid
 MODELS_PER_ROW = 2  # models side by side

@@ -105,8 +105,10 @@ def warm_attention(path: str) -> threading.Thread:
         import analysis.attention  # noqa: F401  (torch, the capture)
         import analysis.maps  # noqa: F401
         import analysis.metrics  # noqa: F401
-        import viz.figures  # noqa: F401
         import viz.layout_view  # noqa: F401
+        import viz.maps  # noqa: F401
+        import viz.mosaics  # noqa: F401
+        import viz.pixels  # noqa: F401
 
         try:
             get_model(path)

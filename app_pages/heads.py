@@ -28,8 +28,8 @@ from app_pages.common import (
 from kernels.capture import MAX_FULL_N
 from models.tokens import image_to_tokens, pixel_tokens
 from viz.export import Exportable, content_key, safe_name
-from viz.figures import pixel_grid_figure
-from viz.inspect_figures import mosaic_figure
+from viz.mosaics import mosaic_figure
+from viz.pixels import pixel_grid_figure
 
 st.title("Who looks here, and summaries across heads and layers")
 st.caption(

@@ -15,8 +15,9 @@ from kernels import layouts as L
 from kernels.snippets import mask_mod_source
 from models.tokens import Geometry, pixel_to_token, token_coords
 from viz.export import Exportable, safe_name
-from viz.figures import layout_pixel_figure, mask_figure
 from viz.layout_view import mask_view, part_codes, part_names, pixel_view
+from viz.maps import mask_figure
+from viz.pixels import layout_pixel_figure
 
 GEOMETRIES = {
     "28x28 gray (Fashion-MNIST)": Geometry(28, 28, 1),

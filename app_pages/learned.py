@@ -13,8 +13,8 @@ from app_pages.common import as_text, choose_model, export_panel, get_model, pic
 from kernels.layouts import image_layout_spec, parse_layout
 from models.datasets import DatasetError, held_out_source
 from models.tokens import image_to_tokens
+from viz.charts import search_figure
 from viz.export import Exportable, content_key, safe_name
-from viz.figures import coverage_figure, search_figure
 from viz.frontier_figure import (
     FrontierError,
     at_density,
@@ -26,6 +26,7 @@ from viz.frontier_figure import (
     recorded_model,
     shipped_frontier_path,
 )
+from viz.head_tables import coverage_figure
 
 # every family scored at this share of the causal pairs (the point of each nearest it)
 EQUAL_DENSITY = 0.1

@@ -61,7 +61,7 @@ from app_pages.playground_job import (
 from kernels.composed import CROSSOVER_N
 from models.tokens import Geometry
 from viz.export import Exportable
-from viz.figures import head_grid_figure
+from viz.mosaics import head_grid_figure
 from viz.race_figures import Curve, coinciding, race_curves_figure, separation
 
 REFRESH_SECONDS = 1.0  # how often the live part redraws while a race runs

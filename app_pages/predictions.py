@@ -33,17 +33,13 @@ from models.datasets import DatasetError, held_out_source, load_images
 from models.model import NO_INTERVENTION
 from models.sampling import SamplingCancelled
 from models.tokens import image_to_tokens, images_to_tokens, pixel_tokens
+from viz.charts import distribution_figure
 from viz.export import Exportable, content_key, safe_name
-from viz.figures import pixel_grid_figure
 from viz.grid import image_grid
-from viz.inspect_figures import (
-    BITS_COLORS,
-    DIFF_COLORS,
-    distribution_figure,
-    diverging_range,
-    head_table_figure,
-    mosaic_figure,
-)
+from viz.head_tables import head_table_figure
+from viz.mosaics import mosaic_figure
+from viz.pixels import pixel_grid_figure
+from viz.style import BITS_COLORS, DIFF_COLORS, diverging_range
 
 MAX_MODELS = int(SETTINGS["prd_models"].high)
 

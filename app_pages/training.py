@@ -19,9 +19,10 @@ from app_pages.common import ROOT, as_text, export_panel, models_dir, runs_dir, 
 from models.checkpoint import CheckpointError
 from models.run_folder import RUN_FILE, RunRecord, read_run_record
 from models.tokens import Geometry
+from viz.charts import bpd_figure, curves_figure
 from viz.export import Exportable, safe_name
-from viz.figures import head_grid_figure
-from viz.inspect_figures import bpd_figure, curves_figure, type_timeline_figure
+from viz.head_tables import type_timeline_figure
+from viz.mosaics import head_grid_figure
 
 SHIPPED_RUNS = ROOT / "assets" / "runs"  # runs shipped with a timeline (their cards say how)
 SHIPPED_RACES = ROOT / "assets" / "races"  # the Playground's shipped race: <race>/<layout>/

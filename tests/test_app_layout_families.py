@@ -15,7 +15,7 @@ from test_app import APP, chart, errors, table, title, trace, values
 
 from kernels import layouts as L
 from kernels.snippets import mask_mod_source
-from viz.figures import NOT_ALLOWED
+from viz.style import NOT_ALLOWED
 
 GRAY, RGB = "28x28 gray (Fashion-MNIST)", "32x32 RGB (CIFAR-10)"
 NEW_FAMILIES = ["dilated", "sinks", "axial", "neighborhood", "block_sparse", "bigbird"]

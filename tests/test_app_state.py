@@ -188,7 +188,7 @@ def test_pages_explain_themselves(tmp_path, monkeypatch):
 
 def test_search_labels_near_one_density_do_not_overlap():
     """Four candidates at density ~0.105 with close coverage: four different label spots."""
-    from viz.figures import label_positions, search_figure
+    from viz.charts import label_positions, search_figure
 
     xs = [0.1054, 0.1045, 0.1057, 0.1057, 0.0713, 0.3293]
     ys = [0.80, 0.82, 0.81, 0.79, 0.5, 0.95]

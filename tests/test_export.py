@@ -15,6 +15,7 @@ from kernels import layouts as L
 from models import ModelConfig, SparseTransformer, save_model
 from models.tokens import Geometry
 from tools.export import main
+from viz.charts import search_figure
 from viz.export import (
     VIEWS,
     Exportable,
@@ -24,15 +25,11 @@ from viz.export import (
     index_markdown,
     model_items,
 )
-from viz.figures import (
-    attention_map_figure,
-    coverage_figure,
-    head_grid_figure,
-    layout_pixel_figure,
-    pixel_grid_figure,
-    search_figure,
-)
+from viz.head_tables import coverage_figure
 from viz.layout_view import part_names, pixel_view
+from viz.maps import attention_map_figure
+from viz.mosaics import head_grid_figure
+from viz.pixels import layout_pixel_figure, pixel_grid_figure
 
 
 def decode(a) -> np.ndarray:
@@ -183,8 +180,9 @@ def test_batch_cli_writes_what_its_index_lists_with_stable_names(tmp_path, capsy
 def test_exact_mask_figure_is_the_layout_and_exports(layout):
     """The exact N x N mask is drawn as one PNG image: its pixels are the layout's part codes
     in the part colours, and the exports draw that same picture."""
-    from viz.figures import _part_rgb, mask_figure
     from viz.layout_view import mask_view
+    from viz.maps import mask_figure
+    from viz.style import _part_rgb
 
     n = 49
     codes, tile = mask_view(layout, n)
@@ -426,7 +424,7 @@ def test_html_metadata_cannot_end_its_script_tag():
 
 def test_a_colour_bar_of_named_categories_exports_its_names():
     from analysis.metrics import HEAD_TYPES
-    from viz.inspect_figures import type_timeline_figure
+    from viz.head_tables import type_timeline_figure
 
     codes = np.arange(2 * 2 * 2).reshape(2, 2, 2) % len(HEAD_TYPES)  # [steps, layers, heads]
     item = Exportable("types", type_timeline_figure(codes, [1, 10], title="t"), {}, META)

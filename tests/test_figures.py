@@ -1,18 +1,12 @@
-"""viz/figures.py: what the figures hold, read back from the figure objects."""
+"""viz/pixels.py, viz/maps.py, viz/mosaics.py: what the figures hold, read back from the figure
+objects."""
 
 import numpy as np
 import pytest
 
-from viz.figures import (
-    GRID_TILES_TRACE,
-    MAP_ROWS_TRACE,
-    attention_map_figure,
-    clicked_map_row,
-    clicked_pixel,
-    clicked_tile,
-    head_grid_figure,
-    pixel_grid_figure,
-)
+from viz.maps import MAP_ROWS_TRACE, attention_map_figure, clicked_map_row
+from viz.mosaics import GRID_TILES_TRACE, clicked_tile, head_grid_figure
+from viz.pixels import clicked_pixel, pixel_grid_figure
 
 
 def trace(fig, name: str):
@@ -109,7 +103,7 @@ def test_head_grid_has_a_colour_bar_and_a_shared_scale_that_keeps_faint_heads_vi
     weights over a robust cap (the 99th percentile of the positive weights), square-rooted,
     the colour bar labelled in weights and the subtitle saying how; a diffuse head is not
     drowned by one sharp head as it was on a linear scale to the grid's maximum."""
-    from viz.figures import GRID_PERCENTILE, grid_scale
+    from viz.mosaics import GRID_PERCENTILE, grid_scale
 
     rng = np.random.default_rng(1)
     maps = rng.random((2, 2, 10, 10))

@@ -1,5 +1,6 @@
-"""viz/inspect_figures.py: the figures of the inspection pages, built from arrays, read back,
-and written in every export format (matplotlib draws them again for PNG, SVG and PDF)."""
+"""viz/charts.py, viz/head_tables.py, viz/mosaics.py: the figures of the inspection pages, built
+from arrays, read back, and written in every export format (matplotlib draws them again for PNG,
+SVG and PDF)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,11 @@ import numpy as np
 import pytest
 
 from analysis.metrics import HEAD_TYPES
+from viz.charts import bpd_figure, curves_figure, distribution_figure
 from viz.export import FORMATS, Exportable, export_bytes
-from viz.inspect_figures import (
-    BITS_COLORS,
-    DIFF_COLORS,
-    bpd_figure,
-    curves_figure,
-    distribution_figure,
-    diverging_range,
-    head_table_figure,
-    mosaic_figure,
-    type_timeline_figure,
-)
+from viz.head_tables import head_table_figure, type_timeline_figure
+from viz.mosaics import mosaic_figure
+from viz.style import BITS_COLORS, DIFF_COLORS, diverging_range
 
 
 def figures() -> dict:

@@ -59,7 +59,7 @@ def imports_of(source: str, module: str) -> list[tuple[int, str]]:
 
 
 def violations(source: str, module: str) -> list[str]:
-    """The forbidden imports of ``module`` (a dotted name such as "viz.figures")."""
+    """The forbidden imports of ``module`` (a dotted name such as "viz.maps")."""
     layer = module.split(".")[0]
     out = []
     for line, name in imports_of(source, module):
@@ -123,12 +123,12 @@ def test_only_the_app_imports_streamlit():
     "module, source, rule",
     [
         ("kernels.capture", "from models.model import SparseTransformer", "models"),
-        ("kernels.dispatch", "def f():\n    import viz.figures\n", "viz"),
+        ("kernels.dispatch", "def f():\n    import viz.maps\n", "viz"),
         ("models.training", "from typing import TYPE_CHECKING\nimport tools.train", "tools"),
         ("models.tokens", "import streamlit as st", "streamlit"),
-        ("analysis.learned", "from viz.figures import coverage_figure", "viz"),
+        ("analysis.learned", "from viz.head_tables import coverage_figure", "viz"),
         ("viz.export", "from models.checkpoint import load_model", "model-running"),
-        ("viz.figures", "from models import model", "model-running"),
+        ("viz.maps", "from models import model", "model-running"),
         ("viz.grid", "import torch", "torch"),
         ("tools.train", "from app_pages import common", "app_pages"),
         ("tools.bench_app", "import streamlit as st", "streamlit"),
@@ -152,10 +152,10 @@ def test_the_rules_catch_a_forbidden_import(module, source, rule):
             "viz.layout_view",
             "from kernels.layouts import Layout\nfrom models.tokens import Geometry",
         ),
-        ("viz.figures", "from models import tokens\nimport numpy as np"),
+        ("viz.maps", "from models import tokens\nimport numpy as np"),
         ("analysis.learned", "from models.checkpoint import load_model\nimport torch"),
         ("tools.export", "from viz.export import export_bytes\nfrom models import load_model"),
-        ("app_pages.attention", "import streamlit as st\nfrom viz.figures import x"),
+        ("app_pages.attention", "import streamlit as st\nfrom viz.maps import x"),
         ("tools.bench_app", "from streamlit.testing.v1 import AppTest"),
     ],
 )
@@ -169,7 +169,9 @@ def test_kernels_and_viz_import_without_the_layers_above():
     code = (
         "import sys, importlib, pkgutil\n"
         "import kernels, kernels.dispatch, kernels.capture, kernels.decode, kernels.reference\n"
-        "import viz.figures, viz.export, viz.layout_view, viz.grid\n"
+        "import viz.charts, viz.export, viz.frontier_figure, viz.grid, viz.head_tables\n"
+        "import viz.layout_view, viz.maps, viz.mosaics, viz.pixels, viz.race_figures\n"
+        "import viz.speed_figure, viz.style\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('streamlit', 'app_pages', 'tools') or m in ('models.model', 'models.checkpoint'))\n"
         "assert not bad, bad\n"

@@ -31,13 +31,10 @@ import plotly.graph_objects as go
 
 from kernels.layouts import Layout
 from models.tokens import Geometry
-from viz.figures import (
-    attention_map_figure,
-    head_grid_figure,
-    layout_pixel_figure,
-    pixel_grid_figure,
-)
 from viz.layout_view import part_names, pixel_view
+from viz.maps import attention_map_figure
+from viz.mosaics import head_grid_figure
+from viz.pixels import layout_pixel_figure, pixel_grid_figure
 
 FORMATS = ("png", "svg", "pdf", "html", "npz")
 VERSION = "0.1.0"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
-from viz.inspect_figures import _line_layout, color
+from viz.style import _line_layout, color
 
 BASELINE_COLOR = "#7f7f7f"
 MAX_TRAIN_POINTS = 400  # a long race's train curve is averaged down to about this many points

@@ -1,0 +1,160 @@
+"""What the figures share: the colours of layout parts, lines and head types, the colour
+scales, and the few plotly pieces several figure modules build with (a heatmap over [0, 1], the
+line charts' layout, the point a click selected)."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.colors as pc
+import plotly.graph_objects as go
+
+from analysis.metrics import HEAD_TYPES
+
+# one colour per layout part, the same in every figure
+PART_COLORS = {
+    "causal": "#7f7f7f",
+    "local": "#1f77b4",
+    "column": "#ff7f0e",
+    "block": "#2ca02c",
+    "summary": "#d62728",
+    # the other families' parts (kernels/layouts.py): distinct within each layout
+    "dilated": "#9467bd",
+    "sink": "#d62728",
+    "window": "#1f77b4",
+    "row": "#2ca02c",
+    "neighborhood": "#bcbd22",
+    "vertical": "#8c564b",
+    "global": "#e377c2",
+    "random": "#17becf",
+}
+
+
+NOT_ALLOWED = "#f4f4f4"
+
+
+OTHER_PART = "#9467bd"
+
+
+QUERY_COLOR = "#000000"
+
+
+def _part_colorscale(names: list[str]) -> list[list]:
+    """A discrete colour scale for codes 0..len(names) (0 = not allowed)."""
+    colors = [NOT_ALLOWED] + [PART_COLORS.get(n, OTHER_PART) for n in names]
+    k = len(colors)
+    scale = []
+    for i, c in enumerate(colors):
+        scale += [[i / k, c], [(i + 1) / k, c]]
+    return scale
+
+
+def _part_rgb(names: list[str]) -> np.ndarray:
+    """uint8 [len(names) + 1, 3]: the colour of code k (0 = not allowed)."""
+    colors = [NOT_ALLOWED] + [PART_COLORS.get(n, OTHER_PART) for n in names]
+    return np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in colors], dtype=np.uint8)
+
+
+# one colour per model or head line, the same in every figure (plotly's default cycle)
+LINE_COLORS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+
+
+TYPE_COLORS = {
+    "row": "#1f77b4",
+    "column": "#ff7f0e",
+    "local": "#2ca02c",
+    "sparse": "#d62728",
+    "global": "#9467bd",
+}
+
+
+TRUE_COLOR = "#000000"
+
+
+# colour scales as lists: plotly.js knows neither "Magma" nor "RdBu_r" by name (a name it does
+# not know is drawn with its default scale)
+def _rgb_scale(name: str) -> list[list]:
+    """A named plotly colour scale as [[position, "rgb(r, g, b)"], ...]."""
+    return [
+        [float(pos), pc.convert_colors_to_same_type(c, "rgb")[0][0]]
+        for pos, c in pc.get_colorscale(name)
+    ]
+
+
+BITS_COLORS = _rgb_scale("Magma")
+
+
+DIFF_COLORS = _rgb_scale("RdBu_r")
+
+
+def color(i: int) -> str:
+    return LINE_COLORS[i % len(LINE_COLORS)]
+
+
+def type_colorscale() -> list[list]:
+    """A discrete colour scale for head-type codes 0..len(HEAD_TYPES) - 1."""
+    k = len(HEAD_TYPES)
+    scale = []
+    for i, name in enumerate(HEAD_TYPES):
+        scale += [[i / k, TYPE_COLORS[name]], [(i + 1) / k, TYPE_COLORS[name]]]
+    return scale
+
+
+def diverging_range(values: np.ndarray, floor: float = 1e-6) -> float:
+    """A symmetric colour range for differences: the 99th percentile of |values|."""
+    v = np.abs(np.asarray(values, dtype=np.float64))
+    v = v[np.isfinite(v)]
+    return float(max(np.percentile(v, 99) if v.size else 0.0, floor))
+
+
+def _unit_heatmap(
+    z: np.ndarray, name: str, colorscale: str | list, hovertemplate: str | None, **trace
+) -> go.Figure:
+    """A figure of one heatmap trace called ``name``, its colour scale over [0, 1]."""
+    return go.Figure(
+        go.Heatmap(
+            z=z,
+            zmin=0,
+            zmax=1,
+            colorscale=colorscale,
+            hovertemplate=hovertemplate,
+            name=name,
+            **trace,
+        )
+    )
+
+
+def _line_layout(fig: go.Figure, title: str, *, height: int, legend_y: float) -> None:
+    """The line figures' layout: a small title, white plot, legend in a row below."""
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=13)),
+        height=height,
+        margin=dict(l=50, r=10, t=50, b=40),
+        plot_bgcolor="white",
+        legend=dict(orientation="h", y=legend_y),
+    )
+
+
+def _clicked_point(event, trace: int) -> int | None:
+    """The index of the first point of trace number ``trace`` in st.plotly_chart's selection
+    event; None when none of its points was clicked."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points:
+        if p.get("curve_number", p.get("curveNumber")) == trace:
+            idx = p.get("point_index", p.get("pointIndex", p.get("point_number")))
+            if isinstance(idx, int):
+                return idx
+    return None
