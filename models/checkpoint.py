@@ -23,8 +23,9 @@ fsync, a rename), so a crash leaves the old file or the new one, never half of o
 
 Weights may be stored as bfloat16 (``save_model(..., dtype=torch.bfloat16)``: half the bytes, what
 the shipped GPU-trained models use); the checksums are of the stored bf16 tensors, so a flipped
-byte is caught as before, and ``load_model`` upcasts them to float32 (exactly: every bf16 value is
-a float32 value) after every check, so the model runs in float32 on the CPU as any other.
+byte is caught as in a float32 file, and ``load_model`` upcasts them to float32 (exactly: every
+bf16 value is a float32 value) after every check, so the model runs in float32 on the CPU as any
+other.
 Training checkpoints stay float32, so a resumed run continues exactly.
 """
 

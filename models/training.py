@@ -92,8 +92,8 @@ class TrainConfig:
     # (run.json records the steps: --steps N repeats the run exactly)
     minutes: float | None = None
     # the recipe: "bf16" autocast (matrix products and attention in bfloat16; weights, optimizer
-    # and loss in float32), "fp32", or "auto" (bf16 on CUDA, fp32 on the CPU: what runs did before
-    # the setting existed). bf16 works on a CPU but is slower there than fp32.
+    # and loss in float32), "fp32", or "auto" (bf16 on CUDA, fp32 on the CPU: also what a run
+    # recorded without the setting trained with). bf16 works on a CPU but is slower there.
     dtype: str = "auto"
     # torch.compile the model (the attention call stays outside the graph, models/model.py);
     # pays off on a GPU, costs tens of seconds of compilation on a CPU

@@ -189,7 +189,7 @@ def _shrink(img: Image.Image, tw: int, th: int) -> Image.Image:
     """Box-reduce an image much larger than the target (tw x th) to a few times its size.
 
     The LANCZOS resize that follows then works on a small image; the result is the same up to
-    rounding, but memory and time no longer grow with the upload's resolution. 16-bit, int and
+    rounding, but memory and time do not grow with the upload's resolution. 16-bit, int and
     float images are reduced before they are rescaled to 8 bits (``_to_8bit``), where the
     full-size float copy would cost the most.
     """

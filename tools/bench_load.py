@@ -12,7 +12,7 @@ server's log, SPARSE_EXPLORER_LOG_TASKS), and the server's peak RSS. Everything 
 ``--seconds`` (the server, the browser and any completion still running).
 
 ``--workers N`` sets the pool's size (SPARSE_EXPLORER_WORKERS); a large N lets every
-completion sample at once, as the app did before it had a pool.
+completion sample at once, as a server without a pool would.
 
 ``--playground`` adds one more context that trains a Playground race (app_pages/playground.py
 with its defaults: fmnist-mini at 14 x 14, dense, strided and fixed, on Fashion-MNIST) for the

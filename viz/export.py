@@ -41,9 +41,9 @@ VERSION = "0.1.0"
 SOFTWARE = f"sparse-transformer-explorer {VERSION}"
 CSS_DPI = 96  # plotly sizes are CSS pixels
 # A heatmap of more cells than this is drawn as ONE raster image (imshow) in PNG, SVG and PDF,
-# as the page draws it, not as one vector rectangle per cell: a 784 x 784 map as rectangles was
-# a 114 MB SVG (615k <path>s) and a 13 MB PDF, and took ~1 min per head. Smaller ones stay
-# vector (crisp at any zoom).
+# as the page draws it: as one vector rectangle per cell, an N x N map's SVG holds a path per
+# pair, hundreds of MB at 784 tokens (docs/BENCHMARKS.md, "Exports"). Smaller ones stay vector
+# (crisp at any zoom).
 RASTER_CELLS = 64 * 64
 # An item drawing more cells than this (an N x N map: 784 x 784 = 615k) is heavy: its HTML
 # carries every cell as JSON (11.7 MB each), so the app makes it only when asked to.
@@ -418,8 +418,8 @@ def planned(
 
 @dataclass(frozen=True)
 class Estimate:
-    """What an export will take, told before it starts. ``seconds`` is rough (the costs were
-    measured on an idle 2-core CPU; a busy server took five times as long), so describe() does
+    """What an export will take, told before it starts. ``seconds`` is rough (the costs are
+    an idle 2-core CPU's; a busy server takes up to five times as long), so describe() does
     not state it: the export's progress bar tells the time left from its own measured pace."""
 
     files: int

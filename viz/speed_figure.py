@@ -23,7 +23,7 @@ SERIES = {
 }
 METRICS = {"fwd_ms": "forward", "fwd_bwd_ms": "forward + backward"}
 # drawn at first: dense and the composed kernels; the other paths are a click on their legend
-# entry away (nine lines at once flattened into one band)
+# entry away (nine lines at once flatten into one band)
 SHOWN = {("dense causal SDPA", "dense"), ("composed", "strided"), ("composed", "fixed")}
 
 
@@ -154,7 +154,7 @@ def speed_figure(rows: list[dict], metric: str = "fwd_ms", title: str | None = N
         legend={"font": {"size": 11}},
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
         # drawn 800 px wide (app_pages/models_page.py), the legend on the right: the plot area
-        # about square, where 3:1 flattened the slopes
+        # about square (a 3:1 area flattens the slopes)
         height=620,
     )
     return fig
