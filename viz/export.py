@@ -123,11 +123,17 @@ def _cmap(colorscale, name: str = "plotly"):
     from matplotlib.colors import LinearSegmentedColormap
 
     scale = pc.get_colorscale(colorscale) if isinstance(colorscale, str) else colorscale
-    stops = []
-    for pos, color in scale:
-        rgb = pc.unlabel_rgb(pc.convert_colors_to_same_type(color, "rgb")[0][0])
-        stops.append((float(pos), tuple(c / 255 for c in rgb)))
-    return LinearSegmentedColormap.from_list(name, stops)
+    return LinearSegmentedColormap.from_list(name, [(float(p), _rgb01(c)) for p, c in scale])
+
+
+def _rgb01(color: str) -> tuple[float, ...]:
+    """A plotly colour as (r, g, b) in 0..1: plotly reads hex and rgb(...), matplotlib a CSS
+    name (the overlay's "black" to "white")."""
+    import plotly.colors as pc
+    from matplotlib.colors import to_rgb
+
+    rgb = pc.convert_colors_to_same_type(color, "rgb")[0]
+    return tuple(c / 255 for c in pc.unlabel_rgb(rgb[0])) if rgb else to_rgb(color)
 
 
 def _edges(start, step, n):
@@ -189,7 +195,9 @@ def _draw_heatmap(mfig, ax, tr: go.Heatmap) -> None:
     z = np.asarray(tr.z, dtype=float)
     ny, nx = z.shape
     xe, ye = _edges(tr.x0, tr.dx, nx), _edges(tr.y0, tr.dy, ny)
-    style = dict(cmap=_cmap(tr.colorscale or "Viridis"), vmin=tr.zmin, vmax=tr.zmax)
+    style = dict(
+        cmap=_cmap(tr.colorscale or "Viridis"), vmin=tr.zmin, vmax=tr.zmax, alpha=tr.opacity
+    )
     if nx * ny > RASTER_CELLS:  # one embedded image, at the map's own resolution
         mesh = ax.imshow(
             np.ma.masked_invalid(z),
