@@ -169,8 +169,9 @@ def _layer_attention(
     """(layer, q, k, probs) of every layer on tokens [B, N]: q, k [B, H, N, D] and the layer's
     attention probabilities [B, H, N, N] under its own layout, walking the blocks as
     SparseTransformer.capture does (which keeps no q and k, and MoBA's coverage needs them).
-    The probabilities are the capture's full map on its reference walk: the numbers the
-    frontier was measured with, on every device."""
+    The probabilities are the capture's full map on its reference walk (exact, in plain
+    PyTorch), not the fused kernels' form, whose rounding differs: a frontier's coverage is the
+    same number wherever it is measured, up to the matrix products' own rounding."""
     x = model.embed(tokens)
     for i, block in enumerate(model.blocks):
         q, k, _ = block.attn.heads_qkv(block.ln_1(x))  # [B, H, N, D] each
