@@ -23,6 +23,7 @@ from app_pages.common import (
     fits_every_row,
     get_model,
     pixel_values_hover,
+    share_settings,
     take_pixel_click,
 )
 from kernels.capture import MAX_FULL_N
@@ -118,154 +119,175 @@ def query_summary(path: str, img_key: str, query: int, _image: np.ndarray) -> np
     return summaries(path, img_key, _image)[:, :, query].astype(np.float32)
 
 
-take_pixel_click("who_key_view", "who_krow", "who_kcol", geometry.width)
-take_pixel_click("who_query_view", "who_qrow", "who_qcol", geometry.width)
-for key, high in (
-    ("who_krow", geometry.height - 1),
-    ("who_kcol", geometry.width - 1),
-    ("who_qrow", geometry.height - 1),
-    ("who_qcol", geometry.width - 1),
-    ("who_layer", n_layer - 1),
-):
-    clamp_setting(key, 0, high)
+# a colour pixel is three tokens: one of them as key and queries, or the pixel whole (both
+# sections below read it)
 with right:
-    layer = st.selectbox("Layer", list(range(n_layer)), key="who_layer")
-    k1, k2 = st.columns(2)
+    channel = channel_picker("who_channel", geometry)
+shown, words = pixel_values_hover(image, channel, first=1)
+
+
+@st.fragment
+def key_section() -> None:
+    """Who looks at the key pixel in the chosen layer. A click on its view, a new key or layer
+    reruns only this part."""
+    take_pixel_click("who_key_view", "who_krow", "who_kcol", geometry.width)
+    for key, high in (
+        ("who_krow", geometry.height - 1),
+        ("who_kcol", geometry.width - 1),
+        ("who_layer", n_layer - 1),
+    ):
+        clamp_setting(key, 0, high)
+    l1, k1, k2 = st.columns([2, 1, 1])
+    layer = l1.selectbox("Layer", list(range(n_layer)), key="who_layer")
     krow = k1.number_input("key row", 0, geometry.height - 1, key="who_krow")
     kcol = k2.number_input("key column", 0, geometry.width - 1, key="who_kcol")
-    # a colour pixel is three tokens: one of them as key and queries, or the pixel whole
-    channel = channel_picker("who_channel", geometry)
-key_tokens = pixel_tokens(krow, kcol, geometry, channel).values()
+    key_tokens = pixel_tokens(krow, kcol, geometry, channel).values()
+    # the attention each query token gives the key pixel's token(s): summed over them when whole
+    column = sum(key_column(chosen.path, image_sha1, layer, t, image) for t in key_tokens)
+    total = heads_total(torch.from_numpy(column)[None])[0].numpy()  # [N]
+    # per pixel: the chosen channel's query token, or the mean over the pixel's query tokens
+    per_head = pixel_map(column, geometry, channel, combine="mean")  # [H, h, w]
+    total_px = pixel_map(total, geometry, channel, combine="mean")  # [h, w]
+    st.subheader(f"Who looks at pixel ({krow}, {kcol}) in layer {layer}")
+    a, b = st.columns([1, 1])
+    with a:
+        key_fig = pixel_grid_figure(
+            total_px,
+            title=f"who reads ({krow}, {kcol}): sum of {n_head} heads",
+            query=(krow, kcol),
+            hover_values=np.concatenate([total_px[..., None], shown], axis=-1),
+            hover_template="row %{y}, col %{x}: %{customdata[0]:.4f} (" + words + ")",
+            colorscale="Viridis",
+            zmin=0,
+            colorbar_title="attention",
+            size_px=300,
+        )
+        st.plotly_chart(key_fig, key="who_key_view", on_select="rerun", selection_mode="points")
+        st.caption(
+            "Click a pixel to make it the key. Each later pixel's colour is the attention it "
+            f"gives the key, summed over the heads (0..{n_head}); pixels before the key cannot "
+            "look at it (causal)."
+        )
+    with b:
+        heads_fig = mosaic_figure(
+            per_head,
+            title=f"per head: attention given to ({krow}, {kcol})",
+            col_labels=[f"head {h}" for h in range(n_head)],
+            zmin=0,
+            zmax=float(max(per_head.max(), 1e-9)),
+            colorbar_title="attention",
+            value_name="attention",
+            tile_px=160,
+        )
+        st.plotly_chart(heads_fig, key="who_heads")
+        readers = int((total > 1e-3).sum())
+        st.caption(
+            f"{readers} queries give this key more than 0.001 of some head's attention. "
+            "One colour scale for all heads, so the heads compare."
+        )
+    meta = image_meta | {
+        "layer": layer,
+        "layout": repr(model.layouts[layer]),
+        "key_pixel": [krow, kcol],
+    }
+    stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}_L{layer}_key_r{krow}c{kcol}"
+    items = [
+        Exportable(
+            f"{stem}_total",
+            key_fig,
+            {"attention": total_px, "key_pixel": np.array([krow, kcol])},
+            meta,
+        ),
+        Exportable(
+            f"{stem}_heads",
+            heads_fig,
+            {"attention": per_head, "key_pixel": np.array([krow, kcol])},
+            meta,
+        ),
+    ]
+    export_panel(items, "who_export", "Export these figures and data")
+    share_settings("who", script=False)  # a rerun of this part runs no app.py
 
-# the attention each query token gives the key pixel's token(s): summed over them when whole
-column = sum(key_column(chosen.path, image_sha1, layer, t, image) for t in key_tokens)  # [H, N]
-total = heads_total(torch.from_numpy(column)[None])[0].numpy()  # [N]
-# per pixel: the chosen channel's query token, or the mean over the pixel's query tokens
-per_head = pixel_map(column, geometry, channel, combine="mean")  # [H, h, w]
-total_px = pixel_map(total, geometry, channel, combine="mean")  # [h, w]
-shown, words = pixel_values_hover(image, channel, first=1)
-meta = {
+
+@st.fragment
+def query_section() -> None:
+    """Summaries across heads and layers for the query pixel. A click on its view or a new
+    query reruns only this part."""
+    take_pixel_click("who_query_view", "who_qrow", "who_qcol", geometry.width)
+    for key, high in (("who_qrow", geometry.height - 1), ("who_qcol", geometry.width - 1)):
+        clamp_setting(key, 0, high)
+    st.subheader("Summaries across heads and layers, for a query pixel")
+    s1, s2 = st.columns([1, 1])
+    with s1:
+        q1, q2 = st.columns(2)
+        qrow = q1.number_input("query row", 0, geometry.height - 1, key="who_qrow")
+        qcol = q2.number_input("query column", 0, geometry.width - 1, key="who_qcol")
+    query_tokens = pixel_tokens(qrow, qcol, geometry, channel).values()
+    # the query pixel's token(s): their rows averaged when the pixel is shown whole ([3, L, N])
+    summary = sum(query_summary(chosen.path, image_sha1, t, image) for t in query_tokens) / len(
+        query_tokens
+    )
+    # per key pixel: the chosen channel's token, or all the pixel's tokens together (the weight
+    # it receives)
+    rows_q = pixel_map(summary, geometry, channel, combine="sum")  # [3, L, h, w]
+    top = rows_q[2, -1]  # rollout through every layer
+    with s1:
+        query_fig = pixel_grid_figure(
+            top,
+            title=f"rollout of ({qrow}, {qcol}), {n_layer} layers",
+            query=(qrow, qcol),
+            colorscale="Viridis",
+            zmin=0,
+            colorbar_title="share",
+            size_px=260,
+        )
+        st.plotly_chart(query_fig, key="who_query_view", on_select="rerun", selection_mode="points")
+        st.caption(
+            "Click a pixel to make it the query. Rollout: how much of the query's state at the "
+            "top is traced back to each input pixel (rows sum to 1)."
+        )
+    with s2:
+        grid_fig = mosaic_figure(
+            rows_q.transpose(1, 0, 2, 3),  # [L, 3, h, w]
+            title=f"pixel ({qrow}, {qcol}): mean, max, rollout",
+            col_labels=["mean over heads", "max over heads", "rollout up to the layer"],
+            row_labels=[f"layer {i}" for i in range(n_layer)],
+            per_tile=True,
+            colorbar_title="share of tile max",
+            value_name="weight",
+            tile_px=110,
+        )
+        st.plotly_chart(grid_fig, key="who_summary")
+    st.markdown(
+        "**Mean over heads**: the layer's attention as one distribution (each head's row sums "
+        "to 1, so the mean does too). **Max over heads**: where *any* head looks, however few "
+        f"do. **Rollout** (Abnar & Zuidema 2020): each layer counted as {1 - RESIDUAL:.0%} "
+        f"attention and {RESIDUAL:.0%} the residual path (the identity), normalised, "
+        "multiplied from the input up; it says where the information at the query came from, "
+        "through every layer below. Each tile is scaled to its own maximum; the hover gives "
+        "the raw value."
+    )
+    qmeta = image_meta | {"query_pixel": [qrow, qcol], "residual": RESIDUAL}
+    qstem = f"{safe_name(chosen.name)}_{safe_name(image_name)}_r{qrow}c{qcol}"
+    items = [
+        Exportable(f"{qstem}_rollout", query_fig, {"rollout": top}, qmeta),
+        Exportable(
+            f"{qstem}_summaries",
+            grid_fig,
+            {"head_mean": rows_q[0], "head_max": rows_q[1], "rollout": rows_q[2]},
+            qmeta,
+        ),
+    ]
+    export_panel(items, "who_query_export", "Export these figures and data")
+    share_settings("who", script=False)
+
+
+image_meta = {
     "model": chosen.name,
     "image": image_name,
     "image_sha1": image_sha1,
-    "layer": layer,
-    "layout": repr(model.layouts[layer]),
     "channel": "all" if channel is None else int(channel),
 }
-stem = f"{safe_name(chosen.name)}_{safe_name(image_name)}_L{layer}"
-
-st.subheader(f"Who looks at pixel ({krow}, {kcol}) in layer {layer}")
-a, b = st.columns([1, 1])
-with a:
-    key_fig = pixel_grid_figure(
-        total_px,
-        title=f"who reads ({krow}, {kcol}): sum of {n_head} heads",
-        query=(krow, kcol),
-        hover_values=np.concatenate([total_px[..., None], shown], axis=-1),
-        hover_template="row %{y}, col %{x}: %{customdata[0]:.4f} (" + words + ")",
-        colorscale="Viridis",
-        zmin=0,
-        colorbar_title="attention",
-        size_px=300,
-    )
-    st.plotly_chart(key_fig, key="who_key_view", on_select="rerun", selection_mode="points")
-    st.caption(
-        "Click a pixel to make it the key. Each later pixel's colour is the attention it "
-        f"gives the key, summed over the heads (0..{n_head}); pixels before the key cannot "
-        "look at it (causal)."
-    )
-with b:
-    heads_fig = mosaic_figure(
-        per_head,
-        title=f"per head: attention given to ({krow}, {kcol})",
-        col_labels=[f"head {h}" for h in range(n_head)],
-        zmin=0,
-        zmax=float(max(per_head.max(), 1e-9)),
-        colorbar_title="attention",
-        value_name="attention",
-        tile_px=160,
-    )
-    st.plotly_chart(heads_fig, key="who_heads")
-    readers = int((total > 1e-3).sum())
-    st.caption(
-        f"{readers} queries give this key more than 0.001 of some head's attention. "
-        "One colour scale for all heads, so the heads compare."
-    )
-items = [
-    Exportable(
-        f"{stem}_key_r{krow}c{kcol}_total",
-        key_fig,
-        {"attention": total_px, "key_pixel": np.array([krow, kcol])},
-        meta | {"key_pixel": [krow, kcol]},
-    ),
-    Exportable(
-        f"{stem}_key_r{krow}c{kcol}_heads",
-        heads_fig,
-        {"attention": per_head, "key_pixel": np.array([krow, kcol])},
-        meta | {"key_pixel": [krow, kcol]},
-    ),
-]
-
+key_section()
 st.divider()
-st.subheader("Summaries across heads and layers, for a query pixel")
-s1, s2 = st.columns([1, 1])
-with s1:
-    q1, q2 = st.columns(2)
-    qrow = q1.number_input("query row", 0, geometry.height - 1, key="who_qrow")
-    qcol = q2.number_input("query column", 0, geometry.width - 1, key="who_qcol")
-query_tokens = pixel_tokens(qrow, qcol, geometry, channel).values()
-# the query pixel's token(s): their rows averaged when the pixel is shown whole ([3, L, N])
-summary = sum(query_summary(chosen.path, image_sha1, t, image) for t in query_tokens) / len(
-    query_tokens
-)
-# per key pixel: the chosen channel's token, or all the pixel's tokens together (the weight it
-# receives)
-rows_q = pixel_map(summary, geometry, channel, combine="sum")  # [3, L, h, w]
-top = rows_q[2, -1]  # rollout through every layer
-with s1:
-    query_fig = pixel_grid_figure(
-        top,
-        title=f"rollout of ({qrow}, {qcol}), {n_layer} layers",
-        query=(qrow, qcol),
-        colorscale="Viridis",
-        zmin=0,
-        colorbar_title="share",
-        size_px=260,
-    )
-    st.plotly_chart(query_fig, key="who_query_view", on_select="rerun", selection_mode="points")
-    st.caption(
-        "Click a pixel to make it the query. Rollout: how much of the query's state at the top "
-        "is traced back to each input pixel (rows sum to 1)."
-    )
-with s2:
-    grid_fig = mosaic_figure(
-        rows_q.transpose(1, 0, 2, 3),  # [L, 3, h, w]
-        title=f"pixel ({qrow}, {qcol}): mean, max, rollout",
-        col_labels=["mean over heads", "max over heads", "rollout up to the layer"],
-        row_labels=[f"layer {i}" for i in range(n_layer)],
-        per_tile=True,
-        colorbar_title="share of tile max",
-        value_name="weight",
-        tile_px=110,
-    )
-    st.plotly_chart(grid_fig, key="who_summary")
-st.markdown(
-    "**Mean over heads**: the layer's attention as one distribution (each head's row sums to "
-    "1, so the mean does too). **Max over heads**: where *any* head looks, however few do. "
-    f"**Rollout** (Abnar & Zuidema 2020): each layer counted as {1 - RESIDUAL:.0%} attention "
-    f"and {RESIDUAL:.0%} the residual path (the identity), normalised, multiplied from the "
-    "input up; it says where the information at the query came from, through every layer "
-    "below. Each tile is scaled to its own maximum; the hover gives the raw value."
-)
-qmeta = meta | {"query_pixel": [qrow, qcol], "residual": RESIDUAL}
-qstem = f"{safe_name(chosen.name)}_{safe_name(image_name)}_r{qrow}c{qcol}"
-items += [
-    Exportable(f"{qstem}_rollout", query_fig, {"rollout": top}, qmeta),
-    Exportable(
-        f"{qstem}_summaries",
-        grid_fig,
-        {"head_mean": rows_q[0], "head_max": rows_q[1], "rollout": rows_q[2]},
-        qmeta,
-    ),
-]
-export_panel(items, "who_export", "Export these figures and data")
+query_section()

@@ -15,6 +15,7 @@ from app_pages.common import (
     SETTINGS,
     JobWords,
     channel_picker,
+    clamp_setting,
     export_panel,
     get_model,
     load_or_explain,
@@ -23,6 +24,7 @@ from app_pages.common import (
     pixel_values_hover,
     pool_job,
     require_model_names,
+    share_settings,
     show_image,
     take_pixel_click,
 )
@@ -149,17 +151,10 @@ def bits_mosaic(maps: np.ndarray, *, title: str, col_labels, value_name: str, ti
     )
 
 
-take_pixel_click("prd_pixels", "prd_row", "prd_col", geometry.width)
-st.session_state.prd_row = min(max(st.session_state.prd_row, 0), geometry.height - 1)
-st.session_state.prd_col = min(max(st.session_state.prd_col, 0), geometry.width - 1)
 with right:
-    c1, c2 = st.columns(2)
-    row = c1.number_input("pixel row", 0, geometry.height - 1, key="prd_row")
-    col = c2.number_input("pixel column", 0, geometry.width - 1, key="prd_col")
     # a colour pixel is three tokens: one channel's values and bits, or the pixel whole
     channel = channel_picker("prd_channel", geometry)
-picked_tokens = pixel_tokens(row, col, geometry, channel)  # {channel: token}
-channels = list(picked_tokens)
+channels = list(pixel_tokens(0, 0, geometry, channel))  # the channels shown
 
 probs = {name: image_probs(paths[name], image_sha1, image) for name in models}  # [N, 256] each
 tokens = image_to_tokens(image).numpy()
@@ -173,37 +168,10 @@ bpd = {n: float(bits[n].mean()) for n in models}
 first = next(iter(models))
 meta = {"models": list(models), "image": image_name, "image_sha1": image_sha1}
 stem = f"{safe_name(image_name)}"
-items = []
 
-shown, words = pixel_values_hover(image, channel, first=1)
-a, b = st.columns([1, 1])
-with a:
-    top = float(np.percentile(bits_px, 99.5))
-    click_fig = pixel_grid_figure(
-        bits_px[0],
-        title=f"{first}: bits per pixel (click one)",
-        query=(row, col),
-        hover_values=np.concatenate([bits_px[0][..., None], shown], axis=-1),
-        # (the model is named in the title: no name inside a plotly template)
-        hover_template="row %{y}, col %{x}: " + words + ", %{customdata[0]:.2f} bits",
-        colorscale=BITS_COLORS,
-        zmin=0,
-        zmax=top,
-        colorbar_title="bits",
-        size_px=300,
-    )
-    st.plotly_chart(click_fig, key="prd_pixels", on_select="rerun", selection_mode="points")
-with b:
-    # one curve per model, per channel of a colour pixel shown whole (its own true value)
-    names = {ch: "" if geometry.channels == 1 else f" {CHANNEL_NAMES[ch]}" for ch in channels}
-    curves = [(f"{n}{names[ch]}", n, t, ch) for n in models for ch, t in picked_tokens.items()]
-    dist = {label: probs[n][t] for label, n, t, _ in curves}
-    truth = {label: int(image[row, col, ch]) for label, _, _, ch in curves}
-    said = ", ".join(str(int(image[row, col, ch])) for ch in channels)
-    dist_fig = distribution_figure(
-        dist, truth, f"predicted value of pixel ({row}, {col}); true value {said}"
-    )
-    st.plotly_chart(dist_fig, key="prd_dist")
+
+def distribution_table(dist: dict, truth: dict, curves: list) -> None:
+    """Each curve's p(true value), bits, entropy and most likely value."""
     st.dataframe(
         [
             {
@@ -218,23 +186,70 @@ with b:
         hide_index=True,
         key="prd_dist_table",
     )
-    st.caption(
-        "Low entropy and many bits: a confident mistake. High entropy and many bits: a value "
-        "the model knew it could not guess (an edge, a texture)."
-    )
-items += [
-    Exportable(
-        f"{stem}_r{row}c{col}_bits_{safe_name(first)}", click_fig, {"bits": bits_px[0]}, meta
-    ),
-    Exportable(
-        f"{stem}_r{row}c{col}_distribution",
-        dist_fig,
-        {f"probs_{safe_name(n)}": dist[n] for n in dist}
-        | {"true_value": np.array([truth[n] for n in dist])},
-        meta | {"pixel": [row, col], "true_value": list(truth.values())},
-    ),
-]
 
+
+@st.fragment
+def pixel_section() -> None:
+    """The clicked pixel: the first model's bits map to click on, and every model's predicted
+    distribution there. A click or a new row or column reruns only this part."""
+    take_pixel_click("prd_pixels", "prd_row", "prd_col", geometry.width)
+    clamp_setting("prd_row", 0, geometry.height - 1)
+    clamp_setting("prd_col", 0, geometry.width - 1)
+    c1, c2, _ = st.columns([1, 1, 2])
+    row = c1.number_input("pixel row", 0, geometry.height - 1, key="prd_row")
+    col = c2.number_input("pixel column", 0, geometry.width - 1, key="prd_col")
+    picked_tokens = pixel_tokens(row, col, geometry, channel)  # {channel: token}
+    shown, words = pixel_values_hover(image, channel, first=1)
+    a, b = st.columns([1, 1])
+    with a:
+        click_fig = pixel_grid_figure(
+            bits_px[0],
+            title=f"{first}: bits per pixel (click one)",
+            query=(row, col),
+            hover_values=np.concatenate([bits_px[0][..., None], shown], axis=-1),
+            # (the model is named in the title: no name inside a plotly template)
+            hover_template="row %{y}, col %{x}: " + words + ", %{customdata[0]:.2f} bits",
+            colorscale=BITS_COLORS,
+            zmin=0,
+            zmax=float(np.percentile(bits_px, 99.5)),
+            colorbar_title="bits",
+            size_px=300,
+        )
+        st.plotly_chart(click_fig, key="prd_pixels", on_select="rerun", selection_mode="points")
+    with b:
+        # one curve per model, per channel of a colour pixel shown whole (its own true value)
+        names = {ch: "" if geometry.channels == 1 else f" {CHANNEL_NAMES[ch]}" for ch in channels}
+        curves = [(f"{n}{names[ch]}", n, t, ch) for n in models for ch, t in picked_tokens.items()]
+        dist = {label: probs[n][t] for label, n, t, _ in curves}
+        truth = {label: int(image[row, col, ch]) for label, _, _, ch in curves}
+        said = ", ".join(str(int(image[row, col, ch])) for ch in channels)
+        dist_fig = distribution_figure(
+            dist, truth, f"predicted value of pixel ({row}, {col}); true value {said}"
+        )
+        st.plotly_chart(dist_fig, key="prd_dist")
+        distribution_table(dist, truth, curves)
+        st.caption(
+            "Low entropy and many bits: a confident mistake. High entropy and many bits: a "
+            "value the model knew it could not guess (an edge, a texture)."
+        )
+    items = [
+        Exportable(
+            f"{stem}_r{row}c{col}_bits_{safe_name(first)}", click_fig, {"bits": bits_px[0]}, meta
+        ),
+        Exportable(
+            f"{stem}_r{row}c{col}_distribution",
+            dist_fig,
+            {f"probs_{safe_name(n)}": dist[n] for n in dist}
+            | {"true_value": np.array([truth[n] for n in dist])},
+            meta | {"pixel": [row, col], "true_value": list(truth.values())},
+        ),
+    ]
+    export_panel(items, "prd_pixel_export", "Export this pixel's figures and data")
+    share_settings(("prd", "abl"), script=False)  # a rerun of this part runs no app.py
+
+
+pixel_section()
+items = []
 st.subheader("Where each model is surprised")
 labels = [f"{n}: {bpd[n]:.3f} bits/dim" for n in models]
 maps_fig = bits_mosaic(

@@ -15,7 +15,15 @@ import streamlit as st
 from analysis.maps import pixel_map, token_map
 from analysis.metrics import HEAD_TYPES
 from analysis.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeline
-from app_pages.common import ROOT, as_text, export_panel, models_dir, runs_dir, show_image
+from app_pages.common import (
+    ROOT,
+    as_text,
+    export_panel,
+    models_dir,
+    runs_dir,
+    share_settings,
+    show_image,
+)
 from models.checkpoint import CheckpointError
 from models.run_folder import RUN_FILE, RunRecord, read_run_record
 from models.tokens import Geometry
@@ -203,48 +211,75 @@ if st.session_state.trn_step not in steps:  # another run's step
 st.session_state.setdefault("trn_probe", 0)
 st.session_state.trn_probe = min(max(int(st.session_state.trn_probe), 0), P - 1)
 
-left, right = st.columns(2)
-with left:
-    step = st.select_slider("Step", options=steps, key="trn_step")
-    s = steps.index(step)
-    probe = st.selectbox(
-        "Probe image",
-        list(range(P)),
-        key="trn_probe",
-        format_func=lambda k: f"{k}: test image {meta.get('probe_images', list(range(P)))[k]}",
+run_name = safe_name(folder.name)
+run_meta = {"run": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder)}
+
+
+@st.fragment
+def step_section() -> None:
+    """The snapshot at the chosen step and probe: every head's map, the pooled maps and the
+    step marked on bits/dim. A move of the slider reruns only this part."""
+    left, right = st.columns(2)
+    with left:
+        step = st.select_slider("Step", options=steps, key="trn_step")
+        s = steps.index(step)
+        probe = st.selectbox(
+            "Probe image",
+            list(range(P)),
+            key="trn_probe",
+            format_func=lambda k: f"{k}: test image {meta.get('probe_images', list(range(P)))[k]}",
+        )
+    with right:
+        image = token_map(np.asarray(timeline.probes[probe]), geometry)  # [h, w, c]
+        pr, pc = meta.get("probe_pixel", [height // 2, width // 2])
+        marked = np.repeat(image, 3, axis=2) if channels == 1 else image.copy()
+        marked[pr, pc] = (255, 0, 0)
+        show_image(marked, f"probe pixel ({pr}, {pc}) in red", width=160)
+        st.metric("probe bits/dim", f"{timeline.probe_bpd[s]:.3f}")
+        if np.isfinite(timeline.train_bpd[s]):
+            st.caption(f"training batch at this step: {timeline.train_bpd[s]:.3f} bits/dim")
+        st.caption(f"{S} snapshots; layouts: {', '.join(sorted(set(meta.get('layouts', []))))}")
+    rows = timeline.rows[s, probe]  # [L, H, N]
+    grid_fig = head_grid_figure(
+        pixel_map(rows, geometry, None),  # [L, H, h, w]: weight on each key pixel (all tokens)
+        f"step {step}: pixel ({pr}, {pc}), every head",
     )
-with right:
-    image = token_map(np.asarray(timeline.probes[probe]), geometry)  # [h, w, c]
-    pr, pc = meta.get("probe_pixel", [height // 2, width // 2])
-    marked = np.repeat(image, 3, axis=2) if channels == 1 else image.copy()
-    marked[pr, pc] = (255, 0, 0)
-    show_image(marked, f"probe pixel ({pr}, {pc}) in red", width=160)
-    st.metric("probe bits/dim", f"{timeline.probe_bpd[s]:.3f}")
-    if np.isfinite(timeline.train_bpd[s]):
-        st.caption(f"training batch at this step: {timeline.train_bpd[s]:.3f} bits/dim")
-    st.caption(f"{S} snapshots; layouts: {', '.join(sorted(set(meta.get('layouts', []))))}")
+    pooled = timeline.pooled[s].astype(np.float32)  # [L, H, n, n]
+    pooled_fig = head_grid_figure(pooled, f"step {step}: pooled by image rows")
+    a, b = st.columns(2)
+    with a:
+        st.plotly_chart(grid_fig, key="trn_grid")
+    with b:
+        st.plotly_chart(pooled_fig, key="trn_pooled")
+    st.caption(
+        "Left: where the probe pixel (red on the probe image) looks in every layer and head; "
+        "right: each head's attention averaged over the probes in tiles of one image row (query "
+        "row down, key row across). Each map is scaled to its own maximum."
+    )
+    bpd_fig = bpd_figure(
+        train=train_xy,
+        test=test_xy,
+        probes=(np.array(steps), timeline.probe_bpd),
+        selected_step=step,
+    )
+    st.plotly_chart(bpd_fig, key="trn_bpd")
+    step_meta = run_meta | {"step": step, "probe_image": probe, "probe_pixel": [pr, pc]}
+    items = [
+        Exportable(f"{run_name}_step{step}_probe{probe}_grid", grid_fig, {"rows": rows}, step_meta),
+        Exportable(f"{run_name}_step{step}_pooled", pooled_fig, {"pooled": pooled}, step_meta),
+        Exportable(
+            f"{run_name}_bpd",
+            bpd_fig,
+            {"snapshot_steps": np.array(steps), "probe_bpd": timeline.probe_bpd}
+            | ({"train_steps": train_xy[0], "train_bpd": train_xy[1]} if train_xy else {}),
+            step_meta,
+        ),
+    ]
+    export_panel(items, "trn_export", "Export these figures and data")
+    share_settings("trn", script=False)  # a rerun of this part runs no app.py
 
-rows = timeline.rows[s, probe]  # [L, H, N]
-grid_fig = head_grid_figure(
-    pixel_map(rows, geometry, None),  # [L, H, h, w]: weight on each key pixel (all tokens)
-    f"step {step}: pixel ({pr}, {pc}), every head",
-)
-pooled = timeline.pooled[s].astype(np.float32)  # [L, H, n, n]
-pooled_fig = head_grid_figure(
-    pooled,
-    f"step {step}: pooled by image rows",
-)
-a, b = st.columns(2)
-with a:
-    st.plotly_chart(grid_fig, key="trn_grid")
-with b:
-    st.plotly_chart(pooled_fig, key="trn_pooled")
-st.caption(
-    "Left: where the probe pixel (red on the probe image) looks in every layer and head; right: "
-    "each head's attention averaged over the probes in tiles of one image row (query row "
-    "down, key row across). Each map is scaled to its own maximum."
-)
 
+step_section()
 names = [n for n in METRIC_HELP if n in timeline.metrics]
 if st.session_state.get("trn_metric") not in names:  # not recorded by this run (or a link's)
     st.session_state.trn_metric = names[0] if names else None
@@ -263,8 +298,8 @@ with m1:
         series,
         title=f"{metric} of every head (mean over the probes)",
         y_title=metric,
-        # the step is marked on bits/dim only: a mark here and on the types changed both
-        # charts at every step of the slider, ~100 ms of redrawing (327 vs 434 ms a step)
+        # the step is not marked here nor on the types: a mark would redraw both charts at
+        # every step of the slider
         x=list(range(S)),
         x_title="step (snapshots, log-spaced)",
         height=380,
@@ -276,42 +311,18 @@ with m2:
     codes = lookup[timeline.types.astype(np.int64)]  # [S, L, H] into HEAD_TYPES
     types_fig = type_timeline_figure(codes, steps, title="head types over training")
     st.plotly_chart(types_fig, key="trn_types")
-bpd_fig = bpd_figure(
-    train=train_xy,
-    test=test_xy,
-    probes=(np.array(steps), timeline.probe_bpd),
-    selected_step=step,
-)
-st.plotly_chart(bpd_fig, key="trn_bpd")
-
-run_name = safe_name(folder.name)
-base_meta = {
-    "run": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder),
-    "step": step,
-    "probe_image": probe,
-    "probe_pixel": [pr, pc],
-}
 items = [
-    Exportable(f"{run_name}_step{step}_probe{probe}_grid", grid_fig, {"rows": rows}, base_meta),
-    Exportable(f"{run_name}_step{step}_pooled", pooled_fig, {"pooled": pooled}, base_meta),
     Exportable(
         f"{run_name}_{metric}",
         metric_fig,
         {"steps": np.array(steps), metric: values},
-        base_meta | {"metric": metric},
+        run_meta | {"metric": metric},
     ),
     Exportable(
         f"{run_name}_types",
         types_fig,
         {"steps": np.array(steps), "types": codes, "names": np.array(HEAD_TYPES)},
-        base_meta,
-    ),
-    Exportable(
-        f"{run_name}_bpd",
-        bpd_fig,
-        {"snapshot_steps": np.array(steps), "probe_bpd": timeline.probe_bpd}
-        | ({"train_steps": train_xy[0], "train_bpd": train_xy[1]} if train_xy else {}),
-        base_meta,
+        run_meta,
     ),
 ]
-export_panel(items, "trn_export", "Export these figures and data")
+export_panel(items, "trn_history_export", "Export the history figures and data")
