@@ -15,7 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from viz.style import PART_COLORS, _clicked_point, _part_rgb, _unit_heatmap
+from viz.style import PART_COLORS, _clicked_point, _part_rgb, _unit_heatmap, colorbar_margin
 
 
 def _png_data_uri(rgb: np.ndarray) -> str:
@@ -168,7 +168,7 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
     fig.update_layout(
         title=title,
         height=520,
-        margin=dict(l=40, r=20, t=50, b=40),
+        margin=colorbar_margin(40, 50, 40, 80),
         hovermode="y",
         clickmode="event+select",
         dragmode=False,

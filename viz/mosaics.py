@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from viz.style import _clicked_point, _unit_heatmap
+from viz.style import _clicked_point, _unit_heatmap, colorbar_margin
 
 
 def mosaic(tiles: np.ndarray, fill, dtype) -> np.ndarray:
@@ -137,7 +137,7 @@ def head_grid_figure(
         # the subtitle says how the colours are scaled (the colour bar's title, shorter, too)
         title=dict(text=title, subtitle=dict(text=said, font=dict(size=11))),
         height=max(300, 130 * n_layer + 100),
-        margin=dict(l=70, r=20, t=100, b=20),
+        margin=colorbar_margin(70, 100, 20, 80),
         plot_bgcolor="white",
         # every point of the chart hovers (and clicks) the tile whose centre is nearest
         hovermode="closest",
@@ -258,7 +258,10 @@ def mosaic_figure(
             zmin=zmin,
             zmax=zmax,
             showscale=colorbar_title is not None,
-            colorbar=dict(title=colorbar_title, thickness=12) if colorbar_title else None,
+            # the title along the bar: a fixed margin (colorbar_margin) holds it
+            colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=12)
+            if colorbar_title
+            else None,
             name="tiles",
             hoverongaps=False,
         )
@@ -277,7 +280,7 @@ def mosaic_figure(
     fig.update_layout(
         title=dict(text=title, font=dict(size=13)),
         height=int(min(900, max(260, tile_px * n_r + 110))),
-        margin=dict(l=70 if any(row_labels) else 20, r=20, t=80, b=20),
+        margin=colorbar_margin(70 if any(row_labels) else 20, 80, 20, 90 if colorbar_title else 20),
         plot_bgcolor="white",
     )
     return fig

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from viz.style import QUERY_COLOR, _part_colorscale
+from viz.style import QUERY_COLOR, _part_colorscale, colorbar_margin
 
 
 def pixel_grid_figure(
@@ -64,10 +64,11 @@ def pixel_grid_figure(
     if query is not None:
         fig.add_trace(_ring_trace([query[1]], [query[0]], "query", QUERY_COLOR, 3, ring_px))
     _pixel_axes(fig, h, w)
+    has_colorbar = colorbar_title is not None and rgb is None
     fig.update_layout(
         title=dict(text=title, font=dict(size=13)),
         height=size_px + 80,
-        margin=dict(l=45, r=10, t=40, b=40),
+        margin=colorbar_margin(45, 40, 40, 90) if has_colorbar else dict(l=45, r=10, t=40, b=40),
         plot_bgcolor="white",
         clickmode="event+select",
         dragmode=False,
@@ -250,6 +251,7 @@ def attention_overlay_figure(
             name="weights",
         )
     )
+    fig.update_layout(margin=colorbar_margin(45, 40, 40, 90))  # the weights' colour bar
     # above the image, under the outline and query rings (trace 0 stays the clickable pixels)
     data = list(fig.data)
     fig.data = tuple(data[:2] + data[-1:] + data[2:-1])

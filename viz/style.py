@@ -134,6 +134,14 @@ def _unit_heatmap(
     )
 
 
+def colorbar_margin(left: int, top: int, bottom: int, right: int) -> dict:
+    """Margins for a chart with a colour bar on its right, ``right`` pixels wide enough for the
+    bar, its ticks and its title. Fixed (autoexpand off): a colour bar that pushes the margin
+    out makes plotly.js lay out and draw the whole chart a second time at every update, the
+    largest part of a click's drawing on a small machine (docs/BENCHMARKS.md)."""
+    return dict(l=left, r=right, t=top, b=bottom, autoexpand=False)
+
+
 def _line_layout(fig: go.Figure, title: str, *, height: int, legend_y: float) -> None:
     """The line figures' layout: a small title, white plot, legend in a row below."""
     fig.update_layout(
