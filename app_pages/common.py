@@ -395,6 +395,18 @@ def as_text(value: object) -> str:
     return _LIST_START.sub(r"\1\\\2", text)  # "1. x" or "- x" would start a list
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """Rows with the same keys as a Markdown table for st.markdown, the keys as its header and
+    every cell literal text (as_text: a spec's "|" or "*" is not markup)."""
+    columns = list(rows[0]) if rows else []
+    lines = [
+        "| " + " | ".join(as_text(c) for c in columns) + " |",
+        "|" + " --- |" * len(columns),
+        *("| " + " | ".join(as_text(row[c]) for c in columns) + " |" for row in rows),
+    ]
+    return "\n".join(lines)
+
+
 _MARKUP = re.compile(r"([\\`*_{}\[\]<>!#|~$:@&])")
 _BARE_LINK = re.compile(r"(?i)(\w)(\\:(?=//)|\\@|(?<=www)\.)")  # http\://, a\@b, www.
 _LIST_START = re.compile(r"^(\s*\d*)([.)+\-])")

@@ -9,6 +9,7 @@ from app_pages.common import (
     LAYOUT_FAMILIES,
     clamp_setting,
     export_panel,
+    markdown_table,
     take_pixel_click,
 )
 from kernels import layouts as L
@@ -309,10 +310,15 @@ def query_keys(layout: L.Layout) -> dict[str, int]:
 
 if chosen:
     with table_slot:
-        st.dataframe(
-            [{**layout_numbers(repr(layout), n), **query_keys(layout)} for _, layout, _ in chosen],
-            hide_index=True,
-            key="lay_table",
+        # a Markdown table: a data frame would load the browser's data grid (1.2 MB of
+        # script) on the first page, for a few rows of numbers
+        st.markdown(
+            markdown_table(
+                [
+                    {**layout_numbers(repr(layout), n), **query_keys(layout)}
+                    for _, layout, _ in chosen
+                ]
+            )
         )
 for kind, layout, column in chosen:
     with column:
@@ -331,12 +337,18 @@ for kind, layout, column in chosen:
         )
         mask, tile, mask_fig = mask_view_figure(repr(layout), n, h)
         st.plotly_chart(mask_fig, key=f"lay_mask_{kind}{suffix}")
-        with st.expander("FlexAttention mask_mod (copy)"):
-            st.caption(
-                "Self-contained: paste it next to torch's flex_attention; it allows exactly the "
-                "pairs drawn here."
-            )
-            st.code(snippet(repr(layout)), language="python")
+        # drawn once opened (a rerun): a code block loads the browser's syntax highlighter,
+        # 1.5 MB of script the first page would otherwise wait for
+        code = st.expander(
+            "FlexAttention mask_mod (copy)", key=f"lay_code_{kind}{suffix}", on_change="rerun"
+        )
+        if code.open:
+            with code:
+                st.caption(
+                    "Self-contained: paste it next to torch's flex_attention; it allows exactly "
+                    "the pairs drawn here."
+                )
+                st.code(snippet(repr(layout)), language="python")
         meta = {
             "layout": repr(layout),
             "head": h,

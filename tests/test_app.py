@@ -2,6 +2,7 @@
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,37 @@ def title(spec: dict) -> str:
 
 
 def table(at, column: str):
-    """The one dataframe with ``column`` (a dataframe without selections keeps no key)."""
-    (found,) = [d.value for d in at.dataframe if column in d.value.columns]
-    return found
+    """The one table with ``column``: a dataframe (without selections it keeps no key) or a
+    Markdown table (app_pages.common.markdown_table), its numbers read as numbers."""
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    found += [
+        t
+        for t in (markdown_table_of(m.value) for m in at.markdown)
+        if t is not None and column in t.columns
+    ]
+    (one,) = found
+    return one
+
+
+def markdown_table_of(text: str):
+    """A Markdown pipe table as a DataFrame (cells unescaped, numeric columns as numbers), or
+    None when ``text`` is not one."""
+    import pandas as pd
+
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if len(lines) < 2 or not all(line.startswith("|") for line in lines):
+        return None
+    cells = [
+        [re.sub(r"\\(.)", r"\1", c.strip()) for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        for line in lines
+    ]
+    frame = pd.DataFrame(cells[2:], columns=cells[0])
+    for c in frame.columns:
+        try:
+            frame[c] = pd.to_numeric(frame[c])
+        except (ValueError, TypeError):
+            pass  # a column of text
+    return frame
 
 
 def errors(at) -> str:

@@ -64,7 +64,13 @@ def check_drawn(at: AppTest, families: list[str], n: int, width: int, query: int
             rows_in = np.minimum(tile, n - tile * np.arange(density.shape[0]))
             cells = rows_in[:, None] * rows_in[None, :]
             assert round(float((density * cells).sum())) == layout.nnz(n)
-    # st.code keeps the text but its last newline
+    # the snippets are drawn once their expanders are opened (the first page does not load the
+    # browser's syntax highlighter); st.code keeps the text but its last newline
+    assert not at.code
+    for family in families:
+        at.session_state[f"lay_code_{family}{suffix}"] = True
+    at.run()
+    assert not at.exception, at.exception
     assert [c.value for c in at.code] == [
         mask_mod_source(L.parse_layout(r)).rstrip("\n") for r in rows["layout"]
     ]
