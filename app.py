@@ -10,7 +10,7 @@ import streamlit as st
 # be fetched from fonts.gstatic.com: a request to an outside host per visitor)
 st.set_page_config(page_title="Sparse Transformer Explorer", page_icon="👕", layout="wide")
 
-from app_pages.common import keep_settings, share_settings  # noqa: E402
+from app_pages.common import keep_settings, share_settings, warm_up  # noqa: E402
 
 # every setting made in this session survives page switches (and the first run reads the URL)
 keep_settings()
@@ -83,3 +83,4 @@ try:
     page.run()
 finally:  # also after a page's st.stop(): the URL names the settings the page was drawn with
     share_settings(pages[page])
+warm_up()  # the model pages' imports, in the background once the first page is drawn

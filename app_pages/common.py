@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +87,35 @@ def require_model_names() -> list[str]:
         )
         st.stop()
     return names
+
+
+WARM_UP_AFTER_S = 1.0
+_warm = threading.Lock()
+_warmed: list[threading.Thread] = []
+
+
+def warm_up() -> None:
+    """Once per server, after the first page is drawn: import torch and the modules that run
+    the models, in a background thread. The first page needs none of them; the first page
+    that shows a model then finds them imported (torch alone takes about a second here)."""
+
+    def imports() -> None:
+        with contextlib.suppress(OSError, AttributeError):  # not Linux: at normal priority
+            # the lowest priority (Linux schedules each thread): the browser drawing the first
+            # page, on the same cores, goes first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        import torch  # noqa: F401
+
+        import analysis.attention  # noqa: F401
+        import models.checkpoint  # noqa: F401
+
+    with _warm:
+        if not _warmed:
+            # after a pause: meanwhile the browser fetches the page's chart code (MBs) from this
+            # server, whose threads the imports would slow (they hold the interpreter lock)
+            _warmed.append(threading.Timer(WARM_UP_AFTER_S, imports))
+            _warmed[0].daemon = True
+            _warmed[0].start()
 
 
 def model_device() -> str:
