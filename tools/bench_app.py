@@ -28,6 +28,11 @@ step), on `streamlit run` with the shipped models; each line gives the median an
 - server: the server's share of the attention, who and predictions clicks (AppTest reruns with
   the state the click sets, no browser): what the script costs, the rest is the transfer and
   the drawing in the browser.
+- profile: where an Attention click's time goes (a head switch, a fragment's rerun; a pixel
+  click, the whole page's): the server's script split into cached reads, figure building and
+  serialisation (AppTest, the functions timed), the bytes a rerun sends (the browser's
+  WebSocket), and the browser's CPU time by what spends it (plotly.js, React and Streamlit's
+  other code, style/layout/paint, garbage collection; Chrome's profiler).
 
 The attention, who, predictions and training parts share one server; the first two rounds of
 each warm the browser and the caches and are not counted. Bad arguments are one ``error:``
@@ -66,7 +71,17 @@ IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 VIEWPORT = {"width": 1500, "height": 1100}
 MODELS = ROOT / "assets" / "models"
 SHIPPED_RUNS = ROOT / "assets" / "runs"  # as app_pages/training.py lists them
-PARTS = ("first", "attention", "who", "predictions", "training", "speed", "learned", "server")
+PARTS = (
+    "first",
+    "attention",
+    "who",
+    "predictions",
+    "training",
+    "speed",
+    "learned",
+    "server",
+    "profile",
+)
 SIZE = 28  # the shipped models' images: 28 x 28
 
 
@@ -509,6 +524,160 @@ def summary(seconds: list[float], unit: str) -> str:
     return f"{med:.{digits}f} {unit} ({lo:.{digits}f}-{hi:.{digits}f})"
 
 
+# the browser side of a click: the WebSocket's messages counted before the page's own code runs
+COUNT_MESSAGES = """
+window.__messages = [];
+const Native = window.WebSocket;
+window.WebSocket = function (...args) {
+  const ws = new Native(...args);
+  ws.addEventListener('message', e => {
+    window.__messages.push(e.data.byteLength || e.data.size || 0);
+  });
+  return ws;
+};
+window.WebSocket.prototype = Native.prototype;
+Object.assign(window.WebSocket, Native);
+"""
+
+
+def cpu_by_owner(profile: dict) -> dict[str, float]:
+    """A Chrome CPU profile's time (ms) by who spends it: plotly.js, React and the rest of
+    Streamlit's code, the browser's own work outside script (style, layout, paint: V8's
+    "(program)"), garbage collection, idle."""
+    nodes = {n["id"]: n for n in profile["nodes"]}
+    parent = {c: n["id"] for n in profile["nodes"] for c in n.get("children", [])}
+    out: dict[str, float] = {}
+    for sample, delta in zip(profile["samples"], profile["timeDeltas"], strict=True):
+        name, node, url = nodes[sample]["callFrame"]["functionName"], sample, ""
+        while node is not None and not url:  # the nearest frame with a script
+            url = nodes[node]["callFrame"]["url"]
+            node = parent.get(node)
+        if name in ("(idle)", "(program)", "(garbage collector)"):
+            owner = {"(idle)": "idle", "(program)": "style, layout, paint (outside script)"}.get(
+                name, "garbage collection"
+            )
+        elif "PlotlyChart" in url:
+            owner = "plotly.js"
+        else:
+            owner = "React and Streamlit's other code"
+        out[owner] = out.get(owner, 0.0) + delta / 1000
+    return out
+
+
+def browser_profile(browser, repeats: int) -> list[tuple[str, dict[str, float]]]:
+    """Head switches and pixel clicks on the Attention page under Chrome's profiler: per
+    interaction, the median time, the bytes received and the CPU time by owner (ms each)."""
+    page = browser.new_page(viewport=VIEWPORT)
+    page.add_init_script(COUNT_MESSAGES)
+    out = []
+    with server() as (url, _):
+        goto_when_up(page, url)
+        drawn(page, "lay_pixels_strided", "keys of pixel")
+        click_menu(page, "Attention")
+        drawn(page, "att_pixels", "where pixel")
+        drawn(page, "att_map", "N x N")
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Profiler.enable")
+        cdp.send("Profiler.setSamplingInterval", {"interval": 500})
+
+        def head(k: int) -> str:
+            pick(page, "att_head", str(k % 4))
+            return f"head {k % 4}:"
+
+        def pixel(k: int) -> str:
+            row, col = 5 + k % 18, 4 + (5 * k) % 20
+            scroll_to(page, "att_pixels")
+            hover_then_click(page, *pixel_center(page, "att_pixels", row, col))
+            return f"where pixel ({row}, {col})"
+
+        for name, act in (("switch head", head), ("click a pixel", pixel)):
+            drawn(page, "att_pixels", act(1))  # a warm-up round
+            times, sent = [], []
+            cdp.send("Profiler.start")
+            for k in range(2, repeats + 2):
+                page.evaluate("window.__messages = []")
+                t = time.perf_counter()
+                drawn(page, "att_pixels", act(k))
+                times.append(time.perf_counter() - t)
+                sent.append(sum(page.evaluate("window.__messages")))
+            owners = cpu_by_owner(cdp.send("Profiler.stop")["profile"])
+            row = {
+                "median ms": statistics.median(times) * 1000,
+                "kB received": statistics.median(sent) / 1e3,
+            }
+            row |= {owner: ms / repeats for owner, ms in owners.items() if owner != "idle"}
+            out.append((f"Attention: {name}", row))
+    page.close()
+    return out
+
+
+def server_profile(repeats: int) -> list[tuple[str, dict[str, float]]]:
+    """The server's script for the same clicks (AppTest), split by timing the functions it
+    calls: cached reads (st.cache_data/cache_resource hits: hashing, copies), figure building
+    (viz), serialisation (plotly.io.to_json), the rest of the script; ms per click."""
+    import functools
+
+    import plotly.io
+    from streamlit.runtime.caching import cache_utils
+    from streamlit.testing.v1 import AppTest
+
+    import viz.maps
+    import viz.mosaics
+    import viz.pixels
+
+    spent: dict[str, float] = {}
+
+    def timed(owner: str, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[owner] = spent.get(owner, 0.0) + time.perf_counter() - t
+
+        return wrapper
+
+    saved = []
+
+    def patch(obj, name: str, owner: str) -> None:
+        saved.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, timed(owner, getattr(obj, name)))
+
+    patch(cache_utils.CachedFunc, "__call__", "cached reads (and captures on a miss)")
+    patch(plotly.io, "to_json", "serialisation (plotly.io.to_json)")
+    for module in (viz.pixels, viz.maps, viz.mosaics):
+        for name in [n for n in dir(module) if n.endswith("_figure")]:
+            patch(module, name, "figure building (viz)")
+    out = []
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.run()
+        at.switch_page("app_pages/attention.py").run()
+        steps = {
+            "switch head": lambda k: at.button_group(key="att_head").set_value(k % 4),
+            "click a pixel": lambda k: at.number_input(key="att_row").set_value(4 + k % 20),
+        }
+        for name, step in steps.items():
+            step(1)
+            at.run()
+            spent.clear()
+            total = 0.0
+            for k in range(2, repeats + 2):
+                step(k)
+                t = time.perf_counter()
+                at.run()
+                total += time.perf_counter() - t
+            row = {owner: 1000 * v / repeats for owner, v in spent.items()}
+            row["the rest of the script"] = 1000 * total / repeats - sum(row.values())
+            row["script in all"] = 1000 * total / repeats
+            out.append((f"Attention: {name} (server, AppTest; a whole-page run)", row))
+    finally:
+        for obj, name, fn in saved:
+            setattr(obj, name, fn)
+    return out
+
+
 def line(name: str, seconds: list[float], goal: str, unit: str = "ms") -> str:
     return f"| {name} (median of {len(seconds)}; range) | {summary(seconds, unit)} | {goal} |"
 
@@ -707,6 +876,13 @@ def measure(
                 row("Learned vs prescribed, 8 images, cold", cold, "<= 10 s", "s")
                 row("Learned vs prescribed, 8 images, cached", warm, "<= 10 s", "s")
             browser.close()
+    if "profile" in parts:
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            found = browser_profile(browser, repeats)
+            browser.close()
+        for name, row in found + server_profile(repeats):
+            print(f"\n{name}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()))
     if "server" in parts:
         # the clicks of the parts asked for; the Attention page's when none is
         clicks = parts & {"attention", "who", "predictions"} or {"attention"}
