@@ -29,8 +29,8 @@ step), on `streamlit run` with the shipped models; each line gives the median an
   the state the click sets, no browser): what the script costs, the rest is the transfer and
   the drawing in the browser.
 - profile: where an Attention click's time goes (a head switch, a fragment's rerun; a pixel
-  click, the whole page's): the server's script split into cached reads, figure building and
-  serialisation (AppTest, the functions timed), the bytes a rerun sends (the browser's
+  click, the whole page's): the server's script split into figure building, serialisation and
+  the rest (AppTest, the functions timed), the bytes a rerun sends (the browser's
   WebSocket), and the browser's CPU time by what spends it (plotly.js, React and Streamlit's
   other code, style/layout/paint, garbage collection; Chrome's profiler).
 
@@ -613,12 +613,11 @@ def browser_profile(browser, repeats: int) -> list[tuple[str, dict[str, float]]]
 
 def server_profile(repeats: int) -> list[tuple[str, dict[str, float]]]:
     """The server's script for the same clicks (AppTest), split by timing the functions it
-    calls: cached reads (st.cache_data/cache_resource hits: hashing, copies), figure building
-    (viz), serialisation (plotly.io.to_json), the rest of the script; ms per click."""
+    calls: figure building (viz), serialisation (plotly.io.to_json), the rest of the script
+    (widgets, the cached captures' reads, Streamlit's own work); ms per click."""
     import functools
 
     import plotly.io
-    from streamlit.runtime.caching import cache_utils
     from streamlit.testing.v1 import AppTest
 
     import viz.maps
@@ -644,7 +643,6 @@ def server_profile(repeats: int) -> list[tuple[str, dict[str, float]]]:
         saved.append((obj, name, getattr(obj, name)))
         setattr(obj, name, timed(owner, getattr(obj, name)))
 
-    patch(cache_utils.CachedFunc, "__call__", "cached reads (and captures on a miss)")
     patch(plotly.io, "to_json", "serialisation (plotly.io.to_json)")
     for module in (viz.pixels, viz.maps, viz.mosaics):
         for name in [n for n in dir(module) if n.endswith("_figure")]:
