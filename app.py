@@ -29,7 +29,7 @@ pages = {  # each page, and the prefixes of its settings' keys (its view in the 
         icon=":material/visibility:",
     ): "att",
     st.Page(
-        "app_pages/learned.py",
+        "app_pages/learned_vs_prescribed.py",
         title="Learned vs prescribed",
         url_path="learned",
         icon=":material/compare:",
@@ -44,20 +44,23 @@ pages = {  # each page, and the prefixes of its settings' keys (its view in the 
         icon=":material/auto_fix_high:",
     ): "cmp",
     st.Page(
-        "app_pages/heads.py",
+        "app_pages/who_looks_here.py",
         title="Who looks here",
         url_path="who-looks-here",
         icon=":material/hub:",
     ): "who",
     st.Page(
         "app_pages/predictions.py",
-        title="Predictions & ablation",
+        title="Predictions",
         url_path="predictions",
         icon=":material/casino:",
-    ): (
-        "prd",
-        "abl",
-    ),
+    ): "prd",
+    st.Page(
+        "app_pages/ablation.py",
+        title="Ablation",
+        url_path="ablation",
+        icon=":material/content_cut:",
+    ): "abl",
     st.Page(
         "app_pages/training.py", title="Training", url_path="training", icon=":material/timeline:"
     ): "trn",

@@ -819,19 +819,22 @@ SETTINGS: dict[str, Setting] = {
     "cmp_look_model": _MODEL,
     "cmp_look_sample": PIXEL,
     "cmp_look_layer": PIXEL,
-    # Who looks here (app_pages/heads.py): the key and query pixels, the layer
+    # Who looks here (app_pages/who_looks_here.py): the key and query pixels, the layer
     "who_model": _MODEL,
     **{f"who_{k}": s for k, s in _IMAGE_SETTINGS.items()},
     **{f"who_{k}": PIXEL for k in ("krow", "kcol", "qrow", "qcol", "layer")},
     "who_channel": Setting(str, choices=("all", *CHANNEL_NAMES)),  # colour models only
-    # Predictions & ablation (app_pages/predictions.py): its bounds are read there from here
+    # Predictions (app_pages/predictions.py): its bounds are read there from here
     "prd_models": Setting(list, 0, limits.MAX_MODELS, models=True),
     **{f"prd_{k}": s for k, s in _IMAGE_SETTINGS.items()},
     "prd_row": PIXEL,
     "prd_col": PIXEL,
     "prd_channel": Setting(str, choices=("all", *CHANNEL_NAMES)),  # colour models only
     "prd_mean_count": Setting(int, 1, 64),  # test images in the average bits map
-    "abl_model": _MODEL,  # one of prd_models: the page falls back to the first
+    # Ablation (app_pages/ablation.py): the model, its image and channel, the heads removed
+    "abl_model": _MODEL,
+    **{f"abl_{k}": s for k, s in _IMAGE_SETTINGS.items()},
+    "abl_channel": Setting(str, choices=("all", *CHANNEL_NAMES)),  # colour models only
     # the heads to remove, one URL value each as the multiselect shows them
     # (abl_heads=L0H1&abl_heads=L2H3): the page keeps those its model has
     "abl_heads": Setting(list, 0, 256, pattern=r"L\d{1,3}H\d{1,3}"),

@@ -243,7 +243,7 @@ def test_attention_page_upload_good_and_bad(tmp_path, monkeypatch):
 def test_learned_vs_prescribed_page(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
     at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page("app_pages/learned.py").run()
+    at.switch_page("app_pages/learned_vs_prescribed.py").run()
     assert not at.exception, at.exception
     assert [title(s) for s in charts(at)] == [
         "coverage by strided(l=28)",

@@ -228,7 +228,7 @@ def test_attention_page_explains_a_bad_spec_in_the_url(monkeypatch, tmp_path, un
 def test_learned_page_sentence_equals_the_frontier_file(monkeypatch, small_file):
     monkeypatch.setenv("SPARSE_EXPLORER_FRONTIER", str(small_file))
     at = AppTest.from_file(APP, default_timeout=300)
-    at.switch_page("app_pages/learned.py").run()
+    at.switch_page("app_pages/learned_vs_prescribed.py").run()
     assert not at.exception, at.exception
     sentence = coverage_sentence(at_density(small_result(), 0.1), 0.1)
     assert "71% by top-k (oracle), 30% by strided and 29% by axial" in sentence
@@ -239,7 +239,7 @@ def test_learned_page_sentence_equals_the_frontier_file(monkeypatch, small_file)
 def test_learned_page_sentence_measured_for_another_model(monkeypatch, tmp_path):
     monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(make_tiny_models(tmp_path)))
     at = AppTest.from_file(APP, default_timeout=300)
-    at.switch_page("app_pages/learned.py").run()
+    at.switch_page("app_pages/learned_vs_prescribed.py").run()
     assert not at.exception, at.exception
     first = plain(at.markdown[0].value)
     assert first.startswith("**At about 10% of the keys, this model's attention is kept ")

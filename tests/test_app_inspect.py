@@ -1,5 +1,5 @@
 """The inspection pages through Streamlit's AppTest: Who looks here (key columns, head summaries,
-rollout) and Predictions & ablation (distributions, bits maps, ablation), on tiny models."""
+rollout), Predictions (distributions, bits maps) and Ablation, on tiny models."""
 
 from pathlib import Path
 
@@ -28,7 +28,7 @@ def click(at, key: str, row: int, col: int, width: int = 28) -> None:
 
 
 def test_who_looks_here_columns_summaries_and_rollout(tmp_path, monkeypatch):
-    at = page(tmp_path, monkeypatch, "app_pages/heads.py")
+    at = page(tmp_path, monkeypatch, "app_pages/who_looks_here.py")
     total = values(trace(chart(at, "who_key_view"), "pixels")["marker"]["color"]).reshape(28, 28)
     heads = values(trace(chart(at, "who_heads"), "tiles")["z"])
     assert heads.shape == (28, 2 * 29 - 1)  # fmnist-tiny: 2 heads side by side
@@ -57,7 +57,7 @@ def test_who_looks_here_columns_summaries_and_rollout(tmp_path, monkeypatch):
     assert "(27, 27)" in title(chart(at, "who_summary"))
 
 
-def test_predictions_distribution_bits_maps_and_ablation(tmp_path, monkeypatch):
+def test_predictions_distribution_and_bits_maps(tmp_path, monkeypatch):
     at = page(tmp_path, monkeypatch, "app_pages/predictions.py")
     dist = chart(at, "prd_dist")
     curves = [t for t in dist["data"] if t["name"] in ("dense", "strided")]
@@ -76,7 +76,13 @@ def test_predictions_distribution_bits_maps_and_ablation(tmp_path, monkeypatch):
     assert "pixel (3, 4)" in title(chart(at, "prd_dist"))
     at.slider(key="prd_mean_count").set_value(2).run()
     assert not at.exception
-    # ablation: remove a head, both modes; the ranking table
+    assert "abl_heads" not in at.session_state  # removing heads is the Ablation page's
+
+
+def test_ablation_bits_completions_and_ranking(tmp_path, monkeypatch):
+    """Remove a head, both modes; completions with the heads removed; the ranking table."""
+    at = page(tmp_path, monkeypatch, "app_pages/ablation.py")
+    assert at.selectbox(key="abl_model").value == "dense"
     at.multiselect(key="abl_heads").set_value(["L0H0", "L1H1"]).run()
     assert not at.exception, at.exception
     assert not errors(at)
@@ -98,7 +104,7 @@ def test_predictions_distribution_bits_maps_and_ablation(tmp_path, monkeypatch):
 
 
 def ablation_ready(tmp_path, monkeypatch) -> tuple[AppTest, list]:
-    """The Predictions page with a head picked for removal and 1 sample; the tasks its runs
+    """The Ablation page with a head picked for removal and 1 sample; the tasks its runs
     submit to the worker pool are recorded (and run)."""
     from app_pages.jobs import POOL
 
@@ -110,7 +116,7 @@ def ablation_ready(tmp_path, monkeypatch) -> tuple[AppTest, list]:
         return submit(task)
 
     monkeypatch.setattr(POOL, "submit", record)
-    at = page(tmp_path, monkeypatch, "app_pages/predictions.py")
+    at = page(tmp_path, monkeypatch, "app_pages/ablation.py")
     at.multiselect(key="abl_heads").set_value(["L0H1"]).run()
     at.slider(key="abl_samples").set_value(1).run()
     assert not at.exception, at.exception
@@ -211,7 +217,7 @@ def test_who_looks_here_is_channel_aware(tmp_path, monkeypatch):
     from analysis.reverse import column_from_full
     from models.tokens import image_to_tokens, pixel_to_token
 
-    at, model, image = colour_page(tmp_path, monkeypatch, "app_pages/heads.py")
+    at, model, image = colour_page(tmp_path, monkeypatch, "app_pages/who_looks_here.py")
     g = model.config.geometry
     assert at.radio(key="who_channel").value == "all"
     at.radio(key="who_channel").set_value("green").run()

@@ -176,7 +176,7 @@ def test_pages_explain_themselves(tmp_path, monkeypatch):
     assert "Sparse Transformer Explorer" in text and "Start here" in text
     monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
     at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page("app_pages/learned.py").run()
+    at.switch_page("app_pages/learned_vs_prescribed.py").run()
     text = "\n".join(m.value for m in at.markdown) + "\n".join(c.value for c in at.caption)
     for word in ("**k90**", "**entropy**", "**coverage**", "**local**", "**global**"):
         assert word in text

@@ -1,4 +1,4 @@
-"""Settings in the URL for Who looks here and Predictions & ablation (the Training page's are in
+"""Settings in the URL for Who looks here, Predictions and Ablation (the Training page's are in
 tests/test_app_training.py): a link opens the page with its values, values a setting cannot take
 are ignored, and the settings survive a switch to another page and back."""
 
@@ -36,7 +36,7 @@ def test_who_looks_here_settings_come_from_the_url_and_stay(tmp_path, monkeypatc
     at = opened(
         tmp_path,
         monkeypatch,
-        "app_pages/heads.py",
+        "app_pages/who_looks_here.py",
         {
             "who_model": "strided",
             "who_krow": "5",
@@ -60,7 +60,7 @@ def test_who_looks_here_settings_come_from_the_url_and_stay(tmp_path, monkeypatc
     assert at.query_params["who_layer"] == "1" and at.query_params["who_qrow"] == "27"
     at.switch_page("app_pages/layouts.py").run()
     assert "who_krow" not in at.query_params  # a link names one page's view
-    at.switch_page("app_pages/heads.py").run()
+    at.switch_page("app_pages/who_looks_here.py").run()
     assert not at.exception, at.exception
     same()
     assert at.query_params["who_krow"] == "5"
@@ -68,13 +68,16 @@ def test_who_looks_here_settings_come_from_the_url_and_stay(tmp_path, monkeypatc
 
 def test_a_model_the_server_does_not_have_is_ignored(tmp_path, monkeypatch):
     at = opened(
-        tmp_path, monkeypatch, "app_pages/heads.py", {"who_model": "nope", "who_layer": "1"}
+        tmp_path,
+        monkeypatch,
+        "app_pages/who_looks_here.py",
+        {"who_model": "nope", "who_layer": "1"},
     )
     assert at.selectbox(key="who_model").value == "dense"
     assert at.selectbox(key="who_layer").value == 1
 
 
-def test_predictions_and_ablation_settings_come_from_the_url_and_stay(tmp_path, monkeypatch):
+def test_predictions_settings_come_from_the_url_and_stay(tmp_path, monkeypatch):
     at = opened(
         tmp_path,
         monkeypatch,
@@ -84,11 +87,6 @@ def test_predictions_and_ablation_settings_come_from_the_url_and_stay(tmp_path, 
             "prd_row": "3",
             "prd_col": "4",
             "prd_mean_count": "999",  # over the slider: ignored
-            "abl_model": "dense",
-            "abl_heads": ["L1H0", "L0H1"],
-            "abl_mode": "half",  # no such mode: ignored
-            "abl_count": "4",
-            "abl_samples": "1",
         },
     )
 
@@ -97,33 +95,57 @@ def test_predictions_and_ablation_settings_come_from_the_url_and_stay(tmp_path, 
         assert at.number_input(key="prd_row").value == 3
         assert at.number_input(key="prd_col").value == 4
         assert at.slider(key="prd_mean_count").value == 8  # the default
-        assert at.selectbox(key="abl_model").value == "dense"
+
+    same()
+    assert url(at, "prd_models") == ["strided", "dense"]
+    assert at.query_params["prd_row"] == "3"
+    at.switch_page("app_pages/who_looks_here.py").run()
+    assert "prd_row" not in at.query_params
+    at.switch_page("app_pages/predictions.py").run()
+    assert not at.exception, at.exception
+    same()
+
+
+def test_ablation_settings_come_from_the_url_and_stay(tmp_path, monkeypatch):
+    at = opened(
+        tmp_path,
+        monkeypatch,
+        "app_pages/ablation.py",
+        {
+            "abl_model": "strided",
+            "abl_heads": ["L1H0", "L0H1"],
+            "abl_mode": "half",  # no such mode: ignored
+            "abl_count": "4",
+            "abl_samples": "1",
+        },
+    )
+
+    def same() -> None:
+        assert at.selectbox(key="abl_model").value == "strided"
         assert at.multiselect(key="abl_heads").value == ["L1H0", "L0H1"]
         assert at.radio(key="abl_mode").value == "mean"  # the default
         assert at.slider(key="abl_count").value == 4
         assert at.slider(key="abl_samples").value == 1
 
     same()
-    assert url(at, "prd_models") == ["strided", "dense"]
     assert url(at, "abl_heads") == ["L1H0", "L0H1"]
-    assert at.query_params["abl_count"] == "4" and at.query_params["prd_row"] == "3"
-    at.switch_page("app_pages/heads.py").run()
+    assert at.query_params["abl_count"] == "4" and at.query_params["abl_model"] == "strided"
+    at.switch_page("app_pages/who_looks_here.py").run()
     assert "abl_heads" not in at.query_params
-    at.switch_page("app_pages/predictions.py").run()
+    at.switch_page("app_pages/ablation.py").run()
     assert not at.exception, at.exception
     same()
 
 
 def test_heads_and_models_a_link_names_but_the_page_lacks_are_left_out(tmp_path, monkeypatch):
-    """L5H0 is a head of no 2-layer model; a model not among those compared is not ablated;
-    five models are more than the page compares."""
+    """L5H0 is a head of no 2-layer model; five models are more than the page compares."""
     at = opened(
         tmp_path,
         monkeypatch,
-        "app_pages/predictions.py",
-        {"prd_models": ["dense"], "abl_model": "strided", "abl_heads": ["L5H0", "L1H1"]},
+        "app_pages/ablation.py",
+        {"abl_model": "strided", "abl_heads": ["L5H0", "L1H1"]},
     )
-    assert at.selectbox(key="abl_model").value == "dense"
+    assert at.selectbox(key="abl_model").value == "strided"
     assert at.multiselect(key="abl_heads").value == ["L1H1"]
     many = opened(
         tmp_path / "b", monkeypatch, "app_pages/predictions.py", {"prd_models": ["dense"] * 5}

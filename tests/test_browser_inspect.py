@@ -1,4 +1,4 @@
-"""Who looks here, Predictions & ablation and Training at an 800 px and a 1920 px wide window,
+"""Who looks here, Predictions, Ablation and Training at an 800 px and a 1920 px wide window,
 in Chromium, on the shipped models (and a tiny run with a timeline): clickable pixel views
 square and at least 200 px, a click selecting the pixel under the cursor, no exception.
 Screenshots (PAGE_WIDTH.png) go to $SCREENSHOT_DIR."""
@@ -67,11 +67,18 @@ def test_who_looks_here_page(page, shots):  # noqa: F811
 
 
 def test_predictions_page(page, shots):  # noqa: F811
-    open_page(page, "Predictions & ablation")
+    open_page(page, "Predictions")
     no_exception(page)
     check_pixel_view(page, "prd_pixels")
     click_selects(page, "prd_pixels", ("prd_row", 12), ("prd_col", 11))
     shoot(page, shots / f"predictions_{page.width}.png")
+
+
+def test_ablation_page(page, shots):  # noqa: F811
+    open_page(page, "Ablation")
+    no_exception(page)
+    assert keyed(page, "abl_heads").count() == 1
+    shoot(page, shots / f"ablation_{page.width}.png")
 
 
 def test_training_page(page, shots):  # noqa: F811

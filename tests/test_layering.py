@@ -135,7 +135,7 @@ def test_only_the_app_imports_streamlit():
         ("tools.bench_app", "from browser_util import choose", "tests"),
         ("tools.bench_load", "import tests.browser_util", "tests"),
         ("models.checkpoint", "from conftest import x", "tests"),
-        ("app_pages.learned", "from tools.analyze import main", "tools"),
+        ("app_pages.learned_vs_prescribed", "from tools.analyze import main", "tools"),
         ("kernels.triton.fixed", "from ..layouts import fixed\nfrom ...models import x", "models"),
     ],
 )
