@@ -265,6 +265,9 @@ CASES = [
     ("bench_app", "--parts ,", "unknown part", None),
     ("bench_app", "--timeline /tmp", "not inside the project", None),
     ("bench_app", "--timeline assets", "no timeline.json", None),
+    ("bench_app", "--baseline nonsense", "not a commit of this repository", None),
+    ("bench_app", "--baseline --help", "expected one argument", None),
+    ("bench_app", "--baseline 0000000000", "not a commit of this repository", None),
     # tools.bench_load (no server, no browser: refused while parsing)
     ("bench_load", "--contexts 0", "is no load (add --playground or --frontier)", None),
     ("bench_load", "--contexts 17", "between 0", None),
