@@ -35,6 +35,7 @@ from viz.layout_view import part_names, pixel_view
 from viz.maps import attention_map_figure
 from viz.mosaics import head_grid_figure
 from viz.pixels import layout_pixel_figure, pixel_grid_figure
+from viz.style import CLICK_TARGETS
 
 FORMATS = ("png", "svg", "pdf", "html", "npz")
 VERSION = "0.1.0"
@@ -102,14 +103,9 @@ _DASHES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-.", "longdash": 
 
 
 def _click_targets(tr) -> bool:
-    """An invisible scatter that only carries hover and clicks (the grid's tiles, the map's
-    rows): nothing to draw in a static figure. A pixel grid's invisible squares are drawn:
-    they carry the pixels' colours."""
-    return (
-        isinstance(tr, go.Scatter)
-        and tr.marker.opacity == 0
-        and (tr.marker.symbol or "circle") != "square"
-    )
+    """A scatter that only carries hover and clicks (viz.style.click_targets: the grid's
+    tiles, the map's rows): nothing to draw in a static figure."""
+    return isinstance(tr, go.Scatter) and tr.meta == CLICK_TARGETS
 
 
 def _arr(a) -> np.ndarray | None:

@@ -15,7 +15,14 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from viz.style import PART_COLORS, _clicked_point, _part_rgb, _unit_heatmap, colorbar_margin
+from viz.style import (
+    PART_COLORS,
+    _clicked_point,
+    _part_rgb,
+    _unit_heatmap,
+    click_targets,
+    colorbar_margin,
+)
 
 
 def _png_data_uri(rgb: np.ndarray) -> str:
@@ -150,19 +157,9 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
         )
     )
     centres = (tile - 1) / 2 + tile * np.arange(probs.shape[0])
-    invisible = dict(marker=dict(opacity=0))
     fig.add_trace(
-        go.Scatter(
-            x=centres,
-            y=centres,
-            mode="markers",
-            marker=dict(size=4, opacity=0, maxdisplayed=1),  # hovered, clicked, not drawn
-            selected=invisible,
-            unselected=invisible,
-            hoverinfo="none",  # hovered (so clickable) but silent: the cell's label shows
-            name="queries",
-            showlegend=False,
-        )
+        # hovered (so clickable) but silent: the cell's label shows
+        click_targets(centres, centres, name="queries", size=4, hoverinfo="none")
     )
     _map_axes(fig, n)
     fig.update_layout(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from viz.style import _clicked_point, _unit_heatmap, colorbar_margin
+from viz.style import _clicked_point, _unit_heatmap, click_targets, colorbar_margin
 
 
 def mosaic(tiles: np.ndarray, fill, dtype) -> np.ndarray:
@@ -169,18 +169,13 @@ def _tile_targets(maps: np.ndarray, hover: list[str]) -> go.Scatter:
     """The invisible points "tiles", one at each tile's centre: the hover and the click."""
     n_layer, n_head, h, w = maps.shape
     ti, tj = np.divmod(np.arange(n_layer * n_head), n_head)
-    invisible = dict(marker=dict(opacity=0))
-    return go.Scatter(
-        x=tj * (w + 1) + (w - 1) / 2,
-        y=ti * (h + 1) + (h - 1) / 2,
-        mode="markers",
-        marker=dict(size=8, opacity=0, maxdisplayed=1),  # hovered, clicked, not drawn
-        selected=invisible,
-        unselected=invisible,
+    return click_targets(
+        tj * (w + 1) + (w - 1) / 2,
+        ti * (h + 1) + (h - 1) / 2,
+        name="tiles",
+        size=8,
         text=hover,
         hovertemplate="%{text}<extra></extra>",
-        name="tiles",
-        showlegend=False,
     )
 
 

@@ -3,10 +3,8 @@ bits, a layout's parts) or showing the colour picture, and one head's weights ov
 
 A pixel view is a heatmap under a scatter of invisible points, one per pixel: Streamlit's
 ``on_select`` returns clicked points for scatter traces but not for heatmaps, and a click on a
-pixel is how a person picks a query. Rows grow downwards as in the image. Every such invisible
-layer (here, and the click targets of viz/maps.py and viz/mosaics.py) has
-``marker.maxdisplayed = 1``: plotly still hovers and selects every point (they are data), but
-puts one in the page instead of hundreds of SVG nodes for the browser to lay out at every draw.
+pixel is how a person picks a query (viz.style.click_targets). Rows grow downwards as in the
+image.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from viz.style import QUERY_COLOR, _part_colorscale, colorbar_margin
+from viz.style import QUERY_COLOR, _part_colorscale, click_targets, colorbar_margin
 
 
 def pixel_grid_figure(
@@ -101,16 +99,14 @@ def _pixel_points(
     """The invisible points "pixels", one at each pixel's centre: the hover and the click."""
     h, w = values.shape
     rows, cols = np.divmod(np.arange(h * w), w)
-    invisible = dict(marker=dict(opacity=0))
-    return go.Scatter(
-        x=cols,
-        y=rows,
-        mode="markers",
+    return click_targets(
+        cols,
+        rows,
+        name="pixels",
+        size=4,
+        drawn_in_exports=True,  # a static export draws them: squares in the pixels' colours
         marker=dict(
             symbol="square",
-            size=4,
-            opacity=0,
-            maxdisplayed=1,  # see the module docstring: hovered and clicked, not drawn
             color=values.reshape(-1),
             colorscale=colorscale,
             cmin=zmin,
@@ -118,11 +114,7 @@ def _pixel_points(
             showscale=False,
             line=dict(width=0),
         ),
-        selected=invisible,
-        unselected=invisible,
-        name="pixels",
         **words,
-        showlegend=False,
     )
 
 

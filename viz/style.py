@@ -134,6 +134,35 @@ def _unit_heatmap(
     )
 
 
+# the ``meta`` of a scatter that only carries a chart's hover and clicks (nothing to draw in a
+# static export): viz/export.py leaves such traces out
+CLICK_TARGETS = "click targets"
+
+
+def click_targets(
+    x, y, *, name: str, size: int, drawn_in_exports: bool = False, marker=None, **hover
+) -> go.Scatter:
+    """Invisible points that carry a chart's hover and clicks: Streamlit's ``on_select``
+    reports clicked scatter points, not heatmap cells. ``marker.maxdisplayed = 1``: plotly
+    still hovers and selects every point (they are data) but puts one in the page instead of
+    hundreds of SVG nodes to lay out at every draw. ``drawn_in_exports``: the points carry
+    what a static export draws (a pixel view's colours); else the export leaves them out.
+    ``marker``: more of the marker's properties; ``hover``: the trace's hover properties."""
+    invisible = dict(marker=dict(opacity=0))  # a click selects a point: it stays invisible
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="markers",
+        marker=dict(size=size, opacity=0, maxdisplayed=1, **(marker or {})),
+        selected=invisible,
+        unselected=invisible,
+        name=name,
+        showlegend=False,
+        meta=None if drawn_in_exports else CLICK_TARGETS,
+        **hover,
+    )
+
+
 def colorbar_margin(left: int, top: int, bottom: int, right: int) -> dict:
     """Margins for a chart with a colour bar on its right, ``right`` pixels wide enough for the
     bar, its ticks and its title. Fixed (autoexpand off): a colour bar that pushes the margin
