@@ -37,8 +37,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from analysis.maps import token_map
-from analysis.prediction import bits_of, token_bits
+from analysis.prediction import bits_of
 from models.model import Intervention, SparseTransformer, evaluating
 
 MODES = ("zero", "mean")
@@ -139,37 +138,6 @@ def ablation(
         return edit
 
     return Intervention(head_outputs={layer: remove(layer) for layer in by_layer})
-
-
-def ablated_bpd(
-    model: SparseTransformer,
-    tokens: Tensor,
-    heads: Iterable[Head],
-    *,
-    mode: str = "zero",
-    means: Tensor | None = None,
-    batch_size: int = 16,
-) -> float:
-    """Bits/dim of tokens [B, N] with ``heads`` removed."""
-    removed = ablation(model, heads, mode=mode, means=means)
-    return float(token_bits(model, tokens, batch_size=batch_size, intervention=removed).mean())
-
-
-def pixel_bits_change(
-    model: SparseTransformer,
-    tokens: Tensor,
-    heads: Iterable[Head],
-    *,
-    mode: str = "zero",
-    means: Tensor | None = None,
-    batch_size: int = 16,
-) -> Tensor:
-    """Per-pixel bits with ``heads`` removed minus intact: float64 [B, H, W, C]; > 0 where the
-    removed heads were helping."""
-    intact = token_bits(model, tokens, batch_size=batch_size)  # [B, N]
-    removed = ablation(model, heads, mode=mode, means=means)
-    ablated = token_bits(model, tokens, batch_size=batch_size, intervention=removed)  # [B, N]
-    return token_map(ablated - intact, model.config.geometry)
 
 
 @torch.no_grad()

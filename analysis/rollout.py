@@ -113,15 +113,6 @@ def _layers_upto(model: SparseTransformer, top: int | None) -> list[int]:
     return list(range(top + 1))  # rollout starts at the input: every layer up to the top
 
 
-def model_rollout(
-    model: SparseTransformer, tokens: Tensor, *, top: int | None = None, residual: float = RESIDUAL
-) -> Tensor:
-    """The rollout [B, N, N] of ``model`` on tokens [B, N] from the input to layer ``top``
-    (default: the last), from full maps (N <= 4,096)."""
-    caps = model.capture(tokens, layers=_layers_upto(model, top), form="full")
-    return rollout([heads_mean(caps[i].probs) for i in sorted(caps)], residual)
-
-
 def model_rollout_row(
     model: SparseTransformer,
     tokens: Tensor,

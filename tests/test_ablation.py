@@ -6,22 +6,51 @@ as the forward pass."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import pytest
 import torch
+from torch import Tensor
 
-from analysis.ablation import (
-    ablated_bpd,
-    ablation,
-    all_heads,
-    head_means,
-    pixel_bits_change,
-    rank_heads,
-)
+from analysis.ablation import Head, ablation, all_heads, head_means, rank_heads
+from analysis.maps import token_map
 from analysis.prediction import token_bits
 from models import ModelConfig, SparseTransformer
 from models.evaluation import evaluate_bpd
 from models.sampling import decode_one_token, prefill, sample
+
+
+# the references the ranking is checked against: one ablation at a time
+def ablated_bpd(
+    model: SparseTransformer,
+    tokens: Tensor,
+    heads: Iterable[Head],
+    *,
+    mode: str = "zero",
+    means: Tensor | None = None,
+    batch_size: int = 16,
+) -> float:
+    """Bits/dim of tokens [B, N] with ``heads`` removed."""
+    removed = ablation(model, heads, mode=mode, means=means)
+    return float(token_bits(model, tokens, batch_size=batch_size, intervention=removed).mean())
+
+
+def pixel_bits_change(
+    model: SparseTransformer,
+    tokens: Tensor,
+    heads: Iterable[Head],
+    *,
+    mode: str = "zero",
+    means: Tensor | None = None,
+    batch_size: int = 16,
+) -> Tensor:
+    """Per-pixel bits with ``heads`` removed minus intact: float64 [B, H, W, C]; > 0 where the
+    removed heads were helping."""
+    intact = token_bits(model, tokens, batch_size=batch_size)  # [B, N]
+    removed = ablation(model, heads, mode=mode, means=means)
+    ablated = token_bits(model, tokens, batch_size=batch_size, intervention=removed)  # [B, N]
+    return token_map(ablated - intact, model.config.geometry)
+
 
 N = 42  # 6 x 7 gray
 

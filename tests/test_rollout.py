@@ -6,17 +6,28 @@ from __future__ import annotations
 import pytest
 import torch
 from model_util import sharp_tiny
+from torch import Tensor
 
 from analysis.rollout import (
+    RESIDUAL,
     heads_max,
     heads_mean,
-    model_rollout,
     model_rollout_row,
     rollout,
     rollout_row,
     with_residual,
 )
 from models import SparseTransformer
+
+
+# the rollout of every query from full maps: the reference the row form is checked against
+def model_rollout(
+    model: SparseTransformer, tokens: Tensor, *, top: int | None = None, residual: float = RESIDUAL
+) -> Tensor:
+    """The rollout [B, N, N] of ``model`` on tokens [B, N] from the input to layer ``top``
+    (default: the last), from full maps (N <= 4,096)."""
+    caps = model.capture(tokens, layers=None if top is None else list(range(top + 1)), form="full")
+    return rollout([heads_mean(caps[i].probs) for i in sorted(caps)], residual)
 
 
 def T(rows, dtype=torch.float64) -> torch.Tensor:
@@ -106,4 +117,4 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="query"):
         rollout_row([eye], 3)
     with pytest.raises(ValueError, match="top layer"):
-        model_rollout(tiny(), tokens(1), top=3)
+        model_rollout_row(tiny(), tokens(1), 0, top=3)
