@@ -183,15 +183,6 @@ def parse_attention(spec: str | Attention) -> Attention:
     return call_spec(node, spec, _SELECTIONS[name], "selection", help_)
 
 
-def selection_mask(
-    q: Tensor, k: Tensor, selection: Selection, positions: Tensor, scale: float
-) -> Tensor:
-    """bool [B, H, Q, N]: the keys k [B, H, N, D] that queries q [B, H, Q, D] at ``positions``
-    [Q] keep under ``selection``."""
-    scores = _causal_scores(q, k, positions, scale)
-    return selection.allowed(scores, q, k, positions.to(q.device))
-
-
 def _causal_scores(q: Tensor, k: Tensor, positions: Tensor, scale: float) -> Tensor:
     acc = torch.promote_types(q.dtype, torch.float32)
     scores = torch.matmul(q.to(acc), k.to(acc).transpose(-2, -1)).mul_(scale)  # [B, H, Q, N]

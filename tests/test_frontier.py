@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from selection_util import selection_mask
 
 from analysis.frontier import (
     FAMILIES,
@@ -22,7 +23,7 @@ from analysis.frontier import (
     measure_frontier,
 )
 from kernels.layouts import parse_layout
-from kernels.selection import parse_attention, selection_mask
+from kernels.selection import parse_attention
 from models import ModelConfig, SparseTransformer
 from models.evaluation import evaluate_bpd
 from models.tokens import Geometry

@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+from selection_util import selection_mask
 
 from kernels import attention
 from kernels.capture import capture
@@ -19,7 +20,6 @@ from kernels.selection import (
     moba,
     parse_attention,
     selection_attention,
-    selection_mask,
     topk,
 )
 
