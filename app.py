@@ -10,7 +10,8 @@ import streamlit as st
 # be fetched from fonts.gstatic.com: a request to an outside host per visitor)
 st.set_page_config(page_title="Sparse Transformer Explorer", page_icon="👕", layout="wide")
 
-from app_pages.common import keep_settings, share_settings, warm_up  # noqa: E402
+from app_pages.models_cache import warm_up  # noqa: E402
+from app_pages.settings import keep_settings, share_settings  # noqa: E402
 
 # every setting made in this session survives page switches (and the first run reads the URL)
 keep_settings()

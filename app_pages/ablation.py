@@ -11,18 +11,19 @@ from analysis.maps import pixel_map
 from analysis.prediction import token_bits
 from app_pages import limits
 from app_pages.bits_maps import bits_mosaic, spread
-from app_pages.common import (
-    SETTINGS,
-    JobWords,
-    channel_picker,
-    choose_model_and_image,
-    export_panel,
-    get_model,
-    pool_job,
-    show_image,
-)
 from app_pages.completion_job import completion_memory, rows_to_sample
+from app_pages.export_panel import export_panel
 from app_pages.jobs import Cancelled
+from app_pages.models_cache import get_model
+from app_pages.pickers import channel_picker, choose_model_and_image, show_image
+from app_pages.pool_ui import JobWords, pool_job
+from app_pages.settings import (
+    Setting,
+    channel_setting,
+    declare_settings,
+    image_settings,
+    model_setting,
+)
 from models.completion import complete, keep_mask
 from models.datasets import DatasetError
 from models.model import NO_INTERVENTION
@@ -33,15 +34,21 @@ from viz.head_tables import head_table_figure
 from viz.pixels import pixel_grid_figure
 from viz.style import DIFF_COLORS, diverging_range
 
-
-def bounds(key: str) -> tuple[int, int]:
-    """A slider's bounds: those of its setting (a link's value is checked against them)."""
-    return int(SETTINGS[key].low), int(SETTINGS[key].high)
-
-
-ABLATE_IMAGES = bounds("abl_count")  # bits/dim under ablation: test images
+SETTINGS = declare_settings(
+    model_setting("abl_model"),
+    *image_settings("abl"),
+    channel_setting("abl_channel"),  # colour models only
+    # the heads to remove, one URL value each as the multiselect shows them
+    # (abl_heads=L0H1&abl_heads=L2H3): the page keeps those its model has
+    Setting("abl_heads", list, None, 0, 256, pattern=r"L\d{1,3}H\d{1,3}"),
+    Setting("abl_mode", str, "mean", choices=tuple(MODES)),
+    Setting("abl_count", int, 8, 2, 32),  # test images measured
+    Setting("abl_samples", int, 2, 1, 4),  # completions with the heads removed
+    Setting("abl_rank", bool),
+)
+ABLATE_IMAGES = SETTINGS["abl_count"].bounds  # bits/dim under ablation: test images
 REFERENCE_IMAGES = 32  # mean-ablation's reference batch (other test images than the measured)
-COMPLETION_SAMPLES = bounds("abl_samples")
+COMPLETION_SAMPLES = SETTINGS["abl_samples"].bounds
 ABLATION_WORDS = JobWords(
     "ablation completion",
     "The completion with the heads removed",
@@ -60,8 +67,6 @@ st.markdown(
     "**zero** sets the output to 0, an input the later layers never saw in training, so it "
     "also measures the shock of that input: it overstates a head's importance."
 )
-for key, default in {"abl_mode": "mean", "abl_count": 8, "abl_samples": 2}.items():
-    st.session_state.setdefault(key, default)
 left, right = st.columns([1, 3])
 with left:
     chosen, image_name, image = choose_model_and_image("abl")

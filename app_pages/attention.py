@@ -15,26 +15,29 @@ from analysis.attention import (
 )
 from analysis.maps import pixel_map, token_map
 from analysis.metrics import head_metrics, shared_mass
-from app_pages.common import (
-    ChosenModel,
-    as_text,
-    channel_picker,
-    choose_model_and_image,
-    clamp_setting,
+from app_pages.clicks import new_click, pending_click, take_pixel_click
+from app_pages.export_panel import export_panel
+from app_pages.jobs import over_budget
+from app_pages.models_cache import (
     every_row_of,
-    export_panel,
     fits_every_row,
     get_model,
     load_or_explain,
     model_names,
     model_path,
-    new_click,
-    pending_click,
-    share_settings,
-    show_image,
-    take_pixel_click,
 )
-from app_pages.jobs import over_budget
+from app_pages.pickers import ChosenModel, channel_picker, choose_model_and_image, show_image
+from app_pages.settings import (
+    Setting,
+    channel_setting,
+    clamp_setting,
+    declare_settings,
+    image_settings,
+    model_setting,
+    pixel,
+    share_settings,
+)
+from app_pages.text import as_text
 from kernels.layouts import Layout, image_layout_spec, parse_layout
 from kernels.selection import parse_attention
 from models.tokens import pixel_to_token, token_coords
@@ -56,14 +59,22 @@ st.caption(
     "maximum unless one colour scale is chosen). Click a tile to pick its layer and head, a "
     "pixel or a row of the N x N map to make it the query."
 )
-for key, default in {
-    "att_row": 14,
-    "att_col": 14,
-    "att_channel": 0,
-    "att_layer": 0,
-    "att_head": 0,
-}.items():
-    st.session_state.setdefault(key, default)
+declare_settings(
+    model_setting("att_model"),
+    # the second model, side by side with the first; "none": no comparison
+    model_setting("att_compare", besides=("none",)),
+    *image_settings("att"),
+    pixel("att_row", 14),
+    pixel("att_col", 14),
+    Setting("att_channel", int, 0, 0, 2),
+    channel_setting("att_key_channel"),  # colour models only
+    pixel("att_layer", 0),
+    pixel("att_head", 0),
+    Setting("att_outline", str),
+    # the attention the model runs under (a spec, or per-layer specs separated by ";"; absent:
+    # its own layouts): the Frontier page's points open here; the page parses and explains it
+    Setting("att_under", str),
+)
 
 
 def own_attention() -> None:

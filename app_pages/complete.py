@@ -14,19 +14,21 @@ import streamlit as st
 from analysis.attention import query_rows
 from analysis.maps import pixel_map
 from app_pages import limits
-from app_pages.common import (
-    as_text,
-    clamp_setting,
-    export_panel,
-    follow,
-    load_or_explain,
-    pick_image,
-    require_model_names,
-    session_alive,
-    show_image,
-)
 from app_pages.completion_job import CANCELLED, DONE, CompletionJob, CompletionRequest, Partial
+from app_pages.export_panel import export_panel
 from app_pages.jobs import POOL, Refused
+from app_pages.models_cache import load_or_explain, require_model_names
+from app_pages.pickers import pick_image, show_image
+from app_pages.pool_ui import follow, session_alive
+from app_pages.settings import (
+    Setting,
+    clamp_setting,
+    declare_settings,
+    image_settings,
+    model_setting,
+    pixel,
+)
+from app_pages.text import as_text
 from models.completion import hidden_view, keep_mask
 from models.tokens import pixel_tokens
 from viz.export import Exportable, export_bytes, safe_name
@@ -34,6 +36,7 @@ from viz.grid import image_grid
 from viz.pixels import clicked_pixel, pixel_grid_figure
 
 PER_ROW = 4  # samples per line of a model's grid
+RECT = ("x0", "y0", "x1", "y1")  # the kept rectangle: corners, the end exclusive
 MODELS_PER_ROW = 2  # models side by side
 LIVE_EVERY = 0.5  # seconds between two drawings of the rows being sampled
 SAMPLES_DPI = 96  # the PNG of the samples: 4 screen pixels per image pixel at 96 dpi
@@ -46,6 +49,22 @@ def stop_completion() -> None:
         job.stop()
 
 
+SETTINGS = declare_settings(
+    Setting("cmp_models", list, None, 0, limits.MAX_MODELS, models=True),
+    *image_settings("cmp"),
+    Setting("cmp_keep", str, choices=("top rows", "rectangle")),
+    # the rows and rectangle kept: checked again against the model's image below
+    Setting("cmp_rows", int, None, 0, 255, label="Rows to keep"),
+    *(Setting(f"cmp_{k}", int, None, 0, 255, label=f"Rectangle {k}") for k in RECT),
+    limits.SAMPLES,
+    limits.TEMPERATURE,
+    limits.TOP_K,
+    limits.TOP_P,
+    limits.SEED,
+    model_setting("cmp_look_model"),
+    pixel("cmp_look_sample", 0),
+    pixel("cmp_look_layer"),
+)
 st.title("Complete an image")
 st.caption(
     "Keep the top rows (or a rectangle) of an image; each model samples the rest in raster "
@@ -100,36 +119,17 @@ if any(m.config.geometry != geometry for m in models.values()):
 rows_bound = limits.keep_rows(geometry.height)
 w, h = geometry.width, geometry.height
 corners = {  # the rectangle's widgets: start in 0..size-1, exclusive end in 1..size
-    "x0": limits.Bound("Rectangle x0", 0, w - 1, min(4, w - 1), integer=True),
-    "y0": limits.Bound("Rectangle y0", 0, h - 1, min(4, h - 1), integer=True),
-    "x1": limits.Bound("Rectangle x1", 1, w, min(24, w), integer=True),
-    "y1": limits.Bound("Rectangle y1", 1, h, min(20, h), integer=True),
+    "x0": Setting("cmp_x0", int, min(4, w - 1), 0, w - 1, label="Rectangle x0"),
+    "y0": Setting("cmp_y0", int, min(4, h - 1), 0, h - 1, label="Rectangle y0"),
+    "x1": Setting("cmp_x1", int, min(24, w), 1, w, label="Rectangle x1"),
+    "y1": Setting("cmp_y1", int, min(20, h), 1, h, label="Rectangle y1"),
 }
-problems = limits.reset_out_of_bounds(
-    {
-        "cmp_rows": rows_bound,
-        "cmp_samples": limits.SAMPLES,
-        "cmp_temperature": limits.TEMPERATURE,
-        "cmp_top_k": limits.TOP_K,
-        "cmp_top_p": limits.TOP_P,
-        "cmp_seed": limits.SEED,
-        **{f"cmp_{k}": bound for k, bound in corners.items()},
-    }
-)
-for message in problems:  # reset to their defaults; nothing starts in this run
+# the bounds of this model's image (a value out of them is reset to its default, as one out of
+# the settings' own bounds was at the top: nothing starts in this run)
+problems = SETTINGS.problems + limits.reset_out_of_bounds([rows_bound, *corners.values()])
+for message in problems:
     st.error(f"{message} It was reset to its default.")
-# defaults, once per session (a setting kept from before, or from the URL, stays)
 S, T, K, P, D = limits.SAMPLES, limits.TEMPERATURE, limits.TOP_K, limits.TOP_P, limits.SEED
-for key, bound in {
-    "cmp_rows": rows_bound,
-    "cmp_samples": S,
-    "cmp_temperature": T,
-    "cmp_top_k": K,
-    "cmp_top_p": P,
-    "cmp_seed": D,
-    **{f"cmp_{k}": bound for k, bound in corners.items()},
-}.items():
-    st.session_state.setdefault(key, bound.default)
 
 left, right = st.columns([1, 2])
 with left:
@@ -322,7 +322,6 @@ st.subheader("Where the model looked")
 c1, c2, c3 = st.columns(3)
 name = c1.selectbox("Model", list(results), key="cmp_look_model")
 clamp_setting("cmp_look_sample", 0, len(results[name]) - 1)
-st.session_state.setdefault("cmp_look_sample", 0)
 index = c2.number_input("Sample", 0, len(results[name]) - 1, key="cmp_look_sample")
 layer = c3.selectbox("Layer", list(range(models[name].config.n_layer)), key="cmp_look_layer")
 sample_img = results[name][index]

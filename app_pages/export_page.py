@@ -3,8 +3,9 @@
 import streamlit as st
 
 from analysis.attention import capture_image, capture_memory
-from app_pages.common import choose_model_and_image, export_job
+from app_pages.export_panel import export_job
 from app_pages.jobs import over_budget
+from app_pages.pickers import choose_model_and_image
 from viz.export import FORMATS, HEAVY_FORMATS, VIEWS, estimate_views, model_items
 
 st.title("Export")

@@ -12,16 +12,11 @@ import time
 
 import streamlit as st
 
-from app_pages.common import (
-    JobWords,
-    as_text,
-    export_panel,
-    get_model,
-    model_names,
-    model_path,
-    pool_job,
-    require_model_names,
-)
+from app_pages.export_panel import export_panel
+from app_pages.models_cache import get_model, model_names, model_path, require_model_names
+from app_pages.pool_ui import JobWords, pool_job
+from app_pages.settings import Setting, declare_settings, model_setting
+from app_pages.text import as_text
 from viz.export import Exportable, safe_name
 from viz.frontier_figure import (
     FrontierError,
@@ -181,6 +176,11 @@ def frontier_work(name: str, images: int, families: list[str]):
     return work
 
 
+declare_settings(  # the model, the test images and the families measured
+    model_setting("fr_model"),
+    Setting("fr_images", int, None, 1, 1024),
+    Setting("fr_families", list, None, 1, 16, pattern=r"[a-z_]{1,20}"),
+)
 st.title("The sparsity frontier")
 st.caption(
     "How much a trained model loses when its attention is cut to a sparse pattern, for every "

@@ -3,11 +3,11 @@
 One pool per server process (POOL): WORKERS threads take tasks from one first-come queue, so a
 few people sampling cannot take every core from someone browsing (on a 2-core machine one
 worker samples while the other core draws pages). A page submits a Task and waits for it in its
-own script run, showing the task's place in the queue and its progress (app_pages/common.py,
+own script run, showing the task's place in the queue and its progress (app_pages/pool_ui.py,
 follow). A task ends done, failed (a short message, never a traceback) or cancelled: by its
 Cancel or Stop button, by its page (a new request), or because its session ended, which the
 pool's watcher notices within WATCH_SECONDS by asking the task's ``alive`` (Streamlit has no
-callback for a closed tab: common.session_alive asks the runtime whether the session is still
+callback for a closed tab: pool_ui.session_alive asks the runtime whether the session is still
 active).
 
 Work whose estimated memory is over MEMORY_BUDGET_MB is refused before it is queued, with the

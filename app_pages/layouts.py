@@ -5,13 +5,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app_pages.common import (
-    LAYOUT_FAMILIES,
-    clamp_setting,
-    export_panel,
-    markdown_table,
-    take_pixel_click,
-)
+from app_pages.clicks import take_pixel_click
+from app_pages.export_panel import export_panel
+from app_pages.settings import LAYOUT_FAMILIES, Setting, clamp_setting, declare_settings
+from app_pages.text import markdown_table
 from kernels import layouts as L
 from kernels.snippets import mask_mod_source
 from models.tokens import Geometry, pixel_to_token, token_coords
@@ -130,18 +127,27 @@ def _new_geometry() -> None:
     st.session_state.pop("lay_spec", None)
 
 
-# session-state defaults, once; the widgets below take their values from here
-for key, default in {
-    "lay_l": 28,
-    "lay_c": 2,
-    "lay_verts": 1,
-    "lay_head": 0,
-    "lay_row": 14,
-    "lay_col": 14,
-    "lay_channel": 0,
-    "lay_families": ["strided", "fixed"],
-}.items():
-    st.session_state.setdefault(key, default)
+declare_settings(
+    Setting("lay_geometry", str),
+    Setting("lay_mode", str, choices=("strided", "fixed", "side by side")),
+    Setting("lay_l", int, 28, 1, 3072),
+    Setting("lay_c", int, 2, 1, 3072),
+    Setting("lay_verts", int, 1, 1, 16),
+    Setting("lay_head", int, 0, 0, 15),
+    Setting("lay_row", int, 14, 0, 31),
+    Setting("lay_col", int, 14, 0, 31),
+    Setting("lay_channel", int, 0, 0, 2),
+    # the families shown side by side, and each one's parameters (lay_FAMILY_PARAM; strided and
+    # fixed keep lay_l, lay_c, lay_verts): the page states and checks each one's own range
+    Setting("lay_families", list, ["strided", "fixed"], 0, 4, choices=(*LAYOUT_FAMILIES, SPEC)),
+    *(
+        Setting(f"lay_{family}_{param}", int, None, 0, L.MAX_SPEC_INT)
+        for family, params in L.FAMILY_PARAMS.items()
+        if family not in ("strided", "fixed")
+        for param in params
+    ),
+    Setting("lay_spec", str),  # any layout spec (multihead too): the page parses it
+)
 
 g_name = st.selectbox("Image", list(GEOMETRIES), key="lay_geometry", on_change=_new_geometry)
 geometry = GEOMETRIES[g_name]

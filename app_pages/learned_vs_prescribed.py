@@ -9,7 +9,11 @@ import torch
 
 from analysis import metrics as M
 from analysis.learned import analyze_layouts, layout_search, pick_images, search_candidates
-from app_pages.common import as_text, choose_model, export_panel, get_model, pick_image
+from app_pages.export_panel import export_panel
+from app_pages.models_cache import get_model
+from app_pages.pickers import choose_model, pick_image
+from app_pages.settings import Setting, declare_settings, image_settings, model_setting
+from app_pages.text import as_text
 from kernels.layouts import image_layout_spec, parse_layout
 from models.datasets import DatasetError, held_out_source
 from models.tokens import image_to_tokens
@@ -48,6 +52,13 @@ METRICS_HELP = f"""
 **global**: anything else, broad and far-reaching.
 """
 
+declare_settings(
+    model_setting("lvp_model"),
+    Setting("lvp_over", str, choices=("one image", "many test images")),
+    Setting("lvp_count", int, 8, 2, 64),
+    Setting("lvp_search", bool),
+    *image_settings("lvp"),
+)
 st.title("Learned vs prescribed attention")
 opening = st.empty()  # the one sentence a newcomer reads first: filled once it is measured
 st.caption(
@@ -66,7 +77,6 @@ if over == "one image":
         st.stop()
     tokens = image_to_tokens(picked[1])[None]
 else:
-    st.session_state.setdefault("lvp_count", 8)
     count = st.slider("Test images (spread over the test set)", 2, 64, key="lvp_count")
     try:
         geometry = model.config.geometry

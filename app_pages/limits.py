@@ -1,4 +1,6 @@
-"""Every bound on what a person may ask of the app, in one place.
+"""The bounds on what a person may ask of the app beyond each page's settings' own bounds: the
+Complete page's sampling settings (shared by its checks), the rows and rectangle it keeps (they
+depend on the model), the number of models side by side, the upload's size.
 
 The widgets take their min/max from here, and the pages check the values again before any work
 starts: a value can also arrive through session state (or a stale widget), and Streamlit raises
@@ -8,10 +10,9 @@ in .streamlit/config.toml (server.maxUploadSize), where the server enforces it f
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from numbers import Real
 
+from app_pages.settings import Setting
 from models.uploads import MAX_IMAGE_PIXELS  # noqa: F401 - checked from the header by prepare_upload
 
 MAX_UPLOAD_MB = 20  # = server.maxUploadSize in .streamlit/config.toml (a test checks they agree)
@@ -19,38 +20,17 @@ MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 2**20
 MAX_MODELS = 3  # models completing side by side in one run
 
 
-@dataclass(frozen=True)
-class Bound:
-    """A closed interval [low, high] with the widget's default; ``integer`` refuses fractions."""
-
-    label: str
-    low: float
-    high: float
-    default: float
-    integer: bool = False
-
-    def problem(self, value: object) -> str | None:
-        """None when ``value`` is within bounds, else a message naming the bound."""
-        if isinstance(value, bool) or not isinstance(value, Real):
-            return f"{self.label} must be a number, got {value!r}."
-        if not math.isfinite(value) or (self.integer and value != int(value)):
-            kind = "a whole number" if self.integer else "a finite number"
-            return f"{self.label} must be {kind}, got {value!r}."
-        if not self.low <= value <= self.high:
-            return f"{self.label} must be between {self.low} and {self.high}, got {value!r}."
-        return None
+# the Complete page's sampling settings (declared there with declare_settings): bounds, default
+SAMPLES = Setting("cmp_samples", int, 4, 1, 16, label="Samples")
+TEMPERATURE = Setting("cmp_temperature", float, 1.0, 0.0, 2.0, label="Temperature")
+TOP_K = Setting("cmp_top_k", int, 0, 0, 256, label="Top-k (0: off)")  # 256 = every value
+TOP_P = Setting("cmp_top_p", float, 1.0, 0.05, 1.0, label="Top-p (1: off)")
+SEED = Setting("cmp_seed", int, 0, 0, 2**31 - 1, label="Seed")
 
 
-SAMPLES = Bound("Samples", 1, 16, 4, integer=True)
-TEMPERATURE = Bound("Temperature", 0.0, 2.0, 1.0)
-TOP_K = Bound("Top-k (0: off)", 0, 256, 0, integer=True)  # 256 = every pixel value
-TOP_P = Bound("Top-p (1: off)", 0.05, 1.0, 1.0)
-SEED = Bound("Seed", 0, 2**31 - 1, 0, integer=True)
-
-
-def keep_rows(height: int) -> Bound:
+def keep_rows(height: int) -> Setting:
     """Rows to keep at the top of a ``height``-row image: none to all."""
-    return Bound("Rows to keep", 0, height, height // 2, integer=True)
+    return Setting("cmp_rows", int, height // 2, 0, height, label="Rows to keep")
 
 
 def rect_problem(rect: tuple[int, int, int, int], width: int, height: int) -> str | None:
@@ -88,23 +68,21 @@ def upload_problem(n_bytes: int) -> str | None:
     return None
 
 
-def reset_out_of_bounds(bounds: dict[str, Bound]) -> list[str]:
-    """Check values already in session state before their widgets are drawn (Streamlit raises
-    on an out-of-range slider value): each bad one is reported and dropped, so its widget starts
-    again from the default. Returns the messages."""
+def reset_out_of_bounds(settings: list[Setting]) -> list[str]:
+    """Check values already in session state against bounds that depend on the model, before
+    their widgets are drawn (Streamlit raises on an out-of-range slider value): each bad one is
+    reported and dropped, and its default set. Returns the messages (declare_settings does the
+    same with the page's fixed bounds)."""
     import streamlit as st
 
     problems = []
-    for key, bound in bounds.items():
-        if key not in st.session_state:
-            continue
-        value = st.session_state[key]
-        problem = bound.problem(value)
+    for setting in settings:
+        value = st.session_state.get(setting.key)
+        problem = None if value is None else setting.problem(value)
         if problem is not None:
             problems.append(problem)
-            del st.session_state[key]
-        elif bound.integer and not isinstance(value, int):
-            st.session_state[key] = int(value)  # an int widget refuses 3.0
-        elif not bound.integer and isinstance(value, int):
-            st.session_state[key] = float(value)  # a float slider refuses an int
+            del st.session_state[setting.key]
+        elif value is not None and not isinstance(value, setting.kind):
+            st.session_state[setting.key] = setting.kind(value)  # an int widget refuses 3.0
+        st.session_state.setdefault(setting.key, setting.default)
     return problems

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app_pages.common import ROOT, as_text, export_panel, models_dir
+from app_pages.export_panel import export_panel
+from app_pages.models_cache import ROOT, models_dir
+from app_pages.text import as_text
 from models.datasets import DatasetError
 from models.files import FileInputError, read_file
 from models.uploads import ImageInputError, read_image_file

@@ -35,19 +35,11 @@ from analysis.race import (
     load_race,
     race_memory,
 )
-from app_pages.common import (
-    PLAYGROUND_PREFIX,
-    ROOT,
-    as_text,
-    clamp_setting,
-    export_panel,
-    model_device,
-    queue_place,
-    runs_dir,
-    session_alive,
-    show_image,
-)
+from app_pages import limits
+from app_pages.export_panel import export_panel
 from app_pages.jobs import Refused, over_budget
+from app_pages.models_cache import PLAYGROUND_PREFIX, ROOT, model_device, runs_dir
+from app_pages.pickers import show_image
 from app_pages.playground_job import (
     OFF_WORDS,
     ON_WORDS,
@@ -58,6 +50,9 @@ from app_pages.playground_job import (
     race_folder,
     start_race,
 )
+from app_pages.pool_ui import queue_place, session_alive
+from app_pages.settings import LAYOUT_FAMILIES, Setting, clamp_setting, declare_settings
+from app_pages.text import as_text
 from kernels.composed import CROSSOVER_N
 from models.tokens import Geometry
 from viz.export import Exportable
@@ -98,16 +93,20 @@ if not _on:
     )
     st.stop()
 
-for key, default in {
-    "pg_layouts": list(LAYOUT_KINDS),
-    "pg_preset": "fmnist-mini",
-    "pg_size": next(iter(SIZES)),
-    "pg_budget": "minutes",
-    "pg_minutes": 2.0,
-    "pg_steps": 300,
-    "pg_seed": 0,
-}.items():
-    st.session_state.setdefault(key, default)
+declare_settings(  # what to race (declared once the Playground is on)
+    Setting("pg_layouts", list, list(LAYOUT_KINDS), 0, MAX_LANES, choices=LAYOUT_FAMILIES),
+    Setting(
+        "pg_preset", str, "fmnist-mini", choices=("fmnist-tiny", "fmnist-mini", "fmnist-small")
+    ),
+    Setting("pg_size", str, next(iter(SIZES))),  # the page checks it is one of its sizes
+    Setting("pg_budget", str, "minutes", choices=("minutes", "steps")),
+    Setting("pg_minutes", float, 2.0, 0.5, 30.0),
+    Setting("pg_steps", int, 300, 1, 20_000),
+    Setting("pg_seed", int, 0, limits.SEED.low, limits.SEED.high),
+    Setting("pg_strided_l", int, None, 1, 784),
+    Setting("pg_fixed_l", int, None, 1, 784),
+    Setting("pg_fixed_c", int, None, 1, 784),
+)
 
 if st.session_state.pg_size not in SIZES:  # a link's
     st.session_state.pg_size = next(iter(SIZES))

@@ -7,22 +7,21 @@ import torch
 
 from analysis.maps import pixel_map
 from analysis.prediction import entropy_bits, mean_pixel_bits, predicted_probs
+from app_pages import limits
 from app_pages.bits_maps import bits_mosaic, spread
-from app_pages.common import (
+from app_pages.clicks import pixel_values_hover, take_pixel_click
+from app_pages.export_panel import export_panel
+from app_pages.models_cache import get_model, load_or_explain, model_path, require_model_names
+from app_pages.pickers import channel_picker, pick_image, show_image
+from app_pages.settings import (
     CHANNEL_NAMES,
-    SETTINGS,
-    channel_picker,
+    Setting,
+    channel_setting,
     clamp_setting,
-    export_panel,
-    get_model,
-    load_or_explain,
-    model_path,
-    pick_image,
-    pixel_values_hover,
-    require_model_names,
+    declare_settings,
+    image_settings,
+    pixel,
     share_settings,
-    show_image,
-    take_pixel_click,
 )
 from models.datasets import DatasetError, held_out_source
 from models.tokens import image_to_tokens, pixel_tokens
@@ -31,20 +30,25 @@ from viz.export import Exportable, content_key, safe_name
 from viz.pixels import pixel_grid_figure
 from viz.style import BITS_COLORS
 
-MAX_MODELS = int(SETTINGS["prd_models"].high)
-# the average bits map: test images (a link's value is checked against these bounds)
-MEAN_IMAGES = int(SETTINGS["prd_mean_count"].low), int(SETTINGS["prd_mean_count"].high)
+SETTINGS = declare_settings(
+    Setting("prd_models", list, None, 0, limits.MAX_MODELS, models=True),  # default: the first
+    *image_settings("prd"),
+    pixel("prd_row", 8),
+    pixel("prd_col", 12),
+    channel_setting("prd_channel"),  # colour models only
+    Setting("prd_mean_count", int, 8, 1, 64),  # test images in the average bits map
+)
+MAX_MODELS = limits.MAX_MODELS
+MEAN_IMAGES = SETTINGS["prd_mean_count"].bounds  # the average bits map: test images
 
 st.title("Predictions")
 st.caption(
     "Every token's prediction is a distribution over the 256 pixel values given the pixels "
     "before it. Click a pixel to see each model's distribution there, with the true value "
     "marked. The bits maps show, for every pixel, how surprised the model was by the true "
-    "value (-log2 p): their mean over the image is its bits/dim. Below: remove heads and see "
-    "what the model loses."
+    "value (-log2 p): their mean over the image is its bits/dim. The Ablation page removes "
+    "heads and shows what a model loses."
 )
-for key, default in {"prd_row": 8, "prd_col": 12, "prd_mean_count": 8}.items():
-    st.session_state.setdefault(key, default)
 
 names = require_model_names()
 st.session_state.setdefault("prd_models", names[:MAX_MODELS])

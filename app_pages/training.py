@@ -15,15 +15,11 @@ import streamlit as st
 from analysis.maps import pixel_map, token_map
 from analysis.metrics import HEAD_TYPES
 from analysis.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeline
-from app_pages.common import (
-    ROOT,
-    as_text,
-    export_panel,
-    models_dir,
-    runs_dir,
-    share_settings,
-    show_image,
-)
+from app_pages.export_panel import export_panel
+from app_pages.models_cache import ROOT, models_dir, runs_dir
+from app_pages.pickers import show_image
+from app_pages.settings import Setting, declare_settings, pixel, share_settings
+from app_pages.text import as_text
 from models.checkpoint import CheckpointError
 from models.run_folder import RUN_FILE, RunRecord, read_run_record
 from models.tokens import Geometry
@@ -44,6 +40,15 @@ METRIC_HELP = {
     "same_col": "share on keys in the query's column",
 }
 
+# trn_path, the typed folder, is no setting on purpose: it is free text naming a place on the
+# server's disk, which a link would have every visitor's server read (the folders listed in
+# trn_folder are checked against what is there)
+declare_settings(
+    Setting("trn_folder", str),
+    Setting("trn_step", int, None, 0, None),  # a snapshot's step: the page checks the run has it
+    pixel("trn_probe", 0),
+    Setting("trn_metric", str),  # the page checks the run recorded it
+)
 st.title("Training: attention as it forms")
 st.caption(
     "A run trained with `--timeline-probes N` records, at log-spaced steps, a small snapshot "
@@ -208,7 +213,6 @@ geometry = Geometry(height, width, channels)
 st.session_state.setdefault("trn_step", steps[-1])
 if st.session_state.trn_step not in steps:  # another run's step
     st.session_state.trn_step = steps[-1]
-st.session_state.setdefault("trn_probe", 0)
 st.session_state.trn_probe = min(max(int(st.session_state.trn_probe), 0), P - 1)
 
 run_name = safe_name(folder.name)

@@ -14,17 +14,18 @@ import torch
 from analysis.maps import pixel_map
 from analysis.reverse import column_from_full, heads_total
 from analysis.rollout import RESIDUAL, heads_max, heads_mean, with_residual
-from app_pages.common import (
-    channel_picker,
-    choose_model_and_image,
+from app_pages.clicks import pixel_values_hover, take_pixel_click
+from app_pages.export_panel import export_panel
+from app_pages.models_cache import every_row_of, fits_every_row, get_model
+from app_pages.pickers import channel_picker, choose_model_and_image
+from app_pages.settings import (
+    channel_setting,
     clamp_setting,
-    every_row_of,
-    export_panel,
-    fits_every_row,
-    get_model,
-    pixel_values_hover,
+    declare_settings,
+    image_settings,
+    model_setting,
+    pixel,
     share_settings,
-    take_pixel_click,
 )
 from kernels.capture import MAX_FULL_N
 from models.tokens import image_to_tokens, pixel_tokens
@@ -40,14 +41,16 @@ st.caption(
     "over heads in every layer, and the attention rollout, which follows the reading down "
     "through the layers to the input."
 )
-for key, default in {
-    "who_krow": 10,
-    "who_kcol": 14,
-    "who_qrow": 20,
-    "who_qcol": 14,
-    "who_layer": 0,
-}.items():
-    st.session_state.setdefault(key, default)
+declare_settings(  # the key and query pixels, the layer
+    model_setting("who_model"),
+    *image_settings("who"),
+    pixel("who_krow", 10),
+    pixel("who_kcol", 14),
+    pixel("who_qrow", 20),
+    pixel("who_qcol", 14),
+    pixel("who_layer", 0),
+    channel_setting("who_channel"),  # colour models only
+)
 
 left, right = st.columns(2)
 with left:

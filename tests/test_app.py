@@ -32,7 +32,7 @@ def title(spec: dict) -> str:
 
 def table(at, column: str):
     """The one table with ``column``: a dataframe (without selections it keeps no key) or a
-    Markdown table (app_pages.common.markdown_table), its numbers read as numbers."""
+    Markdown table (app_pages.text.markdown_table), its numbers read as numbers."""
     found = [d.value for d in at.dataframe if column in d.value.columns]
     found += [
         t
@@ -525,15 +525,15 @@ def test_first_page_draws_layouts_without_importing_torch():
     code = (
         "import sys\n"
         "from streamlit.testing.v1 import AppTest\n"
-        "import app_pages.common as common\n"
-        "warm_up = common.warm_up\n"
-        "common.warm_up = lambda: None\n"
+        "import app_pages.models_cache as models_cache\n"
+        "warm_up = models_cache.warm_up\n"
+        "models_cache.warm_up = lambda: None\n"
         "at = AppTest.from_file('app.py', default_timeout=60).run()\n"
         "assert not at.exception, at.exception\n"
         "assert at.get('plotly_chart'), 'the Layouts page drew no chart'\n"
         "print('torch' in sys.modules)\n"
         "warm_up()\n"
-        "common._warmed[0].join(120)\n"
+        "models_cache._warmed[0].join(120)\n"
         "print('torch' in sys.modules and 'analysis.attention' in sys.modules)\n"
     )
     out = subprocess.run(

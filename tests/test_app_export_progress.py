@@ -9,7 +9,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from app_pages.common import export_progress
+from app_pages.export_panel import export_progress
 from tests.test_app import tiny_models
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

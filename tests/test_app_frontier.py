@@ -140,7 +140,7 @@ def attention_under(monkeypatch, tmp_path, under: str) -> AppTest:
 def captured(tmp_path, at, under: str, layer: int, head: int) -> np.ndarray:
     """model.capture's row of the page's query pixel under ``under``: [N]."""
     from analysis.attention import run_under
-    from app_pages.common import SAMPLES_DIR
+    from app_pages.pickers import SAMPLES_DIR
     from models.checkpoint import load_model
     from models.tokens import image_to_tokens, pixel_to_token
     from models.uploads import prepare_image

@@ -68,7 +68,7 @@ def test_files_that_cannot_be_read_are_one_message(tmp_path, monkeypatch):
 
 def test_no_use_container_width_in_these_pages():
     """Deprecated: it warns in the server log at every view."""
-    for name in ("models_page.py", "complete.py", "export_page.py", "common.py"):
+    for name in ("models_page.py", "complete.py", "export_page.py", "pickers.py"):
         text = (ROOT / "app_pages" / name).read_text()
         assert not re.search(r"use_container_width", text), name
 

@@ -25,7 +25,7 @@ def picker_app():
     def script():
         import streamlit as st
 
-        from app_pages.common import pick_image
+        from app_pages.pickers import pick_image
         from models.tokens import Geometry
 
         st.session_state.picked = pick_image("t", Geometry(28, 28, 1))

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app_pages import common
-from app_pages.common import fit_note
+from app_pages import pickers
+from app_pages.pickers import fit_note
 from models.tokens import Geometry
 from tests.test_app import errors, tiny_models, warnings
 
@@ -102,14 +102,14 @@ def test_unreadable_sample_images_are_left_out_with_a_message(complete, tmp_path
     (folder / "good.png").write_bytes(png(28, 28))
     (folder / "broken.png").write_bytes(b"not an image")
     os.mkfifo(folder / "pipe.png")  # a FIFO: refused unread (a plain read would block)
-    monkeypatch.setattr(common, "SAMPLES_DIR", folder)
+    monkeypatch.setattr(pickers, "SAMPLES_DIR", folder)
     at = complete
     at.run()
     assert not at.exception, at.exception
     assert "broken.png is left out" in warnings(at)
     assert "pipe.png is left out" in warnings(at) and "not a regular file" in warnings(at)
     assert at.selectbox(key="cmp_sample").options == ["good"]
-    monkeypatch.setattr(common, "SAMPLES_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(pickers, "SAMPLES_DIR", tmp_path / "nothing")
     at.run()
     assert not at.exception, at.exception
     assert "No test image can be read" in errors(at)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_pages.common import SETTINGS, Setting
+from app_pages.settings import Setting
 from tests.test_app import tiny_models
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -153,59 +153,62 @@ def test_heads_and_models_a_link_names_but_the_page_lacks_are_left_out(tmp_path,
     assert many.multiselect(key="prd_models").value == ["dense", "strided"]  # the default
 
 
+PAGES = (  # the pages whose settings the parse tests read (as they declare them)
+    "app_pages/ablation.py",
+    "app_pages/predictions.py",
+    "app_pages/complete.py",
+    "app_pages/training.py",
+    "app_pages/who_looks_here.py",
+)
+
+
+@pytest.fixture(scope="module")
+def declared(tmp_path_factory) -> dict[str, Setting]:
+    """Every setting those pages declare (declare_settings, at their top), once they have run."""
+    from app_pages import settings
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path_factory.mktemp("m"))))
+        at = AppTest.from_file(APP, default_timeout=300)
+        for page in PAGES:
+            at.switch_page(page).run()
+            assert not at.exception, at.exception
+    return dict(settings.DECLARED)
+
+
 @pytest.mark.parametrize(
-    ("setting", "texts", "value"),
+    ("key", "texts", "value"),
     [
-        (SETTINGS["abl_heads"], ["L0H1", "L12H3"], ["L0H1", "L12H3"]),
-        (SETTINGS["abl_heads"], ["L0H1", "head 2"], None),  # not a head's label
-        (SETTINGS["abl_heads"], ["L0H1", "L0H1"], None),  # twice
-        (SETTINGS["prd_models"], ["a", "b", "c", "d"], None),  # more than the page compares
-        (SETTINGS["cmp_models"], ["a", "b", "c", "d"], None),
-        (SETTINGS["abl_mode"], ["zero"], "zero"),
-        (SETTINGS["trn_step"], ["-1"], None),
-        (SETTINGS["trn_step"], ["1200"], 1200),
-        (Setting(list, 1, 2), [], None),
-        (SETTINGS["who_invert"], ["maybe"], None),
-        (SETTINGS["who_invert"], ["1"], True),
+        ("abl_heads", ["L0H1", "L12H3"], ["L0H1", "L12H3"]),
+        ("abl_heads", ["L0H1", "head 2"], None),  # not a head's label
+        ("abl_heads", ["L0H1", "L0H1"], None),  # twice
+        ("prd_models", ["a", "b", "c", "d"], None),  # more than the page compares
+        ("cmp_models", ["a", "b", "c", "d"], None),
+        ("abl_mode", ["zero"], "zero"),
+        ("trn_step", ["-1"], None),
+        ("trn_step", ["1200"], 1200),
+        ("who_invert", ["maybe"], None),
+        ("who_invert", ["1"], True),
+        ("cmp_samples", ["17"], None),  # limits.SAMPLES: 1..16
+        ("cmp_temperature", ["nan"], None),
     ],
 )
-def test_setting_parses_only_values_it_can_take(setting, texts, value):
-    assert setting.parse(texts) == value
+def test_setting_parses_only_values_it_can_take(declared, key, texts, value):
+    assert declared[key].parse(texts) == value
 
 
-def test_the_ablation_modes_are_the_analysis_modes():
-    from analysis.ablation import MODES
-
-    assert set(SETTINGS["abl_mode"].choices) == set(MODES)
+def test_a_list_setting_holds_its_fewest_items():
+    assert Setting("x_list", list, None, 1, 2).parse([]) is None
 
 
-def test_free_text_paths_stay_out_of_the_url():
-    assert "trn_path" not in SETTINGS  # a typed server path is not for links
+def test_free_text_paths_stay_out_of_the_url(declared):
+    assert "trn_folder" in declared and "trn_path" not in declared  # not for links
 
 
-def url_app(monkeypatch, tmp_path, params: dict[str, str]) -> AppTest:
-    """A page that only reads the URL's settings, as the app's first run does."""
-    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
-
-    def script():
-        import streamlit as st
-
-        from app_pages.common import settings_from_url
-
-        st.session_state.taken = settings_from_url()
-
-    at = AppTest.from_function(script, default_timeout=60)
-    for key, value in params.items():
-        at.query_params[key] = value
-    return at.run()
-
-
-@pytest.mark.parametrize(
-    ("value", "taken"), [("strided", True), ("none", True), ("nope", False), ("None", False)]
-)
+@pytest.mark.parametrize(("value", "taken"), [("strided", True), ("none", True), ("nope", False)])
 def test_the_attention_comparison_is_a_model_or_none(tmp_path, monkeypatch, value, taken):
-    at = url_app(monkeypatch, tmp_path, {"att_compare": value, "att_model": "none"})
-    assert not at.exception, at.exception
-    assert at.session_state["taken"] == (["att_compare"] if taken else [])
-    if taken:
-        assert at.session_state["att_compare"] == value
+    at = opened(
+        tmp_path, monkeypatch, "app_pages/attention.py", {"att_compare": value, "att_model": "no"}
+    )
+    assert at.selectbox(key="att_model").value == "dense"  # no such model: the default
+    assert at.selectbox(key="att_compare").value == (value if taken else "none")

@@ -86,7 +86,7 @@ def test_one_back_leaves_a_page_for_the_previous_one(page):
 
 
 def test_a_change_replaces_the_entry_and_back_restores_each_pages_settings(page):
-    # the page's first run installs the replacing pushState (common.share_settings): on a busy
+    # the page's first run installs the replacing pushState (settings.share_settings): on a busy
     # machine the browser may run that script after the test's first change, so wait for it
     page.wait_for_function("window.history.__sameAddressReplaces === true", timeout=30_000)
     entries = page.evaluate("history.length")

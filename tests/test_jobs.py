@@ -110,11 +110,11 @@ def test_a_full_queue_refuses_and_a_failure_is_one_line():
 
 
 def test_session_alive_asks_the_runtime(monkeypatch):
-    """common.session_alive: a session the runtime no longer lists as active is over (what a
+    """pool_ui.session_alive: a session the runtime no longer lists as active is over (what a
     closed tab does: Runtime.disconnect_session drops it at once)."""
     from streamlit import runtime
 
-    import app_pages.common as common
+    import app_pages.pool_ui as pool_ui
 
     class Ctx:
         session_id = "abc"
@@ -129,7 +129,7 @@ def test_session_alive_asks_the_runtime(monkeypatch):
     monkeypatch.setattr("streamlit.runtime.scriptrunner.get_script_run_ctx", lambda *a, **k: Ctx())
     monkeypatch.setattr(runtime, "exists", lambda: True)
     monkeypatch.setattr(runtime, "get_instance", lambda: fake)
-    alive = common.session_alive()
+    alive = pool_ui.session_alive()
     assert alive()
     fake.active = set()
     assert not alive()

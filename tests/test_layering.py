@@ -130,7 +130,7 @@ def test_only_the_app_imports_streamlit():
         ("viz.export", "from models.checkpoint import load_model", "model-running"),
         ("viz.maps", "from models import model", "model-running"),
         ("viz.grid", "import torch", "torch"),
-        ("tools.train", "from app_pages import common", "app_pages"),
+        ("tools.train", "from app_pages import settings", "app_pages"),
         ("tools.bench_app", "import streamlit as st", "streamlit"),
         ("tools.bench_app", "from browser_util import choose", "tests"),
         ("tools.bench_load", "import tests.browser_util", "tests"),

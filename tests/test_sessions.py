@@ -116,7 +116,7 @@ def texts(at: AppTest) -> str:
             parts.append(value.name)
         if isinstance(value, CompletionJob):  # the Complete page's job
             parts.append(value.request.image_name)
-    return "\n".join(parts).replace("\\", "")  # names are shown escaped (common.as_text)
+    return "\n".join(parts).replace("\\", "")  # names are shown escaped (text.as_text)
 
 
 def completing(seed: int, upload: str | None):
