@@ -16,7 +16,7 @@ step), on `streamlit run` with the shipped models; each line gives the median an
   all-heads grid (its layer and head), click a row of the N x N map (a new query); --repeats
   each.
 - who: "Who looks here": click a pixel of the key view (a new key pixel); --repeats.
-- predictions: "Predictions & ablation": click a pixel of the bits map (a new pixel: its
+- predictions: Predictions: click a pixel of the bits map (a new pixel: its
   predicted distributions); --repeats.
 - training: the Training page's step slider moved one step, on a run with a timeline shipped
   under assets/runs or assets/models (skipped, and said so, when there is none); --repeats.
@@ -311,9 +311,10 @@ def who_interactions(page, repeats: int) -> dict[str, list[float]]:
 
 
 def predictions_interactions(page, repeats: int) -> dict[str, list[float]]:
-    """ "Predictions & ablation": a click on a pixel of the bits map shows that pixel's
+    """Predictions: a click on a pixel of the bits map shows that pixel's
     predicted distributions (chart prd_dist names the pixel)."""
-    click_menu(page, "Predictions & ablation")
+    # (a link whose name holds "Predictions": older commits' "Predictions & ablation" too)
+    click_menu(page, "Predictions")
     drawn(page, "prd_pixels", "bits per pixel")
     drawn(page, "prd_dist", "predicted value of pixel")
     place = lambda k: (2 + (5 * k) % 24, 3 + (11 * k) % 23)  # noqa: E731  (never (8, 12))
@@ -493,7 +494,7 @@ def server_ms(repeats: int, parts: set[str]) -> list[tuple[str, list[float]]]:
         rounds("app_pages/attention.py", "Attention", attention)
     if "who" in parts:
         rounds(
-            "app_pages/heads.py",
+            "app_pages/who_looks_here.py",
             "Who looks here",
             lambda at, k: [
                 (
