@@ -219,7 +219,7 @@ else:
     params = (abl_name, heads, mode, image_sha1, samples)
     keep = keep_mask(geometry, keep_rows=geometry.height // 2)
     with e2:  # sampled in the server's worker pool: its queue place, progress and Stop here
-        task = pool_job(
+        job = pool_job(
             "abl_completion",
             params,
             completions_work(abl_path, heads, mode, image, keep, samples) if start else None,
@@ -229,8 +229,8 @@ else:
             words=ABLATION_WORDS,
             replace_stale=True,  # other heads, image or samples: nothing would show it
         )
-    if task is not None:
-        st.session_state.abl_done = (params, *task.result)
+    if job is not None:
+        st.session_state.abl_done = (params, *job.result)
     done = st.session_state.get("abl_done")
     if done and done[0] == params:
         picture = np.asarray(

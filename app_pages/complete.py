@@ -243,7 +243,7 @@ with right:
                 drawn.update(row=partial.row, at=time.monotonic())
                 show_row(name, partial, min(1.0, partial.row / max(1, geometry.height - 1)))
 
-        follow(job.task, what="The completion", on_tick=draw_rows, bar=False)
+        follow(job, what="The completion", on_tick=draw_rows, bar=False)
         if job.task.error:  # one line, never a traceback
             job.interrupt()
             st.error(as_text(f"The completion failed: {job.task.error}"))

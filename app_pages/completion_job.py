@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from app_pages.jobs import Task, WorkerPool
+from app_pages.jobs import Job, Task, WorkerPool
 from models.completion import HIDDEN_GRAY, complete
 from models.model import SparseTransformer
 from models.sampling import SamplingCancelled
@@ -76,8 +76,9 @@ def rows_to_sample(keep: torch.Tensor, geometry: Geometry) -> int:
 
 
 @dataclass(eq=False)
-class CompletionJob:
-    """One completion: its request, its status, the rows sampled so far and the samples."""
+class CompletionJob(Job):
+    """One completion (the app's Job shape: start, progress, cancel, result): its request, its
+    status, the rows sampled so far and the samples."""
 
     request: CompletionRequest
     status: str = RUNNING
@@ -99,6 +100,18 @@ class CompletionJob:
 
     def is_for(self, request: CompletionRequest) -> bool:
         return self.request == request
+
+    @property
+    def result(self) -> dict[str, np.ndarray] | None:
+        """Every model's samples, once all are done."""
+        return dict(self.results) if self.status == DONE else None
+
+    def cancel(self, reason: str = "stopped") -> None:
+        """Stop ("stopped": its button) or interrupt (any other reason) a running job."""
+        if reason == "stopped":
+            self.stop()
+        else:
+            self.interrupt()
 
     def stop(self) -> None:
         """Stop's callback: a running job stops at its next token and counts as cancelled."""
@@ -128,15 +141,21 @@ class CompletionJob:
     ) -> Task:
         """Queue this job's run in ``pool`` (Refused when over its memory budget or when the
         queue is full); ``alive()`` false (the session ended) interrupts it."""
-        memory = completion_memory(models.values(), self.request.n_samples)
-        self.task = Task(
-            lambda task: self.run(models, image, keep),
+
+        def work(task: Task) -> None:
+            def row(name: str, partial: Partial, share: float) -> None:
+                task.report(share, f"{name}: row {partial.row} sampled")
+
+            self.run(models, image, keep, on_row=row)
+
+        return self.start(
+            pool,
+            work,
             label=f"completion {self.id[:8]}",
-            memory=memory,
+            memory=completion_memory(models.values(), self.request.n_samples),
             alive=alive,
             on_cancel=lambda reason: self.interrupt(),
         )
-        return pool.submit(self.task)
 
     def run(
         self,

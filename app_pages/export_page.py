@@ -91,9 +91,9 @@ if start:
 made_items = st.session_state.get("exp_items")
 if made_items and made_items[0] == request:
     # made in the server's worker pool: its place in the queue, a progress bar and Cancel
-    task = export_job("exp", made_items[1], formats, dpi=dpi, heavy=heavy, start=start)
-    if task is not None:
-        data, count = task.result
+    job = export_job("exp", made_items[1], formats, dpi=dpi, heavy=heavy, start=start)
+    if job is not None:
+        data, count = job.result
         st.session_state.exp_zip = (request, data, count)
 made = st.session_state.get("exp_zip")
 if made and made[0] == request:

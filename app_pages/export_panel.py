@@ -98,10 +98,10 @@ def export_panel(
         if refusal:
             st.error(refusal)
         start = st.button("Prepare files", key=f"{key}_prepare", disabled=not fmts)
-        task = export_job(key, items, fmts, dpi=dpi, heavy=heavy, start=start)
-        if task is None:
+        job = export_job(key, items, fmts, dpi=dpi, heavy=heavy, start=start)
+        if job is None:
             return
-        data, count = task.result
+        data, count = job.result
         st.download_button(
             f"All {count - 1} files (zip)",
             data,

@@ -272,7 +272,7 @@ with m2:
     work = None
     if start:
         work = frontier_work(name, int(images), list(families))
-    task = pool_job(
+    job = pool_job(
         "fr_measure",
         params,
         work,
@@ -281,9 +281,9 @@ with m2:
         words=FRONTIER_WORDS,
         replace_stale=True,  # another model, images or families: nothing would show it
     )
-    if task is not None:
-        st.session_state.fr_result = (params, task.result)
-        result, source = task.result, f"measured here on the first {images} test images"
+    if job is not None:
+        st.session_state.fr_result = (params, job.result)
+        result, source = job.result, f"measured here on the first {images} test images"
 
 if result is None:
     st.info(

@@ -268,3 +268,47 @@ class WorkerPool:
 
 
 POOL = WorkerPool()  # the server's one pool
+
+
+class Job:
+    """The one shape of a page's background work (a completion, an ablation's completions, an
+    export, a frontier measure, a Playground race): ``start`` submits its work to a pool as its
+    ``task`` (Refused: over the memory budget, or the queue is full), ``progress`` says how far
+    it is, ``cancel`` stops it (in the queue or at its next check), ``result`` is what it made
+    once done. A page keeps its Job in the session's state and draws it from there
+    (app_pages/pool_ui.py follows one: its place in the queue, its progress, Stop)."""
+
+    task: Task | None = None
+
+    def start(
+        self,
+        pool: WorkerPool,
+        work: Callable[[Task], object],
+        *,
+        label: str,
+        memory: int = 0,
+        alive: Callable[[], bool] | None = None,
+        on_cancel: Callable[[str], None] | None = None,
+    ) -> Task:
+        """Submit ``work(task)`` to ``pool`` as this job's task (see Task)."""
+        self.task = Task(work, label=label, memory=memory, alive=alive, on_cancel=on_cancel)
+        return pool.submit(self.task)
+
+    @property
+    def progress(self) -> tuple[float, str]:
+        """(share done, 0..1; what it is doing), as its work last reported."""
+        return (0.0, "") if self.task is None else (self.task.share, self.task.text)
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop it: a queued job never runs, a running one ends at its next check."""
+        if self.task is not None:
+            self.task.cancel(reason)
+
+    @property
+    def finished(self) -> bool:
+        return self.task is not None and self.task.finished
+
+    @property
+    def result(self):
+        """What its work returned, once done; None before, or when cancelled or failed."""
+        return self.task.result if self.task is not None and self.task.status == DONE else None

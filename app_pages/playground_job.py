@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.race import RaceConfig, RaceState, race_memory, run_race
-from app_pages.jobs import QUEUED, Task, WorkerPool
+from app_pages.jobs import QUEUED, Job, Task, WorkerPool
 
 PLAYGROUND_ENV = "SPARSE_EXPLORER_PLAYGROUND"
 ON_WORDS = ("on", "1", "true", "yes", "y", "enable", "enabled")
@@ -105,15 +105,21 @@ def release_folder(folder: Path) -> None:
         pass
 
 
-@dataclass
-class RaceJob:
-    """A race submitted from a page: its task in TRAINING_POOL, its live state, what it trains
-    and where it is written."""
+@dataclass(eq=False)
+class RaceJob(Job):
+    """A race submitted from a page (the app's Job shape: start, progress, cancel, result): its
+    live state, what it trains, where it is written, and its task in TRAINING_POOL."""
 
-    task: Task
     state: RaceState
     cfg: RaceConfig
     folder: Path
+    task: Task | None = None
+
+    @property
+    def progress(self) -> tuple[float, str]:
+        """(steps done of the race's total, 0 while it is timed; its phase)."""
+        view = self.state.view()
+        return (min(1.0, view.step / view.total) if view.total else 0.0), view.phase
 
 
 def start_race(
@@ -135,7 +141,8 @@ def start_race(
     except ValueError:
         release_folder(folder)
         raise
-    state = RaceState()
+    job = RaceJob(RaceState(), cfg, folder)
+    state = job.state
 
     def work(task: Task) -> dict:
         import torch
@@ -153,14 +160,20 @@ def start_race(
         )
 
     def on_cancel(reason: str) -> None:
-        if task.status == QUEUED:  # cancelled in the queue: its work never runs
+        if job.task.status == QUEUED:  # cancelled in the queue: its work never runs
             release_folder(folder)
             state.change(lambda s: (setattr(s, "end", reason), setattr(s, "phase", "discarded")))
 
-    task = Task(work, label=f"race {folder.name}", memory=memory, alive=alive, on_cancel=on_cancel)
     try:
-        (pool or TRAINING_POOL).submit(task)
+        job.start(
+            pool or TRAINING_POOL,
+            work,
+            label=f"race {folder.name}",
+            memory=memory,
+            alive=alive,
+            on_cancel=on_cancel,
+        )
     except Exception:
         release_folder(folder)
         raise
-    return RaceJob(task, state, cfg, folder)
+    return job

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from app_pages.jobs import Job
 from app_pages.text import as_text
 
 
@@ -44,22 +45,23 @@ def queue_place(pool, task, what: str) -> str | None:
     )
 
 
-def follow(task, *, what: str, on_tick: Callable[[], None] | None = None, bar: bool = True):
-    """Wait in this run for ``task`` (an app_pages.jobs.Task in the pool), showing its place
-    in the queue and, with ``bar``, its progress; ``on_tick()`` draws more (the Complete page's
-    rows). A rerun (a click) ends this wait and leaves the task to its page (Streamlit's fast
-    reruns stop this run with StopException, so a stopped run is no sign that the session
+def follow(job, *, what: str, on_tick: Callable[[], None] | None = None, bar: bool = True):
+    """Wait in this run for ``job`` (an app_pages.jobs.Job started in the pool), showing its
+    place in the queue and, with ``bar``, its progress; ``on_tick()`` draws more (the Complete
+    page's rows). A rerun (a click) ends this wait and leaves the job to its page (Streamlit's
+    fast reruns stop this run with StopException, so a stopped run is no sign that the session
     ended); the session's end is the pool watcher's to see (session_alive)."""
     from app_pages.jobs import POOL
 
     slot = st.empty()
     while True:
-        ended = task.wait(0.2)
-        waiting = queue_place(POOL, task, what)
+        ended = job.task.wait(0.2)
+        waiting = queue_place(POOL, job.task, what)
         if waiting is not None:
             slot.info(waiting)
         elif bar and not ended:
-            slot.progress(task.share, text=as_text(task.text or f"{what}: working..."))
+            share, text = job.progress
+            slot.progress(share, text=as_text(text or f"{what}: working..."))
         else:  # a message each tick: Streamlit checks for a rerun or a stop at each one
             slot.empty()
         if on_tick is not None:
@@ -84,6 +86,14 @@ class JobWords:
     hint: str = "Choose fewer items, formats or a lower resolution."  # when over the budget
 
 
+@dataclass(eq=False)
+class PoolJob(Job):
+    """A page's job in the server's worker pool, with the ``params`` it is for (its result is
+    shown only for them)."""
+
+    params: object
+
+
 def pool_job(
     key: str,
     params,
@@ -93,48 +103,47 @@ def pool_job(
     memory: int,
     words: JobWords,
     replace_stale: bool = False,
-):
+) -> PoolJob | None:
     """A page's work in the server's worker pool (app_pages/jobs.py), kept under ``{key}_job``
-    with the ``params`` it is for: ``work(task)`` (needed only then) is submitted when
-    ``start`` (over the memory budget or with the queue full: refused and explained), followed
-    while it runs (queue place, progress, the stop button), and returned once it is done and
-    for ``params`` (else None; a stopped or failed one is explained). With ``replace_stale`` a
-    task still running for other params (another image, other settings) is cancelled: nothing
-    would show its result."""
-    from app_pages.jobs import CANCELLED, DONE, POOL, Refused, Task, over_budget
+    as a PoolJob with the ``params`` it is for: ``work(task)`` (needed only then) is started
+    when ``start`` (over the memory budget or with the queue full: refused and explained),
+    followed while it runs (queue place, progress, the stop button), and returned once it is
+    done and for ``params`` (else None; a stopped or failed one is explained). With
+    ``replace_stale`` a job still running for other params (another image, other settings) is
+    cancelled: nothing would show its result."""
+    from app_pages.jobs import CANCELLED, DONE, POOL, Refused, over_budget
 
     made = st.session_state.get(f"{key}_job")
-    if replace_stale and made is not None and made[0] != params:
-        made[1].cancel("its settings changed")
+    if replace_stale and made is not None and made.params != params:
+        made.cancel("its settings changed")
     if start:
         refusal = over_budget(f"This {words.noun}", memory, words.hint)
         if refusal is not None:
             st.error(refusal)
         else:
             if made is not None:
-                made[1].cancel(f"replaced by a new {words.noun}")
-            task = Task(work, label=f"{words.noun} {key}", memory=memory, alive=session_alive())
+                made.cancel(f"replaced by a new {words.noun}")
+            job = PoolJob(params)
             try:
-                POOL.submit(task)
-                st.session_state[f"{key}_job"] = (params, task)
+                job.start(
+                    POOL, work, label=f"{words.noun} {key}", memory=memory, alive=session_alive()
+                )
+                st.session_state[f"{key}_job"] = job
             except Refused as e:
                 st.error(as_text(e))
-    made = st.session_state.get(f"{key}_job")
-    if not made or made[0] != params:
+    job = st.session_state.get(f"{key}_job")
+    if job is None or job.params != params:
         return None
-    task = made[1]
-    if not task.finished:
+    if not job.finished:
         stop = st.empty()  # shown only while it runs
         stop.button(
-            words.stop,
-            key=f"{key}_{words.stop.lower()}",
-            on_click=task.cancel,
-            args=(words.reason,),
+            words.stop, key=f"{key}_{words.stop.lower()}", on_click=job.cancel, args=(words.reason,)
         )
-        follow(task, what=words.what)
+        follow(job, what=words.what)
         stop.empty()
+    task = job.task
     if task.status == DONE:
-        return task
+        return job
     if task.status == CANCELLED:
         st.warning(as_text(f"{words.what} was {task.reason or words.reason}; {words.after}"))
     elif task.error:

@@ -37,6 +37,6 @@ def test_the_export_page_states_no_guessed_time_and_reports_its_pace(tmp_path, m
     at.multiselect(key="exp_formats").set_value(["png", "npz"]).run()
     at.button(key="exp_run").click().run()
     assert not at.exception, at.exception
-    task = at.session_state["exp_job"][1]
+    task = at.session_state["exp_job"].task
     assert task.result[1] == (1 + 2 + 1) * 2 + 1  # and index.md
     assert re.fullmatch(r"8 of 8 files \(\d+ s\): .+", task.text), task.text

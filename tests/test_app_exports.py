@@ -88,7 +88,7 @@ def test_the_whole_batch_is_estimated_and_its_heavy_formats_are_opt_in(tmp_path,
     assert heavy.value is False
     at.button(key="att_batch_export_prepare").click().run()
     assert not at.exception, at.exception
-    task = at.session_state["att_batch_export_job"][1]
+    task = at.session_state["att_batch_export_job"].task
     data, count = task.result
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert not [n for n in names if n.endswith("_head.html")]  # 4 N x N maps: no HTML

@@ -281,7 +281,7 @@ def test_frontier_is_exported_with_its_points(monkeypatch, small_file):
     at.multiselect(key="fr_export_formats").set_value(["svg", "npz"]).run()
     at.button(key="fr_export_prepare").click().run()
     assert not at.exception, at.exception
-    data, count = at.session_state["fr_export_job"][1].result
+    data, count = at.session_state["fr_export_job"].result
     z = zipfile.ZipFile(io.BytesIO(data))
     (npz,) = [n for n in z.namelist() if n.endswith(".npz")]
     assert npz == "dense_frontier.npz" and "dense_frontier.svg" in z.namelist()
