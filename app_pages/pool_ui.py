@@ -45,14 +45,34 @@ def queue_place(pool, task, what: str) -> str | None:
     )
 
 
+# a click on a widget of a fragment (Cancel, Stop) does not stop a run under way (Streamlit
+# queues it behind the run), so a job followed in a fragment's run is followed in short runs of
+# the fragment, each taking the clicks made meanwhile: this many seconds each
+FRAGMENT_POLL_S = 1.0
+
+
+def in_fragment_run() -> bool:
+    """Whether this run is a rerun of fragments only (not of the whole page)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return bool(ctx is not None and ctx.fragment_ids_this_run)
+
+
 def follow(job, *, what: str, on_tick: Callable[[], None] | None = None, bar: bool = True):
     """Wait in this run for ``job`` (an app_pages.jobs.Job started in the pool), showing its
     place in the queue and, with ``bar``, its progress; ``on_tick()`` draws more (the Complete
     page's rows). A rerun (a click) ends this wait and leaves the job to its page (Streamlit's
     fast reruns stop this run with StopException, so a stopped run is no sign that the session
-    ended); the session's end is the pool watcher's to see (session_alive)."""
+    ended); the session's end is the pool watcher's to see (session_alive). In a fragment's
+    run the fragment reruns every FRAGMENT_POLL_S while the job runs, so that its Cancel
+    button's click is taken."""
+    import time
+
     from app_pages.jobs import POOL
 
+    poll = in_fragment_run()
+    began = time.monotonic()
     slot = st.empty()
     while True:
         ended = job.task.wait(0.2)
@@ -68,6 +88,8 @@ def follow(job, *, what: str, on_tick: Callable[[], None] | None = None, bar: bo
             on_tick()
         if ended:
             break
+        if poll and time.monotonic() - began > FRAGMENT_POLL_S:
+            st.rerun(scope="fragment")
     slot.empty()
 
 
