@@ -23,7 +23,8 @@ GEOMETRIES = {
 }
 SPEC = "spec"  # the multiselect's entry for a typed spec (multihead, or any layout)
 MAX_SHOWN = 4  # families compared at once: more make the page long and each change slow
-# strided and fixed share the page's first inputs (as before the other families came)
+# strided and fixed share the page's first inputs (l, c, summary sets): the paper's two layouts,
+# compared with the same numbers
 SHARED_KEYS = {
     ("strided", "l"): "lay_l",
     ("fixed", "l"): "lay_l",

@@ -91,8 +91,8 @@ set_key = content_key(tokens.numpy().astype(np.uint8))
 def tables_of(path: str, key: str, specs: tuple[str, ...], _tokens: torch.Tensor) -> list:
     """analyze_model's table for each layout (cached per model, image set and layouts: a pure
     function of them), from one capture and one measurement of what does not depend on the
-    layout, its batches measured in a thread per core (8 images, 2 cores: 4.8 s, was 7.4 s
-    measuring each layout on its own in two threads)."""
+    layout, its batches measured in a thread per core: the capture and the layout-free part
+    are the most of the work, so they are done once for every layout (docs/BENCHMARKS.md)."""
     layouts = [parse_layout(s) for s in specs]
     return analyze_layouts(get_model(path), _tokens, layouts, workers=os.cpu_count() or 1)
 
