@@ -23,6 +23,7 @@ from app_pages.settings import (
     pixel,
     share_settings,
 )
+from app_pages.text import markdown_table
 from models.datasets import DatasetError, held_out_source
 from models.tokens import image_to_tokens, pixel_tokens
 from viz.charts import distribution_figure
@@ -113,21 +114,19 @@ stem = f"{safe_name(image_name)}"
 
 
 def distribution_table(dist: dict, truth: dict, curves: list) -> None:
-    """Each curve's p(true value), bits, entropy and most likely value."""
-    st.dataframe(
-        [
-            {
-                "model": label,
-                "p(true value)": float(dist[label][truth[label]]),
-                "bits": float(bits[n][t]),
-                "entropy (bits)": float(entropy_bits(torch.from_numpy(dist[label]))),
-                "most likely value": int(np.argmax(dist[label])),
-            }
-            for label, n, t, _ in curves
-        ],
-        hide_index=True,
-        key="prd_dist_table",
-    )
+    """Each curve's p(true value), bits, entropy and most likely value, as a Markdown table: a
+    data frame's grid is redrawn at every click, a cost this page's click pays in full."""
+    rows = [
+        {
+            "model": label,
+            "p(true value)": f"{float(dist[label][truth[label]]):.4g}",
+            "bits": f"{float(bits[n][t]):.3f}",
+            "entropy (bits)": f"{float(entropy_bits(torch.from_numpy(dist[label]))):.3f}",
+            "most likely value": int(np.argmax(dist[label])),
+        }
+        for label, n, t, _ in curves
+    ]
+    st.markdown(markdown_table(rows))
 
 
 @st.fragment
