@@ -23,7 +23,7 @@ from app_pages.attention_views import (
     other_model,
     pixel_figure,
 )
-from app_pages.clicks import new_click, pending_click, take_pixel_click
+from app_pages.clicks import new_click, pending_click
 from app_pages.export_panel import export_panel
 from app_pages.jobs import over_budget
 from app_pages.models_cache import (
@@ -38,7 +38,7 @@ from app_pages.settings import (
     image_settings,
     model_setting,
     pixel,
-    share_settings,
+    view_fragment,
 )
 from app_pages.text import as_text
 from kernels.layouts import Layout, image_layout_spec, parse_layout
@@ -131,17 +131,22 @@ with left.expander("Run it under another attention"):
     )
     st.button("Run under it", key="att_under_apply", on_click=apply_under)
 
-# a click on a pixel view (this model's, or the compared one's "_b") or on an N x N map (the
-# first query of the clicked row) sets the query pixel, before its inputs are drawn
-for key in ("att_pixels", "att_pixels_b"):
-    take_pixel_click(key, "att_row", "att_col", geometry.width)
-for key in ("att_map", "att_map_b"):
-    picked = new_click(key, clicked_map_row)
-    if picked is not None:
+# the charts whose click moves the query: a pixel view (this model's, or the compared one's
+# "_b") gives its pixel, an N x N map the first query of the clicked row
+QUERY_CLICKS = {
+    "att_pixels": lambda event: clicked_pixel(event, geometry.width),
+    "att_pixels_b": lambda event: clicked_pixel(event, geometry.width),
+    "att_map": clicked_map_row,
+    "att_map_b": clicked_map_row,
+}
+# a new click sets the query pixel, before its inputs are drawn
+for key, read in QUERY_CLICKS.items():
+    picked = new_click(key, read)
+    if picked is not None and key.startswith("att_map"):
         q = min(picked * tile_for(geometry.n_tokens, MAP_SIDE), geometry.n_tokens - 1)
-        st.session_state.att_row, st.session_state.att_col, st.session_state.att_channel = (
-            int(v) for v in token_coords(q, geometry)
-        )
+        *picked, st.session_state.att_channel = (int(v) for v in token_coords(q, geometry))
+    if picked is not None:
+        st.session_state.att_row, st.session_state.att_col = picked
 for key, high in (
     ("att_row", geometry.height - 1),
     ("att_col", geometry.width - 1),
@@ -179,15 +184,6 @@ grid_fig = head_grid_figure(
 )
 with right:
     st.plotly_chart(grid_fig, key="att_grid", on_select="rerun", selection_mode="points")
-
-
-# the charts in the head views whose click moves the query: a change of the whole page
-QUERY_CLICKS = {
-    "att_pixels": lambda event: clicked_pixel(event, geometry.width),
-    "att_pixels_b": lambda event: clicked_pixel(event, geometry.width),
-    "att_map": clicked_map_row,
-    "att_map_b": clicked_map_row,
-}
 
 
 def layer_and_head() -> tuple[int, int]:
@@ -279,7 +275,7 @@ def every_layer_and_head() -> None:
         )
 
 
-@st.fragment
+@view_fragment("att")
 def head_views() -> None:
     """Everything that follows the layer and head: a switch of either reruns only this part
     (the grid and the inputs above are not rebuilt, sent or drawn again). A click that moves
@@ -335,7 +331,6 @@ def head_views() -> None:
         export_panel(items, "att_export", "Export these figures")
     with e2:
         every_layer_and_head()
-    share_settings("att", script=False)  # a switch here runs no app.py: the URL follows it
 
 
 head_views()

@@ -21,7 +21,7 @@ from app_pages.settings import (
     declare_settings,
     image_settings,
     pixel,
-    share_settings,
+    view_fragment,
 )
 from app_pages.text import markdown_table
 from models.datasets import DatasetError, held_out_source
@@ -129,7 +129,7 @@ def distribution_table(dist: dict, truth: dict, curves: list) -> None:
     st.markdown(markdown_table(rows))
 
 
-@st.fragment
+@view_fragment("prd")
 def pixel_section() -> None:
     """The clicked pixel: the first model's bits map to click on, and every model's predicted
     distribution there. A click or a new row or column reruns only this part."""
@@ -186,7 +186,6 @@ def pixel_section() -> None:
         ),
     ]
     export_panel(items, "prd_pixel_export", "Export this pixel's figures and data")
-    share_settings("prd", script=False)  # a rerun of this part runs no app.py
 
 
 pixel_section()

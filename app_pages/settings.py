@@ -13,6 +13,7 @@ of a page that has not run yet in this server.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -240,6 +241,22 @@ REPLACE_SAME_PAGE_ENTRIES = """<script>
   h.__sameAddressReplaces = true;
 })();
 </script>"""
+
+
+def view_fragment(prefix: str):
+    """``st.fragment`` for a part of the page with settings ``prefix``_... that a click reruns
+    alone (rebuilt, sent and drawn without the rest). Such a rerun runs no app.py, so the part
+    writes the page's settings to the URL itself once drawn."""
+
+    def wrap(draw):
+        @functools.wraps(draw)
+        def drawn() -> None:
+            draw()
+            share_settings(prefix, script=False)
+
+        return st.fragment(drawn)
+
+    return wrap
 
 
 def share_settings(prefix: str | tuple[str, ...] | None, script: bool = True) -> None:

@@ -18,7 +18,7 @@ from analysis.timeline import TIMELINE_NPZ, Timeline, TimelineError, load_timeli
 from app_pages.export_panel import export_panel
 from app_pages.models_cache import ROOT, models_dir, runs_dir
 from app_pages.pickers import show_image
-from app_pages.settings import Setting, declare_settings, pixel, share_settings
+from app_pages.settings import Setting, declare_settings, pixel, view_fragment
 from app_pages.text import as_text
 from models.checkpoint import CheckpointError
 from models.run_folder import RUN_FILE, RunRecord, read_run_record
@@ -219,7 +219,7 @@ run_name = safe_name(folder.name)
 run_meta = {"run": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder)}
 
 
-@st.fragment
+@view_fragment("trn")
 def step_section() -> None:
     """The snapshot at the chosen step and probe: every head's map, the pooled maps and the
     step marked on bits/dim. A move of the slider reruns only this part."""
@@ -280,7 +280,6 @@ def step_section() -> None:
         ),
     ]
     export_panel(items, "trn_export", "Export these figures and data")
-    share_settings("trn", script=False)  # a rerun of this part runs no app.py
 
 
 step_section()

@@ -25,7 +25,7 @@ from app_pages.settings import (
     image_settings,
     model_setting,
     pixel,
-    share_settings,
+    view_fragment,
 )
 from kernels.capture import MAX_FULL_N
 from models.tokens import image_to_tokens, pixel_tokens
@@ -129,7 +129,7 @@ with right:
 shown, words = pixel_values_hover(image, channel, first=1)
 
 
-@st.fragment
+@view_fragment("who")
 def key_section() -> None:
     """Who looks at the key pixel in the chosen layer. A click on its view, a new key or layer
     reruns only this part."""
@@ -209,10 +209,9 @@ def key_section() -> None:
         ),
     ]
     export_panel(items, "who_export", "Export these figures and data")
-    share_settings("who", script=False)  # a rerun of this part runs no app.py
 
 
-@st.fragment
+@view_fragment("who")
 def query_section() -> None:
     """Summaries across heads and layers for the query pixel. A click on its view or a new
     query reruns only this part."""
@@ -282,7 +281,6 @@ def query_section() -> None:
         ),
     ]
     export_panel(items, "who_query_export", "Export these figures and data")
-    share_settings("who", script=False)
 
 
 image_meta = {

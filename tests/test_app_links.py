@@ -5,14 +5,9 @@ time before Ablation had its own page still carries the ablation's settings to t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from tests.test_app import tiny_models
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+from tests.test_app_urls import opened, url
 
 # page file: (the link's query as that app wrote it, the values its widgets then hold)
 LINKS = {
@@ -114,22 +109,6 @@ LINKS = {
 # these pages' first run ends at st.stop() (Complete before a sample, Frontier before a measure),
 # after which AppTest keeps the URL it had (the same with the app before declare_settings)
 ENDS_AT_STOP = ("app_pages/complete.py", "app_pages/frontier.py")
-
-
-def opened(tmp_path, monkeypatch, page: str, query: dict) -> AppTest:
-    """A new session opened with a link to ``page`` holding ``query``."""
-    monkeypatch.setenv("SPARSE_EXPLORER_MODELS", str(tiny_models(tmp_path)))
-    at = AppTest.from_file(APP, default_timeout=300)
-    for key, value in query.items():
-        at.query_params[key] = value
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def url(at: AppTest, key: str) -> list[str]:
-    value = at.query_params.get(key, [])
-    return [value] if isinstance(value, str) else list(value)
 
 
 @pytest.mark.parametrize("page", list(LINKS))
