@@ -109,19 +109,20 @@ def test_keys_of_query_counts_every_channel():
 
 def test_pooled_maps_hover_names_tile_ranges(tmp_path, monkeypatch):
     """A pooled cell is a range of queries and keys, not a fractional index."""
-    from test_app import attention_app, chart, trace, values
+    from test_app import attention_app, chart, trace
 
     at = layouts_app()
     at.selectbox(key="lay_geometry").set_value("32x32 RGB (CIFAR-10)").run()
+    # a cell's coordinates are its tiles' names (category axes): the hover shows them
     mask = trace(chart(at, "lay_mask_strided"), "mask")  # 3072 tokens in 12 x 12 tiles
-    assert "queries %{customdata[0]}-%{customdata[1]}" in mask["hovertemplate"]
-    ranges = values(mask["customdata"])
-    assert list(ranges[33, 24]) == [396, 407, 288, 299] and ranges[-1, -1, 1] == 3071
+    assert mask["hovertemplate"].startswith("%{y}, %{x}: ")
+    assert (mask["y"][33], mask["x"][24]) == ("queries 396-407", "keys 288-299")
+    assert mask["y"][-1] == "queries 3060-3071"
     at = attention_app(tmp_path, monkeypatch)  # N = 784 drawn as 196 x 196 tiles of 4
     attention = trace(chart(at, "att_map"), "attention")
-    assert "keys %{customdata[2]}-%{customdata[3]}" in attention["hovertemplate"]
-    assert "%{y}" not in attention["hovertemplate"]
-    assert list(values(attention["customdata"])[100, 73]) == [400, 403, 292, 295]
+    assert attention["hovertemplate"].startswith("%{y}, %{x}: log10 of mean p")
+    assert (attention["y"][100], attention["x"][73]) == ("queries 400-403", "keys 292-295")
+    assert chart(at, "att_map")["layout"]["yaxis"]["type"] == "category"
 
 
 def test_outline_none_caption(tmp_path, monkeypatch):

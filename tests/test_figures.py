@@ -4,6 +4,7 @@ objects."""
 import numpy as np
 import pytest
 
+from tests.figure_util import image_values
 from viz.maps import MAP_ROWS_TRACE, attention_map_figure, clicked_map_row
 from viz.mosaics import GRID_TILES_TRACE, clicked_tile, head_grid_figure
 from viz.pixels import clicked_pixel, pixel_grid_figure
@@ -17,10 +18,10 @@ def trace(fig, name: str):
 def test_head_grid_is_a_mosaic_of_maps_each_scaled_to_its_maximum():
     maps = np.random.default_rng(0).random((2, 3, 4, 5))
     fig = head_grid_figure(maps, "grid", layers=[3, 5])
-    heads = trace(fig, "heads")
-    z = np.asarray(heads.z, dtype=float)
+    heads = trace(fig, "heads")  # one image: its colours on the Viridis scale over [0, 1]
+    z = image_values(heads)
     assert z.shape == (2 * 5 - 1, 3 * 6 - 1)
-    np.testing.assert_allclose(z[5:9, 12:17], maps[1, 2] / maps[1, 2].max())
+    np.testing.assert_allclose(z[5:9, 12:17], maps[1, 2] / maps[1, 2].max(), atol=0.005)
     assert np.isnan(z[4]).all() and np.isnan(z[:, 5]).all()  # the blank lines between tiles
     assert list(fig.layout.yaxis.ticktext) == ["layer 3", "layer 5"]  # the layers it shows
     assert list(fig.layout.xaxis.ticktext) == ["head 0", "head 1", "head 2"]
@@ -49,7 +50,19 @@ def test_attention_map_rows_are_click_targets():
     fig = attention_map_figure(np.eye(5) / 1.0, 4, "map")  # 5 map rows of 4 queries each
     rows = trace(fig, "queries")
     assert fig.data.index(rows) == MAP_ROWS_TRACE and fig.layout.hovermode == "y"
-    np.testing.assert_allclose(rows.y, 1.5 + 4 * np.arange(5))  # each row's centre
+    # each row's point is on the diagonal cell of its row: the map's cells are categories
+    # named by their ranges (the hover names them with no number per cell)
+    assert list(rows.y) == [
+        "queries 0-3",
+        "queries 4-7",
+        "queries 8-11",
+        "queries 12-15",
+        "queries 16-19",
+    ]
+    assert list(rows.x) == [y.replace("queries", "keys") for y in rows.y]
+    heat = trace(fig, "attention")
+    assert list(heat.y) == list(rows.y) and "%{y}, %{x}" in heat.hovertemplate
+    assert fig.layout.yaxis.type == "category" and list(fig.layout.yaxis.range) == [4.5, -0.5]
     assert rows.hoverinfo == "none"  # hovered (clickable) but silent: the cell's label shows
     event = {"selection": {"points": [{"curve_number": 1, "point_index": 3, "y": 13.5}]}}
     assert clicked_map_row(event) == 3
@@ -111,24 +124,25 @@ def test_head_grid_has_a_colour_bar_and_a_shared_scale_that_keeps_faint_heads_vi
     maps[0, 0] = 0
     maps[0, 0, 3, 3] = 1.0  # one sharp head
     own = head_grid_figure(maps, "g")
-    heads = trace(own, "heads")
-    assert heads.showscale and "peak" in heads.colorbar.title.text
-    assert list(heads.colorbar.ticktext) == ["0%", "25%", "50%", "75%", "100%"]
+    bar = trace(own, "colour bar").marker  # the image has no colour bar: a trace draws it
+    assert bar.showscale and "peak" in bar.colorbar.title.text
+    assert list(bar.colorbar.ticktext) == ["0%", "25%", "50%", "75%", "100%"]
     assert "own scale" in own.layout.title.subtitle.text
     shared = head_grid_figure(maps, "g", shared_scale=True)
-    heads = trace(shared, "heads")
-    z = np.asarray(heads.z, dtype=float)
+    z = image_values(trace(shared, "heads"))
     cap = np.percentile(maps[maps > 0], GRID_PERCENTILE)
-    np.testing.assert_allclose(z[11:21, 11:21], np.clip(maps[1, 1] / cap, 0, 1) ** 0.5, rtol=1e-5)
-    assert z[3, 3] == 1.0  # the sharp pixel saturates
+    want = np.clip(maps[1, 1] / cap, 0, 1) ** 0.5
+    np.testing.assert_allclose(z[11:21, 11:21], want, atol=0.005)
+    assert z[3, 3] == pytest.approx(1.0, abs=0.005)  # the sharp pixel saturates
     diffuse = z[11:21, 11:21]
     assert np.median(diffuse) > 0.4  # visible: on a linear scale to the max it was ~0.01
     assert np.median(maps[1, 1] / maps.max()) < 0.02
     assert f"{cap:.3g}" in shared.layout.title.subtitle.text
-    assert "square root" in heads.colorbar.title.text
+    bar = trace(shared, "colour bar").marker
+    assert "square root" in bar.colorbar.title.text
     # the colour bar's labels are weights: the top one is the cap, a quarter way is cap / 16
-    assert float(heads.colorbar.ticktext[-1]) == pytest.approx(cap, rel=0.05)
-    assert float(heads.colorbar.ticktext[1]) == pytest.approx(cap / 16, rel=0.05)
+    assert float(bar.colorbar.ticktext[-1]) == pytest.approx(cap, rel=0.05)
+    assert float(bar.colorbar.ticktext[1]) == pytest.approx(cap / 16, rel=0.05)
     # all zero: no division by zero, black tiles
     scaled, _, _ = grid_scale(np.zeros((1, 2, 3, 3)), True)
     assert np.isfinite(scaled).all() and (scaled == 0).all()

@@ -35,7 +35,7 @@ from viz.layout_view import part_names, pixel_view
 from viz.maps import attention_map_figure
 from viz.mosaics import head_grid_figure
 from viz.pixels import layout_pixel_figure, pixel_grid_figure
-from viz.style import CLICK_TARGETS
+from viz.style import CLICK_TARGETS, COLOUR_BAR
 
 FORMATS = ("png", "svg", "pdf", "html", "npz")
 VERSION = "0.1.0"
@@ -144,7 +144,9 @@ def _image_pixels(trace: go.Image) -> np.ndarray:
         from PIL import Image
 
         payload = trace.source.split(",", 1)[1]
-        return np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))).convert("RGB"))
+        picture = Image.open(io.BytesIO(base64.b64decode(payload)))
+        # transparent pixels (a mosaic's lines between tiles) stay transparent
+        return np.asarray(picture.convert("RGBA" if "A" in picture.getbands() else "RGB"))
     return np.asarray(trace.z, dtype=np.uint8)
 
 
@@ -164,6 +166,8 @@ def _draw(fig: go.Figure):
             _draw_image(ax, tr)
         elif isinstance(tr, go.Heatmap):
             _draw_heatmap(mfig, ax, tr)
+        elif isinstance(tr, go.Scatter) and tr.meta == COLOUR_BAR:
+            _draw_colour_bar(mfig, ax, tr)
         elif isinstance(tr, go.Scatter) and not _click_targets(tr):
             legend = _draw_scatter(mfig, ax, tr) or legend
     _draw_rectangles(ax, lay.shapes or ())
@@ -216,6 +220,21 @@ def _draw_heatmap(mfig, ax, tr: go.Heatmap) -> None:
             bar.set_ticks(list(tr.colorbar.tickvals), labels=list(tr.colorbar.ticktext))
 
 
+def _draw_colour_bar(mfig, ax, tr: go.Scatter) -> None:
+    """The colour bar of an image's colours (viz.style.colorbar_only), its title and ticks."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    m = tr.marker
+    bar = mfig.colorbar(
+        ScalarMappable(Normalize(m.cmin, m.cmax), _cmap(m.colorscale or "Viridis")), ax=ax
+    )
+    if m.colorbar and m.colorbar.title and m.colorbar.title.text:
+        bar.set_label(m.colorbar.title.text)
+    if m.colorbar and m.colorbar.tickvals is not None and m.colorbar.ticktext:
+        bar.set_ticks(list(m.colorbar.tickvals), labels=list(m.colorbar.ticktext))
+
+
 def _draw_scatter(mfig, ax, tr: go.Scatter) -> bool:
     """A scatter as what it stands for: pixel cells, rings, curves or labelled points;
     whether it adds a legend entry."""
@@ -234,7 +253,7 @@ def _draw_scatter(mfig, ax, tr: go.Scatter) -> bool:
         _draw_curve(ax, tr, x, y)
     else:
         _draw_points(ax, tr, x, y)
-    return bool(tr.name)
+    return bool(tr.name) and tr.showlegend is not False
 
 
 def _draw_pixel_cells(mfig, ax, tr: go.Scatter, x: np.ndarray, y: np.ndarray) -> None:
@@ -330,7 +349,8 @@ def _set_axes(ax, lay) -> None:
             (ax.set_xscale if is_x else ax.set_yscale)("log")
         elif axis.range is not None:
             (ax.set_xlim if is_x else ax.set_ylim)(*axis.range)
-    if lay.yaxis.autorange == "reversed" and lay.yaxis.range is None:
+    # (an image leaves the axis reversed already, as plotly draws an image's rows downwards)
+    if lay.yaxis.autorange == "reversed" and lay.yaxis.range is None and not ax.yaxis_inverted():
         ax.invert_yaxis()
     if lay.yaxis.scaleanchor == "x":
         ax.set_aspect("equal", adjustable="box")

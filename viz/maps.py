@@ -8,12 +8,8 @@ which clicked_map_row reads: a click on a row picks that query.
 
 from __future__ import annotations
 
-import base64
-import io
-
 import numpy as np
 import plotly.graph_objects as go
-from PIL import Image
 
 from viz.style import (
     PART_COLORS,
@@ -22,31 +18,19 @@ from viz.style import (
     _unit_heatmap,
     click_targets,
     colorbar_margin,
+    png_data_uri,
 )
 
 
-def _png_data_uri(rgb: np.ndarray) -> str:
-    """uint8 [H, W, 3] as a data: URI of a PNG (what go.Image's ``source`` takes)."""
-    buf = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+def _tile_names(count: int, tile: int, n: int, word: str) -> list[str]:
+    """The names of the ``count`` tiles of ``tile`` tokens along one side of a pooled N x N
+    map: "queries 400-403"... (``word`` "queries" or "keys"); the last one may be shorter."""
+    return [f"{word} {k * tile}-{min(k * tile + tile - 1, n - 1)}" for k in range(count)]
 
 
-def _tile_ranges(shape: tuple[int, int], tile: int, n: int) -> np.ndarray:
-    """uint16 [R, C, 4]: the first and last query and key of every tile of a pooled N x N map
-    (hover data: "queries 400-413, keys 292-305"; a typed array, a few bytes a cell)."""
-    r, c = shape
-    rows = np.arange(r)[:, None].repeat(c, 1) * tile
-    cols = np.arange(c)[None, :].repeat(r, 0) * tile
-    last = n - 1
-    return np.stack(
-        [rows, np.minimum(rows + tile - 1, last), cols, np.minimum(cols + tile - 1, last)], -1
-    ).astype(np.uint16)
-
-
-TILE_HOVER = "queries %{customdata[0]}-%{customdata[1]}, keys %{customdata[2]}-%{customdata[3]}"
-
-
+# a pooled cell's hover: its tiles' names are its coordinates (category axes), so the hover
+# names exact ranges with no number per cell (410 kB of ranges made a head switch's largest part)
+TILE_HOVER = "%{y}, %{x}"
 # a pooled mask's allowed share per tile, white (none) to black (all), with the small shares
 # pulled apart from 0: a column part is one key in l per row (1/12 of a 12 x 12 tile at 32 x 32
 # x 3), which a linear grey scale draws all but white
@@ -60,19 +44,46 @@ MASK_SHARE_SCALE = [
 ]
 
 
-def _map_axes(fig: go.Figure, n: int) -> None:
-    """The axes of an N x N map: query i downwards, key j across, square cells."""
+def _map_axes(fig: go.Figure, n: int, tile: int = 1) -> None:
+    """The axes of an N x N map: query i downwards, key j across, square cells. Pooled (tile >
+    1), the cells are categories named by their ranges (_tile_names), ticked at the token
+    numbers they hold, where an exact map ticks them."""
+    count = -(-n // tile)
+    if tile == 1:
+        where, ticks = dict(range=[0, n]), {}
+    else:
+        # tile k holds tokens k * tile ... at the same place as on an exact map: token t at
+        # (t - (tile - 1) / 2) / tile in tiles
+        step = _tick_step(n)
+        tokens = list(range(0, n, step))
+        where = dict(type="category", range=[-0.5, count - 0.5])
+        ticks = dict(
+            tickmode="array",
+            tickvals=[(t - (tile - 1) / 2) / tile for t in tokens],
+            ticktext=[str(t) for t in tokens],
+        )
     # fixed to the map (constrain="domain": a narrow chart shrinks the square, it does not
-    # widen an axis beyond 0..n), the square at the top of the chart
+    # widen an axis beyond the map), the square at the top of the chart
     fig.update_yaxes(
         autorange=False,
         title="query i",
         scaleanchor="x",
-        range=[n, 0],
+        **{**where, "range": where["range"][::-1]},
+        **ticks,
         constrain="domain",
         constraintoward="top",
     )
-    fig.update_xaxes(title="key j", range=[0, n], autorange=False, constrain="domain")
+    fig.update_xaxes(title="key j", autorange=False, constrain="domain", **where, **ticks)
+
+
+def _tick_step(n: int) -> int:
+    """A round step (1, 2 or 5 times a power of ten) that puts at most 8 ticks on 0..n."""
+    power = 1
+    while True:
+        for f in (1, 2, 5):
+            if n / (f * power) <= 8:
+                return f * power
+        power *= 10
 
 
 def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> go.Figure:
@@ -83,7 +94,7 @@ def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> g
         # plotly.js on the first page); the legend names the colours and the hover says where
         fig = go.Figure(
             go.Image(
-                source=_png_data_uri(_part_rgb(names)[codes]),
+                source=png_data_uri(_part_rgb(names)[codes], optimize=True),
                 hovertemplate="query %{y}, key %{x}<extra></extra>",
                 name="mask",
             )
@@ -105,14 +116,11 @@ def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> g
             "mask",
             MASK_SHARE_SCALE,
             TILE_HOVER + ": %{z:.3f} allowed<extra></extra>",
-            x0=tile / 2,
-            dx=tile,
-            y0=tile / 2,
-            dy=tile,
-            customdata=_tile_ranges(codes.shape, tile, n),
+            x=_tile_names(codes.shape[1], tile, n, "keys"),
+            y=_tile_names(codes.shape[0], tile, n, "queries"),
             colorbar=dict(title="allowed share"),
         )
-    _map_axes(fig, n)
+    _map_axes(fig, n, tile)
     fig.update_layout(
         title=title,
         height=520,
@@ -135,33 +143,33 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
     z = np.full(probs.shape, np.nan, dtype=np.float32)  # float32: half the bytes to send
     np.log10(probs, out=z, where=probs > 0)
     if tile == 1:
-        where = {"hovertemplate": "query %{y}, key %{x}: log10 p = %{z:.2f}<extra></extra>"}
+        cells = {"hovertemplate": "query %{y}, key %{x}: log10 p = %{z:.2f}<extra></extra>"}
+        rows = cols = np.arange(n)
     else:  # a cell is a tile: name its ranges, not its (fractional) centre
-        where = {
+        cols = _tile_names(probs.shape[1], tile, n, "keys")
+        rows = _tile_names(probs.shape[0], tile, n, "queries")
+        cells = {
             "hovertemplate": TILE_HOVER + ": log10 of mean p = %{z:.2f}<extra></extra>",
-            "customdata": _tile_ranges(probs.shape, tile, n),
+            "x": cols,
+            "y": rows,
         }
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x0=(tile - 1) / 2,
-            dx=tile,
-            y0=(tile - 1) / 2,
-            dy=tile,
             zmin=-6,
             zmax=0,
             colorscale="Viridis",
             colorbar=dict(title="log10 p", len=0.8, y=1, yanchor="top"),
             name="attention",
-            **where,
+            **cells,
         )
     )
-    centres = (tile - 1) / 2 + tile * np.arange(probs.shape[0])
+    diagonal = min(len(rows), len(cols))
     fig.add_trace(
         # hovered (so clickable) but silent: the cell's label shows
-        click_targets(centres, centres, name="queries", size=4, hoverinfo="none")
+        click_targets(cols[:diagonal], rows[:diagonal], name="queries", size=4, hoverinfo="none")
     )
-    _map_axes(fig, n)
+    _map_axes(fig, n, tile)
     fig.update_layout(
         title=title,
         height=520,

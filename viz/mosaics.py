@@ -11,7 +11,14 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from viz.style import _clicked_point, _unit_heatmap, click_targets, colorbar_margin
+from viz.style import (
+    _clicked_point,
+    click_targets,
+    colorbar_margin,
+    colorbar_only,
+    png_data_uri,
+    scale_rgba,
+)
 
 
 def mosaic(tiles: np.ndarray, fill, dtype) -> np.ndarray:
@@ -44,6 +51,9 @@ GRID_PERCENTILE = 99.0
 
 
 GRID_POWER = 0.5
+
+
+GRID_COLORS = "Viridis"
 
 
 _GRID_TICKS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
@@ -101,27 +111,30 @@ def head_grid_figure(
     cap and a square root), with a colour bar that says which. ``layers`` and
     ``heads`` name the layers the rows and the heads the columns show (default 0..L-1, 0..H-1).
 
-    Drawn as one mosaic heatmap (one trace, not L x H subplots: ten times faster to build),
-    with a blank line between tiles, under an invisible scatter "tiles" (trace
+    Drawn as one mosaic image "heads" (one trace, not L x H subplots: ten times faster to
+    build), a blank line between tiles, under an invisible scatter "tiles" (trace
     GRID_TILES_TRACE) of one point per tile: the cursor anywhere on a tile is nearest its
     point, which carries the hover (layer, head, peak weight and where) and the click that
-    clicked_tile reads. Point k is tile divmod(k, H).
+    clicked_tile reads. Point k is tile divmod(k, H). Over them, the query's square in every
+    tile (a line trace "query") and the colour bar (the image has none of its own).
     """
     n_layer, n_head, h, w = maps.shape
     scaled, colorbar, said = grid_scale(maps, shared_scale)
-    # float32: half the bytes of float64 to send and parse at every rerun
-    fig = _unit_heatmap(
-        mosaic(scaled, np.nan, np.float64).astype(np.float32),
-        "heads",
-        "Viridis",
-        None,
-        hoverinfo="skip",
-        showscale=True,
-        colorbar=colorbar,
+    # the colours as one PNG (tens of kB, not a heatmap's 150: the page's largest chart, drawn
+    # again at every new query); its hover is the tiles' points, so no cell needs its number
+    fig = go.Figure(
+        go.Image(
+            source=png_data_uri(scale_rgba(mosaic(scaled, np.nan, np.float64), GRID_COLORS)),
+            hoverinfo="skip",
+            name="heads",
+        )
     )
     layer_names = list(layers or range(n_layer))
     head_names = list(heads or range(n_head))
     fig.add_trace(_tile_targets(maps, _tile_hover(maps, layer_names, head_names, query)))
+    if query is not None:
+        fig.add_trace(_query_in_every_tile(maps.shape, query))
+    fig.add_trace(colorbar_only(GRID_COLORS, colorbar))
     columns = [f"head {j}" for j in head_names]
     fig.update_xaxes(**_tile_axis(columns, w), side="top", constrain="domain")
     rows = [f"layer {i}" for i in layer_names]
@@ -133,7 +146,6 @@ def head_grid_figure(
         constraintoward="top",
     )
     fig.update_layout(
-        shapes=[] if query is None else _query_in_every_tile(maps.shape, query),
         # the subtitle says how the colours are scaled (the colour bar's title, shorter, too)
         title=dict(text=title, subtitle=dict(text=said, font=dict(size=11))),
         height=max(300, 130 * n_layer + 100),
@@ -179,27 +191,26 @@ def _tile_targets(maps: np.ndarray, hover: list[str]) -> go.Scatter:
     )
 
 
-def _query_in_every_tile(shape: tuple[int, ...], query: tuple[int, int]) -> list[dict]:
-    """A square around the query pixel in every tile of a mosaic of ``shape`` [L, H, h, w],
-    as layout shapes (set at once: plotly checks the whole list again at every add_shape)."""
+def _query_in_every_tile(shape: tuple[int, ...], query: tuple[int, int]) -> go.Scatter:
+    """A square around the query pixel in every tile of a mosaic of ``shape`` [L, H, h, w]:
+    one line trace "query" (32 layout shapes took plotly.js longer to draw than the mosaic)."""
     n_layer, n_head, h, w = shape
     qr, qc = query
-    shapes = []
-    for i in range(n_layer):
-        for j in range(n_head):
-            x, y = j * (w + 1) + qc, i * (h + 1) + qr
-            shapes.append(
-                dict(
-                    type="rect",
-                    x0=x - 0.5,
-                    x1=x + 0.5,
-                    y0=y - 0.5,
-                    y1=y + 0.5,
-                    line=dict(color="#ff7f0e", width=1.5),
-                    name="query",
-                )
-            )
-    return shapes
+    x0 = np.arange(n_head)[None, :] * (w + 1) + qc - 0.5  # [1, H]: each tile's square's left
+    y0 = np.arange(n_layer)[:, None] * (h + 1) + qr - 0.5  # [L, 1]: its top
+    x0, y0 = np.broadcast_arrays(x0, y0)
+    # each square: 5 corners (closed), then a gap (None) before the next
+    xs = np.stack([x0, x0 + 1, x0 + 1, x0, x0, np.full(x0.shape, np.nan)], -1).reshape(-1)
+    ys = np.stack([y0, y0, y0 + 1, y0 + 1, y0, np.full(y0.shape, np.nan)], -1).reshape(-1)
+    return go.Scatter(
+        x=xs,
+        y=ys,
+        mode="lines",
+        line=dict(color="#ff7f0e", width=1.5),
+        hoverinfo="skip",
+        showlegend=False,
+        name="query",
+    )
 
 
 # the click targets' trace number: the grid draws its heatmap first, its targets second

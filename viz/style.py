@@ -4,9 +4,13 @@ line charts' layout, the point a click selected)."""
 
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 import plotly.colors as pc
 import plotly.graph_objects as go
+from PIL import Image
 
 from analysis.metrics import HEAD_TYPES
 
@@ -108,6 +112,53 @@ def type_colorscale() -> list[list]:
     for i, name in enumerate(HEAD_TYPES):
         scale += [[i / k, TYPE_COLORS[name]], [(i + 1) / k, TYPE_COLORS[name]]]
     return scale
+
+
+def png_data_uri(pixels: np.ndarray, optimize: bool = False) -> str:
+    """uint8 [H, W, 3] (RGB) or [H, W, 4] (RGBA) as a data: URI of a PNG, what go.Image's
+    ``source`` takes: the browser decodes it, plotly.js draws one <image> (a heatmap colours
+    every cell in script, then encodes the canvas as a PNG itself). ``optimize``: smaller, and
+    slower to make (for an image drawn once, not at every click)."""
+    buf = io.BytesIO()
+    mode = "RGBA" if pixels.shape[-1] == 4 else "RGB"
+    Image.fromarray(pixels, mode).save(buf, format="PNG", optimize=optimize)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def scale_rgba(values: np.ndarray, colorscale: str | list) -> np.ndarray:
+    """uint8 [..., 4]: ``values`` in [0, 1] coloured as plotly.js colours a heatmap with
+    ``colorscale`` over zmin=0, zmax=1 (linear in RGB between the scale's stops); NaN is
+    transparent (the plot's background shows, as a heatmap leaves it)."""
+    stops = pc.get_colorscale(colorscale) if isinstance(colorscale, str) else colorscale
+    where = np.array([float(p) for p, _ in stops])
+    rgb = np.array(pc.convert_colors_to_same_type([c for _, c in stops], "tuple")[0]) * 255
+    v = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0)
+    out = np.empty((*v.shape, 4), dtype=np.uint8)
+    for k in range(3):
+        out[..., k] = np.rint(np.interp(v, where, rgb[:, k]))
+    out[..., 3] = np.where(np.isnan(values), 0, 255)
+    return out
+
+
+# the ``meta`` of a trace that draws only a colour bar (colorbar_only): viz/export.py draws its bar
+COLOUR_BAR = "colour bar"
+
+
+def colorbar_only(colorscale: str | list, colorbar: dict) -> go.Scatter:
+    """A trace that draws nothing but a colour bar over [0, 1]: the bar of a figure whose
+    colours are an image (go.Image has none)."""
+    return go.Scatter(
+        x=[None],
+        y=[None],
+        mode="markers",
+        marker=dict(
+            color=[0.0], cmin=0, cmax=1, colorscale=colorscale, showscale=True, colorbar=colorbar
+        ),
+        hoverinfo="skip",
+        showlegend=False,
+        name="colour bar",
+        meta=COLOUR_BAR,
+    )
 
 
 def diverging_range(values: np.ndarray, floor: float = 1e-6) -> float:
