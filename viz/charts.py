@@ -163,7 +163,7 @@ def distribution_figure(
             )
     fig.update_xaxes(title="pixel value", range=[-2, 257])
     fig.update_yaxes(title="probability", rangemode="tozero")
-    _line_layout(fig, title, height=340, legend_y=-0.25)
+    fig.update_layout(**_line_layout(title, height=340, legend_y=-0.25))
     return fig
 
 
@@ -213,7 +213,7 @@ def curves_figure(
         )
     fig.update_xaxes(title=x_title, type="log" if log_x else None)
     fig.update_yaxes(title=y_title)
-    _line_layout(fig, title, height=height, legend_y=-0.3)
+    fig.update_layout(**_line_layout(title, height=height, legend_y=-0.3))
     # a legend of dozens of curves (every head) repeats ten colours and is redrawn at every
     # step: the hover names each curve instead
     fig.update_layout(showlegend=len(series) <= MAX_LEGEND)
@@ -231,7 +231,7 @@ def bpd_figure(
     """Bits/dim against the step: (steps, values) of the training batches (smoothed by the
     caller or not), the held-out evaluations and the probe images at the snapshots; the
     snapshot at ``selected_step`` ringed (a trace called "selected")."""
-    fig = go.Figure()
+    traces = []
     for k, (name, pair, mode) in enumerate(
         [
             ("train (batch)", train, "lines"),
@@ -242,7 +242,7 @@ def bpd_figure(
         if pair is None or len(pair[0]) == 0:
             continue
         x, y = (np.asarray(a, dtype=np.float64) for a in pair)
-        fig.add_trace(
+        traces.append(
             go.Scatter(
                 x=x,
                 y=y,
@@ -256,7 +256,7 @@ def bpd_figure(
         if name.startswith("probe") and selected_step is not None:
             hit = np.nonzero(x == selected_step)[0]
             if len(hit) and np.isfinite(y[hit[0]]):
-                fig.add_trace(
+                traces.append(
                     go.Scatter(
                         x=[selected_step],
                         y=[y[hit[0]]],
@@ -269,7 +269,12 @@ def bpd_figure(
                         showlegend=False,
                     )
                 )
-    fig.update_xaxes(title="step", rangemode="tozero")
-    fig.update_yaxes(title="bits/dim")
-    _line_layout(fig, title, height=340, legend_y=-0.3)
-    return fig
+    # the layout given whole to the constructor (update_* calls check their paths again)
+    return go.Figure(
+        data=traces,
+        layout=dict(
+            xaxis=dict(title="step", rangemode="tozero"),
+            yaxis=dict(title="bits/dim"),
+            **_line_layout(title, height=340, legend_y=-0.3),
+        ),
+    )

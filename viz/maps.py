@@ -44,10 +44,10 @@ MASK_SHARE_SCALE = [
 ]
 
 
-def _map_axes(fig: go.Figure, n: int, tile: int = 1) -> None:
-    """The axes of an N x N map: query i downwards, key j across, square cells. Pooled (tile >
-    1), the cells are categories named by their ranges (_tile_names), ticked at the token
-    numbers they hold, where an exact map ticks them."""
+def _map_axes(n: int, tile: int = 1) -> dict:
+    """The axes of an N x N map (a layout's ``xaxis`` and ``yaxis``): query i downwards, key j
+    across, square cells. Pooled (tile > 1), the cells are categories named by their ranges
+    (_tile_names), ticked at the token numbers they hold, where an exact map ticks them."""
     count = -(-n // tile)
     if tile == 1:
         where, ticks = dict(range=[0, n]), {}
@@ -64,7 +64,7 @@ def _map_axes(fig: go.Figure, n: int, tile: int = 1) -> None:
         )
     # fixed to the map (constrain="domain": a narrow chart shrinks the square, it does not
     # widen an axis beyond the map), the square at the top of the chart
-    fig.update_yaxes(
+    yaxis = dict(
         autorange=False,
         title="query i",
         scaleanchor="x",
@@ -73,7 +73,8 @@ def _map_axes(fig: go.Figure, n: int, tile: int = 1) -> None:
         constrain="domain",
         constraintoward="top",
     )
-    fig.update_xaxes(title="key j", autorange=False, constrain="domain", **where, **ticks)
+    xaxis = dict(title="key j", autorange=False, constrain="domain", **where, **ticks)
+    return dict(xaxis=xaxis, yaxis=yaxis)
 
 
 def _tick_step(n: int) -> int:
@@ -120,8 +121,8 @@ def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> g
             y=_tile_names(codes.shape[0], tile, n, "queries"),
             colorbar=dict(title="allowed share"),
         )
-    _map_axes(fig, n, tile)
     fig.update_layout(
+        **_map_axes(n, tile),
         title=title,
         height=520,
         margin=dict(l=40, r=20, t=50, b=40),
@@ -153,33 +154,34 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
             "x": cols,
             "y": rows,
         }
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            zmin=-6,
-            zmax=0,
-            colorscale="Viridis",
-            colorbar=dict(title="log10 p", len=0.8, y=1, yanchor="top"),
-            name="attention",
-            **cells,
-        )
+    heatmap = go.Heatmap(
+        z=z,
+        zmin=-6,
+        zmax=0,
+        colorscale="Viridis",
+        colorbar=dict(title="log10 p", len=0.8, y=1, yanchor="top"),
+        name="attention",
+        **cells,
     )
     diagonal = min(len(rows), len(cols))
-    fig.add_trace(
-        # hovered (so clickable) but silent: the cell's label shows
-        click_targets(cols[:diagonal], rows[:diagonal], name="queries", size=4, hoverinfo="none")
+    # hovered (so clickable) but silent: the cell's label shows
+    targets = click_targets(
+        cols[:diagonal], rows[:diagonal], name="queries", size=4, hoverinfo="none"
     )
-    _map_axes(fig, n, tile)
-    fig.update_layout(
-        title=title,
-        height=520,
-        margin=colorbar_margin(40, 50, 40, 80),
-        hovermode="y",
-        clickmode="event+select",
-        dragmode=False,
-        showlegend=False,
+    # the layout given whole to the constructor (update_* calls check their paths again)
+    return go.Figure(
+        data=[heatmap, targets],
+        layout=dict(
+            **_map_axes(n, tile),
+            title=title,
+            height=520,
+            margin=colorbar_margin(40, 50, 40, 80),
+            hovermode="y",
+            clickmode="event+select",
+            dragmode=False,
+            showlegend=False,
+        ),
     )
-    return fig
 
 
 # the click targets' trace number: the map draws its heatmap first, its targets second

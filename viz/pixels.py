@@ -49,31 +49,37 @@ def pixel_grid_figure(
     """
     h, w = values.shape
     words = _pixel_hover(h, w, hover, hover_values, hover_template)
-    fig = go.Figure(_pixel_points(values, colorscale, zmin, zmax, words))
+    traces = [_pixel_points(values, colorscale, zmin, zmax, words)]
     if rgb is not None:  # a colour picture: pixel centres at 0..W-1, 0..H-1 as the points
-        fig.add_trace(go.Image(z=np.asarray(rgb, dtype=np.uint8), hoverinfo="skip", name="image"))
+        traces.append(go.Image(z=np.asarray(rgb, dtype=np.uint8), hoverinfo="skip", name="image"))
     else:
-        fig.add_trace(_pixel_heatmap(values, colorscale, zmin, zmax, colorbar_title))
+        traces.append(_pixel_heatmap(values, colorscale, zmin, zmax, colorbar_title))
     # rings: sized for the smallest chart the pages draw (~260 px a side), inside a cell above
     ring_px = max(3, int(260 / max(h, w) * 0.9))
     if outline is not None and outline.any():
         r, c = np.nonzero(outline)
-        fig.add_trace(_ring_trace(c, r, "layout", "#ff7f0e", 1.5, ring_px))
+        traces.append(_ring_trace(c, r, "layout", "#ff7f0e", 1.5, ring_px))
     if query is not None:
-        fig.add_trace(_ring_trace([query[1]], [query[0]], "query", QUERY_COLOR, 3, ring_px))
-    _pixel_axes(fig, h, w)
+        traces.append(_ring_trace([query[1]], [query[0]], "query", QUERY_COLOR, 3, ring_px))
     has_colorbar = colorbar_title is not None and rgb is None
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=13)),
-        height=size_px + 80,
-        margin=colorbar_margin(45, 40, 40, 90) if has_colorbar else dict(l=45, r=10, t=40, b=40),
-        plot_bgcolor="white",
-        clickmode="event+select",
-        dragmode=False,
-        hovermode="closest",
-        showlegend=False,
+    # the layout given whole to the constructor: each update_* call parses and checks its paths
+    # again (8 ms of a click's server time for one figure)
+    return go.Figure(
+        data=traces,
+        layout=dict(
+            **_pixel_axes(h, w),
+            title=dict(text=title, font=dict(size=13)),
+            height=size_px + 80,
+            margin=colorbar_margin(45, 40, 40, 90)
+            if has_colorbar
+            else dict(l=45, r=10, t=40, b=40),
+            plot_bgcolor="white",
+            clickmode="event+select",
+            dragmode=False,
+            hovermode="closest",
+            showlegend=False,
+        ),
     )
-    return fig
 
 
 def _pixel_hover(
@@ -155,9 +161,10 @@ def _ring_trace(x, y, name: str, color: str, width: float, size_px: int) -> go.S
     )
 
 
-def _pixel_axes(fig: go.Figure, h: int, w: int) -> None:
-    """Axes fixed to the image, rows downwards, square cells at the top of the chart."""
-    fig.update_xaxes(
+def _pixel_axes(h: int, w: int) -> dict:
+    """Axes fixed to the image, rows downwards, square cells at the top of the chart (a
+    layout's ``xaxis`` and ``yaxis``)."""
+    xaxis = dict(
         range=[-0.5, w - 0.5],
         autorange=False,
         showgrid=False,
@@ -165,7 +172,7 @@ def _pixel_axes(fig: go.Figure, h: int, w: int) -> None:
         title="column",
         constrain="domain",
     )
-    fig.update_yaxes(
+    yaxis = dict(
         range=[h - 0.5, -0.5],
         autorange=False,
         showgrid=False,
@@ -176,6 +183,7 @@ def _pixel_axes(fig: go.Figure, h: int, w: int) -> None:
         constrain="domain",
         constraintoward="top",  # a narrow chart: the blank band goes below, not above
     )
+    return dict(xaxis=xaxis, yaxis=yaxis)
 
 
 def layout_pixel_figure(

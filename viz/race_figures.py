@@ -109,7 +109,9 @@ def race_curves_figure(
     x_title = "step" if against == "steps" else "seconds of its own training steps"
     fig.update_xaxes(title=x_title, rangemode="tozero")
     fig.update_yaxes(title="bits/dim")
-    _line_layout(fig, title or f"bits/dim against {against}", height=height, legend_y=-0.28)
+    fig.update_layout(
+        **_line_layout(title or f"bits/dim against {against}", height=height, legend_y=-0.28)
+    )
     return fig
 
 

@@ -222,9 +222,9 @@ def colorbar_margin(left: int, top: int, bottom: int, right: int) -> dict:
     return dict(l=left, r=right, t=top, b=bottom, autoexpand=False)
 
 
-def _line_layout(fig: go.Figure, title: str, *, height: int, legend_y: float) -> None:
+def _line_layout(title: str, *, height: int, legend_y: float) -> dict:
     """The line figures' layout: a small title, white plot, legend in a row below."""
-    fig.update_layout(
+    return dict(
         title=dict(text=title, font=dict(size=13)),
         height=height,
         margin=dict(l=50, r=10, t=50, b=40),
