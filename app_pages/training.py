@@ -222,7 +222,7 @@ run_meta = {"run": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) 
 @view_fragment("trn")
 def step_section() -> None:
     """The snapshot at the chosen step and probe: every head's map, the pooled maps and the
-    step marked on bits/dim. A move of the slider reruns only this part."""
+    probe's bits/dim there. A move of the slider reruns only this part."""
     left, right = st.columns(2)
     with left:
         step = st.select_slider("Step", options=steps, key="trn_step")
@@ -260,13 +260,6 @@ def step_section() -> None:
         "right: each head's attention averaged over the probes in tiles of one image row (query "
         "row down, key row across). Each map is scaled to its own maximum."
     )
-    bpd_fig = bpd_figure(
-        train=train_xy,
-        test=test_xy,
-        probes=(np.array(steps), timeline.probe_bpd),
-        selected_step=step,
-    )
-    st.plotly_chart(bpd_fig, key="trn_bpd")
     step_meta = run_meta | {"step": step, "probe_image": probe, "probe_pixel": [pr, pc]}
     items = [
         Exportable(f"{run_name}_step{step}_probe{probe}_grid", grid_fig, {"rows": rows}, step_meta),
@@ -282,7 +275,11 @@ def step_section() -> None:
     export_panel(items, "trn_export", "Export these figures and data")
 
 
+# drawn once, below the step's part: the step is not marked on it (a mark would redraw the chart
+# at every move of the slider); the step's own bits/dim is the metric beside the probe image
+bpd_fig = bpd_figure(train=train_xy, test=test_xy, probes=(np.array(steps), timeline.probe_bpd))
 step_section()
+st.plotly_chart(bpd_fig, key="trn_bpd")
 names = [n for n in METRIC_HELP if n in timeline.metrics]
 if st.session_state.get("trn_metric") not in names:  # not recorded by this run (or a link's)
     st.session_state.trn_metric = names[0] if names else None

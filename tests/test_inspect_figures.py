@@ -48,7 +48,6 @@ def figures() -> dict:
             train=(np.arange(1, 11), np.linspace(8, 4, 10)),
             test=(np.array([5, 10]), np.array([6.0, 4.5])),
             probes=(np.array(steps), np.array([8.0, 7, 6, 4])),
-            selected_step=3,
         ),
     }
 

@@ -137,18 +137,18 @@ def distribution_figure(
     true value marked on each curve (a black ring, with its probability in the hover); one
     true value for all curves, or one per curve ({name: value}: the three channels of a colour
     pixel)."""
-    fig = go.Figure()
+    traces = []
     values = np.arange(256)
     for k, (name, p) in enumerate(probs.items()):
         p = np.asarray(p, dtype=np.float64)
         truth = true_value.get(name) if isinstance(true_value, Mapping) else true_value
-        fig.add_trace(
+        traces.append(
             _line_trace(  # 256 points: the line alone (hover still finds each value)
                 values, p, k, name, 0, f"{name}: value %{{x}}, p = %{{y:.4f}}<extra></extra>"
             )
         )
         if truth is not None:
-            fig.add_trace(
+            traces.append(
                 go.Scatter(
                     x=[truth],
                     y=[p[truth]],
@@ -161,10 +161,15 @@ def distribution_figure(
                     hovertemplate=f"true value %{{x}}: {name} p = %{{y:.4f}}<extra></extra>",
                 )
             )
-    fig.update_xaxes(title="pixel value", range=[-2, 257])
-    fig.update_yaxes(title="probability", rangemode="tozero")
-    fig.update_layout(**_line_layout(title, height=340, legend_y=-0.25))
-    return fig
+    # the layout given whole to the constructor (update_* calls check their paths again)
+    return go.Figure(
+        data=traces,
+        layout=dict(
+            xaxis=dict(title="pixel value", range=[-2, 257]),
+            yaxis=dict(title="probability", rangemode="tozero"),
+            **_line_layout(title, height=340, legend_y=-0.25),
+        ),
+    )
 
 
 MAX_MARKERS = 200  # curves_figure draws a marker at each point up to this many points
@@ -225,12 +230,11 @@ def bpd_figure(
     train: tuple[np.ndarray, np.ndarray] | None,
     test: tuple[np.ndarray, np.ndarray] | None,
     probes: tuple[np.ndarray, np.ndarray] | None,
-    selected_step: int | None = None,
     title: str = "bits/dim during training",
 ) -> go.Figure:
     """Bits/dim against the step: (steps, values) of the training batches (smoothed by the
-    caller or not), the held-out evaluations and the probe images at the snapshots; the
-    snapshot at ``selected_step`` ringed (a trace called "selected")."""
+    caller or not), the held-out evaluations and the probe images at the snapshots. No step is
+    marked: the Training page draws it once, not at every move of its step slider."""
     traces = []
     for k, (name, pair, mode) in enumerate(
         [
@@ -253,22 +257,6 @@ def bpd_figure(
                 hovertemplate=f"{name}: step %{{x}}, %{{y:.4f}} bits/dim<extra></extra>",
             )
         )
-        if name.startswith("probe") and selected_step is not None:
-            hit = np.nonzero(x == selected_step)[0]
-            if len(hit) and np.isfinite(y[hit[0]]):
-                traces.append(
-                    go.Scatter(
-                        x=[selected_step],
-                        y=[y[hit[0]]],
-                        mode="markers",
-                        marker=dict(
-                            symbol="circle-open", size=13, color=TRUE_COLOR, line=dict(width=2)
-                        ),
-                        name="selected",
-                        hoverinfo="skip",
-                        showlegend=False,
-                    )
-                )
     # the layout given whole to the constructor (update_* calls check their paths again)
     return go.Figure(
         data=traces,
