@@ -257,40 +257,39 @@ def mosaic_figure(
     if per_tile:
         shown = _over_own_peak(maps)
         zmin, zmax = (0.0, 1.0) if zmin is None else (zmin, 1.0)
-    fig = go.Figure(
-        go.Heatmap(
-            z=mosaic(shown, np.nan, np.float64),
-            **_mosaic_hover(maps, col_labels, row_labels, value_name),
-            colorscale=colorscale,
-            zmin=zmin,
-            zmax=zmax,
-            showscale=colorbar_title is not None,
-            # the title along the bar: a fixed margin (colorbar_margin) holds it
-            colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=12)
-            if colorbar_title
-            else None,
-            name="tiles",
-            hoverongaps=False,
-        )
+    heatmap = go.Heatmap(
+        z=mosaic(shown, np.nan, np.float64),
+        **_mosaic_hover(maps, col_labels, row_labels, value_name),
+        colorscale=colorscale,
+        zmin=zmin,
+        zmax=zmax,
+        showscale=colorbar_title is not None,
+        # the title along the bar: a fixed margin (colorbar_margin) holds it
+        colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=12)
+        if colorbar_title
+        else None,
+        name="tiles",
+        hoverongaps=False,
     )
-    fig.update_xaxes(
-        tickvals=_tile_axis(col_labels, w)["tickvals"],
-        ticktext=list(col_labels),
-        side="top",
-        showgrid=False,
-        zeroline=False,
-        constrain="domain",
-    )
-    fig.update_yaxes(
-        **_tile_axis(row_labels, h), autorange="reversed", scaleanchor="x", constrain="domain"
-    )
-    fig.update_layout(
+    # the layout given whole to the constructor (update_* calls check their paths again)
+    layout = dict(
+        xaxis=dict(
+            tickvals=_tile_axis(col_labels, w)["tickvals"],
+            ticktext=list(col_labels),
+            side="top",
+            showgrid=False,
+            zeroline=False,
+            constrain="domain",
+        ),
+        yaxis=dict(
+            **_tile_axis(row_labels, h), autorange="reversed", scaleanchor="x", constrain="domain"
+        ),
         title=dict(text=title, font=dict(size=13)),
         height=int(min(900, max(260, tile_px * n_r + 110))),
         margin=colorbar_margin(70 if any(row_labels) else 20, 80, 20, 90 if colorbar_title else 20),
         plot_bgcolor="white",
     )
-    return fig
+    return go.Figure(data=[heatmap], layout=layout)
 
 
 def _over_own_peak(maps: np.ndarray) -> np.ndarray:

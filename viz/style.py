@@ -117,11 +117,13 @@ def type_colorscale() -> list[list]:
 def png_data_uri(pixels: np.ndarray, optimize: bool = False) -> str:
     """uint8 [H, W, 3] (RGB) or [H, W, 4] (RGBA) as a data: URI of a PNG, what go.Image's
     ``source`` takes: the browser decodes it, plotly.js draws one <image> (a heatmap colours
-    every cell in script, then encodes the canvas as a PNG itself). ``optimize``: smaller, and
-    slower to make (for an image drawn once, not at every click)."""
+    every cell in script, then encodes the canvas as a PNG itself). ``optimize``: smallest, and
+    slowest to make (for an image drawn once); else the fastest compression (a click's image:
+    a quarter larger, a third of the time)."""
     buf = io.BytesIO()
     mode = "RGBA" if pixels.shape[-1] == 4 else "RGB"
-    Image.fromarray(pixels, mode).save(buf, format="PNG", optimize=optimize)
+    how = dict(optimize=True) if optimize else dict(compress_level=1)
+    Image.fromarray(pixels, mode).save(buf, format="PNG", **how)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
