@@ -17,6 +17,7 @@ from browser_util import (  # noqa: F401  (server and shots are fixtures)
     shoot,
     shots,
 )
+from playwright.sync_api import expect
 
 playwright_api = require_browser()
 WIDTHS = (800, 1920)
@@ -174,6 +175,9 @@ def test_attention_page(page, shots):  # noqa: F811
     assert "att_row=10&att_col=20" in page.url
     page.reload()
     settle(page)
+    # (Streamlit draws a number input at its minimum for a frame or two before the value the
+    # session holds: wait for the value, rather than read the first frame)
+    expect(page.get_by_label("query row")).to_have_value("10")
     assert query(page) == (10, 20)
     x, y = axis_ranges(page, "att_map")  # the N x N map's 196 tiles: no autorange beyond
     assert x == [-0.5, 195.5] and y == [195.5, -0.5]
