@@ -31,6 +31,8 @@ def _tile_names(count: int, tile: int, n: int, word: str) -> list[str]:
 # a pooled cell's hover: its tiles' names are its coordinates (category axes), so the hover
 # names exact ranges with no number per cell (410 kB of ranges made a head switch's largest part)
 TILE_HOVER = "%{y}, %{x}"
+
+
 # a pooled mask's allowed share per tile, white (none) to black (all), with the small shares
 # pulled apart from 0: a column part is one key in l per row (1/12 of a 12 x 12 tile at 32 x 32
 # x 3), which a linear grey scale draws all but white
