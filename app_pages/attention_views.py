@@ -58,7 +58,7 @@ def cached_maps(
     forward), else captured in the pooled form (the N x N map never made)."""
     if fits_every_row(path):
         full = every_row_of(path, img_key, _image, under)[layer]  # [H, N, N]
-        return np.stack([pool_tiles(m, tile) for m in full]).astype(np.float32)
+        return pool_tiles(full, tile).astype(np.float32)  # [H, n, n]
     return head_maps(
         get_model(path), _image, layer, tile, intervention=intervention_of(path, under)
     )

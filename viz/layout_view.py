@@ -73,14 +73,23 @@ def tile_for(n: int, max_side: int) -> int:
 
 
 def pool_tiles(a: np.ndarray, tile: int) -> np.ndarray:
-    """The mean of every ``tile`` x ``tile`` block of a [R, C] array: [ceil(R / tile),
-    ceil(C / tile)]; a partial block at the bottom or right edge is the mean of the entries it
-    has (as the capture's pooled form, kernels/capture.py)."""
-    r, c = a.shape
+    """The mean of every ``tile`` x ``tile`` block of [..., R, C] arrays: [..., ceil(R / tile),
+    ceil(C / tile)] (float64); a partial block at the bottom or right edge is the mean of the
+    entries it has (as the capture's pooled form, kernels/capture.py)."""
+    *lead, r, c = a.shape
     nr, nc = -(-r // tile), -(-c // tile)
-    padded = np.zeros((nr * tile, nc * tile), dtype=np.float64)
-    padded[:r, :c] = a
-    sums = padded.reshape(nr, tile, nc, tile).sum(axis=(1, 3))
+    padded = a
+    if r % tile or c % tile:
+        padded = np.zeros((*lead, nr * tile, nc * tile), dtype=np.float64)
+        padded[..., :r, :c] = a
+    # the block sums as ``tile`` strided slices added, columns then rows: numpy's sum over a
+    # short axis of a reshaped array took 3x longer (a layer switch pools 4 maps of 784 x 784)
+    across = np.zeros((*lead, nr * tile, nc), dtype=np.float64)
+    for k in range(tile):
+        across += padded[..., k::tile]
+    sums = np.zeros((*lead, nr, nc), dtype=np.float64)
+    for k in range(tile):
+        sums += across[..., k::tile, :]
     rows = np.minimum(tile, r - tile * np.arange(nr))  # entries of each block row / column
     cols = np.minimum(tile, c - tile * np.arange(nc))
     return sums / (rows[:, None] * cols[None, :])
