@@ -194,18 +194,6 @@ def data_point(page, key: str, x: float, y: float) -> tuple[float, float]:
     )
 
 
-def token_point(page, key: str, key_token: int, query_token: int) -> tuple[float, float]:
-    """Where key ``key_token`` of query ``query_token`` is on the N x N map ``key`` (N = SIZE *
-    SIZE), from the plot area alone: the same place whether the map's axes count tokens or
-    its pooled tiles."""
-    box = page.locator(f".st-key-{key} .nsewdrag").first.bounding_box()
-    n = SIZE * SIZE
-    return (
-        box["x"] + (key_token + 0.5) / n * box["width"],
-        box["y"] + (query_token + 0.5) / n * box["height"],
-    )
-
-
 def pick(page, key: str, option: str) -> float:
     """Press ``option`` of the segmented control ``key`` (the Attention page's layer and head),
     the pointer resting on it first as a person's would: the seconds the press started at."""
@@ -285,7 +273,9 @@ def attention_interactions(page, repeats: int) -> dict[str, list[float]]:
             token = (token + 4) % (SIZE * SIZE)
         q_row, q_col = divmod(token, SIZE)
         scroll_to(page, "att_map")
-        x, y = token_point(page, "att_map", token // 2, token + 1)
+        # (from the plot area alone, as a pixel of an N x N image: the same place whether the
+        # map's axes count tokens or, pooled, its tiles)
+        x, y = pixel_center(page, "att_map", token + 1, token // 2, size=SIZE * SIZE)
         t = hover_then_click(page, x, y)
         drawn(page, "att_pixels", f"where pixel ({q_row}, {q_col})")
         times["click a row of the N x N map"] = time.perf_counter() - t

@@ -161,7 +161,6 @@ def distribution_figure(
                     hovertemplate=f"true value %{{x}}: {name} p = %{{y:.4f}}<extra></extra>",
                 )
             )
-    # the layout given whole to the constructor (update_* calls check their paths again)
     return go.Figure(
         data=traces,
         layout=dict(
@@ -257,7 +256,6 @@ def bpd_figure(
                 hovertemplate=f"{name}: step %{{x}}, %{{y:.4f}} bits/dim<extra></extra>",
             )
         )
-    # the layout given whole to the constructor (update_* calls check their paths again)
     return go.Figure(
         data=traces,
         layout=dict(

@@ -212,12 +212,7 @@ def _draw_heatmap(mfig, ax, tr: go.Heatmap) -> None:
     else:
         mesh = ax.pcolormesh(xe, ye, np.ma.masked_invalid(z), shading="flat", **style)
     if tr.showscale is not False:
-        bar = mfig.colorbar(mesh, ax=ax)
-        if tr.colorbar and tr.colorbar.title and tr.colorbar.title.text:
-            bar.set_label(tr.colorbar.title.text)
-        if tr.colorbar and tr.colorbar.tickvals is not None and tr.colorbar.ticktext:
-            # named categories (head types), as the page's colour bar shows them
-            bar.set_ticks(list(tr.colorbar.tickvals), labels=list(tr.colorbar.ticktext))
+        _label_bar(mfig.colorbar(mesh, ax=ax), tr.colorbar)
 
 
 def _draw_colour_bar(mfig, ax, tr: go.Scatter) -> None:
@@ -226,13 +221,17 @@ def _draw_colour_bar(mfig, ax, tr: go.Scatter) -> None:
     from matplotlib.colors import Normalize
 
     m = tr.marker
-    bar = mfig.colorbar(
-        ScalarMappable(Normalize(m.cmin, m.cmax), _cmap(m.colorscale or "Viridis")), ax=ax
-    )
-    if m.colorbar and m.colorbar.title and m.colorbar.title.text:
-        bar.set_label(m.colorbar.title.text)
-    if m.colorbar and m.colorbar.tickvals is not None and m.colorbar.ticktext:
-        bar.set_ticks(list(m.colorbar.tickvals), labels=list(m.colorbar.ticktext))
+    mappable = ScalarMappable(Normalize(m.cmin, m.cmax), _cmap(m.colorscale or "Viridis"))
+    _label_bar(mfig.colorbar(mappable, ax=ax), m.colorbar)
+
+
+def _label_bar(bar, colorbar) -> None:
+    """A matplotlib colour bar titled and ticked as the plotly ``colorbar`` says (its ticks
+    named where it names them: head types, a grid's shares of its peak)."""
+    if colorbar and colorbar.title and colorbar.title.text:
+        bar.set_label(colorbar.title.text)
+    if colorbar and colorbar.tickvals is not None and colorbar.ticktext:
+        bar.set_ticks(list(colorbar.tickvals), labels=list(colorbar.ticktext))
 
 
 def _draw_scatter(mfig, ax, tr: go.Scatter) -> bool:
@@ -270,9 +269,7 @@ def _draw_pixel_cells(mfig, ax, tr: go.Scatter, x: np.ndarray, y: np.ndarray) ->
         vmax=tr.marker.cmax,
     )
     if tr.marker.showscale:
-        bar = mfig.colorbar(mesh, ax=ax)
-        if tr.marker.colorbar and tr.marker.colorbar.title:
-            bar.set_label(tr.marker.colorbar.title.text or "")
+        _label_bar(mfig.colorbar(mesh, ax=ax), tr.marker.colorbar)
 
 
 def _draw_rings(ax, tr: go.Scatter, x: np.ndarray, y: np.ndarray) -> None:

@@ -170,7 +170,6 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
     targets = click_targets(
         cols[:diagonal], rows[:diagonal], name="queries", size=4, hoverinfo="none"
     )
-    # the layout given whole to the constructor (update_* calls check their paths again)
     return go.Figure(
         data=[heatmap, targets],
         layout=dict(

@@ -137,7 +137,6 @@ def head_grid_figure(
     traces.append(colorbar_only(GRID_COLORS, colorbar))
     columns = [f"head {j}" for j in head_names]
     rows = [f"layer {i}" for i in layer_names]
-    # the layout given whole to the constructor (update_* calls check their paths again: 10 ms)
     layout = dict(
         xaxis=dict(**_tile_axis(columns, w), side="top", constrain="domain"),
         yaxis=dict(
@@ -214,7 +213,7 @@ def _query_in_every_tile(shape: tuple[int, ...], query: tuple[int, int]) -> go.S
     )
 
 
-# the click targets' trace number: the grid draws its heatmap first, its targets second
+# the click targets' trace number: the grid draws its image first, its targets second
 GRID_TILES_TRACE = 1
 
 
@@ -271,7 +270,6 @@ def mosaic_figure(
         name="tiles",
         hoverongaps=False,
     )
-    # the layout given whole to the constructor (update_* calls check their paths again)
     layout = dict(
         xaxis=dict(
             tickvals=_tile_axis(col_labels, w)["tickvals"],

@@ -62,8 +62,6 @@ def pixel_grid_figure(
     if query is not None:
         traces.append(_ring_trace([query[1]], [query[0]], "query", QUERY_COLOR, 3, ring_px))
     has_colorbar = colorbar_title is not None and rgb is None
-    # the layout given whole to the constructor: each update_* call parses and checks its paths
-    # again (8 ms of a click's server time for one figure)
     return go.Figure(
         data=traces,
         layout=dict(
