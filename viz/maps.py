@@ -12,6 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from viz.style import (
+    LABELS_FIT,
     PART_COLORS,
     _clicked_point,
     _part_rgb,
@@ -74,8 +75,9 @@ def _map_axes(n: int, tile: int = 1) -> dict:
         **ticks,
         constrain="domain",
         constraintoward="top",
+        **LABELS_FIT,
     )
-    xaxis = dict(title="key j", autorange=False, constrain="domain", **where, **ticks)
+    xaxis = dict(title="key j", autorange=False, constrain="domain", **where, **ticks, **LABELS_FIT)
     return dict(xaxis=xaxis, yaxis=yaxis)
 
 
@@ -161,7 +163,7 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
         zmin=-6,
         zmax=0,
         colorscale="Viridis",
-        colorbar=dict(title="log10 p", len=0.8, y=1, yanchor="top"),
+        colorbar=dict(title="log10 p", len=0.8, y=1, yanchor="top", **LABELS_FIT),
         name="attention",
         **cells,
     )

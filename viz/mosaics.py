@@ -12,6 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from viz.style import (
+    LABELS_FIT,
     _clicked_point,
     click_targets,
     colorbar_margin,
@@ -41,6 +42,7 @@ def _tile_axis(labels: list[str], size: int) -> dict:
         ticktext=labels,
         showgrid=False,
         zeroline=False,
+        **LABELS_FIT,
     )
 
 
@@ -93,6 +95,7 @@ def grid_scale(maps: np.ndarray, shared: bool) -> tuple[np.ndarray, dict, str]:
         len=0.9,
         y=1,
         yanchor="top",
+        **LABELS_FIT,
     )
     return scaled, colorbar, said
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from viz.style import QUERY_COLOR, _part_colorscale, click_targets, colorbar_margin
+from viz.style import (
+    LABELS_FIT,
+    QUERY_COLOR,
+    _part_colorscale,
+    click_targets,
+    colorbar_margin,
+)
 
 
 def pixel_grid_figure(
@@ -136,7 +142,7 @@ def _pixel_heatmap(
         zmin=zmin,
         zmax=zmax,
         showscale=colorbar_title is not None,
-        colorbar=dict(title=colorbar_title, thickness=12, len=0.8, y=1, yanchor="top")
+        colorbar=dict(title=colorbar_title, thickness=12, len=0.8, y=1, yanchor="top", **LABELS_FIT)
         if colorbar_title
         else None,
         hoverinfo="skip",
@@ -169,6 +175,7 @@ def _pixel_axes(h: int, w: int) -> dict:
         zeroline=False,
         title="column",
         constrain="domain",
+        **LABELS_FIT,
     )
     yaxis = dict(
         range=[h - 0.5, -0.5],
@@ -180,6 +187,7 @@ def _pixel_axes(h: int, w: int) -> dict:
         scaleratio=1,
         constrain="domain",
         constraintoward="top",  # a narrow chart: the blank band goes below, not above
+        **LABELS_FIT,
     )
     return dict(xaxis=xaxis, yaxis=yaxis)
 

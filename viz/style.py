@@ -5,7 +5,8 @@ image's PNG and colour bar, the line charts' layout, the point a click selected)
 The figures a click rebuilds are made in one go, ``go.Figure(data=traces, layout=dict(...))``,
 their axes included: every ``update_layout``, ``update_xaxes`` or ``update_yaxes`` call parses
 and checks its property paths again (a pixel view took 10 ms to build that way, 3 ms in one go;
-docs/BENCHMARKS.md). The pieces here return dicts and traces for that reason."""
+docs/BENCHMARKS.md). The pieces here return dicts and traces for that reason. Their axes and
+colour bars carry LABELS_FIT, for the browser's sake."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from analysis.metrics import HEAD_TYPES
+
+# an axis's or colour bar's tick labels fit the chart (its margins hold them): by default
+# plotly.js checks each label's box against the chart's edges again as it places every label of
+# the axis (a label count squared; ~12 ms of a pixel click's drawing, docs/BENCHMARKS.md)
+LABELS_FIT = dict(ticklabeloverflow="allow")
 
 # one colour per layout part, the same in every figure
 PART_COLORS = {
