@@ -20,16 +20,24 @@ from app_pages.attention_views import (
     draw_two,
     export_items,
     intervention_of,
+    kept,
     other_model,
     pixel_figure,
+    rerun_head_views,
 )
-from app_pages.clicks import new_click, pending_click
+from app_pages.clicks import new_click
 from app_pages.export_panel import export_panel
 from app_pages.jobs import over_budget
 from app_pages.models_cache import (
     model_names,
 )
-from app_pages.pickers import ChosenModel, channel_picker, choose_model_and_image, show_image
+from app_pages.pickers import (
+    ChosenModel,
+    channel_picker,
+    choose_model_and_image,
+    picked_channel,
+    show_image,
+)
 from app_pages.settings import (
     Setting,
     channel_setting,
@@ -96,6 +104,7 @@ with left:
     model = chosen.model
     geometry = model.config.geometry
     show_image(image, image_name)
+image_sha1 = content_key(image)
 
 # the attention the model runs under (att_under: the Frontier page's points open here, or a
 # link): one spec in every layer, or one per layer; "" = the model's own layouts
@@ -139,61 +148,98 @@ QUERY_CLICKS = {
     "att_map": clicked_map_row,
     "att_map_b": clicked_map_row,
 }
-# a new click sets the query pixel, before its inputs are drawn
-for key, read in QUERY_CLICKS.items():
-    picked = new_click(key, read)
-    if picked is not None and key.startswith("att_map"):
-        q = min(picked * tile_for(geometry.n_tokens, MAP_SIDE), geometry.n_tokens - 1)
-        *picked, st.session_state.att_channel = (int(v) for v in token_coords(q, geometry))
-    if picked is not None:
-        st.session_state.att_row, st.session_state.att_col = picked
-for key, high in (
-    ("att_row", geometry.height - 1),
-    ("att_col", geometry.width - 1),
-    ("att_channel", geometry.channels - 1),
-):
-    clamp_setting(key, 0, high)  # a value kept from another model or a link
-with left:
-    row = st.number_input("query row", 0, geometry.height - 1, key="att_row")
-    col = st.number_input("query column", 0, geometry.width - 1, key="att_col")
-    channel = st.number_input("query channel", 0, geometry.channels - 1, key="att_channel")
+
+
+def take_clicks() -> None:
+    """A click not yet taken sets what it picks, before the widgets that show it are drawn: a
+    pixel or a map row the query, a tile of the grid its layer and head. Each part of the page
+    takes it first (whichever of them a click reruns runs first)."""
+    for key, read in QUERY_CLICKS.items():
+        picked = new_click(key, read)
+        if picked is not None and key.startswith("att_map"):
+            q = min(picked * tile_for(geometry.n_tokens, MAP_SIDE), geometry.n_tokens - 1)
+            *picked, st.session_state.att_channel = (int(v) for v in token_coords(q, geometry))
+        if picked is not None:
+            st.session_state.att_row, st.session_state.att_col = picked
+    n_layer, n_head = model.config.n_layer, model.config.n_head
+    tile = new_click("att_grid", lambda event: clicked_tile(event, n_head))
+    if tile is not None and tile[0] < n_layer and tile[1] < n_head:
+        st.session_state.att_layer, st.session_state.att_head = tile
+
+
+def shown_now() -> Shown:
+    """The model, image and query the page shows, the query as its inputs hold it now."""
+    row, col, channel = (int(st.session_state[k]) for k in ("att_row", "att_col", "att_channel"))
+    query = pixel_to_token(row, col, channel, geometry)
+    keys = picked_channel("att_key_channel", geometry)
+    return Shown(chosen, image, image_name, image_sha1, row, col, channel, query, keys, under)
+
+
+def query_grid(s: Shown, shared: bool):
+    """The all-heads grid of the query and its maps [L, H, h, w] (the head views export them
+    too: built once for a query)."""
+
+    def build():
+        rows = cached_rows(s.chosen.path, s.image_sha1, s.query, s.image, s.under)  # [L, H, N]
+        # per key pixel: the weight on its token of the chosen channel, or on all of its tokens
+        per_pixel = pixel_map(rows, geometry, s.key_channel)  # [L, H, h, w]
+        title = f"pixel ({s.row}, {s.col}): all heads"
+        fig = head_grid_figure(per_pixel, title, query=(s.row, s.col), shared_scale=shared)
+        return fig, per_pixel
+
+    key = (s.chosen.path, s.image_sha1, s.query, s.key_channel, s.under, shared)
+    return kept("att_grid_kept", key, build)
+
+
+# (the head views write the page's settings to the URL: every rerun of a part reruns them too,
+# but for the grid's colour scale, which the URL does not hold)
+@view_fragment("att", key="att_query", writes_url=False)
+def query_inputs() -> None:
+    """The query pixel's inputs: a part of the page that a click on a pixel or a map row reruns
+    with the grid and the head views. A typed query reruns the whole page (after a rerun of
+    named parts, Streamlit's AppTest, which the tests type with, holds those parts alone)."""
+    take_clicks()
+    for key, high in (
+        ("att_row", geometry.height - 1),
+        ("att_col", geometry.width - 1),
+        ("att_channel", geometry.channels - 1),
+    ):
+        clamp_setting(key, 0, high)  # a value kept from another model or a link
+    for label, key, high in (
+        ("query row", "att_row", geometry.height - 1),
+        ("query column", "att_col", geometry.width - 1),
+        ("query channel", "att_channel", geometry.channels - 1),
+    ):
+        st.number_input(label, 0, high, key=key, on_change=st.rerun)
     # a colour pixel is three keys: the weight on one channel's, or on the pixel's three
-    key_channel = channel_picker("att_key_channel", geometry, label="Keys: channel")
-query = pixel_to_token(row, col, channel, geometry)
+    channel_picker("att_key_channel", geometry, label="Keys: channel", on_change=st.rerun)
 
 
-image_sha1 = content_key(image)
-shown = Shown(chosen, image, image_name, image_sha1, row, col, channel, query, key_channel, under)
-rows = cached_rows(chosen.path, image_sha1, query, image, under)  # [L, H, N]
-L_, H_, N = rows.shape
-# per key pixel: the weight on its token of the chosen channel, or on all of its tokens
-per_pixel = pixel_map(rows, geometry, key_channel)  # [L, H, h, w]
-# a click on a tile of the grid picks its layer and head (before their controls are drawn)
-picked_tile = new_click("att_grid", lambda event: clicked_tile(event, H_))
-if picked_tile is not None and picked_tile[0] < L_ and picked_tile[1] < H_:
-    st.session_state.att_layer, st.session_state.att_head = picked_tile
-# no box around the chosen head: the grid then changes only with the query, and a layer or
-# head switch leaves the page's largest chart as it is (not re-sent, not redrawn)
-with right:
+@view_fragment("att", key="att_grid", writes_url=False)
+def all_heads_grid() -> None:
+    """The grid of every layer and head for the query; a click on a tile picks its layer and
+    head (the head views alone rerun). No box around the chosen head: the grid then changes
+    only with the query, and a layer or head switch leaves the page's largest chart as it is."""
+    take_clicks()
     shared = st.checkbox("one colour scale for all tiles", key="att_shared_scale")
-grid_fig = head_grid_figure(
-    per_pixel,
-    f"pixel ({row}, {col}): all heads",
-    query=(row, col),
-    shared_scale=shared,
-)
+    fig, _ = query_grid(shown_now(), shared)
+    st.plotly_chart(fig, key="att_grid", on_select=rerun_head_views, selection_mode="points")
+
+
+with left:
+    query_inputs()
 with right:
-    st.plotly_chart(grid_fig, key="att_grid", on_select="rerun", selection_mode="points")
+    all_heads_grid()
 
 
-def layer_and_head() -> tuple[int, int]:
+def layer_and_head(n_layer: int, n_head: int) -> tuple[int, int]:
     """The layer and head controls (one click each: a select box took two, and its list's
     animation), their values clamped first (kept from a deeper model or a link)."""
-    for key, count in (("att_layer", L_), ("att_head", H_)):
+    for key, count in (("att_layer", n_layer), ("att_head", n_head)):
         clamp_setting(key, 0, count - 1)
     c1, c2 = st.columns([2, 1])
-    layer = c1.segmented_control("Layer", list(range(L_)), required=True, key="att_layer")
-    head = c2.segmented_control("Head", list(range(H_)), required=True, key="att_head")
+    layer = c1.segmented_control("Layer", list(range(n_layer)), required=True, key="att_layer")
+    head = c2.segmented_control("Head", list(range(n_head)), required=True, key="att_head")
     return layer, head
 
 
@@ -237,7 +283,7 @@ def head_view(
     """The chosen layer and head of a model whose rows [L, H, N] are ``rows_``, run under
     ``under_`` ("": its own layouts)."""
     m = chosen_model.model
-    tile = tile_for(N, MAP_SIDE)
+    tile = tile_for(geometry.n_tokens, MAP_SIDE)
     return HeadView(
         chosen_model.name,
         layer_specs[layer] if under_ else repr(m.layouts[layer]),
@@ -247,7 +293,7 @@ def head_view(
     )
 
 
-def every_layer_and_head() -> None:
+def every_layer_and_head(row: int, col: int) -> None:
     """The button that prepares every layer x head of this model and image as files, and
     their export once prepared."""
     if st.button("Prepare every layer x head (zip)", key="att_batch"):
@@ -275,14 +321,15 @@ def every_layer_and_head() -> None:
         )
 
 
-@view_fragment("att")
+@view_fragment("att", key="att_views")
 def head_views() -> None:
     """Everything that follows the layer and head: a switch of either reruns only this part
-    (the grid and the inputs above are not rebuilt, sent or drawn again). A click that moves
-    the query (a pixel, a row of the map) reruns the whole page, before anything is drawn."""
-    if any(pending_click(key, read) for key, read in QUERY_CLICKS.items()):
-        st.rerun()
-    layer, head = layer_and_head()
+    (the grid and the inputs above are not rebuilt, sent or drawn again)."""
+    take_clicks()
+    shown = shown_now()
+    query = shown.query
+    rows = cached_rows(chosen.path, image_sha1, query, image, under)  # [L, H, N]
+    layer, head = layer_and_head(*rows.shape[:2])
     compare_name, outline_spec = compare_and_outline(layer)
     outline = None
     if outline_spec != "none":
@@ -298,16 +345,27 @@ def head_views() -> None:
         views.append(head_view(*found, layer, head))
     two = len(views) > 1
     # two models: one colour scale, so the sharper head looks sharper
-    zmax = max(float(pixel_map(v.row, geometry, key_channel).max()) for v in views) if two else None
+    zmax = (
+        max(float(pixel_map(v.row, geometry, shown.key_channel).max()) for v in views)
+        if two
+        else None
+    )
     how = dict(view=view, zmax=zmax, outline=outline, named=two)
     pixel_figs = [pixel_figure(shown, v, layer, head, how) for v in views]
-    tile = tile_for(N, MAP_SIDE)
+    tile = tile_for(geometry.n_tokens, MAP_SIDE)
     map_title = f"layer {layer}, head {head}: N x N map" + (
         f" ({tile}x{tile} mean)" if tile > 1 else ""
     )
+    # unchanged by a new query: kept, not built again
     map_figs = [
-        attention_map_figure(v.maps, tile, (f"{v.name}: " if two else "") + map_title)
-        for v in views
+        kept(
+            f"att_map_kept_{k}",
+            (v.name, image_sha1, under, layer, head, tile, two),
+            lambda v=v: attention_map_figure(
+                v.maps, tile, (f"{v.name}: " if two else "") + map_title
+            ),
+        )
+        for k, v in enumerate(views)
     ]
     r_, c_, ch_ = token_coords(query, geometry)
     words = dict(
@@ -327,10 +385,11 @@ def head_views() -> None:
         draw_one(shown, views[0], pixel_figs[0], map_figs[0], words)
     e1, e2 = st.columns(2)
     with e1:
-        items = export_items(shown, views, pixel_figs, map_figs, words, (grid_fig, per_pixel))
+        grid = query_grid(shown, bool(st.session_state.get("att_shared_scale")))
+        items = export_items(shown, views, pixel_figs, map_figs, words, grid)
         export_panel(items, "att_export", "Export these figures")
     with e2:
-        every_layer_and_head()
+        every_layer_and_head(shown.row, shown.col)
 
 
 head_views()

@@ -3,7 +3,9 @@ chosen head of one model, or of two side by side, drawn with their captions and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import streamlit as st
@@ -28,6 +30,36 @@ from viz.pixels import attention_overlay_figure, pixel_grid_figure
 # 784 tokens of a 28 x 28 image, 38k cells, what a ~450 px chart shows anyway (392 drew 154k
 # heatmap cells, the largest part of the page's redraw in the browser)
 MAP_SIDE = 196
+
+T = TypeVar("T")
+
+
+# the page's parts (st.fragment keys), each rerun alone: the query's inputs, the all-heads grid
+# and the head views. A new query changes all three; a new layer or head the head views only
+# (the model and image pickers above them are not rerun, sent or drawn again)
+QUERY_PARTS = ["att_query", "att_grid", "att_views"]
+
+
+def rerun_for_query() -> None:
+    """The callback of a click or an input that moves the query: rerun the parts it changes."""
+    st.rerun(QUERY_PARTS)
+
+
+def rerun_head_views() -> None:
+    """The callback of a click on the grid (a layer and head): rerun the head views alone."""
+    st.rerun("att_views")
+
+
+def kept(name: str, key: tuple, build: Callable[[], T]) -> T:
+    """``build()``, kept in the session under ``name`` while ``key`` stays: a part the next run
+    draws unchanged (the N x N map after a new query) or another part needs (the grid, which
+    the head views export) is not built again."""
+    held = st.session_state.get(name)
+    if held is not None and held[0] == key:
+        return held[1]
+    value = build()
+    st.session_state[name] = (key, value)
+    return value
 
 
 def intervention_of(path: str, under: str):
@@ -171,7 +203,9 @@ def draw_one(s: Shown, mine: HeadView, pixel_fig, map_fig, words: dict) -> None:
     model, under = s.chosen.model, s.under
     a, b = st.columns(2)
     with a:
-        st.plotly_chart(pixel_fig, key="att_pixels", on_select="rerun", selection_mode="points")
+        st.plotly_chart(
+            pixel_fig, key="att_pixels", on_select=rerun_for_query, selection_mode="points"
+        )
         own = repr(model.layouts[words["layer"]])
         layout_words = (
             f"This layer runs under {as_text(mine.layout)} (its own layout: {as_text(own)})."
@@ -180,7 +214,7 @@ def draw_one(s: Shown, mine: HeadView, pixel_fig, map_fig, words: dict) -> None:
         )
         st.caption(f"{words['query']} {words['outlined']} {layout_words}")
     with b:
-        st.plotly_chart(map_fig, key="att_map", on_select="rerun", selection_mode="points")
+        st.plotly_chart(map_fig, key="att_map", on_select=rerun_for_query, selection_mode="points")
         st.caption(words["map"])
 
 
@@ -204,7 +238,7 @@ def draw_two(
         (b, theirs, pixel_figs[1], stats[1], "att_pixels_b"),
     ):
         with column:
-            st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points")
+            st.plotly_chart(fig, key=key, on_select=rerun_for_query, selection_mode="points")
             st.caption(
                 as_text(
                     f"{v.name} ({v.layout}): entropy {float(m['entropy'][0]):.2f} bits, 90% of "
@@ -216,7 +250,7 @@ def draw_two(
     a, b = st.columns(2)
     for column, fig, key in ((a, map_figs[0], "att_map"), (b, map_figs[1], "att_map_b")):
         with column:
-            st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points")
+            st.plotly_chart(fig, key=key, on_select=rerun_for_query, selection_mode="points")
     st.caption(f"{words['query']} {words['map']}")
 
 

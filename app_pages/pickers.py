@@ -197,7 +197,9 @@ def show_image(image: np.ndarray, caption: str, width: int = 140) -> None:
     )
 
 
-def channel_picker(key: str, geometry: Geometry, where=st, label: str = "Channel") -> int | None:
+def channel_picker(
+    key: str, geometry: Geometry, where=st, label: str = "Channel", on_change=None
+) -> int | None:
     """Which of a pixel's tokens a colour model's pixel maps show: one channel (its index) or
     "all" (None: the pixel's tokens together). A grey model has one token a pixel: 0, and no
     widget is drawn."""
@@ -206,12 +208,22 @@ def channel_picker(key: str, geometry: Geometry, where=st, label: str = "Channel
     names = ["all", *CHANNEL_NAMES[: geometry.channels]]
     if st.session_state.get(key) not in names:
         st.session_state[key] = "all"  # a value kept from a link or another model
-    picked = where.radio(
+    where.radio(
         label,
         names,
         horizontal=True,
         key=key,
+        on_change=on_change,
         help="A colour pixel is three tokens (red, green, blue, in this order). Show one of "
         "them, or all three together.",
     )
-    return None if picked == "all" else names.index(picked) - 1
+    return picked_channel(key, geometry)
+
+
+def picked_channel(key: str, geometry: Geometry) -> int | None:
+    """The channel that channel_picker ``key`` holds, read without drawing it."""
+    if geometry.channels == 1:
+        return 0
+    names = ["all", *CHANNEL_NAMES[: geometry.channels]]
+    picked = st.session_state.get(key, "all")
+    return None if picked not in names[1:] else names.index(picked) - 1

@@ -243,18 +243,23 @@ REPLACE_SAME_PAGE_ENTRIES = """<script>
 </script>"""
 
 
-def view_fragment(prefix: str):
+def view_fragment(prefix: str, key: str | None = None, writes_url: bool = True):
     """``st.fragment`` for a part of the page with settings ``prefix``_... that a click reruns
     alone (rebuilt, sent and drawn without the rest). Such a rerun runs no app.py, so the part
-    writes the page's settings to the URL itself once drawn."""
+    writes the page's settings to the URL itself once drawn. ``key``: the part's name, for a
+    widget's callback to rerun several parts at once (``st.rerun([key, ...])``).
+    ``writes_url`` False: a part whose settings another part, rerun with it, writes. It writes
+    none early in the page's run either: a URL written before the browser has moved to a new
+    page's address would overwrite the previous page's history entry."""
 
     def wrap(draw):
         @functools.wraps(draw)
         def drawn() -> None:
             draw()
-            share_settings(prefix, script=False)
+            if writes_url:
+                share_settings(prefix, script=False)
 
-        return st.fragment(drawn)
+        return st.fragment(drawn, key=key)
 
     return wrap
 

@@ -285,3 +285,39 @@ def test_head_switch_leaves_the_all_heads_grid_unchanged(tmp_path, monkeypatch):
     assert at.get_by_key("att_grid").proto.spec == before
     at.number_input(key="att_row").set_value(5).run()
     assert at.get_by_key("att_grid").proto.spec != before
+
+
+def test_each_figure_is_built_once_for_what_it_shows(tmp_path, monkeypatch):
+    """A new query builds the grid once (the head views export it too) and not the N x N map,
+    which shows the same layer and head; a head switch builds the map, not the grid."""
+    from test_app import attention_app
+
+    import viz.maps
+    import viz.mosaics
+
+    built = {"grid": 0, "map": 0}
+
+    def counted(name, build):
+        def wrapper(*args, **kwargs):
+            built[name] += 1
+            return build(*args, **kwargs)
+
+        return wrapper
+
+    at = attention_app(tmp_path, monkeypatch)
+    map_before = at.get_by_key("att_map").proto.spec
+    # the page imports them at each run: the counting ones from now on
+    monkeypatch.setattr(
+        viz.mosaics, "head_grid_figure", counted("grid", viz.mosaics.head_grid_figure)
+    )
+    monkeypatch.setattr(
+        viz.maps, "attention_map_figure", counted("map", viz.maps.attention_map_figure)
+    )
+    at.number_input(key="att_row").set_value(5).run()
+    assert not at.exception
+    assert built == {"grid": 1, "map": 0}
+    assert at.get_by_key("att_map").proto.spec == map_before
+    assert "pixel (5, 14)" in at.get_by_key("att_grid").proto.spec
+    at.button_group(key="att_head").set_value(1).run()
+    assert built == {"grid": 1, "map": 1}
+    assert at.get_by_key("att_map").proto.spec != map_before

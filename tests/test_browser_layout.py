@@ -100,6 +100,11 @@ def query(page) -> tuple[int, int]:
     )
 
 
+def grid_title(page) -> str:
+    """The all-heads grid's title (without its subtitle)."""
+    return chart(page, "att_grid").locator(".gtitle").first.text_content()
+
+
 def not_cut(page, key: str) -> None:
     """The button ``key`` shows its whole label (no ellipsis)."""
     label = keyed(page, key).locator("button p").first
@@ -141,6 +146,7 @@ def test_attention_page(page, shots):  # noqa: F811
     check_pixel_view(page, "att_pixels")
     click_pixel(page, "att_pixels", 10, 10)
     assert query(page) == (10, 10)
+    assert grid_title(page) == "pixel (10, 10): all heads"  # the click reran the grid too
     # hover names the pixel under the cursor in the pixel view, the tile in the all-heads grid
     box = plot_area(page, "att_pixels")
     page.mouse.move(box["x"] + 12.5 / 28 * box["width"], box["y"] + 10.5 / 28 * box["height"])
@@ -171,6 +177,7 @@ def test_attention_page(page, shots):  # noqa: F811
     settle(page)
     no_exception(page)
     assert query(page) == (10, 20)
+    assert grid_title(page) == "pixel (10, 20): all heads"
     # the view is in the URL: a reload shows the same query pixel
     assert "att_row=10&att_col=20" in page.url
     page.reload()
