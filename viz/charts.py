@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from viz.style import PART_COLORS, TRUE_COLOR, _line_layout, color
+from viz.style import LABELS_FIT, PART_COLORS, TRUE_COLOR, _line_layout, color
 
 SEARCH_SIZE = (700, 430)  # the layout search's plot area in px, roughly (labels are placed in it)
 
@@ -164,8 +164,8 @@ def distribution_figure(
     return go.Figure(
         data=traces,
         layout=dict(
-            xaxis=dict(title="pixel value", range=[-2, 257]),
-            yaxis=dict(title="probability", rangemode="tozero"),
+            xaxis=dict(title="pixel value", range=[-2, 257], **LABELS_FIT),
+            yaxis=dict(title="probability", rangemode="tozero", **LABELS_FIT),
             **_line_layout(title, height=340, legend_y=-0.25),
         ),
     )

@@ -267,7 +267,7 @@ def mosaic_figure(
         zmax=zmax,
         showscale=colorbar_title is not None,
         # the title along the bar: a fixed margin (colorbar_margin) holds it
-        colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=12)
+        colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=12, **LABELS_FIT)
         if colorbar_title
         else None,
         name="tiles",
@@ -281,6 +281,7 @@ def mosaic_figure(
             showgrid=False,
             zeroline=False,
             constrain="domain",
+            **LABELS_FIT,
         ),
         yaxis=dict(
             **_tile_axis(row_labels, h), autorange="reversed", scaleanchor="x", constrain="domain"
