@@ -173,7 +173,7 @@ def attention_first_open_seconds(browser, root: Path = ROOT) -> float:
     return took
 
 
-def pixel_center(page, key: str, row: int, col: int, size: int = SIZE) -> tuple[float, float]:
+def pixel_center(page, key: str, row: float, col: float, size: int = SIZE) -> tuple[float, float]:
     box = page.locator(f".st-key-{key} .nsewdrag").first.bounding_box()
     return (
         box["x"] + (col + 0.5) / size * box["width"],
@@ -274,8 +274,9 @@ def attention_interactions(page, repeats: int) -> dict[str, list[float]]:
         q_row, q_col = divmod(token, SIZE)
         scroll_to(page, "att_map")
         # (from the plot area alone, as a pixel of an N x N image: the same place whether the
-        # map's axes count tokens or, pooled, its tiles)
-        x, y = pixel_center(page, "att_map", token + 1, token // 2, size=SIZE * SIZE)
+        # map's axes count tokens or, pooled, its tiles; at the middle of the map row, tokens
+        # token .. token + 3, whose 2 px a pointer a pixel off would miss)
+        x, y = pixel_center(page, "att_map", token + 1.5, token // 2, size=SIZE * SIZE)
         t = hover_then_click(page, x, y)
         drawn(page, "att_pixels", f"where pixel ({q_row}, {q_col})")
         times["click a row of the N x N map"] = time.perf_counter() - t
