@@ -4,8 +4,6 @@ import numpy as np
 import streamlit as st
 
 from analysis.attention import (
-    capture_image,
-    capture_memory,
     run_under,
     under_specs,
 )
@@ -16,18 +14,17 @@ from app_pages.attention_views import (
     Shown,
     cached_maps,
     cached_rows,
-    draw_one,
-    draw_two,
+    compared_model,
+    draw_maps,
+    draw_pixel_views,
+    every_layer_and_head,
     export_items,
-    intervention_of,
     kept,
-    other_model,
     pixel_figure,
     rerun_head_views,
 )
 from app_pages.clicks import new_click
 from app_pages.export_panel import export_panel
-from app_pages.jobs import over_budget
 from app_pages.models_cache import (
     model_names,
 )
@@ -52,7 +49,7 @@ from app_pages.text import as_text
 from kernels.layouts import Layout, image_layout_spec, parse_layout
 from kernels.selection import parse_attention
 from models.tokens import pixel_to_token, token_coords
-from viz.export import content_key, model_items
+from viz.export import content_key
 from viz.layout_view import pixel_view, tile_for
 from viz.maps import attention_map_figure, clicked_map_row
 from viz.mosaics import clicked_tile, head_grid_figure
@@ -293,56 +290,68 @@ def head_view(
     )
 
 
-def every_layer_and_head(row: int, col: int) -> None:
-    """The button that prepares every layer x head of this model and image as files, and
-    their export once prepared."""
-    if st.button("Prepare every layer x head (zip)", key="att_batch"):
-        cfg = model.config
-        refusal = over_budget(  # every N x N map of every layer: refused when too big
-            "Every layer x head", capture_memory(cfg, cfg.n_layer, cfg.n_head)
-        )
-        if refusal:
-            st.error(refusal)
-        else:
-            attention = capture_image(
-                model, image, query=(row, col), intervention=intervention_of(chosen.path, under)
-            )
-            st.session_state.att_batch_items = model_items(
-                attention,
-                model_name=f"{chosen.name} under {under}" if under else chosen.name,
-                image_name=image_name,
-            )
-    if st.session_state.get("att_batch_items"):
-        export_panel(
-            st.session_state.att_batch_items,
-            "att_batch_export",
-            "Export the whole batch",
-            default=("png", "svg", "pdf", "npz"),  # HTML: 5 MB a figure (plotly.js inlined)
-        )
-
-
 @view_fragment("att", key="att_views")
 def head_views() -> None:
     """Everything that follows the layer and head: a switch of either reruns only this part
-    (the grid and the inputs above are not rebuilt, sent or drawn again)."""
+    (the grid and the inputs above are not rebuilt, sent or drawn again); a new query reruns
+    the pixel views within it, not the N x N maps."""
     take_clicks()
-    shown = shown_now()
-    query = shown.query
-    rows = cached_rows(chosen.path, image_sha1, query, image, under)  # [L, H, N]
-    layer, head = layer_and_head(*rows.shape[:2])
+    layer, head = layer_and_head(model.config.n_layer, model.config.n_head)
     compare_name, outline_spec = compare_and_outline(layer)
-    outline = None
-    if outline_spec != "none":
-        outline = pixel_view(parse_layout(outline_spec), geometry, query, head) > 0
     view = st.radio(
         "Show the head's weights",
         ["as a heat map", "over the image"],
         key="att_view",
         horizontal=True,
     )
-    views = [head_view(chosen, rows, layer, head, under)]
-    if compare_name != "none" and (found := other_model(shown, compare_name, layer, head)):
-        views.append(head_view(*found, layer, head))
+    models = [chosen]
+    if compare_name != "none" and (other := compared_model(shown_now(), compare_name, layer, head)):
+        models.append(other)
+    two = len(models) > 1
+    tile = tile_for(geometry.n_tokens, MAP_SIDE)
+    title = f"layer {layer}, head {head}: N x N map" + (
+        f" ({tile}x{tile} mean)" if tile > 1 else ""
+    )
+    # kept while the layer and head stay: a new query leaves them as they are
+    map_figs = [
+        kept(
+            f"att_map_kept_{k}",
+            (m.name, image_sha1, under, layer, head, tile, two),
+            lambda m=m, k=k: attention_map_figure(
+                cached_maps(m.path, image_sha1, layer, tile, image, under if k == 0 else "")[head],
+                tile,
+                (f"{m.name}: " if two else "") + title,
+            ),
+        )
+        for k, m in enumerate(models)
+    ]
+    chosen_view = (layer, head, models, outline_spec, view, map_figs)
+    if two:
+        pixel_views(*chosen_view)
+        draw_maps(map_figs)
+    else:
+        a, b = st.columns(2)
+        with a:
+            pixel_views(*chosen_view)
+        with b:
+            draw_maps(map_figs)
+
+
+@view_fragment("att", key="att_pixel_views")
+def pixel_views(layer, head, models, outline_spec, view, map_figs) -> None:
+    """Where the query pixel looks in the chosen layer and head (one model, or two side by side)
+    and the exports: a part a new query reruns alone, with the layer's choices it was drawn with
+    (a change of any reruns the head views, and this part with them)."""
+    take_clicks()
+    shown = shown_now()
+    query = shown.query
+    outline = None
+    if outline_spec != "none":
+        outline = pixel_view(parse_layout(outline_spec), geometry, query, head) > 0
+    views = [
+        head_view(m, cached_rows(m.path, image_sha1, query, image, u), layer, head, u)
+        for m, u in zip(models, (under, ""), strict=False)
+    ]
     two = len(views) > 1
     # two models: one colour scale, so the sharper head looks sharper
     zmax = (
@@ -352,44 +361,25 @@ def head_views() -> None:
     )
     how = dict(view=view, zmax=zmax, outline=outline, named=two)
     pixel_figs = [pixel_figure(shown, v, layer, head, how) for v in views]
-    tile = tile_for(geometry.n_tokens, MAP_SIDE)
-    map_title = f"layer {layer}, head {head}: N x N map" + (
-        f" ({tile}x{tile} mean)" if tile > 1 else ""
-    )
-    # unchanged by a new query: kept, not built again
-    map_figs = [
-        kept(
-            f"att_map_kept_{k}",
-            (v.name, image_sha1, under, layer, head, tile, two),
-            lambda v=v: attention_map_figure(
-                v.maps, tile, (f"{v.name}: " if two else "") + map_title
-            ),
-        )
-        for k, v in enumerate(views)
-    ]
     r_, c_, ch_ = token_coords(query, geometry)
     words = dict(
         layer=layer,
         head=head,
         outline_spec=outline_spec,
-        compare_name=compare_name,
+        compare_name=views[1].name if two else "none",
         outlined="No layout outlined."
         if outline_spec == "none"
         else f"Orange squares: the keys {as_text(outline_spec)} allows.",
         query=f"Query token {query} (row {r_}, column {c_}, channel {ch_}).",
-        map="Row i is query i's attention over keys j <= i; colour is log10 of the weight.",
     )
-    if two:
-        draw_two(shown, views, pixel_figs, map_figs, words)
-    else:
-        draw_one(shown, views[0], pixel_figs[0], map_figs[0], words)
-    e1, e2 = st.columns(2)
+    draw_pixel_views(shown, views, pixel_figs, words)
+    e1, e2 = st.columns(2) if two else (st.container(), st.container())
     with e1:
         grid = query_grid(shown, bool(st.session_state.get("att_shared_scale")))
         items = export_items(shown, views, pixel_figs, map_figs, words, grid)
         export_panel(items, "att_export", "Export these figures")
     with e2:
-        every_layer_and_head(shown.row, shown.col)
+        every_layer_and_head(shown)
 
 
 head_views()

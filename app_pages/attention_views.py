@@ -10,9 +10,11 @@ from typing import TypeVar
 import numpy as np
 import streamlit as st
 
-from analysis.attention import head_maps, query_rows, run_under
+from analysis.attention import capture_image, capture_memory, head_maps, query_rows, run_under
 from analysis.maps import pixel_map
 from analysis.metrics import head_metrics, shared_mass
+from app_pages.export_panel import export_panel
+from app_pages.jobs import over_budget
 from app_pages.models_cache import (
     every_row_of,
     fits_every_row,
@@ -22,7 +24,7 @@ from app_pages.models_cache import (
 )
 from app_pages.pickers import ChosenModel
 from app_pages.text import as_text
-from viz.export import Exportable, safe_name
+from viz.export import Exportable, model_items, safe_name
 from viz.layout_view import pool_tiles, tile_for
 from viz.pixels import attention_overlay_figure, pixel_grid_figure
 
@@ -34,14 +36,15 @@ MAP_SIDE = 196
 T = TypeVar("T")
 
 
-# the page's parts (st.fragment keys), each rerun alone: the query's inputs, the all-heads grid
-# and the head views. A new query changes all three; a new layer or head the head views only
+# the page's parts (st.fragment keys), each rerun alone: the query's inputs, the all-heads grid,
+# the head views and, within them, the pixel views (with the exports). A new query changes the
+# inputs, the grid and the pixel views, not the N x N maps; a new layer or head the head views
 # (the model and image pickers above them are not rerun, sent or drawn again)
-QUERY_PARTS = ["att_query", "att_grid", "att_views"]
+QUERY_PARTS = ["att_query", "att_grid", "att_pixel_views"]
 
 
 def rerun_for_query() -> None:
-    """The callback of a click or an input that moves the query: rerun the parts it changes."""
+    """The callback of a click that moves the query: rerun the parts it changes."""
     st.rerun(QUERY_PARTS)
 
 
@@ -167,11 +170,9 @@ def pixel_figure(s: Shown, v: HeadView, layer: int, head: int, how: dict):
     )
 
 
-def other_model(
-    s: Shown, name: str, layer: int, head: int
-) -> tuple[ChosenModel, np.ndarray] | None:
-    """The model to compare with and its rows for this query, [L, H, N]; None (explained)
-    when it cannot be loaded or cannot show this image, layer and head."""
+def compared_model(s: Shown, name: str, layer: int, head: int) -> ChosenModel | None:
+    """The model to compare with; None (explained) when it cannot be loaded or cannot show this
+    image, layer and head."""
     geometry = s.geometry
     other = load_or_explain(name)
     if other is None:
@@ -194,42 +195,32 @@ def other_model(
             )
         )
         return None
-    path = str(model_path(name))
-    return ChosenModel(name, path, other), cached_rows(path, s.image_sha1, s.query, s.image)
+    return ChosenModel(name, str(model_path(name)), other)
 
 
-def draw_one(s: Shown, mine: HeadView, pixel_fig, map_fig, words: dict) -> None:
-    """One model's pixel view and N x N map side by side, with their captions."""
-    model, under = s.chosen.model, s.under
-    a, b = st.columns(2)
-    with a:
+def draw_pixel_views(s: Shown, views: list[HeadView], pixel_figs: list, words: dict) -> None:
+    """One model's pixel view and its caption, or two models' side by side with their shared
+    weight and each one's statistics."""
+    if len(views) == 1:
         st.plotly_chart(
-            pixel_fig, key="att_pixels", on_select=rerun_for_query, selection_mode="points"
+            pixel_figs[0], key="att_pixels", on_select=rerun_for_query, selection_mode="points"
         )
-        own = repr(model.layouts[words["layer"]])
+        own = repr(s.chosen.model.layouts[words["layer"]])
         layout_words = (
-            f"This layer runs under {as_text(mine.layout)} (its own layout: {as_text(own)})."
-            if under
-            else f"The model's own layout is {as_text(mine.layout)}."
+            f"This layer runs under {as_text(views[0].layout)} (its own layout: {as_text(own)})."
+            if s.under
+            else f"The model's own layout is {as_text(views[0].layout)}."
         )
         st.caption(f"{words['query']} {words['outlined']} {layout_words}")
-    with b:
-        st.plotly_chart(map_fig, key="att_map", on_select=rerun_for_query, selection_mode="points")
-        st.caption(words["map"])
-
-
-def draw_two(
-    s: Shown, views: list[HeadView], pixel_figs: list, map_figs: list, words: dict
-) -> None:
-    """Two models' pixel views and maps, their shared weight and each one's statistics."""
-    row, col, geometry, query = s.row, s.col, s.geometry, s.query
+        return
     mine, theirs = views
-    stats = [head_metrics(v.row.reshape(1, 1, -1), np.array([query]), geometry) for v in views]
+    query = np.array([s.query])
+    stats = [head_metrics(v.row.reshape(1, 1, -1), query, s.geometry) for v in views]
     st.markdown(
         as_text(
             f"{mine.name} and {theirs.name}, layer {words['layer']}, head {words['head']}, "
-            f"pixel ({row}, {col}): the two rows share "
-            f"{float(shared_mass(mine.row, theirs.row)):.0%} of their weight."
+            f"pixel ({s.row}, {s.col}): the two rows share "
+            f"{float(shared_mass(mine.row, theirs.row)):.0%} of their weight. {words['query']}"
         )
     )
     a, b = st.columns(2)
@@ -247,11 +238,18 @@ def draw_two(
                 )
                 + f" {words['outlined']} One colour scale for both."
             )
-    a, b = st.columns(2)
-    for column, fig, key in ((a, map_figs[0], "att_map"), (b, map_figs[1], "att_map_b")):
+
+
+MAP_WORDS = "Row i is query i's attention over keys j <= i; colour is log10 of the weight."
+
+
+def draw_maps(map_figs: list) -> None:
+    """The N x N map of each model (two: side by side), with the caption."""
+    columns = st.columns(2) if len(map_figs) > 1 else [st.container()]
+    for column, fig, key in zip(columns, map_figs, ("att_map", "att_map_b"), strict=False):
         with column:
             st.plotly_chart(fig, key=key, on_select=rerun_for_query, selection_mode="points")
-    st.caption(f"{words['query']} {words['map']}")
+    st.caption(MAP_WORDS)
 
 
 def export_items(
@@ -311,3 +309,35 @@ def export_items(
             ),
         ]
     return items
+
+
+def every_layer_and_head(s: Shown) -> None:
+    """The button that prepares every layer x head of this model and image as files (the grid
+    and pixel views for the query ``s`` shows), and their export once prepared."""
+    if st.button("Prepare every layer x head (zip)", key="att_batch"):
+        cfg = s.chosen.model.config
+        refusal = over_budget(  # every N x N map of every layer: refused when too big
+            "Every layer x head", capture_memory(cfg, cfg.n_layer, cfg.n_head)
+        )
+        if refusal:
+            st.error(refusal)
+        else:
+            attention = capture_image(
+                s.chosen.model,
+                s.image,
+                query=(s.row, s.col),
+                intervention=intervention_of(s.chosen.path, s.under),
+            )
+            name = s.chosen.name
+            st.session_state.att_batch_items = model_items(
+                attention,
+                model_name=f"{name} under {s.under}" if s.under else name,
+                image_name=s.image_name,
+            )
+    if st.session_state.get("att_batch_items"):
+        export_panel(
+            st.session_state.att_batch_items,
+            "att_batch_export",
+            "Export the whole batch",
+            default=("png", "svg", "pdf", "npz"),  # HTML: 5 MB a figure (plotly.js inlined)
+        )

@@ -254,8 +254,8 @@ def view_fragment(prefix: str, key: str | None = None, writes_url: bool = True):
 
     def wrap(draw):
         @functools.wraps(draw)
-        def drawn() -> None:
-            draw()
+        def drawn(*args, **kwargs) -> None:
+            draw(*args, **kwargs)  # a rerun of the part alone: the arguments of its last call
             if writes_url:
                 share_settings(prefix, script=False)
 
