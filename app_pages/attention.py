@@ -188,25 +188,20 @@ def query_grid(s: Shown, shared: bool):
     return kept("att_grid_kept", key, build)
 
 
-# (the head views write the page's settings to the URL: every rerun of a part reruns them too,
-# but for the grid's colour scale, which the URL does not hold)
+# (the pixel views write the page's settings to the URL: every rerun of these parts reruns them
+# too, but for the grid's colour scale, which the URL does not hold)
 @view_fragment("att", key="att_query", writes_url=False)
 def query_inputs() -> None:
     """The query pixel's inputs: a part of the page that a click on a pixel or a map row reruns
-    with the grid and the head views. A typed query reruns the whole page (after a rerun of
+    with the grid and the pixel views. A typed query reruns the whole page (after a rerun of
     named parts, Streamlit's AppTest, which the tests type with, holds those parts alone)."""
     take_clicks()
-    for key, high in (
-        ("att_row", geometry.height - 1),
-        ("att_col", geometry.width - 1),
-        ("att_channel", geometry.channels - 1),
-    ):
-        clamp_setting(key, 0, high)  # a value kept from another model or a link
     for label, key, high in (
         ("query row", "att_row", geometry.height - 1),
         ("query column", "att_col", geometry.width - 1),
         ("query channel", "att_channel", geometry.channels - 1),
     ):
+        clamp_setting(key, 0, high)  # a value kept from another model or a link
         st.number_input(label, 0, high, key=key, on_change=st.rerun)
     # a colour pixel is three keys: the weight on one channel's, or on the pixel's three
     channel_picker("att_key_channel", geometry, label="Keys: channel", on_change=st.rerun)
@@ -304,10 +299,11 @@ def head_views() -> None:
         key="att_view",
         horizontal=True,
     )
-    models = [chosen]
-    if compare_name != "none" and (other := compared_model(shown_now(), compare_name, layer, head)):
-        models.append(other)
-    two = len(models) > 1
+    # each model shown and the attention it runs under (the compared one: its own layouts)
+    runs = [(chosen, under)]
+    if compare_name != "none" and (other := compared_model(compare_name, geometry, layer, head)):
+        runs.append((other, ""))
+    two = len(runs) > 1
     tile = tile_for(geometry.n_tokens, MAP_SIDE)
     title = f"layer {layer}, head {head}: N x N map" + (
         f" ({tile}x{tile} mean)" if tile > 1 else ""
@@ -316,16 +312,16 @@ def head_views() -> None:
     map_figs = [
         kept(
             f"att_map_kept_{k}",
-            (m.name, image_sha1, under, layer, head, tile, two),
-            lambda m=m, k=k: attention_map_figure(
-                cached_maps(m.path, image_sha1, layer, tile, image, under if k == 0 else "")[head],
+            (m.name, image_sha1, u, layer, head, tile, two),
+            lambda m=m, u=u: attention_map_figure(
+                cached_maps(m.path, image_sha1, layer, tile, image, u)[head],
                 tile,
                 (f"{m.name}: " if two else "") + title,
             ),
         )
-        for k, m in enumerate(models)
+        for k, (m, u) in enumerate(runs)
     ]
-    chosen_view = (layer, head, models, outline_spec, view, map_figs)
+    chosen_view = (layer, head, runs, outline_spec, view, map_figs)
     if two:
         pixel_views(*chosen_view)
         draw_maps(map_figs)
@@ -338,7 +334,7 @@ def head_views() -> None:
 
 
 @view_fragment("att", key="att_pixel_views")
-def pixel_views(layer, head, models, outline_spec, view, map_figs) -> None:
+def pixel_views(layer, head, runs, outline_spec, view, map_figs) -> None:
     """Where the query pixel looks in the chosen layer and head (one model, or two side by side)
     and the exports: a part a new query reruns alone, with the layer's choices it was drawn with
     (a change of any reruns the head views, and this part with them)."""
@@ -350,7 +346,7 @@ def pixel_views(layer, head, models, outline_spec, view, map_figs) -> None:
         outline = pixel_view(parse_layout(outline_spec), geometry, query, head) > 0
     views = [
         head_view(m, cached_rows(m.path, image_sha1, query, image, u), layer, head, u)
-        for m, u in zip(models, (under, ""), strict=False)
+        for m, u in runs
     ]
     two = len(views) > 1
     # two models: one colour scale, so the sharper head looks sharper

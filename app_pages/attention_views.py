@@ -170,10 +170,9 @@ def pixel_figure(s: Shown, v: HeadView, layer: int, head: int, how: dict):
     )
 
 
-def compared_model(s: Shown, name: str, layer: int, head: int) -> ChosenModel | None:
+def compared_model(name: str, geometry, layer: int, head: int) -> ChosenModel | None:
     """The model to compare with; None (explained) when it cannot be loaded or cannot show this
-    image, layer and head."""
-    geometry = s.geometry
+    image (of ``geometry``), layer and head."""
     other = load_or_explain(name)
     if other is None:
         return None

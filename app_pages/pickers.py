@@ -205,7 +205,7 @@ def channel_picker(
     widget is drawn."""
     if geometry.channels == 1:
         return 0
-    names = ["all", *CHANNEL_NAMES[: geometry.channels]]
+    names = _channel_choices(geometry)
     if st.session_state.get(key) not in names:
         st.session_state[key] = "all"  # a value kept from a link or another model
     where.radio(
@@ -224,6 +224,11 @@ def picked_channel(key: str, geometry: Geometry) -> int | None:
     """The channel that channel_picker ``key`` holds, read without drawing it."""
     if geometry.channels == 1:
         return 0
-    names = ["all", *CHANNEL_NAMES[: geometry.channels]]
+    names = _channel_choices(geometry)
     picked = st.session_state.get(key, "all")
     return None if picked not in names[1:] else names.index(picked) - 1
+
+
+def _channel_choices(geometry: Geometry) -> list[str]:
+    """channel_picker's choices: "all", then the channels' names."""
+    return ["all", *CHANNEL_NAMES[: geometry.channels]]
