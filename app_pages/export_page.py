@@ -13,7 +13,7 @@ st.caption(
     "Every figure the app draws for a model and an image — the all-heads overview, each head's "
     "N x N map, where the query pixel looks in each head, and each layer's layout — in PNG, "
     "SVG, PDF (drawn without a browser; an N x N map is one image in them), interactive HTML "
-    "(of the N x N maps only when asked: every cell as text), and the arrays as NPZ. "
+    "(of the N x N maps only when asked: ~6 MB each), and the arrays as NPZ. "
     "Metadata (model, layout, layer, head, query pixel, image hash) is inside every file. "
     "Each page also has its own export button. The same batch runs from the command line: "
     "python -m tools.export."
@@ -48,8 +48,8 @@ dpi = q3.slider("PNG resolution (dpi)", 72, 600, 150, step=6, key="exp_dpi")
 heavy = False
 if "head" in views and any(f in HEAVY_FORMATS for f in formats):
     heavy = st.checkbox(
-        f"Also {', '.join(HEAVY_FORMATS).upper()} of the N x N maps (every cell as text: "
-        "~9 MB each)",
+        f"Also {', '.join(HEAVY_FORMATS).upper()} of the N x N maps (~6 MB each: plotly.js "
+        "inlined, and the map)",
         key="exp_heavy",
     )
 if not (layers and heads and views and formats):

@@ -71,7 +71,7 @@ def export_choices(items, key: str, default=("png", "svg", "pdf", "html", "npz")
     if big and any(f in HEAVY_FORMATS for f in fmts):
         heavy = st.checkbox(
             f"Also {', '.join(HEAVY_FORMATS).upper()} of the {len(big)} N x N maps "
-            "(every cell as text: ~9 MB each)",
+            "(~6 MB each: plotly.js inlined, and the map)",
             key=f"{key}_heavy",
         )
     guess = estimate(items, fmts, dpi=dpi, heavy=heavy)

@@ -616,7 +616,14 @@ def test_attention_page_reads_rows_and_maps_equal_to_their_own_captures(tmp_path
     image = prepare_image(first.read_bytes(), model.config.geometry)
     shown = values(trace(chart(at, "att_pixels"), "pixels")["marker"]["color"])
     np.testing.assert_allclose(shown, query_rows(model, image, 14 * 28 + 14)[1, 1], atol=1e-6)
-    z = values(trace(chart(at, "att_map"), "attention")["z"])  # log10 of the 4 x 4 means
-    want = head_maps(model, image, 1, 4)[1]
-    assert np.array_equal(np.isnan(z), want == 0)  # no weight: left blank
-    np.testing.assert_allclose(z[want > 0], np.log10(want[want > 0]), atol=1e-4)
+    want = head_maps(model, image, 1, 4)[1]  # the 4 x 4 means
+    # the map's colours: log10 of the means over [-6, 0], and no colour where no weight
+    spec = chart(at, "att_map")
+    z = -6 + 6 * image_values(trace(spec, "attention"))
+    assert np.array_equal(np.isnan(z), want == 0)
+    np.testing.assert_allclose(z[want > 1e-6], np.log10(want[want > 1e-6]), atol=0.03)
+    # each map row's hover: its heaviest cell and log10 of its mean, to float32
+    peaks = values(trace(spec, "queries")["customdata"])
+    rows = np.arange(len(want))
+    np.testing.assert_array_equal(peaks[:, 2], want.argmax(1) * 4)
+    np.testing.assert_allclose(peaks[:, 4], np.log10(want[rows, want.argmax(1)]), atol=1e-6)

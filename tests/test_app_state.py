@@ -109,7 +109,7 @@ def test_keys_of_query_counts_every_channel():
 
 def test_pooled_maps_hover_names_tile_ranges(tmp_path, monkeypatch):
     """A pooled cell is a range of queries and keys, not a fractional index."""
-    from test_app import attention_app, chart, trace
+    from test_app import attention_app, chart, trace, values
 
     at = layouts_app()
     at.selectbox(key="lay_geometry").set_value("32x32 RGB (CIFAR-10)").run()
@@ -119,10 +119,10 @@ def test_pooled_maps_hover_names_tile_ranges(tmp_path, monkeypatch):
     assert (mask["y"][33], mask["x"][24]) == ("queries 396-407", "keys 288-299")
     assert mask["y"][-1] == "queries 3060-3071"
     at = attention_app(tmp_path, monkeypatch)  # N = 784 drawn as 196 x 196 tiles of 4
-    attention = trace(chart(at, "att_map"), "attention")
-    assert attention["hovertemplate"].startswith("%{y}, %{x}: log10 of mean p")
-    assert (attention["y"][100], attention["x"][73]) == ("queries 400-403", "keys 292-295")
-    assert chart(at, "att_map")["layout"]["yaxis"]["type"] == "category"
+    # the attention map's rows (its hover by row): map row 100 is queries 400-403
+    rows = trace(chart(at, "att_map"), "queries")
+    assert rows["hovertemplate"].startswith("queries %{customdata[0]}-%{customdata[1]}: most")
+    assert list(values(rows["customdata"])[100, :2]) == [400, 403]
 
 
 def test_outline_none_caption(tmp_path, monkeypatch):

@@ -348,10 +348,13 @@ def test_an_n_by_n_map_exports_as_one_raster_image():
 
 
 def test_the_raster_map_is_the_vector_map(monkeypatch):
-    """Drawn as one image or as cells, the PNG is the same picture (orientation, colours)."""
+    """A heatmap drawn as one image or as cells: the PNG is the same picture (orientation,
+    colours). (A pooled mask's shares: the attention map is an image already.)"""
     import viz.export as ve
+    from viz.maps import mask_figure
 
-    item = map_item(60)
+    shares = np.tril(np.random.default_rng(3).random((60, 60)))
+    item = Exportable("mask", mask_figure(shares, ["local"], 4, "mask"), {"shares": shares})
     pictures = []
     for cells in (10**9, 1):  # vector cells, then one raster image
         monkeypatch.setattr(ve, "RASTER_CELLS", cells)

@@ -2,6 +2,7 @@
 objects."""
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 
 from tests.figure_util import image_values
@@ -41,29 +42,51 @@ def test_head_grid_is_a_mosaic_of_maps_each_scaled_to_its_maximum():
 
 
 def test_attention_map_is_log_scaled_and_blank_without_weight():
-    probs = np.array([[1.0, 0.0], [0.01, 0.99]])
-    z = np.asarray(trace(attention_map_figure(probs, 1, "map"), "attention").z, dtype=float)
-    assert z[0, 0] == 0 and np.isnan(z[0, 1]) and z[1, 0] == np.log10(0.01)
+    """One image coloured by log10 p over [-6, 0] (its colour bar says so), transparent
+    where a pair has no weight."""
+    probs = np.array([[1.0, 0.0, 0.0], [0.01, 0.99, 0.0], [1e-9, 0.5, 0.5]])
+    fig = attention_map_figure(probs, 1, "map")
+    log_p = -6 + 6 * image_values(trace(fig, "attention"))  # the colours read back
+    want = np.array([[0, np.nan, np.nan], [-2, np.log10(0.99), np.nan], [-6, -0.301, -0.301]])
+    np.testing.assert_allclose(log_p, want, atol=0.03)  # (1e-9: below the scale, its end)
+    bar = trace(fig, "colour bar").marker
+    assert list(bar.colorbar.ticktext) == ["-6", "-5", "-4", "-3", "-2", "-1", "0"]
+    np.testing.assert_allclose(bar.colorbar.tickvals, np.arange(7) / 6)
+    # the bar's scale is the one the colours were read back on
+    assert bar.colorscale == go.scatter.Marker(colorscale="Viridis").colorscale
+
+
+def test_attention_map_rows_hover_their_peak():
+    """Each map row's hover names its queries and the cell they weigh most, from the weights
+    themselves (no number per cell is sent)."""
+    probs = np.array([[1.0, 0, 0], [0.2, 0.8, 0], [0.5, 0.1, 0.4]])
+    peaks = trace(attention_map_figure(probs, 4, "m"), "queries").customdata
+    # rows of 4 queries (the last one of a 12-token map ends at 11), the peak's keys and log p
+    np.testing.assert_allclose(
+        peaks,
+        [[0, 3, 0, 3, 0], [4, 7, 4, 7, np.log10(0.8)], [8, 11, 0, 3, np.log10(0.5)]],
+        rtol=1e-6,
+    )
+    exact = trace(attention_map_figure(probs, 1, "m"), "queries")
+    assert exact.hovertemplate.startswith("query %{y}: most weight on key %{customdata[2]}")
+    assert list(exact.customdata[:, 2]) == [0, 1, 0]
 
 
 def test_attention_map_rows_are_click_targets():
     fig = attention_map_figure(np.eye(5) / 1.0, 4, "map")  # 5 map rows of 4 queries each
     rows = trace(fig, "queries")
     assert fig.data.index(rows) == MAP_ROWS_TRACE and fig.layout.hovermode == "y"
-    # each row's point is on the diagonal cell of its row: the map's cells are categories
-    # named by their ranges (the hover names them with no number per cell)
-    assert list(rows.y) == [
-        "queries 0-3",
-        "queries 4-7",
-        "queries 8-11",
-        "queries 12-15",
-        "queries 16-19",
-    ]
-    assert list(rows.x) == [y.replace("queries", "keys") for y in rows.y]
-    heat = trace(fig, "attention")
-    assert list(heat.y) == list(rows.y) and "%{y}, %{x}" in heat.hovertemplate
-    assert fig.layout.yaxis.type == "category" and list(fig.layout.yaxis.range) == [4.5, -0.5]
-    assert rows.hoverinfo == "none"  # hovered (clickable) but silent: the cell's label shows
+    # each row's point is on the diagonal cell of its row, the image's pixel k at k: hovering
+    # by row, the cursor anywhere on a row hovers its point (the image's own hover is off: in
+    # hovermode "y" it would name the diagonal's cell, not the one under the cursor)
+    assert list(rows.y) == list(rows.x) == [0, 1, 2, 3, 4]
+    assert trace(fig, "attention").hoverinfo == "skip"
+    assert rows.hovertemplate.startswith("queries %{customdata[0]}-%{customdata[1]}: most")
+    assert list(rows.customdata[3, :2]) == [12, 15]
+    assert fig.layout.yaxis.type is None and list(fig.layout.yaxis.range) == [4.5, -0.5]
+    # ticks at the token numbers: token t of tile t // 4 at (t - 1.5) / 4
+    assert list(fig.layout.xaxis.ticktext)[:2] == ["0", "5"]
+    assert list(fig.layout.xaxis.tickvals)[:2] == [-0.375, 0.875]
     event = {"selection": {"points": [{"curve_number": 1, "point_index": 3, "y": 13.5}]}}
     assert clicked_map_row(event) == 3
     assert clicked_map_row({"selection": {"points": [{"curve_number": 0}]}}) is None

@@ -46,8 +46,9 @@ CSS_DPI = 96  # plotly sizes are CSS pixels
 # pair, hundreds of MB at 784 tokens (docs/BENCHMARKS.md, "Exports"). Smaller ones stay vector
 # (crisp at any zoom).
 RASTER_CELLS = 64 * 64
-# An item drawing more cells than this (an N x N map: 784 x 784 = 615k) is heavy: its HTML
-# carries every cell as JSON (11.7 MB each), so the app makes it only when asked to.
+# An item drawing more cells than this (an N x N map: 784 x 784 = 615k pixels) is heavy: its
+# HTML (plotly.js inlined, and the map: ~6 MB each, one a layer and head in a batch) is made
+# only when asked for.
 HEAVY_CELLS = 100_000
 HEAVY_FORMATS = ("html",)
 _MATPLOTLIB = threading.Lock()
@@ -80,15 +81,18 @@ class Exportable:
 
     @cached_property
     def cells(self) -> int:
-        """How many cells (heatmap cells, pixel markers) its figure draws: its weight (counted
-        once: a page's export panel asks for every item and format at every run)."""
+        """How many cells (heatmap cells, image pixels, pixel markers) its figure draws: its
+        weight (counted once: a page's export panel asks for every item and format at every
+        run)."""
         if self.figure is None:
             return 0 if self.picture is None else int(np.prod(self.picture.shape[:2]))
         total = 0
         for tr in self.figure.data:
             if isinstance(tr, go.Heatmap) and tr.z is not None:
                 total += int(np.size(tr.z))
-            elif isinstance(tr, go.Scatter) and tr.x is not None and not _click_targets(tr):
+            elif isinstance(tr, go.Image):
+                total += _image_size(tr)
+            elif isinstance(tr, go.Scatter) and tr.x is not None and not _drawn_apart(tr):
                 total += len(tr.x)
         return total
 
@@ -100,6 +104,11 @@ class Exportable:
 
 # plotly's line dashes as matplotlib's line styles
 _DASHES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-.", "longdash": (0, (8, 3))}
+
+
+def _drawn_apart(tr) -> bool:
+    """A scatter whose points are not drawn: click targets, or a colour bar's one point."""
+    return _click_targets(tr) or (isinstance(tr, go.Scatter) and tr.meta == COLOUR_BAR)
 
 
 def _click_targets(tr) -> bool:
@@ -148,6 +157,17 @@ def _image_pixels(trace: go.Image) -> np.ndarray:
         # transparent pixels (a mosaic's lines between tiles) stay transparent
         return np.asarray(picture.convert("RGBA" if "A" in picture.getbands() else "RGB"))
     return np.asarray(trace.z, dtype=np.uint8)
+
+
+def _image_size(trace: go.Image) -> int:
+    """How many pixels an image trace holds (its PNG's header read, not the picture decoded)."""
+    if trace.source:
+        from PIL import Image
+
+        payload = trace.source.split(",", 1)[1]
+        width, height = Image.open(io.BytesIO(base64.b64decode(payload))).size
+        return width * height
+    return int(np.prod(np.shape(trace.z)[:2]))
 
 
 def _draw(fig: go.Figure):
@@ -457,13 +477,13 @@ class Estimate:
 
 # per format: seconds and bytes of a figure, seconds per cell, bytes per cell when drawn as one
 # raster image and when drawn as vectors (RASTER_CELLS), measured on a 2-core CPU: a 784 x 784
-# map is PNG 0.8 s / 0.6 MB, SVG 0.3 s / 0.9 MB, PDF 0.2 s / 0.25 MB, HTML 0.2 s / 8.7 MB (4.9
+# map is PNG 0.8 s / 0.6 MB, SVG 0.3 s / 0.9 MB, PDF 0.2 s / 0.25 MB, HTML 0.05 s / 5.7 MB (4.9
 # MB of it plotly.js, inlined so that the file works offline), NPZ 0.03 s / 1.1 MB
 _COST = {
     "png": (0.1, 30e3, 1.2e-6, 0.9, 0.9),
     "svg": (0.08, 30e3, 4e-7, 1.6, 200),
     "pdf": (0.08, 20e3, 2.5e-7, 0.4, 30),
-    "html": (0.05, 4.9e6, 3e-7, 10, 60),
+    "html": (0.05, 4.9e6, 3e-7, 1.3, 60),
     "npz": (0.01, 1e3, 5e-8, 1.8, 4),
 }
 

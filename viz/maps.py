@@ -1,9 +1,10 @@
 """N x N maps, query i downwards and key j across: a layout's mask (exact part codes, or the
-allowed share of each tile of a pooled view) and one head's attention (log-scaled, the means of
-tiles for a long sequence), each with the hover naming the query and key ranges of a tile.
+allowed share of each tile of a pooled view, the hover naming the query and key ranges of a
+tile) and one head's attention (log-scaled, the means of tiles for a long sequence).
 
-The attention map carries an invisible scatter of one point per map row (trace MAP_ROWS_TRACE),
-which clicked_map_row reads: a click on a row picks that query.
+The attention map is an image under an invisible scatter of one point per map row (trace
+MAP_ROWS_TRACE): the row's hover, and the click that clicked_map_row reads (a click on a row
+picks its first query).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from viz.style import (
     _unit_heatmap,
     click_targets,
     colorbar_margin,
+    colorbar_only,
     png_data_uri,
+    scale_rgba,
 )
 
 
@@ -47,19 +50,18 @@ MASK_SHARE_SCALE = [
 ]
 
 
-def _map_axes(n: int, tile: int = 1) -> dict:
+def _map_axes(n: int, tile: int = 1, categories: bool = False) -> dict:
     """The axes of an N x N map (a layout's ``xaxis`` and ``yaxis``): query i downwards, key j
-    across, square cells. Pooled (tile > 1), the cells are categories named by their ranges
-    (_tile_names), ticked at the token numbers they hold, where an exact map ticks them."""
+    across, square cells, cell k centred at k (an image's pixels). ``categories``: the cells
+    are categories named by their ranges (a pooled heatmap's, _tile_names). Pooled (tile > 1),
+    the cells are ticked at the token numbers they hold, where an exact map ticks them."""
     count = -(-n // tile)
-    if tile == 1:
-        where, ticks = dict(range=[0, n]), {}
-    else:
+    where = dict(range=[-0.5, count - 0.5], **(dict(type="category") if categories else {}))
+    ticks = {}
+    if tile > 1:
         # tile k holds tokens k * tile ... at the same place as on an exact map: token t at
         # (t - (tile - 1) / 2) / tile in tiles
-        step = _tick_step(n)
-        tokens = list(range(0, n, step))
-        where = dict(type="category", range=[-0.5, count - 0.5])
+        tokens = list(range(0, n, _tick_step(n)))
         ticks = dict(
             tickmode="array",
             tickvals=[(t - (tile - 1) / 2) / tile for t in tokens],
@@ -126,7 +128,7 @@ def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> g
             colorbar=dict(title="allowed share"),
         )
     fig.update_layout(
-        **_map_axes(n, tile),
+        **_map_axes(n, tile, categories=tile > 1),
         title=title,
         height=520,
         margin=dict(l=40, r=20, t=50, b=40),
@@ -136,44 +138,60 @@ def mask_figure(codes: np.ndarray, names: list[str], tile: int, title: str) -> g
     return fig
 
 
+# the attention map's colours: log10 p from ATTENTION_LOG_MIN (and below) to 0
+ATTENTION_COLORS = "Viridis"
+ATTENTION_LOG_MIN = -6
+
+
 def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
     """One head's N x N attention map (pooled by ``tile`` when tile > 1), log-scaled colour.
 
-    Over the heatmap, an invisible scatter "queries" (trace MAP_ROWS_TRACE) of one point per
-    map row on the diagonal; hovering is by row (hovermode "y"), so a click anywhere on a row
-    also reaches its point, which clicked_map_row reads, while the cell's own label shows.
+    Drawn as one PNG image "attention" (tens of kB, where a heatmap sent 4 bytes a cell and made
+    plotly.js colour every one: a layer switch's largest message and drawing, docs/BENCHMARKS.md)
+    with a colour bar of its own (the image has none). Over it, an invisible scatter "queries"
+    (trace MAP_ROWS_TRACE) of one point per map row on the diagonal: hovering is by row
+    (hovermode "y"), so the cursor anywhere on a row hovers its point, which names the row's
+    queries and the keys they weigh most (map_row_peaks), and a click on the row reaches it
+    (clicked_map_row). The axes count the map's rows and columns, ticked at token numbers.
     """
     n = probs.shape[0] * tile
-    # pairs with no weight (outside the layout, or above the diagonal) are left blank
-    z = np.full(probs.shape, np.nan, dtype=np.float32)  # float32: half the bytes to send
-    np.log10(probs, out=z, where=probs > 0)
-    if tile == 1:
-        cells = {"hovertemplate": "query %{y}, key %{x}: log10 p = %{z:.2f}<extra></extra>"}
-        rows = cols = np.arange(n)
-    else:  # a cell is a tile: name its ranges, not its (fractional) centre
-        cols = _tile_names(probs.shape[1], tile, n, "keys")
-        rows = _tile_names(probs.shape[0], tile, n, "queries")
-        cells = {
-            "hovertemplate": TILE_HOVER + ": log10 of mean p = %{z:.2f}<extra></extra>",
-            "x": cols,
-            "y": rows,
-        }
-    heatmap = go.Heatmap(
-        z=z,
-        zmin=-6,
-        zmax=0,
-        colorscale="Viridis",
-        colorbar=dict(title="log10 p", len=0.8, y=1, yanchor="top", **LABELS_FIT),
-        name="attention",
-        **cells,
+    # pairs with no weight (outside the layout, or above the diagonal) are left transparent
+    log_p = np.full(probs.shape, np.nan, dtype=np.float32)
+    np.log10(probs, out=log_p, where=probs > 0)
+    colours = scale_rgba((log_p - ATTENTION_LOG_MIN) / -ATTENTION_LOG_MIN, ATTENTION_COLORS)
+    image = go.Image(source=png_data_uri(colours), hoverinfo="skip", name="attention")
+    decades = np.arange(ATTENTION_LOG_MIN, 1)
+    bar = colorbar_only(
+        ATTENTION_COLORS,
+        dict(
+            title="log10 p",
+            tickvals=list((decades - ATTENTION_LOG_MIN) / -ATTENTION_LOG_MIN),
+            ticktext=[str(d) for d in decades],
+            len=0.8,
+            y=1,
+            yanchor="top",
+            **LABELS_FIT,
+        ),
     )
-    diagonal = min(len(rows), len(cols))
-    # hovered (so clickable) but silent: the cell's label shows
+    # a single query's row, or a pooled row of queries: what its hover says
+    if tile == 1:
+        hover = "query %{y}: most weight on key %{customdata[2]}, log10 p = %{customdata[4]:.2f}"
+    else:
+        hover = (
+            "queries %{customdata[0]}-%{customdata[1]}: most weight on keys %{customdata[2]}-"
+            "%{customdata[3]}, log10 of mean p = %{customdata[4]:.2f}"
+        )
+    rows = np.arange(min(probs.shape))
     targets = click_targets(
-        cols[:diagonal], rows[:diagonal], name="queries", size=4, hoverinfo="none"
+        rows,
+        rows,
+        name="queries",
+        size=4,
+        customdata=map_row_peaks(log_p, tile, n),
+        hovertemplate=hover + "<br>click to show query %{customdata[0]}<extra></extra>",
     )
     return go.Figure(
-        data=[heatmap, targets],
+        data=[image, targets, bar],
         layout=dict(
             **_map_axes(n, tile),
             title=title,
@@ -185,6 +203,28 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
             showlegend=False,
         ),
     )
+
+
+def map_row_peaks(log_p: np.ndarray, tile: int, n: int) -> np.ndarray:
+    """float32 [rows, 5], one line per row of a (pooled) map of log10 weights ``log_p``
+    (NaN: none): the row's first and last query, the first and last key of its heaviest cell,
+    and that cell's log10 weight (NaN, and its keys 0, for a row with no weight)."""
+    rows = np.arange(min(log_p.shape))
+    filled = np.where(np.isnan(log_p[rows]), -np.inf, log_p[rows])
+    peak = filled.argmax(axis=1)
+    value = filled[rows, peak]
+    first = rows * tile
+    peak_first = peak * tile
+    return np.stack(
+        [
+            first,
+            np.minimum(first + tile - 1, n - 1),
+            peak_first,
+            np.minimum(peak_first + tile - 1, n - 1),
+            np.where(np.isfinite(value), value, np.nan),
+        ],
+        axis=1,
+    ).astype(np.float32)
 
 
 # the click targets' trace number: the map draws its heatmap first, its targets second
