@@ -30,7 +30,7 @@ from viz.pixels import attention_overlay_figure, pixel_grid_figure
 
 # the N x N map is drawn with at most this many cells a side (tile means above): 196 for the
 # 784 tokens of a 28 x 28 image, 38k cells, what a ~450 px chart shows anyway (392 drew 154k
-# heatmap cells, the largest part of the page's redraw in the browser)
+# cells, when the map was a heatmap the largest part of the page's redraw in the browser)
 MAP_SIDE = 196
 
 T = TypeVar("T")
