@@ -3,6 +3,8 @@
 # Imported whole before any page runs. Sessions run in threads of one process, and plotly looks
 # pandas up in sys.modules without importing it: while one session's first run is importing it,
 # another session's chart would get a half-initialised module (tests/test_sessions.py saw it).
+# (Served by app_pages/serve.py, as scripts/app.sh does, it is imported before the server
+# listens, out of the first visitor's wait; under a bare `streamlit run app.py`, here.)
 import pandas  # noqa: F401
 import streamlit as st
 

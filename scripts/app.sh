@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/streamlit run app.py --server.headless true --server.address 127.0.0.1 "$@"
+# (app_pages/serve.py: `streamlit run app.py`, the first page's modules imported before it listens)
+exec .venv/bin/python -m app_pages.serve --server.headless true --server.address 127.0.0.1 "$@"

@@ -92,7 +92,10 @@ def server(root: Path = ROOT) -> Iterator[tuple[str, float]]:
     port = free_port()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        streamlit_command(port), cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        streamlit_command(port, root),
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         yield f"http://127.0.0.1:{port}", t0

@@ -59,14 +59,19 @@ class Server:
         return peak_rss(self.pid) / 2**20
 
 
-def streamlit_command(port: int) -> list[str]:
-    """`streamlit run app.py` on 127.0.0.1:port, as the tests and tools/bench_app.py start it."""
+def streamlit_command(port: int, root: Path = ROOT) -> list[str]:
+    """The app served on 127.0.0.1:port as scripts/app.sh serves it (app_pages/serve.py: `streamlit
+    run app.py`, the first page's modules imported before it listens), as the tests and
+    tools/bench_app.py start it; a ``root`` checkout without app_pages/serve.py (an older commit
+    benchmarked beside this one) by `streamlit run app.py`, as that commit served it."""
+    if (Path(root) / "app_pages" / "serve.py").exists():
+        serve = ["app_pages.serve"]
+    else:
+        serve = ["streamlit", "run", "app.py"]
     return [
         sys.executable,
         "-m",
-        "streamlit",
-        "run",
-        "app.py",
+        *serve,
         "--server.headless",
         "true",
         "--server.port",
@@ -84,13 +89,13 @@ def streamlit_command(port: int) -> list[str]:
 
 @contextlib.contextmanager
 def streamlit_server(env: dict[str, str] | None = None, root: Path = ROOT) -> Iterator[Server]:
-    """`streamlit run app.py` on a free port until the block ends.
+    """The app served (streamlit_command) on a free port until the block ends.
 
     ``env`` is added to this process's environment (e.g. SPARSE_EXPLORER_MODELS); ``root``: the
     checkout whose app.py runs (tools/bench_app.py's --baseline runs an older commit's).
     """
     port = free_port()
-    cmd = streamlit_command(port)
+    cmd = streamlit_command(port, root)
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
         with log.open("wb") as out:
