@@ -5,10 +5,11 @@
 
 Every time runs from the input (a click, a pick, a page opened) until the script has finished
 its run and the view shows the new state (the chart's title names the new pixel, layer, head or
-step), on `streamlit run` with the shipped models; each line gives the median and the range.
+step), on the app's server (app_pages/serve.py, as scripts/app.sh starts it) with the shipped
+models; each line gives the median and the range.
 --parts picks what is measured (default: all of them):
 
-- first: `streamlit run` to the Layouts page fully drawn, and the Attention page's first open
+- first: the server's start to the Layouts page fully drawn, and the Attention page's first open
   (the menu click to its charts drawn, caches cold, torch not yet imported), each on --servers
   fresh servers.
 - attention: on the Attention page (one server, caches warm as a person's session gets them):
@@ -87,8 +88,8 @@ SIZE = 28  # the shipped models' images: 28 x 28
 
 @contextlib.contextmanager
 def server(root: Path = ROOT) -> Iterator[tuple[str, float]]:
-    """A fresh `streamlit run` of ``root``'s app on a free port: (url, the time it was
-    started)."""
+    """A fresh server of ``root``'s app (tools.browser.streamlit_command) on a free port:
+    (url, the time it was started)."""
     port = free_port()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -149,7 +150,7 @@ def no_skeletons(page) -> None:
 
 def first_page_seconds(browser, root: Path = ROOT) -> tuple[float, float]:
     """The Layouts page fully drawn (its chart titled, no skeleton left): seconds after
-    `streamlit run` and after the browser's request (the server listening)."""
+    the server's start and after the browser's request (the server listening)."""
     page = browser.new_page(viewport=VIEWPORT)
     with server(root) as (url, t0):
         wait_until_up(url)
@@ -865,7 +866,7 @@ def measure(
                 started = {t: [a for a, _ in v] for t, v in firsts.items()}
                 asked = {t: [b for _, b in v] for t, v in firsts.items()}
                 row("first page drawn after the browser's request", asked, "<= 3 s", "s")
-                row("first page drawn after `streamlit run`", started, "(server start too)", "s")
+                row("first page drawn after the server's start", started, "(server start too)", "s")
                 opens = alternate(
                     trees, servers, lambda root: attention_first_open_seconds(browser, root)
                 )
