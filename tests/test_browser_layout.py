@@ -172,7 +172,15 @@ def test_attention_page(page, shots):  # noqa: F811
     assert title.startswith("layer 0, head 1: where"), title
     chart(page, "att_map").evaluate("e => e.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(300)
-    x, y = screen_point(page, "att_map", 25, 75)  # (the pooled map's axes count its tiles)
+    x, y = screen_point(page, "att_map", 100, 300)  # (in tokens: tile 75's first, 300)
+    # hovered anywhere on it, the row names its queries and their heaviest keys, and the axis
+    # the first of them (not the cell on the diagonal, nor the tile's number)
+    page.mouse.move(x - 3, y - 1)
+    page.mouse.move(x, y, steps=5)
+    hover = chart(page, "att_map").locator(".hovertext").first
+    hover.wait_for()
+    assert hover.text_content().startswith("queries 300-303: most weight on keys ")
+    assert chart(page, "att_map").locator(".axistext").all_text_contents() == ["300"]
     page.mouse.click(x, y)
     settle(page)
     no_exception(page)
@@ -187,7 +195,7 @@ def test_attention_page(page, shots):  # noqa: F811
     expect(page.get_by_label("query row")).to_have_value("10")
     assert query(page) == (10, 20)
     x, y = axis_ranges(page, "att_map")  # the N x N map's 196 tiles: no autorange beyond
-    assert x == [-0.5, 195.5] and y == [195.5, -0.5]
+    assert x == [-2, 782] and y == [782, -2]  # (in tokens: tile k from 4k - 2 to 4k + 2)
     shoot(page, shots / f"attention_{page.width}.png")
 
 

@@ -76,17 +76,21 @@ def test_attention_map_rows_are_click_targets():
     fig = attention_map_figure(np.eye(5) / 1.0, 4, "map")  # 5 map rows of 4 queries each
     rows = trace(fig, "queries")
     assert fig.data.index(rows) == MAP_ROWS_TRACE and fig.layout.hovermode == "y"
-    # each row's point is on the diagonal cell of its row, the image's pixel k at k: hovering
-    # by row, the cursor anywhere on a row hovers its point (the image's own hover is off: in
-    # hovermode "y" it would name the diagonal's cell, not the one under the cursor)
-    assert list(rows.y) == list(rows.x) == [0, 1, 2, 3, 4]
-    assert trace(fig, "attention").hoverinfo == "skip"
+    # the axes in tokens: each row's point on the diagonal cell of its row, at its first query,
+    # the image's pixel k centred there; hovering by row, the cursor anywhere on a row hovers
+    # its point, and the axis names that query (the image's own hover is off: in hovermode "y"
+    # it would name the diagonal's cell, not the one under the cursor)
+    assert list(rows.y) == list(rows.x) == [0, 4, 8, 12, 16]
+    image = trace(fig, "attention")
+    assert (image.x0, image.dx, image.y0, image.dy) == (0, 4, 0, 4)
+    assert image.hoverinfo == "skip"
     assert rows.hovertemplate.startswith("queries %{customdata[0]}-%{customdata[1]}: most")
     assert list(rows.customdata[3, :2]) == [12, 15]
-    assert fig.layout.yaxis.type is None and list(fig.layout.yaxis.range) == [4.5, -0.5]
-    # ticks at the token numbers: token t of tile t // 4 at (t - 1.5) / 4
+    # the image from -2 (pixel 0 is 4 tokens wide) to 18; token t at t - 1.5, ticked there
+    assert fig.layout.yaxis.type is None and list(fig.layout.yaxis.range) == [18, -2]
+    assert list(fig.layout.xaxis.range) == [-2, 18]
     assert list(fig.layout.xaxis.ticktext)[:2] == ["0", "5"]
-    assert list(fig.layout.xaxis.tickvals)[:2] == [-0.375, 0.875]
+    assert list(fig.layout.xaxis.tickvals)[:2] == [-1.5, 3.5]
     event = {"selection": {"points": [{"curve_number": 1, "point_index": 3, "y": 13.5}]}}
     assert clicked_map_row(event) == 3
     assert clicked_map_row({"selection": {"points": [{"curve_number": 0}]}}) is None

@@ -52,19 +52,22 @@ MASK_SHARE_SCALE = [
 
 def _map_axes(n: int, tile: int = 1, categories: bool = False) -> dict:
     """The axes of an N x N map (a layout's ``xaxis`` and ``yaxis``): query i downwards, key j
-    across, square cells, cell k centred at k (an image's pixels). ``categories``: the cells
-    are categories named by their ranges (a pooled heatmap's, _tile_names). Pooled (tile > 1),
-    the cells are ticked at the token numbers they hold, where an exact map ticks them."""
+    across, square cells. In tokens: cell k (an image's pixel, at x0 = 0, dx = tile) centred at
+    its first token k * tile, which the hover of a row, hovered by y, names on the axis.
+    ``categories``: the cells are categories named by their ranges (a pooled heatmap's,
+    _tile_names), cell k at k. Pooled (tile > 1), the ticks are at the token numbers, where an
+    exact map has them: token t at t - (tile - 1) / 2 (in cells, that over tile)."""
     count = -(-n // tile)
-    where = dict(range=[-0.5, count - 0.5], **(dict(type="category") if categories else {}))
+    unit = 1 / tile if categories else 1  # axis units per token
+    where = dict(range=[-tile / 2 * unit, (count - 0.5) * tile * unit])
+    if categories:
+        where["type"] = "category"
     ticks = {}
     if tile > 1:
-        # tile k holds tokens k * tile ... at the same place as on an exact map: token t at
-        # (t - (tile - 1) / 2) / tile in tiles
         tokens = list(range(0, n, _tick_step(n)))
         ticks = dict(
             tickmode="array",
-            tickvals=[(t - (tile - 1) / 2) / tile for t in tokens],
+            tickvals=[(t - (tile - 1) / 2) * unit for t in tokens],
             ticktext=[str(t) for t in tokens],
         )
     # fixed to the map (constrain="domain": a narrow chart shrinks the square, it does not
@@ -152,14 +155,23 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
     (trace MAP_ROWS_TRACE) of one point per map row on the diagonal: hovering is by row
     (hovermode "y"), so the cursor anywhere on a row hovers its point, which names the row's
     queries and the keys they weigh most (map_row_peaks), and a click on the row reaches it
-    (clicked_map_row). The axes count the map's rows and columns, ticked at token numbers.
+    (clicked_map_row). The axes are in tokens, a row's point at its first query (_map_axes).
     """
     n = probs.shape[0] * tile
     # pairs with no weight (outside the layout, or above the diagonal) are left transparent
     log_p = np.full(probs.shape, np.nan, dtype=np.float32)
     np.log10(probs, out=log_p, where=probs > 0)
     colours = scale_rgba((log_p - ATTENTION_LOG_MIN) / -ATTENTION_LOG_MIN, ATTENTION_COLORS)
-    image = go.Image(source=png_data_uri(colours), hoverinfo="skip", name="attention")
+    # pixel k at its first token k * tile (_map_axes)
+    image = go.Image(
+        source=png_data_uri(colours),
+        x0=0,
+        dx=tile,
+        y0=0,
+        dy=tile,
+        hoverinfo="skip",
+        name="attention",
+    )
     decades = np.arange(ATTENTION_LOG_MIN, 1)
     bar = colorbar_only(
         ATTENTION_COLORS,
@@ -181,10 +193,10 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
             "queries %{customdata[0]}-%{customdata[1]}: most weight on keys %{customdata[2]}-"
             "%{customdata[3]}, log10 of mean p = %{customdata[4]:.2f}"
         )
-    rows = np.arange(min(probs.shape))
+    firsts = np.arange(min(probs.shape)) * tile  # each row's first query (on the diagonal)
     targets = click_targets(
-        rows,
-        rows,
+        firsts,
+        firsts,
         name="queries",
         size=4,
         customdata=map_row_peaks(log_p, tile, n),
