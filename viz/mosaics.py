@@ -151,8 +151,10 @@ def head_grid_figure(
         ),
         # the subtitle says how the colours are scaled (the colour bar's title, shorter, too)
         title=dict(text=title, subtitle=dict(text=said, font=dict(size=11))),
-        height=max(300, 130 * n_layer + 100),
-        margin=colorbar_margin(70, 100, 20, 80),
+        height=max(300, 130 * n_layer + 120),
+        # room above the column names for the title and its subtitle (at 800 px the subtitle
+        # spans the grid's width, and the names sat under it)
+        margin=colorbar_margin(70, 120, 20, 80),
         plot_bgcolor="white",
         # every point of the chart hovers (and clicks) the tile whose centre is nearest
         hovermode="closest",
