@@ -317,6 +317,7 @@ def head_views() -> None:
                 cached_maps(m.path, image_sha1, layer, tile, image, u)[head],
                 tile,
                 (f"{m.name}: " if two else "") + title,
+                geometry.n_tokens,
             ),
         )
         for k, (m, u) in enumerate(runs)

@@ -70,8 +70,8 @@ def export_choices(items, key: str, default=("png", "svg", "pdf", "html", "npz")
     big = [it for it in items if it.heavy]
     if big and any(f in HEAVY_FORMATS for f in fmts):
         heavy = st.checkbox(
-            f"Also {', '.join(HEAVY_FORMATS).upper()} of the {len(big)} N x N maps "
-            "(~6 MB each: plotly.js inlined, and the map)",
+            f"Also {', '.join(HEAVY_FORMATS).upper()} of the {len(big)} largest figures (N x N "
+            "maps: ~6 MB each, plotly.js inlined)",
             key=f"{key}_heavy",
         )
     guess = estimate(items, fmts, dpi=dpi, heavy=heavy)

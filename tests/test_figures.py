@@ -67,6 +67,9 @@ def test_attention_map_rows_hover_their_peak():
         [[0, 3, 0, 3, 0], [4, 7, 4, 7, np.log10(0.8)], [8, 11, 0, 3, np.log10(0.5)]],
         rtol=1e-6,
     )
+    # 10 tokens: the last row of tiles holds queries 8-9 and the last column keys 8-9
+    short = trace(attention_map_figure(probs, 4, "m", n_tokens=10), "queries").customdata
+    assert list(short[2, :2]) == [8, 9]
     exact = trace(attention_map_figure(probs, 1, "m"), "queries")
     assert exact.hovertemplate.startswith("query %{y}: most weight on key %{customdata[2]}")
     assert list(exact.customdata[:, 2]) == [0, 1, 0]

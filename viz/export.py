@@ -201,13 +201,15 @@ def _draw(fig: go.Figure):
 
 
 def _draw_image(ax, tr: go.Image) -> None:
-    """An RGB picture: a PNG data URI (mask_figure) or z."""
+    """An RGB(A) picture: a PNG data URI (an N x N map, a mosaic) or z. Unresampled in SVG and
+    PDF (interpolation "none": a 784 x 784 map keeps every row and key; "nearest" resampled it
+    to the figure's resolution, dropping rows), nearest in PNG."""
     rgb = _image_pixels(tr)
     ny, nx = rgb.shape[:2]
     x0, y0 = float(tr.x0 or 0), float(tr.y0 or 0)
     dx, dy = float(tr.dx or 1), float(tr.dy or 1)
     extent = (x0 - dx / 2, x0 + dx * (nx - 0.5), y0 + dy * (ny - 0.5), y0 - dy / 2)
-    ax.imshow(rgb, extent=extent, interpolation="nearest", aspect="auto")
+    ax.imshow(rgb, extent=extent, interpolation="none", aspect="auto")
 
 
 def _draw_heatmap(mfig, ax, tr: go.Heatmap) -> None:
@@ -477,12 +479,13 @@ class Estimate:
 
 # per format: seconds and bytes of a figure, seconds per cell, bytes per cell when drawn as one
 # raster image and when drawn as vectors (RASTER_CELLS), measured on a 2-core CPU: a 784 x 784
-# map is PNG 0.8 s / 0.6 MB, SVG 0.3 s / 0.9 MB, PDF 0.2 s / 0.25 MB, HTML 0.05 s / 5.7 MB (4.9
-# MB of it plotly.js, inlined so that the file works offline), NPZ 0.03 s / 1.1 MB
+# map (random weights, an image) is PNG 0.4 s / 0.6 MB, SVG 0.3 s / 0.9 MB, PDF 0.3 s / 0.7 MB,
+# HTML 0.05 s / 5.7 MB (4.9 MB of it plotly.js, inlined so that the file works offline), NPZ
+# 0.03 s / 1.1 MB
 _COST = {
     "png": (0.1, 30e3, 1.2e-6, 0.9, 0.9),
     "svg": (0.08, 30e3, 4e-7, 1.6, 200),
-    "pdf": (0.08, 20e3, 2.5e-7, 0.4, 30),
+    "pdf": (0.08, 20e3, 2.5e-7, 1.1, 30),
     "html": (0.05, 4.9e6, 3e-7, 1.3, 60),
     "npz": (0.01, 1e3, 5e-8, 1.8, 4),
 }

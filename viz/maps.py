@@ -32,8 +32,9 @@ def _tile_names(count: int, tile: int, n: int, word: str) -> list[str]:
     return [f"{word} {k * tile}-{min(k * tile + tile - 1, n - 1)}" for k in range(count)]
 
 
-# a pooled cell's hover: its tiles' names are its coordinates (category axes), so the hover
-# names exact ranges with no number per cell (410 kB of ranges made a head switch's largest part)
+# a pooled mask cell's hover: its tiles' names are its coordinates (category axes), so the hover
+# names exact ranges with no string per cell (410 kB of ranges per cell made the attention map,
+# then a heatmap too, a head switch's largest part)
 TILE_HOVER = "%{y}, %{x}"
 
 
@@ -146,8 +147,12 @@ ATTENTION_COLORS = "Viridis"
 ATTENTION_LOG_MIN = -6
 
 
-def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
-    """One head's N x N attention map (pooled by ``tile`` when tile > 1), log-scaled colour.
+def attention_map_figure(
+    probs: np.ndarray, tile: int, title: str, n_tokens: int | None = None
+) -> go.Figure:
+    """One head's N x N attention map (pooled by ``tile`` when tile > 1), log-scaled colour;
+    ``n_tokens``: N, when it is not a multiple of the tile (the last row and column of tiles
+    then hold fewer tokens: the hover and ticks name only those there are).
 
     Drawn as one PNG image "attention" (tens of kB, where a heatmap sent 4 bytes a cell and made
     plotly.js colour every one: a layer switch's largest message and drawing, docs/BENCHMARKS.md)
@@ -157,7 +162,7 @@ def attention_map_figure(probs: np.ndarray, tile: int, title: str) -> go.Figure:
     queries and the keys they weigh most (map_row_peaks), and a click on the row reaches it
     (clicked_map_row). The axes are in tokens, a row's point at its first query (_map_axes).
     """
-    n = probs.shape[0] * tile
+    n = probs.shape[0] * tile if n_tokens is None else n_tokens
     # pairs with no weight (outside the layout, or above the diagonal) are left transparent
     log_p = np.full(probs.shape, np.nan, dtype=np.float32)
     np.log10(probs, out=log_p, where=probs > 0)
@@ -239,7 +244,8 @@ def map_row_peaks(log_p: np.ndarray, tile: int, n: int) -> np.ndarray:
     ).astype(np.float32)
 
 
-# the click targets' trace number: the map draws its heatmap first, its targets second
+# the click targets' trace number: the map draws its image first, its targets second (its
+# colour bar third)
 MAP_ROWS_TRACE = 1
 
 
