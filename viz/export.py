@@ -106,9 +106,9 @@ class Exportable:
 _DASHES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-.", "longdash": (0, (8, 3))}
 
 
-def _drawn_apart(tr) -> bool:
+def _drawn_apart(tr: go.Scatter) -> bool:
     """A scatter whose points are not drawn: click targets, or a colour bar's one point."""
-    return _click_targets(tr) or (isinstance(tr, go.Scatter) and tr.meta == COLOUR_BAR)
+    return tr.meta in (CLICK_TARGETS, COLOUR_BAR)
 
 
 def _click_targets(tr) -> bool:
@@ -147,27 +147,32 @@ def _edges(start, step, n):
     return start + step * (np.arange(n + 1) - 0.5)
 
 
+def _source_picture(trace: go.Image):
+    """The PIL image of an image trace's data: URI ``source``, opened (its header read, its
+    pixels decoded only when asked for); None when the trace has ``z`` instead."""
+    if not trace.source:
+        return None
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(trace.source.split(",", 1)[1])))
+
+
 def _image_pixels(trace: go.Image) -> np.ndarray:
     """uint8 [H, W, 3 or 4] of an image trace, from its data: URI ``source`` or its ``z``."""
-    if trace.source:
-        from PIL import Image
-
-        payload = trace.source.split(",", 1)[1]
-        picture = Image.open(io.BytesIO(base64.b64decode(payload)))
-        # transparent pixels (a mosaic's lines between tiles) stay transparent
-        return np.asarray(picture.convert("RGBA" if "A" in picture.getbands() else "RGB"))
-    return np.asarray(trace.z, dtype=np.uint8)
+    picture = _source_picture(trace)
+    if picture is None:
+        return np.asarray(trace.z, dtype=np.uint8)
+    # transparent pixels (a mosaic's lines between tiles) stay transparent
+    return np.asarray(picture.convert("RGBA" if "A" in picture.getbands() else "RGB"))
 
 
 def _image_size(trace: go.Image) -> int:
-    """How many pixels an image trace holds (its PNG's header read, not the picture decoded)."""
-    if trace.source:
-        from PIL import Image
-
-        payload = trace.source.split(",", 1)[1]
-        width, height = Image.open(io.BytesIO(base64.b64decode(payload))).size
-        return width * height
-    return int(np.prod(np.shape(trace.z)[:2]))
+    """How many pixels an image trace holds (a PNG's header read, not its pixels decoded)."""
+    picture = _source_picture(trace)
+    if picture is None:
+        return int(np.prod(np.shape(trace.z)[:2]))
+    width, height = picture.size
+    return width * height
 
 
 def _draw(fig: go.Figure):
